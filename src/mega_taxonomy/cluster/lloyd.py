@@ -1,0 +1,245 @@
+"""Lloyd's k-means as passes of additive partial sums over a streamed source.
+
+One pass assigns every row to its nearest centroid and sums, per centroid, the rows (float64),
+their count and their squared distances. Partials are per block and add up in block order
+(runtime/), so the centroids do not depend on shard layout, batch size or worker count. The
+driver turns the sums into new centroids, relocating empty clusters to the rows farthest from
+their centroid as scikit-learn's Lloyd does.
+
+The same pass fits a whole taxonomy level at once (grouped k-means): centroids are then the
+children of all parents side by side (CSR ``offsets``), each row is compared only with the
+children of its own parent (``groups``), and an empty child is refilled from its own parent's
+farthest rows. Flat k-means is the case of one group.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..ops import grouped_nearest, nearest
+from .sampling import SamplePartial, block_sample, rank_in_group
+
+logger = logging.getLogger(__name__)
+
+# Farthest rows kept per group (and per block) to refill empty clusters without another pass.
+MAX_FAR_ROWS = 1024
+
+
+def farthest(distances, ordinals, groups, n_per_group) -> np.ndarray:
+    """Positions of the ``n_per_group`` largest distances of every group, largest first, equal
+    distances by ordinal; ordered by group."""
+    order = np.lexsort((ordinals, -distances, groups))
+    return order[rank_in_group(groups[order]) < n_per_group]
+
+
+@dataclass(frozen=True)
+class LloydState:
+    """What a pass needs: the centroids, the grouping, and what to compute."""
+
+    centroids: np.ndarray  # (K, d) in the compute dtype
+    metric: str = "euclidean"
+    update: bool = True  # sums and farthest rows, for new centroids
+    keep_labels: bool = False  # return every row's label and distance, per block
+    offsets: np.ndarray | None = None  # (n_groups + 1,) CSR children per group; None: one group
+    groups: Mapping | None = None  # block index -> group of each row of the block
+    far_per_group: int = MAX_FAR_ROWS
+    sample: tuple[int, int] | None = None  # (size, seed): draw a hash sample of each cluster
+
+    @property
+    def n_groups(self) -> int:
+        return 1 if self.offsets is None else len(self.offsets) - 1
+
+
+@dataclass
+class LloydPartial:
+    """Per-centroid statistics of some blocks."""
+
+    counts: np.ndarray  # (K,) int64
+    inertia: np.ndarray  # (K,) float64: sum of distances to the assigned centroid
+    sums: np.ndarray | None = None  # (K, d) float64 sum of assigned rows (normalized for cosine)
+    far: dict | None = None  # farthest rows: arrays "distance", "ordinal", "label", "group"
+    far_per_group: int = MAX_FAR_ROWS
+    labels: dict = field(default_factory=dict)  # block index -> (labels, distances), when kept
+    sample: SamplePartial | None = None  # per cluster, when asked for
+
+    def __add__(self, other: LloydPartial) -> LloydPartial:
+        out = LloydPartial(self.counts + other.counts, self.inertia + other.inertia,
+                           far_per_group=self.far_per_group, labels={**self.labels, **other.labels})
+        if self.sample is not None:
+            out.sample = self.sample + other.sample
+        if self.sums is not None:
+            out.sums = self.sums + other.sums
+            both = {k: np.concatenate([self.far[k], other.far[k]]) for k in self.far}
+            keep = farthest(both["distance"], both["ordinal"], both["group"], self.far_per_group)
+            out.far = {k: v[keep] for k, v in both.items()}
+        return out
+
+    @property
+    def total_inertia(self) -> float:
+        return float(self.inertia.sum())
+
+    def ordered_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every kept row's label and distance, in block order."""
+        blocks = sorted(self.labels)
+        return (np.concatenate([self.labels[b][0] for b in blocks]),
+                np.concatenate([self.labels[b][1] for b in blocks]))
+
+
+def as_tensor(vectors, device) -> torch.Tensor:
+    """A block's vectors as a tensor on ``device`` (no copy when already there)."""
+    return torch.as_tensor(vectors).to(device, non_blocking=True)
+
+
+def normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    return x / torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+class LloydTask:
+    """Block task of one Lloyd pass (picklable; the centroids travel in the state)."""
+
+    def __call__(self, block, state: LloydState, device) -> LloydPartial:
+        k = state.centroids.shape[0]
+        x = as_tensor(block.vectors, device)
+        c = torch.as_tensor(state.centroids, device=device)
+        if state.offsets is None:
+            groups = np.zeros(len(block.ordinals), dtype=np.int64)
+            dist, labels = nearest(x, c, metric=state.metric)
+        else:
+            groups = np.asarray(state.groups[block.index], dtype=np.int64)
+            offsets = torch.as_tensor(state.offsets, device=device)
+            dist, labels = grouped_nearest(x, torch.as_tensor(groups, device=device), c, offsets,
+                                           metric=state.metric)
+        # Rows whose parent is a leaf have no children here (label -1): they take no part.
+        valid = labels >= 0
+        all_valid = bool(valid.all())
+        lab, d64 = (labels, dist.double()) if all_valid else (labels[valid], dist[valid].double())
+        counts = torch.bincount(lab, minlength=k)
+        inertia = torch.zeros(k, dtype=torch.float64, device=device).index_add_(0, lab, d64)
+        out = LloydPartial(counts.cpu().numpy(), inertia.cpu().numpy(), far_per_group=state.far_per_group)
+        if state.update:
+            rows = (x if all_valid else x[valid]).double()
+            if state.metric == "cosine":
+                rows = normalize_rows(rows)
+            # index_add_ on the CPU adds rows in order: the same sums for any batching.
+            sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=device).index_add_(0, lab, rows)
+            out.sums = sums.cpu().numpy()
+            mask = valid.cpu().numpy()
+            far = {"distance": d64.cpu().numpy(), "ordinal": block.ordinals[mask],
+                   "label": lab.cpu().numpy(), "group": groups[mask]}
+            keep = farthest(far["distance"], far["ordinal"], far["group"], state.far_per_group)
+            out.far = {name: v[keep] for name, v in far.items()}
+        if state.keep_labels:
+            out.labels = {block.index: (labels.cpu().numpy(), dist.cpu().numpy())}
+        if state.sample is not None:
+            size, seed = state.sample
+            # Rows without a cluster (under a leaf) fall in group -1, which nobody reads.
+            out.sample = block_sample(block, size, seed, groups=labels.cpu().numpy())
+        return out
+
+
+def group_of_centroid(offsets: np.ndarray | None, k: int) -> np.ndarray:
+    if offsets is None:
+        return np.zeros(k, dtype=np.int64)
+    return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+
+
+def new_centroids(partial: LloydPartial, old: np.ndarray, source, metric: str,
+                  offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids from a pass's sums, after relocating empty clusters; returns (centroids, counts).
+
+    Each empty cluster takes the row farthest from its centroid among its group (largest first,
+    as scikit-learn's ``_relocate_empty_clusters_dense``), which leaves the row's old cluster.
+    """
+    sums, counts = partial.sums.copy(), partial.counts.copy()
+    group_of = group_of_centroid(offsets, len(old))
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        far = partial.far
+        moves = []  # (empty cluster, position in far)
+        for group in np.unique(group_of[empty]):
+            candidates = np.flatnonzero(far["group"] == group)  # largest distance first
+            targets = empty[group_of[empty] == group]
+            moves += list(zip(targets, candidates))  # zip stops where the group has no rows left
+        if moves:
+            take = np.array([pos for _, pos in moves])
+            rows = source.take(far["ordinal"][take])
+            rows = (rows.cpu() if isinstance(rows, torch.Tensor) else torch.from_numpy(np.asarray(rows))).double()
+            if metric == "cosine":
+                rows = normalize_rows(rows)
+            for (cluster, pos), row in zip(moves, rows.numpy()):
+                previous = far["label"][pos]
+                sums[previous] -= row
+                counts[previous] -= 1
+                sums[cluster] = row
+                counts[cluster] = 1
+        if len(moves) < len(empty):
+            logger.info("%d empty clusters had no row left to take", len(empty) - len(moves))
+        logger.debug("relocated %d empty clusters", len(moves))
+    centroids = old.astype(np.float64)
+    filled = counts > 0
+    centroids[filled] = sums[filled] / counts[filled, None]
+    if metric == "cosine":
+        centroids = normalize_rows(torch.from_numpy(centroids)).numpy()
+    return centroids.astype(old.dtype), counts
+
+
+@dataclass
+class LloydResult:
+    centroids: np.ndarray
+    counts: np.ndarray
+    inertia: float
+    n_iter: int
+    partial: LloydPartial  # of the final assignment (labels per block when kept)
+
+
+def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_iter=300, tol=0.0,
+          keep_labels=False, offsets=None, groups=None, start_iter=0, on_iteration=None,
+          sample=None, desc="lloyd") -> LloydResult:
+    """Run Lloyd passes from ``centroids`` until the squared centroid shift is ``<= tol``.
+
+    Parameters
+    ----------
+    tol : float
+        Absolute bound on the sum of squared centroid shifts (scikit-learn scales its ``tol``
+        by the mean variance of the data before this).
+    offsets, groups : optional
+        Grouped k-means (see ``LloydState``).
+    start_iter : int
+        Iterations already done (resuming from a checkpoint of ``centroids``).
+    sample : (size, seed), optional
+        The final assignment pass also draws a hash sample of every cluster (the seeds of the
+        next taxonomy level), in ``result.partial.sample``.
+    on_iteration : callable, optional
+        ``on_iteration(iteration, centroids, shift)`` after every update (checkpoints, logs).
+
+    Notes
+    -----
+    As in scikit-learn, when the loop stops on ``max_iter`` or ``tol`` with centroids that still
+    moved, one more pass assigns the rows to the final centroids, so that labels, counts and
+    inertia describe the centroids returned.
+    """
+    centroids = np.ascontiguousarray(centroids)
+    n_groups = 1 if offsets is None else len(offsets) - 1
+    far_per_group = max(4, MAX_FAR_ROWS // n_groups)
+    partial, shift, n_iter = None, np.inf, start_iter
+    for n_iter in range(start_iter + 1, max_iter + 1):
+        state = LloydState(centroids, metric, True, keep_labels, offsets, groups, far_per_group)
+        partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter}")
+        updated, _ = new_centroids(partial, centroids, source, metric, offsets)
+        shift = float(((updated.astype(np.float64) - centroids) ** 2).sum())
+        logger.debug("%s %d: inertia %.6g, shift %.3g", desc, n_iter, partial.total_inertia, shift)
+        centroids = updated
+        if on_iteration is not None:
+            on_iteration(n_iter, centroids, shift)
+        if shift <= tol:
+            break
+    if partial is None or shift != 0 or sample is not None:
+        state = LloydState(centroids, metric, False, keep_labels, offsets, groups, sample=sample)
+        partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} assign")
+    return LloydResult(centroids, partial.counts, partial.total_inertia, n_iter, partial)

@@ -1,0 +1,530 @@
+"""VectorSource: files (or one in-memory array) seen as one sequence of rows, read in fixed blocks.
+
+Why blocks: every pass over data computes partial sums per block of BLOCK_ROWS global ordinals
+and reduces them in block order, so results do not depend on how the data is cut into files,
+row groups, batches or workers (DESIGN.md, Contracts: Determinism). This module wires files ->
+global ordinals -> blocks -> a cache of decoded blocks; formats.py decodes each format and
+validate.py judges every row.
+
+Why a cache that never evicts: a fit makes tens of passes and decoding parquet costs far more
+than the arithmetic, so decoded blocks are kept in RAM within a budget. Passes scan blocks in
+order, and an LRU cache smaller than the data would evict every block just before it is needed
+again; keeping the first blocks that fit and re-reading the rest gives hits on every pass.
+"""
+
+import collections
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import torch
+from fsspec.implementations.local import LocalFileSystem
+
+from mega_taxonomy.errors import ConfigError, DataError
+from mega_taxonomy.io import validate
+from mega_taxonomy.io.formats import EXTENSIONS, ArrayReader, open_reader
+
+logger = logging.getLogger(__name__)
+
+BLOCK_ROWS = 65_536
+"""The determinism unit: block b holds the global ordinals [b * BLOCK_ROWS, (b + 1) * BLOCK_ROWS)."""
+
+SHARD_ROWS = 1 << 20
+"""Files with more rows are split into several shards at row-group boundaries."""
+
+_TORCH_DTYPES = {np.dtype(name): getattr(torch, name) for name in ("float16", "float32", "float64")}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A unit of reading: rows [row_start, row_stop) of one file, whose first row has global ordinal start."""
+
+    uri: str
+    row_start: int
+    row_stop: int
+    start: int
+
+
+@dataclass
+class Block:
+    """The rows of one block: what every pass over data computes on.
+
+    ``ordinals`` (int64, ascending) are global row ordinals, ``ids`` the id column's values (the
+    ordinals when there is none) and ``vectors`` (n, dim) the rows, in the source dtype: a torch
+    tensor on the input's device when the source is a tensor, a C-contiguous numpy array
+    otherwise. Rows skipped as invalid are absent, so n can be below BLOCK_ROWS. Blocks read
+    from files are read-only (they may be shared through the cache).
+    """
+
+    index: int
+    ordinals: np.ndarray
+    ids: np.ndarray
+    vectors: np.ndarray | torch.Tensor
+
+
+def _hidden(relative_path):
+    """Whether a path has a component starting with "." or "_" (checksums, _SUCCESS, _temporary/)."""
+    return any(part.startswith((".", "_")) for part in relative_path.split("/") if part)
+
+
+def _expand(spec, storage_options):
+    """(fs, paths) of the files a path, glob, directory or URI names, sorted."""
+    try:
+        fs, path = fsspec.core.url_to_fs(spec, **storage_options)
+        pattern = any(char in path for char in "*?[")
+        matches = sorted(fs.glob(path)) if pattern else [path] if fs.exists(path) else []
+        paths = []
+        for match in matches:
+            if fs.isdir(match):
+                under = (p for p in fs.find(match) if p.lower().endswith(EXTENSIONS))
+                paths += [p for p in under if not _hidden(p[len(match) :])]
+            elif not (pattern and _hidden(match.rsplit("/", 1)[-1])):
+                paths.append(match)
+    except (OSError, ValueError, ImportError) as exc:  # unknown protocol, no access, network
+        raise DataError(f"cannot list: {exc}", file=spec) from exc
+    if not matches:
+        raise DataError("the pattern matches no files" if pattern else "no such file or directory", file=spec)
+    if not paths:
+        raise DataError(f"no {'/'.join(EXTENSIONS)} files found", file=spec)
+    return fs, paths
+
+
+def _find_files(data, storage_options):
+    """Expand paths, globs, directories and URIs into (uri, fs, path) triples, unique, in sorted URI order."""
+    specs = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    if not specs:
+        raise DataError("no input files given")
+    found = {}
+    for spec in map(os.fspath, specs):
+        fs, paths = _expand(spec, storage_options)
+        for path in paths:
+            uri = path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+            found[uri] = (uri, fs, path)
+    return [found[uri] for uri in sorted(found)]
+
+
+def _open_readers(files, column, id_column):
+    """Open every file (footers and headers only), in parallel: remote opens are round trips."""
+    first = next((i for i, (_, _, path) in enumerate(files) if path.lower().endswith(".parquet")), None)
+    readers = {}
+    if first is not None:  # the first parquet file decides the vector column of all
+        readers[first] = open_reader(*files[first], column=column, id_column=id_column)
+        column = readers[first].column
+    rest = [i for i in range(len(files)) if i not in readers]
+    if rest:
+        with ThreadPoolExecutor(max_workers=min(16, len(rest))) as pool:
+            opened = pool.map(lambda i: open_reader(*files[i], column=column, id_column=id_column), rest)
+            readers.update(zip(rest, opened))
+    return [readers[i] for i in range(len(files))]
+
+
+def _default_cache_bytes():
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume a small machine
+        ram = 8 << 30
+    return min(ram // 4, 8 << 30)
+
+
+def _split(boundaries, num_rows):
+    """Shard limits within a file: consecutive boundaries grouped while a shard stays within SHARD_ROWS.
+
+    ``boundaries`` None means that a shard may start at any row.
+    """
+    if boundaries is None:
+        return [*range(0, num_rows, SHARD_ROWS), num_rows]
+    cuts, previous = [0], 0
+    for cut in [*boundaries[1:], num_rows]:
+        if cut - cuts[-1] > SHARD_ROWS and previous > cuts[-1]:
+            cuts.append(previous)
+        previous = cut
+    return [*cuts, num_rows]
+
+
+def _cut(parts, first, stop, num_rows):
+    """Regroup parts (stop, ordinals, *arrays), in ordinal order, into (block index, parts of it).
+
+    ``stop`` is one past the last ordinal a part covers, rows skipped as invalid included: it
+    says when a block is complete even if its last rows were dropped.
+    """
+    index, pending = first, []
+    for covered, ordinals, *arrays in parts:
+        while index < stop:
+            end = min((index + 1) * BLOCK_ROWS, num_rows)
+            k = int(np.searchsorted(ordinals, end))
+            if k:
+                pending.append((ordinals[:k], *(a[:k] for a in arrays)))
+                ordinals, arrays = ordinals[k:], [a[k:] for a in arrays]
+            if covered < end:
+                break
+            yield index, pending
+            index, pending = index + 1, []
+
+
+def _join(arrays, dtype, copy):
+    """One array from consecutive row ranges: a view when ``copy`` is False and there is one."""
+    if isinstance(arrays[0], torch.Tensor):
+        joined = arrays[0] if len(arrays) == 1 else torch.cat(arrays)
+        return joined.to(_TORCH_DTYPES[dtype]).contiguous()
+    if len(arrays) == 1 and not copy:
+        return np.ascontiguousarray(arrays[0], dtype=dtype)
+    return np.concatenate(arrays, dtype=dtype)
+
+
+def _select(vectors, keep):
+    if isinstance(vectors, torch.Tensor):
+        return vectors[torch.from_numpy(keep).to(vectors.device)]
+    return vectors[keep]
+
+
+class _BlockCache:
+    """Decoded blocks within a byte budget: the first blocks that fit stay, none is ever evicted."""
+
+    def __init__(self, budget):
+        self.budget, self.used = budget, 0
+        self._blocks = {}
+        self._lock = threading.Lock()
+
+    def get(self, index):
+        return self._blocks.get(index)
+
+    def put(self, block):
+        size = block.vectors.nbytes + block.ordinals.nbytes
+        size += block.ids.nbytes if block.ids is not block.ordinals else 0
+        with self._lock:
+            if block.index not in self._blocks and self.used + size <= self.budget:
+                self._blocks[block.index] = block
+                self.used += size
+
+
+def _rebuild(data, options):
+    return VectorSource(data, **options)
+
+
+class VectorSource:
+    """Vectors from files or memory, read as a stream of fixed blocks of global row ordinals.
+
+    Parameters
+    ----------
+    data : str, path, list of them, ndarray of shape (n, dim) or torch.Tensor of shape (n, dim)
+        A path, glob, directory or fsspec URI (``s3://``, ``memory://``...), or a list of them, of
+        ``.parquet``, ``.npy``, ``.fvecs`` and ``.bvecs`` files (a directory: all such files
+        under it, recursively, skipping names starting with "." or "_"). The global ordinal of
+        a row is its position in the concatenation of the files in sorted URI order. Or an
+        array: float16/32/64 (integers are served as float32), never copied; or a tensor on
+        any device, served as tensor slices on that device.
+    column : str, default=None
+        Parquet vector column (list, large_list or fixed_size_list of numbers). None: the only
+        float-list column of the first parquet file.
+    id_column : str, default=None
+        Parquet integer column of row ids. None: the ids are the global ordinals.
+    batch_size : int, default=65_536
+        Rows decoded at a time; memory is O(batch_size * dim + BLOCK_ROWS * dim).
+    on_invalid : {"raise", "skip"}, default="raise"
+        What a bad row (NaN/Inf, null vector or value, wrong number of values) does: raise
+        DataError naming its file, row and column, or be left out of its block and counted in
+        ``skipped`` (with a logged warning at the end of the pass that met it).
+    dim : int, default=None
+        Expected dimension; None: that of the first non-empty file.
+    storage_options : dict, default=None
+        Passed to fsspec (credentials: never logged, never in the repr).
+    cache_bytes : int, default=None
+        RAM budget for decoded blocks of files, so that repeated passes do not decode again;
+        blocks past it are re-read. None: min(25% of RAM, 8 GiB). Arrays are never cached.
+
+    Attributes
+    ----------
+    dim : int
+    dtype : numpy.dtype
+        float16, float32 or float64 (the widest among the files).
+    uris : list of str
+        The files, in ordinal order ("<array>" for an array).
+    shards : list of Shard
+        The files; files over about a million rows are split at row-group boundaries.
+    n_blocks : int
+        ceil(len / BLOCK_ROWS).
+    skipped : dict of str to int
+        Rows skipped as invalid so far, per file (each row counted once).
+
+    Raises
+    ------
+    DataError
+        Unreadable, empty, corrupt or ill-typed input, naming the file, row and column.
+
+    Notes
+    -----
+    Construction reads metadata only (parquet footers, npy/fvecs headers, and the first rows
+    of a list<float> file to learn its dimension); rows are decoded and validated by
+    :meth:`blocks` and :meth:`take`.
+
+    Examples
+    --------
+    >>> import fsspec, pyarrow as pa, pyarrow.parquet as pq
+    >>> table = pa.table({"id": [7, 8, 9], "emb": [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]})
+    >>> with fsspec.open("memory://docs/part-0.parquet", "wb") as f:
+    ...     pq.write_table(table, f)
+    >>> source = VectorSource("memory://docs/*.parquet", id_column="id")
+    >>> source
+    VectorSource('memory://docs/*.parquet', files=1, rows=3, dim=2, dtype=float64)
+    >>> block = next(source.blocks())
+    >>> block.ordinals, block.ids
+    (array([0, 1, 2]), array([7, 8, 9]))
+    >>> source.take([2, 0])
+    array([[4., 5.],
+           [0., 1.]])
+    >>> VectorSource(np.ones((5, 3), np.float32)).n_blocks
+    1
+    """
+
+    def __init__(
+        self,
+        data,
+        *,
+        column=None,
+        id_column=None,
+        batch_size=65_536,
+        on_invalid="raise",
+        dim=None,
+        storage_options=None,
+        cache_bytes=None,
+    ):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive int, not {batch_size!r}")
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ConfigError(f"dim must be a positive int or None, not {dim!r}")
+        self.on_invalid = validate.check_on_invalid(on_invalid)
+        self.batch_size = batch_size
+        self._options = dict(
+            column=column,
+            id_column=id_column,
+            batch_size=batch_size,
+            on_invalid=on_invalid,
+            dim=dim,
+            storage_options=storage_options,
+            cache_bytes=cache_bytes,
+        )
+        self._in_memory = isinstance(data, (np.ndarray, torch.Tensor))
+        if self._in_memory:
+            if id_column is not None:
+                raise DataError(f"an in-memory array has no id column {id_column!r}", file=ArrayReader.uri)
+            self._readers = [ArrayReader(data)]
+            self._origin = f"<{type(data).__name__} {tuple(data.shape)}>"
+        else:
+            self._readers = _open_readers(_find_files(data, dict(storage_options or {})), column, id_column)
+            self._origin = repr(os.fspath(data)) if isinstance(data, (str, os.PathLike)) else repr(data)
+        self._id_column = id_column
+        self.uris = [reader.uri for reader in self._readers]
+        self._starts = np.cumsum([0] + [reader.num_rows for reader in self._readers], dtype=np.int64)
+        self._len = int(self._starts[-1])
+        if not self._len:
+            more = f" and {len(self.uris) - 3} more" if len(self.uris) > 3 else ""
+            names = ", ".join(self.uris[:3]) + more
+            raise DataError("the source has no rows", file=names)
+        self.dim = self._check_dims(dim)
+        self.dtype = np.result_type(*(reader.dtype for reader in self._readers))
+        self.shards = []
+        for reader, start in zip(self._readers, self._starts.tolist()):
+            if reader.num_rows:
+                cuts = _split(reader.boundaries(), reader.num_rows)
+                self.shards += [Shard(reader.uri, lo, hi, start + lo) for lo, hi in zip(cuts[:-1], cuts[1:])]
+        self.n_blocks = -(-self._len // BLOCK_ROWS)
+        budget = 0 if self._in_memory else _default_cache_bytes() if cache_bytes is None else cache_bytes
+        self._cache = _BlockCache(budget)
+        self._skipped = {}
+        self._lock = threading.Lock()
+        logger.debug("opened %r", self)
+
+    @classmethod
+    def of(cls, data, **kw):
+        """``data`` itself if it is a VectorSource (``kw`` are then ignored), else ``cls(data, **kw)``."""
+        return data if isinstance(data, VectorSource) else cls(data, **kw)
+
+    def _check_dims(self, dim):
+        origin = "dim="
+        if dim is None:
+            for reader in self._readers:
+                if reader.num_rows and reader.dim is not None:
+                    dim, origin = reader.dim, f"the first file {reader.uri}"
+                    break
+            else:
+                raise DataError("cannot tell the dimension: the first rows are all null", file=self.uris[0])
+        for reader in self._readers:
+            if reader.num_rows and reader.exact_dim:
+                validate.dimension(reader.dim, dim, origin, file=reader.uri, column=reader.column)
+        return dim
+
+    def __len__(self):
+        return self._len
+
+    def __repr__(self):
+        return (
+            f"VectorSource({self._origin}, files={len(self.uris)}, rows={self._len}, dim={self.dim}, "
+            f"dtype={self.dtype})"
+        )
+
+    def __reduce__(self):
+        # Pickled (e.g. to Ray workers) as the files and options; the cache and open maps stay behind.
+        data = self._readers[0]._data if self._in_memory else self.uris
+        return _rebuild, (data, self._options)
+
+    @property
+    def skipped(self):
+        with self._lock:
+            return {uri: len(rows) for uri, rows in self._skipped.items() if rows}
+
+    def _block_range(self, start, stop):
+        stop = self.n_blocks if stop is None else min(stop, self.n_blocks)
+        if not 0 <= start <= stop:
+            raise IndexError(f"block range [{start}, {stop}) is not within [0, {self.n_blocks})")
+        return start, stop
+
+    def _check(self, reader, piece, skipped):
+        """Validate a piece; the mask of rows to keep (None: all), counting skipped rows once each."""
+        where = {"file": reader.uri, "column": reader.column}
+        keep = validate.rows(piece, self.dim, on_invalid=self.on_invalid, **where)
+        if keep is not None:
+            bad = set(np.asarray(piece.rows)[~keep].tolist())
+            with self._lock:
+                seen = self._skipped.setdefault(reader.uri, set())
+                new = len(bad - seen)
+                seen |= bad
+            if new:
+                skipped[reader.uri] += new
+        return keep
+
+    def _warn(self, skipped):
+        if skipped:
+            per_file = ", ".join(f"{uri}: {count}" for uri, count in skipped.items())
+            logger.warning("skipped %d invalid rows (%s)", sum(skipped.values()), per_file)
+
+    def _parts(self, first, stop, skipped, ids_only=False):
+        """Yield (covered stop, ordinals, ids[, vectors]) for the blocks [first, stop), in order."""
+        lo, hi = first * BLOCK_ROWS, min(stop * BLOCK_ROWS, self._len)
+        for f in range(int(np.searchsorted(self._starts, lo, side="right")) - 1, len(self._readers)):
+            base, reader = int(self._starts[f]), self._readers[f]
+            if base >= hi:
+                break
+            start, end = max(lo - base, 0), min(hi - base, reader.num_rows)
+            if start >= end:
+                continue
+            row = start
+            if ids_only:
+                for rows, ids in reader.read_ids(start, end, self.batch_size):
+                    row = rows.stop
+                    yield base + rows.stop, np.arange(base + rows.start, base + rows.stop), ids
+            else:
+                for piece in reader.read(start, end, self.batch_size, self.dim):
+                    row = piece.rows.stop
+                    ordinals = np.arange(base + piece.rows.start, base + piece.rows.stop)
+                    ids = ordinals if piece.ids is None else piece.ids
+                    vectors = piece.vectors
+                    keep = self._check(reader, piece, skipped)
+                    if keep is not None:
+                        ordinals, ids, vectors = ordinals[keep], ids[keep], _select(vectors, keep)
+                    yield base + piece.rows.stop, ordinals, ids, vectors
+            if row != end:  # a file changed since it was opened: never let blocks silently shrink
+                message = f"the file ends at row {row}, but it had {reader.num_rows} rows when opened"
+                raise DataError(message, file=reader.uri)
+
+    def _empty(self):
+        data = getattr(self._readers[0], "_data", None)
+        if isinstance(data, torch.Tensor):
+            return torch.empty((0, self.dim), dtype=_TORCH_DTYPES[self.dtype], device=data.device)
+        return np.empty((0, self.dim), self.dtype)
+
+    def _block(self, index, parts):
+        if not parts:  # every row of the block was skipped
+            ordinals = np.empty(0, np.int64)
+            return Block(index, ordinals, ordinals, self._empty())
+        ordinals, ids, vectors = zip(*parts)
+        copy = not self._in_memory  # file blocks get their own memory: never a view of a whole batch
+        ordinals = _join(ordinals, np.int64, copy)
+        ids = _join(ids, np.int64, copy) if self._id_column else ordinals
+        block = Block(index, ordinals, ids, _join(vectors, self.dtype, copy))
+        if copy:
+            for array in (block.ordinals, block.ids, block.vectors):
+                array.flags.writeable = False
+        return block
+
+    def blocks(self, start=0, stop=None):
+        """Yield the blocks [start, stop) in order (stop None: to the end), validating their rows.
+
+        Cached blocks come from RAM; runs of the others are streamed from their files.
+        """
+        start, stop = self._block_range(start, stop)
+        skipped = collections.Counter()
+        try:
+            index = start
+            while index < stop:
+                block = self._cache.get(index)
+                if block is not None:
+                    yield block
+                    index += 1
+                    continue
+                end = index + 1
+                # a run of uncached blocks streams in one go; arrays go block by block, which bounds
+                # validation's temporaries (an array piece is the whole range asked for)
+                while end < stop and not self._in_memory and self._cache.get(end) is None:
+                    end += 1
+                for block_index, parts in _cut(self._parts(index, end, skipped), index, end, self._len):
+                    block = self._block(block_index, parts)
+                    if not self._in_memory:
+                        self._cache.put(block)
+                    yield block
+                index = end
+        finally:
+            self._warn(skipped)
+
+    def id_blocks(self, start=0, stop=None):
+        """Yield (block index, ordinals, ids) for the blocks [start, stop), reading only the id column.
+
+        No row is validated here: with ``on_invalid="skip"`` rows that :meth:`blocks` drops are listed.
+        """
+        start, stop = self._block_range(start, stop)
+        if self._id_column is None:
+            for index in range(start, stop):
+                ordinals = np.arange(index * BLOCK_ROWS, min((index + 1) * BLOCK_ROWS, self._len))
+                yield index, ordinals, ordinals
+            return
+        for index, parts in _cut(self._parts(start, stop, None, ids_only=True), start, stop, self._len):
+            ordinals, ids = zip(*parts) if parts else ([np.empty(0, np.int64)],) * 2
+            yield index, np.concatenate(ordinals), np.concatenate(ids)
+
+    def take(self, ordinals):
+        """The rows at the given global ordinals, in the order given (repeats allowed).
+
+        Parquet files read only the row groups holding wanted rows. Returns an ndarray
+        (torch.Tensor for a tensor source) of shape (len(ordinals), dim); with
+        ``on_invalid="skip"`` invalid rows are left out, so it can be shorter.
+        """
+        if isinstance(ordinals, torch.Tensor):
+            ordinals = ordinals.cpu().numpy()
+        ordinals = np.asarray(ordinals, dtype=np.int64)
+        if ordinals.ndim != 1:
+            raise ValueError(f"ordinals must be 1-D, not of shape {ordinals.shape}")
+        if len(ordinals) and not (0 <= ordinals.min() and ordinals.max() < self._len):
+            raise IndexError(f"ordinals must be within [0, {self._len})")
+        files = np.searchsorted(self._starts, ordinals, side="right") - 1
+        skipped = collections.Counter()
+        keep = np.ones(len(ordinals), bool)
+        out = None
+        for f in np.unique(files):
+            reader, where = self._readers[f], np.flatnonzero(files == f)
+            piece = reader.take(ordinals[where] - self._starts[f], self.dim)
+            kept = self._check(reader, piece, skipped)
+            if kept is not None:
+                keep[where] = kept
+            if len(where) == len(ordinals):  # one file: no assembly
+                out = _join([piece.vectors], self.dtype, copy=False)
+            else:
+                if out is None:
+                    out = np.empty((len(ordinals), self.dim), self.dtype)
+                out[where] = piece.vectors
+        if out is None:
+            out = self._empty()
+        self._warn(skipped)
+        return out if keep.all() else _select(out, keep)

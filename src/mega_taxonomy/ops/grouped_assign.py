@@ -1,0 +1,121 @@
+"""Grouped assignment: every row is compared only with the children of its own parent.
+
+A taxonomy level holds the children of all parents side by side (CSR: the children of parent
+``g`` are ``centroids[offsets[g]:offsets[g + 1]]``). Fitting or walking a level assigns each row
+to the nearest child of its parent, like a grouped GEMM: one call per batch, whatever the
+number of parents.
+
+``grouped_nearest`` / ``grouped_topk`` dispatch; ``*_reference`` are the torch twins. The twin
+picks per call between two exact strategies: a loop of matrix products over the parents
+present (few, big groups: level 0, wide levels) and a gather of each row's padded children
+followed by a batched product (many small groups). The choice depends only on the batch's
+content, so the same block gives the same bits wherever it runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .assign import _check, _finish, _partial_tile, _prepare
+
+# Elements of the gathered (rows, children, dim) tile: 2**24 float32 = 64 MiB.
+_GATHER_ELEMENTS = 1 << 24
+
+
+def _padded_children(offsets, device):
+    """(n_groups, width) global child index per slot, -1 where a group has fewer children."""
+    counts = offsets[1:] - offsets[:-1]
+    width = max(int(counts.max()), 1) if len(counts) else 1
+    slots = torch.arange(width, device=device)
+    index = offsets[:-1, None] + slots[None, :]
+    return torch.where(slots[None, :] < counts[:, None], index, torch.full_like(index, -1))
+
+
+def grouped_distances_reference(x, groups, centroids, offsets, *, metric="euclidean"):
+    """(n, width) distances of every row to the children of its group, ``inf`` in empty slots,
+    and the (n, width) global child indices (-1 in empty slots)."""
+    _check(x, centroids, metric)
+    offsets = torch.as_tensor(offsets, device=x.device, dtype=torch.int64)
+    groups = torch.as_tensor(groups, device=x.device, dtype=torch.int64)
+    x, c, x_sq, bias, alpha = _prepare(x, centroids, metric)
+    children = _padded_children(offsets, x.device)
+    width = children.shape[1]
+    index = children[groups]  # (n, width)
+    dist = torch.full(index.shape, torch.inf, dtype=x.dtype, device=x.device)
+    n = x.shape[0]
+    present, counts = torch.unique(groups, return_counts=True)
+    if len(present) and n // len(present) >= width:
+        # Few, big groups: one matrix product per group.
+        order = torch.argsort(groups, stable=True)
+        start = 0
+        for g, count in zip(present.tolist(), counts.tolist()):
+            rows = order[start : start + count]
+            start += count
+            lo, hi = int(offsets[g]), int(offsets[g + 1])
+            if hi > lo:
+                tile = _partial_tile(x[rows], c[lo:hi], bias[lo:hi], alpha)
+                dist[rows, : hi - lo] = _finish(tile, None if x_sq is None else x_sq[rows])
+    else:
+        # Many small groups: gather each row's children and take a batched product.
+        chunk = max(1, _GATHER_ELEMENTS // max(1, width * x.shape[1]))
+        for r0 in range(0, n, chunk):
+            idx = index[r0 : r0 + chunk]
+            safe = idx.clamp_min(0)
+            dots = torch.bmm(c[safe], x[r0 : r0 + chunk, :, None]).squeeze(-1)
+            d = _finish(bias[safe] - alpha * dots, None if x_sq is None else x_sq[r0 : r0 + chunk])
+            dist[r0 : r0 + chunk] = torch.where(idx >= 0, d, torch.full_like(d, torch.inf))
+    return dist, index
+
+
+def grouped_nearest_reference(x, groups, centroids, offsets, *, metric="euclidean"):
+    """Torch twin of :func:`grouped_nearest`."""
+    dist, index = grouped_distances_reference(x, groups, centroids, offsets, metric=metric)
+    best, slot = dist.min(1)  # first minimum: ties keep the lowest child
+    label = index.gather(1, slot[:, None]).squeeze(1)
+    return best, torch.where(torch.isfinite(best), label, torch.full_like(label, -1))
+
+
+def grouped_topk_reference(x, groups, centroids, offsets, k, *, metric="euclidean"):
+    """Torch twin of :func:`grouped_topk`."""
+    dist, index = grouped_distances_reference(x, groups, centroids, offsets, metric=metric)
+    if dist.shape[1] < k:
+        pad = k - dist.shape[1]
+        dist = torch.cat([dist, dist.new_full((dist.shape[0], pad), torch.inf)], 1)
+        index = torch.cat([index, index.new_full((index.shape[0], pad), -1)], 1)
+    dist, order = dist.sort(dim=1, stable=True)
+    return dist[:, :k], index.gather(1, order[:, :k])
+
+
+def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *, metric: str = "euclidean"):
+    """Nearest child of each row's group.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (n, d)
+    groups : int tensor of shape (n,)
+        Group (parent) of every row, in ``[0, len(offsets) - 1)``.
+    centroids : torch.Tensor of shape (n_children, d)
+        Children of all groups, group by group.
+    offsets : int tensor of shape (n_groups + 1,)
+        CSR: the children of group ``g`` are rows ``offsets[g]:offsets[g + 1]`` of ``centroids``.
+    metric : {"euclidean", "cosine"}
+
+    Returns
+    -------
+    distances : (n,) tensor, ``inf`` for rows whose group has no children
+    indices : (n,) int64 tensor of global child indices, -1 for rows whose group has no children
+
+    Examples
+    --------
+    >>> import torch
+    >>> c = torch.tensor([[0.0], [10.0], [1.0], [5.0]])   # group 0: rows 0-1, group 1: rows 2-3
+    >>> grouped_nearest(torch.tensor([[4.0], [4.0]]), torch.tensor([0, 1]), c, torch.tensor([0, 2, 4]))[1]
+    tensor([0, 3])
+    """
+    return grouped_nearest_reference(x, groups, centroids, offsets, metric=metric)
+
+
+def grouped_topk(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, k: int, *, metric: str = "euclidean"):
+    """The ``k`` nearest children of each row's group, nearest first: ``(n, k)`` distances and
+    global indices, padded with ``inf`` / -1 where a group has fewer than ``k`` children."""
+    return grouped_topk_reference(x, groups, centroids, offsets, k, metric=metric)

@@ -1,0 +1,46 @@
+"""Names and table layouts of the on-disk schema (DESIGN.md, Contracts): every part of the
+package writes its files through these, so that engines, the CLI and the browser agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+ASSIGNMENTS_SCHEMA = pa.schema([
+    ("id", pa.int64()),
+    ("path", pa.list_(pa.int32())),
+    ("distance", pa.float32()),
+])
+
+
+def level_file(level: int, name: str) -> str:
+    """``levels/00/centroids.npy`` and friends (centroids, parent, counts, child_offsets)."""
+    return f"levels/{level:02d}/{name}.npy"
+
+
+def assignments_file(part: int) -> str:
+    """``assignments/part-00000.parquet``: one part per block of rows, so parts are named by data,
+    not by the worker that wrote them (a retried block overwrites its own part)."""
+    return f"assignments/part-{part:05d}.parquet"
+
+
+def members_file(level: int) -> str:
+    """``members/00.parquet``: the nearest members of every node of a level."""
+    return f"members/{level:02d}.parquet"
+
+
+def assignments_table(ids: np.ndarray, paths: np.ndarray, distances: np.ndarray) -> pa.Table:
+    """Rows ``(id, path, distance)``: ``paths`` is (n, n_levels) of global node ids, -1 past a leaf."""
+    ids = np.asarray(ids, dtype=np.int64)
+    paths = np.ascontiguousarray(paths, dtype=np.int32).reshape(len(ids), -1)
+    path = pa.FixedSizeListArray.from_arrays(pa.array(paths.ravel()), paths.shape[1]).cast(pa.list_(pa.int32()))
+    return pa.Table.from_arrays(
+        [pa.array(ids), path, pa.array(np.asarray(distances, dtype=np.float32))], schema=ASSIGNMENTS_SCHEMA
+    )
+
+
+def read_paths(table: pa.Table) -> np.ndarray:
+    """The ``path`` column of an assignments table as an int64 array (n, n_levels)."""
+    column = table.column("path").combine_chunks()
+    width = len(column[0]) if len(column) else 0
+    return column.flatten().to_numpy().astype(np.int64).reshape(len(column), width)

@@ -1,0 +1,409 @@
+"""TaxonomyEngine: a hierarchy of k-means clusters over streamed vectors.
+
+Top-down and level-synchronous (DESIGN.md, Taxonomy): level 0 is a k-means over all rows; at
+level l every node of level l-1 gets its own children, and all nodes of the level are fitted in
+the same data passes, each row compared only with the children of its own parent (grouped
+assignment). The number of passes is the sum of the iterations per level plus one assignment
+pass per level (which also samples every node for the next level's seeds), one sampling pass
+and one output pass, whatever the number of nodes.
+
+State lives in a Store: per-iteration checkpoints with fresh names (so a crash never leaves a
+half-updated file behind a committed manifest), completed levels, then the tree, the
+assignments and each node's nearest members. A fit started again with the same arguments
+resumes from the last checkpoint and ends with the same tree, bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from ..cluster.balance import imbalance
+from ..cluster.lloyd import group_of_centroid, lloyd
+from ..cluster.sampling import hash_sample
+from ..errors import ConfigError, StorageError
+from ..io import VectorSource
+from ..ops import METRICS
+from ..runtime import get_runtime
+from ..storage import Store
+from ..storage.schema import members_file
+from .levels import branching_list, offsets_of, plan_children, seed_children
+from .passes import OutputState, OutputTask, PredictState, PredictTask, RouteState, RouteTask
+from .router import route_beam
+from .tree import Level, Tree
+
+logger = logging.getLogger(__name__)
+
+KIND = "taxonomy"
+# Parameters that change the fitted tree: a store fitted with others is refused, not mixed.
+FIT_PARAMS = ("n_levels", "branching_factor", "max_iter", "tol", "metric", "random_state", "dtype",
+              "sample_size", "min_cluster_size")
+
+
+class _CountingRuntime:
+    """Counts the passes over data that a fit makes (they are what costs at scale)."""
+
+    def __init__(self, runtime):
+        self.runtime, self.passes = runtime, 0
+
+    def map_reduce(self, source, task, state, *, desc=None):
+        self.passes += 1
+        return self.runtime.map_reduce(source, task, state, desc=desc)
+
+    @property
+    def device(self):
+        return self.runtime.device
+
+
+def _checkpoint_dir(level: int) -> str:
+    return f"checkpoints/level-{level:02d}"
+
+
+class TaxonomyEngine:
+    """Hierarchical k-means over vectors too many for memory.
+
+    Parameters
+    ----------
+    n_levels : int, default=3
+    branching_factor : int or list of int, default=16
+        Children per node, for every level or one per level (level 0: clusters of the root).
+    dim : int, optional
+        Expected dimension; input of another dimension raises DataError.
+    storage_uri : str, optional
+        Local path or fsspec URI (``s3://``...) of the Store holding checkpoints, the tree,
+        assignments and members. Without it the fit runs in memory and cannot resume.
+    max_iter, tol : Lloyd iterations per level, and scikit-learn's tolerance (scaled per level by
+        the mean within-parent variance).
+    metric : {"euclidean", "cosine"}
+    random_state : int, default=0
+    device : str, default="auto"
+    dtype : {"float32", "float64"}, default="float32"
+        Dtype of the centroids and of the arithmetic.
+    sample_size : int, optional
+        Rows sampled per node to seed its children (default ``max(64 * branching, 1024)``).
+    min_cluster_size : int, default=1
+        A node gets at most ``count // min_cluster_size`` children, and becomes a leaf when that
+        is below 2.
+    runtime : Runtime or "local", optional
+    storage_options : dict, optional
+        fsspec options for ``storage_uri``, the input and outputs (never logged or stored).
+    column, id_column : str, optional
+        Parquet columns of the vectors and ids.
+    batch_size : int, default=65536
+        Rows read at a time.
+    members : int, default=100
+        Nearest members kept per node.
+
+    Attributes
+    ----------
+    tree_ : Tree
+        Per level: centroids, parent, counts, child_offsets (CSR).
+    stats_ : dict
+        Per-level iterations, inertia, imbalance and seconds; total passes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
+    >>> engine = TaxonomyEngine(n_levels=2, branching_factor=[4, 3], device="cpu").fit(X)
+    >>> engine.predict(X[:3]).shape
+    (3, 2)
+    """
+
+    def __init__(self, n_levels=3, branching_factor=16, dim=None, storage_uri=None, *, max_iter=20, tol=1e-4,
+                 metric="euclidean", random_state=0, device="auto", dtype="float32", sample_size=None,
+                 min_cluster_size=1, runtime=None, storage_options=None, column=None, id_column=None,
+                 batch_size=65_536, members=100):
+        self.n_levels = n_levels
+        self.branching_factor = branching_factor
+        self.dim = dim
+        self.storage_uri = storage_uri
+        self.max_iter = max_iter
+        self.tol = tol
+        self.metric = metric
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.sample_size = sample_size
+        self.min_cluster_size = min_cluster_size
+        self.runtime = runtime
+        self.storage_options = storage_options
+        self.column = column
+        self.id_column = id_column
+        self.batch_size = batch_size
+        self.members = members
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _source(self, data) -> VectorSource:
+        if isinstance(data, VectorSource):
+            return data
+        if isinstance(data, torch.Tensor) or hasattr(data, "__array__") and not isinstance(data, str):
+            data = data if isinstance(data, torch.Tensor) else np.asarray(data)
+            return VectorSource(data, dim=self.dim)
+        return VectorSource(data, column=self.column, id_column=self.id_column, dim=self.dim,
+                            batch_size=self.batch_size, storage_options=self.storage_options)
+
+    def _store(self, uri=None) -> Store | None:
+        uri = uri or self.storage_uri
+        return None if uri is None else Store(uri, storage_options=self.storage_options)
+
+    def _check_params(self):
+        factors = branching_list(self.branching_factor, self.n_levels)
+        if self.metric not in METRICS:
+            raise ConfigError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.min_cluster_size < 1 or self.max_iter < 1 or self.tol < 0 or self.members < 1:
+            raise ConfigError("min_cluster_size, max_iter and members must be >= 1, tol >= 0")
+        return factors
+
+    def _fit_params(self, source, factors) -> dict:
+        params = {name: getattr(self, name) for name in FIT_PARAMS}
+        params["branching_factor"] = factors
+        params["input"] = {"rows": len(source), "dim": source.dim}
+        return params
+
+    def _sample_size(self, branching: int) -> int:
+        return self.sample_size or max(64 * branching, 1024)
+
+    # -- fit -----------------------------------------------------------------------------------
+    def fit(self, input, output=None, *, callback=None):
+        """Fit the taxonomy on ``input`` (path, glob, URI, array, tensor or VectorSource).
+
+        Parameters
+        ----------
+        output : str, optional
+            Also write every row's ``(id, path, distance)`` as parquet parts under this URI.
+        callback : callable, optional
+            ``callback(event)`` with a dict after every committed checkpoint and level
+            (``{"event": "iteration" | "level", "level": l, "iteration": t}``).
+
+        Returns
+        -------
+        self
+        """
+        factors = self._check_params()
+        source = self._source(input)
+        store = self._store()
+        params = self._fit_params(source, factors)
+        manifest = store.manifest() if store is not None else None
+        if manifest is not None:
+            if manifest["kind"] != KIND:
+                raise StorageError(f"{store!r} holds a {manifest['kind']!r}, not a taxonomy")
+            if manifest["params"] != params:
+                changed = sorted(k for k in params if manifest["params"].get(k) != params[k])
+                raise ConfigError(f"{store!r} was fitted with other parameters ({', '.join(changed)}); "
+                                  "use another storage_uri or the same parameters")
+            if manifest["status"] == "done":
+                logger.info("%r: fit already done, loading it", store)
+                self._load_fitted(store, manifest)
+                if output is not None:
+                    self.predict(source, output=output)
+                return self
+        meta = manifest["meta"] if manifest is not None else {"levels": [], "checkpoint": None}
+        runtime = _CountingRuntime(get_runtime(self.runtime, self.device))
+        dtype = np.dtype(self.dtype)
+        seed = int(self.random_state)
+        started = time.perf_counter()
+
+        def commit(status="fitting"):
+            meta["passes"] = meta.get("passes", 0) + runtime.passes
+            runtime.passes = 0
+            if store is not None:
+                store.commit(kind=KIND, params=params, status=status, **meta)
+
+        def event(**info):
+            if callback is not None:
+                callback(info)
+
+        # Completed levels (resuming) and what the next level needs: row groups and node samples.
+        levels = [self._load_level(store, i) for i in range(len(meta["levels"]))]
+        groups = sample = None
+        checkpoint = meta["checkpoint"]
+        if levels:
+            for i in range(1, len(levels)):
+                levels[i - 1].child_offsets = offsets_of(plan_children(levels[i - 1].counts, factors[i],
+                                                                       self.min_cluster_size))
+            need_sample = checkpoint is None and len(levels) < self.n_levels
+            size = self._sample_size(factors[len(levels)]) if need_sample else 0
+            routed = runtime.map_reduce(
+                source, RouteTask(), RouteState(Tree(levels, self.metric), (size, seed + len(levels)) if need_sample
+                                                else None), desc="resume")
+            groups = self._groups(routed.labels, levels[-1].n_nodes)
+            sample = routed.sample
+        elif checkpoint is None:
+            sample = hash_sample(source, self._sample_size(factors[0]), seed, runtime)
+            meta["root"] = {"rows": sample.count, "mean_variance": sample.mean_variance}
+            if sample.count < factors[0] * self.min_cluster_size:
+                raise ConfigError(f"{sample.count} rows cannot make {factors[0]} clusters of at least "
+                                  f"{self.min_cluster_size}: lower branching_factor[0] or min_cluster_size")
+        for level in range(len(levels), self.n_levels):
+            level_started = time.perf_counter()
+            if level == 0:
+                n_children = np.array([factors[0]])
+                offsets = groups_offsets = None
+                parent_inertia = meta["root"]["mean_variance"] * meta["root"]["rows"] * source.dim
+                parent_rows = meta["root"]["rows"]
+            else:
+                n_children = plan_children(levels[-1].counts, factors[level], self.min_cluster_size)
+                if not n_children.any():
+                    logger.info("level %d: every node of level %d is a leaf", level, level - 1)
+                    break
+                offsets = offsets_of(n_children)
+                levels[-1].child_offsets = offsets
+                groups_offsets = np.append(offsets, offsets[-1])  # rows under a leaf: empty last group
+                parent_inertia = meta["levels"][-1]["inertia"]
+                parent_rows = int(levels[-1].counts.sum())
+            tol = self.tol * parent_inertia / max(parent_rows * source.dim, 1)
+            folder = _checkpoint_dir(level)
+            if checkpoint is not None and checkpoint["level"] == level:
+                centroids = np.asarray(store.get_array(checkpoint["file"]), dtype=dtype)
+                start_iter = checkpoint["iteration"]
+                logger.info("level %d: resuming after iteration %d", level, start_iter)
+            else:
+                centroids = seed_children(sample, n_children, metric=self.metric, seed=seed, level=level,
+                                          dtype=dtype, device=runtime.device)
+                start_iter = 0
+
+            def on_iteration(iteration, centroids, shift, level=level, folder=folder):
+                if store is None:
+                    return
+                previous = meta["checkpoint"]
+                name = f"{folder}/iter-{iteration:04d}.npy"
+                store.put_array(name, centroids)
+                if previous is not None and previous["file"] != name:
+                    store.delete(previous["file"])
+                meta["checkpoint"] = {"level": level, "iteration": iteration, "file": name, "shift": shift}
+                commit()
+                event(event="iteration", level=level, iteration=iteration)
+
+            if start_iter == 0:
+                on_iteration(0, centroids, None)
+            last = level == self.n_levels - 1
+            next_sample = None if last else (self._sample_size(factors[level + 1]), seed + level + 1)
+            result = lloyd(source, centroids, runtime, metric=self.metric, max_iter=self.max_iter, tol=tol,
+                           keep_labels=not last, offsets=groups_offsets, groups=groups, start_iter=start_iter,
+                           on_iteration=on_iteration, sample=next_sample, desc=f"level {level}")
+            parent = np.full(len(result.centroids), -1) if level == 0 else group_of_centroid(offsets, len(result.centroids))
+            levels.append(Level(result.centroids, parent.astype(np.int64), result.counts.astype(np.int64),
+                                np.zeros(len(result.centroids) + 1, dtype=np.int64)))
+            if not last:
+                groups = self._groups({b: lab for b, (lab, _) in result.partial.labels.items()}, len(result.centroids))
+                sample = result.partial.sample
+            stats = {"n_nodes": len(result.centroids), "iterations": result.n_iter, "inertia": result.inertia,
+                     "seconds": time.perf_counter() - level_started, "imbalance": imbalance(result.counts)}
+            logger.info("level %d: %d nodes, %d iterations, inertia %.6g", level, stats["n_nodes"],
+                        stats["iterations"], stats["inertia"])
+            if store is not None:
+                store.put_array(f"{folder}/centroids.npy", result.centroids)
+                store.put_array(f"{folder}/counts.npy", result.counts)
+                store.delete(meta["checkpoint"]["file"])
+            meta["checkpoint"] = None
+            meta["levels"].append(stats)
+            commit()
+            event(event="level", level=level, iteration=result.n_iter)
+        while len(levels) < self.n_levels:  # every branch ended early: empty levels keep paths' width
+            levels.append(Level(np.zeros((0, source.dim), dtype), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                                np.zeros(1, np.int64)))
+        self.tree_ = Tree(levels, self.metric)
+        self._write_outputs(source, runtime, store, output)
+        meta["seconds"] = meta.get("seconds", 0) + time.perf_counter() - started
+        if store is not None:
+            self.tree_.save(store)
+            for level in range(self.n_levels):
+                for name in ("centroids", "counts"):
+                    if f"{_checkpoint_dir(level)}/{name}.npy" in store.listdir(_checkpoint_dir(level)):
+                        store.delete(f"{_checkpoint_dir(level)}/{name}.npy")
+        commit("done")
+        self.stats_ = meta
+        return self
+
+    @staticmethod
+    def _groups(labels: dict, n_nodes: int) -> dict:
+        """Per block, each row's node as its group at the next level; rows under a leaf (-1) go to
+        the empty group ``n_nodes``."""
+        return {b: np.where(lab >= 0, lab, n_nodes) for b, lab in labels.items()}
+
+    def _load_level(self, store, level) -> Level:
+        folder = _checkpoint_dir(level)
+        centroids = np.asarray(store.get_array(f"{folder}/centroids.npy"))
+        counts = np.asarray(store.get_array(f"{folder}/counts.npy"))
+        if level == 0:
+            parent = np.full(len(centroids), -1, dtype=np.int64)
+        else:
+            previous = np.asarray(store.get_array(f"{_checkpoint_dir(level - 1)}/counts.npy"))
+            factors = branching_list(self.branching_factor, self.n_levels)
+            parent = group_of_centroid(offsets_of(plan_children(previous, factors[level], self.min_cluster_size)),
+                                       len(centroids))
+        return Level(centroids, parent, counts, np.zeros(len(centroids) + 1, dtype=np.int64))
+
+    def _write_outputs(self, source, runtime, store, output):
+        """The output pass: assignments to the store (and ``output``), and members per node."""
+        targets = tuple((s.uri, self.storage_options) for s in (store, self._store(output)) if s is not None)
+        if not targets:
+            return
+        state = OutputState(self.tree_, targets, self.members)
+        result = runtime.map_reduce(source, OutputTask(), state, desc="assignments")
+        out = self._store(output) if output is not None else None
+        for (uri, name), entry in result.files.items():
+            if store is not None and uri == store.uri:
+                store.record(name, entry)
+            elif out is not None:
+                out.record(name, entry)
+        if store is not None:
+            for level in range(self.n_levels):
+                store.put_table(members_file(level), result.table(level))
+        if out is not None:
+            out.commit(kind="assignments", params={"taxonomy": self.storage_uri}, status="done", rows=result.rows)
+
+    def _load_fitted(self, store, manifest):
+        self.tree_ = Tree.load(store, self.n_levels, self.metric)
+        self.stats_ = manifest["meta"]
+
+    # -- use -----------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, storage_uri, *, storage_options=None, **overrides) -> TaxonomyEngine:
+        """A fitted engine from its Store."""
+        store = Store(storage_uri, storage_options=storage_options)
+        manifest = store.manifest()
+        if manifest is None or manifest["kind"] != KIND or manifest["status"] != "done":
+            raise StorageError(f"{store!r} holds no finished taxonomy")
+        params = {k: v for k, v in manifest["params"].items() if k in FIT_PARAMS}
+        engine = cls(storage_uri=storage_uri, storage_options=storage_options, **params, **overrides)
+        engine._load_fitted(store, manifest)
+        return engine
+
+    def _check_fitted(self):
+        if not hasattr(self, "tree_"):
+            raise ConfigError("this TaxonomyEngine is not fitted: call fit() or TaxonomyEngine.load()")
+
+    def predict(self, input, output=None, *, beam=1):
+        """Paths of the rows of ``input``: int64 array (n, n_levels), -1 below a leaf.
+
+        ``beam > 1`` keeps that many candidates per level and returns the path of the best leaf
+        reached. With ``output`` (a URI) the paths are written there as parquet parts
+        (``id``, ``path``, ``distance``), in input order, and the committed manifest is returned.
+        """
+        self._check_fitted()
+        source = self._source(input)
+        runtime = get_runtime(self.runtime, self.device)
+        out = self._store(output) if output is not None else None
+        state = PredictState(self.tree_, beam, None if out is None else (out.uri, self.storage_options))
+        result = runtime.map_reduce(source, PredictTask(), state, desc="predict")
+        if out is not None:
+            for (_, name), entry in result.files.items():
+                out.record(name, entry)
+            return out.commit(kind="assignments", params={"taxonomy": self.storage_uri, "beam": beam},
+                              status="done", rows=len(source))
+        _, paths, _ = result.ordered()
+        return paths
+
+    def transform_paths(self, x, beam=1):
+        """(paths, leaf distances) of an in-memory batch (tensor or array), without the runtime."""
+        self._check_fitted()
+        t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+        paths, dist = route_beam(t, self.tree_, beam)
+        return paths.cpu().numpy(), dist.cpu().numpy()

@@ -1,0 +1,137 @@
+"""The block tasks of a taxonomy beyond Lloyd's: routing rows down a fitted tree, and the final
+pass that writes every row's path and collects each node's nearest members."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from ..cluster.lloyd import as_tensor
+from ..cluster.sampling import SamplePartial, block_sample, rank_in_group
+from ..storage import Store
+from ..storage.schema import assignments_file, assignments_table
+from .router import route_beam, route_greedy
+from .tree import Tree
+
+
+def nearest_per_group(distances, ordinals, groups, n) -> np.ndarray:
+    """Positions of the ``n`` smallest distances of every group (equal distances by ordinal)."""
+    order = np.lexsort((ordinals, distances, groups))
+    return order[rank_in_group(groups[order]) < n]
+
+
+@dataclass
+class RoutePartial:
+    """Each block's node at the deepest routed level, and optionally a hash sample per node."""
+
+    labels: dict = field(default_factory=dict)
+    sample: SamplePartial | None = None
+
+    def __add__(self, other):
+        sample = None if self.sample is None else self.sample + other.sample
+        return RoutePartial({**self.labels, **other.labels}, sample)
+
+
+@dataclass(frozen=True)
+class RouteState:
+    tree: Tree
+    sample: tuple[int, int] | None = None
+
+
+class RouteTask:
+    """Greedy paths through a (partly) fitted tree: what resuming a fit needs for its next level."""
+
+    def __call__(self, block, state: RouteState, device) -> RoutePartial:
+        paths, _ = route_greedy(as_tensor(block.vectors, device), state.tree)
+        labels = paths[:, -1].cpu().numpy()
+        sample = None
+        if state.sample is not None:
+            sample = block_sample(block, *state.sample, groups=labels)
+        return RoutePartial({block.index: labels}, sample)
+
+
+@dataclass
+class MembersPartial:
+    """Per level, the ``size`` rows nearest each node: arrays node, distance, ordinal, id."""
+
+    size: int
+    levels: list[dict]
+    rows: int = 0
+    files: dict = field(default_factory=dict)  # store name -> {"sha256", "bytes"} written by tasks
+
+    def __add__(self, other):
+        levels = []
+        for mine, theirs in zip(self.levels, other.levels):
+            both = {k: np.concatenate([mine[k], theirs[k]]) for k in mine}
+            keep = nearest_per_group(both["distance"], both["ordinal"], both["node"], self.size)
+            levels.append({k: v[keep] for k, v in both.items()})
+        return MembersPartial(self.size, levels, self.rows + other.rows, {**self.files, **other.files})
+
+    def table(self, level: int) -> pa.Table:
+        m = self.levels[level]
+        return pa.table({"node": m["node"].astype(np.int32), "id": m["id"].astype(np.int64),
+                         "distance": m["distance"].astype(np.float32)})
+
+
+@dataclass(frozen=True)
+class OutputState:
+    tree: Tree
+    stores: tuple  # (uri, storage_options) of every Store that receives the assignments
+    members: int
+
+
+class OutputTask:
+    """Route every row, write its (id, path, leaf distance) as the block's part, keep members."""
+
+    def __call__(self, block, state: OutputState, device) -> MembersPartial:
+        paths, dists = route_greedy(as_tensor(block.vectors, device), state.tree)
+        paths, dists = paths.cpu().numpy(), dists.cpu().numpy()
+        depth = (paths >= 0).sum(1) - 1
+        leaf_distance = dists[np.arange(len(paths)), np.maximum(depth, 0)]
+        files = {}
+        table = assignments_table(block.ids, paths, leaf_distance)
+        for uri, options in state.stores:
+            name = assignments_file(block.index)
+            files[(uri, name)] = Store(uri, storage_options=options).put_table(name, table)
+        levels = []
+        for level in range(state.tree.n_levels):
+            on = paths[:, level] >= 0
+            node, d = paths[on, level], dists[on, level]
+            keep = nearest_per_group(d, block.ordinals[on], node, state.members)
+            levels.append({"node": node[keep], "distance": d[keep], "ordinal": block.ordinals[on][keep],
+                           "id": block.ids[on][keep]})
+        return MembersPartial(state.members, levels, len(paths), files)
+
+
+@dataclass
+class PredictPartial:
+    parts: dict = field(default_factory=dict)  # block index -> (ids, paths, distances)
+    files: dict = field(default_factory=dict)
+
+    def __add__(self, other):
+        return PredictPartial({**self.parts, **other.parts}, {**self.files, **other.files})
+
+    def ordered(self):
+        blocks = sorted(self.parts)
+        return tuple(np.concatenate([self.parts[b][i] for b in blocks]) for i in range(3))
+
+
+@dataclass(frozen=True)
+class PredictState:
+    tree: Tree
+    beam: int = 1
+    store: tuple | None = None  # (uri, storage_options) to write parts to, instead of returning them
+
+
+class PredictTask:
+    def __call__(self, block, state: PredictState, device) -> PredictPartial:
+        paths, dist = route_beam(as_tensor(block.vectors, device), state.tree, state.beam)
+        paths, dist = paths.cpu().numpy(), dist.cpu().numpy()
+        if state.store is None:
+            return PredictPartial({block.index: (block.ids, paths, dist)})
+        uri, options = state.store
+        name = assignments_file(block.index)
+        entry = Store(uri, storage_options=options).put_table(name, assignments_table(block.ids, paths, dist))
+        return PredictPartial(files={(uri, name): entry})

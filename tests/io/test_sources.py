@@ -1,0 +1,411 @@
+"""VectorSource: file layouts, formats and in-memory data give the same blocks; take, ids, cache, shards."""
+
+import doctest
+import logging
+import pickle
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from mega_taxonomy.io import BLOCK_ROWS, Block, Shard, VectorSource, formats, sources, validate
+from mega_taxonomy.io.formats import ParquetReader
+
+DIM = 8  # of the data fixture
+
+
+def split_points(n, n_files, seed=1):
+    """Uneven cut points 0 = c0 < ... < c_n_files = n."""
+    if n_files == 1:
+        return [0, n]
+    inner = np.sort(np.random.default_rng(seed).choice(np.arange(1, n), n_files - 1, replace=False))
+    return [0, *inner.tolist(), n]
+
+
+def write_split(files, root, vectors, ids, n_files, *, fmt="parquet", row_group_size=None, kind="list"):
+    """Write rows of ``vectors`` into ``n_files`` files named so that sorted order is row order."""
+    cuts = split_points(len(vectors), n_files)
+    for i, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:])):
+        uri = f"{root}/part-{i:03d}.{fmt}"
+        if fmt == "parquet":
+            files.parquet(uri, vectors[lo:hi], None if ids is None else ids[lo:hi], kind, row_group_size)
+        elif fmt == "npy":
+            files.npy(uri, vectors[lo:hi])
+        else:
+            files.vecs(uri, vectors[lo:hi])
+    return root
+
+
+def collect(source, **kw):
+    return [(b.index, b.ordinals.copy(), b.ids.copy(), np.array(b.vectors)) for b in source.blocks(**kw)]
+
+
+def assert_same_blocks(got, want):
+    assert len(got) == len(want)
+    for (i, ordinals, ids, vectors), (j, ordinals2, ids2, vectors2) in zip(got, want):
+        assert i == j
+        assert ordinals.dtype == ordinals2.dtype == np.int64 and np.array_equal(ordinals, ordinals2)
+        assert ids.dtype == np.int64 and np.array_equal(ids, ids2)
+        assert vectors.dtype == vectors2.dtype and vectors.tobytes() == vectors2.tobytes()
+
+
+@pytest.fixture(scope="module")
+def reference(data):
+    """Blocks of the in-memory array, with the ids of the data set in place of the ordinals."""
+    vectors, ids = data
+    return [(i, o, ids[o], v) for i, o, _, v in collect(VectorSource(vectors))]
+
+
+@pytest.mark.parametrize(
+    "n_files, row_group_size, batch_size",
+    [(1, None, 65_536), (1, 10_000, 65_536), (3, 7_777, 4_096), (3, 50_000, 1_000), (20, 3_000, 100_000)],
+)
+def test_layouts_give_bit_identical_blocks(
+    tmp_path, files, data, reference, n_files, row_group_size, batch_size
+):
+    vectors, ids = data
+    root = write_split(files, tmp_path, vectors, ids, n_files, row_group_size=row_group_size)
+    source = VectorSource(str(root), id_column="id", batch_size=batch_size)
+    assert len(source) == len(vectors) and source.n_blocks == 3 and len(source.uris) == n_files
+    assert_same_blocks(collect(source), reference)
+
+
+@pytest.mark.parametrize(
+    "fmt, kind", [("parquet", "large"), ("parquet", "fixed"), ("npy", None), ("fvecs", None)]
+)
+def test_formats_give_bit_identical_blocks(tmp_path, files, data, fmt, kind):
+    vectors, _ = data
+    want = collect(VectorSource(vectors))
+    root = write_split(files, tmp_path, vectors, None, 3, fmt=fmt, kind=kind, row_group_size=20_000)
+    assert_same_blocks(collect(VectorSource(str(root), batch_size=30_000)), want)
+
+
+def test_mixed_formats_in_one_source(tmp_path, files, data):
+    vectors, _ = data
+    files.npy(tmp_path / "a.npy", vectors[:1000])
+    files.vecs(tmp_path / "b.fvecs", vectors[1000:2000])
+    files.parquet(tmp_path / "c.parquet", vectors[2000:3000])
+    files.npy(tmp_path / "d.npy", np.asfortranarray(vectors[3000:4000]))
+    source = VectorSource(tmp_path)
+    assert [u.rsplit("/", 1)[-1] for u in source.uris] == ["a.npy", "b.fvecs", "c.parquet", "d.npy"]
+    (block,) = source.blocks()
+    assert np.array_equal(block.vectors, vectors[:4000]) and block.vectors.flags.c_contiguous
+
+
+def test_memory_filesystem_reads_every_format_remotely(memory_dir, files, data):
+    vectors, ids = data
+    x, i = vectors[:70_000], ids[:70_000]
+    files.parquet(f"{memory_dir}/a.parquet", x[:20_000], i[:20_000], "list", 6_000)
+    files.parquet(f"{memory_dir}/b.parquet", x[20_000:30_000], i[20_000:30_000], "fixed", 4_000)
+    files.npy(f"{memory_dir}/c.npy", x[30_000:40_000])
+    files.npy(f"{memory_dir}/d.npy", np.asfortranarray(x[40_000:50_000]))
+    files.vecs(f"{memory_dir}/e.fvecs", x[50_000:60_000])
+    bytes_ = np.random.default_rng(2).integers(0, 256, (10_000, 8)).astype(np.uint8)
+    files.vecs(f"{memory_dir}/f.bvecs", bytes_, bvecs=True)
+    want = np.concatenate([x[:60_000], bytes_.astype(np.float32)])
+    source = VectorSource(f"{memory_dir}/*", storage_options={"secret": "hunter2"}, batch_size=7_000)
+    assert all(uri.startswith("memory://") for uri in source.uris) and len(source) == 70_000
+    assert source.dtype == np.float32 and source.dim == 8
+    got = np.concatenate([b.vectors for b in source.blocks()])
+    assert np.array_equal(got, want)
+    rows = np.array([69_999, 45_000, 3, 25_000, 55_000, 35_000, 45_000])
+    assert np.array_equal(source.take(rows), want[rows])
+    assert "hunter2" not in repr(source)
+    # ids only in the parquet files: a source of those two reads them remotely too
+    pq_source = VectorSource([f"{memory_dir}/b.parquet", f"{memory_dir}/a.parquet"], id_column="id")
+    (block,) = pq_source.blocks()
+    assert np.array_equal(block.ids, i[:30_000]) and np.array_equal(block.vectors, x[:30_000])
+
+
+def test_numpy_blocks_are_views(data):
+    vectors, _ = data
+    source = VectorSource(vectors)
+    assert source.uris == ["<array>"] and source.shards == [Shard("<array>", 0, len(vectors), 0)]
+    for block in source.blocks():
+        assert np.shares_memory(block.vectors, vectors)
+        assert np.array_equal(block.ids, block.ordinals)
+
+
+def test_integer_arrays_become_float32():
+    source = VectorSource(np.arange(12, dtype=np.int16).reshape(4, 3))
+    (block,) = source.blocks()
+    assert source.dtype == block.vectors.dtype == np.float32
+    assert np.array_equal(source.take([3]), [[9.0, 10.0, 11.0]])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_parquet_dtype_is_kept(tmp_path, files, dtype):
+    x = np.random.default_rng(3).standard_normal((100, 5)).astype(dtype)
+    source = VectorSource(files.parquet(tmp_path / "x.parquet", x))
+    (block,) = source.blocks()
+    assert source.dtype == block.vectors.dtype == dtype and np.array_equal(block.vectors, x)
+
+
+def test_dtype_is_the_widest_of_the_files(tmp_path, files):
+    x = np.random.default_rng(4).standard_normal((10, 4))
+    files.parquet(tmp_path / "a.parquet", x.astype(np.float16))
+    files.npy(tmp_path / "b.npy", x.astype(np.float32))
+    source = VectorSource(tmp_path)
+    (block,) = source.blocks()
+    assert source.dtype == np.float32
+    assert np.array_equal(block.vectors[10:], x.astype(np.float32))
+
+
+def torch_devices():
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", torch_devices())
+def test_torch_tensors_give_slices_on_their_device(data, device):
+    vectors, _ = data
+    tensor = torch.from_numpy(vectors).to(device)
+    source = VectorSource(tensor)
+    assert source.dtype == np.float32 and source.dim == DIM and len(source) == len(vectors)
+    for block in source.blocks():
+        assert isinstance(block.vectors, torch.Tensor) and block.vectors.device == tensor.device
+        assert block.vectors.data_ptr() == tensor[block.ordinals[0]].data_ptr()  # a slice, not a copy
+    assert_same_blocks(
+        [(i, o, d, v.cpu().numpy()) for i, o, d, v in collect_torch(source)], collect(VectorSource(vectors))
+    )
+    taken = source.take(torch.tensor([5, 1, 5]))
+    assert isinstance(taken, torch.Tensor) and taken.device == tensor.device
+    assert torch.equal(taken.cpu(), torch.from_numpy(vectors[[5, 1, 5]]))
+
+
+def collect_torch(source):
+    return [(b.index, b.ordinals, b.ids, b.vectors) for b in source.blocks()]
+
+
+def test_torch_half_and_int_tensors():
+    half = VectorSource(torch.ones(3, 2, dtype=torch.float16))
+    assert half.dtype == np.float16 and next(half.blocks()).vectors.dtype == torch.float16
+    ints = VectorSource(torch.arange(6).reshape(3, 2))
+    assert ints.dtype == np.float32 and next(ints.blocks()).vectors.dtype == torch.float32
+
+
+class Spy:
+    """Counts calls of a method (and records their arguments) while delegating to it."""
+
+    def __init__(self, monkeypatch, owner, name):
+        self.calls = []
+        original = getattr(owner, name)
+
+        def spy(*args, **kwargs):
+            self.calls.append((args[1:], kwargs))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, spy)
+
+
+def test_metadata_is_cheap(tmp_path, files, data, monkeypatch):
+    vectors, ids = data
+    write_split(files, tmp_path / "fixed", vectors, ids, 3, kind="fixed", row_group_size=10_000)
+    write_split(files, tmp_path / "list", vectors, ids, 3, kind="list", row_group_size=10_000)
+    batches = Spy(monkeypatch, pq.ParquetFile, "iter_batches")
+    groups = Spy(monkeypatch, pq.ParquetFile, "read_row_group")
+    reads = Spy(monkeypatch, pq.ParquetFile, "read")
+    fixed = VectorSource(tmp_path / "fixed", id_column="id")
+    assert (len(fixed), fixed.dim, fixed.dtype, fixed.n_blocks) == (len(vectors), DIM, np.float32, 3)
+    assert batches.calls == [] and groups.calls == [] and reads.calls == []  # footers only
+    listed = VectorSource(tmp_path / "list", id_column="id")
+    assert (len(listed), listed.dim, listed.dtype) == (len(vectors), DIM, np.float32)
+    # a list<float> file has no dimension in its footer: the first rows of the first file tell it
+    assert len(batches.calls) == 1 and groups.calls == [] and reads.calls == []
+    assert [s.start for s in listed.shards] == split_points(len(vectors), 3)[:-1]
+
+
+def test_big_files_are_split_into_shards_at_row_groups(tmp_path, files):
+    n = 1_200_000
+    x = np.zeros((n, 1), np.float16)
+    files.parquet(tmp_path / "a.parquet", x[:1000], kind="fixed")
+    files.parquet(tmp_path / "b.parquet", x, kind="fixed", row_group_size=300_000)
+    files.npy(tmp_path / "c.npy", np.zeros((2_500_000, 1), np.float16))
+    source = VectorSource(tmp_path)
+    b, c = (str(tmp_path / name) for name in ("b.parquet", "c.npy"))
+    assert source.shards[1:] == [
+        Shard(b, 0, 900_000, 1000),
+        Shard(b, 900_000, n, 901_000),
+        Shard(c, 0, 1 << 20, 1000 + n),
+        Shard(c, 1 << 20, 2 << 20, 1000 + n + (1 << 20)),
+        Shard(c, 2 << 20, 2_500_000, 1000 + n + (2 << 20)),
+    ]
+    assert sum(s.row_stop - s.row_start for s in source.shards) == len(source)
+
+
+def test_glob_directory_and_lists_are_sorted_and_unique(tmp_path, files):
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    (tmp_path / "sub").mkdir()
+    files.parquet(tmp_path / "b.parquet", x[5:8])
+    files.parquet(tmp_path / "a.parquet", x[:5])
+    files.npy(tmp_path / "sub" / "c.npy", x[8:])
+    (tmp_path / "_SUCCESS").write_bytes(b"")
+    (tmp_path / ".a.parquet.crc").write_bytes(b"junk")
+    names = ["a.parquet", "b.parquet", "sub/c.npy"]
+    directory = VectorSource(tmp_path)
+    assert directory.uris == [str(tmp_path / name) for name in names]
+    (block,) = directory.blocks()
+    assert np.array_equal(block.vectors, x)
+    assert VectorSource(f"{tmp_path}/*.parquet").uris == directory.uris[:2]
+    listed = VectorSource(
+        [tmp_path / "sub" / "c.npy", f"{tmp_path}/b.*", tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    )
+    assert listed.uris == directory.uris
+    assert VectorSource(f"file://{tmp_path}/a.parquet").uris == directory.uris[:1]
+
+
+def test_take_returns_rows_in_the_order_given(tmp_path, files, data, monkeypatch):
+    vectors, ids = data
+    write_split(files, tmp_path, vectors, ids, 20, row_group_size=1_000)
+    source = VectorSource(tmp_path, id_column="id")
+    groups = Spy(monkeypatch, pq.ParquetFile, "read_row_group")
+    rows = np.array([149_999, 0, 77_777, 77_777, 5, 120_000, 0])
+    assert np.array_equal(source.take(rows), vectors[rows])
+    assert len(groups.calls) == 4  # one read per row group holding wanted rows (0 and 5 share one)
+    assert source.take([]).shape == (0, DIM)
+    with pytest.raises(IndexError):
+        source.take([len(vectors)])
+    with pytest.raises(IndexError):
+        source.take([-1])
+
+
+@pytest.mark.parametrize("fmt", ["npy", "fvecs"])
+def test_take_from_memory_mapped_files(tmp_path, files, data, fmt):
+    vectors, _ = data
+    write_split(files, tmp_path, vectors, None, 3, fmt=fmt)
+    source = VectorSource(tmp_path)
+    rows = np.random.default_rng(5).integers(0, len(vectors), 1000)
+    assert np.array_equal(source.take(rows), vectors[rows])
+
+
+def test_id_blocks_read_only_the_id_column(tmp_path, files, data, monkeypatch):
+    vectors, ids = data
+    write_split(files, tmp_path, vectors, ids, 3, row_group_size=20_000)
+    source = VectorSource(tmp_path, id_column="id", batch_size=9_999)
+    batches = Spy(monkeypatch, pq.ParquetFile, "iter_batches")
+    got = list(source.id_blocks())
+    assert batches.calls and all(kw["columns"] == ["id"] for _, kw in batches.calls)
+    assert [i for i, _, _ in got] == [0, 1, 2]
+    for index, ordinals, block_ids in got:
+        stop = min((index + 1) * BLOCK_ROWS, len(vectors))
+        assert np.array_equal(ordinals, np.arange(index * BLOCK_ROWS, stop))
+        assert np.array_equal(block_ids, ids[ordinals])
+    assert [i for i, _, _ in source.id_blocks(1, 2)] == [1]
+
+
+def test_id_blocks_without_id_column_read_nothing(tmp_path, files, data, monkeypatch):
+    vectors, _ = data
+    source = VectorSource(files.parquet(tmp_path / "x.parquet", vectors))
+    batches = Spy(monkeypatch, pq.ParquetFile, "iter_batches")
+    (i, ordinals, ids), *rest = source.id_blocks()
+    assert batches.calls == [] and len(rest) == 2 and ordinals is ids
+    assert np.array_equal(ordinals, np.arange(BLOCK_ROWS))
+
+
+def test_block_ranges(tmp_path, files, data):
+    vectors, _ = data
+    root = write_split(files, tmp_path, vectors, None, 3, row_group_size=30_000)
+    source = VectorSource(root, cache_bytes=0)
+    everything = collect(source)
+    assert_same_blocks(collect(source, start=1, stop=2), everything[1:2])
+    assert_same_blocks(collect(source, start=2), everything[2:])
+    assert collect(source, start=3) == []
+    with pytest.raises(IndexError):
+        list(source.blocks(-1))
+
+
+def test_file_blocks_are_read_only_copies(tmp_path, files, data):
+    vectors, _ = data
+    source = VectorSource(files.npy(tmp_path / "x.npy", vectors))
+    block = next(source.blocks())
+    assert isinstance(block, Block) and block.vectors.flags.c_contiguous and block.vectors.flags.owndata
+    with pytest.raises(ValueError):
+        block.vectors[0, 0] = 1.0
+
+
+def test_second_pass_reads_nothing_when_the_data_fits(tmp_path, files, data, reference, monkeypatch):
+    vectors, ids = data
+    write_split(files, tmp_path, vectors, ids, 3, row_group_size=25_000)
+    reads = Spy(monkeypatch, ParquetReader, "read")
+    source = VectorSource(tmp_path, id_column="id")
+    first = collect(source)
+    n_reads = len(reads.calls)
+    assert n_reads >= 3
+    second = collect(source)
+    assert len(reads.calls) == n_reads  # all from the cache
+    assert_same_blocks(first, reference)
+    assert_same_blocks(second, reference)
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1, 3_500_000])
+def test_small_cache_budget_rereads_with_identical_results(
+    tmp_path, files, data, reference, monkeypatch, cache_bytes
+):
+    vectors, ids = data
+    write_split(files, tmp_path, vectors, ids, 3, row_group_size=25_000)
+    reads = Spy(monkeypatch, ParquetReader, "read")
+    source = VectorSource(tmp_path, id_column="id", cache_bytes=cache_bytes)
+    first = collect(source)
+    n_reads = len(reads.calls)
+    for _ in range(2):
+        assert_same_blocks(collect(source), reference)
+    assert_same_blocks(first, reference)
+    # a full block is 65,536 x (8 x 4 bytes + 8 for its ordinal + 8 for its id) = 3 MiB: 3.5 MB keeps
+    # block 0 only (the first that fits), as the 0.9 MB of block 2 would exceed the budget
+    assert source._cache.used == (BLOCK_ROWS * 48 if cache_bytes == 3_500_000 else 0)
+    assert len(reads.calls) > n_reads  # what does not fit is read again
+
+
+def test_pickling_keeps_the_files_and_options(tmp_path, files, data):
+    vectors, ids = data
+    source = VectorSource(write_split(files, tmp_path, vectors, ids, 3), id_column="id", batch_size=10_000)
+    clone = pickle.loads(pickle.dumps(source))
+    assert clone.uris == source.uris and clone.batch_size == 10_000
+    assert_same_blocks(collect(clone), collect(source))
+
+
+def test_of_returns_a_source_unchanged(data):
+    vectors, _ = data
+    source = VectorSource(vectors)
+    assert VectorSource.of(source) is source
+    assert isinstance(VectorSource.of(vectors), VectorSource)
+    assert repr(source) == "VectorSource(<ndarray (150000, 8)>, files=1, rows=150000, dim=8, dtype=float32)"
+
+
+def test_docstring_examples_run():
+    for module in (sources, validate, formats):
+        assert doctest.testmod(module).failed == 0
+
+
+def test_remote_npy_and_vecs_take(memory_dir, files, data):
+    vectors, _ = data
+    x = vectors[:5000]
+    files.npy(f"{memory_dir}/a.npy", np.asfortranarray(x[:2000]))
+    files.vecs(f"{memory_dir}/b.fvecs", x[2000:])
+    source = VectorSource(memory_dir)
+    rows = np.array([4999, 0, 1999, 2000, 10, 10])
+    assert np.array_equal(source.take(rows), x[rows])
+
+
+def test_skipped_rows_are_counted_once_and_logged(tmp_path, files, data, caplog):
+    vectors, _ = data
+    x = vectors[:140_000].copy()
+    x[[3, 70_000, 139_999], 2] = np.nan
+    files.npy(tmp_path / "a.npy", x[:100_000])
+    files.npy(tmp_path / "b.npy", x[100_000:])
+    source = VectorSource(tmp_path, on_invalid="skip", cache_bytes=0)
+    with caplog.at_level(logging.WARNING, logger="mega_taxonomy.io.sources"):
+        blocks = list(source.blocks())
+    assert [len(b.ordinals) for b in blocks] == [BLOCK_ROWS - 1, BLOCK_ROWS - 1, 140_000 - 2 * BLOCK_ROWS - 1]
+    assert not np.isin([3, 70_000, 139_999], np.concatenate([b.ordinals for b in blocks])).any()
+    a, b = (str(tmp_path / name) for name in ("a.npy", "b.npy"))
+    assert source.skipped == {a: 2, b: 1}
+    (record,) = caplog.records
+    assert "3 invalid rows" in record.message and f"{a}: 2" in record.message and f"{b}: 1" in record.message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mega_taxonomy.io.sources"):
+        list(source.blocks())  # read again (no cache): the same rows are not counted twice
+    assert source.skipped == {a: 2, b: 1} and caplog.records == []
+    kept = np.concatenate([b.ordinals for b in blocks])
+    assert np.array_equal(np.concatenate([b.vectors for b in blocks]), x[kept])
