@@ -4,17 +4,10 @@ Tests that use S3 take ``s3_bucket`` (or ``s3_server``) and are marked ``@pytest
 the mark is also added automatically to any test that requests those fixtures directly.
 """
 
-import importlib.util
 import os
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
-
-# src layout: let a plain checkout run the tests without `pip install -e .`.
-if importlib.util.find_spec("mega_taxonomy") is None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 # Fake credentials: moto accepts any, and real ones must never be picked up by tests.
 _S3_ENV = {

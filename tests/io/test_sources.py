@@ -4,7 +4,6 @@ import doctest
 import logging
 import pickle
 
-import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -166,16 +165,11 @@ def test_torch_tensors_give_slices_on_their_device(data, device):
     for block in source.blocks():
         assert isinstance(block.vectors, torch.Tensor) and block.vectors.device == tensor.device
         assert block.vectors.data_ptr() == tensor[block.ordinals[0]].data_ptr()  # a slice, not a copy
-    assert_same_blocks(
-        [(i, o, d, v.cpu().numpy()) for i, o, d, v in collect_torch(source)], collect(VectorSource(vectors))
-    )
+    as_numpy = [(b.index, b.ordinals, b.ids, b.vectors.cpu().numpy()) for b in source.blocks()]
+    assert_same_blocks(as_numpy, collect(VectorSource(vectors)))
     taken = source.take(torch.tensor([5, 1, 5]))
     assert isinstance(taken, torch.Tensor) and taken.device == tensor.device
     assert torch.equal(taken.cpu(), torch.from_numpy(vectors[[5, 1, 5]]))
-
-
-def collect_torch(source):
-    return [(b.index, b.ordinals, b.ids, b.vectors) for b in source.blocks()]
 
 
 def test_torch_half_and_int_tensors():
@@ -242,12 +236,15 @@ def test_glob_directory_and_lists_are_sorted_and_unique(tmp_path, files):
     files.npy(tmp_path / "sub" / "c.npy", x[8:])
     (tmp_path / "_SUCCESS").write_bytes(b"")
     (tmp_path / ".a.parquet.crc").write_bytes(b"junk")
+    (tmp_path / "_temporary").mkdir()  # hidden folders (unfinished Spark output) are skipped too
+    files.parquet(tmp_path / "_temporary" / "part-9.parquet", x)
     names = ["a.parquet", "b.parquet", "sub/c.npy"]
     directory = VectorSource(tmp_path)
     assert directory.uris == [str(tmp_path / name) for name in names]
     (block,) = directory.blocks()
     assert np.array_equal(block.vectors, x)
     assert VectorSource(f"{tmp_path}/*.parquet").uris == directory.uris[:2]
+    assert VectorSource(f"{tmp_path}/*").uris == directory.uris  # a glob skips _SUCCESS and .crc
     listed = VectorSource(
         [tmp_path / "sub" / "c.npy", f"{tmp_path}/b.*", tmp_path / "a.parquet", tmp_path / "b.parquet"]
     )
@@ -409,3 +406,12 @@ def test_skipped_rows_are_counted_once_and_logged(tmp_path, files, data, caplog)
     assert source.skipped == {a: 2, b: 1} and caplog.records == []
     kept = np.concatenate([b.ordinals for b in blocks])
     assert np.array_equal(np.concatenate([b.vectors for b in blocks]), x[kept])
+
+
+def test_blocks_of_a_fortran_ordered_npy_are_row_major(tmp_path, files, data):
+    """Column-major blocks make every later pass several times slower: they are copied row-major."""
+    vectors, _ = data
+    files.npy(tmp_path / "f.npy", np.asfortranarray(vectors[:70_000]))
+    for block in VectorSource(str(tmp_path / "f.npy")).blocks():
+        assert block.vectors.flags.c_contiguous
+        assert np.array_equal(block.vectors, vectors[block.ordinals])

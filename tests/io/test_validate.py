@@ -3,6 +3,7 @@
 import contextlib
 import logging
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,7 +40,7 @@ def x():
 # ---- row values: NaN / Inf -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad, word", [(np.nan, "nan"), (np.inf, "inf"), (-np.inf, "-inf")])
+@pytest.mark.parametrize("bad, word", [(np.nan, "NaN"), (np.inf, "value inf"), (-np.inf, "-inf")])
 def test_non_finite_parquet_values_name_file_row_column_and_dimension(tmp_path, files, x, bad, word):
     files.parquet(tmp_path / "a.parquet", x[:1000])
     y = x[1000:].copy()
@@ -59,7 +60,7 @@ def test_non_finite_npy_and_fvecs_rows(tmp_path, files, x, fmt):
         files.npy(tmp_path / "v.npy", y)
     else:
         files.vecs(tmp_path / "v.fvecs", y)
-    with raises(f"v.{fmt}", "row 2999", "dimension 0", "nan"):
+    with raises(f"v.{fmt}", "row 2999", "dimension 0", "NaN"):
         read_all(VectorSource(tmp_path, batch_size=1000))
 
 
@@ -233,10 +234,14 @@ def test_zero_rows_in_total(tmp_path, files, x):
     assert len(VectorSource(tmp_path)) == 5
 
 
-def test_corrupt_and_truncated_parquet(tmp_path, files, x):
+def test_corrupt_and_truncated_parquet(tmp_path, files, x, memory_dir):
     (tmp_path / "garbage.parquet").write_bytes(b"not parquet at all" * 10)
     with raises("garbage.parquet", "corrupt or truncated"):
         VectorSource(tmp_path / "garbage.parquet")
+    with fsspec.open(f"{memory_dir}/remote.parquet", "wb") as f:
+        f.write(b"not parquet either" * 10)
+    with raises("memory://", "remote.parquet", "corrupt or truncated"):
+        VectorSource(f"{memory_dir}/remote.parquet")
     path = files.parquet(tmp_path / "cut.parquet", x)
     data = open(path, "rb").read()
     with open(path, "wb") as f:

@@ -86,3 +86,14 @@ def test_bad_arguments():
         nearest(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="k=5"):
         topk(torch.zeros(2, 3), torch.zeros(4, 3), 5)
+
+
+def test_last_centroid_tile_narrower_than_the_others():
+    """K = 4096 + 5: the second centroid tile has 5 centroids."""
+    rng = np.random.default_rng(9)
+    x, c = clustered(rng, 300, 4101, 8, np.float32)
+    ref = brute_force(x.numpy(), c.numpy(), "euclidean")
+    _, idx = nearest(x, c)
+    check_argmin(ref, idx.numpy(), 1e-5)
+    d, _ = topk(x, c, 3)
+    np.testing.assert_allclose(d.numpy(), np.sort(ref, 1)[:, :3], rtol=1e-4, atol=1e-3)

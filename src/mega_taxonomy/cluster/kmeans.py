@@ -20,7 +20,7 @@ from ..runtime import get_runtime
 from ..storage import Store
 from ..storage.schema import assignments_file, assignments_table, level_file
 from .init import kmeans_plusplus
-from .lloyd import LloydState, LloydTask, as_tensor, lloyd, new_centroids
+from .lloyd import LloydState, LloydTask, as_tensor, lloyd
 from .sampling import hash_sample
 
 logger = logging.getLogger(__name__)

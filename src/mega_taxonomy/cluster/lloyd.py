@@ -15,6 +15,7 @@ farthest rows. Flat k-means is the case of one group.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -91,7 +92,15 @@ class LloydPartial:
 
 
 def as_tensor(vectors, device) -> torch.Tensor:
-    """A block's vectors as a tensor on ``device`` (no copy when already there)."""
+    """A block's vectors as a tensor on ``device`` (no copy when already there).
+
+    Blocks of files are read-only (memory maps, shared cache entries); torch warns about those
+    because it cannot protect them, but nothing here writes to a block's tensor.
+    """
+    if isinstance(vectors, np.ndarray) and not vectors.flags.writeable:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.as_tensor(vectors).to(device, non_blocking=True)
     return torch.as_tensor(vectors).to(device, non_blocking=True)
 
 
@@ -123,17 +132,12 @@ class LloydTask:
         inertia = torch.zeros(k, dtype=torch.float64, device=device).index_add_(0, lab, d64)
         out = LloydPartial(counts.cpu().numpy(), inertia.cpu().numpy(), far_per_group=state.far_per_group)
         if state.update:
-            rows = (x if all_valid else x[valid]).double()
+            rows = x if all_valid else x[valid]
             if state.metric == "cosine":
                 rows = normalize_rows(rows)
-            # index_add_ on the CPU adds rows in order: the same sums for any batching.
-            sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=device).index_add_(0, lab, rows)
-            out.sums = sums.cpu().numpy()
+            out.sums = cluster_sums(rows, lab, k).cpu().numpy()
             mask = valid.cpu().numpy()
-            far = {"distance": d64.cpu().numpy(), "ordinal": block.ordinals[mask],
-                   "label": lab.cpu().numpy(), "group": groups[mask]}
-            keep = farthest(far["distance"], far["ordinal"], far["group"], state.far_per_group)
-            out.far = {name: v[keep] for name, v in far.items()}
+            out.far = block_farthest(d64, lab, block.ordinals[mask], groups[mask], state)
         if state.keep_labels:
             out.labels = {block.index: (labels.cpu().numpy(), dist.cpu().numpy())}
         if state.sample is not None:
@@ -141,6 +145,42 @@ class LloydTask:
             # Rows without a cluster (under a leaf) fall in group -1, which nobody reads.
             out.sample = block_sample(block, size, seed, groups=labels.cpu().numpy())
         return out
+
+
+def cluster_sums(rows: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(k, d) float64 sums of the rows of each cluster.
+
+    Rows are added in float32 within chunks of fixed size (counted from the block's start, a
+    function of the shapes only, so the bits never depend on batching), and the chunks in
+    float64. On the CPU that is 4x faster than converting the block to float64 first (65536 x
+    128: 8 ms against 37 ms), with at most 16384 float32 additions per sum.
+    """
+    if rows.dtype == torch.float64:
+        return torch.zeros(k, rows.shape[1], dtype=torch.float64, device=rows.device).index_add_(0, labels, rows)
+    rows = rows.float()
+    chunk = max(16384, k)
+    total = torch.zeros(k, rows.shape[1], dtype=torch.float64, device=rows.device)
+    part = torch.empty(k, rows.shape[1], dtype=torch.float32, device=rows.device)
+    for start in range(0, rows.shape[0], chunk):
+        part.zero_().index_add_(0, labels[start:start + chunk], rows[start:start + chunk])
+        total += part
+    return total
+
+
+def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals, groups, state: LloydState) -> dict:
+    """The farthest rows of a block, per group (see ``farthest``)."""
+    n = state.far_per_group
+    if state.offsets is None and len(ordinals) > n:
+        # One group: an O(n) top-k first, so that only n rows are sorted. Rows tied with the n-th
+        # distance all stay candidates, so the tie rule (by ordinal) is exact.
+        cut = distances.topk(n, sorted=False).values.min()
+        pre = torch.nonzero(distances >= cut).squeeze(1).cpu().numpy()
+    else:
+        pre = np.arange(len(ordinals))
+    far = {"distance": distances.cpu().numpy()[pre], "ordinal": ordinals[pre],
+           "label": labels.cpu().numpy()[pre], "group": groups[pre]}
+    keep = farthest(far["distance"], far["ordinal"], far["group"], n)
+    return {name: v[keep] for name, v in far.items()}
 
 
 def group_of_centroid(offsets: np.ndarray | None, k: int) -> np.ndarray:

@@ -134,7 +134,8 @@ def _reason(piece, i, dim):
     row = piece.vectors[i]
     row = row.cpu().numpy() if isinstance(row, torch.Tensor) else np.asarray(row)
     j = int(np.argmax(~np.isfinite(row)))
-    return f"non-finite value {row[j]} at dimension {j}"
+    value = "NaN" if np.isnan(row[j]) else "inf" if row[j] > 0 else "-inf"  # the words scikit-learn uses
+    return f"value {value} at dimension {j} (vectors must be finite)"
 
 
 def rows(piece, dim, *, file, column, on_invalid):

@@ -11,7 +11,13 @@ their torch twins (the CPU path, and the oracle of the Triton kernels on CUDA).
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import torch
+from threadpoolctl import ThreadpoolController
 
 METRICS = ("euclidean", "cosine")
 
@@ -42,16 +48,72 @@ def _normalize(v):
     return v / torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
+class _Operand:
+    """The centroids as one GEMM operand: ``tile(rows, lo, hi)`` is ``bias - alpha * x.c`` for the
+    centroids ``lo:hi`` (the distances less the per-row ``|x|^2``, which no argmin needs).
+
+    On the CPU the product goes through numpy, whose OpenBLAS runs it 2.3x faster than torch's
+    MKL on the AMD EPYC machines we develop and test on (65536x128 @ 128x1024 float32: 150 ms
+    against 330 ms), with the bias as one more column of the product, so that the tile is
+    written once. On CUDA it is one ``addmm``.
+    """
+
+    def __init__(self, c, bias, alpha):
+        self.c, self.bias, self.alpha = c, bias, alpha
+        self.on_cpu = c.device.type == "cpu"
+        if self.on_cpu:
+            self.augmented = np.concatenate([c.numpy() * -alpha, bias.numpy()[:, None]], 1)
+        # Scratch reused from tile to tile (one set per thread): a fresh 16 MiB array per tile
+        # costs page faults (first touch) comparable to the product itself.
+        self._scratch = threading.local()
+
+    def _buffer(self, name, size):
+        buf = getattr(self._scratch, name, None)
+        if buf is None or buf.size < size:
+            buf = np.empty(size, dtype=self.augmented.dtype)
+            setattr(self._scratch, name, buf)
+        return buf[:size]
+
+    def rows(self, x):
+        """Rows prepared once for every centroid tile: on the CPU, with a column of ones."""
+        if not self.on_cpu:
+            return x
+        out = self._buffer("rows", x.shape[0] * (x.shape[1] + 1)).reshape(x.shape[0], x.shape[1] + 1)
+        out[:, :-1] = x.numpy()
+        out[:, -1] = 1.0
+        return out
+
+    def tile(self, rows, lo, hi, *, scratch=False):
+        """``scratch=True``: the result lives in a buffer that the next tile overwrites."""
+        if not self.on_cpu:
+            return torch.addmm(self.bias[None, lo:hi].expand(rows.shape[0], -1), rows, self.c[lo:hi].T,
+                               alpha=-self.alpha)
+        c = self.augmented[lo:hi]
+        if not scratch:
+            return torch.from_numpy(rows @ c.T)
+        out = self._buffer("out", rows.shape[0] * len(c)).reshape(rows.shape[0], len(c))
+        np.matmul(rows, c.T, out=out)
+        return torch.from_numpy(out)
+
+
 def _prepare(x, centroids, metric):
-    """(x, c, x_sq, bias, alpha) in the compute dtype, such that
-    ``distance = x_sq + bias - alpha * x.c`` (x_sq is 0 for cosine)."""
+    """(x, x_sq, operand) in the compute dtype, such that ``distance = x_sq + operand.tile``
+    (x_sq is None for cosine, whose distance is ``1 - x.c`` of normalized vectors)."""
     dtype = compute_dtype(x.dtype)
-    x = x.to(dtype)
-    c = centroids.to(device=x.device, dtype=dtype)
+    x = x.detach().to(dtype)
+    c = centroids.detach().to(device=x.device, dtype=dtype)
     if metric == "cosine":
         x, c = _normalize(x), _normalize(c)
-        return x, c, None, torch.ones(c.shape[0], dtype=dtype, device=x.device), 1.0
-    return x, c, (x * x).sum(1), (c * c).sum(1), 2.0
+        return x, None, _Operand(c, torch.ones(c.shape[0], dtype=dtype, device=x.device), 1.0)
+    return x, _squared_norms(x), _Operand(c, _squared_norms(c), 2.0)
+
+
+def _squared_norms(v):
+    """Row norms squared: einsum reads v once (``(v * v).sum(1)`` writes v * v first: 4x
+    slower on the CPU); numpy's einsum is faster still there."""
+    if v.device.type == "cpu":
+        return torch.from_numpy(np.einsum("ij,ij->i", v.numpy(), v.numpy()))
+    return torch.einsum("ij,ij->i", v, v)
 
 
 def _tiles(n, k):
@@ -62,10 +124,31 @@ def _tiles(n, k):
     return row_tile, k_tile
 
 
-def _partial_tile(x, c, bias, alpha):
-    """(rows, k_tile) of ``bias - alpha * x.c``: the distances less the per-row ``|x|^2``, which
-    does not change an argmin. One fused BLAS call (addmm), no other pass over the tile."""
-    return torch.addmm(bias[None, :].expand(x.shape[0], -1), x, c.T, alpha=-alpha)
+def _smallest(tile, k):
+    """(values, indices) of each row's ``k`` smallest, sorted, ties to the lower index. On the
+    CPU, k <= 2 is k argmin passes in numpy (2x faster than torch's topk on a 4096 x 1024 tile)."""
+    if tile.device.type != "cpu" or k > 2:
+        return tile.topk(min(k, tile.shape[1]), dim=1, largest=False, sorted=True)
+    a = tile.numpy()
+    rows = np.arange(len(a))
+    first = a.argmin(1)
+    if k == 1 or a.shape[1] == 1:
+        return torch.from_numpy(a[rows, first][:, None]), torch.from_numpy(first[:, None])
+    values = a[rows, first].copy()
+    a[rows, first] = np.inf  # the tile is ours: a fresh product
+    second = a.argmin(1)
+    out_v = np.stack([values, a[rows, second]], 1)
+    return torch.from_numpy(out_v), torch.from_numpy(np.stack([first, second], 1))
+
+
+def _min(tile):
+    """(values, first index) of each row's minimum; numpy's argmin is 3x faster than torch's
+    ``min(dim)`` on the CPU."""
+    if tile.device.type != "cpu":
+        return tile.min(1)
+    a = tile.numpy()
+    i = a.argmin(1)
+    return torch.from_numpy(a[np.arange(len(a)), i]), torch.from_numpy(i)
 
 
 def _finish(partial, x_sq):
@@ -79,25 +162,44 @@ def distances(x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclid
     """All (n, K) distances: for outputs that are n x K by definition (``transform``) and for
     small problems such as k-means++ on a sample."""
     _check(x, centroids, metric)
-    x, c, x_sq, bias, alpha = _prepare(x, centroids, metric)
-    return _finish(_partial_tile(x, c, bias, alpha), x_sq)
+    x, x_sq, operand = _prepare(x, centroids, metric)
+    return _finish(operand.tile(operand.rows(x), 0, centroids.shape[0]), x_sq)
+
+
+_BLAS = ThreadpoolController()
+_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="mega-taxonomy-tiles")
+
+
+def _for_row_tiles(n, row_tile, work, on_cpu):
+    """``work(rows)`` for every row tile. On the CPU the tiles run in parallel threads, each with
+    a single-threaded BLAS: a tile's product and its scan of the result then keep both cores
+    busy, where a multi-threaded product followed by a one-thread scan idles one (200k x 128
+    against 1024 centroids: 0.56 s against 0.80 s). Every tile, whatever its size, takes this
+    path, so a row's bits never depend on how many rows came with it."""
+    tiles = [slice(r0, min(r0 + row_tile, n)) for r0 in range(0, n, row_tile)]
+    if not on_cpu:
+        for rows in tiles:
+            work(rows)
+        return
+    with _BLAS.limit(limits=1, user_api="blas"):
+        for _ in _POOL.map(work, tiles):
+            pass
 
 
 def nearest_reference(x, centroids, *, metric="euclidean"):
     """Torch twin of :func:`nearest`."""
     _check(x, centroids, metric)
-    x, c, x_sq, bias, alpha = _prepare(x, centroids, metric)
-    n, k = x.shape[0], c.shape[0]
+    x, x_sq, operand = _prepare(x, centroids, metric)
+    n, k = x.shape[0], centroids.shape[0]
     row_tile, k_tile = _tiles(n, k)
     best_d = torch.empty(n, dtype=x.dtype, device=x.device)
     best_i = torch.empty(n, dtype=torch.int64, device=x.device)
-    for r0 in range(0, n, row_tile):
-        rows = slice(r0, r0 + row_tile)
-        xr = x[rows]
+
+    def work(rows):
+        xr = operand.rows(x[rows])
         d_run = i_run = None
         for k0 in range(0, k, k_tile):
-            cols = slice(k0, k0 + k_tile)
-            d, i = _partial_tile(xr, c[cols], bias[cols], alpha).min(1)
+            d, i = _min(operand.tile(xr, k0, k0 + k_tile, scratch=True))
             i += k0
             if d_run is None:
                 d_run, i_run = d, i
@@ -107,6 +209,8 @@ def nearest_reference(x, centroids, *, metric="euclidean"):
                 d_run = torch.where(better, d, d_run)
                 i_run = torch.where(better, i, i_run)
         best_d[rows], best_i[rows] = _finish(d_run, None if x_sq is None else x_sq[rows]), i_run
+
+    _for_row_tiles(n, row_tile, work, operand.on_cpu)
     return best_d, best_i
 
 
@@ -115,19 +219,17 @@ def topk_reference(x, centroids, k, *, metric="euclidean"):
     _check(x, centroids, metric)
     if not 1 <= k <= centroids.shape[0]:
         raise ValueError(f"k={k} must be between 1 and the number of centroids ({centroids.shape[0]})")
-    x, c, x_sq, bias, alpha = _prepare(x, centroids, metric)
-    n, n_c = x.shape[0], c.shape[0]
+    x, x_sq, operand = _prepare(x, centroids, metric)
+    n, n_c = x.shape[0], centroids.shape[0]
     row_tile, k_tile = _tiles(n, n_c)
     out_d = torch.empty(n, k, dtype=x.dtype, device=x.device)
     out_i = torch.empty(n, k, dtype=torch.int64, device=x.device)
-    for r0 in range(0, n, row_tile):
-        rows = slice(r0, r0 + row_tile)
-        xr = x[rows]
+
+    def work(rows):
+        xr = operand.rows(x[rows])
         d_run = i_run = None
         for k0 in range(0, n_c, k_tile):
-            cols = slice(k0, k0 + k_tile)
-            d = _partial_tile(xr, c[cols], bias[cols], alpha)
-            d, i = d.topk(min(k, d.shape[1]), dim=1, largest=False, sorted=True)
+            d, i = _smallest(operand.tile(xr, k0, k0 + k_tile, scratch=True), k)
             i += k0
             if d_run is not None:
                 # Earlier tiles first plus a stable sort: equal distances keep the lower index.
@@ -135,6 +237,8 @@ def topk_reference(x, centroids, k, *, metric="euclidean"):
                 i = torch.cat([i_run, i], 1).gather(1, order)
             d_run, i_run = d[:, :k], i[:, :k]
         out_d[rows], out_i[rows] = _finish(d_run, None if x_sq is None else x_sq[rows]), i_run
+
+    _for_row_tiles(n, row_tile, work, operand.on_cpu)
     return out_d, out_i
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .assign import _check, _finish, _partial_tile, _prepare
+from .assign import _check, _finish, _prepare
 
 # Elements of the gathered (rows, children, dim) tile: 2**24 float32 = 64 MiB.
 _GATHER_ELEMENTS = 1 << 24
@@ -37,7 +37,8 @@ def grouped_distances_reference(x, groups, centroids, offsets, *, metric="euclid
     _check(x, centroids, metric)
     offsets = torch.as_tensor(offsets, device=x.device, dtype=torch.int64)
     groups = torch.as_tensor(groups, device=x.device, dtype=torch.int64)
-    x, c, x_sq, bias, alpha = _prepare(x, centroids, metric)
+    x, x_sq, operand = _prepare(x, centroids, metric)
+    c, bias, alpha = operand.c, operand.bias, operand.alpha
     children = _padded_children(offsets, x.device)
     width = children.shape[1]
     index = children[groups]  # (n, width)
@@ -53,7 +54,7 @@ def grouped_distances_reference(x, groups, centroids, offsets, *, metric="euclid
             start += count
             lo, hi = int(offsets[g]), int(offsets[g + 1])
             if hi > lo:
-                tile = _partial_tile(x[rows], c[lo:hi], bias[lo:hi], alpha)
+                tile = operand.tile(operand.rows(x[rows]), lo, hi)
                 dist[rows, : hi - lo] = _finish(tile, None if x_sq is None else x_sq[rows])
     else:
         # Many small groups: gather each row's children and take a batched product.

@@ -1,0 +1,64 @@
+"""The mega-taxonomy command, through click's runner (in-process, so it stays fast)."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from click.testing import CliRunner
+
+from mega_taxonomy import KMeans, __version__
+from mega_taxonomy.cli import main
+from mega_taxonomy.storage import Store
+from mega_taxonomy.storage.schema import read_paths
+
+
+def write_vectors(folder, X, n_files=3, bad_row=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, part in enumerate(np.array_split(X, n_files)):
+        part = part.copy()
+        if bad_row is not None and i == 0:
+            part[bad_row, 0] = np.nan
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(part.ravel()), X.shape[1])
+        pq.write_table(pa.table({"emb": emb, "text": [f"r{j}" for j in range(len(part))]}),
+                       folder / f"part-{i}.parquet")
+    return str(folder / "*.parquet")
+
+
+def run(*args):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_version():
+    assert __version__ in run("--version")
+
+
+def test_data_inspect_counts_invalid_rows(tmp_path):
+    X = np.random.default_rng(0).normal(size=(300, 5)).astype(np.float32)
+    uri = write_vectors(tmp_path / "data", X, bad_row=4)
+    out = run("data", "inspect", uri)
+    assert "files: 3" in out and "rows: 300" in out and "dim: 5" in out and "dtype: float32" in out
+    assert "invalid rows: 1" in out and "part-0.parquet: 1" in out
+
+
+def test_kmeans_fit_writes_model_and_assignments(tmp_path):
+    X = np.random.default_rng(1).normal(size=(500, 4)).astype(np.float32)
+    uri = write_vectors(tmp_path / "data", X)
+    out = run("kmeans", "fit", uri, "--k", "5", "--storage", str(tmp_path / "km"), "--seed", "3", "--device", "cpu")
+    assert "k=5" in out
+    km = KMeans.load(str(tmp_path / "km"))
+    store = Store(str(tmp_path / "km"))
+    table = pa.concat_tables([store.get_table(name) for name in store.listdir("assignments")])
+    np.testing.assert_array_equal(table.column("id").to_numpy(), np.arange(500))
+    np.testing.assert_array_equal(read_paths(table)[:, 0], km.predict(X))
+    assert store.manifest()["kind"] == "kmeans"
+    assert json.dumps(store.manifest())  # plain JSON
+
+
+def test_demo_runs_on_glove():
+    out = run("demo", "--k", "8", "--show", "3", "--words", "5", "--max-iter", "3", "--limit", "20000",
+              "--device", "cpu")
+    assert "20000 GloVe words into 8 clusters" in out
+    assert out.count("cluster ") == 3

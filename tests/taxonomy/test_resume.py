@@ -1,0 +1,93 @@
+"""A fit killed with SIGKILL resumes from its last checkpoint and ends with the same tree, bit for
+bit; a finished fit is not redone; other parameters on the same store are refused."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mega_taxonomy.errors import ConfigError
+from mega_taxonomy.taxonomy import TaxonomyEngine
+
+PARAMS = dict(n_levels=3, branching_factor=[4, 3, 3], max_iter=6, tol=0, device="cpu", random_state=5)
+
+# The child fits with PARAMS and kills itself with SIGKILL at a deterministic point: after the
+# checkpoint of (level, iteration) is committed, or inside the n-th Store.commit, after the data
+# files of that commit were written but before its manifest.
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from mega_taxonomy.storage import Store
+    from mega_taxonomy.taxonomy import TaxonomyEngine
+    data, storage, mode, a, b = sys.argv[1:6]
+    params = {params!r}
+    kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    callback = None
+    if mode == "after":
+        callback = lambda e: kill() if (e["level"], e["iteration"]) == (int(a), int(b)) else None
+    else:
+        commit, calls = Store.commit, []
+        def dying_commit(self, **kw):
+            calls.append(1)
+            if len(calls) == int(a):
+                kill()
+            return commit(self, **kw)
+        Store.commit = dying_commit
+    TaxonomyEngine(**params, storage_uri=storage).fit(data, callback=callback)
+""").format(params=PARAMS)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, make_hierarchy):
+    X, _ = make_hierarchy(n_per_leaf=30, seed=3, noise=4.0)  # overlapping: every level runs 6 iterations
+    path = tmp_path_factory.mktemp("resume") / "x.npy"
+    np.save(path, X)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    storage = str(tmp_path_factory.mktemp("resume") / "ref")
+    return TaxonomyEngine(**PARAMS, storage_uri=storage).fit(data), storage
+
+
+def assert_same_tree(a, b):
+    for la, lb in zip(a.tree_.levels, b.tree_.levels):
+        for name in ("centroids", "parent", "counts", "child_offsets"):
+            np.testing.assert_array_equal(getattr(la, name), getattr(lb, name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,a,b", [("after", 1, 2), ("after", 0, 0), ("after", 2, 6), ("commit", 5, 0),
+                                      ("commit", 12, 0)])
+def test_killed_fit_resumes_to_the_same_tree(data, uninterrupted, tmp_path, mode, a, b):
+    storage = str(tmp_path / "tax")
+    child = subprocess.run([sys.executable, "-c", CHILD, data, storage, mode, str(a), str(b)],
+                           capture_output=True, text=True, timeout=240)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    resumed = TaxonomyEngine(**PARAMS, storage_uri=storage).fit(data)
+    reference, ref_storage = uninterrupted
+    assert_same_tree(reference, resumed)
+    loaded = TaxonomyEngine.load(storage)
+    assert_same_tree(reference, loaded)
+    ours = pq.read_table(os.path.join(storage, "assignments")).sort_by("id")
+    theirs = pq.read_table(os.path.join(ref_storage, "assignments")).sort_by("id")
+    assert ours.equals(theirs)
+
+
+def test_finished_fit_is_not_redone(data, uninterrupted):
+    reference, storage = uninterrupted
+    events = []
+    again = TaxonomyEngine(**PARAMS, storage_uri=storage).fit(data, callback=events.append)
+    assert events == []
+    assert_same_tree(reference, again)
+
+
+def test_other_parameters_on_the_same_store_are_refused(data, uninterrupted):
+    _, storage = uninterrupted
+    with pytest.raises(ConfigError, match="max_iter"):
+        TaxonomyEngine(**{**PARAMS, "max_iter": 7}, storage_uri=storage).fit(data)
