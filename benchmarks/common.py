@@ -49,13 +49,17 @@ def peak_rss_bytes() -> int:
 
 def run_child(script: str, args: list[str]) -> dict:
     """Run one case in a fresh process, so that peak memory is its own; it prints one JSON line."""
-    out = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    if out.returncode:
+        sys.stderr.write(out.stderr[-4000:])
+        out.check_returncode()
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def write(name: str, params: dict, results: list[dict], speedups: dict, command: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write(name: str, params: dict, results: list[dict], speedups: dict, command: str, path=None) -> Path:
+    """Write ``benchmarks/results/<name>.json`` (or ``path``: smoke runs go elsewhere)."""
+    path = RESULTS / f"{name}.json" if path is None else Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": name,
         "command": command,

@@ -32,7 +32,8 @@ from ..storage import Store
 from ..storage.schema import members_file
 from .levels import branching_list, offsets_of, plan_children, seed_children
 from .passes import OutputState, OutputTask, PredictState, PredictTask, RouteState, RouteTask
-from .router import route_beam
+from .router import Router, route_beam
+from .search import FILES, SearchIndex
 from .tree import Level, Tree
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,14 @@ class TaxonomyEngine:
         Rows read at a time.
     members : int, default=100
         Nearest members kept per node.
+    router : {"exact", "hnsw"}, default="exact"
+        How predict and search find the nearest children of a node: exactly, or through an
+        hnswlib graph for nodes with at least ``hnsw_threshold`` children (fit is always exact).
+    hnsw_threshold, hnsw_ef : int
+        Fan-out from which a node gets a graph, and the graphs' search breadth.
+    search_index : bool, default=True
+        Keep every fitted row's vector grouped by leaf in the Store, for :meth:`search`
+        (needs the vectors in memory once, while building).
 
     Attributes
     ----------
@@ -116,7 +125,8 @@ class TaxonomyEngine:
     def __init__(self, n_levels=3, branching_factor=16, dim=None, storage_uri=None, *, max_iter=20, tol=1e-4,
                  metric="euclidean", random_state=0, device="auto", dtype="float32", sample_size=None,
                  min_cluster_size=1, runtime=None, storage_options=None, column=None, id_column=None,
-                 batch_size=65_536, members=100):
+                 batch_size=65_536, members=100, router="exact", hnsw_threshold=4096, hnsw_ef=64,
+                 search_index=True):
         self.n_levels = n_levels
         self.branching_factor = branching_factor
         self.dim = dim
@@ -135,6 +145,10 @@ class TaxonomyEngine:
         self.id_column = id_column
         self.batch_size = batch_size
         self.members = members
+        self.router = router
+        self.hnsw_threshold = hnsw_threshold
+        self.hnsw_ef = hnsw_ef
+        self.search_index = search_index
 
     # -- helpers -------------------------------------------------------------------------------
     def _source(self, data) -> VectorSource:
@@ -309,6 +323,7 @@ class TaxonomyEngine:
             levels.append(Level(np.zeros((0, source.dim), dtype), np.zeros(0, np.int64), np.zeros(0, np.int64),
                                 np.zeros(1, np.int64)))
         self.tree_ = Tree(levels, self.metric)
+        self._search = None
         self._write_outputs(source, runtime, store, output)
         meta["seconds"] = meta.get("seconds", 0) + time.perf_counter() - started
         if store is not None:
@@ -345,8 +360,11 @@ class TaxonomyEngine:
         targets = tuple((s.uri, self.storage_options) for s in (store, self._store(output)) if s is not None)
         if not targets:
             return
-        state = OutputState(self.tree_, targets, self.members)
+        build_index = store is not None and self.search_index
+        state = OutputState(self.tree_, targets, self.members, leaves=build_index)
         result = runtime.map_reduce(source, OutputTask(), state, desc="assignments")
+        if build_index:
+            SearchIndex.build(self.tree_, *result.leaf_rows(), source).save(store)
         out = self._store(output) if output is not None else None
         for (uri, name), entry in result.files.items():
             if store is not None and uri == store.uri:
@@ -362,6 +380,7 @@ class TaxonomyEngine:
     def _load_fitted(self, store, manifest):
         self.tree_ = Tree.load(store, self.n_levels, self.metric)
         self.stats_ = manifest["meta"]
+        self._search = None
 
     # -- use -----------------------------------------------------------------------------------
     @classmethod
@@ -375,6 +394,16 @@ class TaxonomyEngine:
         engine = cls(storage_uri=storage_uri, storage_options=storage_options, **params, **overrides)
         engine._load_fitted(store, manifest)
         return engine
+
+    @property
+    def router_(self) -> Router:
+        """The router of the fitted tree (HNSW graphs are built on first use)."""
+        self._check_fitted()
+        key = (self.router, self.hnsw_threshold, self.hnsw_ef)
+        if getattr(self, "_router", None) is None or self._router_key != key or self._router.tree is not self.tree_:
+            self._router = Router(self.tree_, self.router, self.hnsw_threshold, self.hnsw_ef)
+            self._router_key = key
+        return self._router
 
     def _check_fitted(self):
         if not hasattr(self, "tree_"):
@@ -391,7 +420,7 @@ class TaxonomyEngine:
         source = self._source(input)
         runtime = get_runtime(self.runtime, self.device)
         out = self._store(output) if output is not None else None
-        state = PredictState(self.tree_, beam, None if out is None else (out.uri, self.storage_options))
+        state = PredictState(self.tree_, beam, self.router_, None if out is None else (out.uri, self.storage_options))
         result = runtime.map_reduce(source, PredictTask(), state, desc="predict")
         if out is not None:
             for (_, name), entry in result.files.items():
@@ -401,9 +430,30 @@ class TaxonomyEngine:
         _, paths, _ = result.ordered()
         return paths
 
+    def search(self, queries, k=10, *, beam=8, return_compared=False):
+        """The ``k`` fitted rows nearest each query: beam down to the ``beam`` nearest leaves,
+        then rank all their members exactly.
+
+        Returns
+        -------
+        distances : ndarray (n, k) float32, squared L2 (or ``1 - cos``), nearest first
+        ids : ndarray (n, k) int64, -1 where fewer than k rows were reached
+        compared : ndarray (n,), rows compared per query (with ``return_compared=True``)
+        """
+        self._check_fitted()
+        if getattr(self, "_search", None) is None:
+            store = self._store()
+            if store is None or f"search/{FILES[0]}.npy" not in store.listdir("search"):
+                raise ConfigError("search needs a fit with storage_uri and search_index=True")
+            self._search = SearchIndex.load(store)
+        q = torch.as_tensor(np.asarray(queries) if not isinstance(queries, torch.Tensor) else queries)
+        q = q.to(torch.float64 if self.dtype == "float64" else torch.float32)
+        d, ids, compared = self._search.search(q, self.tree_, self.router_, k, beam)
+        return (d, ids, compared) if return_compared else (d, ids)
+
     def transform_paths(self, x, beam=1):
         """(paths, leaf distances) of an in-memory batch (tensor or array), without the runtime."""
         self._check_fitted()
         t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-        paths, dist = route_beam(t, self.tree_, beam)
-        return paths.cpu().numpy(), dist.cpu().numpy()
+        paths, dist = route_beam(t, self.tree_, beam, router=self.router_)
+        return paths[:, 0].cpu().numpy(), dist[:, 0].cpu().numpy()

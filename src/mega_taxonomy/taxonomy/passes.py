@@ -12,7 +12,8 @@ from ..cluster.lloyd import as_tensor
 from ..cluster.sampling import SamplePartial, block_sample, rank_in_group
 from ..storage import Store
 from ..storage.schema import assignments_file, assignments_table
-from .router import route_beam, route_greedy
+from .router import Router, route_beam, route_greedy
+from .search import leaf_of_paths
 from .tree import Tree
 
 
@@ -60,6 +61,7 @@ class MembersPartial:
     levels: list[dict]
     rows: int = 0
     files: dict = field(default_factory=dict)  # store name -> {"sha256", "bytes"} written by tasks
+    leaves: dict = field(default_factory=dict)  # block -> (ordinals, ids, leaf numbers), for search
 
     def __add__(self, other):
         levels = []
@@ -67,7 +69,13 @@ class MembersPartial:
             both = {k: np.concatenate([mine[k], theirs[k]]) for k in mine}
             keep = nearest_per_group(both["distance"], both["ordinal"], both["node"], self.size)
             levels.append({k: v[keep] for k, v in both.items()})
-        return MembersPartial(self.size, levels, self.rows + other.rows, {**self.files, **other.files})
+        return MembersPartial(self.size, levels, self.rows + other.rows, {**self.files, **other.files},
+                              {**self.leaves, **other.leaves})
+
+    def leaf_rows(self):
+        """Every row's (ordinal, id, leaf number), in block order."""
+        blocks = sorted(self.leaves)
+        return tuple(np.concatenate([self.leaves[b][i] for b in blocks]) for i in range(3))
 
     def table(self, level: int) -> pa.Table:
         m = self.levels[level]
@@ -80,6 +88,7 @@ class OutputState:
     tree: Tree
     stores: tuple  # (uri, storage_options) of every Store that receives the assignments
     members: int
+    leaves: bool = False  # keep each row's leaf, to build the search index
 
 
 class OutputTask:
@@ -102,7 +111,10 @@ class OutputTask:
             keep = nearest_per_group(d, block.ordinals[on], node, state.members)
             levels.append({"node": node[keep], "distance": d[keep], "ordinal": block.ordinals[on][keep],
                            "id": block.ids[on][keep]})
-        return MembersPartial(state.members, levels, len(paths), files)
+        leaves = {}
+        if state.leaves:
+            leaves = {block.index: (block.ordinals, block.ids, leaf_of_paths(state.tree, paths))}
+        return MembersPartial(state.members, levels, len(paths), files, leaves)
 
 
 @dataclass
@@ -122,13 +134,14 @@ class PredictPartial:
 class PredictState:
     tree: Tree
     beam: int = 1
+    router: Router | None = None
     store: tuple | None = None  # (uri, storage_options) to write parts to, instead of returning them
 
 
 class PredictTask:
     def __call__(self, block, state: PredictState, device) -> PredictPartial:
-        paths, dist = route_beam(as_tensor(block.vectors, device), state.tree, state.beam)
-        paths, dist = paths.cpu().numpy(), dist.cpu().numpy()
+        paths, dist = route_beam(as_tensor(block.vectors, device), state.tree, state.beam, router=state.router)
+        paths, dist = paths[:, 0].cpu().numpy(), dist[:, 0].cpu().numpy()
         if state.store is None:
             return PredictPartial({block.index: (block.ids, paths, dist)})
         uri, options = state.store
