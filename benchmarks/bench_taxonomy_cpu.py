@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 ROW_GROUP = 50_000
 COLUMN = "emb"
@@ -149,8 +149,7 @@ def run_case(impl, folder, work, args):
     if impl == "mega_taxonomy":
         import torch
 
-        from mega_taxonomy import VectorSource  # noqa: F401  (the reader fit uses)
-        from mega_taxonomy.taxonomy import TaxonomyEngine
+        from mega_taxonomy.taxonomy import TaxonomyEngine  # fit reads the files through its VectorSource
 
         torch.set_num_threads(args.threads)
         engine = TaxonomyEngine(n_levels=len(factors), branching_factor=factors, max_iter=args.iters, tol=0,

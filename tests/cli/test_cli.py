@@ -58,7 +58,29 @@ def test_kmeans_fit_writes_model_and_assignments(tmp_path):
 
 
 def test_demo_runs_on_glove():
-    out = run("demo", "--k", "8", "--show", "3", "--words", "5", "--max-iter", "3", "--limit", "20000",
-              "--device", "cpu")
-    assert "20000 GloVe words into 8 clusters" in out
-    assert out.count("cluster ") == 3
+    out = run("demo", "--branching", "4,3,2", "--show", "2", "--children", "2", "--words", "5", "--max-iter", "3",
+              "--limit", "20000", "--device", "cpu")
+    assert "of 20000 GloVe words, 4 x 12 x 24 nodes" in out
+    lines = [line for line in out.splitlines() if line.lstrip().startswith("[")]
+    assert len(lines) == 2 + 2 * 2 and all(len(line.split(": ")[1].split(", ")) == 5 for line in lines)
+
+
+def test_taxonomy_commands(tmp_path):
+    rng = np.random.default_rng(2)
+    X = (rng.normal(size=(3000, 6)) + rng.integers(0, 4, size=(3000, 1)) * 5).astype(np.float32)
+    uri = write_vectors(tmp_path / "data", X)
+    storage = str(tmp_path / "tax")
+    out = run("fit", uri, "--storage", storage, "--levels", "2", "--branching", "4,3", "--device", "cpu")
+    assert "level 0: 4 nodes" in out and "level 1: 12 nodes" in out
+    assert "level 1: 12 nodes" in run("inspect", storage)
+    run("predict", storage, uri, "--output", str(tmp_path / "paths"))
+    paths = read_paths(pq.read_table(tmp_path / "paths" / "assignments"))
+    assert paths.shape == (3000, 2) and (paths[:, 0] >= 0).all()
+    np.save(tmp_path / "q.npy", X[:7])
+    run("search", storage, str(tmp_path / "q.npy"), "--k", "3", "--output", str(tmp_path / "hits.parquet"))
+    hits = pq.read_table(tmp_path / "hits.parquet")
+    assert hits.num_rows == 21 and (hits.column("id").to_numpy()[::3] == np.arange(7)).all()  # itself first
+    run("sample", storage, "120", "--strategy", "hierarchical", "--output", str(tmp_path / "s.parquet"))
+    ids = pq.read_table(tmp_path / "s.parquet").column("id").to_numpy()
+    assert len(set(ids)) == 120
+    assert np.bincount(paths[ids, 0], minlength=4).tolist() == [30, 30, 30, 30]

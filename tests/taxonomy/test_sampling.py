@@ -5,11 +5,11 @@ a brute-force reference on random trees, reading assignments back from a Store, 
 import numpy as np
 import pytest
 
-from mega_taxonomy.cluster.sampling import hash_ids
+from mega_taxonomy.cluster.sampling import hash_ids, rank_in_group
 from mega_taxonomy.errors import ConfigError, DataError, StorageError
 from mega_taxonomy.storage import Store
 from mega_taxonomy.taxonomy import TaxonomyEngine
-from mega_taxonomy.taxonomy.sampling import balanced_sample, read_assignments
+from mega_taxonomy.taxonomy.sampling import _lowest_per_group, balanced_sample, read_assignments
 from mega_taxonomy.taxonomy.tree import Level, Tree
 
 STRATEGIES = ("uniform-leaves", "hierarchical")
@@ -146,7 +146,8 @@ def hand():
     # 2, 2, 3 at level 0; node 0's 2 over four leaves of 100: the lowest ids.
     ("hierarchical", 7, {(1, 0): 1, (1, 1): 1, (1, 2): 0, (1, 3): 0, (1, 4): 1, (1, 5): 1, (0, 2): 3}),
     # node 1 (102 rows) cannot take 133: nodes 0 and 2 get 149 each; node 0's 149: 38, 37, 37, 37.
-    ("hierarchical", 400, {(1, 0): 38, (1, 1): 37, (1, 2): 37, (1, 3): 37, (1, 4): 100, (1, 5): 2, (0, 2): 149}),
+    ("hierarchical", 400,
+     {(1, 0): 38, (1, 1): 37, (1, 2): 37, (1, 3): 37, (1, 4): 100, (1, 5): 2, (0, 2): 149}),
 ])
 def test_hand_computed_quotas(hand, strategy, n, expected):
     ids, paths = hand
@@ -189,20 +190,20 @@ def fitted():
     rng = np.random.default_rng(1)
     X = (rng.normal(size=(900, 4)) + rng.integers(0, 3, size=(900, 1)) * 3).astype(np.float32)
     engine = TaxonomyEngine(n_levels=2, branching_factor=[3, 4], device="cpu").fit(X)
-    return engine, X, np.arange(len(X), dtype=np.int64), engine.predict(X)
+    return engine, np.arange(len(X), dtype=np.int64), engine.predict(X)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("n", [0, 1, 7, 11, 12, 13, 100, 899, 900, 901, 5000])
 def test_exact_size(fitted, strategy, n):
-    engine, X, ids, paths = fitted
+    engine, ids, paths = fitted
     sample = balanced_sample(ids, paths, engine.tree_, n, strategy)
     assert len(sample) == min(n, len(ids)) and len(np.unique(sample)) == len(sample)
     assert np.isin(sample, ids).all()
 
 
 def test_n_at_least_all_rows_returns_every_id(fitted):
-    engine, X, ids, paths = fitted
+    engine, ids, paths = fitted
     for strategy in STRATEGIES:
         for n in (len(ids), 10 * len(ids)):
             assert sorted(balanced_sample(ids, paths, engine.tree_, n, strategy).tolist()) == ids.tolist()
@@ -221,7 +222,7 @@ def assert_even(counts, capacity):
 
 @pytest.mark.parametrize("n", [12, 60, 250])
 def test_uniform_leaves_spreads_evenly_over_leaves(fitted, n):
-    engine, X, ids, paths = fitted
+    engine, ids, paths = fitted
     sample = balanced_sample(ids, paths, engine.tree_, n, "uniform-leaves")
     leaf = paths[:, 1]
     assert (leaf >= 0).all()  # 2 full levels: every row's leaf is at level 1
@@ -235,7 +236,7 @@ def test_uniform_leaves_spreads_evenly_over_leaves(fitted, n):
 
 @pytest.mark.parametrize("n", [12, 60, 250])
 def test_hierarchical_spreads_evenly_at_every_level(fitted, n):
-    engine, X, ids, paths = fitted
+    engine, ids, paths = fitted
     tree = engine.tree_
     sample = balanced_sample(ids, paths, tree, n, "hierarchical")
     taken = np.isin(ids, sample)
@@ -250,7 +251,7 @@ def test_hierarchical_spreads_evenly_at_every_level(fitted, n):
 
 
 def test_deterministic_for_a_seed_and_different_across_seeds(fitted):
-    engine, X, ids, paths = fitted
+    engine, ids, paths = fitted
     for strategy in STRATEGIES:
         a = balanced_sample(ids, paths, engine.tree_, 50, strategy, random_state=7)
         assert np.array_equal(a, balanced_sample(ids, paths, engine.tree_, 50, strategy, random_state=7))
@@ -260,7 +261,7 @@ def test_deterministic_for_a_seed_and_different_across_seeds(fitted):
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_independent_of_row_order(fitted, strategy):
-    engine, X, ids, paths = fitted
+    engine, ids, paths = fitted
     perm = np.random.default_rng(3).permutation(len(ids))
     a = balanced_sample(ids, paths, engine.tree_, 77, strategy, random_state=2)
     b = balanced_sample(ids[perm], paths[perm], engine.tree_, 77, strategy, random_state=2)
@@ -318,7 +319,8 @@ def test_water_filling_when_leaves_are_too_small(strategy):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_samples_are_nested(strategy):
     tree = make_tree([[3, 0, 2], [2, 0, 1, 0, 0], [0, 0, 0]])
-    ids, paths = make_rows(tree, {(0, 1): 9, (1, 1): 2, (1, 3): 0, (1, 4): 7, (2, 0): 5, (2, 1): 12, (2, 2): 3})
+    rows = {(0, 1): 9, (1, 1): 2, (1, 3): 0, (1, 4): 7, (2, 0): 5, (2, 1): 12, (2, 2): 3}
+    ids, paths = make_rows(tree, rows)
     previous = set()
     for n in range(len(ids) + 2):
         sample = set(balanced_sample(ids, paths, tree, n, strategy, random_state=4).tolist())
@@ -334,7 +336,23 @@ def test_agrees_with_a_brute_force_reference_on_random_trees(case):
         for strategy in STRATEGIES:
             seed = int(rng.integers(0, 1000))
             expected = reference_sample(ids, paths, tree, n, strategy, seed)
-            assert np.array_equal(balanced_sample(ids, paths, tree, n, strategy, seed), expected), (n, strategy)
+            got = balanced_sample(ids, paths, tree, n, strategy, seed)
+            assert np.array_equal(got, expected), (case, n, strategy)
+
+
+@pytest.mark.parametrize("bits", [0, 1, 3, 8])
+def test_lowest_per_group_settles_truncated_hash_ties_exactly(bits):
+    """The value-sort selection keeps only the high bits of the hash; with 1-8 bits most rows tie
+    at the threshold, which must then be settled by the full hash, as a lexsort would."""
+    rng = np.random.default_rng(bits)
+    for _ in range(20):
+        n_groups = int(rng.integers(1, 9))
+        group = rng.integers(0, n_groups, size=int(rng.integers(0, 300)))
+        hashes = hash_ids(rng.choice(10**6, size=len(group), replace=False), 0)
+        quota = rng.integers(0, 60, size=n_groups)
+        order = np.lexsort((hashes, group))
+        expected = order[rank_in_group(group[order]) < quota[group[order]]]
+        assert sorted(_lowest_per_group(group, hashes, quota, bits).tolist()) == sorted(expected.tolist())
 
 
 # -- bad input ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from .._sklearn_compat import Interval, StrOptions, _fit_context
 from ..errors import ConfigError, StorageError
 from ..io import VectorSource
 from ..ops import METRICS, compute_dtype, distances
-from ..runtime import get_runtime
+from ..runtime import cpu_threads, get_runtime
 from ..storage import Store
 from ..storage.schema import assignments_file, assignments_table, level_file
 from .init import kmeans_plusplus
@@ -185,7 +185,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         x = torch.as_tensor(rows, device=runtime.device)
         if self.metric == "cosine":
             x = torch.nn.functional.normalize(x, dim=1)
-        centroids = kmeans_plusplus(x, self.n_clusters, np.random.default_rng(seed), metric=self.metric)
+        with cpu_threads(runtime.device):
+            centroids = kmeans_plusplus(x, self.n_clusters, np.random.default_rng(seed), metric=self.metric)
         return centroids.cpu().numpy(), sample
 
     @_fit_context(prefer_skip_nested_validation=True)

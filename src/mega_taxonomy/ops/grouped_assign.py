@@ -14,12 +14,14 @@ content, so the same block gives the same bits wherever it runs.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from .assign import _check, _finish, _prepare
+from .assign import _TILE_ELEMENTS, _check, _finish, _prepare
 
-# Elements of the gathered (rows, children, dim) tile: 2**24 float32 = 64 MiB.
-_GATHER_ELEMENTS = 1 << 24
+# Children per matrix product of grouped rows: enough columns for an efficient product, few
+# enough that computing every row against all of them wastes little.
+_BATCH_COLUMNS = 128
 
 
 def _padded_children(offsets, device):
@@ -38,33 +40,39 @@ def grouped_distances_reference(x, groups, centroids, offsets, *, metric="euclid
     offsets = torch.as_tensor(offsets, device=x.device, dtype=torch.int64)
     groups = torch.as_tensor(groups, device=x.device, dtype=torch.int64)
     x, x_sq, operand = _prepare(x, centroids, metric)
-    c, bias, alpha = operand.c, operand.bias, operand.alpha
     children = _padded_children(offsets, x.device)
     width = children.shape[1]
     index = children[groups]  # (n, width)
     dist = torch.full(index.shape, torch.inf, dtype=x.dtype, device=x.device)
-    n = x.shape[0]
-    present, counts = torch.unique(groups, return_counts=True)
-    if len(present) and n // len(present) >= width:
-        # Few, big groups: one matrix product per group.
-        order = torch.argsort(groups, stable=True)
-        start = 0
-        for g, count in zip(present.tolist(), counts.tolist()):
-            rows = order[start : start + count]
-            start += count
-            lo, hi = int(offsets[g]), int(offsets[g + 1])
-            if hi > lo:
-                tile = operand.tile(operand.rows(x[rows]), lo, hi)
-                dist[rows, : hi - lo] = _finish(tile, None if x_sq is None else x_sq[rows])
-    else:
-        # Many small groups: gather each row's children and take a batched product.
-        chunk = max(1, _GATHER_ELEMENTS // max(1, width * x.shape[1]))
-        for r0 in range(0, n, chunk):
-            idx = index[r0 : r0 + chunk]
-            safe = idx.clamp_min(0)
-            dots = torch.bmm(c[safe], x[r0 : r0 + chunk, :, None]).squeeze(-1)
-            d = _finish(bias[safe] - alpha * dots, None if x_sq is None else x_sq[r0 : r0 + chunk])
-            dist[r0 : r0 + chunk] = torch.where(idx >= 0, d, torch.full_like(d, torch.inf))
+    # Rows sorted by group, then runs of consecutive groups whose children add up to at least
+    # _BATCH_COLUMNS: one matrix product per run (rows of the run x all its children), from which
+    # each row keeps its own group's columns. Few Python steps per block, at most a few times
+    # the useful arithmetic, one code path for one wide group and for thousands of narrow ones.
+    order = torch.argsort(groups, stable=True)
+    present, counts = torch.unique_consecutive(groups[order], return_counts=True)
+    present, counts = present.tolist(), counts.tolist()
+    # Sorted once, every run of groups is a contiguous slice: no gather per run.
+    xs, index_s = x[order], index[order]
+    xs_sq = None if x_sq is None else x_sq[order]
+    dist_s = torch.full(index.shape, torch.inf, dtype=x.dtype, device=x.device)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    off = offsets.tolist()
+    i = 0
+    while i < len(present):
+        j, lo = i, off[present[i]]
+        while j < len(present) and (j == i or off[present[j] + 1] - lo <= _BATCH_COLUMNS):
+            j += 1
+        hi = off[present[j - 1] + 1]
+        step = max(256, _TILE_ELEMENTS // max(hi - lo, 1))  # bounds the tile for one very wide group
+        for r0 in range(int(starts[i]), int(starts[j]) if hi > lo else 0, step):
+            rows = slice(r0, min(r0 + step, int(starts[j])))
+            tile = operand.tile(operand.rows(xs[rows]), lo, hi)
+            cols = (index_s[rows] - lo).clamp_min(0)
+            d = _finish(tile.gather(1, cols.to(tile.device)), None if xs_sq is None else xs_sq[rows])
+            dist_s[rows] = torch.where(index_s[rows] >= 0, d, torch.full_like(d, torch.inf))
+        i = j
+    dist = torch.empty_like(dist_s)
+    dist[order] = dist_s
     return dist, index
 
 

@@ -1,10 +1,10 @@
 """Runtimes: where map-reduce passes and worker pools run (in-process now, Ray next)."""
 
 from .base import BlockTask, Partial, Runtime, WorkerPool, reduce_in_order
-from .local import LocalPool, LocalRuntime, resolve_device
+from .local import LocalPool, LocalRuntime, cpu_threads, resolve_device
 
 __all__ = [
-    "BlockTask", "LocalPool", "LocalRuntime", "Partial", "Runtime", "WorkerPool",
+    "BlockTask", "LocalPool", "LocalRuntime", "Partial", "cpu_threads", "Runtime", "WorkerPool",
     "reduce_in_order", "resolve_device",
 ]
 

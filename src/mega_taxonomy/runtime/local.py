@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -10,6 +11,25 @@ from tqdm.auto import tqdm
 from .base import Runtime, WorkerPool
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def cpu_threads(device, n=1):
+    """Run torch's CPU operators on ``n`` threads for a while (then restore the setting).
+
+    Our CPU work parallelizes over row tiles in our own threads, with numpy's OpenBLAS for the
+    products; torch's OpenMP threads on top of that fight them for the cores: a grouped
+    assignment of 65536 rows took 2.08 s with torch on 2 threads and 0.13 s on 1 (2 cores).
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def resolve_device(device="auto") -> torch.device:
@@ -74,10 +94,11 @@ class LocalRuntime(Runtime):
             source.blocks(), total=source.n_blocks, desc=desc, unit="block",
             disable=not self.progress or None, leave=False,
         )
-        for block in blocks:
-            partial = task(block, state, self._device)
-            # Blocks arrive in order here, so a running sum is the block-order reduction.
-            total = partial if total is None else total + partial
+        with cpu_threads(self._device):
+            for block in blocks:
+                partial = task(block, state, self._device)
+                # Blocks arrive in order here, so a running sum is the block-order reduction.
+                total = partial if total is None else total + partial
         if total is None:
             raise ValueError(f"{source!r} has no blocks")
         return total

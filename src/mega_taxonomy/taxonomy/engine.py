@@ -27,12 +27,13 @@ from ..cluster.sampling import hash_sample
 from ..errors import ConfigError, StorageError
 from ..io import VectorSource
 from ..ops import METRICS
-from ..runtime import get_runtime
+from ..runtime import cpu_threads, get_runtime
 from ..storage import Store
 from ..storage.schema import members_file
 from .levels import branching_list, offsets_of, plan_children, seed_children
 from .passes import OutputState, OutputTask, PredictState, PredictTask, RouteState, RouteTask
 from .router import Router, route_beam
+from .sampling import balanced_sample, read_assignments
 from .search import FILES, SearchIndex
 from .tree import Level, Tree
 
@@ -278,8 +279,9 @@ class TaxonomyEngine:
                 start_iter = checkpoint["iteration"]
                 logger.info("level %d: resuming after iteration %d", level, start_iter)
             else:
-                centroids = seed_children(sample, n_children, metric=self.metric, seed=seed, level=level,
-                                          dtype=dtype, device=runtime.device)
+                with cpu_threads(runtime.device):
+                    centroids = seed_children(sample, n_children, metric=self.metric, seed=seed, level=level,
+                                              dtype=dtype, device=runtime.device)
                 start_iter = 0
 
             def on_iteration(iteration, centroids, shift, level=level, folder=folder):
@@ -450,6 +452,16 @@ class TaxonomyEngine:
         q = q.to(torch.float64 if self.dtype == "float64" else torch.float32)
         d, ids, compared = self._search.search(q, self.tree_, self.router_, k, beam)
         return (d, ids, compared) if return_compared else (d, ids)
+
+    def sample(self, n, *, strategy="uniform-leaves", random_state=0) -> np.ndarray:
+        """``n`` fitted ids spread evenly over the leaves ("uniform-leaves"), or evenly over the
+        children at every level ("hierarchical"); the rows of lowest hash within each leaf.
+        Reads the assignments from the Store (see ``taxonomy/sampling.py``)."""
+        self._check_fitted()
+        store = self._store()
+        if store is None:
+            raise ConfigError("sample needs a fit with storage_uri (it reads the stored assignments)")
+        return balanced_sample(*read_assignments(store), self.tree_, n, strategy, random_state)
 
     def transform_paths(self, x, beam=1):
         """(paths, leaf distances) of an in-memory batch (tensor or array), without the runtime."""

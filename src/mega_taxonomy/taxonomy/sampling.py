@@ -123,9 +123,12 @@ def balanced_sample(ids: np.ndarray, paths: np.ndarray, tree: Tree, n: int, stra
                                                                                 min(int(n), len(ids)))
 
     hashes = hash_ids(ids, random_state)
-    order = np.lexsort((hashes, leaf))
-    taken = order[rank_in_group(leaf[order]) < quota[leaf[order]]]
-    taken = taken[np.lexsort((hashes[taken], *paths[taken].T[::-1]))]
+    taken = _lowest_per_group(leaf, hashes, quota)
+    # Output order: by path, then hash. Leaves ranked by their path (one row of each stands for all).
+    leaves, first = np.unique(leaf[taken], return_index=True)
+    rank = np.zeros(offsets[-1], np.int64)
+    rank[leaves[np.lexsort(paths[taken[first]].T[::-1])]] = np.arange(len(leaves))
+    taken = taken[np.lexsort((hashes[taken], rank[leaf[taken]]))]
     return ids[taken]
 
 
@@ -171,10 +174,10 @@ def _check_paths(ids: np.ndarray, paths: np.ndarray, tree: Tree) -> np.ndarray:
         row = int(np.flatnonzero(bad)[0])
         raise DataError(f"id {ids[row]}: path {paths[row].tolist()} {message}", row=row, column="path")
 
-    by_id = np.argsort(ids, kind="stable")
-    if len(same := np.flatnonzero(ids[by_id[1:]] == ids[by_id[:-1]])):
-        row = int(by_id[same[0] + 1])
-        raise DataError(f"id {ids[row]} appears more than once (also in row {by_id[same[0]]})", row=row,
+    sorted_ids = np.sort(ids)  # a value sort: far faster than argsort, rows are looked up on failure only
+    if len(same := np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])):
+        first, row = np.flatnonzero(ids == sorted_ids[same[0]])[:2]
+        raise DataError(f"id {ids[row]} appears more than once (also in row {first})", row=int(row),
                         column="id")
     for level, lv in enumerate(tree.levels):
         offsets = np.asarray(lv.child_offsets)
@@ -204,6 +207,42 @@ def _check_paths(ids: np.ndarray, paths: np.ndarray, tree: Tree) -> np.ndarray:
         if (inner := (depth == level) & (lv.n_children[node] > 0)).any():
             fail(inner, f"ends at level {level}, at a node that has children (not a leaf)")
     return depth
+
+
+def _lowest_per_group(group: np.ndarray, hashes: np.ndarray, quota: np.ndarray, bits: int = 0) -> np.ndarray:
+    """Positions (in no particular order) of the ``quota[g]`` rows of lowest hash of every group ``g``.
+
+    ``hashes`` must be distinct (distinct ids). Sorting (row, hash) pairs by index is what costs;
+    instead, the rows of groups only partly taken are value-sorted (``np.sort``, several times
+    faster than ``argsort``/``lexsort``) on one uint64 key: the group in the high bits, the
+    hash's high bits below. The ``quota[g]``-th key of a group is its threshold; rows below it
+    are taken, and the few rows whose truncated hash equals it are settled by their full hash.
+    ``bits`` (tests only) truncates the hash to that many bits, to force such ties.
+    """
+    n_groups = len(quota)
+    sizes = np.bincount(group, minlength=n_groups)
+    q = np.minimum(quota, sizes)
+    partial = (q > 0) & (q < sizes)
+    chosen = (q == sizes)[group]  # groups taken whole (and empty ones)
+    rows = np.flatnonzero(partial[group])
+    if len(rows):
+        group_bits = max(int(n_groups - 1).bit_length(), 1)
+        hash_bits = bits or 64 - group_bits
+        g = group[rows].astype(np.uint64)
+        key = (g << np.uint64(64 - group_bits)) | (hashes[rows] >> np.uint64(64 - hash_bits))
+        sorted_key = np.sort(key)
+        start = np.concatenate([[0], np.cumsum(np.where(partial, sizes, 0))[:-1]])
+        threshold = np.zeros(n_groups, np.uint64)
+        threshold[partial] = sorted_key[start[partial] + q[partial] - 1]
+        chosen[rows] = key < threshold[group[rows]]
+        # Rows equal to the threshold: as many as the group still needs, by full hash.
+        below = np.searchsorted(sorted_key, threshold[partial], side="left") - start[partial]
+        need = np.zeros(n_groups, np.int64)
+        need[partial] = q[partial] - below
+        tied = rows[key == threshold[group[rows]]]
+        tied = tied[np.lexsort((hashes[tied], group[tied]))]
+        chosen[tied[rank_in_group(group[tied]) < need[group[tied]]]] = True
+    return np.flatnonzero(chosen)
 
 
 def _uniform_leaves(tree: Tree, paths, offsets, rows, n) -> np.ndarray:
