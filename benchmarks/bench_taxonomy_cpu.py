@@ -152,8 +152,10 @@ def run_case(impl, folder, work, args):
         from mega_taxonomy.taxonomy import TaxonomyEngine  # fit reads the files through its VectorSource
 
         torch.set_num_threads(args.threads)
+        # search_index=False: the peer builds no search structure either; the assignments and the
+        # members of every node are still written (they are part of a fit).
         engine = TaxonomyEngine(n_levels=len(factors), branching_factor=factors, max_iter=args.iters, tol=0,
-                                device="cpu", random_state=0, storage_uri=str(work / "store"))
+                                device="cpu", random_state=0, storage_uri=str(work / "store"), search_index=False)
         t = time.perf_counter()
         engine.fit(str(Path(folder) / "part-*.parquet"))
         seconds = time.perf_counter() - t

@@ -120,7 +120,8 @@ def _tiles(n, k):
     """Row and centroid tile sizes: a function of the shapes only, so results never depend on
     how the caller batched its rows (the Contracts' determinism)."""
     k_tile = min(k, 4096)
-    row_tile = max(256, _TILE_ELEMENTS // k_tile)
+    # At most 8192 rows, so that a block makes several tiles for the threads even when K is small.
+    row_tile = max(256, min(8192, _TILE_ELEMENTS // k_tile))
     return row_tile, k_tile
 
 

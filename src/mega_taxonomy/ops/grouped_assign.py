@@ -42,8 +42,8 @@ def grouped_distances_reference(x, groups, centroids, offsets, *, metric="euclid
     x, x_sq, operand = _prepare(x, centroids, metric)
     children = _padded_children(offsets, x.device)
     width = children.shape[1]
-    index = children[groups]  # (n, width)
-    dist = torch.full(index.shape, torch.inf, dtype=x.dtype, device=x.device)
+    # index_select, not x[idx]: advanced indexing is 6x slower on the CPU (65536 x 64: 26 ms / 4 ms).
+    index = children.index_select(0, groups)  # (n, width)
     # Rows sorted by group, then runs of consecutive groups whose children add up to at least
     # _BATCH_COLUMNS: one matrix product per run (rows of the run x all its children), from which
     # each row keeps its own group's columns. Few Python steps per block, at most a few times
@@ -52,8 +52,8 @@ def grouped_distances_reference(x, groups, centroids, offsets, *, metric="euclid
     present, counts = torch.unique_consecutive(groups[order], return_counts=True)
     present, counts = present.tolist(), counts.tolist()
     # Sorted once, every run of groups is a contiguous slice: no gather per run.
-    xs, index_s = x[order], index[order]
-    xs_sq = None if x_sq is None else x_sq[order]
+    xs, index_s = x.index_select(0, order), index.index_select(0, order)
+    xs_sq = None if x_sq is None else x_sq.index_select(0, order)
     dist_s = torch.full(index.shape, torch.inf, dtype=x.dtype, device=x.device)
     starts = np.concatenate([[0], np.cumsum(counts)])
     off = offsets.tolist()
@@ -71,8 +71,8 @@ def grouped_distances_reference(x, groups, centroids, offsets, *, metric="euclid
             d = _finish(tile.gather(1, cols.to(tile.device)), None if xs_sq is None else xs_sq[rows])
             dist_s[rows] = torch.where(index_s[rows] >= 0, d, torch.full_like(d, torch.inf))
         i = j
-    dist = torch.empty_like(dist_s)
-    dist[order] = dist_s
+    unsort = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
+    dist = dist_s.index_select(0, unsort)
     return dist, index
 
 
