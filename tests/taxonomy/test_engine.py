@@ -3,14 +3,14 @@ pass counts, leaves, predict beams, bad input."""
 
 import numpy as np
 import pytest
+import torch
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.metrics import adjusted_rand_score
 
 from mega_taxonomy.errors import ConfigError, DataError
-from mega_taxonomy.taxonomy import TaxonomyEngine, engine as engine_module
+from mega_taxonomy.taxonomy import TaxonomyEngine
+from mega_taxonomy.taxonomy import engine as engine_module
 from mega_taxonomy.taxonomy.router import exact_paths
-
-import torch
 
 
 def test_recovers_a_known_three_level_hierarchy(three_levels):

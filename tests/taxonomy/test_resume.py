@@ -1,6 +1,7 @@
 """A fit killed with SIGKILL resumes from its last checkpoint and ends with the same tree, bit for
 bit; a finished fit is not redone; other parameters on the same store are refused."""
 
+import json
 import os
 import signal
 import subprocess
@@ -16,19 +17,20 @@ from mega_taxonomy.taxonomy import TaxonomyEngine
 
 PARAMS = dict(n_levels=3, branching_factor=[4, 3, 3], max_iter=6, tol=0, device="cpu", random_state=5)
 
-# The child fits with PARAMS and kills itself with SIGKILL at a deterministic point: after the
-# checkpoint of (level, iteration) is committed, or inside the n-th Store.commit, after the data
-# files of that commit were written but before its manifest.
+# The child fits with the given parameters and kills itself with SIGKILL at a deterministic point:
+# after the checkpoint of (level, iteration, balancing round) is committed, or inside the n-th
+# Store.commit, after the data files of that commit were written but before its manifest.
 CHILD = textwrap.dedent("""
-    import os, signal, sys
+    import json, os, signal, sys
     from mega_taxonomy.storage import Store
     from mega_taxonomy.taxonomy import TaxonomyEngine
-    data, storage, mode, a, b = sys.argv[1:6]
-    params = {params!r}
+    data, storage, mode, a, b, params, balance_round = sys.argv[1:8]
+    params = json.loads(params)
     kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
     callback = None
     if mode == "after":
-        callback = lambda e: kill() if (e["level"], e["iteration"]) == (int(a), int(b)) else None
+        target = (int(a), int(b), int(balance_round))
+        callback = lambda e: kill() if (e["level"], e["iteration"], e["round"]) == target else None
     else:
         commit, calls = Store.commit, []
         def dying_commit(self, **kw):
@@ -38,7 +40,7 @@ CHILD = textwrap.dedent("""
             return commit(self, **kw)
         Store.commit = dying_commit
     TaxonomyEngine(**params, storage_uri=storage).fit(data, callback=callback)
-""").format(params=PARAMS)
+""")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def assert_same_tree(a, b):
                                       ("commit", 12, 0)])
 def test_killed_fit_resumes_to_the_same_tree(data, uninterrupted, tmp_path, mode, a, b):
     storage = str(tmp_path / "tax")
-    child = subprocess.run([sys.executable, "-c", CHILD, data, storage, mode, str(a), str(b)],
+    child = subprocess.run([sys.executable, "-c", CHILD, data, storage, mode, str(a), str(b), json.dumps(PARAMS), "0"],
                            capture_output=True, text=True, timeout=240)
     assert child.returncode == -signal.SIGKILL, child.stderr
     resumed = TaxonomyEngine(**PARAMS, storage_uri=storage).fit(data)
@@ -91,3 +93,17 @@ def test_other_parameters_on_the_same_store_are_refused(data, uninterrupted):
     _, storage = uninterrupted
     with pytest.raises(ConfigError, match="max_iter"):
         TaxonomyEngine(**{**PARAMS, "max_iter": 7}, storage_uri=storage).fit(data)
+
+
+@pytest.mark.slow
+def test_killed_balancing_fit_resumes_to_the_same_tree(data, tmp_path):
+    """Killed in a second balancing round of level 1: the resumed fit reloads that round's structure."""
+    params = {**PARAMS, "balance": "split", "balance_factor": 1.3, "branching_factor": [3, 4, 2]}
+    reference = TaxonomyEngine(**params, storage_uri=str(tmp_path / "ref")).fit(data)
+    rounds = [level["balance_rounds"] for level in reference.stats_["levels"]]
+    assert rounds[1] >= 1, rounds
+    storage = str(tmp_path / "tax")
+    child = subprocess.run([sys.executable, "-c", CHILD, data, storage, "after", "1", "2", json.dumps(params), "1"],
+                           capture_output=True, text=True, timeout=240)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert_same_tree(reference, TaxonomyEngine(**params, storage_uri=storage).fit(data))

@@ -28,3 +28,45 @@ def imbalance(counts) -> dict:
         "n": n, "min": int(ranked[0]), "median": float(np.median(ranked)), "max": int(ranked[-1]),
         "max_over_mean": float(ranked[-1] / (total / n)), "entropy": entropy, "gini": gini,
     }
+
+
+def split_and_merge(centroids: np.ndarray, counts: np.ndarray, inertia: np.ndarray, offsets: np.ndarray | None,
+                    *, factor: float, merge: float, rng: np.random.Generator):
+    """One balancing step of a level (or a flat k-means, ``offsets=None``).
+
+    Nodes with more than ``factor`` times the mean size of the level are split into
+    ``ceil(size / mean)`` nodes: copies of the centroid moved by half the node's spread in random
+    directions, which the next Lloyd passes pull apart. Nodes with less than ``merge`` times the
+    mean are removed (their rows go to the nearest sibling in the next pass), unless that would
+    leave their parent without children.
+
+    Returns
+    -------
+    (centroids, offsets, changed) : the new centroids grouped by parent, their CSR offsets
+    (None when ``offsets`` was None) and whether anything changed.
+    """
+    k = len(centroids)
+    offsets = np.array([0, k]) if offsets is None else np.asarray(offsets)
+    counts = np.asarray(counts, dtype=np.float64)
+    mean = counts.sum() / max(k, 1)
+    out, sizes, changed = [], [], False
+    for g in range(len(offsets) - 1):
+        lo, hi = int(offsets[g]), int(offsets[g + 1])
+        keep = [j for j in range(lo, hi) if counts[j] >= merge * mean]
+        if not keep and hi > lo:
+            keep = [lo + int(np.argmax(counts[lo:hi]))]
+        changed |= len(keep) != hi - lo
+        group = []
+        for j in keep:
+            pieces = int(np.ceil(counts[j] / mean)) if counts[j] > factor * mean else 1
+            group.append(centroids[j])
+            if pieces > 1:
+                changed = True
+                spread = np.sqrt(inertia[j] / max(counts[j], 1) / centroids.shape[1])
+                direction = rng.normal(size=(pieces - 1, centroids.shape[1]))
+                group.extend(centroids[j] + 0.5 * spread * direction)
+        out.extend(group)
+        sizes.append(len(group))
+    new_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    new = np.asarray(out, dtype=centroids.dtype).reshape(-1, centroids.shape[1])
+    return new, new_offsets, changed

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from ..cluster.balance import imbalance
+from ..cluster.balance import imbalance, split_and_merge
 from ..cluster.lloyd import group_of_centroid, lloyd
 from ..cluster.sampling import hash_sample
 from ..errors import ConfigError, StorageError
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 KIND = "taxonomy"
 # Parameters that change the fitted tree: a store fitted with others is refused, not mixed.
 FIT_PARAMS = ("n_levels", "branching_factor", "max_iter", "tol", "metric", "random_state", "dtype",
-              "sample_size", "min_cluster_size")
+              "sample_size", "min_cluster_size", "balance", "balance_factor", "balance_merge", "balance_rounds")
 
 
 class _CountingRuntime:
@@ -106,6 +106,11 @@ class TaxonomyEngine:
     search_index : bool, default=True
         Keep every fitted row's vector grouped by leaf in the Store, for :meth:`search`
         (needs the vectors in memory once, while building).
+    balance : {None, "split"}, default=None
+        "split": after a level converges, nodes above ``balance_factor`` times the level's mean
+        size are split and nodes below ``balance_merge`` times it are merged into their siblings,
+        then the level's Lloyd passes run again; up to ``balance_rounds`` times. Nodes then no
+        longer have exactly ``branching_factor`` children.
 
     Attributes
     ----------
@@ -127,7 +132,7 @@ class TaxonomyEngine:
                  metric="euclidean", random_state=0, device="auto", dtype="float32", sample_size=None,
                  min_cluster_size=1, runtime=None, storage_options=None, column=None, id_column=None,
                  batch_size=65_536, members=100, router="exact", hnsw_threshold=4096, hnsw_ef=64,
-                 search_index=True):
+                 search_index=True, balance=None, balance_factor=2.0, balance_merge=0.1, balance_rounds=3):
         self.n_levels = n_levels
         self.branching_factor = branching_factor
         self.dim = dim
@@ -150,6 +155,10 @@ class TaxonomyEngine:
         self.hnsw_threshold = hnsw_threshold
         self.hnsw_ef = hnsw_ef
         self.search_index = search_index
+        self.balance = balance
+        self.balance_factor = balance_factor
+        self.balance_merge = balance_merge
+        self.balance_rounds = balance_rounds
 
     # -- helpers -------------------------------------------------------------------------------
     def _source(self, data) -> VectorSource:
@@ -173,6 +182,10 @@ class TaxonomyEngine:
             raise ConfigError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.min_cluster_size < 1 or self.max_iter < 1 or self.tol < 0 or self.members < 1:
             raise ConfigError("min_cluster_size, max_iter and members must be >= 1, tol >= 0")
+        if self.balance not in (None, "split"):
+            raise ConfigError(f"balance must be None or 'split', got {self.balance!r}")
+        if self.balance_factor <= 1 or not 0 <= self.balance_merge < 1 or self.balance_rounds < 0:
+            raise ConfigError("need balance_factor > 1, 0 <= balance_merge < 1, balance_rounds >= 0")
         return factors
 
     def _fit_params(self, source, factors) -> dict:
@@ -194,7 +207,7 @@ class TaxonomyEngine:
             Also write every row's ``(id, path, distance)`` as parquet parts under this URI.
         callback : callable, optional
             ``callback(event)`` with a dict after every committed checkpoint and level
-            (``{"event": "iteration" | "level", "level": l, "iteration": t}``).
+            (``{"event": "iteration" | "level", "level": l, "iteration": t, "round": balancing round}``).
 
         Returns
         -------
@@ -240,8 +253,7 @@ class TaxonomyEngine:
         checkpoint = meta["checkpoint"]
         if levels:
             for i in range(1, len(levels)):
-                levels[i - 1].child_offsets = offsets_of(plan_children(levels[i - 1].counts, factors[i],
-                                                                       self.min_cluster_size))
+                levels[i - 1].child_offsets = offsets_of(np.bincount(levels[i].parent, minlength=levels[i - 1].n_nodes))
             need_sample = checkpoint is None and len(levels) < self.n_levels
             size = self._sample_size(factors[len(levels)]) if need_sample else 0
             routed = runtime.map_reduce(
@@ -259,7 +271,7 @@ class TaxonomyEngine:
             level_started = time.perf_counter()
             if level == 0:
                 n_children = np.array([factors[0]])
-                offsets = groups_offsets = None
+                offsets = None
                 parent_inertia = meta["root"]["mean_variance"] * meta["root"]["rows"] * source.dim
                 parent_rows = meta["root"]["rows"]
             else:
@@ -269,14 +281,16 @@ class TaxonomyEngine:
                     break
                 offsets = offsets_of(n_children)
                 levels[-1].child_offsets = offsets
-                groups_offsets = np.append(offsets, offsets[-1])  # rows under a leaf: empty last group
                 parent_inertia = meta["levels"][-1]["inertia"]
                 parent_rows = int(levels[-1].counts.sum())
             tol = self.tol * parent_inertia / max(parent_rows * source.dim, 1)
             folder = _checkpoint_dir(level)
+            balance_round = 0
             if checkpoint is not None and checkpoint["level"] == level:
                 centroids = np.asarray(store.get_array(checkpoint["file"]), dtype=dtype)
-                start_iter = checkpoint["iteration"]
+                start_iter, balance_round = checkpoint["iteration"], checkpoint.get("round", 0)
+                if checkpoint.get("offsets"):
+                    offsets = np.asarray(store.get_array(checkpoint["offsets"]))
                 logger.info("level %d: resuming after iteration %d", level, start_iter)
             else:
                 with cpu_threads(runtime.device):
@@ -288,39 +302,66 @@ class TaxonomyEngine:
                 if store is None:
                     return
                 previous = meta["checkpoint"]
-                name = f"{folder}/iter-{iteration:04d}.npy"
+                name = f"{folder}/round-{balance_round}-iter-{iteration:04d}.npy"
                 store.put_array(name, centroids)
                 if previous is not None and previous["file"] != name:
                     store.delete(previous["file"])
-                meta["checkpoint"] = {"level": level, "iteration": iteration, "file": name, "shift": shift}
+                offsets_file = previous.get("offsets") if previous is not None and previous["level"] == level else None
+                if balance_round and iteration == 0:  # a new structure: its offsets travel with it
+                    offsets_file = f"{folder}/round-{balance_round}-offsets.npy"
+                    store.put_array(offsets_file, offsets if offsets is not None else np.array([0, len(centroids)]))
+                meta["checkpoint"] = {"level": level, "iteration": iteration, "file": name, "shift": shift,
+                                      "round": balance_round, "offsets": offsets_file}
                 commit()
-                event(event="iteration", level=level, iteration=iteration)
+                event(event="iteration", level=level, iteration=iteration, round=balance_round)
 
-            if start_iter == 0:
-                on_iteration(0, centroids, None)
             last = level == self.n_levels - 1
             next_sample = None if last else (self._sample_size(factors[level + 1]), seed + level + 1)
-            result = lloyd(source, centroids, runtime, metric=self.metric, max_iter=self.max_iter, tol=tol,
-                           keep_labels=not last, offsets=groups_offsets, groups=groups, start_iter=start_iter,
-                           on_iteration=on_iteration, sample=next_sample, desc=f"level {level}")
+            iterations = 0
+            while True:
+                if start_iter == 0:
+                    on_iteration(0, centroids, None)
+                # rows under a leaf go to an empty last group
+                groups_offsets = None if offsets is None or level == 0 else np.append(offsets, offsets[-1])
+                result = lloyd(source, centroids, runtime, metric=self.metric, max_iter=self.max_iter, tol=tol,
+                               keep_labels=not last, offsets=groups_offsets, groups=groups, start_iter=start_iter,
+                               on_iteration=on_iteration, sample=next_sample, desc=f"level {level}")
+                iterations += result.n_iter - start_iter
+                if self.balance != "split" or balance_round >= self.balance_rounds:
+                    break
+                rng = np.random.default_rng([seed, level, balance_round])
+                centroids, balanced, changed = split_and_merge(
+                    result.centroids, result.counts, result.partial.inertia, None if level == 0 else offsets,
+                    factor=self.balance_factor, merge=self.balance_merge, rng=rng)
+                if not changed:
+                    break
+                offsets = None if level == 0 else balanced
+                balance_round, start_iter = balance_round + 1, 0
+                logger.info("level %d: balancing round %d, %d nodes", level, balance_round, len(centroids))
+            if level > 0:
+                levels[-1].child_offsets = offsets
             parent = np.full(len(result.centroids), -1) if level == 0 else group_of_centroid(offsets, len(result.centroids))
             levels.append(Level(result.centroids, parent.astype(np.int64), result.counts.astype(np.int64),
                                 np.zeros(len(result.centroids) + 1, dtype=np.int64)))
             if not last:
                 groups = self._groups({b: lab for b, (lab, _) in result.partial.labels.items()}, len(result.centroids))
                 sample = result.partial.sample
-            stats = {"n_nodes": len(result.centroids), "iterations": result.n_iter, "inertia": result.inertia,
+            stats = {"n_nodes": len(result.centroids), "iterations": iterations, "inertia": result.inertia,
+                     "balance_rounds": balance_round,
                      "seconds": time.perf_counter() - level_started, "imbalance": imbalance(result.counts)}
             logger.info("level %d: %d nodes, %d iterations, inertia %.6g", level, stats["n_nodes"],
                         stats["iterations"], stats["inertia"])
             if store is not None:
                 store.put_array(f"{folder}/centroids.npy", result.centroids)
                 store.put_array(f"{folder}/counts.npy", result.counts)
-                store.delete(meta["checkpoint"]["file"])
+                store.put_array(f"{folder}/parent.npy", levels[-1].parent)
+                for name in (meta["checkpoint"]["file"], meta["checkpoint"].get("offsets")):
+                    if name:
+                        store.delete(name)
             meta["checkpoint"] = None
             meta["levels"].append(stats)
             commit()
-            event(event="level", level=level, iteration=result.n_iter)
+            event(event="level", level=level, iteration=iterations, round=balance_round)
         while len(levels) < self.n_levels:  # every branch ended early: empty levels keep paths' width
             levels.append(Level(np.zeros((0, source.dim), dtype), np.zeros(0, np.int64), np.zeros(0, np.int64),
                                 np.zeros(1, np.int64)))
@@ -331,7 +372,7 @@ class TaxonomyEngine:
         if store is not None:
             self.tree_.save(store)
             for level in range(self.n_levels):
-                for name in ("centroids", "counts"):
+                for name in ("centroids", "counts", "parent"):
                     if f"{_checkpoint_dir(level)}/{name}.npy" in store.listdir(_checkpoint_dir(level)):
                         store.delete(f"{_checkpoint_dir(level)}/{name}.npy")
         commit("done")
@@ -348,13 +389,7 @@ class TaxonomyEngine:
         folder = _checkpoint_dir(level)
         centroids = np.asarray(store.get_array(f"{folder}/centroids.npy"))
         counts = np.asarray(store.get_array(f"{folder}/counts.npy"))
-        if level == 0:
-            parent = np.full(len(centroids), -1, dtype=np.int64)
-        else:
-            previous = np.asarray(store.get_array(f"{_checkpoint_dir(level - 1)}/counts.npy"))
-            factors = branching_list(self.branching_factor, self.n_levels)
-            parent = group_of_centroid(offsets_of(plan_children(previous, factors[level], self.min_cluster_size)),
-                                       len(centroids))
+        parent = np.asarray(store.get_array(f"{folder}/parent.npy"))
         return Level(centroids, parent, counts, np.zeros(len(centroids) + 1, dtype=np.int64))
 
     def _write_outputs(self, source, runtime, store, output):
