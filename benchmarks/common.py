@@ -16,7 +16,8 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def machine(packages=("mega-taxonomy", "torch", "numpy", "faiss-cpu", "scikit-learn", "pyarrow")) -> dict:
+def machine(packages=("mega-taxonomy", "torch", "triton", "numpy", "faiss-cpu", "scikit-learn", "pyarrow",
+                      "flash-kmeans")) -> dict:
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

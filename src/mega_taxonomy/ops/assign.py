@@ -11,8 +11,10 @@ their torch twins (the CPU path, and the oracle of the Triton kernels on CUDA).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -243,7 +245,47 @@ def topk_reference(x, centroids, k, *, metric="euclidean"):
     return out_d, out_i
 
 
-def nearest(x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidean"):
+def _use_triton(x: torch.Tensor, backend: str) -> bool:
+    """Triton on CUDA for fp16 / bf16 / fp32 inputs ("auto"), always when asked ("triton": also
+    under ``TRITON_INTERPRET=1`` on the CPU, as the tests do), never for "torch"."""
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    if backend == "auto":
+        if not (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16, torch.float32)):
+            return False
+        if importlib.util.find_spec("triton") is None:
+            _warn_once("triton is not installed: CUDA assignment runs the torch reference (pip install "
+                       "'mega-taxonomy[gpu]')")
+            return False
+        return True
+    return backend == "triton"
+
+
+_WARNED = set()
+
+
+def _warn_once(message):
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def nearest_triton_dispatch(x, centroids, metric):
+    """``nearest`` through the Triton kernel: inputs stay in their dtype (tensor cores), distances
+    come back in float32."""
+    from .assign_triton import nearest_triton
+
+    c = centroids.detach().to(device=x.device, dtype=x.dtype)
+    x = x.detach()
+    if metric == "cosine":
+        x, c = _normalize(x.float()).to(x.dtype), _normalize(c.float()).to(x.dtype)
+        d, i = nearest_triton(x, c, torch.ones(c.shape[0], device=x.device), 1.0)
+        return d.clamp_min_(0.0), i
+    d, i = nearest_triton(x, c, _squared_norms(c.float()), 2.0)
+    return _finish(d, _squared_norms(x.float())), i
+
+
+def nearest(x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidean", backend: str = "auto"):
     """Nearest centroid of every row of ``x``.
 
     Parameters
@@ -253,6 +295,9 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidea
     centroids : torch.Tensor of shape (K, d)
     metric : {"euclidean", "cosine"}, default="euclidean"
         Squared L2, or ``1 - cos``.
+    backend : {"auto", "torch", "triton"}, default="auto"
+        "auto": the Triton kernel for fp16 / bf16 / fp32 tensors on CUDA (fp32 products in tf32,
+        as torch does with ``allow_tf32``), the torch twin otherwise.
 
     Returns
     -------
@@ -268,6 +313,9 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidea
     >>> d.tolist(), i.tolist()
     ([1.0], [0])
     """
+    _check(x, centroids, metric)
+    if _use_triton(x, backend):
+        return nearest_triton_dispatch(x, centroids, metric)
     return nearest_reference(x, centroids, metric=metric)
 
 

@@ -1,0 +1,66 @@
+"""The Triton kernel of ``nearest`` against its torch twin and a float64 brute force.
+
+Without a GPU the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, set here before
+triton is imported): small shapes, fp32 and fp16 (the interpreter computes bf16 dots wrongly:
+bf16 is checked on the GPU, tests/gpu).
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from mega_taxonomy.ops import nearest  # noqa: E402
+from mega_taxonomy.ops.assign import nearest_reference  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Relative slack of a chosen distance against the best, for near-ties, by input dtype. On a GPU,
+# float32 products run in tf32 (10-bit mantissa), as torch's allow_tf32 and flash-kmeans do.
+RTOL = {torch.float32: 2e-3 if torch.cuda.is_available() else 1e-5, torch.float16: 2e-3}
+
+
+def check_against_brute_force(x, c, dist, idx, metric, rtol):
+    x64, c64 = x.double().cpu(), c.double().cpu()
+    if metric == "cosine":
+        x64, c64 = torch.nn.functional.normalize(x64, dim=1), torch.nn.functional.normalize(c64, dim=1)
+        full = 1 - x64 @ c64.T
+    else:
+        full = torch.cdist(x64, c64) ** 2
+    best = full.min(1).values
+    chosen = full.gather(1, idx.cpu()[:, None]).squeeze(1)
+    scale = full.abs().max(1).values + 1e-12
+    bad = torch.nonzero(chosen - best > rtol * scale).squeeze(1)
+    assert len(bad) == 0, f"rows {bad[:10].tolist()} chose a worse centroid: {(chosen - best)[bad[:10]]}"
+    torch.testing.assert_close(dist.double().cpu(), chosen, rtol=10 * rtol, atol=10 * rtol * float(scale.max()))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("n,k,d", [(1, 1, 8), (300, 70, 37), (257, 200, 64)])
+def test_kernel_matches_brute_force_and_twin(metric, dtype, n, k, d):
+    rng = np.random.default_rng(n + k + d)
+    centers = rng.normal(size=(k, d)) * 3
+    x = torch.tensor(centers[rng.integers(k, size=n)] + rng.normal(size=(n, d)), dtype=dtype, device=DEVICE)
+    c = torch.tensor(centers + rng.normal(size=(k, d)) * 0.1, dtype=dtype, device=DEVICE)
+    dist, idx = nearest(x, c, metric=metric, backend="triton")
+    assert dist.shape == (n,) and idx.dtype == torch.int64
+    check_against_brute_force(x, c, dist, idx, metric, RTOL[dtype])
+    twin_d, twin_i = nearest_reference(x, c, metric=metric)
+    agree = (twin_i == idx).float().mean().item()
+    assert agree >= 0.999 or n < 1000 and agree >= 1 - 1 / n
+
+
+def test_ties_go_to_the_lowest_index_across_tiles():
+    x = torch.zeros(3, 8, device=DEVICE)
+    c = torch.ones(300, 8, device=DEVICE)  # equal distances over several centroid tiles
+    _, idx = nearest(x, c, backend="triton")
+    assert idx.tolist() == [0, 0, 0]
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="backend"):
+        nearest(torch.zeros(2, 3), torch.zeros(2, 3), backend="cuda")
