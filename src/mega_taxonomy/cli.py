@@ -224,7 +224,7 @@ def sample(storage, n, strategy, seed, output, storage_options):
 @click.option("--show", type=int, default=6, show_default=True, help="Top-level branches to print.")
 @click.option("--children", type=int, default=3, show_default=True, help="Children printed per branch.")
 @click.option("--words", "n_words", type=int, default=8, show_default=True, help="Words per node.")
-@click.option("--max-iter", type=int, default=20, show_default=True)
+@click.option("--max-iter", type=int, default=10, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--limit", type=int, default=None, help="Use only the first N words (quick runs).")

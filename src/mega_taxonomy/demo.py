@@ -51,7 +51,7 @@ def nearest_words(store: Store, level: int, words: np.ndarray, n_words: int) -> 
     return out
 
 
-def run_demo(branching=(32, 8, 8), show=6, children=3, n_words=8, max_iter=20, random_state=0, device="auto",
+def run_demo(branching=(32, 8, 8), show=6, children=3, n_words=8, max_iter=10, random_state=0, device="auto",
              limit=None, storage=None):
     """Fit the GloVe taxonomy; return (summaries of the top of the tree, engine, seconds)."""
     vectors, index = glove_files()
