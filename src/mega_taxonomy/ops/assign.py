@@ -277,11 +277,13 @@ def nearest_triton_dispatch(x, centroids, metric):
 
     c = centroids.detach().to(device=x.device, dtype=x.dtype)
     x = x.detach()
+    # float32 products in tf32 only where torch's own matmuls may use it too.
+    exact = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     if metric == "cosine":
         x, c = _normalize(x.float()).to(x.dtype), _normalize(c.float()).to(x.dtype)
-        d, i = nearest_triton(x, c, torch.ones(c.shape[0], device=x.device), 1.0)
+        d, i = nearest_triton(x, c, torch.ones(c.shape[0], device=x.device), 1.0, exact=exact)
         return d.clamp_min_(0.0), i
-    d, i = nearest_triton(x, c, _squared_norms(c.float()), 2.0)
+    d, i = nearest_triton(x, c, _squared_norms(c.float()), 2.0, exact=exact)
     return _finish(d, _squared_norms(x.float())), i
 
 
@@ -296,8 +298,9 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidea
     metric : {"euclidean", "cosine"}, default="euclidean"
         Squared L2, or ``1 - cos``.
     backend : {"auto", "torch", "triton"}, default="auto"
-        "auto": the Triton kernel for fp16 / bf16 / fp32 tensors on CUDA (fp32 products in tf32,
-        as torch does with ``allow_tf32``), the torch twin otherwise.
+        "auto": the Triton kernel for fp16 / bf16 / fp32 tensors on CUDA (fp32 products in tf32
+        when ``torch.backends.cuda.matmul.allow_tf32`` is set, IEEE fp32 otherwise), the torch
+        twin elsewhere.
 
     Returns
     -------
