@@ -13,7 +13,7 @@ data or an index and answering requests): PANDA's kd-tree and batch serving use 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 P = TypeVar("P", bound="Partial")
@@ -97,12 +97,3 @@ class Runtime(abc.ABC):
     def device(self):
         """The torch device workers compute on (for remote runtimes: the device kind)."""
 
-
-def reduce_in_order(partials: Sequence[P]) -> P:
-    """Add partials left to right: the one reduction order every runtime uses."""
-    if not partials:
-        raise ValueError("no partials to reduce: the source has no blocks")
-    total = partials[0]
-    for p in partials[1:]:
-        total = total + p
-    return total

@@ -1,0 +1,59 @@
+"""LocalRuntime: block-order reduction, the worker pool, the CPU thread setting."""
+
+import doctest
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mega_taxonomy.io import BLOCK_ROWS, VectorSource
+from mega_taxonomy.runtime import LocalRuntime, cpu_threads, local
+
+
+@dataclass
+class Order:
+    """A partial that is not commutative: it records the order it was added in."""
+
+    blocks: tuple
+
+    def __add__(self, other):
+        return Order(self.blocks + other.blocks)
+
+
+def test_partials_are_added_in_block_order():
+    source = VectorSource(np.zeros((3 * BLOCK_ROWS + 5, 2), dtype=np.float32))
+    total = LocalRuntime(device="cpu", progress=False).map_reduce(source, lambda b, s, d: Order((b.index,)), None)
+    assert total.blocks == (0, 1, 2, 3)
+
+
+def test_tasks_get_the_state_and_the_device():
+    source = VectorSource(np.ones((10, 3), dtype=np.float32))
+    seen = LocalRuntime(device="cpu").map_reduce(source, lambda b, s, d: (s, str(d)), "state")
+    assert seen == ("state", "cpu")
+
+
+class Counter:
+    def __init__(self, rank):
+        self.rank, self.calls = rank, 0
+
+    def bump(self, by):
+        self.calls += by
+        return self.rank, self.calls
+
+
+def test_worker_pool_keeps_state_per_worker():
+    with LocalRuntime(device="cpu").pool(Counter, n_workers=3) as pool:
+        assert pool.size == 3
+        assert pool.broadcast("bump", 1) == [(0, 1), (1, 1), (2, 1)]
+        assert pool.call(1, "bump", 5) == (1, 6)
+
+
+def test_cpu_threads_is_restored():
+    before = torch.get_num_threads()
+    with cpu_threads("cpu", 1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(local).failed == 0

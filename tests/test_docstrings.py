@@ -1,0 +1,16 @@
+"""Every `>>>` example in the public modules runs and prints what it says (STYLE.md, rule 6)."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["mega_taxonomy.cluster.kmeans", "mega_taxonomy.ops.assign", "mega_taxonomy.ops.grouped_assign",
+           "mega_taxonomy.taxonomy.engine", "mega_taxonomy.storage.store", "mega_taxonomy.io.sources",
+           "mega_taxonomy.runtime.local"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_examples(name):
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted > 0 and result.failed == 0
