@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..ops import topk
 from .router import Router, route_beam
 from .tree import Tree
 
@@ -69,23 +68,62 @@ class SearchIndex:
         return cls(*(store.get_array(f"search/{name}.npy", mmap=True) for name in FILES))
 
     def search(self, q: torch.Tensor, tree: Tree, router: Router, k: int, beam: int):
-        """(distances (n, k), ids (n, k), rows compared (n,)), nearest first, inf / -1 padding."""
+        """(distances (n, k), ids (n, k), rows compared (n,)), nearest first, inf / -1 padding.
+
+        Queries are ranked in batches: every query's members are gathered into one padded
+        (queries, members, d) tile, so the re-rank is a few batched products, not a loop over
+        queries (10k GloVe queries at beam 8: 8 s with a per-query loop).
+        """
         paths, _ = route_beam(q, tree, beam, n_best=beam, router=router)
         leaves = leaf_of_paths(tree, paths.cpu().numpy())
-        n = q.shape[0]
+        lengths = np.where(leaves >= 0, np.diff(self.offsets)[np.maximum(leaves, 0)], 0)  # (n, beam)
+        starts = self.offsets[:-1][np.maximum(leaves, 0)]
+        compared = lengths.sum(1)
+        n, dim = q.shape
         out_d = np.full((n, k), np.inf, dtype=np.float32)
         out_i = np.full((n, k), -1, dtype=np.int64)
-        compared = np.zeros(n, dtype=np.int64)
-        lo, hi = self.offsets[:-1], self.offsets[1:]
-        for row in range(n):
-            reached = leaves[row][leaves[row] >= 0]
-            members = np.concatenate([np.arange(lo[j], hi[j]) for j in reached]) if len(reached) else []
-            compared[row] = len(members)
-            if not len(members):
-                continue
-            d, i = topk(q[row : row + 1], torch.as_tensor(self.vectors[members]), min(k, len(members)),
-                        metric=tree.metric)
-            m = d.shape[1]
-            out_d[row, :m] = d[0].cpu().numpy()
-            out_i[row, :m] = self.ids[members[i[0].cpu().numpy()]]
+        q64 = q.double() if q.dtype == torch.float64 else q.float()
+        first = 0
+        while first < n:
+            # As many queries as keep the gathered tile under 2**24 values.
+            width = max(int(compared[first]), 1)
+            last = first + 1
+            while last < n and (last + 1 - first) * max(width, int(compared[last])) * dim <= 1 << 24:
+                width = max(width, int(compared[last]))
+                last += 1
+            rows = slice(first, last)
+            positions, valid = _padded_members(starts[rows], lengths[rows], width)
+            members = torch.as_tensor(self.vectors[positions.ravel()], dtype=q64.dtype).reshape(*positions.shape, dim)
+            qs = q64[rows]
+            if tree.metric == "cosine":
+                qs = torch.nn.functional.normalize(qs, dim=1)
+                members = torch.nn.functional.normalize(members, dim=2)
+                d = 1.0 - torch.einsum("qd,qmd->qm", qs, members)
+            else:
+                d = ((qs * qs).sum(1, keepdim=True) - 2.0 * torch.einsum("qd,qmd->qm", qs, members)
+                     + (members * members).sum(2)).clamp_min_(0.0)
+            d = torch.where(torch.as_tensor(valid), d, torch.full_like(d, torch.inf))
+            top_d, top = d.topk(min(k, width), dim=1, largest=False, sorted=True)
+            found = torch.isfinite(top_d).numpy()
+            ids = self.ids[np.take_along_axis(positions, top.numpy(), 1)]
+            out_d[rows, : top.shape[1]] = np.where(found, top_d.numpy(), np.inf)
+            out_i[rows, : top.shape[1]] = np.where(found, ids, -1)
+            first = last
         return out_d, out_i, compared
+
+
+def _padded_members(starts: np.ndarray, lengths: np.ndarray, width: int):
+    """(positions, valid), both (queries, width): the rows of each query's leaves side by side,
+    padded (position 0, invalid) to ``width``."""
+    per_query = lengths.sum(1)
+    flat_len = lengths.ravel()
+    # positions of every member, leaf after leaf: start of its leaf + its rank in the leaf
+    rank = np.arange(flat_len.sum()) - np.repeat(np.cumsum(flat_len) - flat_len, flat_len)
+    flat = np.repeat(starts.ravel(), flat_len) + rank
+    query = np.repeat(np.arange(len(per_query)), per_query)
+    slot = np.arange(len(flat)) - np.repeat(np.cumsum(per_query) - per_query, per_query)
+    positions = np.zeros((len(per_query), width), dtype=np.int64)
+    valid = np.zeros((len(per_query), width), dtype=bool)
+    positions[query, slot] = flat
+    valid[query, slot] = True
+    return positions, valid
