@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..ops import grouped_nearest, nearest
-from .sampling import SamplePartial, block_sample, rank_in_group
+from ..ops import grouped_nearest, nearest, normalize_rows
+from ..runtime import in_block_order
+from .sampling import SamplePartial, block_sample, smallest_per_group
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,7 @@ MAX_FAR_ROWS = 1024
 def farthest(distances, ordinals, groups, n_per_group) -> np.ndarray:
     """Positions of the ``n_per_group`` largest distances of every group, largest first, equal
     distances by ordinal; ordered by group."""
-    order = np.lexsort((ordinals, -distances, groups))
-    return order[rank_in_group(groups[order]) < n_per_group]
+    return smallest_per_group(-distances, ordinals, n_per_group, groups)
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,7 @@ class LloydPartial:
 
     def ordered_labels(self) -> tuple[np.ndarray, np.ndarray]:
         """Every kept row's label and distance, in block order."""
-        blocks = sorted(self.labels)
-        return (np.concatenate([self.labels[b][0] for b in blocks]),
-                np.concatenate([self.labels[b][1] for b in blocks]))
+        return in_block_order(self.labels)
 
 
 def as_tensor(vectors, device) -> torch.Tensor:
@@ -102,11 +100,6 @@ def as_tensor(vectors, device) -> torch.Tensor:
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             return torch.as_tensor(vectors).to(device, non_blocking=True)
     return torch.as_tensor(vectors).to(device, non_blocking=True)
-
-
-def normalize_rows(x: torch.Tensor) -> torch.Tensor:
-    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    return x / torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
 class LloydTask:

@@ -35,12 +35,14 @@ def rank_in_group(sorted_groups: np.ndarray) -> np.ndarray:
     return np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
 
 
-def lowest(hashes: np.ndarray, ordinals: np.ndarray, n: int, groups: np.ndarray | None = None) -> np.ndarray:
-    """Positions of the ``n`` lowest hashes of every group (equal hashes by ordinal), ordered by
-    group, then hash."""
+def smallest_per_group(keys: np.ndarray, ordinals: np.ndarray, n: int,
+                       groups: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the ``n`` smallest keys of every group (equal keys by ordinal), ordered by
+    group, then key: the selection of every mergeable "best n per group" partial (lowest
+    hashes, nearest members, farthest rows with negated distances)."""
     if groups is None:
-        groups = np.zeros(len(hashes), dtype=np.int64)
-    order = np.lexsort((ordinals, hashes, groups))
+        groups = np.zeros(len(keys), dtype=np.int64)
+    order = np.lexsort((ordinals, keys, groups))
     return order[rank_in_group(groups[order]) < n]
 
 
@@ -61,7 +63,7 @@ class SamplePartial:
         hashes = np.concatenate([self.hashes, other.hashes])
         ordinals = np.concatenate([self.ordinals, other.ordinals])
         groups = np.concatenate([self.groups, other.groups])
-        keep = lowest(hashes, ordinals, self.size, groups)
+        keep = smallest_per_group(hashes, ordinals, self.size, groups)
         return SamplePartial(
             self.size, hashes[keep], ordinals[keep], groups[keep],
             np.concatenate([self.vectors, other.vectors])[keep],
@@ -87,7 +89,7 @@ def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None) 
         x = x.cpu().numpy()
     hashes = hash_ids(block.ids, seed)
     groups = np.zeros(len(hashes), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
-    keep = lowest(hashes, block.ordinals, size, groups)
+    keep = smallest_per_group(hashes, block.ordinals, size, groups)
     x64 = x.astype(np.float64)
     return SamplePartial(
         size, hashes[keep], block.ordinals[keep], groups[keep], np.ascontiguousarray(x[keep]),

@@ -44,7 +44,8 @@ def _check(x, centroids, metric):
         raise ValueError("no centroids")
 
 
-def _normalize(v):
+def normalize_rows(v: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit norm (cosine's view of vectors)."""
     norms = torch.linalg.vector_norm(v, dim=1, keepdim=True)
     # A zero vector has no direction: leave it at zero, so its cosine distance is 1 to everything.
     return v / torch.where(norms > 0, norms, torch.ones_like(norms))
@@ -105,7 +106,7 @@ def _prepare(x, centroids, metric):
     x = x.detach().to(dtype)
     c = centroids.detach().to(device=x.device, dtype=dtype)
     if metric == "cosine":
-        x, c = _normalize(x), _normalize(c)
+        x, c = normalize_rows(x), normalize_rows(c)
         return x, None, _Operand(c, torch.ones(c.shape[0], dtype=dtype, device=x.device), 1.0)
     return x, _squared_norms(x), _Operand(c, _squared_norms(c), 2.0)
 
@@ -280,7 +281,7 @@ def nearest_triton_dispatch(x, centroids, metric):
     # float32 products in tf32 only where torch's own matmuls may use it too.
     exact = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     if metric == "cosine":
-        x, c = _normalize(x.float()).to(x.dtype), _normalize(c.float()).to(x.dtype)
+        x, c = normalize_rows(x.float()).to(x.dtype), normalize_rows(c.float()).to(x.dtype)
         d, i = nearest_triton(x, c, torch.ones(c.shape[0], device=x.device), 1.0, exact=exact)
         return d.clamp_min_(0.0), i
     d, i = nearest_triton(x, c, _squared_norms(c.float()), 2.0, exact=exact)

@@ -1,11 +1,11 @@
 """Runtimes: where map-reduce passes and worker pools run (in-process now, Ray next)."""
 
-from .base import BlockTask, Partial, Runtime, WorkerPool
+from .base import BlockTask, Partial, Runtime, WorkerPool, in_block_order
 from .local import LocalPool, LocalRuntime, cpu_threads, resolve_device
 
 __all__ = [
     "BlockTask", "LocalPool", "LocalRuntime", "Partial", "cpu_threads", "Runtime", "WorkerPool",
-    "resolve_device",
+    "in_block_order", "resolve_device",
 ]
 
 

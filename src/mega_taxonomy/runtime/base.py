@@ -16,6 +16,8 @@ import abc
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+import numpy as np
+
 P = TypeVar("P", bound="Partial")
 
 
@@ -36,6 +38,13 @@ class BlockTask(Protocol[P]):
 
     def __call__(self, block, state, device) -> P:  # pragma: no cover - protocol
         ...
+
+
+def in_block_order(parts: dict) -> tuple:
+    """``{block index: (array, array, ...)}`` joined field by field in block order: how partials
+    that keep per-row outputs (labels, paths) give them back in input order."""
+    blocks = sorted(parts)
+    return tuple(np.concatenate([parts[b][i] for b in blocks]) for i in range(len(parts[blocks[0]])))
 
 
 class WorkerPool(abc.ABC):

@@ -9,18 +9,13 @@ import numpy as np
 import pyarrow as pa
 
 from ..cluster.lloyd import as_tensor
-from ..cluster.sampling import SamplePartial, block_sample, rank_in_group
+from ..cluster.sampling import SamplePartial, block_sample, smallest_per_group
+from ..runtime import in_block_order
 from ..storage import Store
 from ..storage.schema import assignments_file, assignments_table
 from .router import Router, route_beam, route_greedy
 from .search import leaf_of_paths
 from .tree import Tree
-
-
-def nearest_per_group(distances, ordinals, groups, n) -> np.ndarray:
-    """Positions of the ``n`` smallest distances of every group (equal distances by ordinal)."""
-    order = np.lexsort((ordinals, distances, groups))
-    return order[rank_in_group(groups[order]) < n]
 
 
 @dataclass
@@ -67,15 +62,14 @@ class MembersPartial:
         levels = []
         for mine, theirs in zip(self.levels, other.levels):
             both = {k: np.concatenate([mine[k], theirs[k]]) for k in mine}
-            keep = nearest_per_group(both["distance"], both["ordinal"], both["node"], self.size)
+            keep = smallest_per_group(both["distance"], both["ordinal"], self.size, both["node"])
             levels.append({k: v[keep] for k, v in both.items()})
         return MembersPartial(self.size, levels, self.rows + other.rows, {**self.files, **other.files},
                               {**self.leaves, **other.leaves})
 
     def leaf_rows(self):
         """Every row's (ordinal, id, leaf number), in block order."""
-        blocks = sorted(self.leaves)
-        return tuple(np.concatenate([self.leaves[b][i] for b in blocks]) for i in range(3))
+        return in_block_order(self.leaves)
 
     def table(self, level: int) -> pa.Table:
         m = self.levels[level]
@@ -108,7 +102,7 @@ class OutputTask:
         for level in range(state.tree.n_levels):
             on = paths[:, level] >= 0
             node, d = paths[on, level], dists[on, level]
-            keep = nearest_per_group(d, block.ordinals[on], node, state.members)
+            keep = smallest_per_group(d, block.ordinals[on], state.members, node)
             levels.append({"node": node[keep], "distance": d[keep], "ordinal": block.ordinals[on][keep],
                            "id": block.ids[on][keep]})
         leaves = {}
@@ -126,8 +120,8 @@ class PredictPartial:
         return PredictPartial({**self.parts, **other.parts}, {**self.files, **other.files})
 
     def ordered(self):
-        blocks = sorted(self.parts)
-        return tuple(np.concatenate([self.parts[b][i] for b in blocks]) for i in range(3))
+        """(ids, paths, distances) of every row, in input order."""
+        return in_block_order(self.parts)
 
 
 @dataclass(frozen=True)
