@@ -394,20 +394,19 @@ class TaxonomyEngine:
 
     def _write_outputs(self, source, runtime, store, output):
         """The output pass: assignments to the store (and ``output``), and members per node."""
-        targets = tuple((s.uri, self.storage_options) for s in (store, self._store(output)) if s is not None)
-        if not targets:
+        # _store(None) would be the storage_uri again: without output, the store alone.
+        out = None if output is None else self._store(output)
+        receivers = {s.uri: s for s in (store, out) if s is not None}
+        if not receivers:
             return
         build_index = store is not None and self.search_index
+        targets = tuple((uri, self.storage_options) for uri in receivers)
         state = OutputState(self.tree_, targets, self.members, leaves=build_index)
         result = runtime.map_reduce(source, OutputTask(), state, desc="assignments")
         if build_index:
             SearchIndex.build(self.tree_, *result.leaf_rows(), source).save(store)
-        out = self._store(output) if output is not None else None
         for (uri, name), entry in result.files.items():
-            if store is not None and uri == store.uri:
-                store.record(name, entry)
-            elif out is not None:
-                out.record(name, entry)
+            receivers[uri].record(name, entry)
         if store is not None:
             for level in range(self.n_levels):
                 store.put_table(members_file(level), result.table(level))
