@@ -10,8 +10,9 @@ from .errors import ConfigError, DataError, MegaTaxonomyError, StorageError
 from .io import VectorSource
 from .runtime import LocalRuntime
 from .storage import Store
+from .taxonomy import TaxonomyEngine
 
 __all__ = [
     "ConfigError", "DataError", "KMeans", "LocalRuntime", "MegaTaxonomyError", "StorageError", "Store",
-    "VectorSource", "__version__",
+    "TaxonomyEngine", "VectorSource", "__version__",
 ]

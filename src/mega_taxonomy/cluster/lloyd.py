@@ -44,7 +44,8 @@ class LloydState:
 
     centroids: np.ndarray  # (K, d) in the compute dtype
     metric: str = "euclidean"
-    update: bool = True  # sums and farthest rows, for new centroids
+    update: bool = True  # sums, for new centroids
+    far: bool = False  # the farthest rows of every group, to refill empty clusters
     keep_labels: bool = False  # return every row's label and distance, per block
     offsets: np.ndarray | None = None  # (n_groups + 1,) CSR children per group; None: one group
     groups: Mapping | None = None  # block index -> group of each row of the block
@@ -75,6 +76,7 @@ class LloydPartial:
             out.sample = self.sample + other.sample
         if self.sums is not None:
             out.sums = self.sums + other.sums
+        if self.far is not None:
             both = {k: np.concatenate([self.far[k], other.far[k]]) for k in self.far}
             keep = farthest(both["distance"], both["ordinal"], both["group"], self.far_per_group)
             out.far = {k: v[keep] for k, v in both.items()}
@@ -129,6 +131,7 @@ class LloydTask:
             if state.metric == "cosine":
                 rows = normalize_rows(rows)
             out.sums = cluster_sums(rows, lab, k).cpu().numpy()
+        if state.far:
             mask = valid.cpu().numpy()
             out.far = block_farthest(d64, lab, block.ordinals[mask], groups[mask], state)
         if state.keep_labels:
@@ -260,10 +263,20 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
     centroids = np.ascontiguousarray(centroids)
     n_groups = 1 if offsets is None else len(offsets) - 1
     far_per_group = max(4, MAX_FAR_ROWS // n_groups)
+    if offsets is not None:  # a group never needs more rows than it has children
+        far_per_group = min(far_per_group, max(1, int(np.diff(offsets).max(initial=1))))
+    # The farthest rows cost a selection in every block, and are needed only when a cluster went
+    # empty: they are first found by one more pass over the same centroids (the same labels and
+    # distances, so the same rows), then gathered in every pass of this fit.
+    far = False
     partial, shift, n_iter = None, np.inf, start_iter
     for n_iter in range(start_iter + 1, max_iter + 1):
-        state = LloydState(centroids, metric, True, keep_labels, offsets, groups, far_per_group)
+        state = LloydState(centroids, metric, True, far, keep_labels, offsets, groups, far_per_group)
         partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter}")
+        if not far and (partial.counts == 0).any():
+            far = True
+            state = LloydState(centroids, metric, False, far, False, offsets, groups, far_per_group)
+            partial.far = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter} far").far
         updated, _ = new_centroids(partial, centroids, source, metric, offsets)
         shift = float(((updated.astype(np.float64) - centroids) ** 2).sum())
         logger.debug("%s %d: inertia %.6g, shift %.3g", desc, n_iter, partial.total_inertia, shift)
@@ -273,6 +286,6 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         if shift <= tol:
             break
     if partial is None or shift != 0 or sample is not None:
-        state = LloydState(centroids, metric, False, keep_labels, offsets, groups, sample=sample)
+        state = LloydState(centroids, metric, False, False, keep_labels, offsets, groups, sample=sample)
         partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} assign")
     return LloydResult(centroids, partial.counts, partial.total_inertia, n_iter, partial)

@@ -5,11 +5,12 @@ A taxonomy level holds the children of all parents side by side (CSR: the childr
 to the nearest child of its parent, like a grouped GEMM: one call per batch, whatever the
 number of parents.
 
-``grouped_nearest`` / ``grouped_topk`` dispatch; ``*_reference`` are the torch twins. The twin
-picks per call between two exact strategies: a loop of matrix products over the parents
-present (few, big groups: level 0, wide levels) and a gather of each row's padded children
-followed by a batched product (many small groups). The choice depends only on the batch's
-content, so the same block gives the same bits wherever it runs.
+``grouped_nearest`` / ``grouped_topk`` dispatch; ``*_reference`` are the torch twins: rows
+sorted by group, then one matrix product per run of consecutive groups (rows of the run x all
+its children), from which each row keeps its own group's columns. On the CPU,
+``grouped_nearest`` runs the runs in parallel threads straight on numpy arrays, with runs cut
+by a cost model (a product's fixed cost against the columns it wastes). Runs depend only on
+the batch's content, so the same block gives the same bits wherever it runs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .assign import _TILE_ELEMENTS, _check, _finish, _prepare
+from .assign import _BLAS, _POOL, _TILE_ELEMENTS, _check, _finish, _prepare
 
 # Children per matrix product of grouped rows: enough columns for an efficient product, few
 # enough that computing every row against all of them wastes little.
@@ -83,6 +84,91 @@ def grouped_nearest_reference(x, groups, centroids, offsets, *, metric="euclidea
     return best, torch.where(torch.isfinite(best), label, torch.full_like(label, -1))
 
 
+# The CPU cost model of a run: one matrix product costs as much as this many multiply-adds (numpy
+# and Python overhead, about 20 us), beside rows x columns x (d + 1) for the product itself.
+_CALL_COST = 1 << 20
+
+
+def _cpu_runs(sorted_groups, offsets, width):
+    """The runs of a batch sorted by group: ``(r0, r1, lo, hi, segments)`` for rows ``r0:r1``
+    and children ``lo:hi``, each segment ``(a, b, c0, c1)`` being one group's rows ``a:b`` and
+    children ``c0:c1`` (relative to the run).
+
+    Consecutive groups join a run while that is cheaper than a product of their own
+    (``_CALL_COST`` against the columns computed for rows of other groups); rows of groups
+    without children are in no run. Long runs are cut in row tiles for the threads.
+    """
+    bounds = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1], True])
+    runs, current = [], None
+    for r0, r1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        g = int(sorted_groups[r0])
+        lo, hi = int(offsets[g]), int(offsets[g + 1])
+        if hi == lo:  # its rows stay unassigned, outside every run
+            current = None
+            continue
+        if current is not None and current[3] == lo:
+            rows, cols = current[1] - current[0], current[3] - current[2]
+            merged = (rows + r1 - r0) * (cols + hi - lo) * width
+            apart = _CALL_COST + (rows * cols + (r1 - r0) * (hi - lo)) * width
+            if merged <= apart:
+                current[1], current[3] = r1, hi
+                current[4].append((r0, r1, lo, hi))
+                continue
+        current = [r0, r1, lo, hi, [(r0, r1, lo, hi)]]
+        runs.append(current)
+    tiles = []
+    for r0, r1, lo, hi, groups in runs:
+        step = max(256, min(8192, _TILE_ELEMENTS // (hi - lo)))
+        for a in range(r0, r1, step):
+            b = min(a + step, r1)
+            segments = [(max(g0, a) - a, min(g1, b) - a, c0 - lo, c1 - lo) for g0, g1, c0, c1 in groups
+                        if g0 < b and g1 > a]
+            tiles.append((a, b, lo, hi, segments))
+    return tiles
+
+
+def _grouped_nearest_cpu(x, groups, centroids, offsets, metric):
+    """``grouped_nearest`` on the CPU: the twin's runs, on numpy arrays, in parallel threads.
+
+    The rows are gathered in group order once, with the column of ones of the operand, so that
+    every run is a slice: per run, one product and one argmin per group of the run.
+    """
+    x, x_sq, operand = _prepare(x, centroids, metric)
+    g = np.asarray(groups, dtype=np.int64)
+    order = np.argsort(g, kind="stable")
+    sorted_groups = g[order]
+    xn = x.numpy()
+    xs = np.empty((len(g), xn.shape[1] + 1), dtype=xn.dtype)
+    best_s = np.full(len(g), np.inf, dtype=xn.dtype)
+    label_s = np.full(len(g), -1, dtype=np.int64)
+
+    def gather(rows):
+        xs[rows, :-1] = xn[order[rows]]
+        xs[rows, -1] = 1.0
+
+    half = (len(g) + 1) // 2
+    for _ in _POOL.map(gather, [slice(0, half), slice(half, len(g))]):
+        pass
+
+    def work(run):
+        r0, r1, lo, hi, segments = run
+        tile = operand.tile(xs[r0:r1], lo, hi, scratch=True).numpy()
+        for a, b, c0, c1 in segments:
+            part = tile[a:b, c0:c1]
+            i = part.argmin(1)
+            best_s[r0 + a:r0 + b] = part[np.arange(len(i)), i]
+            label_s[r0 + a:r0 + b] = i + (lo + c0)
+
+    with _BLAS.limit(limits=1, user_api="blas"):
+        for _ in _POOL.map(work, _cpu_runs(sorted_groups, np.asarray(offsets, dtype=np.int64), xs.shape[1])):
+            pass
+    best, label = np.empty_like(best_s), np.empty_like(label_s)
+    best[order], label[order] = best_s, label_s
+    if x_sq is not None:
+        best += x_sq.numpy()
+    return torch.from_numpy(np.maximum(best, 0, out=best)), torch.from_numpy(label)
+
+
 def grouped_topk_reference(x, groups, centroids, offsets, k, *, metric="euclidean"):
     """Torch twin of :func:`grouped_topk`."""
     dist, index = grouped_distances_reference(x, groups, centroids, offsets, metric=metric)
@@ -120,6 +206,9 @@ def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *
     >>> grouped_nearest(torch.tensor([[4.0], [4.0]]), torch.tensor([0, 1]), c, torch.tensor([0, 2, 4]))[1]
     tensor([0, 3])
     """
+    if x.device.type == "cpu":
+        groups, offsets = (v.numpy() if isinstance(v, torch.Tensor) else v for v in (groups, offsets))
+        return _grouped_nearest_cpu(x, groups, centroids, offsets, metric)
     return grouped_nearest_reference(x, groups, centroids, offsets, metric=metric)
 
 

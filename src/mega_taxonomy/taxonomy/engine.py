@@ -5,7 +5,8 @@ level l every node of level l-1 gets its own children, and all nodes of the leve
 the same data passes, each row compared only with the children of its own parent (grouped
 assignment). The number of passes is the sum of the iterations per level plus one assignment
 pass per level (which also samples every node for the next level's seeds), one sampling pass
-and one output pass, whatever the number of nodes.
+and one output pass, whatever the number of nodes (and, in a level where a cluster went empty,
+one pass that finds the farthest rows to refill it: see ``cluster.lloyd``).
 
 State lives in a Store: per-iteration checkpoints with fresh names (so a crash never leaves a
 half-updated file behind a committed manifest), completed levels, then the tree, the
