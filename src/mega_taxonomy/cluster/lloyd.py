@@ -24,18 +24,12 @@ import torch
 
 from ..ops import grouped_nearest, nearest, normalize_rows
 from ..runtime import in_block_order
-from .sampling import SamplePartial, block_sample, smallest_per_group
+from .sampling import BestPerGroup, SamplePartial, block_sample
 
 logger = logging.getLogger(__name__)
 
 # Farthest rows kept per group (and per block) to refill empty clusters without another pass.
 MAX_FAR_ROWS = 1024
-
-
-def farthest(distances, ordinals, groups, n_per_group) -> np.ndarray:
-    """Positions of the ``n_per_group`` largest distances of every group, largest first, equal
-    distances by ordinal; ordered by group."""
-    return smallest_per_group(-distances, ordinals, n_per_group, groups)
 
 
 @dataclass(frozen=True)
@@ -64,7 +58,7 @@ class LloydPartial:
     counts: np.ndarray  # (K,) int64
     inertia: np.ndarray  # (K,) float64: sum of distances to the assigned centroid
     sums: np.ndarray | None = None  # (K, d) float64 sum of assigned rows (normalized for cosine)
-    far: dict | None = None  # farthest rows: arrays "distance", "ordinal", "label", "group"
+    far: BestPerGroup | None = None  # farthest rows: columns "distance", "ordinal", "label", "group"
     far_per_group: int = MAX_FAR_ROWS
     labels: dict = field(default_factory=dict)  # block index -> (labels, distances), when kept
     sample: SamplePartial | None = None  # per cluster, when asked for
@@ -77,9 +71,7 @@ class LloydPartial:
         if self.sums is not None:
             out.sums = self.sums + other.sums
         if self.far is not None:
-            both = {k: np.concatenate([self.far[k], other.far[k]]) for k in self.far}
-            keep = farthest(both["distance"], both["ordinal"], both["group"], self.far_per_group)
-            out.far = {k: v[keep] for k, v in both.items()}
+            out.far = self.far + other.far
         return out
 
     @property
@@ -163,8 +155,9 @@ def cluster_sums(rows: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tens
     return total
 
 
-def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals, groups, state: LloydState) -> dict:
-    """The farthest rows of a block, per group (see ``farthest``)."""
+def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals, groups, state: LloydState) -> BestPerGroup:
+    """The ``state.far_per_group`` rows of a block farthest from their centroid, per group
+    (largest distance first, equal distances by ordinal)."""
     n = state.far_per_group
     if state.offsets is None and len(ordinals) > n:
         # One group: an O(n) top-k first, so that only n rows are sorted. Rows tied with the n-th
@@ -175,8 +168,7 @@ def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals, grou
         pre = np.arange(len(ordinals))
     far = {"distance": distances.cpu().numpy()[pre], "ordinal": ordinals[pre],
            "label": labels.cpu().numpy()[pre], "group": groups[pre]}
-    keep = farthest(far["distance"], far["ordinal"], far["group"], n)
-    return {name: v[keep] for name, v in far.items()}
+    return BestPerGroup(n, far, key="distance", largest=True)
 
 
 def group_of_centroid(offsets: np.ndarray | None, k: int) -> np.ndarray:

@@ -46,29 +46,96 @@ def smallest_per_group(keys: np.ndarray, ordinals: np.ndarray, n: int,
     return order[rank_in_group(groups[order]) < n]
 
 
+# Rows a BestPerGroup may hold unselected: it sorts again only when it holds twice as many as
+# after its last selection, or as this.
+_UNSELECTED_ROWS = 1 << 16
+
+
+class BestPerGroup:
+    """A mergeable table of the ``n`` rows of smallest ``key`` per ``group`` (equal keys by the
+    "ordinal" column), among all rows added to it: ``a + b`` is the selection of the union.
+
+    Adding only concatenates; the selection (a sort) runs when the rows have doubled since the
+    last one, and when the columns are read. A reduction over many blocks then sorts O(log)
+    times, not once per block, with the same result whatever the schedule: the n smallest of a
+    union are the n smallest among the n smallest of its parts.
+
+    Examples
+    --------
+    >>> a = BestPerGroup(1, {"key": np.array([3.0, 1.0]), "ordinal": np.array([0, 1]),
+    ...                      "group": np.array([0, 0])})
+    >>> b = BestPerGroup(1, {"key": np.array([2.0]), "ordinal": np.array([2]), "group": np.array([1])})
+    >>> (a + b)["ordinal"]
+    array([1, 2])
+    """
+
+    def __init__(self, n: int, columns: dict, *, key="key", group="group", largest=False, selected=False):
+        self.n, self.key, self.group, self.largest = n, key, group, largest
+        self._columns = columns
+        # Rows right after the last selection (None: rows were added since).
+        self._selected = len(columns[key]) if selected else None
+
+    def __len__(self):
+        return len(self._columns[self.key])
+
+    def _like(self, columns, selected=False):
+        return BestPerGroup(self.n, columns, key=self.key, group=self.group, largest=self.largest,
+                            selected=selected)
+
+    def selected(self) -> BestPerGroup:
+        if self._selected is None:
+            key = self._columns[self.key]
+            keep = smallest_per_group(-key if self.largest else key, self._columns["ordinal"], self.n,
+                                      self._columns[self.group])
+            self._columns = {name: v[keep] for name, v in self._columns.items()}
+            self._selected = len(keep)
+        return self
+
+    def __getitem__(self, column) -> np.ndarray:
+        """A column of the selection (ordered by group, then key)."""
+        return self.selected()._columns[column]
+
+    def __add__(self, other: BestPerGroup) -> BestPerGroup:
+        both = self._like({k: np.concatenate([v, other._columns[k]]) for k, v in self._columns.items()})
+        if len(both) > 2 * max(self._selected or 0, other._selected or 0, _UNSELECTED_ROWS):
+            both.selected()
+        return both
+
+    def __getstate__(self):  # what crosses processes is the selection, never a pending union
+        self.selected()
+        return self.__dict__
+
+
 @dataclass
 class SamplePartial:
-    """Per group, the ``size`` rows of lowest hash seen so far; and moments of all rows (for tol)."""
+    """Per group, the ``size`` rows of lowest hash seen so far (columns "hash", "ordinal",
+    "group", "vector"); and moments of all rows (for tol)."""
 
     size: int
-    hashes: np.ndarray
-    ordinals: np.ndarray
-    groups: np.ndarray
-    vectors: np.ndarray
+    rows: BestPerGroup
     count: int
     total: np.ndarray  # float64 sum of rows
     total_sq: np.ndarray  # float64 sum of squared rows
 
     def __add__(self, other: SamplePartial) -> SamplePartial:
-        hashes = np.concatenate([self.hashes, other.hashes])
-        ordinals = np.concatenate([self.ordinals, other.ordinals])
-        groups = np.concatenate([self.groups, other.groups])
-        keep = smallest_per_group(hashes, ordinals, self.size, groups)
-        return SamplePartial(
-            self.size, hashes[keep], ordinals[keep], groups[keep],
-            np.concatenate([self.vectors, other.vectors])[keep],
-            self.count + other.count, self.total + other.total, self.total_sq + other.total_sq,
-        )
+        return SamplePartial(self.size, self.rows + other.rows, self.count + other.count,
+                             self.total + other.total, self.total_sq + other.total_sq)
+
+    @property
+    def hashes(self) -> np.ndarray:
+        return self.rows["hash"]
+
+    @property
+    def ordinals(self) -> np.ndarray:
+        return self.rows["ordinal"]
+
+    @property
+    def groups(self) -> np.ndarray:
+        return self.rows["group"]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self.rows["vector"]
 
     @property
     def mean_variance(self) -> float:
@@ -90,11 +157,11 @@ def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None) 
     hashes = hash_ids(block.ids, seed)
     groups = np.zeros(len(hashes), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
     keep = smallest_per_group(hashes, block.ordinals, size, groups)
+    rows = {"hash": hashes[keep], "ordinal": block.ordinals[keep], "group": groups[keep],
+            "vector": np.ascontiguousarray(x[keep])}
     x64 = x.astype(np.float64)
-    return SamplePartial(
-        size, hashes[keep], block.ordinals[keep], groups[keep], np.ascontiguousarray(x[keep]),
-        len(x), x64.sum(0), (x64 * x64).sum(0),
-    )
+    return SamplePartial(size, BestPerGroup(size, rows, key="hash", selected=True), len(x), x64.sum(0),
+                         (x64 * x64).sum(0))
 
 
 @dataclass(frozen=True)

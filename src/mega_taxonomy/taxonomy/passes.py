@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..cluster.lloyd import as_tensor
-from ..cluster.sampling import SamplePartial, block_sample, smallest_per_group
+from ..cluster.sampling import BestPerGroup, SamplePartial, block_sample
 from ..runtime import in_block_order
 from ..storage import Store
 from ..storage.schema import assignments_file, assignments_table
@@ -50,20 +50,16 @@ class RouteTask:
 
 @dataclass
 class MembersPartial:
-    """Per level, the ``size`` rows nearest each node: arrays node, distance, ordinal, id."""
+    """Per level, the ``size`` rows nearest each node: columns node, distance, ordinal, id."""
 
     size: int
-    levels: list[dict]
+    levels: list[BestPerGroup]
     rows: int = 0
     files: dict = field(default_factory=dict)  # store name -> {"sha256", "bytes"} written by tasks
     leaves: dict = field(default_factory=dict)  # block -> (ordinals, ids, leaf numbers), for search
 
     def __add__(self, other):
-        levels = []
-        for mine, theirs in zip(self.levels, other.levels):
-            both = {k: np.concatenate([mine[k], theirs[k]]) for k in mine}
-            keep = smallest_per_group(both["distance"], both["ordinal"], self.size, both["node"])
-            levels.append({k: v[keep] for k, v in both.items()})
+        levels = [mine + theirs for mine, theirs in zip(self.levels, other.levels)]
         return MembersPartial(self.size, levels, self.rows + other.rows, {**self.files, **other.files},
                               {**self.leaves, **other.leaves})
 
@@ -101,10 +97,9 @@ class OutputTask:
         levels = []
         for level in range(state.tree.n_levels):
             on = paths[:, level] >= 0
-            node, d = paths[on, level], dists[on, level]
-            keep = smallest_per_group(d, block.ordinals[on], state.members, node)
-            levels.append({"node": node[keep], "distance": d[keep], "ordinal": block.ordinals[on][keep],
-                           "id": block.ids[on][keep]})
+            members = {"node": paths[on, level], "distance": dists[on, level], "ordinal": block.ordinals[on],
+                       "id": block.ids[on]}
+            levels.append(BestPerGroup(state.members, members, key="distance", group="node"))
         leaves = {}
         if state.leaves:
             leaves = {block.index: (block.ordinals, block.ids, leaf_of_paths(state.tree, paths))}
