@@ -116,11 +116,13 @@ def _branching(text):
 @click.option("--min-cluster-size", type=int, default=1, show_default=True)
 @click.option("--output", default=None, help="Also write (id, path, distance) parquet parts here.")
 @click.option("--no-search-index", is_flag=True, help="Do not keep the vectors grouped by leaf for search.")
+@click.option("--balance", type=click.Choice(["split", "penalty"]), default=None,
+              help="Even out node sizes: split big nodes and merge tiny ones, or size-penalised assignment.")
 @column_option
 @id_option
 @options_option
 def fit(input, storage, n_levels, branching, max_iter, tol, metric, seed, device, min_cluster_size, output,
-        no_search_index, column, id_column, storage_options):
+        no_search_index, balance, column, id_column, storage_options):
     """Fit a taxonomy on INPUT (resumes an interrupted fit with the same arguments)."""
     from .taxonomy import TaxonomyEngine
 
@@ -128,7 +130,8 @@ def fit(input, storage, n_levels, branching, max_iter, tol, metric, seed, device
     engine = TaxonomyEngine(n_levels=n_levels, branching_factor=factors[0] if len(factors) == 1 else factors,
                             storage_uri=storage, max_iter=max_iter, tol=tol, metric=metric, random_state=seed,
                             device=device, min_cluster_size=min_cluster_size, column=column, id_column=id_column,
-                            storage_options=_options(storage_options), search_index=not no_search_index)
+                            storage_options=_options(storage_options), search_index=not no_search_index,
+                            balance=balance)
     engine.fit(input, output=output)
     _echo_inspect(engine)
 

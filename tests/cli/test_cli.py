@@ -84,3 +84,13 @@ def test_taxonomy_commands(tmp_path):
     ids = pq.read_table(tmp_path / "s.parquet").column("id").to_numpy()
     assert len(set(ids)) == 120
     assert np.bincount(paths[ids, 0], minlength=4).tolist() == [30, 30, 30, 30]
+
+
+def test_fit_with_balance_stores_penalties(tmp_path):
+    X = np.random.default_rng(3).normal(size=(2000, 4)).astype(np.float32)
+    uri = write_vectors(tmp_path / "data", X)
+    storage = str(tmp_path / "tax")
+    out = run("fit", uri, "--storage", storage, "--levels", "1", "--branching", "5", "--device", "cpu",
+              "--balance", "penalty")
+    assert "level 0: 5 nodes" in out
+    assert (tmp_path / "tax" / "levels" / "00" / "penalty.npy").exists()

@@ -3,15 +3,16 @@
 import numpy as np
 import pytest
 
-from mega_taxonomy.cluster.balance import imbalance, split_and_merge
+from mega_taxonomy.cluster.balance import imbalance, size_penalty, split_and_merge
 from mega_taxonomy.taxonomy import TaxonomyEngine
 
 
-def zipf_mixture(k=20, n=20_000, d=8, seed=0):
+def zipf_mixture(k=20, n=20_000, d=8, seed=0, spread=10.0):
+    """Gaussian clusters of Zipf sizes; ``spread`` 10 keeps them apart, 3 lets them overlap."""
     rng = np.random.default_rng(seed)
     sizes = 1.0 / np.arange(1, k + 1) ** 1.2
     sizes = np.maximum((sizes / sizes.sum() * n).astype(int), 5)
-    centers = rng.normal(size=(k, d)) * 10
+    centers = rng.normal(size=(k, d)) * spread
     X = np.concatenate([c + rng.normal(size=(s, d)) for c, s in zip(centers, sizes)])
     return X[rng.permutation(len(X))].astype(np.float32)
 
@@ -60,3 +61,39 @@ def test_split_on_a_deeper_level_keeps_the_tree_consistent(tmp_path):
     assert (level1.parent[paths[:, 1]] == paths[:, 0]).all()
     loaded = TaxonomyEngine.load(str(tmp_path / "tax"))
     np.testing.assert_array_equal(loaded.predict(X), paths)
+
+
+def test_size_penalty_trades_rows_between_siblings_only():
+    counts = np.array([600, 200, 200, 50, 50])
+    inertia = counts * 2.0  # mean distance 2 in both groups
+    p = size_penalty(counts, inertia, np.array([0, 3, 5]), strength=0.5)
+    np.testing.assert_allclose(p[:3].sum(), 0, atol=1e-12)  # centred per group
+    np.testing.assert_allclose(p[3:], 0, atol=1e-12)  # equal siblings: nothing to trade
+    np.testing.assert_allclose(p[0] - p[1], 0.5 * 0.5 * 2.0 * np.log(601 / 201))  # damped marginal cost
+    assert size_penalty(counts, inertia, np.array([0, 3, 5]), previous=p)[0] > p[0]  # it keeps pushing
+
+
+@pytest.mark.slow
+def test_penalty_balances_an_overlapping_zipf_mixture(tmp_path):
+    X = zipf_mixture(spread=3.0)
+    plain = TaxonomyEngine(n_levels=1, branching_factor=20, device="cpu", random_state=0, max_iter=50).fit(X)
+    balanced = TaxonomyEngine(n_levels=1, branching_factor=20, device="cpu", random_state=0, max_iter=50,
+                              balance="penalty", storage_uri=str(tmp_path / "tax")).fit(X)
+    before, after = plain.stats_["levels"][0], balanced.stats_["levels"][0]
+    assert after["n_nodes"] == 20  # the same nodes, only the assignment is penalised
+    assert before["imbalance"]["max_over_mean"] >= 2 * after["imbalance"]["max_over_mean"]
+    assert after["inertia"] <= 1.10 * before["inertia"]
+    level = balanced.tree_.levels[0]
+    paths = balanced.predict(X)  # routing applies the stored penalties: the fit's own counts come back
+    np.testing.assert_array_equal(np.bincount(paths[:, 0], minlength=level.n_nodes), level.counts)
+    loaded = TaxonomyEngine.load(str(tmp_path / "tax"))
+    np.testing.assert_array_equal(loaded.tree_.levels[0].penalty, level.penalty)
+    np.testing.assert_array_equal(loaded.predict(X), paths)
+
+
+def test_penalty_leaves_well_separated_clusters_alone():
+    """No penalty is worth crossing the gap between true clusters: the fit stays the plain one."""
+    X = zipf_mixture(k=6, n=3000, spread=10.0)
+    plain = TaxonomyEngine(n_levels=1, branching_factor=6, device="cpu", random_state=0).fit(X)
+    balanced = TaxonomyEngine(n_levels=1, branching_factor=6, device="cpu", random_state=0, balance="penalty").fit(X)
+    np.testing.assert_array_equal(plain.predict(X), balanced.predict(X))

@@ -59,7 +59,7 @@ def uninterrupted(data, tmp_path_factory):
 
 def assert_same_tree(a, b):
     for la, lb in zip(a.tree_.levels, b.tree_.levels):
-        for name in ("centroids", "parent", "counts", "child_offsets"):
+        for name in ("centroids", "parent", "counts", "child_offsets", "penalty"):
             np.testing.assert_array_equal(getattr(la, name), getattr(lb, name))
 
 
@@ -107,3 +107,19 @@ def test_killed_balancing_fit_resumes_to_the_same_tree(data, tmp_path):
                            capture_output=True, text=True, timeout=240)
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert_same_tree(reference, TaxonomyEngine(**params, storage_uri=storage).fit(data))
+
+
+@pytest.mark.slow
+def test_killed_penalty_fit_resumes_to_the_same_tree(data, tmp_path):
+    """Killed among the size-penalised passes of level 2, whose penalties follow from the pass
+    before: the resumed fit reloads them from the checkpoint."""
+    params = {**PARAMS, "balance": "penalty"}
+    reference = TaxonomyEngine(**params, storage_uri=str(tmp_path / "ref")).fit(data)
+    assert reference.tree_.levels[2].penalty is not None
+    storage = str(tmp_path / "tax")
+    child = subprocess.run([sys.executable, "-c", CHILD, data, storage, "after", "2", "3", json.dumps(params), "1"],
+                           capture_output=True, text=True, timeout=240)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    resumed = TaxonomyEngine(**params, storage_uri=storage).fit(data)
+    assert_same_tree(reference, resumed)
+    assert_same_tree(reference, TaxonomyEngine.load(storage))

@@ -1,4 +1,5 @@
-"""Cluster size balance: how uneven a partition is."""
+"""Cluster size balance: how uneven a partition is, and two ways to even it out (splitting and
+merging nodes, or size penalties on the assignment)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,35 @@ def split_and_merge(centroids: np.ndarray, counts: np.ndarray, inertia: np.ndarr
     new_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     new = np.asarray(out, dtype=centroids.dtype).reshape(-1, centroids.shape[1])
     return new, new_offsets, changed
+
+
+def size_penalty(counts: np.ndarray, inertia: np.ndarray, offsets: np.ndarray | None,
+                 previous: np.ndarray | None = None, strength: float = 0.5) -> np.ndarray:
+    """The next pass's per-centroid assignment costs (float64), for ``balance="penalty"``.
+
+    Lloyd's passes then minimize ``sum of distances + strength * s * sum_j n_j log n_j`` within
+    each group of siblings (``s``: the group's mean row distance, ``n_j``: cluster sizes): the
+    assignment's cost of cluster j is the marginal ``strength * s * log(n_j)``, from the last
+    pass's sizes, centred per group (only siblings trade rows), averaged with the previous cost
+    to damp oscillations. A cluster twice the mean size costs each row ``0.35 s`` more at the
+    default strength; strengths of 1 and more made clusters capture their neighbours (measured on
+    Zipf mixtures), so keep it below 1.
+
+    Examples
+    --------
+    >>> p = size_penalty(np.array([300, 100, 100]), np.array([300.0, 100.0, 100.0]), None)
+    >>> bool(p[0] > 0 > p[1])
+    True
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    k = len(counts)
+    offsets = np.array([0, k]) if offsets is None else np.asarray(offsets)
+    target = np.zeros(k)
+    for lo, hi in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        rows = counts[lo:hi].sum()
+        if hi - lo < 2 or rows == 0:
+            continue
+        step = float(np.sum(inertia[lo:hi])) / rows * np.log(counts[lo:hi] + 1)
+        target[lo:hi] = strength * (step - step.mean())
+    previous = np.zeros(k) if previous is None else np.asarray(previous, dtype=np.float64)
+    return 0.5 * (previous + target)

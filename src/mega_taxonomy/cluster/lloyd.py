@@ -24,6 +24,7 @@ import torch
 
 from ..ops import grouped_nearest, nearest, normalize_rows
 from ..runtime import in_block_order
+from .balance import size_penalty
 from .sampling import BestPerGroup, SamplePartial, block_sample
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class LloydState:
     groups: Mapping | None = None  # block index -> group of each row of the block
     far_per_group: int = MAX_FAR_ROWS
     sample: tuple[int, int] | None = None  # (size, seed): draw a hash sample of each cluster
+    penalty: np.ndarray | None = None  # (K,) cost added to each centroid's distance when assigning
 
     @property
     def n_groups(self) -> int:
@@ -103,14 +105,16 @@ class LloydTask:
         k = state.centroids.shape[0]
         x = as_tensor(block.vectors, device)
         c = torch.as_tensor(state.centroids, device=device)
+        xa, ca, metric = (x, c, state.metric) if state.penalty is None else penalized(x, c, state.penalty, state.metric)
         if state.offsets is None:
             groups = np.zeros(len(block.ordinals), dtype=np.int64)
-            dist, labels = nearest(x, c, metric=state.metric)
+            dist, labels = nearest(xa, ca, metric=metric)
         else:
             groups = np.asarray(state.groups[block.index], dtype=np.int64)
             offsets = torch.as_tensor(state.offsets, device=device)
-            dist, labels = grouped_nearest(x, torch.as_tensor(groups, device=device), c, offsets,
-                                           metric=state.metric)
+            dist, labels = grouped_nearest(xa, torch.as_tensor(groups, device=device), ca, offsets, metric=metric)
+        if state.penalty is not None:  # report true distances: the penalty only chose the labels
+            dist = unpenalized(dist, labels, state.penalty, state.metric)
         # Rows whose parent is a leaf have no children here (label -1): they take no part.
         valid = labels >= 0
         all_valid = bool(valid.all())
@@ -133,6 +137,30 @@ class LloydTask:
             # Rows without a cluster (under a leaf) fall in group -1, which nobody reads.
             out.sample = block_sample(block, size, seed, groups=labels.cpu().numpy())
         return out
+
+
+def penalized(x: torch.Tensor, c: torch.Tensor, penalty: np.ndarray, metric: str):
+    """Inputs whose nearest-centroid search minimizes ``distance + penalty[centroid]``: one more
+    coordinate, 0 for rows and ``sqrt(penalty)`` for centroids (penalties shifted to be >= 0,
+    which changes no argmin), so the same assignment ops serve (squared L2 of normalized rows is
+    twice the cosine distance)."""
+    p = torch.as_tensor(penalty - penalty.min(initial=0.0), dtype=torch.float64, device=c.device)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x, c = x.to(dtype), c.to(dtype)
+    scale = 1.0
+    if metric == "cosine":
+        x, c, scale = normalize_rows(x), normalize_rows(c), 2.0
+    xa = torch.cat([x, x.new_zeros(x.shape[0], 1)], 1)
+    ca = torch.cat([c, (scale * p).sqrt().to(dtype)[:, None]], 1)
+    return xa, ca, "euclidean"
+
+
+def unpenalized(dist: torch.Tensor, labels: torch.Tensor, penalty: np.ndarray, metric: str) -> torch.Tensor:
+    """The true distances of rows assigned through :func:`penalized` inputs."""
+    p = torch.as_tensor(penalty - penalty.min(initial=0.0), dtype=dist.dtype, device=dist.device)
+    if metric == "cosine":
+        dist = dist / 2
+    return (dist - p[labels.clamp_min(0)]).clamp_min_(0.0)
 
 
 def cluster_sums(rows: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -224,11 +252,12 @@ class LloydResult:
     inertia: float
     n_iter: int
     partial: LloydPartial  # of the final assignment (labels per block when kept)
+    penalty: np.ndarray | None = None  # the final assignment's, with size penalties
 
 
 def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_iter=300, tol=0.0,
           keep_labels=False, offsets=None, groups=None, start_iter=0, on_iteration=None,
-          sample=None, desc="lloyd") -> LloydResult:
+          sample=None, penalty=None, penalty_strength=0.0, desc="lloyd") -> LloydResult:
     """Run Lloyd passes from ``centroids`` until the squared centroid shift is ``<= tol``.
 
     Parameters
@@ -244,7 +273,14 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         The final assignment pass also draws a hash sample of every cluster (the seeds of the
         next taxonomy level), in ``result.partial.sample``.
     on_iteration : callable, optional
-        ``on_iteration(iteration, centroids, shift)`` after every update (checkpoints, logs).
+        ``on_iteration(iteration, centroids, shift, penalty)`` after every update (checkpoints,
+        logs); ``penalty`` is what the next pass will use (None without penalties).
+    penalty : (K,) array, optional
+        Size-penalised assignment: rows go to the centroid of least ``distance + penalty``
+        (distances and inertia stay the true ones). This is the first pass's.
+    penalty_strength : float
+        When > 0, every pass's penalties follow from the sizes of the pass before
+        (``cluster.balance.size_penalty``); the result holds the last ones.
 
     Notes
     -----
@@ -263,21 +299,26 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
     far = False
     partial, shift, n_iter = None, np.inf, start_iter
     for n_iter in range(start_iter + 1, max_iter + 1):
-        state = LloydState(centroids, metric, True, far, keep_labels, offsets, groups, far_per_group)
+        state = LloydState(centroids, metric, True, far, keep_labels, offsets, groups, far_per_group,
+                           penalty=penalty)
         partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter}")
         if not far and (partial.counts == 0).any():
             far = True
-            state = LloydState(centroids, metric, False, far, False, offsets, groups, far_per_group)
+            state = LloydState(centroids, metric, False, far, False, offsets, groups, far_per_group,
+                               penalty=penalty)
             partial.far = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter} far").far
         updated, _ = new_centroids(partial, centroids, source, metric, offsets)
         shift = float(((updated.astype(np.float64) - centroids) ** 2).sum())
         logger.debug("%s %d: inertia %.6g, shift %.3g", desc, n_iter, partial.total_inertia, shift)
         centroids = updated
+        if penalty_strength > 0:
+            penalty = size_penalty(partial.counts, partial.inertia, offsets, penalty, penalty_strength)
         if on_iteration is not None:
-            on_iteration(n_iter, centroids, shift)
+            on_iteration(n_iter, centroids, shift, penalty)
         if shift <= tol:
             break
     if partial is None or shift != 0 or sample is not None:
-        state = LloydState(centroids, metric, False, False, keep_labels, offsets, groups, sample=sample)
+        state = LloydState(centroids, metric, False, False, keep_labels, offsets, groups, sample=sample,
+                           penalty=penalty)
         partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} assign")
-    return LloydResult(centroids, partial.counts, partial.total_inertia, n_iter, partial)
+    return LloydResult(centroids, partial.counts, partial.total_inertia, n_iter, partial, penalty)

@@ -14,7 +14,8 @@ ASSIGNMENTS_SCHEMA = pa.schema([
 
 
 def level_file(level: int, name: str) -> str:
-    """``levels/00/centroids.npy`` and friends (centroids, parent, counts, child_offsets)."""
+    """``levels/00/centroids.npy`` and friends (centroids, parent, counts, child_offsets; and
+    penalty for a taxonomy balanced by size-penalised assignment)."""
     return f"levels/{level:02d}/{name}.npy"
 
 

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from ..cluster.balance import imbalance, split_and_merge
+from ..cluster.balance import imbalance, size_penalty, split_and_merge
 from ..cluster.lloyd import group_of_centroid, lloyd
 from ..cluster.sampling import hash_sample
 from ..errors import ConfigError, StorageError
@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 KIND = "taxonomy"
 # Parameters that change the fitted tree: a store fitted with others is refused, not mixed.
 FIT_PARAMS = ("n_levels", "branching_factor", "max_iter", "tol", "metric", "random_state", "dtype",
-              "sample_size", "min_cluster_size", "balance", "balance_factor", "balance_merge", "balance_rounds")
+              "sample_size", "min_cluster_size", "balance", "balance_factor", "balance_merge", "balance_rounds",
+              "balance_strength")
 
 
 class _CountingRuntime:
@@ -107,11 +108,19 @@ class TaxonomyEngine:
     search_index : bool, default=True
         Keep every fitted row's vector grouped by leaf in the Store, for :meth:`search`
         (needs the vectors in memory once, while building).
-    balance : {None, "split"}, default=None
+    balance : {None, "split", "penalty"}, default=None
         "split": after a level converges, nodes above ``balance_factor`` times the level's mean
         size are split and nodes below ``balance_merge`` times it are merged into their siblings,
         then the level's Lloyd passes run again; up to ``balance_rounds`` times. Nodes then no
         longer have exactly ``branching_factor`` children.
+        "penalty": size-penalised assignment. After a level converges, its Lloyd passes run
+        again (up to ``max_iter``) with rows choosing the child of least ``distance +
+        penalty``, each node's penalty following from its size in the pass before
+        (``balance_strength`` times the mean distance of its siblings' rows times the log of its
+        size: ``cluster.balance.size_penalty``). The penalties are part of the tree
+        (``levels/NN/penalty.npy``): predict and search route with them.
+    balance_strength : float, default=0.5
+        Weight of the size penalty (0 < strength < 1; larger is unstable).
 
     Attributes
     ----------
@@ -133,7 +142,8 @@ class TaxonomyEngine:
                  metric="euclidean", random_state=0, device="auto", dtype="float32", sample_size=None,
                  min_cluster_size=1, runtime=None, storage_options=None, column=None, id_column=None,
                  batch_size=65_536, members=100, router="exact", hnsw_threshold=4096, hnsw_ef=64,
-                 search_index=True, balance=None, balance_factor=2.0, balance_merge=0.1, balance_rounds=3):
+                 search_index=True, balance=None, balance_factor=2.0, balance_merge=0.1, balance_rounds=3,
+                 balance_strength=0.5):
         self.n_levels = n_levels
         self.branching_factor = branching_factor
         self.dim = dim
@@ -160,6 +170,7 @@ class TaxonomyEngine:
         self.balance_factor = balance_factor
         self.balance_merge = balance_merge
         self.balance_rounds = balance_rounds
+        self.balance_strength = balance_strength
 
     # -- helpers -------------------------------------------------------------------------------
     def _source(self, data) -> VectorSource:
@@ -183,10 +194,12 @@ class TaxonomyEngine:
             raise ConfigError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.min_cluster_size < 1 or self.max_iter < 1 or self.tol < 0 or self.members < 1:
             raise ConfigError("min_cluster_size, max_iter and members must be >= 1, tol >= 0")
-        if self.balance not in (None, "split"):
-            raise ConfigError(f"balance must be None or 'split', got {self.balance!r}")
+        if self.balance not in (None, "split", "penalty"):
+            raise ConfigError(f"balance must be None, 'split' or 'penalty', got {self.balance!r}")
         if self.balance_factor <= 1 or not 0 <= self.balance_merge < 1 or self.balance_rounds < 0:
             raise ConfigError("need balance_factor > 1, 0 <= balance_merge < 1, balance_rounds >= 0")
+        if not 0 < self.balance_strength < 1:
+            raise ConfigError(f"balance_strength must be in (0, 1), got {self.balance_strength!r}")
         return factors
 
     def _fit_params(self, source, factors) -> dict:
@@ -286,12 +299,14 @@ class TaxonomyEngine:
                 parent_rows = int(levels[-1].counts.sum())
             tol = self.tol * parent_inertia / max(parent_rows * source.dim, 1)
             folder = _checkpoint_dir(level)
-            balance_round = 0
+            balance_round, penalty = 0, None
             if checkpoint is not None and checkpoint["level"] == level:
                 centroids = np.asarray(store.get_array(checkpoint["file"]), dtype=dtype)
                 start_iter, balance_round = checkpoint["iteration"], checkpoint.get("round", 0)
                 if checkpoint.get("offsets"):
                     offsets = np.asarray(store.get_array(checkpoint["offsets"]))
+                if checkpoint.get("penalty"):
+                    penalty = np.asarray(store.get_array(checkpoint["penalty"]))
                 logger.info("level %d: resuming after iteration %d", level, start_iter)
             else:
                 with cpu_threads(runtime.device):
@@ -299,20 +314,25 @@ class TaxonomyEngine:
                                               dtype=dtype, device=runtime.device)
                 start_iter = 0
 
-            def on_iteration(iteration, centroids, shift, level=level, folder=folder):
+            def on_iteration(iteration, centroids, shift, penalty=None, level=level, folder=folder):
                 if store is None:
                     return
                 previous = meta["checkpoint"]
                 name = f"{folder}/round-{balance_round}-iter-{iteration:04d}.npy"
                 store.put_array(name, centroids)
-                if previous is not None and previous["file"] != name:
-                    store.delete(previous["file"])
+                penalty_file = None
+                if penalty is not None:  # the next pass's penalties: a function of the last pass
+                    penalty_file = f"{folder}/round-{balance_round}-iter-{iteration:04d}-penalty.npy"
+                    store.put_array(penalty_file, penalty)
+                for old in (previous or {}).get("file"), (previous or {}).get("penalty"):
+                    if old is not None and old not in (name, penalty_file):
+                        store.delete(old)
                 offsets_file = previous.get("offsets") if previous is not None and previous["level"] == level else None
                 if balance_round and iteration == 0:  # a new structure: its offsets travel with it
                     offsets_file = f"{folder}/round-{balance_round}-offsets.npy"
                     store.put_array(offsets_file, offsets if offsets is not None else np.array([0, len(centroids)]))
                 meta["checkpoint"] = {"level": level, "iteration": iteration, "file": name, "shift": shift,
-                                      "round": balance_round, "offsets": offsets_file}
+                                      "round": balance_round, "offsets": offsets_file, "penalty": penalty_file}
                 commit()
                 event(event="iteration", level=level, iteration=iteration, round=balance_round)
 
@@ -321,15 +341,25 @@ class TaxonomyEngine:
             iterations = 0
             while True:
                 if start_iter == 0:
-                    on_iteration(0, centroids, None)
+                    on_iteration(0, centroids, None, penalty)
                 # rows under a leaf go to an empty last group
                 groups_offsets = None if offsets is None or level == 0 else np.append(offsets, offsets[-1])
                 result = lloyd(source, centroids, runtime, metric=self.metric, max_iter=self.max_iter, tol=tol,
                                keep_labels=not last, offsets=groups_offsets, groups=groups, start_iter=start_iter,
-                               on_iteration=on_iteration, sample=next_sample, desc=f"level {level}")
+                               on_iteration=on_iteration, sample=next_sample, penalty=penalty,
+                               penalty_strength=self.balance_strength if self.balance == "penalty" and balance_round
+                               else 0.0,
+                               desc=f"level {level}")
                 iterations += result.n_iter - start_iter
-                if self.balance != "split" or balance_round >= self.balance_rounds:
+                penalty = result.penalty
+                if self.balance is None or balance_round >= (1 if self.balance == "penalty" else self.balance_rounds):
                     break
+                if self.balance == "penalty":  # one round: penalised passes from the converged level
+                    centroids, balance_round, start_iter = result.centroids, 1, 0
+                    penalty = size_penalty(result.counts, result.partial.inertia, groups_offsets,
+                                           strength=self.balance_strength)
+                    logger.info("level %d: size-penalised passes", level)
+                    continue
                 rng = np.random.default_rng([seed, level, balance_round])
                 centroids, balanced, changed = split_and_merge(
                     result.centroids, result.counts, result.partial.inertia, None if level == 0 else offsets,
@@ -343,7 +373,7 @@ class TaxonomyEngine:
                 levels[-1].child_offsets = offsets
             parent = np.full(len(result.centroids), -1) if level == 0 else group_of_centroid(offsets, len(result.centroids))
             levels.append(Level(result.centroids, parent.astype(np.int64), result.counts.astype(np.int64),
-                                np.zeros(len(result.centroids) + 1, dtype=np.int64)))
+                                np.zeros(len(result.centroids) + 1, dtype=np.int64), penalty))
             if not last:
                 groups = self._groups({b: lab for b, (lab, _) in result.partial.labels.items()}, len(result.centroids))
                 sample = result.partial.sample
@@ -356,7 +386,10 @@ class TaxonomyEngine:
                 store.put_array(f"{folder}/centroids.npy", result.centroids)
                 store.put_array(f"{folder}/counts.npy", result.counts)
                 store.put_array(f"{folder}/parent.npy", levels[-1].parent)
-                for name in (meta["checkpoint"]["file"], meta["checkpoint"].get("offsets")):
+                if penalty is not None:
+                    store.put_array(f"{folder}/penalty.npy", penalty)
+                for name in (meta["checkpoint"]["file"], meta["checkpoint"].get("offsets"),
+                             meta["checkpoint"].get("penalty")):
                     if name:
                         store.delete(name)
             meta["checkpoint"] = None
@@ -373,7 +406,7 @@ class TaxonomyEngine:
         if store is not None:
             self.tree_.save(store)
             for level in range(self.n_levels):
-                for name in ("centroids", "counts", "parent"):
+                for name in ("centroids", "counts", "parent", "penalty"):
                     if f"{_checkpoint_dir(level)}/{name}.npy" in store.listdir(_checkpoint_dir(level)):
                         store.delete(f"{_checkpoint_dir(level)}/{name}.npy")
         commit("done")
@@ -391,7 +424,10 @@ class TaxonomyEngine:
         centroids = np.asarray(store.get_array(f"{folder}/centroids.npy"))
         counts = np.asarray(store.get_array(f"{folder}/counts.npy"))
         parent = np.asarray(store.get_array(f"{folder}/parent.npy"))
-        return Level(centroids, parent, counts, np.zeros(len(centroids) + 1, dtype=np.int64))
+        penalty = None
+        if store.listdir(f"{folder}/penalty.npy"):
+            penalty = np.asarray(store.get_array(f"{folder}/penalty.npy"))
+        return Level(centroids, parent, counts, np.zeros(len(centroids) + 1, dtype=np.int64), penalty)
 
     def _write_outputs(self, source, runtime, store, output):
         """The output pass: assignments to the store (and ``output``), and members per node."""

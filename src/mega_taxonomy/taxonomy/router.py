@@ -5,7 +5,8 @@ The exact path of a vector is the path of its nearest leaf centroid over all lea
 depth; a wider beam gets closer to it. Fitting assigns greedily (beam 1): a row's node at
 level l is the nearest child of its node at level l-1.
 
-Children are found exactly (grouped assignment) or, for nodes whose fan-out reaches
+Children are found exactly (grouped assignment, plus each child's penalty on a level balanced
+by size-penalised assignment) or, for nodes whose fan-out reaches
 ``hnsw_threshold`` (the seed's roadmap: "HNSW-based centroid search for even faster level
 transitions"), through an hnswlib graph over that node's children.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..cluster.lloyd import penalized, unpenalized
 from ..ops import grouped_nearest, grouped_topk, nearest, topk
 from .tree import Tree
 
@@ -48,8 +50,9 @@ class Router:
         self._offsets = [level_offsets(tree, level) for level in range(tree.n_levels)]
 
     def wide(self, level: int) -> np.ndarray:
-        """Groups of ``level`` answered by HNSW."""
-        if self.kind != "hnsw":
+        """Groups of ``level`` answered by HNSW (never on a level with penalties: its graphs
+        would have to index the penalised centroids, which no fit needs yet)."""
+        if self.kind != "hnsw" or self.tree.levels[level].penalty is not None:
             return np.zeros(0, dtype=np.int64)
         return np.flatnonzero(np.diff(self._offsets[level]) >= self.threshold)
 
@@ -101,7 +104,14 @@ class Router:
     def _exact(self, x, level, groups, c, offsets, k):
         """The same ops as the fit's Lloyd passes for k = 1 (nearest at level 0, grouped below), so
         routing a fitted row reproduces its assignment bit for bit."""
-        metric = self.tree.metric
+        penalty = self.tree.levels[level].penalty
+        if penalty is None:
+            return self._nearest_children(x, c, level, groups, offsets, k, self.tree.metric)
+        xa, ca, metric = penalized(x, c, penalty, self.tree.metric)
+        d, child = self._nearest_children(xa, ca, level, groups, offsets, k, metric)
+        return unpenalized(d, child, penalty, self.tree.metric), child
+
+    def _nearest_children(self, x, c, level, groups, offsets, k, metric):
         if level == 0 and k == 1:
             d, i = nearest(x, c, metric=metric)
             return d[:, None], i[:, None]

@@ -23,6 +23,9 @@ class Level:
     parent: np.ndarray  # (n_nodes,) int64 node id at the level above (-1 at level 0)
     counts: np.ndarray  # (n_nodes,) int64 rows assigned
     child_offsets: np.ndarray  # (n_nodes + 1,) int64 CSR into the next level (all equal: no children)
+    # (n_nodes,) float64 cost added to each node's distance when rows choose among siblings
+    # (balance="penalty"); None: plain nearest centroid.
+    penalty: np.ndarray | None = None
 
     @property
     def n_nodes(self) -> int:
@@ -58,9 +61,15 @@ class Tree:
         for i, level in enumerate(self.levels):
             for name in LEVEL_ARRAYS:
                 store.put_array(level_file(i, name), getattr(level, name))
+            if level.penalty is not None:
+                store.put_array(level_file(i, "penalty"), level.penalty)
 
     @classmethod
     def load(cls, store, n_levels: int, metric: str) -> Tree:
-        levels = [Level(*(np.asarray(store.get_array(level_file(i, name))) for name in LEVEL_ARRAYS))
-                  for i in range(n_levels)]
+        levels = []
+        for i in range(n_levels):
+            level = Level(*(np.asarray(store.get_array(level_file(i, name))) for name in LEVEL_ARRAYS))
+            if store.listdir(level_file(i, "penalty")):
+                level.penalty = np.asarray(store.get_array(level_file(i, "penalty")))
+            levels.append(level)
         return cls(levels, metric)
