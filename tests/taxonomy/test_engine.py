@@ -8,8 +8,7 @@ from sklearn.cluster import KMeans as SkKMeans
 from sklearn.metrics import adjusted_rand_score
 
 from mega_taxonomy.errors import ConfigError, DataError
-from mega_taxonomy.taxonomy import TaxonomyEngine
-from mega_taxonomy.taxonomy import engine as engine_module
+from mega_taxonomy.taxonomy import TaxonomyEngine, fitting
 from mega_taxonomy.taxonomy.router import exact_paths
 
 
@@ -49,13 +48,13 @@ def test_identical_to_recursive_sklearn_from_the_same_init(monkeypatch):
     rng = np.random.default_rng(4)
     X = (rng.normal(size=(3000, 5)) + rng.integers(0, 3, size=(3000, 1)) * 4).astype(np.float64)
     inits = []
-    seed_children = engine_module.seed_children
+    seed_children = fitting.seed_children
 
     def recording(*args, **kwargs):
         inits.append(seed_children(*args, **kwargs))
         return inits[-1]
 
-    monkeypatch.setattr(engine_module, "seed_children", recording)
+    monkeypatch.setattr(fitting, "seed_children", recording)
     engine = TaxonomyEngine(n_levels=3, branching_factor=[3, 4, 2], dtype="float64", tol=0, max_iter=100,
                             device="cpu").fit(X)
     ref_centroids, ref_paths = recursive_reference(X, inits, [3, 4, 2], 100)

@@ -4,8 +4,15 @@ from .base import BlockTask, Partial, Runtime, WorkerPool, in_block_order
 from .local import LocalPool, LocalRuntime, cpu_threads, resolve_device
 
 __all__ = [
-    "BlockTask", "LocalPool", "LocalRuntime", "Partial", "cpu_threads", "Runtime", "WorkerPool",
-    "in_block_order", "resolve_device",
+    "BlockTask",
+    "LocalPool",
+    "LocalRuntime",
+    "Partial",
+    "Runtime",
+    "WorkerPool",
+    "cpu_threads",
+    "in_block_order",
+    "resolve_device",
 ]
 
 

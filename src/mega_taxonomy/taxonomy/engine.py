@@ -1,17 +1,7 @@
 """TaxonomyEngine: a hierarchy of k-means clusters over streamed vectors.
 
-Top-down and level-synchronous (DESIGN.md, Taxonomy): level 0 is a k-means over all rows; at
-level l every node of level l-1 gets its own children, and all nodes of the level are fitted in
-the same data passes, each row compared only with the children of its own parent (grouped
-assignment). The number of passes is the sum of the iterations per level plus one assignment
-pass per level (which also samples every node for the next level's seeds), one sampling pass
-and one output pass, whatever the number of nodes (and, in a level where a cluster went empty,
-one pass that finds the farthest rows to refill it: see ``cluster.lloyd``).
-
-State lives in a Store: per-iteration checkpoints with fresh names (so a crash never leaves a
-half-updated file behind a committed manifest), completed levels, then the tree, the
-assignments and each node's nearest members. A fit started again with the same arguments
-resumes from the last checkpoint and ends with the same tree, bit for bit.
+The estimator: its parameters, and what a fitted tree does (predict, search, sample), reading
+and writing one Store. How a fit runs level by level, and resumes, is ``fitting.FitRun``.
 """
 
 from __future__ import annotations
@@ -22,48 +12,26 @@ import time
 import numpy as np
 import torch
 
-from ..cluster.balance import imbalance, size_penalty, split_and_merge
-from ..cluster.lloyd import group_of_centroid, lloyd
-from ..cluster.sampling import hash_sample
 from ..errors import ConfigError, StorageError
 from ..io import VectorSource
 from ..ops import METRICS
-from ..runtime import cpu_threads, get_runtime
+from ..runtime import get_runtime
 from ..storage import Store
 from ..storage.schema import members_file
-from .levels import branching_list, offsets_of, plan_children, seed_children
-from .passes import OutputState, OutputTask, PredictState, PredictTask, RouteState, RouteTask
+from .fitting import KIND, FitRun
+from .levels import branching_list
+from .passes import OutputState, OutputTask, PredictState, PredictTask
 from .router import Router, route_beam
 from .sampling import balanced_sample, read_assignments
 from .search import FILES, SearchIndex
-from .tree import Level, Tree
+from .tree import Tree
 
 logger = logging.getLogger(__name__)
 
-KIND = "taxonomy"
 # Parameters that change the fitted tree: a store fitted with others is refused, not mixed.
 FIT_PARAMS = ("n_levels", "branching_factor", "max_iter", "tol", "metric", "random_state", "dtype",
               "sample_size", "min_cluster_size", "balance", "balance_factor", "balance_merge", "balance_rounds",
               "balance_strength")
-
-
-class _CountingRuntime:
-    """Counts the passes over data that a fit makes (they are what costs at scale)."""
-
-    def __init__(self, runtime):
-        self.runtime, self.passes = runtime, 0
-
-    def map_reduce(self, source, task, state, *, desc=None):
-        self.passes += 1
-        return self.runtime.map_reduce(source, task, state, desc=desc)
-
-    @property
-    def device(self):
-        return self.runtime.device
-
-
-def _checkpoint_dir(level: int) -> str:
-    return f"checkpoints/level-{level:02d}"
 
 
 class TaxonomyEngine:
@@ -246,188 +214,18 @@ class TaxonomyEngine:
                     self.predict(source, output=output)
                 return self
         meta = manifest["meta"] if manifest is not None else {"levels": [], "checkpoint": None}
-        runtime = _CountingRuntime(get_runtime(self.runtime, self.device))
-        dtype = np.dtype(self.dtype)
-        seed = int(self.random_state)
         started = time.perf_counter()
-
-        def commit(status="fitting"):
-            meta["passes"] = meta.get("passes", 0) + runtime.passes
-            runtime.passes = 0
-            if store is not None:
-                store.commit(kind=KIND, params=params, status=status, **meta)
-
-        def event(**info):
-            if callback is not None:
-                callback(info)
-
-        # Completed levels (resuming) and what the next level needs: row groups and node samples.
-        levels = [self._load_level(store, i) for i in range(len(meta["levels"]))]
-        groups = sample = None
-        checkpoint = meta["checkpoint"]
-        if levels:
-            for i in range(1, len(levels)):
-                levels[i - 1].child_offsets = offsets_of(np.bincount(levels[i].parent, minlength=levels[i - 1].n_nodes))
-            need_sample = checkpoint is None and len(levels) < self.n_levels
-            size = self._sample_size(factors[len(levels)]) if need_sample else 0
-            routed = runtime.map_reduce(
-                source, RouteTask(), RouteState(Tree(levels, self.metric), (size, seed + len(levels)) if need_sample
-                                                else None), desc="resume")
-            groups = self._groups(routed.labels, levels[-1].n_nodes)
-            sample = routed.sample
-        elif checkpoint is None:
-            sample = hash_sample(source, self._sample_size(factors[0]), seed, runtime)
-            meta["root"] = {"rows": sample.count, "mean_variance": sample.mean_variance}
-            if sample.count < factors[0] * self.min_cluster_size:
-                raise ConfigError(f"{sample.count} rows cannot make {factors[0]} clusters of at least "
-                                  f"{self.min_cluster_size}: lower branching_factor[0] or min_cluster_size")
-        for level in range(len(levels), self.n_levels):
-            level_started = time.perf_counter()
-            if level == 0:
-                n_children = np.array([factors[0]])
-                offsets = None
-                parent_inertia = meta["root"]["mean_variance"] * meta["root"]["rows"] * source.dim
-                parent_rows = meta["root"]["rows"]
-            else:
-                n_children = plan_children(levels[-1].counts, factors[level], self.min_cluster_size)
-                if not n_children.any():
-                    logger.info("level %d: every node of level %d is a leaf", level, level - 1)
-                    break
-                offsets = offsets_of(n_children)
-                levels[-1].child_offsets = offsets
-                parent_inertia = meta["levels"][-1]["inertia"]
-                parent_rows = int(levels[-1].counts.sum())
-            tol = self.tol * parent_inertia / max(parent_rows * source.dim, 1)
-            folder = _checkpoint_dir(level)
-            balance_round, penalty = 0, None
-            if checkpoint is not None and checkpoint["level"] == level:
-                centroids = np.asarray(store.get_array(checkpoint["file"]), dtype=dtype)
-                start_iter, balance_round = checkpoint["iteration"], checkpoint.get("round", 0)
-                if checkpoint.get("offsets"):
-                    offsets = np.asarray(store.get_array(checkpoint["offsets"]))
-                if checkpoint.get("penalty"):
-                    penalty = np.asarray(store.get_array(checkpoint["penalty"]))
-                logger.info("level %d: resuming after iteration %d", level, start_iter)
-            else:
-                with cpu_threads(runtime.device):
-                    centroids = seed_children(sample, n_children, metric=self.metric, seed=seed, level=level,
-                                              dtype=dtype, device=runtime.device)
-                start_iter = 0
-
-            def on_iteration(iteration, centroids, shift, penalty=None, level=level, folder=folder):
-                if store is None:
-                    return
-                previous = meta["checkpoint"]
-                name = f"{folder}/round-{balance_round}-iter-{iteration:04d}.npy"
-                store.put_array(name, centroids)
-                penalty_file = None
-                if penalty is not None:  # the next pass's penalties: a function of the last pass
-                    penalty_file = f"{folder}/round-{balance_round}-iter-{iteration:04d}-penalty.npy"
-                    store.put_array(penalty_file, penalty)
-                for old in (previous or {}).get("file"), (previous or {}).get("penalty"):
-                    if old is not None and old not in (name, penalty_file):
-                        store.delete(old)
-                offsets_file = previous.get("offsets") if previous is not None and previous["level"] == level else None
-                if balance_round and iteration == 0:  # a new structure: its offsets travel with it
-                    offsets_file = f"{folder}/round-{balance_round}-offsets.npy"
-                    store.put_array(offsets_file, offsets if offsets is not None else np.array([0, len(centroids)]))
-                meta["checkpoint"] = {"level": level, "iteration": iteration, "file": name, "shift": shift,
-                                      "round": balance_round, "offsets": offsets_file, "penalty": penalty_file}
-                commit()
-                event(event="iteration", level=level, iteration=iteration, round=balance_round)
-
-            last = level == self.n_levels - 1
-            next_sample = None if last else (self._sample_size(factors[level + 1]), seed + level + 1)
-            iterations = 0
-            while True:
-                if start_iter == 0:
-                    on_iteration(0, centroids, None, penalty)
-                # rows under a leaf go to an empty last group
-                groups_offsets = None if offsets is None or level == 0 else np.append(offsets, offsets[-1])
-                result = lloyd(source, centroids, runtime, metric=self.metric, max_iter=self.max_iter, tol=tol,
-                               keep_labels=not last, offsets=groups_offsets, groups=groups, start_iter=start_iter,
-                               on_iteration=on_iteration, sample=next_sample, penalty=penalty,
-                               penalty_strength=self.balance_strength if self.balance == "penalty" and balance_round
-                               else 0.0,
-                               desc=f"level {level}")
-                iterations += result.n_iter - start_iter
-                penalty = result.penalty
-                if self.balance is None or balance_round >= (1 if self.balance == "penalty" else self.balance_rounds):
-                    break
-                if self.balance == "penalty":  # one round: penalised passes from the converged level
-                    centroids, balance_round, start_iter = result.centroids, 1, 0
-                    penalty = size_penalty(result.counts, result.partial.inertia, groups_offsets,
-                                           strength=self.balance_strength)
-                    logger.info("level %d: size-penalised passes", level)
-                    continue
-                rng = np.random.default_rng([seed, level, balance_round])
-                centroids, balanced, changed = split_and_merge(
-                    result.centroids, result.counts, result.partial.inertia, None if level == 0 else offsets,
-                    factor=self.balance_factor, merge=self.balance_merge, rng=rng)
-                if not changed:
-                    break
-                offsets = None if level == 0 else balanced
-                balance_round, start_iter = balance_round + 1, 0
-                logger.info("level %d: balancing round %d, %d nodes", level, balance_round, len(centroids))
-            if level > 0:
-                levels[-1].child_offsets = offsets
-            parent = np.full(len(result.centroids), -1) if level == 0 else group_of_centroid(offsets, len(result.centroids))
-            levels.append(Level(result.centroids, parent.astype(np.int64), result.counts.astype(np.int64),
-                                np.zeros(len(result.centroids) + 1, dtype=np.int64), penalty))
-            if not last:
-                groups = self._groups({b: lab for b, (lab, _) in result.partial.labels.items()}, len(result.centroids))
-                sample = result.partial.sample
-            stats = {"n_nodes": len(result.centroids), "iterations": iterations, "inertia": result.inertia,
-                     "balance_rounds": balance_round,
-                     "seconds": time.perf_counter() - level_started, "imbalance": imbalance(result.counts)}
-            logger.info("level %d: %d nodes, %d iterations, inertia %.6g", level, stats["n_nodes"],
-                        stats["iterations"], stats["inertia"])
-            if store is not None:
-                store.put_array(f"{folder}/centroids.npy", result.centroids)
-                store.put_array(f"{folder}/counts.npy", result.counts)
-                store.put_array(f"{folder}/parent.npy", levels[-1].parent)
-                if penalty is not None:
-                    store.put_array(f"{folder}/penalty.npy", penalty)
-                for name in (meta["checkpoint"]["file"], meta["checkpoint"].get("offsets"),
-                             meta["checkpoint"].get("penalty")):
-                    if name:
-                        store.delete(name)
-            meta["checkpoint"] = None
-            meta["levels"].append(stats)
-            commit()
-            event(event="level", level=level, iteration=iterations, round=balance_round)
-        while len(levels) < self.n_levels:  # every branch ended early: empty levels keep paths' width
-            levels.append(Level(np.zeros((0, source.dim), dtype), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                                np.zeros(1, np.int64)))
-        self.tree_ = Tree(levels, self.metric)
+        run = FitRun(self, source, store, params, meta, factors, get_runtime(self.runtime, self.device), callback)
+        self.tree_ = run.run()
         self._search = None
-        self._write_outputs(source, runtime, store, output)
+        self._write_outputs(source, run.runtime, store, output)
         meta["seconds"] = meta.get("seconds", 0) + time.perf_counter() - started
         if store is not None:
             self.tree_.save(store)
-            for level in range(self.n_levels):
-                for name in ("centroids", "counts", "parent", "penalty"):
-                    if f"{_checkpoint_dir(level)}/{name}.npy" in store.listdir(_checkpoint_dir(level)):
-                        store.delete(f"{_checkpoint_dir(level)}/{name}.npy")
-        commit("done")
+            run.clear()
+        run.commit("done")
         self.stats_ = meta
         return self
-
-    @staticmethod
-    def _groups(labels: dict, n_nodes: int) -> dict:
-        """Per block, each row's node as its group at the next level; rows under a leaf (-1) go to
-        the empty group ``n_nodes``."""
-        return {b: np.where(lab >= 0, lab, n_nodes) for b, lab in labels.items()}
-
-    def _load_level(self, store, level) -> Level:
-        folder = _checkpoint_dir(level)
-        centroids = np.asarray(store.get_array(f"{folder}/centroids.npy"))
-        counts = np.asarray(store.get_array(f"{folder}/counts.npy"))
-        parent = np.asarray(store.get_array(f"{folder}/parent.npy"))
-        penalty = None
-        if store.listdir(f"{folder}/penalty.npy"):
-            penalty = np.asarray(store.get_array(f"{folder}/penalty.npy"))
-        return Level(centroids, parent, counts, np.zeros(len(centroids) + 1, dtype=np.int64), penalty)
 
     def _write_outputs(self, source, runtime, store, output):
         """The output pass: assignments to the store (and ``output``), and members per node."""
