@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from numbers import Integral, Real
 
 import numpy as np
@@ -14,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._sklearn_compat import Interval, StrOptions, _fit_context
 from ..errors import ConfigError, StorageError
-from ..io import VectorSource
+from ..io import VectorSource, is_source_like
 from ..ops import METRICS, compute_dtype, distances
 from ..runtime import cpu_threads, get_runtime
 from ..storage import Store
@@ -24,13 +23,6 @@ from .lloyd import LloydState, LloydTask, as_tensor, lloyd
 from .sampling import hash_sample
 
 logger = logging.getLogger(__name__)
-
-
-def is_source_like(X) -> bool:
-    """Paths, URIs (or lists of them) and sources stream; everything else is an in-memory array."""
-    if isinstance(X, (VectorSource, str, os.PathLike)):
-        return True
-    return isinstance(X, (list, tuple)) and len(X) > 0 and all(isinstance(x, (str, os.PathLike)) for x in X)
 
 
 def seed_of(random_state) -> int:

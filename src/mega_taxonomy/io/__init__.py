@@ -3,6 +3,6 @@
 The one thing passes over data depend on is :class:`VectorSource`; see its docstring.
 """
 
-from mega_taxonomy.io.sources import BLOCK_ROWS, Block, Shard, VectorSource
+from mega_taxonomy.io.sources import BLOCK_ROWS, Block, Shard, VectorSource, is_source_like
 
-__all__ = ["BLOCK_ROWS", "Block", "Shard", "VectorSource"]
+__all__ = ["BLOCK_ROWS", "Block", "Shard", "VectorSource", "is_source_like"]

@@ -210,6 +210,13 @@ class _BlockCache:
                 self.used += size
 
 
+def is_source_like(data) -> bool:
+    """Paths, URIs (or lists of them) and sources stream; everything else is an in-memory array."""
+    if isinstance(data, (VectorSource, str, os.PathLike)):
+        return True
+    return isinstance(data, (list, tuple)) and len(data) > 0 and all(isinstance(x, (str, os.PathLike)) for x in data)
+
+
 def _rebuild(data, options):
     return VectorSource(data, **options)
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, StorageError
-from ..io import VectorSource
+from ..io import VectorSource, is_source_like
 from ..ops import METRICS
 from ..runtime import get_runtime
 from ..storage import Store
@@ -142,13 +142,10 @@ class TaxonomyEngine:
 
     # -- helpers -------------------------------------------------------------------------------
     def _source(self, data) -> VectorSource:
-        if isinstance(data, VectorSource):
-            return data
-        if isinstance(data, torch.Tensor) or hasattr(data, "__array__") and not isinstance(data, str):
-            data = data if isinstance(data, torch.Tensor) else np.asarray(data)
-            return VectorSource(data, dim=self.dim)
-        return VectorSource(data, column=self.column, id_column=self.id_column, dim=self.dim,
-                            batch_size=self.batch_size, storage_options=self.storage_options)
+        if is_source_like(data):
+            return VectorSource.of(data, column=self.column, id_column=self.id_column, dim=self.dim,
+                                   batch_size=self.batch_size, storage_options=self.storage_options)
+        return VectorSource(data if isinstance(data, torch.Tensor) else np.asarray(data), dim=self.dim)
 
     def _store(self, uri=None) -> Store | None:
         uri = uri or self.storage_uri
