@@ -135,7 +135,7 @@ class LloydTask:
         if state.sample is not None:
             size, seed = state.sample
             # Rows without a cluster (under a leaf) fall in group -1, which nobody reads.
-            out.sample = block_sample(block, size, seed, groups=labels.cpu().numpy())
+            out.sample = block_sample(block, size, seed, groups=labels.cpu().numpy(), moments=False)
         return out
 
 

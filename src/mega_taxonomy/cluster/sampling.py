@@ -164,19 +164,22 @@ class SamplePartial:
         return self.vectors[lo:hi]
 
 
-def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None) -> SamplePartial:
-    """The sample partial of one block (``groups``: the group of each of its rows)."""
+def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, moments: bool = True) -> SamplePartial:
+    """The sample partial of one block (``groups``: the group of each of its rows; ``moments``:
+    also sum the rows and their squares, else zeros). Its rows are selected when partials merge
+    (see :class:`BestPerGroup`), not here: a block often holds fewer rows per group than the
+    sample keeps."""
     x = block.vectors
     if isinstance(x, torch.Tensor):
         x = x.cpu().numpy()
     hashes = hash_ids(block.ids, seed)
     groups = np.zeros(len(hashes), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
-    keep = smallest_per_group(hashes, block.ordinals, size, groups)
-    rows = {"hash": hashes[keep], "ordinal": block.ordinals[keep], "group": groups[keep],
-            "vector": np.ascontiguousarray(x[keep])}
-    x64 = x.astype(np.float64)
-    return SamplePartial(size, BestPerGroup(size, rows, key="hash", selected=True), len(x), x64.sum(0),
-                         (x64 * x64).sum(0))
+    rows = {"hash": hashes, "ordinal": block.ordinals, "group": groups, "vector": x}
+    total = total_sq = np.zeros(x.shape[1])
+    if moments:
+        x64 = x.astype(np.float64)
+        total, total_sq = x64.sum(0), (x64 * x64).sum(0)
+    return SamplePartial(size, BestPerGroup(size, rows, key="hash"), len(x), total, total_sq)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ class RouteTask:
         labels = paths[:, -1].cpu().numpy()
         sample = None
         if state.sample is not None:
-            sample = block_sample(block, *state.sample, groups=labels)
+            sample = block_sample(block, *state.sample, groups=labels, moments=False)
         return RoutePartial({block.index: labels}, sample)
 
 
