@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from ..ops import distances
+from ..ops import normalize_rows
 
 
 def kmeans_plusplus(x: torch.Tensor, n_clusters: int, rng: np.random.Generator, *, metric="euclidean",
@@ -31,8 +31,20 @@ def kmeans_plusplus(x: torch.Tensor, n_clusters: int, rng: np.random.Generator, 
     """
     n = x.shape[0]
     trials = n_local_trials or 2 + int(math.log(n_clusters))
+    # A sample is small: its distances in float64 with plain products (the ops' tiling costs more
+    # than the arithmetic here; 256 nodes x 16 centers: 1.0 s against 0.2 s).
+    v = x.double()
+    if metric == "cosine":
+        v = normalize_rows(v)
+    sq = (v * v).sum(1)
+
+    def to(rows):
+        if metric == "cosine":
+            return (1.0 - v[rows] @ v.T).clamp_min_(0.0)
+        return (sq[rows, None] + sq[None, :] - 2.0 * (v[rows] @ v.T)).clamp_min_(0.0)
+
     chosen = [int(rng.integers(n))]
-    closest = distances(x, x[chosen[0]][None], metric=metric)[:, 0].double()
+    closest = to([chosen[0]])[0]
     for _ in range(1, n_clusters):
         potential = closest.sum().item()
         if potential <= 0:
@@ -41,8 +53,7 @@ def kmeans_plusplus(x: torch.Tensor, n_clusters: int, rng: np.random.Generator, 
         else:
             draws = torch.as_tensor(rng.random(trials) * potential, device=x.device, dtype=torch.float64)
             candidates = torch.searchsorted(closest.cumsum(0), draws).clamp_(max=n - 1)
-        to_candidates = distances(x[candidates], x, metric=metric).double()
-        to_candidates = torch.minimum(to_candidates, closest[None, :])
+        to_candidates = torch.minimum(to(candidates), closest[None, :])
         best = int(to_candidates.sum(1).argmin())
         chosen.append(int(candidates[best]))
         closest = to_candidates[best]
