@@ -120,8 +120,15 @@ def _cpu_work(starts, rows, lo, width):
     return work
 
 
-def _grouped_nearest_cpu(x, groups, centroids, offsets, metric):
-    """``grouped_nearest`` on the CPU, on numpy arrays, with the units of :func:`_cpu_work` in
+def _smallest(d, k):
+    """(values, indices) of the ``k`` smallest along the last axis, nearest first, equal values
+    by index."""
+    i = d.argmin(-1)[..., None] if k == 1 else np.argsort(d, axis=-1, kind="stable")[..., :k]
+    return np.take_along_axis(d, i, -1), i
+
+
+def _grouped_topk_cpu(x, groups, centroids, offsets, k, metric):
+    """``grouped_topk`` on the CPU, on numpy arrays, with the units of :func:`_cpu_work` in
     parallel threads. Units depend only on the batch's content, so a block's bits never depend
     on where it runs."""
     x, x_sq, operand = _prepare(x, centroids, metric)
@@ -134,15 +141,14 @@ def _grouped_nearest_cpu(x, groups, centroids, offsets, metric):
     starts, rows, lo = bounds[:-1], np.diff(bounds), off[present]
     width = off[present + 1] - lo
     xn, augmented = x.numpy(), operand.augmented
-    best_s = np.full(len(g), np.inf, dtype=xn.dtype)
-    label_s = np.full(len(g), -1, dtype=np.int64)
+    best_s = np.full((len(g), k), np.inf, dtype=xn.dtype)
+    label_s = np.full((len(g), k), -1, dtype=np.int64)
 
     def own(r0, r1, c0, c1):
         xr = np.empty((r1 - r0, xn.shape[1] + 1), dtype=xn.dtype)
         xr[:, :-1], xr[:, -1] = xn[order[r0:r1]], 1.0
-        tile = operand.tile(xr, c0, c1, scratch=True).numpy()
-        i = tile.argmin(1)
-        best_s[r0:r1], label_s[r0:r1] = tile[np.arange(len(i)), i], i + c0
+        d, i = _smallest(operand.tile(xr, c0, c1, scratch=True).numpy(), k)
+        best_s[r0:r1, :d.shape[1]], label_s[r0:r1, :d.shape[1]] = d, i + c0
 
     def bucket(members):
         m, w = int(rows[members].max()), int(width[members[0]])
@@ -152,12 +158,11 @@ def _grouped_nearest_cpu(x, groups, centroids, offsets, metric):
         xb = np.empty((len(members), m, xn.shape[1] + 1), dtype=xn.dtype)
         xb[..., :-1], xb[..., -1] = xn[order[positions]], 1.0
         cb = augmented[lo[members, None] + np.arange(w)[None, :]]  # (groups, w, d + 1)
-        d = np.matmul(xb, cb.transpose(0, 2, 1))  # (groups, m, w)
-        i = d.argmin(2)
+        d, i = _smallest(np.matmul(xb, cb.transpose(0, 2, 1)), k)  # of (groups, m, w) distances
         valid = slot[None, :] < rows[members, None]
         at = positions[valid]
-        best_s[at] = np.take_along_axis(d, i[..., None], 2)[..., 0][valid]
-        label_s[at] = (i + lo[members, None])[valid]
+        best_s[at, :d.shape[2]] = d[valid]
+        label_s[at, :d.shape[2]] = (i + lo[members, None, None])[valid]
 
     def run(unit):
         own(*unit[1:]) if unit[0] == "own" else bucket(unit[1])
@@ -168,7 +173,7 @@ def _grouped_nearest_cpu(x, groups, centroids, offsets, metric):
     best, label = np.empty_like(best_s), np.empty_like(label_s)
     best[order], label[order] = best_s, label_s
     if x_sq is not None:
-        best += x_sq.numpy()
+        best += x_sq.numpy()[:, None]
     return torch.from_numpy(np.maximum(best, 0, out=best)), torch.from_numpy(label)
 
 
@@ -210,12 +215,20 @@ def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *
     tensor([0, 3])
     """
     if x.device.type == "cpu":
-        groups, offsets = (v.numpy() if isinstance(v, torch.Tensor) else v for v in (groups, offsets))
-        return _grouped_nearest_cpu(x, groups, centroids, offsets, metric)
+        groups, offsets = _numpy(groups, offsets)
+        d, i = _grouped_topk_cpu(x, groups, centroids, offsets, 1, metric)
+        return d[:, 0], i[:, 0]
     return grouped_nearest_reference(x, groups, centroids, offsets, metric=metric)
 
 
 def grouped_topk(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, k: int, *, metric: str = "euclidean"):
     """The ``k`` nearest children of each row's group, nearest first: ``(n, k)`` distances and
     global indices, padded with ``inf`` / -1 where a group has fewer than ``k`` children."""
+    if x.device.type == "cpu":
+        groups, offsets = _numpy(groups, offsets)
+        return _grouped_topk_cpu(x, groups, centroids, offsets, k, metric)
     return grouped_topk_reference(x, groups, centroids, offsets, k, metric=metric)
+
+
+def _numpy(*arrays):
+    return tuple(v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for v in arrays)
