@@ -37,6 +37,18 @@ def test_search_is_exact_when_the_beam_reaches_every_leaf(fitted):
     np.testing.assert_allclose(d, np.take_along_axis(full, ids, 1), atol=atol)
 
 
+def test_cosine_search_is_exact_when_the_beam_reaches_every_leaf(tmp_path):
+    rng = np.random.default_rng(1)
+    X = (rng.normal(size=(3000, 6)) + rng.integers(0, 4, size=(3000, 1))).astype(np.float32)
+    Q = rng.normal(size=(50, 6)).astype(np.float32)
+    engine = TaxonomyEngine(n_levels=2, branching_factor=[4, 4], max_iter=5, device="cpu", metric="cosine",
+                            storage_uri=str(tmp_path / "tax")).fit(X)
+    full = cdist(Q.astype(np.float64), X.astype(np.float64), "cosine")
+    d, ids = engine.search(Q, 5, beam=16)
+    np.testing.assert_allclose(np.take_along_axis(full, ids, 1), np.sort(full, 1)[:, :5], atol=1e-6)
+    np.testing.assert_allclose(d, np.take_along_axis(full, ids, 1), atol=1e-6)
+
+
 def test_wider_beams_compare_more_rows_and_find_more(fitted):
     engine, X, Q, _ = fitted
     _, true_i = topk(torch.from_numpy(Q), torch.from_numpy(X), 10)
