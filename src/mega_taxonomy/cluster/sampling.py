@@ -70,10 +70,10 @@ class BestPerGroup:
     """A mergeable table of the ``n`` rows of smallest ``key`` per ``group`` (equal keys by the
     "ordinal" column), among all rows added to it: ``a + b`` is the selection of the union.
 
-    Adding only concatenates; the selection (a sort) runs when the rows have doubled since the
-    last one, and when the columns are read. A reduction over many blocks then sorts O(log)
-    times, not once per block, with the same result whatever the schedule: the n smallest of a
-    union are the n smallest among the n smallest of its parts.
+    Adding only collects the parts; the selection (one concatenation and a sort) runs when the
+    rows have doubled since the last one, and when the columns are read. A reduction over many
+    blocks then copies and sorts O(log) times, not once per block, with the same result whatever
+    the schedule: the n smallest of a union are the n smallest among the n smallest of its parts.
 
     Examples
     --------
@@ -86,33 +86,43 @@ class BestPerGroup:
 
     def __init__(self, n: int, columns: dict, *, key="key", group="group", largest=False, selected=False):
         self.n, self.key, self.group, self.largest = n, key, group, largest
-        self._columns = columns
+        self._parts = [columns]  # column dicts not selected together yet
+        self._rows = len(columns[key])
         # Rows right after the last selection (None: rows were added since).
-        self._selected = len(columns[key]) if selected else None
+        self._selected = self._rows if selected else None
 
     def __len__(self):
-        return len(self._columns[self.key])
-
-    def _like(self, columns, selected=False):
-        return BestPerGroup(self.n, columns, key=self.key, group=self.group, largest=self.largest,
-                            selected=selected)
+        return self._rows
 
     def selected(self) -> BestPerGroup:
         if self._selected is None:
-            key = self._columns[self.key]
-            keep = smallest_per_group(-key if self.largest else key, self._columns["ordinal"], self.n,
-                                      self._columns[self.group])
-            self._columns = {name: v[keep] for name, v in self._columns.items()}
-            self._selected = len(keep)
+            parts = self._parts
+            columns = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
+            key = columns[self.key]
+            keep = smallest_per_group(-key if self.largest else key, columns["ordinal"], self.n, columns[self.group])
+            self._parts = [{name: v[keep] for name, v in columns.items()}]
+            self._rows = self._selected = len(keep)
+        return self
+
+    def compact(self) -> BestPerGroup:
+        """Select now if that at least halves the rows (counted without sorting), else leave the
+        selection to the merges: a block's partial is small to send, and no sort is spent on a
+        block whose groups all keep every row."""
+        groups = np.concatenate([p[self.group] for p in self._parts])
+        if self._selected is None and len(groups) and groups.min() >= 0:
+            kept = int(np.minimum(np.bincount(groups), self.n).sum())
+            if 2 * kept <= len(groups):
+                self.selected()
         return self
 
     def __getitem__(self, column) -> np.ndarray:
         """A column of the selection (ordered by group, then key)."""
-        return self.selected()._columns[column]
+        return self.selected()._parts[0][column]
 
     def __add__(self, other: BestPerGroup) -> BestPerGroup:
-        both = self._like({k: np.concatenate([v, other._columns[k]]) for k, v in self._columns.items()})
-        if len(both) > 2 * max(self._selected or 0, other._selected or 0, _UNSELECTED_ROWS):
+        both = BestPerGroup(self.n, self._parts[0], key=self.key, group=self.group, largest=self.largest)
+        both._parts, both._rows = self._parts + other._parts, self._rows + other._rows
+        if both._rows > 2 * max(self._selected or 0, other._selected or 0, _UNSELECTED_ROWS):
             both.selected()
         return both
 
@@ -166,9 +176,8 @@ class SamplePartial:
 
 def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, moments: bool = True) -> SamplePartial:
     """The sample partial of one block (``groups``: the group of each of its rows; ``moments``:
-    also sum the rows and their squares, else zeros). Its rows are selected when partials merge
-    (see :class:`BestPerGroup`), not here: a block often holds fewer rows per group than the
-    sample keeps."""
+    also sum the rows and their squares, else zeros). Its rows are selected here only if that
+    halves them, else when partials merge (:meth:`BestPerGroup.compact`)."""
     x = block.vectors
     if isinstance(x, torch.Tensor):
         x = x.cpu().numpy()
@@ -179,7 +188,7 @@ def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, 
     if moments:
         x64 = x.astype(np.float64)
         total, total_sq = x64.sum(0), (x64 * x64).sum(0)
-    return SamplePartial(size, BestPerGroup(size, rows, key="hash"), len(x), total, total_sq)
+    return SamplePartial(size, BestPerGroup(size, rows, key="hash").compact(), len(x), total, total_sq)
 
 
 @dataclass(frozen=True)

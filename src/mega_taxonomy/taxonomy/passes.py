@@ -99,7 +99,7 @@ class OutputTask:
             on = paths[:, level] >= 0
             members = {"node": paths[on, level], "distance": dists[on, level], "ordinal": block.ordinals[on],
                        "id": block.ids[on]}
-            levels.append(BestPerGroup(state.members, members, key="distance", group="node"))
+            levels.append(BestPerGroup(state.members, members, key="distance", group="node").compact())
         leaves = {}
         if state.leaves:
             leaves = {block.index: (block.ordinals, block.ids, leaf_of_paths(state.tree, paths))}
