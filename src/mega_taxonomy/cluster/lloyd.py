@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..ops import grouped_nearest, nearest, normalize_rows
+from ..ops.update import cluster_stats
 from ..runtime import in_block_order
 from .sampling import SamplePartial, block_sample, smallest_per_group
 
@@ -50,6 +51,7 @@ class LloydState:
     groups: Mapping | None = None  # block index -> group of each row of the block
     far_per_group: int = MAX_FAR_ROWS
     sample: tuple[int, int] | None = None  # (size, seed): draw a hash sample of each cluster
+    device_sums: bool = False  # on CUDA, leave the sums on the device (added there, in block order)
 
     @property
     def n_groups(self) -> int:
@@ -67,6 +69,13 @@ class LloydPartial:
     far_per_group: int = MAX_FAR_ROWS
     labels: dict = field(default_factory=dict)  # block index -> (labels, distances), when kept
     sample: SamplePartial | None = None  # per cluster, when asked for
+
+    def __getstate__(self):
+        # Sums left on a CUDA device travel (to other processes) as numpy.
+        state = dict(self.__dict__)
+        if isinstance(state["sums"], torch.Tensor):
+            state["sums"] = state["sums"].cpu().numpy()
+        return state
 
     def __add__(self, other: LloydPartial) -> LloydPartial:
         out = LloydPartial(self.counts + other.counts, self.inertia + other.inertia,
@@ -121,14 +130,21 @@ class LloydTask:
         valid = labels >= 0
         all_valid = bool(valid.all())
         lab, d64 = (labels, dist.double()) if all_valid else (labels[valid], dist[valid].double())
-        counts = torch.bincount(lab, minlength=k)
-        inertia = torch.zeros(k, dtype=torch.float64, device=device).index_add_(0, lab, d64)
+        if x.is_cuda:  # sort + segmented reduction (ops/update.py): no atomics, same bits every run
+            rows = normalize_rows(x) if state.update and state.metric == "cosine" else x
+            sums, counts, inertia = cluster_stats(rows, labels, dist, k)
+        else:
+            counts = torch.bincount(lab, minlength=k)
+            inertia = torch.zeros(k, dtype=torch.float64, device=device).index_add_(0, lab, d64)
         out = LloydPartial(counts.cpu().numpy(), inertia.cpu().numpy(), far_per_group=state.far_per_group)
         if state.update:
-            rows = x if all_valid else x[valid]
-            if state.metric == "cosine":
-                rows = normalize_rows(rows)
-            out.sums = cluster_sums(rows, lab, k).cpu().numpy()
+            if x.is_cuda:
+                out.sums = sums if state.device_sums else sums.cpu().numpy()
+            else:
+                rows = x if all_valid else x[valid]
+                if state.metric == "cosine":
+                    rows = normalize_rows(rows)
+                out.sums = cluster_sums(rows, lab, k).cpu().numpy()
             mask = valid.cpu().numpy()
             out.far = block_farthest(d64, lab, block.ordinals[mask], groups[mask], state)
         if state.keep_labels:
@@ -189,7 +205,8 @@ def new_centroids(partial: LloydPartial, old: np.ndarray, source, metric: str,
     Each empty cluster takes the row farthest from its centroid among its group (largest first,
     as scikit-learn's ``_relocate_empty_clusters_dense``), which leaves the row's old cluster.
     """
-    sums, counts = partial.sums.copy(), partial.counts.copy()
+    sums = partial.sums.cpu().numpy() if isinstance(partial.sums, torch.Tensor) else partial.sums.copy()
+    counts = partial.counts.copy()
     group_of = group_of_centroid(offsets, len(old))
     empty = np.flatnonzero(counts == 0)
     if len(empty):
@@ -262,7 +279,7 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
     far_per_group = max(4, MAX_FAR_ROWS // n_groups)
     partial, shift, n_iter = None, np.inf, start_iter
     for n_iter in range(start_iter + 1, max_iter + 1):
-        state = LloydState(centroids, metric, True, keep_labels, offsets, groups, far_per_group)
+        state = LloydState(centroids, metric, True, keep_labels, offsets, groups, far_per_group, device_sums=True)
         partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter}")
         updated, _ = new_centroids(partial, centroids, source, metric, offsets)
         shift = float(((updated.astype(np.float64) - centroids) ** 2).sum())
