@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .assign import _TILE_ELEMENTS, _check, _finish, _prepare
+from .assign import _TILE_ELEMENTS, _check, _finish, _prepare, _use_triton
 
 # Children per matrix product of grouped rows: enough columns for an efficient product, few
 # enough that computing every row against all of them wastes little.
@@ -94,7 +94,8 @@ def grouped_topk_reference(x, groups, centroids, offsets, k, *, metric="euclidea
     return dist[:, :k], index.gather(1, order[:, :k])
 
 
-def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *, metric: str = "euclidean"):
+def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *, metric: str = "euclidean",
+                    backend: str = "auto"):
     """Nearest child of each row's group.
 
     Parameters
@@ -107,6 +108,9 @@ def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *
     offsets : int tensor of shape (n_groups + 1,)
         CSR: the children of group ``g`` are rows ``offsets[g]:offsets[g + 1]`` of ``centroids``.
     metric : {"euclidean", "cosine"}
+    backend : {"auto", "torch", "triton"}, default="auto"
+        "auto": the Triton kernel (``grouped_assign_triton``) for fp16 / bf16 / fp32 tensors on
+        CUDA, the torch twin elsewhere (as :func:`~mega_taxonomy.ops.nearest`).
 
     Returns
     -------
@@ -120,6 +124,10 @@ def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *
     >>> grouped_nearest(torch.tensor([[4.0], [4.0]]), torch.tensor([0, 1]), c, torch.tensor([0, 2, 4]))[1]
     tensor([0, 3])
     """
+    if _use_triton(x, backend):
+        from .grouped_assign_triton import grouped_nearest_dispatch
+
+        return grouped_nearest_dispatch(x, groups, centroids, offsets, metric)
     return grouped_nearest_reference(x, groups, centroids, offsets, metric=metric)
 
 

@@ -94,8 +94,9 @@ def _combine_kernel(
 def pieces(labels: torch.Tensor, k: int, rows_per_piece: int = ROWS_PER_PIECE):
     """The sort and its cut into pieces, in torch, without a host round trip.
 
-    Returns (order, counts, piece_start, piece_stop, n_pieces (1,), piece_off (K + 1,)); the
-    arrays of pieces have an upper bound's length, entries past ``n_pieces`` are unused.
+    Returns (order, counts, piece_start, piece_stop, n_pieces (1,), piece_off (K + 1,),
+    piece_cluster); the arrays of pieces have an upper bound's length, entries past
+    ``n_pieces`` are unused. ``grouped_assign_triton`` cuts its row tiles the same way.
     """
     n = labels.shape[0]
     key = labels.clamp_min(-1).to(torch.int32)  # int32 keys: half the passes of a radix sort
@@ -111,7 +112,7 @@ def pieces(labels: torch.Tensor, k: int, rows_per_piece: int = ROWS_PER_PIECE):
     cluster = (torch.searchsorted(piece_off, p, right=True) - 1).clamp_(0, k - 1)
     start = ends[cluster] + (p - piece_off[cluster]) * rows_per_piece
     stop = torch.minimum(start + rows_per_piece, ends[cluster + 1])
-    return order, counts, start, stop, piece_off[k:], piece_off
+    return order, counts, start, stop, piece_off[k:], piece_off, cluster
 
 
 def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k: int):
@@ -119,7 +120,7 @@ def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Te
     if x.stride(1) != 1:
         x = x.contiguous()
     n, d = x.shape
-    order, counts, start, stop, n_pieces, piece_off = pieces(labels, k)
+    order, counts, start, stop, n_pieces, piece_off, _ = pieces(labels, k)
     bound = start.shape[0]
     piece_sums = torch.empty(bound, d, dtype=torch.float64, device=x.device)
     piece_w = torch.empty(bound, dtype=torch.float64, device=x.device)
