@@ -85,11 +85,16 @@ class SamplePartial:
 def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None) -> SamplePartial:
     """The sample partial of one block (``groups``: the group of each of its rows)."""
     x = block.vectors
-    if isinstance(x, torch.Tensor):
-        x = x.cpu().numpy()
     hashes = hash_ids(block.ids, seed)
     groups = np.zeros(len(hashes), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
     keep = smallest_per_group(hashes, block.ordinals, size, groups)
+    if isinstance(x, torch.Tensor) and x.is_cuda:  # moments on the device: only the sample comes back
+        x64 = x.double()
+        rows = x[torch.from_numpy(keep).to(x.device)].cpu().numpy()
+        return SamplePartial(size, hashes[keep], block.ordinals[keep], groups[keep], rows, len(x),
+                             x64.sum(0).cpu().numpy(), (x64 * x64).sum(0).cpu().numpy())
+    if isinstance(x, torch.Tensor):
+        x = x.cpu().numpy()
     x64 = x.astype(np.float64)
     return SamplePartial(
         size, hashes[keep], block.ordinals[keep], groups[keep], np.ascontiguousarray(x[keep]),
