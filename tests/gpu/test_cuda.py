@@ -20,9 +20,14 @@ def clustered(n, k, d, seed=0):
     return (centers[rng.integers(k, size=n)] + rng.normal(size=(n, d))).astype(np.float32), centers
 
 
+@pytest.mark.parametrize("data", ["clustered", "random"])
 @pytest.mark.parametrize("d,k", [(1024, 4096), (128, 1000), (50, 37)])
-def test_bf16_kernel_agrees_with_float64(d, k):
+def test_bf16_kernel_agrees_with_float64(d, k, data):
     x, centers = clustered(200_000, k, d)
+    if data == "random":
+        rng = np.random.default_rng(1)
+        x = rng.normal(size=x.shape).astype(np.float32)
+        centers = x[rng.choice(len(x), k, replace=False)]
     xc = torch.from_numpy(x).cuda()
     c = torch.from_numpy(centers.astype(np.float32)).cuda()
     dist, idx = nearest(xc.bfloat16(), c.bfloat16())
@@ -131,3 +136,18 @@ def test_kmeans_on_cuda_repeats_bit_for_bit():
     b = KMeans(64, init=x[:64], tol=0, max_iter=8, device="cuda").fit(xt)
     assert np.array_equal(a.cluster_centers_, b.cluster_centers_)
     assert a.inertia_ == b.inertia_
+
+
+def test_fp32_kernel_is_float64_except_near_ties():
+    assert not torch.backends.cuda.matmul.allow_tf32  # IEEE float32 products (torch's default)
+    g = torch.Generator(device="cuda").manual_seed(2)
+    x = torch.randn(100_000, 128, device="cuda", generator=g)
+    c = torch.randn(1000, 128, device="cuda", generator=g)
+    _, idx = nearest(x, c)
+    assert nearest.__module__ == "mega_taxonomy.ops.assign"
+    full = torch.cdist(x.double(), c.double()) ** 2
+    ref = full.argmin(1)
+    wrong = torch.nonzero(idx != ref).squeeze(1)
+    gap = full[wrong, idx[wrong]] - full[wrong, ref[wrong]]
+    scale = x[wrong].double().pow(2).sum(1) + c[ref[wrong]].double().pow(2).sum(1)
+    assert (gap <= 1e-6 * scale).all(), f"{len(wrong)} differ, worst gap {(gap / scale).max().item():.3g}"

@@ -17,6 +17,7 @@ the same values, so results are the same bits as with synchronous copies.
 from __future__ import annotations
 
 import collections
+import os
 import queue
 import threading
 import warnings
@@ -25,9 +26,6 @@ import numpy as np
 import torch
 
 from .sources import Block
-
-_DONE = object()
-
 
 def _host_tensor(vectors) -> torch.Tensor:
     if isinstance(vectors, torch.Tensor):
@@ -62,64 +60,82 @@ class _Staging:
         return buf, view
 
 
-def to_device(blocks, device, *, depth: int = 3):
-    """Yield the blocks of ``blocks`` (an iterator) with their vectors on the CUDA ``device``.
+def _readers(source) -> int:
+    """Reader threads for a source: files decode in parallel (pyarrow and numpy release the GIL;
+    every read opens its own file handle); in-memory blocks only need staging, one thread."""
+    if getattr(source, "_in_memory", True):
+        return 1
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
 
-    Blocks already on the device pass through; others are staged through pinned buffers by a
-    reader thread and copied on a side stream ``depth`` blocks ahead. Errors of the source are
-    raised here, in the caller's thread.
+
+def stream(source, device, *, depth: int = 3, readers: int | None = None):
+    """Yield the blocks of ``source`` (a VectorSource), in order, with their vectors on the CUDA
+    ``device``.
+
+    Blocks already on the device pass through; others are read by ``readers`` threads (block b
+    by thread b % readers), staged through pinned buffers (a pinned tensor source is copied
+    from in place) and copied on a side stream, ``depth`` blocks ahead of the one yielded.
+    Errors of the source are raised here, in the caller's thread. Not on CUDA: ``source.blocks()``.
     """
     device = torch.device(device)
     if device.type != "cuda":
-        yield from blocks
+        yield from source.blocks()
         return
-    ready = queue.Queue(maxsize=depth)
+    readers = readers or _readers(source)
+    n_blocks = source.n_blocks
+    queues = [queue.Queue(maxsize=2) for _ in range(readers)]
     stop = threading.Event()
-    staging = _Staging(2 * depth + 1)  # in flight + queued + one being filled
+    staging = _Staging(2 * readers + depth + 1)  # queued + in flight + one being filled per reader
 
-    def read():
+    def put(q, item):
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def read(rank):
+        q = queues[rank]
         try:
+            # one thread: one stream of blocks (runs of uncached blocks read in one go)
+            blocks = source.blocks() if readers == 1 else (
+                block for b in range(rank, n_blocks, readers) for block in source.blocks(b, b + 1))
             for block in blocks:
                 vectors = block.vectors
                 if isinstance(vectors, torch.Tensor) and vectors.is_cuda:
                     item = (block, None, None)
                 else:
-                    host = _host_tensor(vectors)
-                    buf = None
+                    host, buf = _host_tensor(vectors), None
                     if not host.is_pinned():
                         buf, host = staging.stage(host.contiguous(), stop)
                         if host is None:
                             return
                     item = (block, host, buf)
-                while not stop.is_set():
-                    try:
-                        ready.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        pass
-                if stop.is_set():
+                if not put(q, item):
                     return
-            ready.put(_DONE)
         except BaseException as exc:  # handed to the consumer, raised there
-            ready.put(exc)
+            put(q, exc)
 
-    reader = threading.Thread(target=read, name="mega-taxonomy-h2d", daemon=True)
-    reader.start()
+    threads = [threading.Thread(target=read, args=(rank,), name=f"mega-taxonomy-h2d-{rank}", daemon=True)
+               for rank in range(readers)]
+    for thread in threads:
+        thread.start()
     copy_stream = torch.cuda.Stream(device=device)
     in_flight = collections.deque()
-    finished = False
     try:
-        while True:
-            while not finished and len(in_flight) < depth:
-                try:  # wait for the reader only when nothing is in flight
-                    item = ready.get(block=not in_flight)
+        b = 0
+        while b < n_blocks or in_flight:
+            while b < n_blocks and len(in_flight) < depth:
+                q = queues[b % readers]
+                try:  # wait for a reader only when nothing is in flight
+                    item = q.get(block=not in_flight)
                 except queue.Empty:
-                    break
-                if item is _DONE:
-                    finished = True
                     break
                 if isinstance(item, BaseException):
                     raise item
+                b += 1
                 block, host, buf = item
                 if host is None:
                     in_flight.append((block, block.vectors, None, None))
@@ -129,10 +145,6 @@ def to_device(blocks, device, *, depth: int = 3):
                     event = torch.cuda.Event()
                     event.record(copy_stream)
                 in_flight.append((block, dev, event, buf))
-            if not in_flight:
-                if finished:
-                    return
-                continue
             block, dev, event, buf = in_flight.popleft()
             if event is not None:
                 compute = torch.cuda.current_stream(device)
@@ -143,4 +155,5 @@ def to_device(blocks, device, *, depth: int = 3):
             yield Block(block.index, block.ordinals, block.ids, dev)
     finally:
         stop.set()
-        reader.join(timeout=10)
+        for thread in threads:
+            thread.join(timeout=10)

@@ -8,7 +8,7 @@ import logging
 import torch
 from tqdm.auto import tqdm
 
-from ..io.streaming import to_device
+from ..io.streaming import stream
 from .base import Runtime, WorkerPool
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class LocalRuntime(Runtime):
         total = None
         # On CUDA, host blocks are copied ahead on a side stream through pinned buffers (io/streaming.py).
         blocks = tqdm(
-            to_device(source.blocks(), self._device), total=source.n_blocks, desc=desc, unit="block",
+            stream(source, self._device), total=source.n_blocks, desc=desc, unit="block",
             disable=not self.progress or None, leave=False,
         )
         with cpu_threads(self._device):
