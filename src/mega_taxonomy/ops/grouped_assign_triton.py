@@ -6,9 +6,10 @@ Kernel contract
   bias       : (C,)    float32: |c|^2 (euclidean) or 1 (cosine, rows and children normalized)
   offsets    : (G + 1,) int64 CSR: the children of group g are c[offsets[g]:offsets[g + 1]]
   order      : (N,)    int64: row positions sorted by group (stable)
-  tile_start, tile_stop, tile_group : (T,) int64: tile t is sorted positions
-               [tile_start, tile_stop) (at most BLOCK_M rows, all of group tile_group)
-  n_tiles    : (1,)    int64: how many of the T launched tiles exist
+  bounds     : (G + 1,) int64: group g is sorted positions bounds[g]:bounds[g + 1]
+  tile_off   : (G + 1,) int64: its tiles of at most BLOCK_M rows are numbered
+               tile_off[g]:tile_off[g + 1] (``update_triton.segments``); programs past
+               tile_off[G] exit at once
   out_d      : (N,)    float32: min over the group's children of bias - alpha * x.c (inf: none)
   out_i      : (N,)    int64: its global child index, ties to the lowest; -1 when none
 One launch per batch, whatever the number of groups: each program takes one tile of rows of
@@ -22,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .update_triton import pieces
+from .update_triton import piece_of, segments
 
 
 @triton.jit
@@ -32,21 +33,17 @@ def _grouped_nearest_kernel(
     bias_ptr,  # *f32 [C]
     offsets_ptr,  # *i64 [G + 1]
     order_ptr,  # *i64 [N]
-    start_ptr,  # *i64 [T]
-    stop_ptr,  # *i64 [T]
-    group_ptr,  # *i64 [T]
-    n_tiles_ptr,  # *i64 [1]
+    bounds_ptr,  # *i64 [G + 1]: group g is sorted positions bounds[g]:bounds[g + 1]
+    tile_off_ptr,  # *i64 [G + 1]: its row tiles are numbered tile_off[g]:tile_off[g + 1]
     out_d_ptr,  # *f32 [N]
     out_i_ptr,  # *i64 [N]
-    D, stride_x, stride_c,
+    G, D, stride_x, stride_c,
     alpha,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EXACT: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
-    if t < tl.load(n_tiles_ptr):
-        start = tl.load(start_ptr + t)
-        stop = tl.load(stop_ptr + t)
-        g = tl.load(group_ptr + t)
+    if t < tl.load(tile_off_ptr + G):
+        g, start, stop = piece_of(t, tile_off_ptr, bounds_ptr, G, BLOCK_M)
         lo = tl.load(offsets_ptr + g)
         hi = tl.load(offsets_ptr + g + 1)
         r = start + tl.arange(0, BLOCK_M)
@@ -106,12 +103,12 @@ def grouped_nearest_triton(x, groups, c, bias, offsets, alpha, *, width, exact=F
     n, d = x.shape
     n_groups = offsets.shape[0] - 1
     cfg = cfg or config(n, n_groups, width, d, x.element_size())
-    order, _, start, stop, n_tiles, _, tile_group = pieces(groups, n_groups, cfg["BLOCK_M"])
+    order, bounds, tile_off, bound = segments(groups, n_groups, cfg["BLOCK_M"])
     out_d = torch.empty(n, dtype=torch.float32, device=x.device)
     out_i = torch.empty(n, dtype=torch.int64, device=x.device)
-    _grouped_nearest_kernel[(start.shape[0],)](
-        x, c, bias.float().contiguous(), offsets, order, start, stop, tile_group, n_tiles, out_d, out_i,
-        d, x.stride(0), c.stride(0), float(alpha), EXACT=exact, **cfg)
+    _grouped_nearest_kernel[(bound,)](
+        x, c, bias.float().contiguous(), offsets, order, bounds, tile_off, out_d, out_i,
+        n_groups, d, x.stride(0), c.stride(0), float(alpha), EXACT=exact, **cfg)
     return out_d, out_i
 
 

@@ -5,8 +5,9 @@ Kernel contract
   x           : (N, D)  float16 / bfloat16 / float32, rows of the block (row stride ``stride_x``)
   order       : (N,)    int64: row positions sorted by label (stable), rows without a label first
   w           : (N,)    float32: one value per row (its distance), summed per cluster too
-  piece_start : (P,)    int64: first sorted position of piece p; piece_stop: one past its last
-  n_pieces    : (1,)    int64: how many of the P launched pieces exist (the rest exit at once)
+  bounds      : (K + 1,) int64: cluster c is sorted positions bounds[c]:bounds[c + 1]
+  piece_off   : (K + 1,) int64: its pieces are numbered piece_off[c]:piece_off[c + 1]; each
+                program finds its piece's cluster by a binary search (``piece_of``)
   piece_sums  : (P, D)  float64 out: sum of the piece's rows; piece_w : (P,) float64 out
 Pieces are runs of at most ``rows_per_piece`` sorted rows of one cluster: a large cluster is
 cut into several, so that no program walks a whole cluster alone. The combine kernel then adds,
@@ -31,23 +32,38 @@ BLOCK_D = 128
 
 
 @triton.jit
+def piece_of(p, piece_off_ptr, bounds_ptr, K, ROWS_PER_PIECE: tl.constexpr):
+    """(cluster, first sorted position, one past the last) of piece ``p``: a binary search for the
+    last cluster c with piece_off[c] <= p (pieces are numbered cluster by cluster)."""
+    lo = p * 0  # int64 tensors from the start: loop-carried values keep their type when compiled
+    hi = lo + (K - 1)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if tl.load(piece_off_ptr + mid) <= p:
+            lo = mid
+        else:
+            hi = mid - 1
+    start = tl.load(bounds_ptr + lo) + (p - tl.load(piece_off_ptr + lo)) * ROWS_PER_PIECE
+    stop = tl.minimum(start + ROWS_PER_PIECE, tl.load(bounds_ptr + lo + 1))
+    return lo, start, stop
+
+
+@triton.jit
 def _piece_sums_kernel(
     x_ptr,  # *T [N, D]
     order_ptr,  # *i64 [N]
     w_ptr,  # *f32 [N]
-    start_ptr,  # *i64 [P]
-    stop_ptr,  # *i64 [P]
-    n_pieces_ptr,  # *i64 [1]
+    bounds_ptr,  # *i64 [K + 1]: cluster c is sorted positions bounds[c]:bounds[c + 1]
+    piece_off_ptr,  # *i64 [K + 1]: pieces of cluster c are piece_off[c]:piece_off[c + 1]
     out_ptr,  # *f64 [P, D]
     out_w_ptr,  # *f64 [P]
-    D, stride_x,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    K, D, stride_x,
+    ROWS_PER_PIECE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     p = tl.program_id(0).to(tl.int64)
     dt = tl.program_id(1)
-    if p < tl.load(n_pieces_ptr):
-        start = tl.load(start_ptr + p)
-        stop = tl.load(stop_ptr + p)
+    if p < tl.load(piece_off_ptr + K):
+        _, start, stop = piece_of(p, piece_off_ptr, bounds_ptr, K, ROWS_PER_PIECE)
         cols = dt * BLOCK_D + tl.arange(0, BLOCK_D)
         col_ok = cols < D
         acc = tl.zeros((BLOCK_D,), tl.float64)
@@ -91,28 +107,23 @@ def _combine_kernel(
         tl.store(w_sums_ptr + k + tl.arange(0, 1), acc_w)
 
 
-def pieces(labels: torch.Tensor, k: int, rows_per_piece: int = ROWS_PER_PIECE):
-    """The sort and its cut into pieces, in torch, without a host round trip.
+def segments(labels: torch.Tensor, k: int, rows_per_piece: int = ROWS_PER_PIECE):
+    """The sort and its cut into pieces, in a few torch operations and no host round trip.
 
-    Returns (order, counts, piece_start, piece_stop, n_pieces (1,), piece_off (K + 1,),
-    piece_cluster); the arrays of pieces have an upper bound's length, entries past
-    ``n_pieces`` are unused. ``grouped_assign_triton`` cuts its row tiles the same way.
+    Returns (order, bounds (K + 1,), piece_off (K + 1,), bound): rows sorted by label (stable,
+    rows labelled below 0 first), cluster c at sorted positions bounds[c]:bounds[c + 1], its
+    pieces numbered piece_off[c]:piece_off[c + 1], and an upper bound on the number of pieces
+    (the launch grid: programs past piece_off[K] exit at once). ``grouped_assign_triton`` cuts
+    its row tiles the same way.
     """
     n = labels.shape[0]
     key = labels.clamp_min(-1).to(torch.int32)  # int32 keys: half the passes of a radix sort
-    order = torch.sort(key, stable=True).indices
-    counts_all = torch.bincount((key + 1).long(), minlength=k + 1)  # [0]: rows without a label
-    ends = torch.cumsum(counts_all, 0)  # cluster c spans sorted positions ends[c]:ends[c + 1]
-    counts = counts_all[1:]
-    per_cluster = (counts + rows_per_piece - 1) // rows_per_piece
-    piece_off = torch.zeros(k + 1, dtype=torch.int64, device=labels.device)
-    torch.cumsum(per_cluster, 0, out=piece_off[1:])
-    bound = -(-n // rows_per_piece) + k
-    p = torch.arange(bound, device=labels.device)
-    cluster = (torch.searchsorted(piece_off, p, right=True) - 1).clamp_(0, k - 1)
-    start = ends[cluster] + (p - piece_off[cluster]) * rows_per_piece
-    stop = torch.minimum(start + rows_per_piece, ends[cluster + 1])
-    return order, counts, start, stop, piece_off[k:], piece_off, cluster
+    sorted_key, order = torch.sort(key, stable=True)
+    bounds = torch.searchsorted(sorted_key, torch.arange(-1, k, dtype=torch.int32, device=labels.device),
+                                right=True)
+    per_cluster = (bounds[1:] - bounds[:-1] + rows_per_piece - 1) // rows_per_piece
+    piece_off = torch.nn.functional.pad(torch.cumsum(per_cluster, 0), (1, 0))
+    return order, bounds, piece_off, -(-n // rows_per_piece) + k
 
 
 def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k: int):
@@ -120,15 +131,14 @@ def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Te
     if x.stride(1) != 1:
         x = x.contiguous()
     n, d = x.shape
-    order, counts, start, stop, n_pieces, piece_off, _ = pieces(labels, k)
-    bound = start.shape[0]
+    order, bounds, piece_off, bound = segments(labels, k)
     piece_sums = torch.empty(bound, d, dtype=torch.float64, device=x.device)
     piece_w = torch.empty(bound, dtype=torch.float64, device=x.device)
-    values = values.float().contiguous()
     d_tiles = triton.cdiv(d, BLOCK_D)
-    _piece_sums_kernel[(bound, d_tiles)](x, order, values, start, stop, n_pieces, piece_sums, piece_w, d,
-                                         x.stride(0), BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, num_warps=4)
+    _piece_sums_kernel[(bound, d_tiles)](x, order, values.float().contiguous(), bounds, piece_off, piece_sums, piece_w,
+                                         k, d, x.stride(0), ROWS_PER_PIECE=ROWS_PER_PIECE, BLOCK_R=BLOCK_R,
+                                         BLOCK_D=BLOCK_D, num_warps=4)
     sums = torch.empty(k, d, dtype=torch.float64, device=x.device)
     w_sums = torch.empty(k, dtype=torch.float64, device=x.device)
     _combine_kernel[(k, d_tiles)](piece_sums, piece_w, piece_off, sums, w_sums, d, BLOCK_D=BLOCK_D, num_warps=4)
-    return sums, counts, w_sums
+    return sums, bounds[1:] - bounds[:-1], w_sums
