@@ -114,10 +114,21 @@ def as_tensor(vectors, device) -> torch.Tensor:
 class LloydTask:
     """Block task of one Lloyd pass (picklable; the centroids travel in the state)."""
 
+    def __getstate__(self):
+        return {}  # the cached centroids stay behind
+
+    def _centroids(self, state, device):
+        """The pass's centroids on ``device``, moved once per pass rather than once per block (a
+        level of 65536 children is 256 MiB of float32)."""
+        cached = getattr(self, "_cached", None)
+        if cached is None or cached[0] is not state.centroids or cached[1] != device:
+            self._cached = (state.centroids, device, torch.as_tensor(state.centroids, device=device))
+        return self._cached[2]
+
     def __call__(self, block, state: LloydState, device) -> LloydPartial:
         k = state.centroids.shape[0]
         x = as_tensor(block.vectors, device)
-        c = torch.as_tensor(state.centroids, device=device)
+        c = self._centroids(state, torch.device(device))
         if state.offsets is None:
             groups = np.zeros(len(block.ordinals), dtype=np.int64)
             dist, labels = nearest(x, c, metric=state.metric)
@@ -179,6 +190,8 @@ def cluster_sums(rows: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tens
 def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals, groups, state: LloydState) -> dict:
     """The farthest rows of a block, per group (see ``farthest``)."""
     n = state.far_per_group
+    if distances.is_cuda and state.offsets is not None and len(ordinals) > n:
+        return farthest_sorted(distances, labels, ordinals, groups, n)
     if state.offsets is None and len(ordinals) > n:
         # One group: an O(n) top-k first, so that only n rows are sorted. Rows tied with the n-th
         # distance all stay candidates, so the tie rule (by ordinal) is exact.
@@ -190,6 +203,22 @@ def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals, grou
            "label": labels.cpu().numpy()[pre], "group": groups[pre]}
     keep = farthest(far["distance"], far["ordinal"], far["group"], n)
     return {name: v[keep] for name, v in far.items()}
+
+
+def farthest_sorted(distances: torch.Tensor, labels: torch.Tensor, ordinals, groups, n: int) -> dict:
+    """``block_farthest`` by sorts on the tensors' device (the CUDA path of grouped passes): rows
+    ordered by (group, -distance, ordinal) with stable sorts (ordinals ascend with position),
+    then the first n of each group; the same rows in the same order as ``farthest``, without
+    sorting the whole block on the host."""
+    g = torch.as_tensor(groups, device=distances.device)
+    order = torch.sort(-distances, stable=True).indices
+    order = order[torch.sort(g[order], stable=True).indices]
+    g_sorted = g[order]
+    rank = torch.arange(len(order), device=order.device) - torch.searchsorted(g_sorted, g_sorted)
+    keep = order[rank < n]
+    keep_host = keep.cpu().numpy()
+    return {"distance": distances[keep].cpu().numpy(), "ordinal": ordinals[keep_host],
+            "label": labels[keep].cpu().numpy(), "group": groups[keep_host]}
 
 
 def group_of_centroid(offsets: np.ndarray | None, k: int) -> np.ndarray:
