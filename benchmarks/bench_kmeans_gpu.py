@@ -169,7 +169,8 @@ def measure(n, d, k, dtype, quick, rate, peers):
         fk = dict(dtype=dtype, tol=-1.0, max_points_per_centroid=None, use_triton=True,
                   chunk_size_data=51_200, chunk_size_centroids=10_240)
         try:
-            run(x[: 4 * k], x_sq[: 4 * k], k, torch.device("cuda"), max_iters=1, **fk)  # compiles its kernel
+            # a first call at the same shapes: its kernel compiles (and tunes) for them
+            run(x, x_sq, k, torch.device("cuda"), max_iters=1, **fk)
             t1 = wall(lambda: run(x, x_sq, k, torch.device("cuda"), max_iters=1, **fk))
             iters = 2 if quick else 3
             pk = peak(lambda: run(x, x_sq, k, torch.device("cuda"), max_iters=1, **fk))
@@ -182,7 +183,7 @@ def measure(n, d, k, dtype, quick, rate, peers):
         host = x.float().cpu().numpy()
         try:
             api_iters = 2 if quick or k > 16384 else 3
-            api(d, k, niter=1, tol=-1.0, gpu=True, seed=0, verbose=False).train(host[: 4 * k])  # compiles
+            api(d, k, niter=1, tol=-1.0, gpu=True, seed=0, verbose=False).train(host)  # compiles at these shapes
             t1 = wall(lambda: api(d, k, niter=1, tol=-1.0, gpu=True, seed=0, verbose=False).train(host))
             torch.cuda.reset_peak_memory_stats()
             t3 = wall(lambda: api(d, k, niter=api_iters, tol=-1.0, gpu=True, seed=0, verbose=False).train(host))
@@ -201,6 +202,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N=64k, small sweep")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--shape", type=int, action="append", default=None,
+                        help="index into SHAPES (repeatable); default: all")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for fp32 inputs, as flash-kmeans does inside
     peers = {}
@@ -219,7 +222,8 @@ def main():
     rate = gemm_tflops()
     print(f"bf16 GEMM [262144,1024]x[1024,4096]: {rate:.0f} TFLOP/s", flush=True)
     results, speedups, per_shape = [], {}, {}
-    for n, d, k, dtype in SHAPES:
+    shapes = SHAPES if args.shape is None else [SHAPES[i] for i in args.shape]
+    for n, d, k, dtype in shapes:
         rows = measure(1 << 16 if args.quick else n, d, k, dtype, args.quick, rate, peers)
         case, ours, others = rows[0]["case"], rows[0], rows[1:]
         fastest = min(others, key=lambda r: r["seconds"])
@@ -234,11 +238,12 @@ def main():
                            "best_assign_peer": fastest_assign["impl"]}
         results += rows
         print(common.table(rows, ["case", "impl", "seconds", "assign_ms", "gemm_fraction", "peak_bytes"]), flush=True)
-    params = {"shapes": [(n, d, k, str(t)) for n, d, k, t in SHAPES], "quick": args.quick,
+    params = {"shapes": [(n, d, k, str(t)) for n, d, k, t in shapes], "quick": args.quick,
               "tf32": "torch.backends.cuda.matmul.allow_tf32 = True; every Triton kernel uses tl.dot's default "
                       "(TF32) for fp32 inputs",
               "bf16_gemm_tflops": rate, "per_shape": per_shape}
-    path = common.write("kmeans_gpu", params, results, speedups, "python " + " ".join(sys.argv),
+    name = "kmeans_gpu" if args.shape is None else "kmeans_gpu_shape" + "_".join(map(str, args.shape))
+    path = common.write(name, params, results, speedups, "python " + " ".join(sys.argv),
                         **({"path": Path(args.out)} if args.out else {}))
     print(json.dumps(per_shape, indent=1))
     print(f"wrote {path}")

@@ -19,17 +19,25 @@ import triton
 import triton.language as tl
 
 # Tile shapes by input element size: the fastest of the sweep in benchmarks/bench_kmeans_gpu.py
-# on an H100 (benchmarks/results/kmeans_gpu.json), 128 x 256 x 32 with 8 warps and 4 stages for
-# every shape there: bf16 N=1M D=1024 K=4096 16.8 ms (128 x 128 x 64: 19.9 ms), fp32 (tf32)
-# N=1M D=128 K=1024 1.64 ms (128 x 64 x 32: 1.97 ms), bf16 K=65536 273 ms.
+# on an H100, then again on an H200 (benchmarks/results/kmeans_gpu.json), 128 x 256 x 32 with
+# 8 warps and 4 stages: bf16 N=1M D=1024 K=4096 16.8 ms on both (128 x 256 x 64, 3 stages:
+# 17.1 ms; 128 x 128 x 64: 19.1 ms), bf16 K=65536 271 ms on the H200.
 _CONFIGS = {
     2: dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=4),  # bf16 / fp16
     4: dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=4),  # fp32 (tf32)
 }
 
 
+# float32 rows of at most 128 values: the row tile stays in registers across centroid tiles.
+# H200, N=1M D=128 K=1024 (TF32): 1.44 ms, against 1.67 ms for the looped 128 x 256 x 32 tile
+# (benchmarks/results/kmeans_gpu.json, sweep in its log).
+_SMALL_D_FP32 = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, num_warps=8, num_stages=1, X_RESIDENT=True)
+
+
 def default_config(d: int, element_size: int) -> dict:
     """Tile shapes by (D, element size): only these are compile-time constants, N and K are not."""
+    if element_size == 4 and d <= 128:
+        return _SMALL_D_FP32
     return _CONFIGS[2 if element_size == 2 else 4]
 
 
