@@ -13,9 +13,10 @@ use tl.dot's default, TF32, too), (1M, 1024, 65536, bf16).
 - torch: x @ c.T in row chunks, argmin, index_add update.
 - fastkmeans 0.5.0: ``_kmeans_torch_double_chunked`` on the GPU tensor (its Triton kernel,
   dtype = ours, no subsampling), and ``FastKMeans.train`` on a float32 numpy copy (its API,
-  fp16 products by its default); one iteration = (time of 3 iterations - time of 1) / 2, which
-  leaves out its random init and final copy, and keeps what it does per iteration (chunks
-  moved to the GPU, labels moved back). Its init is its own (random rows).
+  fp16 products by its default); one iteration = (median time of calls of 3 iterations - of
+  calls of 1) / 2, which leaves out its random init and final copy, and keeps what it does per
+  iteration (chunks moved to the GPU, labels moved back); a difference not above 0 is noise and
+  the row is marked ``invalid``. Its init is its own (random rows).
 
 Per implementation: ``seconds`` (one iteration), ``assign_ms``, ``peak_bytes`` (peak GPU memory
 allocated during one iteration, the data included; ``data_bytes`` says how much that is), and
@@ -72,6 +73,23 @@ def peak(fn):
     return torch.cuda.max_memory_allocated()
 
 
+def per_iteration(fit, iters):
+    """(ms per iteration or None, seconds of one 1-iteration call): medians of 3 wall-clock calls
+    of 1 and of ``iters`` iterations, their difference over ``iters - 1`` (init, final copies and
+    launch of the call left out). None when the difference is not above 0: noise."""
+    one = sorted(wall(lambda: fit(1)) for _ in range(3))[1]
+    many = sorted(wall(lambda: fit(iters)) for _ in range(3))[1]
+    per = (many - one) / (iters - 1) * 1e3
+    return (per if per > 0 else None), one
+
+
+def invalid(per, one):
+    if per is not None:
+        return {}
+    return {"invalid": f"the difference of wall-clock calls was not above 0 (noise); one whole 1-iteration call took "
+                       f"{one * 1e3:.1f} ms. Excluded from speedup_vs_best_peer."}
+
+
 def ours_iteration(x, x_sq, c, cfg):
     k = c.shape[0]
     dist, labels = nearest_triton(x, c, torch.einsum("ij,ij->i", c.float(), c.float()), 2.0, config=cfg)
@@ -115,7 +133,8 @@ def quality(x, c, labels):
 
 
 def row(case, impl, t_iter_ms, t_assign_ms, peak_bytes, flops, rate, **extra):
-    return {"case": case, "impl": impl, "seconds": t_iter_ms / 1e3, "assign_ms": t_assign_ms,
+    return {"case": case, "impl": impl, "seconds": None if t_iter_ms is None else t_iter_ms / 1e3,
+            "assign_ms": t_assign_ms,
             "peak_bytes": peak_bytes, "gemm_fraction": None if t_iter_ms is None else flops / t_iter_ms / 1e9 / rate,
             **extra}
 
@@ -169,28 +188,24 @@ def measure(n, d, k, dtype, quick, rate, peers):
         fk = dict(dtype=dtype, tol=-1.0, max_points_per_centroid=None, use_triton=True,
                   chunk_size_data=51_200, chunk_size_centroids=10_240)
         try:
-            # a first call at the same shapes: its kernel compiles (and tunes) for them
-            run(x, x_sq, k, torch.device("cuda"), max_iters=1, **fk)
-            t1 = wall(lambda: run(x, x_sq, k, torch.device("cuda"), max_iters=1, **fk))
-            iters = 2 if quick else 3
-            pk = peak(lambda: run(x, x_sq, k, torch.device("cuda"), max_iters=1, **fk))
-            t3 = wall(lambda: run(x, x_sq, k, torch.device("cuda"), max_iters=iters, **fk))
-            per = (t3 - t1) / (iters - 1) * 1e3
+            fit = lambda iters: run(x, x_sq, k, torch.device("cuda"), max_iters=iters, **fk)  # noqa: E731
+            fit(1)  # a first call at the same shapes: its kernel compiles (and tunes) for them
+            per, one = per_iteration(fit, 2 if quick else 3)
+            pk = peak(lambda: fit(1))
             rows.append(row(case, "fastkmeans (data on GPU)", per, None, pk, flops, rate, data_bytes=data_bytes,
-                            one_call_seconds=t1))
+                            one_call_seconds=one, **invalid(per, one)))
         except Exception as exc:
             print(f"  fastkmeans on GPU failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
         host = x.float().cpu().numpy()
         try:
-            api_iters = 2 if quick or k > 16384 else 3
-            api(d, k, niter=1, tol=-1.0, gpu=True, seed=0, verbose=False).train(host)  # compiles at these shapes
-            t1 = wall(lambda: api(d, k, niter=1, tol=-1.0, gpu=True, seed=0, verbose=False).train(host))
+            fit = lambda iters: api(d, k, niter=iters, tol=-1.0, gpu=True, seed=0, verbose=False).train(host)  # noqa: E731
+            fit(1)  # compiles at these shapes
             torch.cuda.reset_peak_memory_stats()
-            t3 = wall(lambda: api(d, k, niter=api_iters, tol=-1.0, gpu=True, seed=0, verbose=False).train(host))
-            per = (t3 - t1) / (api_iters - 1) * 1e3
+            per, one = per_iteration(fit, 2 if quick or k > 16384 else 3)
             rows.append(row(case, "fastkmeans (API, numpy in host memory)", per, None,
-                            torch.cuda.max_memory_allocated(), flops, rate, one_call_seconds=t1,
-                            note="its default dtype (fp16 products); the data travel from host memory"))
+                            torch.cuda.max_memory_allocated(), flops, rate, one_call_seconds=one,
+                            note="its default dtype (fp16 products); the data travel from host memory",
+                            **invalid(per, one)))
         except Exception as exc:
             print(f"  fastkmeans API failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
         del host
@@ -225,7 +240,7 @@ def main():
     shapes = SHAPES if args.shape is None else [SHAPES[i] for i in args.shape]
     for n, d, k, dtype in shapes:
         rows = measure(1 << 16 if args.quick else n, d, k, dtype, args.quick, rate, peers)
-        case, ours, others = rows[0]["case"], rows[0], rows[1:]
+        case, ours, others = rows[0]["case"], rows[0], [r for r in rows[1:] if "invalid" not in r]
         fastest = min(others, key=lambda r: r["seconds"])
         with_assign = [r for r in others if r["assign_ms"] is not None]
         fastest_assign = min(with_assign, key=lambda r: r["assign_ms"])
