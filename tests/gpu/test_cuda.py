@@ -151,3 +151,17 @@ def test_fp32_kernel_is_float64_except_near_ties():
     gap = full[wrong, idx[wrong]] - full[wrong, ref[wrong]]
     scale = x[wrong].double().pow(2).sum(1) + c[ref[wrong]].double().pow(2).sum(1)
     assert (gap <= 1e-6 * scale).all(), f"{len(wrong)} differ, worst gap {(gap / scale).max().item():.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_topk_kernel_agrees_with_float64(dtype):
+    from mega_taxonomy.ops import topk
+
+    x, centers = clustered(100_000, 512, 256, seed=6)
+    xt, ct = torch.from_numpy(x).cuda().to(dtype), torch.from_numpy(centers.astype(np.float32)).cuda().to(dtype)
+    dist, idx = topk(xt, ct, 8, backend="triton")
+    full = torch.cdist(xt[:10_000].double(), ct.double()) ** 2
+    ref = full.topk(8, largest=False).indices
+    assert (idx[:10_000] == ref).float().mean().item() >= 0.999
+    chosen = full.gather(1, idx[:10_000])
+    assert abs(chosen.sum().item() - dist[:10_000].double().sum().item()) <= 1e-3 * chosen.sum().item()
