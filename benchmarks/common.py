@@ -17,7 +17,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine(packages=("mega-taxonomy", "torch", "triton", "numpy", "faiss-cpu", "scikit-learn", "pyarrow",
-                      "flash-kmeans")) -> dict:
+                      "flash-kmeans", "fastkmeans")) -> dict:
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -20,9 +20,14 @@ def clustered(n, k, d, seed=0):
     return (centers[rng.integers(k, size=n)] + rng.normal(size=(n, d))).astype(np.float32), centers
 
 
+@pytest.mark.parametrize("data", ["clustered", "random"])
 @pytest.mark.parametrize("d,k", [(1024, 4096), (128, 1000), (50, 37)])
-def test_bf16_kernel_agrees_with_float64(d, k):
+def test_bf16_kernel_agrees_with_float64(d, k, data):
     x, centers = clustered(200_000, k, d)
+    if data == "random":
+        rng = np.random.default_rng(1)
+        x = rng.normal(size=x.shape).astype(np.float32)
+        centers = x[rng.choice(len(x), k, replace=False)]
     xc = torch.from_numpy(x).cuda()
     c = torch.from_numpy(centers.astype(np.float32)).cuda()
     dist, idx = nearest(xc.bfloat16(), c.bfloat16())
@@ -53,3 +58,110 @@ def test_taxonomy_on_cuda_matches_cpu(tmp_path):
         assert adjusted_rand_score(cpu.predict(x)[:, level], gpu.predict(x)[:, level]) >= 0.99
     d, ids = gpu.search(x[:5], 3, beam=4)
     assert (ids[:, 0] == np.arange(5)).all()
+
+
+def test_update_matches_float64_and_repeats_bit_for_bit():
+    from mega_taxonomy.ops.update import cluster_stats
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    n, d, k = 300_000, 256, 1000
+    x = torch.randn(n, d, device="cuda", generator=g).bfloat16()
+    labels = torch.randint(0, k, (n,), device="cuda", generator=g)
+    labels[: n // 3] = 7  # one big cluster: many pieces
+    dist = torch.rand(n, device="cuda", generator=g)
+    first = cluster_stats(x, labels, dist, k)
+    for _ in range(3):
+        again = cluster_stats(x, labels, dist, k)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+    ref = torch.zeros(k, d, dtype=torch.float64).index_add_(0, labels.cpu(), x.double().cpu())
+    scale = x.double().abs().sum(0).max().item()
+    assert (first[0].cpu() - ref).abs().max().item() <= 1e-9 * scale
+    assert torch.equal(first[1].cpu(), torch.bincount(labels.cpu(), minlength=k))
+    ref_w = torch.zeros(k, dtype=torch.float64).index_add_(0, labels.cpu(), dist.double().cpu())
+    torch.testing.assert_close(first[2].cpu(), ref_w, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_grouped_kernel_agrees_with_float64(dtype):
+    from mega_taxonomy.ops import grouped_nearest
+
+    rng = np.random.default_rng(4)
+    n_groups, d = 256, 1024
+    counts = rng.integers(0, 33, size=n_groups)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    c = rng.normal(size=(offsets[-1], d)).astype(np.float32)
+    groups = rng.integers(0, n_groups, size=65_536)
+    x = (c[np.minimum(offsets[groups] + rng.integers(0, 4, size=len(groups)), offsets[-1] - 1)]
+         + rng.normal(size=(len(groups), d)).astype(np.float32) * 0.5)
+    xt, ct = torch.from_numpy(x).cuda().to(dtype), torch.from_numpy(c).cuda().to(dtype)
+    dist, idx = grouped_nearest(xt, torch.from_numpy(groups).cuda(), ct, torch.from_numpy(offsets).cuda())
+    x64, c64 = xt.double().cpu().numpy(), ct.double().cpu().numpy()
+    agree, total, inertia, ours = 0, 0, 0.0, 0.0
+    idx, dist = idx.cpu().numpy(), dist.cpu().numpy()
+    for g in range(n_groups):
+        rows = np.flatnonzero(groups == g)
+        if counts[g] == 0:
+            assert (idx[rows] == -1).all()
+            continue
+        full = ((x64[rows, None, :] - c64[None, offsets[g]:offsets[g + 1]]) ** 2).sum(-1)
+        agree += int((full.argmin(1) + offsets[g] == idx[rows]).sum())
+        total += len(rows)
+        inertia += full.min(1).sum()
+        ours += dist[rows].astype(np.float64).sum()
+    assert agree / total >= 0.999
+    assert abs(ours - inertia) <= 1e-3 * inertia
+
+
+def test_streamed_passes_are_the_bits_of_device_passes():
+    from mega_taxonomy.cluster.lloyd import LloydState, LloydTask
+    from mega_taxonomy.io import VectorSource
+    from mega_taxonomy.runtime import LocalRuntime
+
+    x, _ = clustered(300_000, 50, 64, seed=3)
+    x16 = x.astype(np.float16)
+    state = LloydState(x16[:50].copy(), device_sums=False)
+    runtime = LocalRuntime("cuda", progress=False)
+    on_device = runtime.map_reduce(VectorSource(torch.from_numpy(x16).cuda()), LloydTask(), state)
+    for data in (x16, torch.from_numpy(x16).pin_memory()):  # numpy (staged), pinned tensor (direct)
+        streamed = runtime.map_reduce(VectorSource(data), LloydTask(), state)
+        assert np.array_equal(streamed.sums, on_device.sums)
+        assert np.array_equal(streamed.counts, on_device.counts)
+        assert np.array_equal(streamed.inertia, on_device.inertia)
+
+
+def test_kmeans_on_cuda_repeats_bit_for_bit():
+    x, _ = clustered(200_000, 64, 48, seed=5)
+    xt = torch.from_numpy(x).cuda()
+    a = KMeans(64, init=x[:64], tol=0, max_iter=8, device="cuda").fit(xt)
+    b = KMeans(64, init=x[:64], tol=0, max_iter=8, device="cuda").fit(xt)
+    assert np.array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert a.inertia_ == b.inertia_
+
+
+def test_fp32_kernel_is_float64_except_near_ties():
+    assert not torch.backends.cuda.matmul.allow_tf32  # IEEE float32 products (torch's default)
+    g = torch.Generator(device="cuda").manual_seed(2)
+    x = torch.randn(100_000, 128, device="cuda", generator=g)
+    c = torch.randn(1000, 128, device="cuda", generator=g)
+    _, idx = nearest(x, c)
+    assert nearest.__module__ == "mega_taxonomy.ops.assign"
+    full = torch.cdist(x.double(), c.double()) ** 2
+    ref = full.argmin(1)
+    wrong = torch.nonzero(idx != ref).squeeze(1)
+    gap = full[wrong, idx[wrong]] - full[wrong, ref[wrong]]
+    scale = x[wrong].double().pow(2).sum(1) + c[ref[wrong]].double().pow(2).sum(1)
+    assert (gap <= 1e-6 * scale).all(), f"{len(wrong)} differ, worst gap {(gap / scale).max().item():.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_topk_kernel_agrees_with_float64(dtype):
+    from mega_taxonomy.ops import topk
+
+    x, centers = clustered(100_000, 512, 256, seed=6)
+    xt, ct = torch.from_numpy(x).cuda().to(dtype), torch.from_numpy(centers.astype(np.float32)).cuda().to(dtype)
+    dist, idx = topk(xt, ct, 8, backend="triton")
+    full = torch.cdist(xt[:10_000].double(), ct.double()) ** 2
+    ref = full.topk(8, largest=False).indices
+    assert (idx[:10_000] == ref).float().mean().item() >= 0.999
+    chosen = full.gather(1, idx[:10_000])
+    assert abs(chosen.sum().item() - dist[:10_000].double().sum().item()) <= 1e-3 * chosen.sum().item()

@@ -64,3 +64,18 @@ def test_ties_go_to_the_lowest_index_across_tiles():
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend"):
         nearest(torch.zeros(2, 3), torch.zeros(2, 3), backend="cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_resident_row_tile_config(dtype):
+    from mega_taxonomy.ops.assign_triton import nearest_triton
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 40, generator=g).to(dtype).to(DEVICE)
+    c = torch.randn(90, 40, generator=g).to(dtype).to(DEVICE)
+    cfg = dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=2, X_RESIDENT=True)
+    bias = c.float().pow(2).sum(1)
+    d_res, i_res = nearest_triton(x, c, bias, 2.0, exact=True, config=cfg)
+    d_loop, i_loop = nearest_triton(x, c, bias, 2.0, exact=True, config={**cfg, "BLOCK_K": 16, "X_RESIDENT": False})
+    assert (i_res == i_loop).float().mean().item() >= 0.99
+    check_against_brute_force(x, c, d_res + x.float().pow(2).sum(1), i_res, "euclidean", RTOL[dtype])

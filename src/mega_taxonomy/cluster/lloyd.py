@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..ops import grouped_nearest, nearest, normalize_rows
+from ..ops.update import cluster_stats
 from ..runtime import in_block_order
 from .balance import size_penalty
 from .sampling import BestPerGroup, SamplePartial, block_sample
@@ -47,6 +48,7 @@ class LloydState:
     far_per_group: int = MAX_FAR_ROWS
     sample: tuple[int, int] | None = None  # (size, seed): draw a hash sample of each cluster
     penalty: np.ndarray | None = None  # (K,) cost added to each centroid's distance when assigning
+    device_sums: bool = False  # on CUDA, leave the sums on the device (added there, in block order)
 
     @property
     def n_groups(self) -> int:
@@ -64,6 +66,13 @@ class LloydPartial:
     far_per_group: int = MAX_FAR_ROWS
     labels: dict = field(default_factory=dict)  # block index -> (labels, distances), when kept
     sample: SamplePartial | None = None  # per cluster, when asked for
+
+    def __getstate__(self):
+        # Sums left on a CUDA device travel (to other processes) as numpy.
+        state = dict(self.__dict__)
+        if isinstance(state["sums"], torch.Tensor):
+            state["sums"] = state["sums"].cpu().numpy()
+        return state
 
     def __add__(self, other: LloydPartial) -> LloydPartial:
         out = LloydPartial(self.counts + other.counts, self.inertia + other.inertia,
@@ -101,10 +110,21 @@ def as_tensor(vectors, device) -> torch.Tensor:
 class LloydTask:
     """Block task of one Lloyd pass (picklable; the centroids travel in the state)."""
 
+    def __getstate__(self):
+        return {}  # the cached centroids stay behind
+
+    def _centroids(self, state, device):
+        """The pass's centroids on ``device``, moved once per pass rather than once per block (a
+        level of 65536 children is 256 MiB of float32)."""
+        cached = getattr(self, "_cached", None)
+        if cached is None or cached[0] is not state.centroids or cached[1] != device:
+            self._cached = (state.centroids, device, torch.as_tensor(state.centroids, device=device))
+        return self._cached[2]
+
     def __call__(self, block, state: LloydState, device) -> LloydPartial:
         k = state.centroids.shape[0]
         x = as_tensor(block.vectors, device)
-        c = torch.as_tensor(state.centroids, device=device)
+        c = self._centroids(state, torch.device(device))
         xa, ca, metric = (x, c, state.metric) if state.penalty is None else penalized(x, c, state.penalty, state.metric)
         if state.offsets is None:
             groups = np.zeros(len(block.ordinals), dtype=np.int64)
@@ -119,14 +139,21 @@ class LloydTask:
         valid = labels >= 0
         all_valid = bool(valid.all())
         lab, d64 = (labels, dist.double()) if all_valid else (labels[valid], dist[valid].double())
-        counts = torch.bincount(lab, minlength=k)
-        inertia = torch.zeros(k, dtype=torch.float64, device=device).index_add_(0, lab, d64)
+        if x.is_cuda:  # sort + segmented reduction (ops/update.py): no atomics, same bits every run
+            rows = normalize_rows(x) if state.update and state.metric == "cosine" else x
+            sums, counts, inertia = cluster_stats(rows, labels, dist, k)
+        else:
+            counts = torch.bincount(lab, minlength=k)
+            inertia = torch.zeros(k, dtype=torch.float64, device=device).index_add_(0, lab, d64)
         out = LloydPartial(counts.cpu().numpy(), inertia.cpu().numpy(), far_per_group=state.far_per_group)
         if state.update:
-            rows = x if all_valid else x[valid]
-            if state.metric == "cosine":
-                rows = normalize_rows(rows)
-            out.sums = cluster_sums(rows, lab, k).cpu().numpy()
+            if x.is_cuda:
+                out.sums = sums if state.device_sums else sums.cpu().numpy()
+            else:
+                rows = x if all_valid else x[valid]
+                if state.metric == "cosine":
+                    rows = normalize_rows(rows)
+                out.sums = cluster_sums(rows, lab, k).cpu().numpy()
         if state.far:
             mask = valid.cpu().numpy()
             out.far = block_farthest(d64, lab, block.ordinals[mask], groups[mask], state)
@@ -187,6 +214,9 @@ def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals, grou
     """The ``state.far_per_group`` rows of a block farthest from their centroid, per group
     (largest distance first, equal distances by ordinal)."""
     n = state.far_per_group
+    if distances.is_cuda and state.offsets is not None and len(ordinals) > n:
+        return BestPerGroup(n, farthest_sorted(distances, labels, ordinals, groups, n), key="distance",
+                            largest=True, selected=True)
     if state.offsets is None and len(ordinals) > n:
         # One group: an O(n) top-k first, so that only n rows are sorted. Rows tied with the n-th
         # distance all stay candidates, so the tie rule (by ordinal) is exact.
@@ -197,6 +227,22 @@ def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals, grou
     far = {"distance": distances.cpu().numpy()[pre], "ordinal": ordinals[pre],
            "label": labels.cpu().numpy()[pre], "group": groups[pre]}
     return BestPerGroup(n, far, key="distance", largest=True)
+
+
+def farthest_sorted(distances: torch.Tensor, labels: torch.Tensor, ordinals, groups, n: int) -> dict:
+    """``block_farthest`` by sorts on the tensors' device (the CUDA path of grouped passes): rows
+    ordered by (group, -distance, ordinal) with stable sorts (ordinals ascend with position),
+    then the first n of each group; the same rows in the same order as a selection of
+    :class:`BestPerGroup`, without sorting the whole block on the host."""
+    g = torch.as_tensor(groups, device=distances.device)
+    order = torch.sort(-distances, stable=True).indices
+    order = order[torch.sort(g[order], stable=True).indices]
+    g_sorted = g[order]
+    rank = torch.arange(len(order), device=order.device) - torch.searchsorted(g_sorted, g_sorted)
+    keep = order[rank < n]
+    keep_host = keep.cpu().numpy()
+    return {"distance": distances[keep].cpu().numpy(), "ordinal": ordinals[keep_host],
+            "label": labels[keep].cpu().numpy(), "group": groups[keep_host]}
 
 
 def group_of_centroid(offsets: np.ndarray | None, k: int) -> np.ndarray:
@@ -212,7 +258,8 @@ def new_centroids(partial: LloydPartial, old: np.ndarray, source, metric: str,
     Each empty cluster takes the row farthest from its centroid among its group (largest first,
     as scikit-learn's ``_relocate_empty_clusters_dense``), which leaves the row's old cluster.
     """
-    sums, counts = partial.sums.copy(), partial.counts.copy()
+    sums = partial.sums.cpu().numpy() if isinstance(partial.sums, torch.Tensor) else partial.sums.copy()
+    counts = partial.counts.copy()
     group_of = group_of_centroid(offsets, len(old))
     empty = np.flatnonzero(counts == 0)
     if len(empty):
@@ -300,7 +347,7 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
     partial, shift, n_iter = None, np.inf, start_iter
     for n_iter in range(start_iter + 1, max_iter + 1):
         state = LloydState(centroids, metric, True, far, keep_labels, offsets, groups, far_per_group,
-                           penalty=penalty)
+                           penalty=penalty, device_sums=True)
         partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter}")
         if not far and (partial.counts == 0).any():
             far = True

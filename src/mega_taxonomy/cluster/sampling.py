@@ -177,17 +177,24 @@ class SamplePartial:
 def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, moments: bool = True) -> SamplePartial:
     """The sample partial of one block (``groups``: the group of each of its rows; ``moments``:
     also sum the rows and their squares, else zeros). Its rows are selected here only if that
-    halves them, else when partials merge (:meth:`BestPerGroup.compact`)."""
+    halves them, else when partials merge (:meth:`BestPerGroup.compact`); blocks on a GPU are
+    selected here, so that only the sample and the moments leave the device."""
     x = block.vectors
-    if isinstance(x, torch.Tensor):
-        x = x.cpu().numpy()
     hashes = hash_ids(block.ids, seed)
     groups = np.zeros(len(hashes), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
-    rows = {"hash": hashes, "ordinal": block.ordinals, "group": groups, "vector": x}
     total = total_sq = np.zeros(x.shape[1])
     if moments:
-        x64 = x.astype(np.float64)
-        total, total_sq = x64.sum(0), (x64 * x64).sum(0)
+        x64 = x.double() if isinstance(x, torch.Tensor) else x.astype(np.float64)
+        total, total_sq = (np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v)
+                           for v in (x64.sum(0), (x64 * x64).sum(0)))
+    if isinstance(x, torch.Tensor) and x.is_cuda:
+        keep = smallest_per_group(hashes, block.ordinals, size, groups)
+        rows = {"hash": hashes[keep], "ordinal": block.ordinals[keep], "group": groups[keep],
+                "vector": x[torch.from_numpy(keep).to(x.device)].cpu().numpy()}
+        return SamplePartial(size, BestPerGroup(size, rows, key="hash", selected=True), len(x), total, total_sq)
+    if isinstance(x, torch.Tensor):
+        x = x.numpy()
+    rows = {"hash": hashes, "ordinal": block.ordinals, "group": groups, "vector": x}
     return SamplePartial(size, BestPerGroup(size, rows, key="hash").compact(), len(x), total, total_sq)
 
 

@@ -323,9 +323,32 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidea
     return nearest_reference(x, centroids, metric=metric)
 
 
-def topk(x: torch.Tensor, centroids: torch.Tensor, k: int, *, metric: str = "euclidean"):
+def topk(x: torch.Tensor, centroids: torch.Tensor, k: int, *, metric: str = "euclidean", backend: str = "auto"):
     """The ``k`` nearest centroids of every row of ``x``, nearest first.
 
     Same parameters as :func:`nearest`; returns ``(distances, indices)`` of shape (n, k).
+    ``backend="triton"`` runs the fused kernel (``topk_triton``, k <= 16); "auto" keeps the torch
+    twin until that kernel has been checked on a GPU (tests/gpu).
     """
+    if backend == "triton":
+        _check(x, centroids, metric)
+        if not 1 <= k <= centroids.shape[0]:
+            raise ValueError(f"k={k} must be between 1 and the number of centroids ({centroids.shape[0]})")
+        return _topk_triton_dispatch(x, centroids, k, metric)
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
     return topk_reference(x, centroids, k, metric=metric)
+
+
+def _topk_triton_dispatch(x, centroids, k, metric):
+    from .topk_triton import topk_triton
+
+    c = centroids.detach().to(device=x.device, dtype=x.dtype)
+    x = x.detach()
+    exact = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    if metric == "cosine":
+        x, c = normalize_rows(x.float()).to(x.dtype), normalize_rows(c.float()).to(x.dtype)
+        d, i = topk_triton(x, c, torch.ones(c.shape[0], device=x.device), 1.0, k, exact=exact)
+        return d.clamp_min_(0.0), i
+    d, i = topk_triton(x, c, _squared_norms(c.float()), 2.0, k, exact=exact)
+    return _finish(d, _squared_norms(x.float())), i

@@ -19,13 +19,27 @@ import triton
 import triton.language as tl
 
 # Tile shapes by input element size: the fastest of the sweep in benchmarks/bench_kmeans_gpu.py
-# on an H100 (benchmarks/results/kmeans_gpu.json), 128 x 256 x 32 with 8 warps and 4 stages for
-# every shape there: bf16 N=1M D=1024 K=4096 16.8 ms (128 x 128 x 64: 19.9 ms), fp32 (tf32)
-# N=1M D=128 K=1024 1.64 ms (128 x 64 x 32: 1.97 ms), bf16 K=65536 273 ms.
+# on an H100, then again on an H200 (benchmarks/results/kmeans_gpu.json), 128 x 256 x 32 with
+# 8 warps and 4 stages: bf16 N=1M D=1024 K=4096 16.8 ms on both (128 x 256 x 64, 3 stages:
+# 17.1 ms; 128 x 128 x 64: 19.1 ms), bf16 K=65536 271 ms on the H200.
 _CONFIGS = {
     2: dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=4),  # bf16 / fp16
     4: dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=4),  # fp32 (tf32)
 }
+
+
+# float32 rows of at most 128 values: the row tile stays in registers across centroid tiles.
+# H200, N=1M D=128 K=1024 (TF32): 1.44 ms, against 1.67 ms for the looped 128 x 256 x 32 tile
+# (benchmarks/results/kmeans_gpu.json, sweep in its log).
+_SMALL_D_FP32 = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, num_warps=8, num_stages=1, X_RESIDENT=True)
+
+
+def default_config(d: int, element_size: int, exact: bool = False) -> dict:
+    """Tile shapes by (D, element size): only these are compile-time constants, N and K are not.
+    IEEE float32 products (``exact``) keep the looped tile: the resident one was timed in TF32."""
+    if element_size == 4 and d <= 128 and not exact:
+        return _SMALL_D_FP32
+    return _CONFIGS[2 if element_size == 2 else 4]
 
 
 @triton.jit
@@ -39,27 +53,40 @@ def _nearest_kernel(
     stride_x, stride_c,
     alpha,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EXACT: tl.constexpr,
+    X_RESIDENT: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < N
     best_d = tl.full((BLOCK_M,), float("inf"), tl.float32)
     best_i = tl.zeros((BLOCK_M,), tl.int64)
+    if X_RESIDENT:  # D <= BLOCK_K: the row tile is loaded once, for every centroid tile
+        kr = tl.arange(0, BLOCK_K)
+        a_res = tl.load(x_ptr + rows[:, None] * stride_x + kr[None, :], mask=row_ok[:, None] & (kr < D)[None, :],
+                        other=0.0)
     for n0 in range(0, K, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < K
-        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for k0 in range(0, D, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < D
-            a = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                        other=0.0)
-            b = tl.load(c_ptr + cols[None, :].to(tl.int64) * stride_c + ks[:, None],
-                        mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+        if X_RESIDENT:
+            b = tl.load(c_ptr + cols[None, :].to(tl.int64) * stride_c + kr[:, None],
+                        mask=col_ok[None, :] & (kr < D)[:, None], other=0.0)
             if EXACT:
-                acc += tl.dot(a, b, input_precision="ieee")
+                acc = tl.dot(a_res, b, input_precision="ieee")
             else:
-                acc += tl.dot(a, b)
+                acc = tl.dot(a_res, b)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+            for k0 in range(0, D, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                k_ok = ks < D
+                a = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                            other=0.0)
+                b = tl.load(c_ptr + cols[None, :].to(tl.int64) * stride_c + ks[:, None],
+                            mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+                if EXACT:
+                    acc += tl.dot(a, b, input_precision="ieee")
+                else:
+                    acc += tl.dot(a, b)
         bias = tl.load(bias_ptr + cols, mask=col_ok, other=float("inf"))
         d = bias[None, :] - alpha * acc
         d = tl.where(col_ok[None, :], d, float("inf"))
@@ -77,15 +104,17 @@ def nearest_triton(x: torch.Tensor, c: torch.Tensor, bias: torch.Tensor, alpha: 
     """(distance less |x|^2, index) of each row's nearest centroid; see the module's contract.
 
     ``exact=True`` computes float32 dot products in IEEE float32 instead of tf32; ``config``
-    overrides the tile shapes (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages).
+    overrides the tile shapes (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, and
+    X_RESIDENT: keep the row tile in registers across centroid tiles, when D <= BLOCK_K).
     """
     x, c = x.contiguous(), c.to(x.dtype).contiguous()
     n, d = x.shape
     k = c.shape[0]
     out_d = torch.empty(n, dtype=torch.float32, device=x.device)
     out_i = torch.empty(n, dtype=torch.int64, device=x.device)
-    cfg = config or _CONFIGS[2 if x.element_size() == 2 else 4]
+    cfg = dict(config or default_config(d, x.element_size(), exact))
+    x_resident = cfg.pop("X_RESIDENT", False) and d <= cfg["BLOCK_K"]
     grid = (triton.cdiv(n, cfg["BLOCK_M"]),)
     _nearest_kernel[grid](x, c, bias.float().contiguous(), out_d, out_i, n, k, d, x.stride(0), c.stride(0),
-                          float(alpha), EXACT=exact, **cfg)
+                          float(alpha), EXACT=exact, X_RESIDENT=x_resident, **cfg)
     return out_d, out_i

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .assign import _BLAS, _POOL, _TILE_ELEMENTS, _check, _finish, _prepare
+from .assign import _BLAS, _POOL, _TILE_ELEMENTS, _check, _finish, _prepare, _use_triton
 
 # Children per matrix product of grouped rows: enough columns for an efficient product, few
 # enough that computing every row against all of them wastes little.
@@ -188,7 +188,8 @@ def grouped_topk_reference(x, groups, centroids, offsets, k, *, metric="euclidea
     return dist[:, :k], index.gather(1, order[:, :k])
 
 
-def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *, metric: str = "euclidean"):
+def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *, metric: str = "euclidean",
+                    backend: str = "auto"):
     """Nearest child of each row's group.
 
     Parameters
@@ -201,6 +202,10 @@ def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *
     offsets : int tensor of shape (n_groups + 1,)
         CSR: the children of group ``g`` are rows ``offsets[g]:offsets[g + 1]`` of ``centroids``.
     metric : {"euclidean", "cosine"}
+    backend : {"auto", "torch", "triton"}, default="auto"
+        "auto": the Triton kernel (``grouped_assign_triton``) for fp16 / bf16 / fp32 tensors on
+        CUDA, the numpy path of :func:`_grouped_topk_cpu` on the CPU, the torch twin elsewhere;
+        "torch": the twin.
 
     Returns
     -------
@@ -214,7 +219,11 @@ def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *
     >>> grouped_nearest(torch.tensor([[4.0], [4.0]]), torch.tensor([0, 1]), c, torch.tensor([0, 2, 4]))[1]
     tensor([0, 3])
     """
-    if x.device.type == "cpu":
+    if _use_triton(x, backend):
+        from .grouped_assign_triton import grouped_nearest_dispatch
+
+        return grouped_nearest_dispatch(x, groups, centroids, offsets, metric)
+    if x.device.type == "cpu" and backend == "auto":
         groups, offsets = _numpy(groups, offsets)
         d, i = _grouped_topk_cpu(x, groups, centroids, offsets, 1, metric)
         return d[:, 0], i[:, 0]

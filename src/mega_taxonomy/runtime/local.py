@@ -8,6 +8,7 @@ import logging
 import torch
 from tqdm.auto import tqdm
 
+from ..io.streaming import stream
 from .base import Runtime, WorkerPool
 
 logger = logging.getLogger(__name__)
@@ -90,8 +91,9 @@ class LocalRuntime(Runtime):
 
     def map_reduce(self, source, task, state, *, desc=None):
         total = None
+        # On CUDA, host blocks are copied ahead on a side stream through pinned buffers (io/streaming.py).
         blocks = tqdm(
-            source.blocks(), total=source.n_blocks, desc=desc, unit="block",
+            stream(source, self._device), total=source.n_blocks, desc=desc, unit="block",
             disable=not self.progress or None, leave=False,
         )
         with cpu_threads(self._device):

@@ -1,0 +1,159 @@
+"""Blocks moved to a CUDA device ahead of their use, so that a pass over data in host memory or
+on disk runs at the transfer (or decoding) rate rather than at transfer + compute.
+
+A pass over host data on a GPU otherwise copies each block from pageable memory, synchronously,
+just before computing on it. Here:
+
+- a reader thread pulls blocks from the source (decoding files there, in parallel with the GPU
+  work and with the Python of the tasks) and stages each one into a pinned host buffer (a block
+  of a pinned tensor, e.g. ``torch.empty(..., pin_memory=True)``, is used in place);
+- the host-to-device copies run on their own CUDA stream, ``depth`` blocks ahead of the block
+  being computed on; the compute stream waits on each copy's event only when it needs the block.
+
+Blocks keep their index, ordinals and ids; only ``vectors`` becomes a tensor on the device, with
+the same values, so results are the same bits as with synchronous copies.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import threading
+import warnings
+
+import numpy as np
+import torch
+
+from .sources import Block
+
+def _host_tensor(vectors) -> torch.Tensor:
+    if isinstance(vectors, torch.Tensor):
+        return vectors
+    with warnings.catch_warnings():  # read-only blocks (memory maps, cache entries): only read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(vectors))
+
+
+class _Staging:
+    """Pinned host buffers, reused once the copy that read them has completed."""
+
+    def __init__(self, count):
+        self.free = queue.Queue()
+        for _ in range(count):
+            self.free.put((None, None))
+
+    def stage(self, host: torch.Tensor, stop: threading.Event):
+        while True:
+            try:
+                buf, event = self.free.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if stop.is_set():
+                    return None, None
+        if event is not None:
+            event.synchronize()  # the copy out of this buffer has finished
+        if buf is None or buf.numel() < host.numel() or buf.dtype != host.dtype:
+            buf = torch.empty(max(host.numel(), 1), dtype=host.dtype, pin_memory=True)
+        view = buf[: host.numel()].view(host.shape)
+        view.copy_(host)
+        return buf, view
+
+
+def _readers(source) -> int:
+    """Reader threads for a source: files decode in parallel (pyarrow and numpy release the GIL;
+    every read opens its own file handle); in-memory blocks only need staging, one thread."""
+    if getattr(source, "_in_memory", True):
+        return 1
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def stream(source, device, *, depth: int = 3, readers: int | None = None):
+    """Yield the blocks of ``source`` (a VectorSource), in order, with their vectors on the CUDA
+    ``device``.
+
+    Blocks already on the device pass through; others are read by ``readers`` threads (block b
+    by thread b % readers), staged through pinned buffers (a pinned tensor source is copied
+    from in place) and copied on a side stream, ``depth`` blocks ahead of the one yielded.
+    Errors of the source are raised here, in the caller's thread. Not on CUDA: ``source.blocks()``.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        yield from source.blocks()
+        return
+    readers = readers or _readers(source)
+    n_blocks = source.n_blocks
+    queues = [queue.Queue(maxsize=2) for _ in range(readers)]
+    stop = threading.Event()
+    staging = _Staging(2 * readers + depth + 1)  # queued + in flight + one being filled per reader
+
+    def put(q, item):
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def read(rank):
+        q = queues[rank]
+        try:
+            # one thread: one stream of blocks (runs of uncached blocks read in one go)
+            blocks = source.blocks() if readers == 1 else (
+                block for b in range(rank, n_blocks, readers) for block in source.blocks(b, b + 1))
+            for block in blocks:
+                vectors = block.vectors
+                if isinstance(vectors, torch.Tensor) and vectors.is_cuda:
+                    item = (block, None, None)
+                else:
+                    host, buf = _host_tensor(vectors), None
+                    if not host.is_pinned():
+                        buf, host = staging.stage(host.contiguous(), stop)
+                        if host is None:
+                            return
+                    item = (block, host, buf)
+                if not put(q, item):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(q, exc)
+
+    threads = [threading.Thread(target=read, args=(rank,), name=f"mega-taxonomy-h2d-{rank}", daemon=True)
+               for rank in range(readers)]
+    for thread in threads:
+        thread.start()
+    copy_stream = torch.cuda.Stream(device=device)
+    in_flight = collections.deque()
+    try:
+        b = 0
+        while b < n_blocks or in_flight:
+            while b < n_blocks and len(in_flight) < depth:
+                q = queues[b % readers]
+                try:  # wait for a reader only when nothing is in flight
+                    item = q.get(block=not in_flight)
+                except queue.Empty:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                b += 1
+                block, host, buf = item
+                if host is None:
+                    in_flight.append((block, block.vectors, None, None))
+                    continue
+                with torch.cuda.stream(copy_stream):
+                    dev = host.to(device, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record(copy_stream)
+                in_flight.append((block, dev, event, buf))
+            block, dev, event, buf = in_flight.popleft()
+            if event is not None:
+                compute = torch.cuda.current_stream(device)
+                compute.wait_event(event)
+                dev.record_stream(compute)  # the allocator must not reuse it before compute is done
+                if buf is not None:
+                    staging.free.put((buf, event))
+            yield Block(block.index, block.ordinals, block.ids, dev)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)

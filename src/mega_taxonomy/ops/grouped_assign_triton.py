@@ -1,0 +1,137 @@
+"""Triton kernel of ``grouped_nearest``: each row against the children of its own group only.
+
+Kernel contract
+  x          : (N, D)  float16 / bfloat16 / float32, row-major          -> rows to assign
+  c          : (C, D)  same dtype, the children of all groups, group by group
+  bias       : (C,)    float32: |c|^2 (euclidean) or 1 (cosine, rows and children normalized)
+  offsets    : (G + 1,) int64 CSR: the children of group g are c[offsets[g]:offsets[g + 1]]
+  order      : (N,)    int64: row positions sorted by group (stable)
+  bounds     : (G + 1,) int64: group g is sorted positions bounds[g]:bounds[g + 1]
+  tile_off   : (G + 1,) int64: its tiles of at most BLOCK_M rows are numbered
+               tile_off[g]:tile_off[g + 1] (``update_triton.segments``); programs past
+               tile_off[G] exit at once
+  out_d      : (N,)    float32: min over the group's children of bias - alpha * x.c (inf: none)
+  out_i      : (N,)    int64: its global child index, ties to the lowest; -1 when none
+One launch per batch, whatever the number of groups: each program takes one tile of rows of
+one group and walks only that group's children, BLOCK_N at a time, with tensor-core dot
+products (fp32 accumulation) and a running argmin. Groups, N, C and D are runtime values.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .update_triton import piece_of, segments
+
+
+@triton.jit
+def _grouped_nearest_kernel(
+    x_ptr,  # *T [N, D]
+    c_ptr,  # *T [C, D]
+    bias_ptr,  # *f32 [C]
+    offsets_ptr,  # *i64 [G + 1]
+    order_ptr,  # *i64 [N]
+    bounds_ptr,  # *i64 [G + 1]: group g is sorted positions bounds[g]:bounds[g + 1]
+    tile_off_ptr,  # *i64 [G + 1]: its row tiles are numbered tile_off[g]:tile_off[g + 1]
+    out_d_ptr,  # *f32 [N]
+    out_i_ptr,  # *i64 [N]
+    G, D, stride_x, stride_c,
+    alpha,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EXACT: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    if t < tl.load(tile_off_ptr + G):
+        g, start, stop = piece_of(t, tile_off_ptr, bounds_ptr, G, BLOCK_M)
+        lo = tl.load(offsets_ptr + g)
+        hi = tl.load(offsets_ptr + g + 1)
+        r = start + tl.arange(0, BLOCK_M)
+        row_ok = r < stop
+        rows = tl.load(order_ptr + r, mask=row_ok, other=0)
+        best_d = tl.full((BLOCK_M,), float("inf"), tl.float32)
+        best_i = tl.full((BLOCK_M,), -1, tl.int64)
+        for n0 in range(lo, hi, BLOCK_N):
+            cols = n0 + tl.arange(0, BLOCK_N)
+            col_ok = cols < hi
+            acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+            for k0 in range(0, D, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                k_ok = ks < D
+                a = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                            other=0.0)
+                b = tl.load(c_ptr + cols[None, :] * stride_c + ks[:, None], mask=col_ok[None, :] & k_ok[:, None],
+                            other=0.0)
+                if EXACT:
+                    acc += tl.dot(a, b, input_precision="ieee")
+                else:
+                    acc += tl.dot(a, b)
+            bias = tl.load(bias_ptr + cols, mask=col_ok, other=float("inf"))
+            d = tl.where(col_ok[None, :], bias[None, :] - alpha * acc, float("inf"))
+            tile_d = tl.min(d, axis=1)
+            tile_i = tl.argmin(d, axis=1).to(tl.int64) + n0
+            better = tile_d < best_d  # strictly: earlier children win ties
+            best_d = tl.where(better, tile_d, best_d)
+            best_i = tl.where(better, tile_i, best_i)
+        tl.store(out_d_ptr + rows, best_d, mask=row_ok)
+        tl.store(out_i_ptr + rows, best_i, mask=row_ok)
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(v - 1, 0).bit_length()
+
+
+def config(n: int, n_groups: int, width: int, d: int, element_size: int) -> dict:
+    """Tile shapes from the shapes alone: BLOCK_N covers a group's children (16..128), BLOCK_M
+    shrinks when groups hold few rows each (less masked work)."""
+    block_n = min(128, max(16, _next_pow2(width)))
+    block_m = 128 if n >= 128 * n_groups else 64
+    if element_size == 4:
+        block_k = 32 if block_n * block_m >= 128 * 128 else 64
+    else:
+        block_k = 64
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4 if block_m * block_n <= 8192 else 8,
+                num_stages=3)
+
+
+def grouped_nearest_triton(x, groups, c, bias, offsets, alpha, *, width, exact=False, cfg=None):
+    """(min of bias - alpha x.c over the row's group, global child index); see the contract.
+
+    ``width``: the largest number of children of one group (host int).
+    """
+    x, c = x.contiguous(), c.to(x.dtype).contiguous()
+    n, d = x.shape
+    n_groups = offsets.shape[0] - 1
+    cfg = cfg or config(n, n_groups, width, d, x.element_size())
+    order, bounds, tile_off, bound = segments(groups, n_groups, cfg["BLOCK_M"])
+    out_d = torch.empty(n, dtype=torch.float32, device=x.device)
+    out_i = torch.empty(n, dtype=torch.int64, device=x.device)
+    _grouped_nearest_kernel[(bound,)](
+        x, c, bias.float().contiguous(), offsets, order, bounds, tile_off, out_d, out_i,
+        n_groups, d, x.stride(0), c.stride(0), float(alpha), EXACT=exact, **cfg)
+    return out_d, out_i
+
+
+def grouped_nearest_dispatch(x, groups, centroids, offsets, metric):
+    """``grouped_nearest`` through the kernel: inputs stay in their dtype (tensor cores), distances
+    come back in float32, as ``nearest_triton_dispatch`` does."""
+    from .assign import _check, _finish, _squared_norms, normalize_rows
+
+    _check(x, centroids, metric)
+    offsets_host = torch.as_tensor(offsets).cpu().long()
+    width = int((offsets_host[1:] - offsets_host[:-1]).max()) if len(offsets_host) > 1 else 0
+    offsets = offsets_host.to(x.device)
+    groups = torch.as_tensor(groups, device=x.device).long()
+    x = x.detach()
+    c = centroids.detach().to(device=x.device, dtype=x.dtype)
+    exact = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    if x.shape[0] == 0 or len(offsets_host) < 2:
+        return (torch.full((x.shape[0],), float("inf"), device=x.device),
+                torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device))
+    if metric == "cosine":
+        x, c = normalize_rows(x.float()).to(x.dtype), normalize_rows(c.float()).to(x.dtype)
+        d, i = grouped_nearest_triton(x, groups, c, torch.ones(c.shape[0], device=x.device), offsets, 1.0,
+                                      width=width, exact=exact)
+        return d.clamp_min_(0.0), i
+    d, i = grouped_nearest_triton(x, groups, c, _squared_norms(c.float()), offsets, 2.0, width=width, exact=exact)
+    return _finish(d, _squared_norms(x.float())), i

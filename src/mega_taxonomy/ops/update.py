@@ -1,0 +1,79 @@
+"""Per-cluster statistics of one pass: float64 sums of the rows, counts, and sums of one value per
+row (the distances: inertia), the partials of a Lloyd update.
+
+``cluster_stats`` dispatches: on CUDA a sort by label followed by a segmented reduction in a
+fixed order (``update_triton``), with no atomics, so the sums are bit-identical from run to run
+(``index_add_`` on CUDA adds in whatever order its atomics land); elsewhere the torch twin
+``cluster_stats_reference``.
+
+Examples
+--------
+>>> import torch
+>>> x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+>>> sums, counts, d = cluster_stats(x, torch.tensor([1, -1, 1]), torch.tensor([0.5, 9.0, 0.25]), 2)
+>>> sums.tolist(), counts.tolist(), d.tolist()
+([[0.0, 0.0], [6.0, 8.0]], [0, 2], [0.0, 0.75])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .assign import _use_triton
+
+
+def cluster_stats_reference(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k: int):
+    """Torch twin of :func:`cluster_stats`: ``index_add_`` in float32 within chunks of 16384 rows
+    (at least k), the chunks added in float64 (the CPU path of ``cluster.lloyd.cluster_sums``)."""
+    keep = labels >= 0
+    if not bool(keep.all()):
+        x, labels, values = x[keep], labels[keep], values[keep]
+    counts = torch.bincount(labels, minlength=k)
+    w_sums = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(0, labels, values.double())
+    if x.dtype == torch.float64:
+        return torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, labels, x), counts, w_sums
+    rows = x.float()
+    chunk = max(16384, k)
+    total = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
+    part = torch.empty(k, x.shape[1], dtype=torch.float32, device=x.device)
+    for start in range(0, rows.shape[0], chunk):
+        part.zero_().index_add_(0, labels[start:start + chunk], rows[start:start + chunk])
+        total += part
+    return total, counts, w_sums
+
+
+def cluster_stats(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k: int, *, backend: str = "auto"):
+    """Per-cluster sums of rows and of one value per row.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (n, d)
+        float16, bfloat16, float32 (or float64: always the torch twin).
+    labels : int tensor of shape (n,)
+        Cluster of every row in ``[0, k)``; rows labelled below 0 take no part.
+    values : tensor of shape (n,)
+        One number per row (the distance to its centroid), summed per cluster in float64.
+    k : int
+        Number of clusters.
+    backend : {"auto", "torch", "triton"}
+        "auto": the Triton kernels on CUDA, the twin elsewhere.
+
+    Returns
+    -------
+    sums : (k, d) float64
+        Exact to float64 rounding of float32 sums of 32 rows: the kernel adds 32 rows at a time
+        in float32, those partial sums in float64, each cluster's rows in sorted (stable) order.
+    counts : (k,) int64
+    value_sums : (k,) float64
+    """
+    if x.ndim != 2 or labels.shape != (x.shape[0],) or values.shape != (x.shape[0],):
+        raise ValueError(f"x {tuple(x.shape)}, labels {tuple(labels.shape)} and values {tuple(values.shape)} "
+                         "must be (n, d), (n,) and (n,)")
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+    labels = labels.long()
+    if x.shape[0] and x.dtype != torch.float64 and _use_triton(x, backend):
+        from .update_triton import cluster_stats_triton
+
+        return cluster_stats_triton(x.detach(), labels, values.detach(), k)
+    return cluster_stats_reference(x, labels, values, k)

@@ -1,0 +1,73 @@
+"""The Triton kernel of ``grouped_nearest`` against its torch twin and a float64 brute force.
+
+Without a GPU the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, set before triton
+is imported): small shapes, fp32 and fp16 (bf16 is checked on the GPU, tests/gpu).
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from mega_taxonomy.ops import grouped_nearest  # noqa: E402
+from mega_taxonomy.ops.grouped_assign import grouped_nearest_reference  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+RTOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+def problem(rng, n, n_groups, max_children, d):
+    counts = rng.integers(0, max_children + 1, size=n_groups)
+    counts[0] = max(counts[0], 1)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    centers = rng.normal(size=(offsets[-1], d)) * 2
+    groups = rng.integers(0, n_groups, size=n)
+    # rows near one of their group's children, when it has some
+    near = np.array([offsets[g] + rng.integers(max(counts[g], 1)) for g in groups]) % max(offsets[-1], 1)
+    x = centers[near] + rng.normal(size=(n, d))
+    return x, groups, centers, offsets
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+# few wide groups (several child tiles), many narrow ones (some empty), one child each
+@pytest.mark.parametrize("n,n_groups,max_children,d", [(300, 2, 150, 24), (400, 60, 9, 40), (50, 50, 1, 16)])
+def test_kernel_matches_brute_force_and_twin(metric, dtype, n, n_groups, max_children, d):
+    rng = np.random.default_rng(n + n_groups + d)
+    x, groups, c, offsets = problem(rng, n, n_groups, max_children, d)
+    xt, ct = torch.tensor(x, dtype=dtype, device=DEVICE), torch.tensor(c, dtype=dtype, device=DEVICE)
+    gt, ot = torch.tensor(groups, device=DEVICE), torch.tensor(offsets, device=DEVICE)
+    dist, idx = grouped_nearest(xt, gt, ct, ot, metric=metric, backend="triton")
+    x64, c64 = xt.double().cpu(), ct.double().cpu()
+    if metric == "cosine":
+        x64, c64 = torch.nn.functional.normalize(x64, dim=1), torch.nn.functional.normalize(c64, dim=1)
+        full = 1 - x64 @ c64.T
+    else:
+        full = torch.cdist(x64, c64) ** 2
+    mask = torch.full(full.shape, float("inf"), dtype=torch.float64)
+    for i, g in enumerate(groups):
+        mask[i, offsets[g]:offsets[g + 1]] = 0
+    full = full + mask
+    has = torch.isfinite(full).any(1)
+    idx, dist = idx.cpu(), dist.cpu().double()
+    assert (idx[~has] == -1).all() and torch.isinf(dist[~has]).all()
+    best = full[has].min(1).values
+    chosen = full[has].gather(1, idx[has][:, None]).squeeze(1)
+    scale = full[has].masked_fill(~torch.isfinite(full[has]), 0).abs().max(1).values + 1e-12
+    bad = torch.nonzero(chosen - best > RTOL[dtype] * scale).squeeze(1)
+    assert len(bad) == 0, f"rows {bad[:10].tolist()} chose a worse child"
+    torch.testing.assert_close(dist[has], chosen, rtol=10 * RTOL[dtype], atol=10 * RTOL[dtype] * float(scale.max()))
+    _, twin = grouped_nearest_reference(xt, gt, ct, ot, metric=metric)
+    assert (twin.cpu() == idx).float().mean().item() >= 1 - 2 / n
+
+
+def test_ties_go_to_the_lowest_child_across_tiles():
+    x = torch.zeros(3, 8, device=DEVICE)
+    c = torch.ones(300, 8, device=DEVICE)  # equal distances over several child tiles of group 1
+    offsets = torch.tensor([0, 10, 300], device=DEVICE)
+    _, idx = grouped_nearest(x, torch.tensor([1, 0, 1], device=DEVICE), c, offsets, backend="triton")
+    assert idx.tolist() == [10, 0, 10]
