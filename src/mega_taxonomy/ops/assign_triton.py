@@ -43,6 +43,27 @@ def default_config(d: int, element_size: int, exact: bool = False) -> dict:
 
 
 @triton.jit
+def distance_tile(x_ptr, rows, row_ok, stride_x, c_ptr, cols, col_ok, stride_c, bias_ptr, alpha, D,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EXACT: tl.constexpr):
+    """``bias[c] - alpha * x.c`` of a (BLOCK_M rows, BLOCK_N centroids) tile, inf outside it:
+    dot products over D in BLOCK_K steps on tensor cores, float32 accumulation (IEEE float32
+    products when EXACT). Shared by the nearest, top-k and grouped kernels."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < D
+        a = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(c_ptr + cols[None, :].to(tl.int64) * stride_c + ks[:, None], mask=col_ok[None, :] & k_ok[:, None],
+                    other=0.0)
+        if EXACT:
+            acc += tl.dot(a, b, input_precision="ieee")
+        else:
+            acc += tl.dot(a, b)
+    bias = tl.load(bias_ptr + cols, mask=col_ok, other=float("inf"))
+    return tl.where(col_ok[None, :], bias[None, :] - alpha * acc, float("inf"))
+
+
+@triton.jit
 def _nearest_kernel(
     x_ptr,  # *T [N, D]
     c_ptr,  # *T [K, D]
@@ -74,22 +95,11 @@ def _nearest_kernel(
                 acc = tl.dot(a_res, b, input_precision="ieee")
             else:
                 acc = tl.dot(a_res, b)
+            bias = tl.load(bias_ptr + cols, mask=col_ok, other=float("inf"))
+            d = tl.where(col_ok[None, :], bias[None, :] - alpha * acc, float("inf"))
         else:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-            for k0 in range(0, D, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                k_ok = ks < D
-                a = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                            other=0.0)
-                b = tl.load(c_ptr + cols[None, :].to(tl.int64) * stride_c + ks[:, None],
-                            mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-                if EXACT:
-                    acc += tl.dot(a, b, input_precision="ieee")
-                else:
-                    acc += tl.dot(a, b)
-        bias = tl.load(bias_ptr + cols, mask=col_ok, other=float("inf"))
-        d = bias[None, :] - alpha * acc
-        d = tl.where(col_ok[None, :], d, float("inf"))
+            d = distance_tile(x_ptr, rows, row_ok, stride_x, c_ptr, cols, col_ok, stride_c, bias_ptr, alpha, D,
+                              BLOCK_M, BLOCK_N, BLOCK_K, EXACT)
         tile_d = tl.min(d, axis=1)
         tile_i = tl.argmin(d, axis=1).to(tl.int64) + n0
         better = tile_d < best_d  # strictly: earlier tiles win ties

@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .assign_triton import distance_tile
 from .update_triton import piece_of, segments
 
 
@@ -54,20 +55,8 @@ def _grouped_nearest_kernel(
         for n0 in range(lo, hi, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < hi
-            acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-            for k0 in range(0, D, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                k_ok = ks < D
-                a = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                            other=0.0)
-                b = tl.load(c_ptr + cols[None, :] * stride_c + ks[:, None], mask=col_ok[None, :] & k_ok[:, None],
-                            other=0.0)
-                if EXACT:
-                    acc += tl.dot(a, b, input_precision="ieee")
-                else:
-                    acc += tl.dot(a, b)
-            bias = tl.load(bias_ptr + cols, mask=col_ok, other=float("inf"))
-            d = tl.where(col_ok[None, :], bias[None, :] - alpha * acc, float("inf"))
+            d = distance_tile(x_ptr, rows, row_ok, stride_x, c_ptr, cols, col_ok, stride_c, bias_ptr, alpha, D,
+                              BLOCK_M, BLOCK_N, BLOCK_K, EXACT)
             tile_d = tl.min(d, axis=1)
             tile_i = tl.argmin(d, axis=1).to(tl.int64) + n0
             better = tile_d < best_d  # strictly: earlier children win ties

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .assign_triton import distance_tile
+
 MAX_K = 16
 
 
@@ -43,20 +45,8 @@ def _topk_kernel(
     for n0 in range(0, K, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < K
-        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for k0 in range(0, D, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < D
-            a = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                        other=0.0)
-            b = tl.load(c_ptr + cols[None, :].to(tl.int64) * stride_c + ks[:, None],
-                        mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-            if EXACT:
-                acc += tl.dot(a, b, input_precision="ieee")
-            else:
-                acc += tl.dot(a, b)
-        bias = tl.load(bias_ptr + cols, mask=col_ok, other=float("inf"))
-        d = tl.where(col_ok[None, :], bias[None, :] - alpha * acc, float("inf"))
+        d = distance_tile(x_ptr, rows, row_ok, stride_x, c_ptr, cols, col_ok, stride_c, bias_ptr, alpha, D,
+                          BLOCK_M, BLOCK_N, BLOCK_K, EXACT)
         new_d = tl.full((BLOCK_M, KP), float("inf"), tl.float32)
         new_i = tl.full((BLOCK_M, KP), -1, tl.int64)
         for j in tl.static_range(KP):
