@@ -197,6 +197,9 @@ class RayRuntime(Runtime):
         with the same value.
     in_flight : int, default=2
         Items queued per worker, so that a worker never waits for the driver between items.
+    dispatch_units : int, optional
+        Units per dispatched item; None: about a shard's rows (2**20), but at least 4 items per
+        worker where there are enough units.
     state_uri : str, optional
         A Store on storage every worker can read (a shared filesystem, ``s3://``...) for the
         arrays of a pass's state of ``broadcast_bytes`` or more; None: everything is broadcast.
@@ -227,8 +230,8 @@ class RayRuntime(Runtime):
     """
 
     def __init__(self, address=None, num_workers=None, *, gpus_per_worker=None, cpus_per_worker=1.0,
-                 reduce_blocks=1, in_flight=2, state_uri=None, storage_options=None, broadcast_bytes=64 << 20,
-                 max_attempts=3, node_ip_address=None, progress=True, start_timeout=300.0):
+                 reduce_blocks=1, in_flight=2, dispatch_units=None, state_uri=None, storage_options=None,
+                 broadcast_bytes=64 << 20, max_attempts=3, node_ip_address=None, progress=True, start_timeout=300.0):
         units(1, reduce_blocks)  # validates it
         if in_flight < 1 or max_attempts < 1:
             raise ConfigError("in_flight and max_attempts must be >= 1")
@@ -256,6 +259,7 @@ class RayRuntime(Runtime):
         self.num_workers = int(num_workers)
         self.gpus_per_worker, self.cpus_per_worker = gpus_per_worker, cpus_per_worker
         self.reduce_blocks, self.in_flight, self.max_attempts = reduce_blocks, in_flight, max_attempts
+        self.dispatch_units = dispatch_units
         self.state_uri, self._storage_options, self.broadcast_bytes = state_uri, storage_options, broadcast_bytes
         self.progress, self.start_timeout = progress, start_timeout
         self.retries = self.replaced = 0
@@ -361,8 +365,10 @@ class RayRuntime(Runtime):
         """Dispatched items: runs of consecutive units of about a shard's rows each (files are
         read sequentially within an item), but at least 4 items per worker where there are enough
         units, for balance."""
-        per_shard = max(1, SHARD_ROWS // (BLOCK_ROWS * self.reduce_blocks))
-        per_item = max(1, min(per_shard, math.ceil(n_units / (4 * self.num_workers))))
+        per_item = self.dispatch_units
+        if per_item is None:
+            per_shard = max(1, SHARD_ROWS // (BLOCK_ROWS * self.reduce_blocks))
+            per_item = max(1, min(per_shard, math.ceil(n_units / (4 * self.num_workers))))
         return [range(lo, min(lo + per_item, n_units)) for lo in range(0, n_units, per_item)]
 
     def _spill(self, state, pass_id):
