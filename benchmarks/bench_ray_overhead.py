@@ -135,7 +135,8 @@ def main():
     constants = {
         "ray_over_local_iteration": t_ray / t_local,
         "scheduling_seconds_per_item": (noop_ray - noop_local) / 100,
-        "compute_seconds_per_block_per_worker_k256_d64": t_local / n_blocks,
+        # one worker's time per block of 65,536 x 64 against K=256, its share of the overheads included
+        "worker_seconds_per_block_k256_d64": t_ray * args.workers / n_blocks,
         "decode_rows_per_second_per_process": len(source_local) / cold["local"],
         "reduce_add_seconds_per_byte": add / nbytes,
         "partial_fetch_seconds_per_byte": fetch / nbytes,

@@ -33,6 +33,7 @@ import math
 import os
 import time
 import uuid
+import warnings
 import weakref
 
 try:
@@ -78,6 +79,9 @@ class _BlockWorker:
     def __init__(self, device_kind: str):
         self.device = _device(device_kind)
         _init_threads(self.device)
+        # States arrive as read-only views of Ray's shared memory (or memory maps) and no task
+        # writes to them; torch would warn about every such array turned into a tensor.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self._sources = collections.OrderedDict()  # token -> VectorSource, most recent last
         self._pass, self._state = None, None
 
