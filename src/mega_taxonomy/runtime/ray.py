@@ -210,6 +210,9 @@ class RayRuntime(Runtime):
     storage_options : dict, optional
         fsspec options of ``state_uri`` (never logged).
     broadcast_bytes : int, default=64 MiB
+    ray_remote_args : dict, optional
+        More options of the actors (``resources``, ``scheduling_strategy``, ``runtime_env``...),
+        over the defaults (the CPUs and GPUs above, actors spread over the nodes).
     max_attempts : int, default=3
         Times an item may lose its worker before the pass fails with WorkerError.
     node_ip_address : str, optional
@@ -235,7 +238,7 @@ class RayRuntime(Runtime):
 
     def __init__(self, address=None, num_workers=None, *, gpus_per_worker=None, cpus_per_worker=1.0,
                  reduce_blocks=1, in_flight=2, dispatch_units=None, state_uri=None, storage_options=None,
-                 broadcast_bytes=64 << 20, max_attempts=3, node_ip_address=None, progress=True, start_timeout=300.0):
+                 broadcast_bytes=64 << 20, ray_remote_args=None, max_attempts=3, node_ip_address=None, progress=True, start_timeout=300.0):
         units(1, reduce_blocks)  # validates it
         if in_flight < 1 or max_attempts < 1:
             raise ConfigError("in_flight and max_attempts must be >= 1")
@@ -264,6 +267,7 @@ class RayRuntime(Runtime):
         self.gpus_per_worker, self.cpus_per_worker = gpus_per_worker, cpus_per_worker
         self.reduce_blocks, self.in_flight, self.max_attempts = reduce_blocks, in_flight, max_attempts
         self.dispatch_units = dispatch_units
+        self.ray_remote_args = dict(ray_remote_args or {})
         self.state_uri, self._storage_options, self.broadcast_bytes = state_uri, storage_options, broadcast_bytes
         self.progress, self.start_timeout = progress, start_timeout
         self.retries = self.replaced = 0
@@ -307,7 +311,7 @@ class RayRuntime(Runtime):
         # max_restarts=0: a dead actor is replaced by the driver, which knows what it was doing.
         # SPREAD: actors over all nodes, not packed on the first one.
         return dict(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=0,
-                    max_task_retries=0, scheduling_strategy="SPREAD")
+                    max_task_retries=0, scheduling_strategy="SPREAD", **self.ray_remote_args)
 
     def _start(self, remote_class, args_of_rank, n):
         actors = [remote_class.options(**self._options()).remote(*args_of_rank(rank)) for rank in range(n)]
