@@ -9,6 +9,10 @@ import uuid
 
 import pytest
 
+# Ray reads its authentication mode when imported, and test modules import it: the session's
+# cluster (ray_cluster) and its drivers all use a token, before any import of ray.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
 # Fake credentials: moto accepts any, and real ones must never be picked up by tests.
 _S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing-access-key",
@@ -69,3 +73,74 @@ def s3_bucket(s3_server):
     options = {"client_kwargs": {"endpoint_url": s3_server}}
     yield f"s3://{bucket}", options
     s3fs.S3FileSystem(**options).invalidate_cache()
+
+
+def _free_port(host):
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A two-node Ray cluster on loopback, once per session: a head on 127.0.0.2 (6 CPU slots) and
+    a second node on 127.0.0.3 (2 slots); this process is connected to it as a driver. Yields the
+    head's address and the session's temporary directory (for logs).
+
+    Both nodes run as ``ray start --block`` children of this process: terminating them stops
+    every process they started, and nothing else. Workers import this tree's mega_taxonomy.
+    """
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    ray = pytest.importorskip("ray")
+    import mega_taxonomy
+
+    ray_exe = str(Path(sys.executable).parent / "ray")
+    temp_dir = f"/tmp/mt-ray-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths must fit 107 bytes
+    port = _free_port("127.0.0.2")
+    address = f"127.0.0.2:{port}"
+    src = str(Path(mega_taxonomy.__file__).resolve().parents[1])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
+        common = ["--block", "--disable-usage-stats", "--object-store-memory=1000000000"]
+        nodes = [subprocess.Popen(
+            [ray_exe, "start", "--head", "--node-ip-address=127.0.0.2", f"--port={port}", "--num-cpus=6",
+             "--include-dashboard=false", f"--ray-client-server-port={_free_port('127.0.0.2')}",
+             f"--temp-dir={temp_dir}", *common],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    ray.init(address=address, _node_ip_address="127.0.0.2", log_to_driver=False)
+                    break
+                except (ConnectionError, RuntimeError, ValueError):
+                    if time.monotonic() > deadline or nodes[0].poll() is not None:
+                        raise
+                    time.sleep(0.5)
+            nodes.append(subprocess.Popen(
+                [ray_exe, "start", f"--address={address}", "--node-ip-address=127.0.0.3", "--num-cpus=2", *common],
+                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+                if time.monotonic() > deadline or nodes[1].poll() is not None:
+                    raise RuntimeError("the second Ray node did not join")
+                time.sleep(0.5)
+            yield address, temp_dir
+        finally:
+            ray.shutdown()
+            for node in reversed(nodes):
+                node.send_signal(signal.SIGTERM)
+                try:
+                    node.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(node.pid, signal.SIGKILL)
+                    node.wait(10)
+            shutil.rmtree(temp_dir, ignore_errors=True)

@@ -6,13 +6,21 @@ Public API re-exports only; the layers are the subpackages (see DESIGN.md).
 __version__ = "0.1.0"
 
 from .cluster import KMeans
-from .errors import ConfigError, DataError, MegaTaxonomyError, StorageError
+from .errors import ConfigError, DataError, MegaTaxonomyError, StorageError, WorkerError
 from .io import VectorSource
 from .runtime import LocalRuntime
 from .storage import Store
 from .taxonomy import TaxonomyEngine
 
 __all__ = [
-    "ConfigError", "DataError", "KMeans", "LocalRuntime", "MegaTaxonomyError", "StorageError", "Store",
-    "TaxonomyEngine", "VectorSource", "__version__",
+    "ConfigError", "DataError", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime", "StorageError",
+    "Store", "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
 ]
+
+
+def __getattr__(name):
+    if name == "RayRuntime":  # imports ray (an optional extra, slow to import) only when asked for
+        from .runtime.ray import RayRuntime
+
+        return RayRuntime
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

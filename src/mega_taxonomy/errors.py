@@ -34,3 +34,8 @@ class StorageError(MegaTaxonomyError, OSError):
 
 class ConfigError(MegaTaxonomyError, ValueError):
     """Impossible or contradictory parameters (e.g. more clusters than points)."""
+
+
+class WorkerError(MegaTaxonomyError, RuntimeError):
+    """Distributed work failed for good: a unit of work lost its worker too many times, or the
+    workers asked for cannot be started on the cluster."""

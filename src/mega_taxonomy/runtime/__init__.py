@@ -1,19 +1,20 @@
-"""Runtimes: where map-reduce passes and worker pools run (in-process now, Ray next)."""
+"""Runtimes: where map-reduce passes and worker pools run: in-process, or on a Ray cluster."""
 
-from .base import BlockTask, Partial, Runtime, WorkerPool, in_block_order
+from .base import BlockTask, OrderedReducer, Partial, Runtime, WorkerPool, fold, in_block_order, units
 from .local import LocalPool, LocalRuntime, cpu_threads, resolve_device
 
 __all__ = [
-    "BlockTask",
-    "LocalPool",
-    "LocalRuntime",
-    "Partial",
-    "Runtime",
-    "WorkerPool",
-    "cpu_threads",
-    "in_block_order",
-    "resolve_device",
+    "BlockTask", "LocalPool", "LocalRuntime", "OrderedReducer", "Partial", "RayPool", "RayRuntime", "Runtime",
+    "WorkerPool", "cpu_threads", "fold", "in_block_order", "resolve_device", "units",
 ]
+
+
+def __getattr__(name):
+    if name in ("RayRuntime", "RayPool"):  # ray is an optional extra, slow to import: only when asked for
+        from . import ray
+
+        return getattr(ray, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_runtime(runtime=None, device="auto") -> Runtime:

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io.streaming import stream
-from .base import Runtime, WorkerPool
+from .base import Runtime, WorkerPool, fold, reduce_units, units
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,9 @@ class LocalRuntime(Runtime):
         Where tasks compute.
     progress : bool, default=True
         Show a tqdm bar per pass (disabled automatically when not on a terminal).
+    reduce_blocks : int, default=1
+        Blocks summed as one unit before units are summed (see ``runtime.base``): a RayRuntime
+        with the same value gives the same bits.
 
     Examples
     --------
@@ -81,26 +84,25 @@ class LocalRuntime(Runtime):
     10
     """
 
-    def __init__(self, device="auto", progress=True):
+    def __init__(self, device="auto", progress=True, reduce_blocks=1):
         self._device = resolve_device(device)
         self.progress = progress
+        self.reduce_blocks = reduce_blocks
+        units(1, reduce_blocks)  # validates it
 
     @property
     def device(self) -> torch.device:
         return self._device
 
     def map_reduce(self, source, task, state, *, desc=None):
-        total = None
         # On CUDA, host blocks are copied ahead on a side stream through pinned buffers (io/streaming.py).
         blocks = tqdm(
             stream(source, self._device), total=source.n_blocks, desc=desc, unit="block",
             disable=not self.progress or None, leave=False,
         )
         with cpu_threads(self._device):
-            for block in blocks:
-                partial = task(block, state, self._device)
-                # Blocks arrive in order here, so a running sum is the block-order reduction.
-                total = partial if total is None else total + partial
+            total = fold(reduce_units(((b.index, task(b, state, self._device)) for b in blocks),
+                                      source.n_blocks, self.reduce_blocks))
         if total is None:
             raise ValueError(f"{source!r} has no blocks")
         return total
@@ -109,4 +111,4 @@ class LocalRuntime(Runtime):
         return LocalPool(factory(rank) for rank in range(n_workers))
 
     def __repr__(self):
-        return f"LocalRuntime(device={str(self._device)!r})"
+        return f"LocalRuntime(device={str(self._device)!r}, reduce_blocks={self.reduce_blocks})"

@@ -7,8 +7,10 @@ atomically: a temporary name then ``os.replace`` locally, an upload that is only
 when complete on object stores) and the manifest last, so a reader, or a job resumed after a
 crash, sees either the previous commit or the new one, never a half-written state. Files put but
 not committed are visible only to the Store object that put them. Every read is checked against
-the recorded sha256, so a torn or tampered file raises instead of being used. Arrays are loaded
-with ``allow_pickle=False`` and tables are parquet: nothing read back is ever unpickled.
+the recorded sha256, so a torn or tampered file raises instead of being used. Transient errors
+of the filesystem (timeouts, dropped connections) are retried with backoff (``retry.py``).
+Arrays are loaded with ``allow_pickle=False`` and tables are parquet: nothing read back is ever
+unpickled.
 """
 
 import copy
@@ -28,6 +30,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from mega_taxonomy.errors import StorageError
+from mega_taxonomy.storage.retry import retry
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ class Store:
 
     def exists(self):
         """Return whether a manifest has been committed (pending files do not count)."""
-        return self._fs.exists(self._path(MANIFEST))
+        return retry(self._fs.exists, self._path(MANIFEST), what=f"{self._where}: check {MANIFEST}")
 
     def manifest(self):
         """Return (a copy of) the committed manifest, or None when there is none.
@@ -102,7 +105,7 @@ class Store:
         """
         if not self._loaded:
             try:
-                text = self._fs.cat_file(self._path(MANIFEST))
+                text = retry(self._fs.cat_file, self._path(MANIFEST), what=f"{self._where}: read {MANIFEST}")
             except FileNotFoundError:
                 return None
             self._manifest, self._loaded = self._parse(text), True
@@ -185,7 +188,7 @@ class Store:
             "updated": datetime.now(timezone.utc).isoformat(),
         }
         text = json.dumps(manifest, sort_keys=True, indent=1, default=_json_default).encode()
-        self._write(MANIFEST, lambda f: f.write(text))
+        retry(self._write, MANIFEST, lambda f: f.write(text), what=f"{self._where}: write {MANIFEST}")
         for name in self._deleted - set(files):  # the commit no longer needs them
             try:
                 self._fs.rm_file(self._path(name))
@@ -206,7 +209,7 @@ class Store:
         if name == MANIFEST or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
             # Dot names are reserved: temporary files start with "." and manifest.json is commit's.
             raise ValueError(f"invalid store name {name!r}: use a relative POSIX path, no dot parts")
-        entry = self._write(name, serialize)
+        entry = retry(self._write, name, serialize, what=f"{self._where}: write {name}")
         self._pending[name] = entry
         self._deleted.discard(name)
         logger.debug("%s: put %s (%d bytes)", self._where, name, entry["bytes"])
@@ -269,7 +272,7 @@ class Store:
     def _read(self, name):
         self._entry(name)
         try:
-            data = self._fs.cat_file(self._path(name))
+            data = retry(self._fs.cat_file, self._path(name), what=f"{self._where}: read {name}")
         except FileNotFoundError as exc:
             raise StorageError(f"{self._where}: {name}: file missing") from exc
         self._verify(name, hashlib.sha256(data).hexdigest())

@@ -1,0 +1,96 @@
+"""A cost model of a taxonomy fit on a Ray cluster: bytes and time per pass, passes per level,
+partial-sum traffic per iteration (flat and with a tree reduction), driver memory.
+
+Its per-item and per-byte constants come from runs measured here (benchmarks/results/
+ray_overhead.json: scheduling cost per dispatched item, the driver's float64 add and object-store
+fetch per byte, parquet decode rate) and the GPU assignment rate from kmeans_gpu.json (our kernel,
+N=1M, D=1024, K=4096 bf16 on an H100). Everything else is a parameter. See docs/scaling.md.
+
+    python benchmarks/cost_model.py [--rows 200e9] [--dim 1024] [--branching 1000,1000,100] [--gpus 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BLOCK_ROWS = 65_536
+
+
+def constants() -> dict:
+    measured = json.loads((RESULTS / "ray_overhead.json").read_text())["params"]["constants"]
+    gpu = json.loads((RESULTS / "kmeans_gpu.json").read_text())
+    row = next(r for r in gpu["results"] if r["impl"] == "mega_taxonomy" and r["case"].startswith("N1048576_D1024_K4096"))
+    flops = 2 * (1 << 20) * 1024 * 4096
+    return {**measured, "gpu_assign_flops_per_second": flops / (row["assign_ms"] / 1e3), "gpu": gpu["machine"]["gpu"]}
+
+
+def model(rows, dim, branching, iterations, gpus, value_bytes, reduce_blocks, read_gbps_per_gpu, fan_in, c):
+    n_blocks = math.ceil(rows / BLOCK_ROWS)
+    units = math.ceil(n_blocks / reduce_blocks)
+    items = units  # one unit per dispatched item at this scale (units are already >= 1M rows)
+    pass_bytes = rows * dim * value_bytes
+    io_seconds = pass_bytes / (gpus * read_gbps_per_gpu * 1e9)
+    levels, k_total = [], 1
+    for level, b in enumerate(branching):
+        k_total *= b
+        compute = 2 * rows * dim * b / (gpus * c["gpu_assign_flops_per_second"])  # grouped: own parent's b children
+        partial = k_total * (dim * 8 + 16)  # dense float64 sums + counts + inertia per centroid
+        flat = units * partial  # every unit's partial to the driver
+        # tree: workers fold their units (fixed order), then a fixed fan-in tree over workers
+        tree_driver = fan_in * partial
+        driver_flat = flat * (c["partial_fetch_seconds_per_byte"] + c["reduce_add_seconds_per_byte"])
+        driver_tree = math.ceil(math.log(max(gpus, 2), fan_in)) * tree_driver * (
+            c["partial_fetch_seconds_per_byte"] + c["reduce_add_seconds_per_byte"])
+        schedule = items * c["scheduling_seconds_per_item"]
+        # the driver hands out items while workers compute: it is a bound only when it is the slowest
+        pass_seconds = max(io_seconds, compute, schedule) + driver_tree
+        passes = iterations + 1  # Lloyd iterations, then the assignment pass that samples the next level
+        levels.append({
+            "level": level, "centroids": k_total, "passes": passes,
+            "compute_s_per_pass": compute, "io_s_per_pass": io_seconds, "schedule_s_per_pass": schedule,
+            "partial_bytes_per_unit": partial, "traffic_flat_bytes_per_iteration": flat,
+            "driver_s_per_iteration_flat": driver_flat,
+            "traffic_tree_bytes_per_iteration": gpus * partial, "driver_s_per_iteration_tree": driver_tree,
+            "driver_memory_bytes": k_total * dim * 4 * 2 + 2 * partial,
+            "pass_seconds": pass_seconds, "level_seconds": passes * pass_seconds,
+        })
+    total_passes = 1 + sum(level["passes"] for level in levels) + 1  # + sampling pass, + output pass
+    total = (2 * max(io_seconds, levels[-1]["compute_s_per_pass"]) + sum(level["level_seconds"] for level in levels))
+    return {"bytes_per_pass": pass_bytes, "blocks": n_blocks, "units": units, "passes": total_passes,
+            "levels": levels, "hours": total / 3600}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=float, default=200e9)
+    parser.add_argument("--dim", type=int, default=1024)
+    parser.add_argument("--branching", default="1000,1000,100")
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--gpus", type=int, default=512)
+    parser.add_argument("--value-bytes", type=int, default=2, help="2 for bf16/fp16 input, 4 for float32")
+    parser.add_argument("--reduce-blocks", type=int, default=16, help="blocks per unit: 16 = 1M rows")
+    parser.add_argument("--read-gbps-per-gpu", type=float, default=2.0, help="storage read rate per GPU")
+    parser.add_argument("--fan-in", type=int, default=8)
+    args = parser.parse_args()
+    c = constants()
+    out = model(int(args.rows), args.dim, [int(b) for b in args.branching.split(",")], args.iterations, args.gpus,
+                args.value_bytes, args.reduce_blocks, args.read_gbps_per_gpu, args.fan_in, c)
+    print(f"constants: {json.dumps({k: v for k, v in c.items()}, indent=1)}")
+    print(f"bytes per pass {out['bytes_per_pass'] / 1e12:.1f} TB, {out['blocks']} blocks, {out['units']} units, "
+          f"{out['passes']} passes, about {out['hours']:.1f} h")
+    for lv in out["levels"]:
+        print(f"level {lv['level']}: K={lv['centroids']:.3g}, {lv['passes']} passes, per pass "
+              f"io {lv['io_s_per_pass']:.0f} s, compute {lv['compute_s_per_pass']:.0f} s, scheduling "
+              f"{lv['schedule_s_per_pass']:.0f} s; partial {lv['partial_bytes_per_unit'] / 1e9:.3g} GB/unit, "
+              f"traffic/iteration flat {lv['traffic_flat_bytes_per_iteration'] / 1e12:.3g} TB "
+              f"({lv['driver_s_per_iteration_flat']:.3g} s on the driver), tree "
+              f"{lv['traffic_tree_bytes_per_iteration'] / 1e12:.3g} TB ({lv['driver_s_per_iteration_tree']:.3g} s); "
+              f"driver memory {lv['driver_memory_bytes'] / 1e9:.3g} GB")
+
+
+if __name__ == "__main__":
+    main()
