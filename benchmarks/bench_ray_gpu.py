@@ -23,7 +23,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -34,7 +33,7 @@ import common  # noqa: E402
 import ray  # noqa: E402
 
 from mega_taxonomy.cluster.lloyd import cluster_sums  # noqa: E402
-from mega_taxonomy.io import BLOCK_ROWS  # noqa: E402
+from mega_taxonomy.io import BLOCK_ROWS, Block  # noqa: E402
 from mega_taxonomy.ops import nearest  # noqa: E402
 from mega_taxonomy.runtime import LocalRuntime  # noqa: E402
 from mega_taxonomy.runtime.ray import RayRuntime  # noqa: E402
@@ -74,7 +73,8 @@ class GeneratedSource:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         x = self.data(device)
         for b in range(start, self.n_blocks if stop is None else stop):
-            yield SimpleNamespace(index=b, vectors=x[b * BLOCK_ROWS:(b + 1) * BLOCK_ROWS])
+            ordinals = np.arange(b * BLOCK_ROWS, min((b + 1) * BLOCK_ROWS, self.n))
+            yield Block(b, ordinals, ordinals, x[b * BLOCK_ROWS:(b + 1) * BLOCK_ROWS])
 
 
 class Sums:
