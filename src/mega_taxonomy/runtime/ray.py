@@ -238,7 +238,8 @@ class RayRuntime(Runtime):
 
     def __init__(self, address=None, num_workers=None, *, gpus_per_worker=None, cpus_per_worker=1.0,
                  reduce_blocks=1, in_flight=2, dispatch_units=None, state_uri=None, storage_options=None,
-                 broadcast_bytes=64 << 20, ray_remote_args=None, max_attempts=3, node_ip_address=None, progress=True, start_timeout=300.0):
+                 broadcast_bytes=64 << 20, ray_remote_args=None, max_attempts=3, node_ip_address=None, progress=True,
+                 start_timeout=300.0):
         units(1, reduce_blocks)  # validates it
         if in_flight < 1 or max_attempts < 1:
             raise ConfigError("in_flight and max_attempts must be >= 1")
