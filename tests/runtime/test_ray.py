@@ -126,7 +126,7 @@ def assert_same_tree(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n_workers", [2, 4])
+@pytest.mark.parametrize("n_workers", [1, 2, 4])
 def test_taxonomy_is_bit_identical_to_local(blobs, runtimes, tmp_path, n_workers):
     params = dict(n_levels=2, branching_factor=[4, 3], max_iter=3, tol=0, device="cpu", random_state=3, members=5)
     local = TaxonomyEngine(**params, storage_uri=str(tmp_path / "local"), runtime=LocalRuntime("cpu", progress=False))
