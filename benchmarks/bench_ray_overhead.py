@@ -65,7 +65,7 @@ def write_shards(folder: Path, n_shards: int, rows: int, dim: int) -> str:
 def iteration(runtime, source, centroids):
     """One Lloyd iteration: (seconds, new centroids)."""
     started = time.perf_counter()
-    partial = runtime.map_reduce(source, LloydTask(), LloydState(centroids))
+    partial = runtime.map_reduce(source, LloydTask(), LloydState(centroids, far=True))
     updated, _ = new_centroids(partial, centroids, source, "euclidean")
     return time.perf_counter() - started, updated
 

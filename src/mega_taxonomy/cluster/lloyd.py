@@ -257,12 +257,14 @@ def new_centroids(partial: LloydPartial, old: np.ndarray, source, metric: str,
 
     Each empty cluster takes the row farthest from its centroid among its group (largest first,
     as scikit-learn's ``_relocate_empty_clusters_dense``), which leaves the row's old cluster.
+    The farthest rows come from a pass with ``LloydState.far``; without them, empty clusters keep
+    their centroid.
     """
     sums = partial.sums.cpu().numpy() if isinstance(partial.sums, torch.Tensor) else partial.sums.copy()
     counts = partial.counts.copy()
     group_of = group_of_centroid(offsets, len(old))
     empty = np.flatnonzero(counts == 0)
-    if len(empty):
+    if len(empty) and partial.far is not None:  # without far rows, empty clusters keep their centroid
         far = partial.far
         moves = []  # (empty cluster, position in far)
         for group in np.unique(group_of[empty]):
