@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import ray  # noqa: E402
 
-from mega_taxonomy.cluster.lloyd import cluster_sums  # noqa: E402
+from mega_taxonomy.ops.update import cluster_sums  # noqa: E402
 from mega_taxonomy.io import BLOCK_ROWS, Block  # noqa: E402
 from mega_taxonomy.ops import nearest  # noqa: E402
 from mega_taxonomy.runtime import LocalRuntime  # noqa: E402

@@ -22,24 +22,35 @@ import torch
 from .assign import _use_triton
 
 
+def cluster_sums(rows: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(k, d) float64 sums of the rows of each cluster.
+
+    Rows are added in float32 within chunks of fixed size (counted from the block's start, a
+    function of the shapes only, so the bits never depend on batching), and the chunks in
+    float64. On the CPU that is 4x faster than converting the block to float64 first (65536 x
+    128: 8 ms against 37 ms), with at most 16384 float32 additions per sum.
+    """
+    if rows.dtype == torch.float64:
+        return torch.zeros(k, rows.shape[1], dtype=torch.float64, device=rows.device).index_add_(0, labels, rows)
+    rows = rows.float()
+    chunk = max(16384, k)
+    total = torch.zeros(k, rows.shape[1], dtype=torch.float64, device=rows.device)
+    part = torch.empty(k, rows.shape[1], dtype=torch.float32, device=rows.device)
+    for start in range(0, rows.shape[0], chunk):
+        part.zero_().index_add_(0, labels[start:start + chunk], rows[start:start + chunk])
+        total += part
+    return total
+
+
 def cluster_stats_reference(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k: int):
-    """Torch twin of :func:`cluster_stats`: ``index_add_`` in float32 within chunks of 16384 rows
-    (at least k), the chunks added in float64 (the CPU path of ``cluster.lloyd.cluster_sums``)."""
+    """Torch twin of :func:`cluster_stats`: :func:`cluster_sums`, ``bincount`` and ``index_add_``
+    (the CPU path of a Lloyd pass)."""
     keep = labels >= 0
     if not bool(keep.all()):
         x, labels, values = x[keep], labels[keep], values[keep]
     counts = torch.bincount(labels, minlength=k)
     w_sums = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(0, labels, values.double())
-    if x.dtype == torch.float64:
-        return torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, labels, x), counts, w_sums
-    rows = x.float()
-    chunk = max(16384, k)
-    total = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
-    part = torch.empty(k, x.shape[1], dtype=torch.float32, device=x.device)
-    for start in range(0, rows.shape[0], chunk):
-        part.zero_().index_add_(0, labels[start:start + chunk], rows[start:start + chunk])
-        total += part
-    return total, counts, w_sums
+    return cluster_sums(x, labels, k), counts, w_sums
 
 
 def cluster_stats(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k: int, *, backend: str = "auto"):
