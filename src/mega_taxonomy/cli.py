@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 
@@ -26,6 +27,28 @@ def _options(text):
 column_option = click.option("--column", default=None, help="Vector column of parquet files (default: the only one).")
 id_option = click.option("--id-column", default=None, help="Integer id column (default: row ordinals).")
 options_option = click.option("--storage-options", default=None, help="fsspec options as JSON.")
+def ray_option(command):
+    command = click.option("--ray-workers", type=int, default=None,
+                           help="Workers on the Ray cluster (default: one per GPU, else per CPU slot).")(command)
+    return click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+                        help="Run the passes on the Ray cluster at ADDRESS (host:port, or 'auto'); "
+                             "default: in this process.")(command)
+
+
+@contextlib.contextmanager
+def _runtime(ray_address, workers):
+    """None (the local runtime), or a RayRuntime attached to a running cluster whose workers stop
+    with the command."""
+    if ray_address is None:
+        yield None
+        return
+    from .runtime.ray import RayRuntime
+
+    runtime = RayRuntime(address=ray_address, num_workers=workers)
+    try:
+        yield runtime
+    finally:
+        runtime.close()
 
 
 @click.group()
@@ -84,15 +107,17 @@ def kmeans():
 @column_option
 @id_option
 @options_option
+@ray_option
 def kmeans_fit(uri, n_clusters, storage, max_iter, tol, metric, seed, device, sample_size, column, id_column,
-               storage_options):
+               storage_options, ray_address, ray_workers):
     """Fit k-means on URI; write centroids, counts and every row's assignment to --storage."""
     from .cluster import KMeans
 
     options = _options(storage_options)
     source = _source(uri, column, id_column, storage_options=options)
-    km = KMeans(n_clusters, max_iter=max_iter, tol=tol, metric=metric, random_state=seed, device=device,
-                sample_size=sample_size).fit(source)
+    with _runtime(ray_address, ray_workers) as runtime:
+        km = KMeans(n_clusters, max_iter=max_iter, tol=tol, metric=metric, random_state=seed, device=device,
+                    sample_size=sample_size, runtime=runtime).fit(source)
     written = km.save(storage, storage_options=options, assignments=source)
     click.echo(f"k={n_clusters} iterations={km.n_iter_} inertia={km.inertia_:.6g} rows={int(km.counts_.sum())}")
     click.echo(f"cluster sizes: min={km.counts_.min()} median={int(np.median(km.counts_))} max={km.counts_.max()}")
@@ -121,18 +146,20 @@ def _branching(text):
 @column_option
 @id_option
 @options_option
+@ray_option
 def fit(input, storage, n_levels, branching, max_iter, tol, metric, seed, device, min_cluster_size, output,
-        no_search_index, balance, column, id_column, storage_options):
+        no_search_index, balance, column, id_column, storage_options, ray_address, ray_workers):
     """Fit a taxonomy on INPUT (resumes an interrupted fit with the same arguments)."""
     from .taxonomy import TaxonomyEngine
 
     factors = _branching(branching)
-    engine = TaxonomyEngine(n_levels=n_levels, branching_factor=factors[0] if len(factors) == 1 else factors,
-                            storage_uri=storage, max_iter=max_iter, tol=tol, metric=metric, random_state=seed,
-                            device=device, min_cluster_size=min_cluster_size, column=column, id_column=id_column,
-                            storage_options=_options(storage_options), search_index=not no_search_index,
-                            balance=balance)
-    engine.fit(input, output=output)
+    with _runtime(ray_address, ray_workers) as runtime:
+        engine = TaxonomyEngine(n_levels=n_levels, branching_factor=factors[0] if len(factors) == 1 else factors,
+                                storage_uri=storage, max_iter=max_iter, tol=tol, metric=metric, random_state=seed,
+                                device=device, min_cluster_size=min_cluster_size, column=column,
+                                id_column=id_column, storage_options=_options(storage_options),
+                                search_index=not no_search_index, balance=balance, runtime=runtime)
+        engine.fit(input, output=output)
     _echo_inspect(engine)
 
 
@@ -165,13 +192,15 @@ def inspect(storage, storage_options):
 @column_option
 @id_option
 @options_option
-def predict(storage, input, output, beam, device, column, id_column, storage_options):
+@ray_option
+def predict(storage, input, output, beam, device, column, id_column, storage_options, ray_address, ray_workers):
     """Paths of the vectors of INPUT in the taxonomy at STORAGE."""
     from .taxonomy import TaxonomyEngine
 
-    engine = TaxonomyEngine.load(storage, storage_options=_options(storage_options), device=device,
-                                 column=column, id_column=id_column)
-    manifest = engine.predict(input, output=output, beam=beam)
+    with _runtime(ray_address, ray_workers) as runtime:
+        engine = TaxonomyEngine.load(storage, storage_options=_options(storage_options), device=device,
+                                     column=column, id_column=id_column, runtime=runtime)
+        manifest = engine.predict(input, output=output, beam=beam)
     click.echo(f"wrote paths of {manifest['meta']['rows']} rows to {output}")
 
 
