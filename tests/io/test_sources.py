@@ -415,3 +415,32 @@ def test_blocks_of_a_fortran_ordered_npy_are_row_major(tmp_path, files, data):
     for block in VectorSource(str(tmp_path / "f.npy")).blocks():
         assert block.vectors.flags.c_contiguous
         assert np.array_equal(block.vectors, vectors[block.ordinals])
+
+
+def test_take_reads_cached_blocks_from_the_cache(tmp_path, monkeypatch):
+    """Rows of cached blocks come from the cache (no file is read for them), the others from the
+    files; rows skipped as invalid stay out either way."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mega_taxonomy.io import formats
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3 * 65_536 + 100, 4)).astype(np.float32)
+    X[70_000, 2] = np.nan  # in block 1
+    for i, part in enumerate(np.array_split(X, 2)):
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(part.ravel()), 4)
+        pq.write_table(pa.table({"emb": emb}), tmp_path / f"part-{i}.parquet", row_group_size=20_000)
+    block_bytes = 65_536 * 4 * 4 + 65_536 * 8
+    source = VectorSource(str(tmp_path), on_invalid="skip", cache_bytes=2 * block_bytes + 1024)
+    for _ in source.blocks():  # blocks 0 and 1 fit in the cache, 2 and 3 do not
+        pass
+    wanted = np.array([5, 70_000, 70_001, 196_650, 65_535, 131_072, 3])
+    reads = []
+    real_take = formats.ParquetReader.take
+    monkeypatch.setattr(formats.ParquetReader, "take", lambda self, rows, dim: reads.append(len(rows)) or
+                        real_take(self, rows, dim))
+    got = source.take(wanted)
+    keep = wanted != 70_000
+    np.testing.assert_array_equal(got, X[wanted[keep]])
+    assert sum(reads) == 2  # only the rows of blocks 2 and 3 were read from files

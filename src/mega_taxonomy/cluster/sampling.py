@@ -134,17 +134,26 @@ class BestPerGroup:
 @dataclass
 class SamplePartial:
     """Per group, the ``size`` rows of lowest hash seen so far (columns "hash", "ordinal",
-    "group", "vector"); and moments of all rows (for tol)."""
+    "group"); and moments of all rows (for tol). Passes carry no vectors: :meth:`with_vectors`
+    reads the selected rows from the source once the pass is over (from its block cache when
+    it has them), so a block whose every row is still a candidate sends no vectors anywhere."""
 
     size: int
     rows: BestPerGroup
     count: int
     total: np.ndarray  # float64 sum of rows
     total_sq: np.ndarray  # float64 sum of squared rows
+    _vectors: np.ndarray | None = None
 
     def __add__(self, other: SamplePartial) -> SamplePartial:
         return SamplePartial(self.size, self.rows + other.rows, self.count + other.count,
                              self.total + other.total, self.total_sq + other.total_sq)
+
+    def with_vectors(self, source) -> SamplePartial:
+        """Read the sampled rows' vectors from ``source`` (the one the pass ran over)."""
+        vectors = source.take(self.ordinals)
+        self._vectors = np.ascontiguousarray(vectors.cpu().numpy() if isinstance(vectors, torch.Tensor) else vectors)
+        return self
 
     @property
     def hashes(self) -> np.ndarray:
@@ -160,7 +169,10 @@ class SamplePartial:
 
     @property
     def vectors(self) -> np.ndarray:
-        return self.rows["vector"]
+        """The sampled rows, in the order of ``ordinals`` (after :meth:`with_vectors`)."""
+        if self._vectors is None:
+            raise RuntimeError("the sample's vectors are read by with_vectors(source) after the pass")
+        return self._vectors
 
     @property
     def mean_variance(self) -> float:
@@ -177,25 +189,17 @@ class SamplePartial:
 def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, moments: bool = True) -> SamplePartial:
     """The sample partial of one block (``groups``: the group of each of its rows; ``moments``:
     also sum the rows and their squares, else zeros). Its rows are selected here only if that
-    halves them, else when partials merge (:meth:`BestPerGroup.compact`); blocks on a GPU are
-    selected here, so that only the sample and the moments leave the device."""
+    halves them, else when partials merge (:meth:`BestPerGroup.compact`)."""
     x = block.vectors
     hashes = hash_ids(block.ids, seed)
     groups = np.zeros(len(hashes), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
     total = total_sq = np.zeros(x.shape[1])
-    if moments:
+    if moments:  # on the block's device: only the sums come back
         x64 = x.double() if isinstance(x, torch.Tensor) else x.astype(np.float64)
         total, total_sq = (np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v)
                            for v in (x64.sum(0), (x64 * x64).sum(0)))
-    if isinstance(x, torch.Tensor) and x.is_cuda:
-        keep = smallest_per_group(hashes, block.ordinals, size, groups)
-        rows = {"hash": hashes[keep], "ordinal": block.ordinals[keep], "group": groups[keep],
-                "vector": x[torch.from_numpy(keep).to(x.device)].cpu().numpy()}
-        return SamplePartial(size, BestPerGroup(size, rows, key="hash", selected=True), len(x), total, total_sq)
-    if isinstance(x, torch.Tensor):
-        x = x.numpy()
-    rows = {"hash": hashes, "ordinal": block.ordinals, "group": groups, "vector": x}
-    return SamplePartial(size, BestPerGroup(size, rows, key="hash").compact(), len(x), total, total_sq)
+    rows = {"hash": hashes, "ordinal": block.ordinals, "group": groups}
+    return SamplePartial(size, BestPerGroup(size, rows, key="hash").compact(), len(hashes), total, total_sq)
 
 
 @dataclass(frozen=True)
@@ -210,4 +214,4 @@ class SampleTask:
 def hash_sample(source, size: int, seed: int, runtime) -> SamplePartial:
     """One pass over ``source``: the ``size`` rows of lowest hash(seed, id), in hash order,
     and the moments of the data."""
-    return runtime.map_reduce(source, SampleTask(), (size, seed), desc="sample")
+    return runtime.map_reduce(source, SampleTask(), (size, seed), desc="sample").with_vectors(source)

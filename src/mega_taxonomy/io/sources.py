@@ -510,10 +510,29 @@ class VectorSource:
             ordinals, ids = zip(*parts) if parts else ([np.empty(0, np.int64)],) * 2
             yield index, np.concatenate(ordinals), np.concatenate(ids)
 
+    def _take_cached(self, ordinals, keep):
+        """(out, positions left to read): the rows of cached blocks copied into ``out``; rows a
+        cached block lacks were skipped as invalid, and are marked in ``keep``."""
+        out = np.empty((len(ordinals), self.dim), self.dtype)
+        blocks = ordinals // BLOCK_ROWS
+        from_cache = np.zeros(len(ordinals), bool)
+        for b in np.unique(blocks).tolist():
+            block = self._cache.get(b)
+            if block is None:
+                continue
+            where = np.flatnonzero(blocks == b)
+            at = np.minimum(np.searchsorted(block.ordinals, ordinals[where]), max(len(block.ordinals) - 1, 0))
+            found = block.ordinals[at] == ordinals[where] if len(block.ordinals) else np.zeros(len(where), bool)
+            out[where[found]] = block.vectors[at[found]]
+            keep[where[~found]] = False
+            from_cache[where] = True
+        return out, np.flatnonzero(~from_cache)
+
     def take(self, ordinals):
         """The rows at the given global ordinals, in the order given (repeats allowed).
 
-        Parquet files read only the row groups holding wanted rows. Returns an ndarray
+        Rows of cached blocks come from the cache; parquet files read only the row groups
+        holding the other wanted rows. Returns an ndarray
         (torch.Tensor for a tensor source) of shape (len(ordinals), dim); with
         ``on_invalid="skip"`` invalid rows are left out, so it can be shorter.
         """
@@ -524,17 +543,19 @@ class VectorSource:
             raise ValueError(f"ordinals must be 1-D, not of shape {ordinals.shape}")
         if len(ordinals) and not (0 <= ordinals.min() and ordinals.max() < self._len):
             raise IndexError(f"ordinals must be within [0, {self._len})")
-        files = np.searchsorted(self._starts, ordinals, side="right") - 1
         skipped = collections.Counter()
         keep = np.ones(len(ordinals), bool)
-        out = None
+        out, rest = None, np.arange(len(ordinals))
+        if not self._in_memory and len(ordinals):
+            out, rest = self._take_cached(ordinals, keep)
+        files = np.searchsorted(self._starts, ordinals[rest], side="right") - 1
         for f in np.unique(files):
-            reader, where = self._readers[f], np.flatnonzero(files == f)
+            reader, where = self._readers[f], rest[files == f]
             piece = reader.take(ordinals[where] - self._starts[f], self.dim)
             kept = self._check(reader, piece, skipped)
             if kept is not None:
                 keep[where] = kept
-            if len(where) == len(ordinals):  # one file: no assembly
+            if out is None and len(where) == len(ordinals):  # one file: no assembly
                 out = _join([piece.vectors], self.dtype, copy=False)
             else:
                 if out is None:

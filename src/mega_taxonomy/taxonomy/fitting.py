@@ -138,7 +138,8 @@ class FitRun:
             draw = (self.engine._sample_size(self.factors[len(levels)]), self.seed + len(levels)) if need_sample else None
             routed = runtime.map_reduce(self.source, RouteTask(), RouteState(Tree(levels, self.engine.metric), draw),
                                         desc="resume")
-            groups, sample = node_groups(routed.labels, levels[-1].n_nodes), routed.sample
+            groups = node_groups(routed.labels, levels[-1].n_nodes)
+            sample = None if routed.sample is None else routed.sample.with_vectors(self.source)
         elif meta["checkpoint"] is None:
             sample = hash_sample(self.source, self.engine._sample_size(self.factors[0]), self.seed, runtime)
             meta["root"] = {"rows": sample.count, "mean_variance": sample.mean_variance}
@@ -214,7 +215,7 @@ class FitRun:
         if last:
             return None, None
         labels = {b: lab for b, (lab, _) in result.partial.labels.items()}
-        return node_groups(labels, k), result.partial.sample
+        return node_groups(labels, k), result.partial.sample.with_vectors(self.source)
 
     def balance(self, level, balance_round, result, offsets, groups_offsets):
         """The next balancing round's (centroids, offsets, penalty), or None when balancing is
