@@ -300,7 +300,7 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         Iterations already done (resuming from a checkpoint of ``centroids``).
     sample : (size, seed), optional
         The final assignment pass also draws a hash sample of every cluster (the seeds of the
-        next taxonomy level), in ``result.partial.sample``.
+        next taxonomy level), in ``result.partial.sample`` (its vectors: ``with_vectors``).
     on_iteration : callable, optional
         ``on_iteration(iteration, centroids, shift, penalty)`` after every update (checkpoints,
         logs); ``penalty`` is what the next pass will use (None without penalties).
