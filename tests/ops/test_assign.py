@@ -97,3 +97,25 @@ def test_last_centroid_tile_narrower_than_the_others():
     check_argmin(ref, idx.numpy(), 1e-5)
     d, _ = topk(x, c, 3)
     np.testing.assert_allclose(d.numpy(), np.sort(ref, 1)[:, :3], rtol=1e-4, atol=1e-3)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    """A Ray worker runs the CPU ops on as many threads as its CPU slots: the bits stay the same."""
+    import os
+
+    from mega_taxonomy.ops import grouped_nearest
+    from mega_taxonomy.ops.assign import set_cpu_threads
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.normal(size=(20_000, 16)).astype(np.float32))
+    c = torch.from_numpy(rng.normal(size=(96, 16)).astype(np.float32))
+    groups, offsets = torch.from_numpy(rng.integers(0, 6, 20_000)), torch.arange(0, 97, 16)
+    many = nearest(x, c), grouped_nearest(x, groups, c, offsets)
+    try:
+        set_cpu_threads(1)
+        one = nearest(x, c), grouped_nearest(x, groups, c, offsets)
+    finally:
+        set_cpu_threads(os.cpu_count() or 1)
+    for a, b in zip(many, one):
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)

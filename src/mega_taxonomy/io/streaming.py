@@ -27,6 +27,7 @@ import torch
 
 from .sources import Block
 
+
 def _host_tensor(vectors) -> torch.Tensor:
     if isinstance(vectors, torch.Tensor):
         return vectors

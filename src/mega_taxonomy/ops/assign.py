@@ -174,6 +174,24 @@ _BLAS = ThreadpoolController()
 _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="mega-taxonomy-tiles")
 
 
+def set_cpu_threads(n: int) -> None:
+    """Threads of this process's CPU work (default: one per core). A Ray worker holding one CPU
+    slot of a many-core node uses one, so that the node's workers do not oversubscribe it."""
+    global _POOL
+    if n < 1:
+        raise ValueError(f"need at least one thread, not {n}")
+    previous, _POOL = _POOL, ThreadPoolExecutor(max_workers=n, thread_name_prefix="mega-taxonomy-tiles")
+    previous.shutdown(wait=False)
+
+
+def parallel_map(work, items) -> None:
+    """``work(item)`` for every item, in this process's CPU threads, each with a single-threaded
+    BLAS (numpy releases the GIL in its products and most array work)."""
+    with _BLAS.limit(limits=1, user_api="blas"):
+        for _ in _POOL.map(work, items):
+            pass
+
+
 def _for_row_tiles(n, row_tile, work, on_cpu):
     """``work(rows)`` for every row tile. On the CPU the tiles run in parallel threads, each with
     a single-threaded BLAS: a tile's product and its scan of the result then keep both cores
@@ -185,9 +203,7 @@ def _for_row_tiles(n, row_tile, work, on_cpu):
         for rows in tiles:
             work(rows)
         return
-    with _BLAS.limit(limits=1, user_api="blas"):
-        for _ in _POOL.map(work, tiles):
-            pass
+    parallel_map(work, tiles)
 
 
 def nearest_reference(x, centroids, *, metric="euclidean"):

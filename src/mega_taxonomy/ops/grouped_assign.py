@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .assign import _BLAS, _POOL, _TILE_ELEMENTS, _check, _finish, _prepare, _use_triton
+from .assign import _TILE_ELEMENTS, _check, _finish, _prepare, _use_triton, parallel_map
 
 # Children per matrix product of grouped rows: enough columns for an efficient product, few
 # enough that computing every row against all of them wastes little.
@@ -167,9 +167,7 @@ def _grouped_topk_cpu(x, groups, centroids, offsets, k, metric):
     def run(unit):
         own(*unit[1:]) if unit[0] == "own" else bucket(unit[1])
 
-    with _BLAS.limit(limits=1, user_api="blas"):
-        for _ in _POOL.map(run, _cpu_work(starts, rows, lo, width)):
-            pass
+    parallel_map(run, _cpu_work(starts, rows, lo, width))
     best, label = np.empty_like(best_s), np.empty_like(label_s)
     best[order], label[order] = best_s, label_s
     if x_sq is not None:

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, WorkerError
 from ..io.sources import BLOCK_ROWS, SHARD_ROWS
+from ..ops.assign import set_cpu_threads
 from ..storage import Store
 from ..storage.retry import retries, retry
 from .base import OrderedReducer, Runtime, WorkerPool, reduce_units, units
@@ -66,19 +67,21 @@ def _device(kind: str) -> torch.device:
     return torch.device("cuda" if kind == "cuda" else "cpu")
 
 
-def _init_threads(device: torch.device) -> None:
+def _init_threads(device: torch.device, cpus: float) -> None:
     # One CPU slot per actor: torch's own threads would fight the other actors for the cores
-    # (the same setting as LocalRuntime's, so that the bits are the same).
+    # (the same setting as LocalRuntime's, so that the bits are the same), and our CPU work runs
+    # on as many threads as the actor has CPUs (results do not depend on the thread count).
     if device.type == "cpu":
         torch.set_num_threads(1)
+    set_cpu_threads(max(1, int(cpus)))
 
 
 class _BlockWorker:
     """A Ray actor computing ranges of blocks: ``run`` returns one partial per unit."""
 
-    def __init__(self, device_kind: str):
+    def __init__(self, device_kind: str, cpus: float = 1.0):
         self.device = _device(device_kind)
-        _init_threads(self.device)
+        _init_threads(self.device, cpus)
         # States arrive as read-only views of Ray's shared memory (or memory maps) and no task
         # writes to them; torch would warn about every such array turned into a tensor.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -124,8 +127,8 @@ class _BlockWorker:
 class _PoolWorker:
     """A Ray actor holding ``factory(rank)`` and calling its methods by name."""
 
-    def __init__(self, factory, rank: int, device_kind: str):
-        _init_threads(_device(device_kind))
+    def __init__(self, factory, rank: int, device_kind: str, cpus: float = 1.0):
+        _init_threads(_device(device_kind), cpus)
         self._obj = factory(rank)
 
     def pid(self) -> int:
@@ -329,7 +332,8 @@ class RayRuntime(Runtime):
 
     def _ensure_workers(self):
         if not self._workers:
-            self._workers = self._start(_RemoteBlockWorker, lambda rank: (self._kind(),), self.num_workers)
+            self._workers = self._start(_RemoteBlockWorker, lambda rank: (self._kind(), self.cpus_per_worker),
+                                        self.num_workers)
         return self._workers
 
     def worker_pids(self) -> list[int]:
@@ -338,7 +342,8 @@ class RayRuntime(Runtime):
 
     def pool(self, factory, n_workers=1):
         """``n_workers`` actors, worker ``rank`` holding ``factory(rank)`` (picklable)."""
-        return RayPool(self._start(_RemotePoolWorker, lambda rank: (factory, rank, self._kind()), n_workers))
+        kind, cpus = self._kind(), self.cpus_per_worker
+        return RayPool(self._start(_RemotePoolWorker, lambda rank: (factory, rank, kind, cpus), n_workers))
 
     def close(self) -> None:
         """Stop the workers (and the cluster, when :meth:`local` started it)."""
@@ -450,7 +455,8 @@ class RayRuntime(Runtime):
                     if current:  # the first news of this actor's death: replace it
                         logger.warning("worker %d died (%s); replacing it and re-running its blocks",
                                        slot, type(exc).__name__)
-                        self._workers[slot] = _RemoteBlockWorker.options(**self._options()).remote(self._kind())
+                        self._workers[slot] = _RemoteBlockWorker.options(**self._options()).remote(
+                            self._kind(), self.cpus_per_worker)
                         generation[slot] += 1
                         load[slot] = 0
                         self.replaced += 1

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..ops.assign import _BLAS, _POOL
+from ..ops.assign import parallel_map
 from .router import Router, route_beam
 from .tree import Tree
 
@@ -115,9 +115,7 @@ class SearchIndex:
             out_d[rows, :top.shape[1]] = np.where(found, top_d, np.inf)
             out_i[rows, :top.shape[1]] = np.where(found, self.ids[np.take_along_axis(positions, top, 1)], -1)
 
-        with _BLAS.limit(limits=1, user_api="blas"):
-            for _ in _POOL.map(rank, _batches(compared, q.shape[1])):
-                pass
+        parallel_map(rank, _batches(compared, q.shape[1]))
         return out_d, out_i, compared
 
 
