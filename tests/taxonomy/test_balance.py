@@ -97,3 +97,14 @@ def test_penalty_leaves_well_separated_clusters_alone():
     plain = TaxonomyEngine(n_levels=1, branching_factor=6, device="cpu", random_state=0).fit(X)
     balanced = TaxonomyEngine(n_levels=1, branching_factor=6, device="cpu", random_state=0, balance="penalty").fit(X)
     np.testing.assert_array_equal(plain.predict(X), balanced.predict(X))
+
+
+def test_penalty_with_cosine_routes_to_the_fitted_counts():
+    X = zipf_mixture(k=8, n=4000, d=6, spread=2.0, seed=2) + 3.0  # off the origin: directions differ
+    engine = TaxonomyEngine(n_levels=2, branching_factor=[4, 3], device="cpu", metric="cosine", balance="penalty",
+                            max_iter=20).fit(X)
+    for level in (0, 1):
+        tree_level = engine.tree_.levels[level]
+        assert tree_level.penalty is not None and np.isfinite(tree_level.penalty).all()
+        paths = engine.predict(X)
+        np.testing.assert_array_equal(np.bincount(paths[:, level], minlength=tree_level.n_nodes), tree_level.counts)
