@@ -162,6 +162,31 @@ def test_large_states_are_read_from_the_store(blobs, ray_cluster, tmp_path):
                                       kmeans(LocalRuntime("cpu", progress=False), blobs).cluster_centers_)
 
 
+class WhichWorker:
+    """Each block's partial: the process that computed it."""
+
+    def __call__(self, block, state, device):
+        import os
+
+        return (os.getpid(),)
+
+
+def test_every_worker_gets_an_item_before_any_gets_a_second(blobs, runtimes):
+    """Two items for two workers: one each (items are queued two deep per worker, but the first
+    round goes one per worker), in the first pass and in the next, where items go back to their
+    worker."""
+    source = VectorSource(blobs)
+    runtime = runtimes[2]
+    per_item = runtime.dispatch_units
+    try:
+        runtime.dispatch_units = 3  # 5 blocks: items of blocks 0-2 and 3-4
+        for _ in range(2):
+            pids = runtime.map_reduce(source, WhichWorker(), None)
+            assert pids[0] != pids[3] and set(pids) == set(runtime.worker_pids())
+    finally:
+        runtime.dispatch_units = per_item
+
+
 class Counter:
     def __init__(self, rank):
         self.rank, self.calls = rank, 0

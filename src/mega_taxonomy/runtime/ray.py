@@ -422,8 +422,8 @@ class RayRuntime(Runtime):
         pending = {}  # ObjectRef -> (slot, generation, item)
         retried = 0
 
-        def submit(slot):
-            while load[slot] < self.in_flight:
+        def submit(slot, up_to=self.in_flight):
+            while load[slot] < up_to:
                 item = schedule.next_for(slot)
                 if item is None:
                     return
@@ -434,8 +434,9 @@ class RayRuntime(Runtime):
                 pending[ref] = (slot, generation[slot], item)
                 load[slot] += 1
 
-        for slot in range(n_workers):
-            submit(slot)
+        for depth in range(1, self.in_flight + 1):  # one item each before anyone queues a second
+            for slot in range(n_workers):
+                submit(slot, depth)
         bar = tqdm(total=source.n_blocks, desc=desc, unit="block", disable=not self.progress or None, leave=False)
         with bar:
             while pending:
