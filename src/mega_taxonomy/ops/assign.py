@@ -287,21 +287,27 @@ def _warn_once(message):
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def nearest_triton_dispatch(x, centroids, metric):
-    """``nearest`` through the Triton kernel: inputs stay in their dtype (tensor cores), distances
-    come back in float32."""
-    from .assign_triton import nearest_triton
-
+def fused(kernel, x, centroids, metric):
+    """Distances through a fused Triton kernel ``kernel(x, c, bias, alpha, exact)`` that returns
+    the selected ``bias - alpha * x.c`` (and their indices): inputs stay in their dtype (tensor
+    cores), distances come back in float32. The nearest, top-k and grouped dispatchers share it."""
     c = centroids.detach().to(device=x.device, dtype=x.dtype)
     x = x.detach()
     # float32 products in tf32 only where torch's own matmuls may use it too.
     exact = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     if metric == "cosine":
         x, c = normalize_rows(x.float()).to(x.dtype), normalize_rows(c.float()).to(x.dtype)
-        d, i = nearest_triton(x, c, torch.ones(c.shape[0], device=x.device), 1.0, exact=exact)
+        d, i = kernel(x, c, torch.ones(c.shape[0], device=x.device), 1.0, exact)
         return d.clamp_min_(0.0), i
-    d, i = nearest_triton(x, c, _squared_norms(c.float()), 2.0, exact=exact)
+    d, i = kernel(x, c, _squared_norms(c.float()), 2.0, exact)
     return _finish(d, _squared_norms(x.float())), i
+
+
+def nearest_triton_dispatch(x, centroids, metric):
+    """``nearest`` through the Triton kernel."""
+    from .assign_triton import nearest_triton
+
+    return fused(lambda x, c, bias, alpha, exact: nearest_triton(x, c, bias, alpha, exact=exact), x, centroids, metric)
 
 
 def nearest(x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidean", backend: str = "auto"):
@@ -359,12 +365,4 @@ def topk(x: torch.Tensor, centroids: torch.Tensor, k: int, *, metric: str = "euc
 def _topk_triton_dispatch(x, centroids, k, metric):
     from .topk_triton import topk_triton
 
-    c = centroids.detach().to(device=x.device, dtype=x.dtype)
-    x = x.detach()
-    exact = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-    if metric == "cosine":
-        x, c = normalize_rows(x.float()).to(x.dtype), normalize_rows(c.float()).to(x.dtype)
-        d, i = topk_triton(x, c, torch.ones(c.shape[0], device=x.device), 1.0, k, exact=exact)
-        return d.clamp_min_(0.0), i
-    d, i = topk_triton(x, c, _squared_norms(c.float()), 2.0, k, exact=exact)
-    return _finish(d, _squared_norms(x.float())), i
+    return fused(lambda x, c, bias, alpha, exact: topk_triton(x, c, bias, alpha, k, exact=exact), x, centroids, metric)

@@ -102,25 +102,19 @@ def grouped_nearest_triton(x, groups, c, bias, offsets, alpha, *, width, exact=F
 
 
 def grouped_nearest_dispatch(x, groups, centroids, offsets, metric):
-    """``grouped_nearest`` through the kernel: inputs stay in their dtype (tensor cores), distances
-    come back in float32, as ``nearest_triton_dispatch`` does."""
-    from .assign import _check, _finish, _squared_norms, normalize_rows
+    """``grouped_nearest`` through the kernel (operands prepared as for ``nearest``: ``fused``)."""
+    from .assign import _check, fused
 
     _check(x, centroids, metric)
     offsets_host = torch.as_tensor(offsets).cpu().long()
     width = int((offsets_host[1:] - offsets_host[:-1]).max()) if len(offsets_host) > 1 else 0
     offsets = offsets_host.to(x.device)
     groups = torch.as_tensor(groups, device=x.device).long()
-    x = x.detach()
-    c = centroids.detach().to(device=x.device, dtype=x.dtype)
-    exact = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     if x.shape[0] == 0 or len(offsets_host) < 2:
         return (torch.full((x.shape[0],), float("inf"), device=x.device),
                 torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device))
-    if metric == "cosine":
-        x, c = normalize_rows(x.float()).to(x.dtype), normalize_rows(c.float()).to(x.dtype)
-        d, i = grouped_nearest_triton(x, groups, c, torch.ones(c.shape[0], device=x.device), offsets, 1.0,
-                                      width=width, exact=exact)
-        return d.clamp_min_(0.0), i
-    d, i = grouped_nearest_triton(x, groups, c, _squared_norms(c.float()), offsets, 2.0, width=width, exact=exact)
-    return _finish(d, _squared_norms(x.float())), i
+
+    def kernel(x, c, bias, alpha, exact):
+        return grouped_nearest_triton(x, groups, c, bias, offsets, alpha, width=width, exact=exact)
+
+    return fused(kernel, x, centroids, metric)
