@@ -125,16 +125,15 @@ class LloydTask:
         k = state.centroids.shape[0]
         x = as_tensor(block.vectors, device)
         c = self._centroids(state, torch.device(device))
-        xa, ca, metric = (x, c, state.metric) if state.penalty is None else penalized(x, c, state.penalty, state.metric)
         if state.offsets is None:
             groups = np.zeros(len(block.ordinals), dtype=np.int64)
-            dist, labels = nearest(xa, ca, metric=metric)
+            dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric), x, c, state.penalty,
+                                        state.metric)
         else:
             groups = np.asarray(state.groups[block.index], dtype=np.int64)
-            offsets = torch.as_tensor(state.offsets, device=device)
-            dist, labels = grouped_nearest(xa, torch.as_tensor(groups, device=device), ca, offsets, metric=metric)
-        if state.penalty is not None:  # report true distances: the penalty only chose the labels
-            dist = unpenalized(dist, labels, state.penalty, state.metric)
+            g, offsets = torch.as_tensor(groups, device=device), torch.as_tensor(state.offsets, device=device)
+            dist, labels = with_penalty(lambda x, c, metric: grouped_nearest(x, g, c, offsets, metric=metric), x, c,
+                                        state.penalty, state.metric)
         # Rows whose parent is a leaf have no children here (label -1): they take no part.
         valid = labels >= 0
         all_valid = bool(valid.all())
@@ -166,28 +165,26 @@ class LloydTask:
         return out
 
 
-def penalized(x: torch.Tensor, c: torch.Tensor, penalty: np.ndarray, metric: str):
-    """Inputs whose nearest-centroid search minimizes ``distance + penalty[centroid]``: one more
-    coordinate, 0 for rows and ``sqrt(penalty)`` for centroids (penalties shifted to be >= 0,
-    which changes no argmin), so the same assignment ops serve (squared L2 of normalized rows is
-    twice the cosine distance)."""
+def with_penalty(assign, x: torch.Tensor, c: torch.Tensor, penalty: np.ndarray | None, metric: str):
+    """``assign(x, c, metric) -> (distances, indices)`` choosing the centroid of least ``distance +
+    penalty[centroid]`` (the plain assignment when ``penalty`` is None); distances stay the true ones.
+
+    The penalty rides on one more coordinate, 0 for rows and ``sqrt(penalty)`` for centroids
+    (penalties shifted to be >= 0, which changes no argmin), so every assignment op serves as it
+    is (squared L2 of normalized rows is twice the cosine distance).
+    """
+    if penalty is None:
+        return assign(x, c, metric)
     p = torch.as_tensor(penalty - penalty.min(initial=0.0), dtype=torch.float64, device=c.device)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    x, c = x.to(dtype), c.to(dtype)
-    scale = 1.0
+    xa, ca, scale = x.to(dtype), c.to(dtype), 1.0
     if metric == "cosine":
-        x, c, scale = normalize_rows(x), normalize_rows(c), 2.0
-    xa = torch.cat([x, x.new_zeros(x.shape[0], 1)], 1)
-    ca = torch.cat([c, (scale * p).sqrt().to(dtype)[:, None]], 1)
-    return xa, ca, "euclidean"
-
-
-def unpenalized(dist: torch.Tensor, labels: torch.Tensor, penalty: np.ndarray, metric: str) -> torch.Tensor:
-    """The true distances of rows assigned through :func:`penalized` inputs."""
-    p = torch.as_tensor(penalty - penalty.min(initial=0.0), dtype=dist.dtype, device=dist.device)
-    if metric == "cosine":
-        dist = dist / 2
-    return (dist - p[labels.clamp_min(0)]).clamp_min_(0.0)
+        xa, ca, scale = normalize_rows(xa), normalize_rows(ca), 2.0
+    xa = torch.cat([xa, xa.new_zeros(xa.shape[0], 1)], 1)
+    ca = torch.cat([ca, (scale * p).sqrt().to(dtype)[:, None]], 1)
+    dist, index = assign(xa, ca, "euclidean")
+    dist = dist / scale - p.to(dist.dtype)[index.clamp_min(0)]
+    return dist.clamp_min_(0.0), index
 
 
 def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals, groups, state: LloydState) -> BestPerGroup:

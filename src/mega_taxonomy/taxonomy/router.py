@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..cluster.lloyd import penalized, unpenalized
+from ..cluster.lloyd import with_penalty
 from ..ops import grouped_nearest, grouped_topk, nearest, topk
 from .tree import Tree
 
@@ -104,12 +104,8 @@ class Router:
     def _exact(self, x, level, groups, c, offsets, k):
         """The same ops as the fit's Lloyd passes for k = 1 (nearest at level 0, grouped below), so
         routing a fitted row reproduces its assignment bit for bit."""
-        penalty = self.tree.levels[level].penalty
-        if penalty is None:
-            return self._nearest_children(x, c, level, groups, offsets, k, self.tree.metric)
-        xa, ca, metric = penalized(x, c, penalty, self.tree.metric)
-        d, child = self._nearest_children(xa, ca, level, groups, offsets, k, metric)
-        return unpenalized(d, child, penalty, self.tree.metric), child
+        return with_penalty(lambda x, c, metric: self._nearest_children(x, c, level, groups, offsets, k, metric), x, c,
+                            self.tree.levels[level].penalty, self.tree.metric)
 
     def _nearest_children(self, x, c, level, groups, offsets, k, metric):
         if level == 0 and k == 1:
