@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..ops import normalize_rows
 from ..ops.assign import parallel_map
 from .router import Router, route_beam
 from .tree import Tree
@@ -92,10 +93,9 @@ class SearchIndex:
         out_d = np.full((n, k), np.inf, dtype=np.float32)
         out_i = np.full((n, k), -1, dtype=np.int64)
         vectors = np.asarray(self.vectors)  # a plain view of a memory map: cheaper to index
-        qs = q.detach().cpu().numpy().astype(np.float64 if vectors.dtype == np.float64 else np.float32)
+        qs = q.detach().cpu().to(torch.float64 if vectors.dtype == np.float64 else torch.float32)
         cosine = tree.metric == "cosine"
-        if cosine:
-            qs = _unit(qs)
+        qs = (normalize_rows(qs) if cosine else qs).numpy()
         q_norms = np.einsum("qd,qd->q", qs, qs)
         m_norms = self.norms()
 
@@ -117,11 +117,6 @@ class SearchIndex:
 
         parallel_map(rank, _batches(compared, q.shape[1]))
         return out_d, out_i, compared
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(v, axis=-1, keepdims=True)
-    return v / np.where(norms > 0, norms, 1.0)
 
 
 def _batches(compared: np.ndarray, dim: int, budget: int = 1 << 22) -> list[slice]:
