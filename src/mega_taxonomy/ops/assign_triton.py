@@ -64,6 +64,16 @@ def distance_tile(x_ptr, rows, row_ok, stride_x, c_ptr, cols, col_ok, stride_c, 
 
 
 @triton.jit
+def running_argmin(d, n0, best_d, best_i):
+    """The best (distance, index) per row so far, after a tile ``d`` of columns ``n0 + j``:
+    strictly smaller wins, so earlier tiles (lower indices) win ties."""
+    tile_d = tl.min(d, axis=1)
+    tile_i = tl.argmin(d, axis=1).to(tl.int64) + n0
+    better = tile_d < best_d
+    return tl.where(better, tile_d, best_d), tl.where(better, tile_i, best_i)
+
+
+@triton.jit
 def _nearest_kernel(
     x_ptr,  # *T [N, D]
     c_ptr,  # *T [K, D]
@@ -100,11 +110,7 @@ def _nearest_kernel(
         else:
             d = distance_tile(x_ptr, rows, row_ok, stride_x, c_ptr, cols, col_ok, stride_c, bias_ptr, alpha, D,
                               BLOCK_M, BLOCK_N, BLOCK_K, EXACT)
-        tile_d = tl.min(d, axis=1)
-        tile_i = tl.argmin(d, axis=1).to(tl.int64) + n0
-        better = tile_d < best_d  # strictly: earlier tiles win ties
-        best_d = tl.where(better, tile_d, best_d)
-        best_i = tl.where(better, tile_i, best_i)
+        best_d, best_i = running_argmin(d, n0, best_d, best_i)
     tl.store(out_d_ptr + rows, best_d, mask=row_ok)
     tl.store(out_i_ptr + rows, best_i, mask=row_ok)
 

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .assign_triton import distance_tile
+from .assign_triton import distance_tile, running_argmin
 from .update_triton import piece_of, segments
 
 
@@ -57,11 +57,7 @@ def _grouped_nearest_kernel(
             col_ok = cols < hi
             d = distance_tile(x_ptr, rows, row_ok, stride_x, c_ptr, cols, col_ok, stride_c, bias_ptr, alpha, D,
                               BLOCK_M, BLOCK_N, BLOCK_K, EXACT)
-            tile_d = tl.min(d, axis=1)
-            tile_i = tl.argmin(d, axis=1).to(tl.int64) + n0
-            better = tile_d < best_d  # strictly: earlier children win ties
-            best_d = tl.where(better, tile_d, best_d)
-            best_i = tl.where(better, tile_i, best_i)
+            best_d, best_i = running_argmin(d, n0, best_d, best_i)
         tl.store(out_d_ptr + rows, best_d, mask=row_ok)
         tl.store(out_i_ptr + rows, best_i, mask=row_ok)
 
