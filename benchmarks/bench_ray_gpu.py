@@ -1,14 +1,20 @@
-"""Lloyd iterations on Ray with 2 GPU workers against 1, on the data of bench_kmeans_gpu.py
-(N=1M, D=1024, K=4096, bf16), and an in-process LocalRuntime on one GPU for reference.
+"""Lloyd iterations (KMeans's loop, ``cluster.lloyd``) on Ray with 2 GPU workers against 1, on
+the data of bench_kmeans_gpu.py (N=1M, D=1024, K=4096, bf16), and an in-process LocalRuntime on
+one GPU for reference.
 
 Each worker generates the data on its own GPU from the same seed (the driver never holds it:
-GeneratedSource is a few numbers when pickled), so a pass measures what the runtime adds to the
-GPU work: dispatch, the state's broadcast, partial sums back to the driver and its reduction.
-The task is one Lloyd step (assignment by our kernel, float64 sums per centroid, counts,
-inertia) whose sums stay on the GPU while a worker adds up the blocks of a unit, and cross to
-the host once per unit (``--reduce-blocks`` blocks: partials of 4096 x 1024 float64 are 32 MiB).
+GeneratedSource is a few numbers when pickled), so an iteration measures what the runtime adds
+to the GPU work. Two ways to run on Ray:
 
-    python benchmarks/bench_ray_gpu.py [--quick] [--n 1048576,8388608]
+- ``collective``: the loop runs on every worker in lockstep, partials exchanged GPU to GPU
+  (NCCL), no driver in the loop (``RayRuntime(collective=True)``, ``runtime/collective.py``);
+- ``dispatch``: the driver runs the loop, and every pass dispatches units to the workers and
+  adds their partials (float64 sums of 4096 x 1024: 32 MiB per unit of ``--reduce-blocks``
+  blocks) on the host.
+
+All give the same centroids as LocalRuntime with the same ``--reduce-blocks`` (checked here).
+
+    python benchmarks/bench_ray_gpu.py [--quick] [--n 1048576,8388608] [--modes collective,dispatch]
 
 ``--quick`` runs on the CPU (2 CPU workers against 1, small N): a smoke test of the script.
 """
@@ -32,9 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import ray  # noqa: E402
 
-from mega_taxonomy.ops.update import cluster_sums  # noqa: E402
+from mega_taxonomy.cluster.lloyd import lloyd  # noqa: E402
 from mega_taxonomy.io import BLOCK_ROWS, Block  # noqa: E402
-from mega_taxonomy.ops import nearest  # noqa: E402
 from mega_taxonomy.runtime import LocalRuntime  # noqa: E402
 from mega_taxonomy.runtime.ray import RayRuntime  # noqa: E402
 
@@ -69,61 +74,27 @@ class GeneratedSource:
             self._x = x
         return self._x
 
+    def take(self, ordinals):  # the initial centroids, rows that refill empty clusters
+        return self.data(self._device())[torch.as_tensor(ordinals, device=self._x.device)]
+
+    @staticmethod
+    def _device():
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
     def blocks(self, start=0, stop=None):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        x = self.data(device)
+        x = self.data(self._device())
         for b in range(start, self.n_blocks if stop is None else stop):
             ordinals = np.arange(b * BLOCK_ROWS, min((b + 1) * BLOCK_ROWS, self.n))
             yield Block(b, ordinals, ordinals, x[b * BLOCK_ROWS:(b + 1) * BLOCK_ROWS])
 
 
-class Sums:
-    """Counts, float64 sums and inertia per centroid; tensors while summed on the device, numpy
-    once pickled (that is when a unit leaves its worker)."""
-
-    def __init__(self, counts, sums, inertia):
-        self.counts, self.sums, self.inertia = counts, sums, inertia
-
-    def __add__(self, other):
-        def add(a, b):
-            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.device != b.device:
-                b = b.to(a.device)
-            return a + b
-        return Sums(add(self.counts, other.counts), add(self.sums, other.sums), add(self.inertia, other.inertia))
-
-    def __getstate__(self):
-        host = lambda t: t.cpu().numpy() if isinstance(t, torch.Tensor) else t  # noqa: E731
-        return {k: host(v) for k, v in self.__dict__.items()}
-
-    def numpy(self):
-        return [np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v) for v in (self.counts, self.sums, self.inertia)]
-
-
-class Step:
-    """One Lloyd step on a block: assignment, then per-centroid sums (float64), counts, inertia."""
-
-    def __call__(self, block, centroids, device):
-        x = block.vectors
-        c = torch.as_tensor(centroids, device=device).to(x.dtype)
-        dist, labels = nearest(x, c)
-        k = c.shape[0]
-        counts = torch.bincount(labels, minlength=k)
-        inertia = torch.zeros(k, dtype=torch.float64, device=device).index_add_(0, labels, dist.double())
-        return Sums(counts, cluster_sums(x, labels, k), inertia)
-
-
-def iterate(runtime, source, centroids, iterations):
-    """Per-iteration seconds (a pass plus the driver's update) and the final centroids."""
-    times = []
-    for _ in range(iterations):
-        started = time.perf_counter()
-        counts, sums, _ = runtime.map_reduce(source, Step(), centroids).numpy()
-        filled = counts > 0
-        updated = centroids.copy()
-        updated[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
-        centroids = updated
-        times.append(time.perf_counter() - started)
-    return times, centroids
+def timed_lloyd(source, centroids, iterations, runtime):
+    """Seconds of each Lloyd iteration (the update's shift syncs the device every iteration) and
+    the final centroids."""
+    stamps = [time.perf_counter()]
+    result = lloyd(source, centroids, runtime, max_iter=iterations, tol=0.0, desc="bench",
+                   on_iteration=lambda *_: stamps.append(time.perf_counter()))
+    return np.diff(stamps).tolist(), result.centroids
 
 
 def main():
@@ -134,7 +105,8 @@ def main():
     parser.add_argument("--k", type=int, default=4096)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--reduce-blocks", type=int, default=4)
-    parser.add_argument("--iterations", type=int, default=7)
+    parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--modes", default="collective,dispatch", help="ways to run on Ray, comma-separated")
     parser.add_argument("--node-ip", default="127.0.0.1", help="the local cluster's address")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -146,35 +118,48 @@ def main():
         sizes, dim, k, dtype, iterations = [int(n) for n in args.n.split(",")], args.dim, args.k, args.dtype, args.iterations
     results, speedups = [], {}
     kind = {"gpus_per_worker": 1} if gpu else {"gpus_per_worker": 0}
+    modes = args.modes.split(",")
     ray.init(num_cpus=max(4, os.cpu_count() or 1) if gpu else 2, num_gpus=2 if gpu else 0,
              _node_ip_address=args.node_ip, include_dashboard=False)
+
+    def record(case, impl, times, final, reference, **extra):
+        # the first iteration of a run also generates the data where it runs: left out
+        results.append({"case": case, "impl": impl, "seconds": statistics.median(times[1:]), "all_seconds": times,
+                        "same_centroids_as_local": bool(np.array_equal(final, reference)), **extra})
+        return results[-1]["seconds"]
+
     try:
         for n in sizes:
             source = GeneratedSource(n, dim, dtype)
-            c0 = np.random.default_rng(0).normal(size=(k, dim)).astype(np.float32)
+            # k rows of the data (KMeans's init="random"): centroids in the data, as any init gives
+            rows = np.sort(np.random.default_rng(0).choice(n, k, replace=False))
+            c0 = source.take(rows).float().cpu().numpy()
             case = f"N{n}_D{dim}_K{k}_{dtype}"
-            row = {}
-            for workers in (1, 2):
-                runtime = RayRuntime(num_workers=workers, reduce_blocks=args.reduce_blocks, progress=False, **kind)
-                iterate(runtime, source, c0, 1)  # warm-up: actors, data generated, kernels compiled
-                times, final = iterate(runtime, source, c0, iterations)
-                runtime.close()
-                row[workers] = statistics.median(times)
-                results.append({"case": case, "impl": f"ray-{workers}-{'gpu' if gpu else 'cpu'}", "seconds": row[workers],
-                                "all_seconds": times, "peak_bytes": None,
-                                "quality": {"centroid_checksum": float(np.abs(final).sum())}})
             local = LocalRuntime("cuda" if gpu else "cpu", progress=False, reduce_blocks=args.reduce_blocks)
-            iterate(local, source, c0, 1)
-            times, _ = iterate(local, source, c0, iterations)
-            results.append({"case": case, "impl": "local-1", "seconds": statistics.median(times), "all_seconds": times,
-                            "peak_bytes": torch.cuda.max_memory_allocated() if gpu else common.peak_rss_bytes()})
+            timed_lloyd(source, c0, 2, local)  # warm-up: kernels compiled
+            times, reference = timed_lloyd(source, c0, iterations, local)
+            record(case, "local-1", times, reference, reference,
+                   peak_bytes=torch.cuda.max_memory_allocated() if gpu else common.peak_rss_bytes())
             source._x = None
-            speedups[f"{case}: 2 workers vs 1"] = row[1] / row[2]
-            print(common.table(results[-3:], ["case", "impl", "seconds"]), flush=True)
+            for mode in modes:
+                row = {}
+                for workers in (1, 2):
+                    runtime = RayRuntime(num_workers=workers, reduce_blocks=args.reduce_blocks, progress=False,
+                                         collective=mode == "collective", **kind)
+                    try:
+                        runtime.drive(timed_lloyd, source, c0, 2)  # warm-up: actors, group, kernels compiled
+                        times, final = runtime.drive(timed_lloyd, source, c0, iterations)
+                    finally:
+                        runtime.close()
+                    row[workers] = record(case, f"ray-{mode}-{workers}-{'gpu' if gpu else 'cpu'}", times, final,
+                                          reference, peak_bytes=None)
+                speedups[f"{case} {mode}: 2 workers vs 1"] = row[1] / row[2]
+            print(common.table([r for r in results if r["case"] == case], ["case", "impl", "seconds",
+                                                                           "same_centroids_as_local"]), flush=True)
     finally:
         ray.shutdown()
     params = {"sizes": sizes, "dim": dim, "k": k, "dtype": dtype, "reduce_blocks": args.reduce_blocks,
-              "iterations": iterations, "gpu": gpu, "quick": args.quick}
+              "iterations": iterations, "modes": modes, "gpu": gpu, "quick": args.quick}
     path = common.write("ray_gpu", params, results, speedups, "python " + " ".join(sys.argv),
                         **({"path": Path(args.out)} if args.out else {}))
     print(json.dumps(speedups, indent=1))

@@ -165,3 +165,50 @@ def test_topk_kernel_agrees_with_float64(dtype):
     assert (idx[:10_000] == ref).float().mean().item() >= 0.999
     chosen = full.gather(1, idx[:10_000])
     assert abs(chosen.sum().item() - dist[:10_000].double().sum().item()) <= 1e-3 * chosen.sum().item()
+
+
+def test_centroids_from_device_sums_are_the_bits_of_host_sums():
+    """The update turns sums left on the GPU into centroids there (no (K, d) array through the
+    host): the same bits as from the same sums on the host, empty clusters relocated alike."""
+    from mega_taxonomy.cluster.lloyd import LloydState, LloydTask, counts_on_host, new_centroids
+    from mega_taxonomy.io import VectorSource
+    from mega_taxonomy.runtime import LocalRuntime
+
+    x, _ = clustered(150_000, 40, 32, seed=7)
+    init = np.concatenate([x[:40], x[:2]])  # copies lose their ties to the originals: two empty clusters
+    source = VectorSource(torch.from_numpy(x).cuda())
+    for metric in ("euclidean", "cosine"):
+        state = LloydState(init, metric=metric, far=True, device_sums=True)
+        partial = LocalRuntime("cuda", progress=False).map_reduce(source, LloydTask(), state)
+        assert isinstance(partial.sums, torch.Tensor) and partial.sums.is_cuda
+        partial = counts_on_host(partial)
+        on_device, counts = new_centroids(partial, init, source, metric)
+        partial.sums = partial.sums.cpu().numpy()
+        on_host, host_counts = new_centroids(partial, init, source, metric)
+        assert isinstance(on_device, torch.Tensor) and isinstance(on_host, np.ndarray)
+        assert np.array_equal(on_device.cpu().numpy(), on_host) and np.array_equal(counts, host_counts)
+        assert (counts[40:] == 1).all()  # relocated
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_collective_kmeans_on_two_gpus_is_bit_identical_to_local():
+    """RayRuntime(collective=True) on 2 GPUs (NCCL) gives LocalRuntime's centroids on one."""
+    import os
+
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    ray = pytest.importorskip("ray")
+    from mega_taxonomy.runtime import LocalRuntime
+    from mega_taxonomy.runtime.ray import RayRuntime
+
+    x, _ = clustered(6 * 65536 + 99, 64, 96, seed=8)
+    fit = lambda runtime: KMeans(64, init=x[:64], tol=0, max_iter=5, device="cuda", runtime=runtime).fit(x)  # noqa: E731
+    local = fit(LocalRuntime("cuda", progress=False, reduce_blocks=2))
+    ray.init(num_cpus=4, num_gpus=2, _node_ip_address="127.0.0.1", include_dashboard=False)
+    try:
+        runtime = RayRuntime(num_workers=2, reduce_blocks=2, collective=True, progress=False)
+        remote = fit(runtime)
+        runtime.close()
+    finally:
+        ray.shutdown()
+    assert np.array_equal(local.cluster_centers_, remote.cluster_centers_)
+    assert np.array_equal(local.labels_, remote.labels_) and local.inertia_ == remote.inertia_

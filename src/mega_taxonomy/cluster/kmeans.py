@@ -204,8 +204,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             centroids = torch.nn.functional.normalize(torch.from_numpy(centroids), dim=1).numpy()
         tol = self.tol * sample.mean_variance if self.tol > 0 else 0.0
         in_memory = not is_source_like(X)
-        result = lloyd(source, centroids, runtime, metric=self.metric, max_iter=self.max_iter, tol=tol,
-                       keep_labels=in_memory, desc="k-means")
+        result = runtime.drive(lloyd, source, centroids, metric=self.metric, max_iter=self.max_iter, tol=tol,
+                               keep_labels=in_memory, desc="k-means")
         self.cluster_centers_ = result.centroids
         self.counts_ = result.counts
         self.inertia_ = result.inertia

@@ -38,7 +38,7 @@ MAX_FAR_ROWS = 1024
 class LloydState:
     """What a pass needs: the centroids, the grouping, and what to compute."""
 
-    centroids: np.ndarray  # (K, d) in the compute dtype
+    centroids: np.ndarray | torch.Tensor  # (K, d) in the compute dtype (a tensor: on the pass's device)
     metric: str = "euclidean"
     update: bool = True  # sums, for new centroids
     far: bool = False  # the farthest rows of every group, to refill empty clusters
@@ -48,7 +48,7 @@ class LloydState:
     far_per_group: int = MAX_FAR_ROWS
     sample: tuple[int, int] | None = None  # (size, seed): draw a hash sample of each cluster
     penalty: np.ndarray | None = None  # (K,) cost added to each centroid's distance when assigning
-    device_sums: bool = False  # on CUDA, leave the sums on the device (added there, in block order)
+    device_sums: bool = False  # on CUDA, leave sums, counts and inertia on the device (added there, in block order)
 
     @property
     def n_groups(self) -> int:
@@ -66,13 +66,6 @@ class LloydPartial:
     far_per_group: int = MAX_FAR_ROWS
     labels: dict = field(default_factory=dict)  # block index -> (labels, distances), when kept
     sample: SamplePartial | None = None  # per cluster, when asked for
-
-    def __getstate__(self):
-        # Sums left on a CUDA device travel (to other processes) as numpy.
-        state = dict(self.__dict__)
-        if isinstance(state["sums"], torch.Tensor):
-            state["sums"] = state["sums"].cpu().numpy()
-        return state
 
     def __add__(self, other: LloydPartial) -> LloydPartial:
         out = LloydPartial(self.counts + other.counts, self.inertia + other.inertia,
@@ -136,26 +129,26 @@ class LloydTask:
                                         state.penalty, state.metric)
         # Rows whose parent is a leaf have no children here (label -1): they take no part.
         valid = labels >= 0
-        all_valid = bool(valid.all())
-        lab, d64 = (labels, dist.double()) if all_valid else (labels[valid], dist[valid].double())
         if x.is_cuda:  # sort + segmented reduction (ops/update.py): no atomics, same bits every run
             rows = normalize_rows(x) if state.update and state.metric == "cosine" else x
             sums, counts, inertia = cluster_stats(rows, labels, dist, k)
+            if not state.device_sums:  # else all stay on the device: no sync per block
+                sums, counts, inertia = sums.cpu().numpy(), counts.cpu().numpy(), inertia.cpu().numpy()
+            out = LloydPartial(counts, inertia, sums if state.update else None, far_per_group=state.far_per_group)
         else:
+            all_valid = bool(valid.all())
+            lab, d64 = (labels, dist.double()) if all_valid else (labels[valid], dist[valid].double())
             counts = torch.bincount(lab, minlength=k)
             inertia = torch.zeros(k, dtype=torch.float64, device=device).index_add_(0, lab, d64)
-        out = LloydPartial(counts.cpu().numpy(), inertia.cpu().numpy(), far_per_group=state.far_per_group)
-        if state.update:
-            if x.is_cuda:
-                out.sums = sums if state.device_sums else sums.cpu().numpy()
-            else:
+            out = LloydPartial(counts.cpu().numpy(), inertia.cpu().numpy(), far_per_group=state.far_per_group)
+            if state.update:
                 rows = x if all_valid else x[valid]
                 if state.metric == "cosine":
                     rows = normalize_rows(rows)
                 out.sums = cluster_sums(rows, lab, k).cpu().numpy()
         if state.far:
             mask = valid.cpu().numpy()
-            out.far = block_farthest(d64, lab, block.ordinals[mask], groups[mask], state)
+            out.far = block_farthest(dist[valid].double(), labels[valid], block.ordinals[mask], groups[mask], state)
         if state.keep_labels:
             out.labels = {block.index: (labels.cpu().numpy(), dist.cpu().numpy())}
         if state.sample is not None:
@@ -228,16 +221,18 @@ def group_of_centroid(offsets: np.ndarray | None, k: int) -> np.ndarray:
     return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
 
 
-def new_centroids(partial: LloydPartial, old: np.ndarray, source, metric: str,
-                  offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def new_centroids(partial: LloydPartial, old, source, metric: str,
+                  offsets: np.ndarray | None = None) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
     """Centroids from a pass's sums, after relocating empty clusters; returns (centroids, counts).
 
     Each empty cluster takes the row farthest from its centroid among its group (largest first,
     as scikit-learn's ``_relocate_empty_clusters_dense``), which leaves the row's old cluster.
     The farthest rows come from a pass with ``LloydState.far``; without them, empty clusters keep
-    their centroid.
+    their centroid. Sums left on a device are turned into centroids there (a tensor, in the
+    dtype of ``old``): a GPU loop then moves no (K, d) array through the host.
     """
-    sums = partial.sums.cpu().numpy() if isinstance(partial.sums, torch.Tensor) else partial.sums.copy()
+    on_device = isinstance(partial.sums, torch.Tensor)
+    sums = partial.sums.clone() if on_device else torch.from_numpy(partial.sums.copy())
     counts = partial.counts.copy()
     group_of = group_of_centroid(offsets, len(old))
     empty = np.flatnonzero(counts == 0)
@@ -251,10 +246,11 @@ def new_centroids(partial: LloydPartial, old: np.ndarray, source, metric: str,
         if moves:
             take = np.array([pos for _, pos in moves])
             rows = source.take(far["ordinal"][take])
-            rows = (rows.cpu() if isinstance(rows, torch.Tensor) else torch.from_numpy(np.asarray(rows))).double()
+            rows = torch.as_tensor(rows.cpu() if isinstance(rows, torch.Tensor) else np.asarray(rows)).double()
             if metric == "cosine":
                 rows = normalize_rows(rows)
-            for (cluster, pos), row in zip(moves, rows.numpy()):
+            rows = rows.to(sums.device)
+            for (cluster, pos), row in zip(moves, rows):
                 previous = far["label"][pos]
                 sums[previous] -= row
                 counts[previous] -= 1
@@ -263,12 +259,33 @@ def new_centroids(partial: LloydPartial, old: np.ndarray, source, metric: str,
         if len(moves) < len(empty):
             logger.info("%d empty clusters had no row left to take", len(empty) - len(moves))
         logger.debug("relocated %d empty clusters", len(moves))
-    centroids = old.astype(np.float64)
-    filled = counts > 0
-    centroids[filled] = sums[filled] / counts[filled, None]
+    old = torch.as_tensor(old)
+    centroids = old.to(sums.device, torch.float64, copy=True)
+    filled = torch.from_numpy(counts > 0).to(sums.device)
+    centroids[filled] = sums[filled] / torch.from_numpy(counts).to(sums.device)[filled, None]
     if metric == "cosine":
-        centroids = normalize_rows(torch.from_numpy(centroids)).numpy()
-    return centroids.astype(old.dtype), counts
+        centroids = normalize_rows(centroids)
+    centroids = centroids.to(old.dtype)
+    return (centroids if on_device else centroids.numpy()), counts
+
+
+def squared_shift(new, old) -> float:
+    """Sum of squared differences of two sets of centroids (arrays, or tensors on one device)."""
+    if isinstance(new, np.ndarray) and isinstance(old, np.ndarray):
+        return float(((new.astype(np.float64) - old) ** 2).sum())
+    new = torch.as_tensor(new)
+    return float(((new.double() - torch.as_tensor(old).to(new.device).double()) ** 2).sum())
+
+
+def host(array) -> np.ndarray:
+    return array.cpu().numpy() if isinstance(array, torch.Tensor) else array
+
+
+def counts_on_host(partial: LloydPartial) -> LloydPartial:
+    """A pass's counts and inertia as arrays (left on the device by ``device_sums``): one sync
+    per pass rather than per block."""
+    partial.counts, partial.inertia = host(partial.counts), host(partial.inertia)
+    return partial
 
 
 @dataclass
@@ -300,7 +317,8 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         next taxonomy level), in ``result.partial.sample`` (its vectors: ``with_vectors``).
     on_iteration : callable, optional
         ``on_iteration(iteration, centroids, shift, penalty)`` after every update (checkpoints,
-        logs); ``penalty`` is what the next pass will use (None without penalties).
+        logs); ``centroids`` is a tensor on the device when the sums were left there (``host``
+        turns it into an array); ``penalty`` is what the next pass will use (None without penalties).
     penalty : (K,) array, optional
         Size-penalised assignment: rows go to the centroid of least ``distance + penalty``
         (distances and inertia stay the true ones). This is the first pass's.
@@ -327,14 +345,14 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
     for n_iter in range(start_iter + 1, max_iter + 1):
         state = LloydState(centroids, metric, True, far, keep_labels, offsets, groups, far_per_group,
                            penalty=penalty, device_sums=True)
-        partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter}")
+        partial = counts_on_host(runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter}"))
         if not far and (partial.counts == 0).any():
             far = True
             state = LloydState(centroids, metric, False, far, False, offsets, groups, far_per_group,
                                penalty=penalty)
             partial.far = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter} far").far
         updated, _ = new_centroids(partial, centroids, source, metric, offsets)
-        shift = float(((updated.astype(np.float64) - centroids) ** 2).sum())
+        shift = squared_shift(updated, centroids)
         logger.debug("%s %d: inertia %.6g, shift %.3g", desc, n_iter, partial.total_inertia, shift)
         centroids = updated
         if penalty_strength > 0:
@@ -347,4 +365,4 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         state = LloydState(centroids, metric, False, False, keep_labels, offsets, groups, sample=sample,
                            penalty=penalty)
         partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} assign")
-    return LloydResult(centroids, partial.counts, partial.total_inertia, n_iter, partial, penalty)
+    return LloydResult(host(centroids), partial.counts, partial.total_inertia, n_iter, partial, penalty)

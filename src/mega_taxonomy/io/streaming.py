@@ -69,9 +69,10 @@ def _readers(source) -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
-def stream(source, device, *, depth: int = 3, readers: int | None = None):
-    """Yield the blocks of ``source`` (a VectorSource), in order, with their vectors on the CUDA
-    ``device``.
+def stream(source, device, start: int = 0, stop: int | None = None, *, depth: int = 3,
+           readers: int | None = None):
+    """Yield the blocks [start, stop) of ``source`` (a VectorSource; stop None: to the end), in
+    order, with their vectors on the CUDA ``device``.
 
     Blocks already on the device pass through; others are read by ``readers`` threads (block b
     by thread b % readers), staged through pinned buffers (a pinned tensor source is copied
@@ -79,17 +80,17 @@ def stream(source, device, *, depth: int = 3, readers: int | None = None):
     Errors of the source are raised here, in the caller's thread. Not on CUDA: ``source.blocks()``.
     """
     device = torch.device(device)
+    stop = source.n_blocks if stop is None else stop
     if device.type != "cuda":
-        yield from source.blocks()
+        yield from source.blocks(start, stop)
         return
     readers = readers or _readers(source)
-    n_blocks = source.n_blocks
     queues = [queue.Queue(maxsize=2) for _ in range(readers)]
-    stop = threading.Event()
+    done = threading.Event()
     staging = _Staging(2 * readers + depth + 1)  # queued + in flight + one being filled per reader
 
     def put(q, item):
-        while not stop.is_set():
+        while not done.is_set():
             try:
                 q.put(item, timeout=0.1)
                 return True
@@ -101,8 +102,8 @@ def stream(source, device, *, depth: int = 3, readers: int | None = None):
         q = queues[rank]
         try:
             # one thread: one stream of blocks (runs of uncached blocks read in one go)
-            blocks = source.blocks() if readers == 1 else (
-                block for b in range(rank, n_blocks, readers) for block in source.blocks(b, b + 1))
+            blocks = source.blocks(start, stop) if readers == 1 else (
+                block for b in range(start + rank, stop, readers) for block in source.blocks(b, b + 1))
             for block in blocks:
                 vectors = block.vectors
                 if isinstance(vectors, torch.Tensor) and vectors.is_cuda:
@@ -110,7 +111,7 @@ def stream(source, device, *, depth: int = 3, readers: int | None = None):
                 else:
                     host, buf = _host_tensor(vectors), None
                     if not host.is_pinned():
-                        buf, host = staging.stage(host.contiguous(), stop)
+                        buf, host = staging.stage(host.contiguous(), done)
                         if host is None:
                             return
                     item = (block, host, buf)
@@ -126,10 +127,10 @@ def stream(source, device, *, depth: int = 3, readers: int | None = None):
     copy_stream = torch.cuda.Stream(device=device)
     in_flight = collections.deque()
     try:
-        b = 0
-        while b < n_blocks or in_flight:
-            while b < n_blocks and len(in_flight) < depth:
-                q = queues[b % readers]
+        b = start
+        while b < stop or in_flight:
+            while b < stop and len(in_flight) < depth:
+                q = queues[(b - start) % readers]
                 try:  # wait for a reader only when nothing is in flight
                     item = q.get(block=not in_flight)
                 except queue.Empty:
@@ -155,6 +156,6 @@ def stream(source, device, *, depth: int = 3, readers: int | None = None):
                     staging.free.put((buf, event))
             yield Block(block.index, block.ordinals, block.ids, dev)
     finally:
-        stop.set()
+        done.set()
         for thread in threads:
             thread.join(timeout=10)

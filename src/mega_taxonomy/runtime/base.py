@@ -180,6 +180,15 @@ class Runtime(abc.ABC):
             The sum of the block partials in block order.
         """
 
+    def drive(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        """Run an iterative driver, ``fn(*args, runtime=..., **kwargs)`` (``lloyd``, say), that makes
+        its passes through the runtime it is given, and return its result.
+
+        Here, in this process with this runtime; ``RayRuntime(collective=True)`` runs it on every
+        worker in lockstep instead (``runtime/collective.py``), with the same result.
+        """
+        return fn(*args, runtime=self, **kwargs)
+
     @abc.abstractmethod
     def pool(self, factory: Callable[[int], Any], n_workers: int = 1) -> WorkerPool:
         """Start ``n_workers`` stateful workers, worker ``rank`` built by ``factory(rank)``."""

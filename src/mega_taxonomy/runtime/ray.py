@@ -17,6 +17,10 @@ the current state and send them back; the driver adds them up. Here:
 - A worker that dies (its process killed, its node lost) is replaced and its items run again
   elsewhere; a unit is counted once however many times it ran. Transient storage errors inside
   a worker are retried with backoff there (``storage/retry.py``) and counted in ``retries``.
+- With ``collective=True``, iterative drivers (``runtime.drive(lloyd, ...)``) run on every worker
+  in lockstep instead, exchanging partials worker to worker (``collective.py``): no round trip
+  through the driver per pass. A lost worker fails the group, which is started again and the
+  driver rerun, with the same result.
 - Arrays of a state above ``broadcast_bytes`` (a level of millions of centroids) are written to
   the Store at ``state_uri`` and memory-mapped by the workers, instead of going through Ray's
   object store (``state.py``).
@@ -28,9 +32,12 @@ Library code never starts Ray: ``RayRuntime(address=...)`` attaches to a running
 from __future__ import annotations
 
 import collections
+import datetime
+import ipaddress
 import logging
 import math
 import os
+import socket
 import time
 import uuid
 import warnings
@@ -42,6 +49,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("RayRuntime needs Ray: pip install 'mega-taxonomy[ray]'") from exc
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, WorkerError
@@ -50,9 +58,11 @@ from ..ops.assign import set_cpu_threads
 from ..storage import Store
 from ..storage.retry import retries, retry
 from .base import OrderedReducer, Runtime, WorkerPool, reduce_units, units
+from .collective import CollectiveRuntime
 from .local import cpu_threads
 from .schedule import Schedule
 from .state import resolve, spill
+from .transfer import to_host
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +86,8 @@ def _init_threads(device: torch.device, cpus: float) -> None:
     set_cpu_threads(max(1, int(cpus)))
 
 
-class _BlockWorker:
-    """A Ray actor computing ranges of blocks: ``run`` returns one partial per unit."""
+class _Worker:
+    """What every actor of ours shares: its device, threads and process id."""
 
     def __init__(self, device_kind: str, cpus: float = 1.0):
         self.device = _device(device_kind)
@@ -85,11 +95,18 @@ class _BlockWorker:
         # States arrive as read-only views of Ray's shared memory (or memory maps) and no task
         # writes to them; torch would warn about every such array turned into a tensor.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        self._sources = collections.OrderedDict()  # token -> VectorSource, most recent last
-        self._pass, self._state = None, None
 
     def pid(self) -> int:
         return os.getpid()
+
+
+class _BlockWorker(_Worker):
+    """A Ray actor computing ranges of blocks: ``run`` returns one partial per unit."""
+
+    def __init__(self, device_kind: str, cpus: float = 1.0):
+        super().__init__(device_kind, cpus)
+        self._sources = collections.OrderedDict()  # token -> VectorSource, most recent last
+        self._pass, self._state = None, None
 
     def node(self) -> str:
         return ray.util.get_node_ip_address()
@@ -121,18 +138,42 @@ class _BlockWorker:
 
         with cpu_threads(self.device):
             partials = retry(compute, what=f"blocks [{start}, {stop}) of {source!r}")
-        return partials, retries() - before
+        return to_host(partials), retries() - before
 
 
-class _PoolWorker:
+class _CollectiveWorker(_Worker):
+    """A Ray actor that is one rank of a ``torch.distributed`` group and runs drivers in it."""
+
+    def endpoint(self) -> str:
+        """``host:port`` where this actor (rank 0) can host the group's rendezvous."""
+        host = ray.util.get_node_ip_address()
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            return f"{host}:{probe.getsockname()[1]}"
+
+    def join(self, endpoint: str, rank: int, world: int, timeout: float):
+        host = endpoint.rsplit(":", 1)[0]
+        if ipaddress.ip_address(host).is_loopback:  # gloo would pick the host's outward interface
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(0)  # the actor's GPU (Ray sets CUDA_VISIBLE_DEVICES)
+        dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", init_method=f"tcp://{endpoint}",
+                                rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout))
+        self.rank, self.world = rank, world
+
+    def run(self, job, reduce_blocks):
+        fn, args, kwargs = job
+        runtime = CollectiveRuntime(self.rank, self.world, self.device, reduce_blocks)
+        result = fn(*args, runtime=runtime, **kwargs)
+        return to_host(result) if self.rank == 0 else None
+
+
+class _PoolWorker(_Worker):
     """A Ray actor holding ``factory(rank)`` and calling its methods by name."""
 
     def __init__(self, factory, rank: int, device_kind: str, cpus: float = 1.0):
-        _init_threads(_device(device_kind), cpus)
+        super().__init__(device_kind, cpus)
         self._obj = factory(rank)
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def call(self, method, args, kwargs):
         return getattr(self._obj, method)(*args, **kwargs)
@@ -145,6 +186,7 @@ class _PoolWorker:
 
 _RemoteBlockWorker = ray.remote(_BlockWorker)
 _RemotePoolWorker = ray.remote(_PoolWorker)
+_RemoteCollectiveWorker = ray.remote(_CollectiveWorker)
 
 
 def _get(refs):
@@ -224,6 +266,14 @@ class RayRuntime(Runtime):
     progress : bool, default=True
     start_timeout : float, default=300
         Seconds to wait for the actors to start (the cluster may lack the resources asked for).
+    collective : bool, default=False
+        Run iterative drivers (``drive``: Lloyd's loop of KMeans) on the workers in lockstep, each
+        worker taking a fixed share of the units and exchanging partials with the others (NCCL
+        between GPUs, gloo between CPUs), rather than one pass at a time from this driver. For
+        data the workers keep in memory between passes, where a pass is short (see
+        ``runtime/collective.py``). Single passes (``map_reduce``) are dispatched as usual.
+    collective_timeout : float, default=1800
+        Seconds a worker of a collective waits for the others before failing.
 
     Attributes
     ----------
@@ -242,7 +292,7 @@ class RayRuntime(Runtime):
     def __init__(self, address=None, num_workers=None, *, gpus_per_worker=None, cpus_per_worker=1.0,
                  reduce_blocks=1, in_flight=2, dispatch_units=None, state_uri=None, storage_options=None,
                  broadcast_bytes=64 << 20, ray_remote_args=None, max_attempts=3, node_ip_address=None, progress=True,
-                 start_timeout=300.0):
+                 start_timeout=300.0, collective=False, collective_timeout=1800.0):
         units(1, reduce_blocks)  # validates it
         if in_flight < 1 or max_attempts < 1:
             raise ConfigError("in_flight and max_attempts must be >= 1")
@@ -274,8 +324,9 @@ class RayRuntime(Runtime):
         self.ray_remote_args = dict(ray_remote_args or {})
         self.state_uri, self._storage_options, self.broadcast_bytes = state_uri, storage_options, broadcast_bytes
         self.progress, self.start_timeout = progress, start_timeout
+        self.collective, self.collective_timeout = collective, collective_timeout
         self.retries = self.replaced = 0
-        self._workers = []
+        self._workers, self._group = [], []
         self._sources = weakref.WeakKeyDictionary()  # source -> {"token", "ref", "owner"}
         self._state_store = None
 
@@ -350,6 +401,7 @@ class RayRuntime(Runtime):
         for worker in self._workers:
             ray.kill(worker)
         self._workers = []
+        self._close_group()
         self._sources = weakref.WeakKeyDictionary()
         if self._owns_cluster and ray.is_initialized():
             ray.shutdown()
@@ -363,7 +415,74 @@ class RayRuntime(Runtime):
 
     def __repr__(self):
         return (f"RayRuntime(address={self.address!r}, num_workers={self.num_workers}, "
-                f"device={self._kind()!r}, reduce_blocks={self.reduce_blocks})")
+                f"device={self._kind()!r}, reduce_blocks={self.reduce_blocks}, collective={self.collective})")
+
+    # -- collective drivers --------------------------------------------------------------------
+    def _ensure_group(self):
+        if not self._group:
+            actors = self._start(_RemoteCollectiveWorker, lambda rank: (self._kind(), self.cpus_per_worker),
+                                 self.num_workers)
+            endpoint = ray.get(actors[0].endpoint.remote())
+            try:
+                _get([actor.join.remote(endpoint, rank, len(actors), self.collective_timeout)
+                      for rank, actor in enumerate(actors)])
+            except BaseException:
+                for actor in actors:
+                    ray.kill(actor)
+                raise
+            self._group = actors
+        return self._group
+
+    def _close_group(self):
+        for actor in self._group:
+            ray.kill(actor)
+        self._group = []
+
+    def drive(self, fn, *args, **kwargs):
+        """Run ``fn(*args, runtime=..., **kwargs)``: here, passes dispatched one by one; with
+        ``collective=True`` on every worker in lockstep (rank 0's result is returned). A worker
+        lost during a collective stops the group; it is started again and ``fn`` rerun, from the
+        start (drivers that checkpoint resume from their checkpoint), ``max_attempts`` times at
+        most."""
+        if not self.collective:
+            return super().drive(fn, *args, **kwargs)
+        job = ray.put((fn, args, kwargs))  # pickled once, fetched by every worker
+        for attempt in range(1, self.max_attempts + 1):
+            refs = [actor.run.remote(job, self.reduce_blocks) for actor in self._ensure_group()]
+            try:
+                return self._await_group(refs)
+            except _LOST as exc:
+                self._close_group()
+                self.replaced += 1
+                if attempt == self.max_attempts:
+                    raise WorkerError(f"a collective lost a worker {attempt} times; last: {type(exc).__name__}") from exc
+                logger.warning("a worker of the collective died (%s); starting the group again", type(exc).__name__)
+
+    def _await_group(self, refs):
+        """Rank 0's result once every rank is done. When one fails, the others may be stuck in a
+        collective with it: the group is stopped, and the failure raised as a loss when any rank
+        was lost (the others' errors then follow from it), else as the rank's own error."""
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(done[0])
+            except Exception as first:
+                lost = first if isinstance(first, _LOST) else None
+                if lost is None:  # a lost peer's ref fails within seconds; a live one is stuck
+                    finished, _ = ray.wait(pending, num_returns=len(pending), timeout=10.0)
+                    for ref in finished:
+                        try:
+                            ray.get(ref)
+                        except _LOST as exc:
+                            lost = exc
+                        except Exception:  # noqa: S110 - the peers' own failures follow from the first
+                            pass
+                self._close_group()
+                if lost is not None:
+                    raise lost from first
+                raise first.cause if isinstance(first, ray_errors.RayTaskError) else first
+        return ray.get(refs[0])
 
     # -- passes ------------------------------------------------------------------------------
     def _put_source(self, source) -> dict:
@@ -405,7 +524,7 @@ class RayRuntime(Runtime):
         workers = self._ensure_workers()
         entry = self._put_source(source)
         pass_id = uuid.uuid4().hex
-        state, spilled = self._spill(state, pass_id)
+        state, spilled = self._spill(to_host(state), pass_id)  # device tensors travel as numpy
         try:
             return self._run(source, entry, pass_id, ray.put(state), task, unit_ranges, len(workers), desc)
         finally:

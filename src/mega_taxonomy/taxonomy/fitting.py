@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from ..cluster.balance import imbalance, size_penalty, split_and_merge
-from ..cluster.lloyd import group_of_centroid, lloyd
+from ..cluster.lloyd import group_of_centroid, host, lloyd
 from ..cluster.sampling import hash_sample
 from ..errors import ConfigError
 from ..runtime import cpu_threads
@@ -248,7 +248,7 @@ class FitRun:
         folder = checkpoint_dir(level)
         previous = meta["checkpoint"] or {}
         name = f"{folder}/round-{balance_round}-iter-{iteration:04d}.npy"
-        store.put_array(name, centroids)
+        store.put_array(name, host(centroids))
         penalty_file = None
         if penalty is not None:  # the next pass's penalties: a function of the last pass
             penalty_file = f"{folder}/round-{balance_round}-iter-{iteration:04d}-penalty.npy"

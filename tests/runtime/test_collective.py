@@ -1,0 +1,129 @@
+"""Collective drivers (RayRuntime(collective=True)): Lloyd's loop run on every worker in lockstep
+(gloo between CPU workers on the loopback cluster) gives LocalRuntime's bits for any worker
+count; a worker killed mid-loop restarts the group to the same result; errors keep their type.
+Also the pickling that moves device tensors apart (runtime/transfer.py)."""
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mega_taxonomy.cluster import KMeans
+from mega_taxonomy.cluster.lloyd import LloydPartial
+from mega_taxonomy.errors import DataError
+from mega_taxonomy.io import BLOCK_ROWS, VectorSource
+from mega_taxonomy.runtime import LocalRuntime
+from mega_taxonomy.runtime.collective import share
+from mega_taxonomy.runtime.transfer import join_tensors, split_tensors, to_host
+
+pytestmark = pytest.mark.timeout(240)
+BESIDE = dict(cpus_per_worker=0.25, progress=False, start_timeout=60, collective=True, collective_timeout=60)
+
+
+def test_shares_cover_the_units_once_in_order():
+    for n_units in range(0, 9):
+        for world in range(1, 5):
+            covered = [u for rank in range(world) for u in share(n_units, rank, world)]
+            assert covered == list(range(n_units))
+
+
+def test_device_tensors_are_split_out_and_put_back():
+    """``meta`` tensors stand in for CUDA ones: any tensor not on the CPU is taken out."""
+    sums = torch.empty(3, 2, dtype=torch.float64, device="meta")
+    partial = LloydPartial(np.arange(3), np.ones(3), sums=sums)
+    packed, tensors = split_tensors(partial)
+    assert len(tensors) == 1 and tensors[0] is sums
+    back = join_tensors(packed, tensors)
+    assert back.sums is sums
+    np.testing.assert_array_equal(back.counts, partial.counts)
+    cpu = LloydPartial(np.arange(3), np.ones(3), sums=torch.ones(3, 2))
+    assert to_host(cpu) is cpu  # nothing to move
+
+
+class SlowSource(VectorSource):
+    """Blocks that take a while each, so that a worker can be killed mid-loop."""
+
+    def blocks(self, start=0, stop=None):
+        for block in super().blocks(start, stop):
+            time.sleep(0.05)
+            yield block
+
+
+@pytest.fixture(scope="module")
+def ray_mod(ray_cluster):
+    ray = pytest.importorskip("ray")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
+    return ray
+
+
+@pytest.fixture(scope="module")
+def X():
+    rng = np.random.default_rng(5)
+    centers = rng.normal(size=(10, 6)) * 5
+    return (centers[rng.integers(0, 10, 5 * BLOCK_ROWS + 321)] + rng.normal(size=(5 * BLOCK_ROWS + 321, 6))).astype(
+        np.float32)
+
+
+def kmeans(runtime, data, max_iter=4):
+    return KMeans(10, max_iter=max_iter, tol=0, random_state=0, device="cpu", runtime=runtime).fit(data)
+
+
+def assert_same(a, b):
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    np.testing.assert_array_equal(a.counts_, b.counts_)
+    assert a.inertia_ == b.inertia_ and a.n_iter_ == b.n_iter_
+
+
+@pytest.mark.parametrize("n_workers,reduce_blocks", [(1, 1), (2, 1), (3, 1), (2, 2)])
+def test_collective_kmeans_is_bit_identical_to_local(ray_mod, X, n_workers, reduce_blocks):
+    from mega_taxonomy.runtime.ray import RayRuntime
+
+    local = kmeans(LocalRuntime("cpu", progress=False, reduce_blocks=reduce_blocks), X)
+    runtime = RayRuntime(num_workers=n_workers, reduce_blocks=reduce_blocks, **BESIDE)
+    try:
+        remote = kmeans(runtime, X)
+        assert_same(local, remote)
+        np.testing.assert_array_equal(local.labels_, remote.labels_)
+        assert_same(kmeans(runtime, X), remote)  # the group is kept for the next fit
+    finally:
+        runtime.close()
+
+
+def test_a_killed_worker_restarts_the_group_to_the_same_result(ray_mod, X):
+    from mega_taxonomy.runtime.ray import RayRuntime
+
+    source = SlowSource(X)
+    expected = kmeans(LocalRuntime("cpu", progress=False), source, max_iter=6)
+    runtime = RayRuntime(num_workers=2, **BESIDE)
+    try:
+        victim = ray_mod.get(runtime._ensure_group()[1].pid.remote())
+        killer = threading.Timer(1.0, os.kill, (victim, signal.SIGKILL))  # a pass takes ~0.2 s
+        killer.start()
+        try:
+            result = kmeans(runtime, source, max_iter=6)
+        finally:
+            killer.cancel()
+        assert runtime.replaced == 1
+        assert_same(expected, result)
+    finally:
+        runtime.close()
+
+
+def test_errors_keep_their_type_and_stop_the_group(ray_mod, tmp_path):
+    from mega_taxonomy.runtime.ray import RayRuntime
+
+    bad = np.random.default_rng(0).normal(size=(3 * BLOCK_ROWS, 4)).astype(np.float32)
+    bad[2 * BLOCK_ROWS + 7, 1] = np.nan  # in the second worker's share
+    runtime = RayRuntime(num_workers=2, **BESIDE)
+    try:
+        with pytest.raises(DataError, match="row 131079"):
+            kmeans(runtime, VectorSource(bad))
+        assert runtime._group == []
+        assert kmeans(runtime, np.nan_to_num(bad)).n_iter_ == 4  # a new group runs the next one
+    finally:
+        runtime.close()
