@@ -451,8 +451,7 @@ class RayRuntime(Runtime):
             refs = [actor.run.remote(job, self.reduce_blocks) for actor in self._ensure_group()]
             try:
                 return self._await_group(refs)
-            except _LOST as exc:
-                self._close_group()
+            except _LOST as exc:  # the group is stopped already
                 self.replaced += 1
                 if attempt == self.max_attempts:
                     raise WorkerError(f"a collective lost a worker {attempt} times; last: {type(exc).__name__}") from exc
