@@ -22,11 +22,11 @@ from mega_taxonomy.runtime.collective import share
 from mega_taxonomy.runtime.transfer import join_tensors, split_tensors, to_host
 
 pytestmark = pytest.mark.timeout(240)
-BESIDE = dict(cpus_per_worker=0.25, progress=False, start_timeout=60, collective=True, collective_timeout=60)
+BESIDE = {"cpus_per_worker": 0.25, "progress": False, "start_timeout": 60, "collective": True, "collective_timeout": 60}
 
 
 def test_shares_cover_the_units_once_in_order():
-    for n_units in range(0, 9):
+    for n_units in range(9):
         for world in range(1, 5):
             covered = [u for rank in range(world) for u in share(n_units, rank, world)]
             assert covered == list(range(n_units))

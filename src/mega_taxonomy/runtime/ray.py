@@ -466,7 +466,7 @@ class RayRuntime(Runtime):
             done, pending = ray.wait(pending, num_returns=1)
             try:
                 ray.get(done[0])
-            except Exception as first:
+            except Exception as first:  # any failure stops the group, then is raised
                 lost = first if isinstance(first, _LOST) else None
                 if lost is None:  # a lost peer's ref fails within seconds; a live one is stuck
                     finished, _ = ray.wait(pending, num_returns=len(pending), timeout=10.0)
@@ -475,7 +475,7 @@ class RayRuntime(Runtime):
                             ray.get(ref)
                         except _LOST as exc:
                             lost = exc
-                        except Exception:  # noqa: S110 - the peers' own failures follow from the first
+                        except Exception:  # noqa: BLE001, S110 - the peers' own failures follow from the first
                             pass
                 self._close_group()
                 if lost is not None:

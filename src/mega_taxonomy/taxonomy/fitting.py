@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..runtime import cpu_threads
 from .levels import offsets_of, plan_children, seed_children
 from .passes import RouteState, RouteTask
-from .tree import Level, Tree
+from .tree import Level, Tree, optional_array
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +65,8 @@ def load_level(store, level) -> Level:
     """A completed level, as its run left it in the Store."""
     folder = checkpoint_dir(level)
     arrays = {name: np.asarray(store.get_array(f"{folder}/{name}.npy")) for name in ("centroids", "counts", "parent")}
-    penalty = None
-    if store.listdir(f"{folder}/penalty.npy"):
-        penalty = np.asarray(store.get_array(f"{folder}/penalty.npy"))
     return Level(arrays["centroids"], arrays["parent"], arrays["counts"],
-                 np.zeros(len(arrays["centroids"]) + 1, dtype=np.int64), penalty)
+                 np.zeros(len(arrays["centroids"]) + 1, dtype=np.int64), optional_array(store, f"{folder}/penalty.npy"))
 
 
 class FitRun:

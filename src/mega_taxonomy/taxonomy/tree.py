@@ -69,7 +69,12 @@ class Tree:
         levels = []
         for i in range(n_levels):
             level = Level(*(np.asarray(store.get_array(level_file(i, name))) for name in LEVEL_ARRAYS))
-            if store.listdir(level_file(i, "penalty")):
-                level.penalty = np.asarray(store.get_array(level_file(i, "penalty")))
+            level.penalty = optional_array(store, level_file(i, "penalty"))
             levels.append(level)
         return cls(levels, metric)
+
+
+def optional_array(store, name) -> np.ndarray | None:
+    """The array ``name`` of ``store``, None when there is none (a level's penalties exist only
+    with ``balance="penalty"``)."""
+    return np.asarray(store.get_array(name)) if store.listdir(name) else None
