@@ -26,15 +26,15 @@ from numba import njit
 
 @njit(cache=True, nogil=True, boundscheck=False)
 def _stats_part(x, labels, values, part, n_parts, sums, counts, value_sums):  # pragma: no cover - compiled
-    d, k = x.shape[1], sums.shape[0]
+    n_clusters = sums.shape[0]
     for r in range(x.shape[0]):
         j = labels[r]
-        if j < 0 or j * n_parts // k != part:
+        if j < 0 or j * n_parts // n_clusters != part:
             continue
         counts[j] += 1
         value_sums[j] += np.float64(values[r])
-        for k in range(d):
-            sums[j, k] += np.float64(x[r, k])
+        for col in range(x.shape[1]):
+            sums[j, col] += np.float64(x[r, col])
 
 
 def cluster_stats_numba(x: np.ndarray, labels: np.ndarray, values: np.ndarray, k: int):
