@@ -4,7 +4,7 @@ row (the distances: inertia), the partials of a Lloyd update.
 ``cluster_stats`` dispatches: on CUDA a sort by label followed by a segmented reduction in a
 fixed order (``update_triton``), with no atomics, so the sums are bit-identical from run to run
 (``index_add_`` on CUDA adds in whatever order its atomics land); on the CPU the compiled loop of
-``update_numba`` (every cluster's rows added in row order in float64, one thread per cluster);
+``update_numba`` (every cluster's rows added in row order, in float64);
 elsewhere the torch twin ``cluster_stats_reference``.
 
 Examples
