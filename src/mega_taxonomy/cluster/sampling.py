@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..ops.select_numba import smallest_per_group_numba
+from ..ops.update_numba import column_moments
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -188,10 +189,13 @@ def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, 
     hashes = hash_ids(block.ids, seed)
     groups = np.zeros(len(hashes), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
     total = total_sq = np.zeros(x.shape[1])
-    if moments:  # on the block's device: only the sums come back
-        x64 = x.double() if isinstance(x, torch.Tensor) else x.astype(np.float64)
-        total, total_sq = (np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v)
-                           for v in (x64.sum(0), (x64 * x64).sum(0)))
+    if moments and isinstance(x, torch.Tensor) and x.is_cuda:  # on the device: only the sums come back
+        x64 = x.double()
+        total, total_sq = x64.sum(0).cpu().numpy(), (x64 * x64).sum(0).cpu().numpy()
+    elif moments:
+        if isinstance(x, torch.Tensor):
+            x = (x if x.dtype in (torch.float32, torch.float64) else x.float()).numpy()
+        total, total_sq = column_moments(x if x.dtype in (np.float32, np.float64) else x.astype(np.float32))
     rows = {"hash": hashes, "ordinal": block.ordinals, "group": groups}
     return SamplePartial(size, BestPerGroup(size, rows, key="hash").compact(), len(hashes), total, total_sq)
 
