@@ -106,8 +106,8 @@ class OutputTask:
             levels = []
             for level in range(state.tree.n_levels):
                 on = paths[:, level] >= 0
-                members = {"node": paths[on, level], "distance": dists[on, level], "ordinal": block.ordinals[on],
-                           "id": block.ids[on]}
+                members = {"node": paths[on, level], "distance": dists[on, level],
+                           "ordinal": block.ordinals[on], "id": block.ids[on]}
                 levels.append(BestPerGroup(state.members, members, key="distance", group="node").compact())
             leaves = {}
             if state.leaves:
