@@ -125,3 +125,13 @@ def test_bits_do_not_depend_on_the_thread_count_or_the_rows_around():
         assert torch.equal(a[5:777], b)
     for a, b in zip(stats, stats_one):
         np.testing.assert_array_equal(a, b)
+
+
+def test_indices_out_of_range_raise_instead_of_reaching_the_kernels():
+    x, c = torch.zeros(3, 2), torch.zeros(4, 2)
+    with pytest.raises(ValueError, match="offsets"):
+        grouped_nearest_numba(x, np.array([0, 0, 1]), c, np.array([0, 2, 5]), "euclidean")
+    with pytest.raises(IndexError, match="groups"):
+        grouped_nearest_numba(x, np.array([0, 2, 1]), c, np.array([0, 2, 4]), "euclidean")
+    with pytest.raises(IndexError, match="labels"):
+        cluster_stats_numba(x.numpy(), np.array([0, 4, -1]), np.zeros(3, np.float32), 4)

@@ -46,6 +46,8 @@ def smallest_per_group(keys: np.ndarray, ordinals: np.ndarray, n: int,
     bounded heaps (``ops/select_numba.py``), not a sort of every row."""
     keys = np.ascontiguousarray(keys)
     ordinals = np.ascontiguousarray(ordinals, dtype=np.int64)
+    if len(ordinals) != len(keys) or (groups is not None and len(groups) != len(keys)):
+        raise ValueError(f"{len(keys)} keys need as many ordinals and groups")  # the kernel reads them unchecked
     if groups is None or len(keys) == 0:
         groups, lowest, n_groups = np.zeros(len(keys), dtype=np.int64), 0, 1
     else:

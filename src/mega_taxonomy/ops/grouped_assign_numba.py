@@ -109,6 +109,11 @@ def grouped_nearest_numba(x: torch.Tensor, groups, centroids: torch.Tensor, offs
     xn, cn = np.ascontiguousarray(x.numpy()), np.ascontiguousarray(c.numpy())
     g = np.zeros(0, dtype=np.int64) if groups is None else np.ascontiguousarray(groups, dtype=np.int64)
     off = np.ascontiguousarray(offsets, dtype=np.int64)
+    # The kernel does not check its indices (it would not vectorize): check them here, once.
+    if len(off) < 2 or off[0] < 0 or off[-1] > len(cn) or (np.diff(off) < 0).any():
+        raise ValueError(f"offsets must ascend within [0, {len(cn)}] (the centroids), got {off[0]}..{off[-1]}")
+    if len(g) and (g.min() < 0 or g.max() >= len(off) - 1):
+        raise IndexError(f"groups must be within [0, {len(off) - 1}), got {g.min()}..{g.max()}")
     n = xn.shape[0]
     best, label = np.empty(n, dtype=xn.dtype), np.empty(n, dtype=np.int64)
     cosine = metric == "cosine"

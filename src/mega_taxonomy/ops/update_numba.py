@@ -48,6 +48,8 @@ def cluster_stats_numba(x: np.ndarray, labels: np.ndarray, values: np.ndarray, k
 
     x, values = np.ascontiguousarray(x), np.ascontiguousarray(values)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
+    if len(labels) != len(x) or len(values) != len(x) or (len(labels) and labels.max() >= k):
+        raise IndexError(f"{len(x)} rows need as many labels and values, all labels below k={k}")
     n, step = x.shape[0], max(_TILE_ROWS, 8 * k)
     starts = range(0, max(n, 1), step)
     sums = np.zeros((len(starts), k, x.shape[1]), dtype=np.float64)
