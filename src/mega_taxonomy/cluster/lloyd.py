@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..ops import grouped_nearest, nearest, normalize_rows
-from ..ops.update import cluster_stats, cluster_sums
+from ..ops.update import cluster_stats
 from ..runtime import in_block_order
 from .balance import size_penalty
 from .sampling import BestPerGroup, SamplePartial, block_sample
@@ -127,26 +127,16 @@ class LloydTask:
             g, offsets = torch.as_tensor(groups, device=device), torch.as_tensor(state.offsets, device=device)
             dist, labels = with_penalty(lambda x, c, metric: grouped_nearest(x, g, c, offsets, metric=metric), x, c,
                                         state.penalty, state.metric)
-        # Rows whose parent is a leaf have no children here (label -1): they take no part.
-        valid = labels >= 0
-        if x.is_cuda:  # sort + segmented reduction (ops/update.py): no atomics, same bits every run
-            rows = normalize_rows(x) if state.update and state.metric == "cosine" else x
-            sums, counts, inertia = cluster_stats(rows, labels, dist, k)
-            if not state.device_sums:  # else all stay on the device: no sync per block
-                sums, counts, inertia = sums.cpu().numpy(), counts.cpu().numpy(), inertia.cpu().numpy()
-            out = LloydPartial(counts, inertia, sums if state.update else None, far_per_group=state.far_per_group)
-        else:
-            all_valid = bool(valid.all())
-            lab, d64 = (labels, dist.double()) if all_valid else (labels[valid], dist[valid].double())
-            counts = torch.bincount(lab, minlength=k)
-            inertia = torch.zeros(k, dtype=torch.float64, device=device).index_add_(0, lab, d64)
-            out = LloydPartial(counts.cpu().numpy(), inertia.cpu().numpy(), far_per_group=state.far_per_group)
-            if state.update:
-                rows = x if all_valid else x[valid]
-                if state.metric == "cosine":
-                    rows = normalize_rows(rows)
-                out.sums = cluster_sums(rows, lab, k).cpu().numpy()
+        # Rows whose parent is a leaf have no children here (label -1): they take no part. On CUDA
+        # a sort + segmented reduction (no atomics), on the CPU a compiled loop in row order
+        # (ops/update.py): the same bits every run.
+        rows = normalize_rows(x) if state.update and state.metric == "cosine" else x
+        sums, counts, inertia = cluster_stats(rows, labels, dist, k)
+        if not (x.is_cuda and state.device_sums):  # else all stay on the device: no sync per block
+            sums, counts, inertia = sums.cpu().numpy(), counts.cpu().numpy(), inertia.cpu().numpy()
+        out = LloydPartial(counts, inertia, sums if state.update else None, far_per_group=state.far_per_group)
         if state.far:
+            valid = labels >= 0
             mask = valid.cpu().numpy()
             out.far = block_farthest(dist[valid].double(), labels[valid], block.ordinals[mask], groups[mask], state)
         if state.keep_labels:

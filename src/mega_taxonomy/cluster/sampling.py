@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..ops.grouped_assign import stable_order
+from ..ops.select_numba import smallest_per_group_numba
+from ..ops.update_numba import column_moments
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -41,24 +42,20 @@ def smallest_per_group(keys: np.ndarray, ordinals: np.ndarray, n: int,
                        groups: np.ndarray | None = None) -> np.ndarray:
     """Positions of the ``n`` smallest keys of every group (equal keys by ordinal), ordered by
     group, then key: the selection of every mergeable "best n per group" partial (lowest
-    hashes, nearest members, farthest rows with negated distances)."""
-    keys = np.asarray(keys)
-    # A sort by key, then a stable sort by group: 4x faster than one lexsort of the three columns
-    # (1M rows: 100 ms against 400 ms), since groups sort by radix (small integers) and equal
-    # keys are rare; where there are some, a lexsort puts them in ordinal order first.
-    order = np.argsort(keys)
-    sorted_keys = keys[order]
-    if len(keys) > 1 and (sorted_keys[1:] == sorted_keys[:-1]).any():
-        order = np.lexsort((ordinals, keys))
-    if groups is None:
-        return order[:n]
-    sorted_groups = np.asarray(groups)[order]
-    if len(order) and sorted_groups.min() >= 0:
-        by_group = stable_order(sorted_groups, int(sorted_groups.max()) + 1)
+    hashes, nearest members, farthest rows with negated distances). One pass of per-group
+    bounded heaps (``ops/select_numba.py``), not a sort of every row."""
+    keys = np.ascontiguousarray(keys)
+    ordinals = np.ascontiguousarray(ordinals, dtype=np.int64)
+    if len(ordinals) != len(keys) or (groups is not None and len(groups) != len(keys)):
+        raise ValueError(f"{len(keys)} keys need as many ordinals and groups")  # the kernel reads them unchecked
+    if groups is None or len(keys) == 0:
+        groups, lowest, n_groups = np.zeros(len(keys), dtype=np.int64), 0, 1
     else:
-        by_group = np.argsort(sorted_groups, kind="stable")
-    order = order[by_group]
-    return order[rank_in_group(sorted_groups[by_group]) < n]
+        groups = np.asarray(groups, dtype=np.int64)
+        lowest = int(groups.min())  # rows of no group (-1) form a group of their own
+        n_groups = int(groups.max()) - lowest + 1
+        groups = groups - lowest if lowest else np.ascontiguousarray(groups)
+    return smallest_per_group_numba(keys, ordinals, groups, n, n_groups)
 
 
 # Rows a BestPerGroup may hold unselected: it sorts again only when it holds twice as many as
@@ -70,10 +67,12 @@ class BestPerGroup:
     """A mergeable table of the ``n`` rows of smallest ``key`` per ``group`` (equal keys by the
     "ordinal" column), among all rows added to it: ``a + b`` is the selection of the union.
 
-    Adding only collects the parts; the selection (one concatenation and a sort) runs when the
-    rows have doubled since the last one, and when the columns are read. A reduction over many
-    blocks then copies and sorts O(log) times, not once per block, with the same result whatever
-    the schedule: the n smallest of a union are the n smallest among the n smallest of its parts.
+    Adding only collects the parts; the selection (one concatenation and a pass of per-group
+    heaps) runs when the rows have doubled since the last one and it would at least halve them,
+    and when the columns are read. A reduction over many blocks then selects O(log) times, not
+    once per block, and not while every group still keeps all its rows (a sample of 1024 rows per
+    node, 4096 nodes), with the same result whatever the schedule: the n smallest of a union are
+    the n smallest among the n smallest of its parts.
 
     Examples
     --------
@@ -90,6 +89,8 @@ class BestPerGroup:
         self._rows = len(columns[key])
         # Rows right after the last selection (None: rows were added since).
         self._selected = self._rows if selected else None
+        # Rows when a selection last ran or was found not to halve them: merges look again at twice as many.
+        self._checked = self._rows if selected else 0
 
     def __len__(self):
         return self._rows
@@ -101,18 +102,19 @@ class BestPerGroup:
             key = columns[self.key]
             keep = smallest_per_group(-key if self.largest else key, columns["ordinal"], self.n, columns[self.group])
             self._parts = [{name: v[keep] for name, v in columns.items()}]
-            self._rows = self._selected = len(keep)
+            self._rows = self._selected = self._checked = len(keep)
         return self
 
     def compact(self) -> BestPerGroup:
         """Select now if that at least halves the rows (counted without sorting), else leave the
         selection to the merges: a block's partial is small to send, and no sort is spent on a
         block whose groups all keep every row."""
-        groups = np.concatenate([p[self.group] for p in self._parts])
-        if self._selected is None and len(groups) and groups.min() >= 0:
-            kept = int(np.minimum(np.bincount(groups), self.n).sum())
+        if self._selected is None and self._rows:
+            groups = np.concatenate([p[self.group] for p in self._parts])
+            kept = int(np.minimum(np.bincount(groups - groups.min()), self.n).sum())
             if 2 * kept <= len(groups):
                 self.selected()
+        self._checked = self._rows
         return self
 
     def __getitem__(self, column) -> np.ndarray:
@@ -122,8 +124,9 @@ class BestPerGroup:
     def __add__(self, other: BestPerGroup) -> BestPerGroup:
         both = BestPerGroup(self.n, self._parts[0], key=self.key, group=self.group, largest=self.largest)
         both._parts, both._rows = self._parts + other._parts, self._rows + other._rows
-        if both._rows > 2 * max(self._selected or 0, other._selected or 0, _UNSELECTED_ROWS):
-            both.selected()
+        both._checked = max(self._checked, other._checked)
+        if both._rows > 2 * max(both._checked, _UNSELECTED_ROWS):
+            both.compact()
         return both
 
     def __getstate__(self):  # what crosses processes is the selection, never a pending union
@@ -194,10 +197,13 @@ def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, 
     hashes = hash_ids(block.ids, seed)
     groups = np.zeros(len(hashes), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
     total = total_sq = np.zeros(x.shape[1])
-    if moments:  # on the block's device: only the sums come back
-        x64 = x.double() if isinstance(x, torch.Tensor) else x.astype(np.float64)
-        total, total_sq = (np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v)
-                           for v in (x64.sum(0), (x64 * x64).sum(0)))
+    if moments and isinstance(x, torch.Tensor) and x.is_cuda:  # on the device: only the sums come back
+        x64 = x.double()
+        total, total_sq = x64.sum(0).cpu().numpy(), (x64 * x64).sum(0).cpu().numpy()
+    elif moments:
+        if isinstance(x, torch.Tensor):
+            x = (x if x.dtype in (torch.float32, torch.float64) else x.float()).numpy()
+        total, total_sq = column_moments(x if x.dtype in (np.float32, np.float64) else x.astype(np.float32))
     rows = {"hash": hashes, "ordinal": block.ordinals, "group": groups}
     return SamplePartial(size, BestPerGroup(size, rows, key="hash").compact(), len(hashes), total, total_sq)
 

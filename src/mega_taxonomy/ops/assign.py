@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
 
+from .grouped_assign_numba import MAX_CHILDREN, grouped_nearest_numba
+
 METRICS = ("euclidean", "cosine")
 
 # Elements of one distance tile: 2**22 float32 = 16 MiB. Big enough to keep the matrix
@@ -184,6 +186,11 @@ def set_cpu_threads(n: int) -> None:
     previous.shutdown(wait=False)
 
 
+def cpu_thread_count() -> int:
+    """Threads of this process's CPU work (``set_cpu_threads``)."""
+    return _POOL._max_workers
+
+
 def parallel_map(work, items) -> None:
     """``work(item)`` for every item, in this process's CPU threads, each with a single-threaded
     BLAS (numpy releases the GIL in its products and most array work)."""
@@ -325,8 +332,9 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidea
         Squared L2, or ``1 - cos``.
     backend : {"auto", "torch", "triton"}, default="auto"
         "auto": the Triton kernel for fp16 / bf16 / fp32 tensors on CUDA (fp32 products in tf32
-        when ``torch.backends.cuda.matmul.allow_tf32`` is set, IEEE fp32 otherwise), the torch
-        twin elsewhere.
+        when ``torch.backends.cuda.matmul.allow_tf32`` is set, IEEE fp32 otherwise); on the CPU
+        the compiled kernel of ``grouped_assign_numba`` for up to ``MAX_CHILDREN`` centroids, the
+        torch twin otherwise.
 
     Returns
     -------
@@ -345,6 +353,8 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidea
     _check(x, centroids, metric)
     if _use_triton(x, backend):
         return nearest_triton_dispatch(x, centroids, metric)
+    if x.device.type == "cpu" and backend == "auto" and centroids.shape[0] <= MAX_CHILDREN:
+        return grouped_nearest_numba(x, None, centroids, [0, centroids.shape[0]], metric)
     return nearest_reference(x, centroids, metric=metric)
 
 

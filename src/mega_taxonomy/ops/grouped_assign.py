@@ -8,8 +8,10 @@ number of parents.
 ``grouped_nearest`` / ``grouped_topk`` dispatch; ``*_reference`` are the torch twins: rows
 sorted by group, then one matrix product per run of consecutive groups (rows of the run x all
 its children), from which each row keeps its own group's columns. On the CPU,
-``grouped_nearest`` works on numpy arrays in parallel threads: big groups get products of their
-own, small ones go by buckets through batched products (see ``_OWN_PRODUCT_ROWS``).
+``grouped_nearest`` runs the compiled loop of ``grouped_assign_numba`` where groups are narrow
+(a taxonomy's few children per node); wider groups, and ``grouped_topk``, work on numpy arrays in
+parallel threads: big groups get products of their own, small ones go by buckets through
+batched products (see ``_OWN_PRODUCT_ROWS``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from .assign import _TILE_ELEMENTS, _check, _finish, _prepare, _use_triton, parallel_map
+from .grouped_assign_numba import grouped_nearest_numba, narrow
 
 # Children per matrix product of grouped rows: enough columns for an efficient product, few
 # enough that computing every row against all of them wastes little.
@@ -202,8 +205,9 @@ def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *
     metric : {"euclidean", "cosine"}
     backend : {"auto", "torch", "triton"}, default="auto"
         "auto": the Triton kernel (``grouped_assign_triton``) for fp16 / bf16 / fp32 tensors on
-        CUDA, the numpy path of :func:`_grouped_topk_cpu` on the CPU, the torch twin elsewhere;
-        "torch": the twin.
+        CUDA; on the CPU the compiled kernel of ``grouped_assign_numba`` where no group has more
+        than ``MAX_CHILDREN`` children, else the numpy path of :func:`_grouped_topk_cpu`; the torch
+        twin elsewhere; "torch": the twin.
 
     Returns
     -------
@@ -223,6 +227,8 @@ def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *
         return grouped_nearest_dispatch(x, groups, centroids, offsets, metric)
     if x.device.type == "cpu" and backend == "auto":
         groups, offsets = _numpy(groups, offsets)
+        if narrow(offsets):
+            return grouped_nearest_numba(x, groups, centroids, offsets, metric)
         d, i = _grouped_topk_cpu(x, groups, centroids, offsets, 1, metric)
         return d[:, 0], i[:, 0]
     return grouped_nearest_reference(x, groups, centroids, offsets, metric=metric)

@@ -3,8 +3,9 @@ row (the distances: inertia), the partials of a Lloyd update.
 
 ``cluster_stats`` dispatches: on CUDA a sort by label followed by a segmented reduction in a
 fixed order (``update_triton``), with no atomics, so the sums are bit-identical from run to run
-(``index_add_`` on CUDA adds in whatever order its atomics land); elsewhere the torch twin
-``cluster_stats_reference``.
+(``index_add_`` on CUDA adds in whatever order its atomics land); on the CPU the compiled loop of
+``update_numba`` (every cluster's rows added in row order, in float64);
+elsewhere the torch twin ``cluster_stats_reference``.
 
 Examples
 --------
@@ -20,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from .assign import _use_triton
+from .update_numba import cluster_stats_numba
 
 
 def cluster_sums(rows: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -67,13 +69,14 @@ def cluster_stats(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k
     k : int
         Number of clusters.
     backend : {"auto", "torch", "triton"}
-        "auto": the Triton kernels on CUDA, the twin elsewhere.
+        "auto": the Triton kernels on CUDA, the numba kernel on the CPU, the twin elsewhere.
 
     Returns
     -------
     sums : (k, d) float64
-        Exact to float64 rounding of float32 sums of 32 rows: the kernel adds 32 rows at a time
-        in float32, those partial sums in float64, each cluster's rows in sorted (stable) order.
+        On CUDA, exact to float64 rounding of float32 sums of 32 rows: the kernel adds 32 rows at
+        a time in float32, those partial sums in float64, each cluster's rows in sorted (stable)
+        order. On the CPU every row is added in float64, in row order.
     counts : (k,) int64
     value_sums : (k,) float64
     """
@@ -87,4 +90,10 @@ def cluster_stats(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k
         from .update_triton import cluster_stats_triton
 
         return cluster_stats_triton(x.detach(), labels, values.detach(), k)
+    if x.device.type == "cpu" and backend == "auto":
+        x = x.detach() if x.dtype in (torch.float32, torch.float64) else x.detach().float()
+        values = values.detach()
+        values = values if values.dtype in (torch.float32, torch.float64) else values.double()
+        stats = cluster_stats_numba(x.numpy(), labels.numpy(), values.numpy(), k)
+        return tuple(torch.from_numpy(v) for v in stats)
     return cluster_stats_reference(x, labels, values, k)
