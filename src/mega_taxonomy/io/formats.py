@@ -309,8 +309,9 @@ class NpyReader(_RecordReader):
             raise DataError(f"truncated: {size} bytes cannot hold an array {shape} of {dtype}", file=uri)
         self._record = np.dtype((dtype, (self.dim,)))
         self._map = None
-        if isinstance(fs, LocalFileSystem):
-            self._map = np.load(path, mmap_mode="r", allow_pickle=False)
+        if isinstance(fs, LocalFileSystem):  # mapped from the header read above (np.load would parse it again)
+            self._map = np.memmap(path, dtype=dtype, mode="r", offset=self._offset, shape=shape,
+                                  order="F" if self._fortran else "C")
 
     def _columns(self, start, stop):
         """Rows [start, stop) of a remote Fortran-order file: one range read per column."""
