@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..ops import grouped_nearest, nearest, normalize_rows
+from ..ops.grouped_assign_numba import MAX_CHILDREN, grouped_nearest_bounded
 from ..ops.update import cluster_stats
 from ..runtime import in_block_order
 from .balance import size_penalty
@@ -49,6 +50,9 @@ class LloydState:
     sample: tuple[int, int] | None = None  # (size, seed): draw a hash sample of each cluster
     penalty: np.ndarray | None = None  # (K,) cost added to each centroid's distance when assigning
     device_sums: bool = False  # on CUDA, leave sums, counts and inertia on the device (added there, in block order)
+    bounds: Mapping | None = None  # block index -> (labels, lower bounds) of the pass before (see ``use_bounds``)
+    drift: np.ndarray | None = None  # per group: the farthest any of its children moved since that pass
+    track_bounds: bool = False  # return every row's label and lower bound, for the next pass
 
     @property
     def n_groups(self) -> int:
@@ -66,10 +70,12 @@ class LloydPartial:
     far_per_group: int = MAX_FAR_ROWS
     labels: dict = field(default_factory=dict)  # block index -> (labels, distances), when kept
     sample: SamplePartial | None = None  # per cluster, when asked for
+    bounds: dict = field(default_factory=dict)  # block index -> (labels, lower bounds), when tracked
 
     def __add__(self, other: LloydPartial) -> LloydPartial:
         out = LloydPartial(self.counts + other.counts, self.inertia + other.inertia,
-                           far_per_group=self.far_per_group, labels={**self.labels, **other.labels})
+                           far_per_group=self.far_per_group, labels={**self.labels, **other.labels},
+                           bounds={**self.bounds, **other.bounds})
         if self.sample is not None:
             out.sample = self.sample + other.sample
         if self.sums is not None:
@@ -118,7 +124,16 @@ class LloydTask:
         k = state.centroids.shape[0]
         x = as_tensor(block.vectors, device)
         c = self._centroids(state, torch.device(device))
-        if state.offsets is None:
+        stats = None
+        if state.track_bounds or state.bounds is not None:  # see use_bounds: one fused step
+            groups = np.zeros(len(block.ordinals), dtype=np.int64)
+            if state.offsets is not None:
+                groups = np.asarray(state.groups[block.index], dtype=np.int64)
+            previous = None if state.bounds is None else state.bounds.get(block.index)
+            dist, labels, lower, stats = grouped_nearest_bounded(
+                x, groups, c, [0, k] if state.offsets is None else state.offsets,
+                None if previous is None else (*previous, state.drift), track=state.track_bounds, stats=True)
+        elif state.offsets is None:
             groups = np.zeros(len(block.ordinals), dtype=np.int64)
             dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric), x, c, state.penalty,
                                         state.metric)
@@ -130,8 +145,10 @@ class LloydTask:
         # Rows whose parent is a leaf have no children here (label -1): they take no part. On CUDA
         # a sort + segmented reduction (no atomics), on the CPU a compiled loop in row order
         # (ops/update.py): the same bits every run.
-        rows = normalize_rows(x) if state.update and state.metric == "cosine" else x
-        sums, counts, inertia = cluster_stats(rows, labels, dist, k)
+        if stats is None:
+            rows = normalize_rows(x) if state.update and state.metric == "cosine" else x
+            stats = cluster_stats(rows, labels, dist, k)
+        sums, counts, inertia = stats
         if not (x.is_cuda and state.device_sums):  # else all stay on the device: no sync per block
             sums, counts, inertia = sums.cpu().numpy(), counts.cpu().numpy(), inertia.cpu().numpy()
         out = LloydPartial(counts, inertia, sums if state.update else None, far_per_group=state.far_per_group)
@@ -141,6 +158,8 @@ class LloydTask:
             out.far = block_farthest(dist[valid].double(), labels[valid], block.ordinals[mask], groups[mask], state)
         if state.keep_labels:
             out.labels = {block.index: (labels.cpu().numpy(), dist.cpu().numpy())}
+        if state.track_bounds:
+            out.bounds = {block.index: (labels.numpy(), lower)}
         if state.sample is not None:
             size, seed = state.sample
             # Rows without a cluster (under a leaf) fall in group -1, which nobody reads.
@@ -278,6 +297,32 @@ def counts_on_host(partial: LloydPartial) -> LloydPartial:
     return partial
 
 
+# Per-row bounds cost 16 bytes a row (a label and a float64 bound): kept up to this many bytes.
+_BOUNDS_BYTES = 1 << 30
+
+
+def use_bounds(runtime, n_rows: int, k: int, offsets, metric: str, penalized: bool) -> bool:
+    """Whether passes keep Hamerly's bounds: every row's label and a lower bound on its distance
+    to the other children of its group, from one pass to the next. A row whose distance to its
+    child stays below that bound (less the farthest any child of its group moved) keeps its
+    child without the others being computed; labels and distances are those of full passes, so
+    the bits do not change. For the compiled CPU kernel (euclidean, groups of at most
+    ``MAX_CHILDREN``, no size penalties) in this process, within ``_BOUNDS_BYTES``."""
+    if not (runtime.in_process and torch.device(runtime.device).type == "cpu") or metric != "euclidean" or penalized:
+        return False
+    widest = k if offsets is None else int(np.diff(offsets).max(initial=0))
+    return widest <= MAX_CHILDREN and 16 * n_rows <= _BOUNDS_BYTES
+
+
+def group_drift(new: np.ndarray, old: np.ndarray, offsets) -> np.ndarray:
+    """Per group, the farthest (L2) any of its centroids moved from ``old`` to ``new``."""
+    shift = np.sqrt(((np.asarray(new, dtype=np.float64) - old) ** 2).sum(1))
+    group_of = group_of_centroid(offsets, len(shift))
+    drift = np.zeros(1 if offsets is None else len(offsets) - 1)
+    np.maximum.at(drift, group_of, shift)
+    return drift
+
+
 @dataclass
 class LloydResult:
     centroids: np.ndarray
@@ -331,11 +376,15 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
     # empty: they are first found by one more pass over the same centroids (the same labels and
     # distances, so the same rows), then gathered in every pass of this fit.
     far = False
+    track = use_bounds(runtime, len(source), len(centroids), offsets, metric, penalty is not None or penalty_strength > 0)
+    bounds = drift = None
     partial, shift, n_iter = None, np.inf, start_iter
     for n_iter in range(start_iter + 1, max_iter + 1):
         state = LloydState(centroids, metric, True, far, keep_labels, offsets, groups, far_per_group,
-                           penalty=penalty, device_sums=True)
+                           penalty=penalty, device_sums=True, bounds=bounds, drift=drift, track_bounds=track)
         partial = counts_on_host(runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter}"))
+        if track:
+            bounds, partial.bounds = partial.bounds, {}
         if not far and (partial.counts == 0).any():
             far = True
             state = LloydState(centroids, metric, False, far, False, offsets, groups, far_per_group,
@@ -343,6 +392,8 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
             partial.far = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter} far").far
         updated, _ = new_centroids(partial, centroids, source, metric, offsets)
         shift = squared_shift(updated, centroids)
+        if track:
+            drift = group_drift(updated, centroids, offsets)
         logger.debug("%s %d: inertia %.6g, shift %.3g", desc, n_iter, partial.total_inertia, shift)
         centroids = updated
         if penalty_strength > 0:
@@ -353,6 +404,6 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
             break
     if partial is None or shift != 0 or sample is not None:
         state = LloydState(centroids, metric, False, False, keep_labels, offsets, groups, sample=sample,
-                           penalty=penalty)
+                           penalty=penalty, bounds=bounds, drift=drift)
         partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} assign")
     return LloydResult(host(centroids), partial.counts, partial.total_inertia, n_iter, partial, penalty)

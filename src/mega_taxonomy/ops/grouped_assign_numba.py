@@ -25,9 +25,13 @@ CPU instruction set. Ties go to the lowest child index (strictly smaller distanc
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from numba import njit
+
+from .update_numba import add_row, add_tiles, tile_starts
 
 # Reassociation (the vectorized sum over d) and contraction (fused multiply-add); never
 # "nnan"/"ninf": the comparisons must stay IEEE.
@@ -58,25 +62,53 @@ def _four_distances(x, r, c, j0, j1, j2, j3, cosine):  # pragma: no cover - comp
 
 
 @njit(cache=True, nogil=True, boundscheck=False, fastmath=_FASTMATH)
-def _nearest_child_rows(x, groups, c, offsets, cosine, r0, r1, best, label):  # pragma: no cover - compiled
+def _nearest_child_rows(x, groups, c, offsets, cosine, r0, r1, best, label,
+                        prev, lower, drift, bound, sums, counts, value_sums):  # pragma: no cover - compiled
+    """Rows r0:r1. With bounds (``prev`` not empty, euclidean only): a row whose distance to its
+    previous child is below its lower bound on the others, ``lower[r] - drift[g]``, keeps that
+    child without the others being computed (Hamerly's test); ``bound`` gets every row's new
+    lower bound (the second-nearest distance where all children were computed). With ``sums``
+    (not empty), each row is then added to its child's sums as ``cluster_stats`` would (the
+    fused Lloyd step: the rows are read once)."""
+    bounded, track, stats = prev.shape[0] > 0, bound.shape[0] > 0, sums.shape[0] > 0
     for r in range(r0, r1):
         g = groups[r] if groups.shape[0] else 0
         lo, hi = offsets[g], offsets[g + 1]
-        bd, bi = np.inf, -1
+        if bounded and prev[r] >= 0:
+            # the four of the full loop that holds child a: the same compiled sums, the same bits
+            a = prev[r]
+            j = lo + (a - lo) // 4 * 4
+            s = _four_distances(x, r, c, j, min(j + 1, hi - 1), min(j + 2, hi - 1), min(j + 3, hi - 1), cosine)[a - j]
+            room = lower[r] - drift[g]
+            if room > 0 and math.sqrt(s) * _BOUND_SLACK < room:
+                best[r], label[r] = s, a
+                if track:
+                    bound[r] = room
+                if stats:
+                    add_row(x, r, a, s, sums, counts, value_sums)
+                continue
+        bd, sd, bi = np.inf, np.inf, -1
         # Children four at a time; a last, partial four repeats the last child (a repeat ties, and
         # ties keep the first), so that every child's distance comes from the same compiled loop.
         for j in range(lo, hi, 4):
             j1, j2, j3 = min(j + 1, hi - 1), min(j + 2, hi - 1), min(j + 3, hi - 1)
-            s0, s1, s2, s3 = _four_distances(x, r, c, j, j1, j2, j3, cosine)
-            if j == lo or s0 < bd:
-                bd, bi = s0, j
-            if s1 < bd:
-                bd, bi = s1, j1
-            if s2 < bd:
-                bd, bi = s2, j2
-            if s3 < bd:
-                bd, bi = s3, j3
+            four = _four_distances(x, r, c, j, j1, j2, j3, cosine)
+            for t in range(min(4, hi - j)):  # the repeats are left out: they are not second
+                s = four[t]
+                if (j == lo and t == 0) or s < bd:
+                    sd, bd, bi = bd, s, j + t
+                elif s < sd:
+                    sd = s
         best[r], label[r] = bd, bi
+        if track:
+            bound[r] = math.sqrt(sd)
+        if stats and bi >= 0:
+            add_row(x, r, bi, bd, sums, counts, value_sums)
+
+
+# A kept child's distance must be below the bound by this factor: float32 distances carry a
+# relative error of about d * 2**-24 (4e-6 at d = 64, 6e-5 at 1024), far below it.
+_BOUND_SLACK = 1.001
 
 
 # Rows per unit of work in the CPU threads (8 units for a block of 65536 rows). Rows are computed
@@ -99,6 +131,23 @@ def narrow(offsets) -> bool:
 def grouped_nearest_numba(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, metric: str):
     """``grouped_nearest`` on the CPU through the kernel, in this process's CPU threads (``groups``
     None: every row in group 0, i.e. ``nearest``); numpy ``groups`` / ``offsets``."""
+    best, label, _ = _run(x, groups, centroids, offsets, metric)
+    return best, label
+
+
+def grouped_nearest_bounded(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, bounds=None, track=True,
+                            stats=False):
+    """``grouped_nearest_numba`` (euclidean) that also returns every row's lower bound on its
+    distance to the other children of its group, and skips rows by the bounds of the previous
+    pass: ``bounds = (labels, lower, drift)`` with ``drift`` per group the largest distance any
+    child moved since. Returns (distances, labels, lower): the distances and labels of a full
+    computation (the test keeps a margin over float rounding, see ``_BOUND_SLACK``); ``lower`` is
+    None unless ``track``. With ``stats``, a fourth item: ``cluster_stats`` of the rows (sums,
+    counts, distance sums per child), the same bits, from the same read of the rows."""
+    return _run(x, groups, centroids, offsets, "euclidean", bounds, track, stats)
+
+
+def _run(x, groups, centroids, offsets, metric, bounds=None, track=False, stats=False):
     from .assign import _check, compute_dtype, normalize_rows, parallel_map
 
     _check(x, centroids, metric)
@@ -115,11 +164,26 @@ def grouped_nearest_numba(x: torch.Tensor, groups, centroids: torch.Tensor, offs
     if len(g) and (g.min() < 0 or g.max() >= len(off) - 1):
         raise IndexError(f"groups must be within [0, {len(off) - 1}), got {g.min()}..{g.max()}")
     n = xn.shape[0]
+    none_i, none_f = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    prev, lower, drift = none_i, none_f, none_f
+    if bounds is not None:
+        prev, lower, drift = (np.ascontiguousarray(a, dtype=t) for a, t in zip(bounds, (np.int64, np.float64, np.float64)))
+        if len(prev) != n or len(lower) != n or len(drift) != len(off) - 1 or prev.max(initial=-1) >= len(cn):
+            raise ValueError("bounds must hold a label (below the number of centroids) and a bound per row, "
+                             "and a drift per group")
     best, label = np.empty(n, dtype=xn.dtype), np.empty(n, dtype=np.int64)
+    bound = np.empty(n, dtype=np.float64) if track else none_f
     cosine = metric == "cosine"
+    k = len(cn)
+    starts = tile_starts(n, k) if stats else range(0, n, _ROW_TILE)  # the tiles of cluster_stats
+    shape = (len(starts), k) if stats else (len(starts), 0)
+    sums, counts = np.zeros((*shape, xn.shape[1])), np.zeros(shape, dtype=np.int64)
+    value_sums = np.zeros(shape)
 
-    def tile(r0):
-        _nearest_child_rows(xn, g, cn, off, cosine, r0, min(r0 + _ROW_TILE, n), best, label)
+    def tile(t):
+        _nearest_child_rows(xn, g, cn, off, cosine, starts[t], min(starts[t] + starts.step, n), best, label,
+                            prev, lower, drift, bound, sums[t], counts[t], value_sums[t])
 
-    parallel_map(tile, range(0, n, _ROW_TILE))
-    return torch.from_numpy(best), torch.from_numpy(label)
+    parallel_map(tile, range(len(starts)))
+    out = torch.from_numpy(best), torch.from_numpy(label), (bound if track else None)
+    return (*out, tuple(torch.from_numpy(a) for a in add_tiles(sums, counts, value_sums))) if stats else out

@@ -26,20 +26,40 @@ import numpy as np
 from numba import njit
 
 
+@njit(inline="always")
+def add_row(x, r, j, value, sums, counts, value_sums):  # pragma: no cover - compiled
+    """Row ``r`` into cluster ``j``'s float64 sums (also inlined by the fused Lloyd kernel of
+    grouped_assign_numba: one loop, the same bits)."""
+    counts[j] += 1
+    value_sums[j] += np.float64(value)
+    for col in range(x.shape[1]):
+        sums[j, col] += np.float64(x[r, col])
+
+
 @njit(cache=True, nogil=True, boundscheck=False)
 def _stats(x, labels, values, sums, counts, value_sums):  # pragma: no cover - compiled
     for r in range(x.shape[0]):
         j = labels[r]
-        if j < 0:
-            continue
-        counts[j] += 1
-        value_sums[j] += np.float64(values[r])
-        for col in range(x.shape[1]):
-            sums[j, col] += np.float64(x[r, col])
+        if j >= 0:
+            add_row(x, r, j, values[r], sums, counts, value_sums)
 
 
 # Rows of a tile: at least this many, and 8 per cluster.
 _TILE_ROWS = 8192
+
+
+def tile_starts(n: int, k: int) -> range:
+    """First rows of the tiles of ``n`` rows summed into ``k`` clusters."""
+    return range(0, max(n, 1), max(_TILE_ROWS, 8 * k))
+
+
+def add_tiles(sums, counts, value_sums):
+    """The tiles' partials (first axis) added in tile order."""
+    for t in range(1, len(sums)):
+        sums[0] += sums[t]
+        counts[0] += counts[t]
+        value_sums[0] += value_sums[t]
+    return sums[0], counts[0], value_sums[0]
 
 
 def cluster_stats_numba(x: np.ndarray, labels: np.ndarray, values: np.ndarray, k: int):
@@ -50,8 +70,8 @@ def cluster_stats_numba(x: np.ndarray, labels: np.ndarray, values: np.ndarray, k
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     if len(labels) != len(x) or len(values) != len(x) or (len(labels) and labels.max() >= k):
         raise IndexError(f"{len(x)} rows need as many labels and values, all labels below k={k}")
-    n, step = x.shape[0], max(_TILE_ROWS, 8 * k)
-    starts = range(0, max(n, 1), step)
+    starts = tile_starts(x.shape[0], k)
+    step = starts.step
     sums = np.zeros((len(starts), k, x.shape[1]), dtype=np.float64)
     counts = np.zeros((len(starts), k), dtype=np.int64)
     value_sums = np.zeros((len(starts), k), dtype=np.float64)
@@ -61,11 +81,7 @@ def cluster_stats_numba(x: np.ndarray, labels: np.ndarray, values: np.ndarray, k
         _stats(x[rows], labels[rows], values[rows], sums[t], counts[t], value_sums[t])
 
     parallel_map(tile, range(len(starts)))
-    for t in range(1, len(starts)):  # in tile order
-        sums[0] += sums[t]
-        counts[0] += counts[t]
-        value_sums[0] += value_sums[t]
-    return sums[0], counts[0], value_sums[0]
+    return add_tiles(sums, counts, value_sums)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)

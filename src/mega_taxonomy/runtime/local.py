@@ -84,6 +84,8 @@ class LocalRuntime(Runtime):
     10
     """
 
+    in_process = True
+
     def __init__(self, device="auto", progress=True, reduce_blocks=1):
         self._device = resolve_device(device)
         self.progress = progress

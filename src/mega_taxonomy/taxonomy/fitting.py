@@ -50,6 +50,10 @@ class CountingRuntime:
     def device(self):
         return self.runtime.device
 
+    @property
+    def in_process(self):
+        return self.runtime.in_process
+
 
 def checkpoint_dir(level: int) -> str:
     return f"checkpoints/level-{level:02d}"
