@@ -4,7 +4,9 @@
 centers each, plus noise), written once as ``--files`` parquet files (fixed_size_list<float32>
 column "emb", row groups of 50k rows). Levels 16 x 16 x 16, ``--iters`` Lloyd iterations per
 level, the same thread count (torch, faiss's OpenMP, pyarrow's pool) for everyone; each
-implementation runs in its own process, so its peak memory is its own.
+implementation runs in its own process, so its peak memory is its own. The fits run ``--rounds``
+times, alternating, and each keeps its fastest round (all of them in ``all_seconds``): this
+shared 2-core machine has noisy spells of 20% and more.
 
 - ``mega_taxonomy``: ``TaxonomyEngine(...).fit(<glob>)`` reads the parquet files itself (its
   VectorSource keeps decoded blocks in RAM: counted) and writes its Store (checkpoints, tree,
@@ -206,6 +208,7 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--files", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many parquet reads")
+    parser.add_argument("--rounds", type=int, default=3, help="fits of each implementation (the fastest is kept)")
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--out", help="JSON path (default benchmarks/results/taxonomy_cpu.json)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # child mode: impl name
@@ -222,13 +225,20 @@ def main():
         t = time.perf_counter()
         make_data(args.n, args.d, factors, args.files, 0, data)
         print(f"wrote {len(files_of(data))} parquet files in {time.perf_counter() - t:.1f} s", flush=True)
-        results = []
-        for impl in args.impls.split(","):
-            child = ["--case", impl, "--folder", str(data), "--work", str(Path(tmp) / impl)]
-            child += [f"--{k}={v}" for k, v in vars(args).items() if k in ("n", "d", "branching", "iters", "threads",
-                                                                          "repeats")]
-            results.append(common.run_child(__file__, child))
-            print(common.table([_display(results[-1])], COLUMNS), flush=True)
+        # Rounds alternate the implementations, each run in a fresh process (and a fresh Store), so
+        # that a noisy spell of this shared machine hits both; each keeps its fastest round.
+        runs = {}
+        for round_ in range(args.rounds):
+            for impl in args.impls.split(","):
+                if impl == "parquet_read" and round_:  # it has its own --repeats
+                    continue
+                child = ["--case", impl, "--folder", str(data), "--work", str(Path(tmp) / f"{impl}-{round_}")]
+                child += [f"--{k}={v}" for k, v in vars(args).items() if k in ("n", "d", "branching", "iters",
+                                                                              "threads", "repeats")]
+                runs.setdefault(impl, []).append(common.run_child(__file__, child))
+                print(common.table([_display(runs[impl][-1])], COLUMNS), flush=True)
+        results = [{**min(rs, key=lambda r: r["seconds"]), "all_seconds": [r["seconds"] for r in rs]}
+                   for rs in runs.values()]
     by_impl = {r["impl"]: r for r in results}
     case = results[0]["case"]
     speedups = {}
