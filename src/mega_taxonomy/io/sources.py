@@ -14,6 +14,7 @@ again; keeping the first blocks that fit and re-reading the rest gives hits on e
 
 import collections
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -169,6 +170,18 @@ def _cut(parts, first, stop, num_rows):
             index, pending = index + 1, []
 
 
+def put_unless(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` on the bounded queue ``q`` unless ``stop`` is set first (a producer thread's
+    way to wait for room without outliving its consumer); whether it was put."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            pass
+    return False
+
+
 def _read_ahead(items, depth=2):
     """Yield ``items`` (an iterator), which a thread of its own advances up to ``depth`` items ahead.
 
@@ -178,15 +191,7 @@ def _read_ahead(items, depth=2):
     raised here, in the caller's thread; closing this generator stops the thread.
     """
     ahead, stop, end = queue.Queue(maxsize=depth), threading.Event(), object()
-
-    def put(item):
-        while not stop.is_set():
-            try:
-                ahead.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
+    put = functools.partial(put_unless, ahead, stop=stop)
 
     def run():
         try:

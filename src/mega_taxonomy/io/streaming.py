@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import torch
 
-from .sources import Block
+from .sources import Block, put_unless
 
 
 def _host_tensor(vectors) -> torch.Tensor:
@@ -90,13 +90,7 @@ def stream(source, device, start: int = 0, stop: int | None = None, *, depth: in
     staging = _Staging(2 * readers + depth + 1)  # queued + in flight + one being filled per reader
 
     def put(q, item):
-        while not done.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
+        return put_unless(q, item, done)
 
     def read(rank):
         q = queues[rank]
