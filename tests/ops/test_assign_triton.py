@@ -1,35 +1,19 @@
 """The Triton kernel of ``nearest`` against its torch twin and a float64 brute force.
 
-Without a GPU the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, set here before
-triton is imported): small shapes, fp32 and fp16 (the interpreter computes bf16 dots wrongly:
-bf16 is checked on the GPU, tests/gpu).
+Without a GPU the kernel runs in Triton's CPU interpreter (conftest.py).
 """
-
-import os
 
 import numpy as np
 import pytest
 import torch
+from kernel_checks import DEVICE, RTOL, brute_force_distances
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-
-from mega_taxonomy.ops import nearest  # noqa: E402
-from mega_taxonomy.ops.assign import nearest_reference  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# Relative slack of a chosen distance against the best, for near-ties, by input dtype (float32
-# products are IEEE float32 here: torch's allow_tf32 is off by default).
-RTOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+from mega_taxonomy.ops import nearest
+from mega_taxonomy.ops.assign import nearest_reference
 
 
 def check_against_brute_force(x, c, dist, idx, metric, rtol):
-    x64, c64 = x.double().cpu(), c.double().cpu()
-    if metric == "cosine":
-        x64, c64 = torch.nn.functional.normalize(x64, dim=1), torch.nn.functional.normalize(c64, dim=1)
-        full = 1 - x64 @ c64.T
-    else:
-        full = torch.cdist(x64, c64) ** 2
+    full = brute_force_distances(x, c, metric)
     best = full.min(1).values
     chosen = full.gather(1, idx.cpu()[:, None]).squeeze(1)
     scale = full.abs().max(1).values + 1e-12

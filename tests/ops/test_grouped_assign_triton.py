@@ -1,23 +1,15 @@
 """The Triton kernel of ``grouped_nearest`` against its torch twin and a float64 brute force.
 
-Without a GPU the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, set before triton
-is imported): small shapes, fp32 and fp16 (bf16 is checked on the GPU, tests/gpu).
+Without a GPU the kernel runs in Triton's CPU interpreter (conftest.py).
 """
-
-import os
 
 import numpy as np
 import pytest
 import torch
+from kernel_checks import DEVICE, RTOL, brute_force_distances
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-
-from mega_taxonomy.ops import grouped_nearest  # noqa: E402
-from mega_taxonomy.ops.grouped_assign import grouped_nearest_reference  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-RTOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+from mega_taxonomy.ops import grouped_nearest
+from mega_taxonomy.ops.grouped_assign import grouped_nearest_reference
 
 
 def problem(rng, n, n_groups, max_children, d):
@@ -42,12 +34,7 @@ def test_kernel_matches_brute_force_and_twin(metric, dtype, n, n_groups, max_chi
     xt, ct = torch.tensor(x, dtype=dtype, device=DEVICE), torch.tensor(c, dtype=dtype, device=DEVICE)
     gt, ot = torch.tensor(groups, device=DEVICE), torch.tensor(offsets, device=DEVICE)
     dist, idx = grouped_nearest(xt, gt, ct, ot, metric=metric, backend="triton")
-    x64, c64 = xt.double().cpu(), ct.double().cpu()
-    if metric == "cosine":
-        x64, c64 = torch.nn.functional.normalize(x64, dim=1), torch.nn.functional.normalize(c64, dim=1)
-        full = 1 - x64 @ c64.T
-    else:
-        full = torch.cdist(x64, c64) ** 2
+    full = brute_force_distances(xt, ct, metric)
     mask = torch.full(full.shape, float("inf"), dtype=torch.float64)
     for i, g in enumerate(groups):
         mask[i, offsets[g]:offsets[g + 1]] = 0

@@ -1,23 +1,15 @@
 """The Triton kernel of ``topk`` (small k) against its torch twin and a float64 brute force.
 
-Without a GPU the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, set before triton
-is imported): small shapes, fp32 and fp16 (bf16 is checked on the GPU, tests/gpu).
+Without a GPU the kernel runs in Triton's CPU interpreter (conftest.py).
 """
-
-import os
 
 import numpy as np
 import pytest
 import torch
+from kernel_checks import DEVICE, RTOL, brute_force_distances
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-
-from mega_taxonomy.ops import topk  # noqa: E402
-from mega_taxonomy.ops.assign import topk_reference  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-RTOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+from mega_taxonomy.ops import topk
+from mega_taxonomy.ops.assign import topk_reference
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
@@ -30,12 +22,7 @@ def test_kernel_matches_brute_force_and_twin(metric, dtype, n, kc, d, k):
     c = torch.tensor(rng.normal(size=(kc, d)), dtype=dtype, device=DEVICE)
     dist, idx = topk(x, c, k, metric=metric, backend="triton")
     assert dist.shape == idx.shape == (n, k) and idx.dtype == torch.int64
-    x64, c64 = x.double().cpu(), c.double().cpu()
-    if metric == "cosine":
-        x64, c64 = torch.nn.functional.normalize(x64, dim=1), torch.nn.functional.normalize(c64, dim=1)
-        full = 1 - x64 @ c64.T
-    else:
-        full = torch.cdist(x64, c64) ** 2
+    full = brute_force_distances(x, c, metric)
     best = full.sort(1).values[:, :k]
     chosen = full.gather(1, idx.cpu())
     scale = float(full.abs().max()) + 1e-12

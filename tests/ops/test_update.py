@@ -1,22 +1,14 @@
 """ops.update (per-cluster sums by sort + segmented reduction) against a float64 brute force.
 
-Without a GPU the Triton kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, set before
-triton is imported): small shapes, fp32 and fp16; bf16 and run-to-run bit identity are checked
-on the GPU (tests/gpu).
+Without a GPU the Triton kernels run in Triton's CPU interpreter (conftest.py).
 """
-
-import os
 
 import numpy as np
 import pytest
 import torch
+from kernel_checks import DEVICE
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-
-from mega_taxonomy.ops.update import cluster_stats, cluster_stats_reference  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from mega_taxonomy.ops.update import cluster_stats, cluster_stats_reference
 
 
 def brute_force(x, labels, values, k):
