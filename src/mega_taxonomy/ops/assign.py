@@ -186,11 +186,6 @@ def set_cpu_threads(n: int) -> None:
     previous.shutdown(wait=False)
 
 
-def cpu_thread_count() -> int:
-    """Threads of this process's CPU work (``set_cpu_threads``)."""
-    return _POOL._max_workers
-
-
 def parallel_map(work, items) -> None:
     """``work(item)`` for every item, in this process's CPU threads, each with a single-threaded
     BLAS (numpy releases the GIL in its products and most array work)."""
