@@ -124,21 +124,20 @@ class LloydTask:
         k = state.centroids.shape[0]
         x = as_tensor(block.vectors, device)
         c = self._centroids(state, torch.device(device))
+        if state.offsets is None:
+            groups = np.zeros(len(block.ordinals), dtype=np.int64)
+        else:
+            groups = np.asarray(state.groups[block.index], dtype=np.int64)
         stats = None
         if state.track_bounds or state.bounds is not None:  # see use_bounds: one fused step
-            groups = np.zeros(len(block.ordinals), dtype=np.int64)
-            if state.offsets is not None:
-                groups = np.asarray(state.groups[block.index], dtype=np.int64)
             previous = None if state.bounds is None else state.bounds.get(block.index)
             dist, labels, lower, stats = grouped_nearest_bounded(
                 x, groups, c, [0, k] if state.offsets is None else state.offsets,
                 None if previous is None else (*previous, state.drift), track=state.track_bounds, stats=True)
         elif state.offsets is None:
-            groups = np.zeros(len(block.ordinals), dtype=np.int64)
             dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric), x, c, state.penalty,
                                         state.metric)
         else:
-            groups = np.asarray(state.groups[block.index], dtype=np.int64)
             g, offsets = torch.as_tensor(groups, device=device), torch.as_tensor(state.offsets, device=device)
             dist, labels = with_penalty(lambda x, c, metric: grouped_nearest(x, g, c, offsets, metric=metric), x, c,
                                         state.penalty, state.metric)
