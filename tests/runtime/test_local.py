@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pool_worker import Counter
 
 from mega_taxonomy.io import BLOCK_ROWS, VectorSource
 from mega_taxonomy.runtime import LocalRuntime, cpu_threads, local
@@ -30,15 +31,6 @@ def test_tasks_get_the_state_and_the_device():
     source = VectorSource(np.ones((10, 3), dtype=np.float32))
     seen = LocalRuntime(device="cpu").map_reduce(source, lambda b, s, d: (s, str(d)), "state")
     assert seen == ("state", "cpu")
-
-
-class Counter:
-    def __init__(self, rank):
-        self.rank, self.calls = rank, 0
-
-    def bump(self, by):
-        self.calls += by
-        return self.rank, self.calls
 
 
 def test_worker_pool_keeps_state_per_worker():

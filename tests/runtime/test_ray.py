@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pool_worker import Counter
 
 ray = pytest.importorskip("ray")
 
@@ -21,8 +22,9 @@ from mega_taxonomy.runtime.ray import RayRuntime  # noqa: E402
 from mega_taxonomy.storage import Store  # noqa: E402
 from mega_taxonomy.taxonomy import TaxonomyEngine  # noqa: E402
 
-# Workers unpickle this module's helpers by value: they cannot import a test module.
+# Workers unpickle the helpers of this module and of pool_worker by value: they cannot import tests.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ray.cloudpickle.register_pickle_by_value(sys.modules[Counter.__module__])
 
 pytestmark = pytest.mark.timeout(240)
 # Runtimes made by one test, beside the module's (whose 7 workers take 7 of the cluster's 8 slots)
@@ -185,15 +187,6 @@ def test_every_worker_gets_an_item_before_any_gets_a_second(blobs, runtimes):
             assert pids[0] != pids[3] and set(pids) == set(runtime.worker_pids())
     finally:
         runtime.dispatch_units = per_item
-
-
-class Counter:
-    def __init__(self, rank):
-        self.rank, self.calls = rank, 0
-
-    def bump(self, by):
-        self.calls += by
-        return self.rank, self.calls
 
 
 def test_worker_pool_keeps_state_per_worker(runtimes):
