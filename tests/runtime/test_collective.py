@@ -18,7 +18,7 @@ from mega_taxonomy.cluster.lloyd import LloydPartial
 from mega_taxonomy.errors import DataError
 from mega_taxonomy.io import BLOCK_ROWS, VectorSource
 from mega_taxonomy.runtime import LocalRuntime
-from mega_taxonomy.runtime.collective import share
+from mega_taxonomy.runtime.collective import _pack, _unpack, share
 from mega_taxonomy.runtime.transfer import join_tensors, split_tensors, to_host
 
 pytestmark = pytest.mark.timeout(240)
@@ -43,6 +43,18 @@ def test_device_tensors_are_split_out_and_put_back():
     np.testing.assert_array_equal(back.counts, partial.counts)
     cpu = LloydPartial(np.arange(3), np.ones(3), sums=torch.ones(3, 2))
     assert to_host(cpu) is cpu  # nothing to move
+
+
+def test_packed_tensors_come_back_as_they_were():
+    tensors = [torch.arange(7, dtype=torch.float64).reshape(7, 1), torch.tensor(True), torch.ones(3, dtype=torch.bfloat16),
+               torch.empty(0, 4, dtype=torch.int64), torch.arange(5, dtype=torch.int16), torch.tensor(2.5)]
+    buffer, specs = _pack(tensors, "cpu")
+    assert buffer.dtype == torch.uint8 and buffer.dim() == 1
+    back = _unpack(buffer, specs)
+    for original, copy in zip(tensors, back, strict=True):
+        assert copy.dtype == original.dtype and copy.shape == original.shape
+        assert torch.equal(copy, original)
+    assert _pack([], "cpu")[0].numel() == 0
 
 
 class SlowSource(VectorSource):

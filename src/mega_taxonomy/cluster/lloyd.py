@@ -240,7 +240,7 @@ def new_centroids(partial: LloydPartial, old, source, metric: str,
     dtype of ``old``): a GPU loop then moves no (K, d) array through the host.
     """
     on_device = isinstance(partial.sums, torch.Tensor)
-    sums = partial.sums.clone() if on_device else torch.from_numpy(partial.sums.copy())
+    sums = partial.sums if on_device else torch.from_numpy(partial.sums)  # copied before a relocation
     counts = partial.counts.copy()
     group_of = group_of_centroid(offsets, len(old))
     empty = np.flatnonzero(counts == 0)
@@ -257,7 +257,7 @@ def new_centroids(partial: LloydPartial, old, source, metric: str,
             rows = torch.as_tensor(rows.cpu() if isinstance(rows, torch.Tensor) else np.asarray(rows)).double()
             if metric == "cosine":
                 rows = normalize_rows(rows)
-            rows = rows.to(sums.device)
+            rows, sums = rows.to(sums.device), sums.clone()
             for (cluster, pos), row in zip(moves, rows):
                 previous = far["label"][pos]
                 sums[previous] -= row
@@ -268,9 +268,9 @@ def new_centroids(partial: LloydPartial, old, source, metric: str,
             logger.info("%d empty clusters had no row left to take", len(empty) - len(moves))
         logger.debug("relocated %d empty clusters", len(moves))
     old = torch.as_tensor(old)
-    centroids = old.to(sums.device, torch.float64, copy=True)
-    filled = torch.from_numpy(counts > 0).to(sums.device)
-    centroids[filled] = sums[filled] / torch.from_numpy(counts).to(sums.device)[filled, None]
+    # torch.where, not a masked assignment: no sync to count the filled clusters
+    divisors = torch.from_numpy(counts).to(sums.device)[:, None]
+    centroids = torch.where(divisors > 0, sums / divisors, old.to(sums.device, torch.float64))
     if metric == "cosine":
         centroids = normalize_rows(centroids)
     centroids = centroids.to(old.dtype)

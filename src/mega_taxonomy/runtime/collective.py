@@ -5,8 +5,8 @@ round trip per pass that costs more than the pass itself when the data are small
 workers (a Lloyd pass over 1M x 1024 rows takes ~10 ms on a GPU; its 4096 x 1024 float64
 partial is 32 MiB). Here instead every worker runs the whole iterative driver (``lloyd``, say)
 on the same inputs, with a runtime whose passes cover the worker's own share of the units, and
-then exchange the units' partials directly (``torch.distributed``: NCCL from GPU to GPU, gloo
-between CPUs). Every rank then adds the same partials in the same unit order, so every rank
+then exchange the units' partials directly (``torch.distributed``: the device tensors' bytes by
+NCCL from GPU to GPU, the rest pickled, between CPUs by gloo). Every rank then adds the same partials in the same unit order, so every rank
 holds the same bits as a ``LocalRuntime`` with the same ``reduce_blocks`` and takes the same
 decisions (new centroids, convergence) without asking anyone.
 
@@ -17,6 +17,7 @@ again (``RayRuntime.drive``): results do not depend on which attempt finished.
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import torch
@@ -27,6 +28,28 @@ from ..io.streaming import stream
 from .base import Runtime, fold, reduce_units, units
 from .local import cpu_threads
 from .transfer import join_tensors, split_tensors
+
+
+# Bytes at which every tensor of a packed buffer starts, so that a view of any dtype may start there.
+_ALIGN = 16
+
+
+def _pack(tensors: list[torch.Tensor], device) -> tuple[torch.Tensor, list[tuple]]:
+    """The tensors' bytes end to end in one uint8 tensor, and each one's (shape, dtype, offset)."""
+    pieces, specs, offset = [], [], 0
+    for tensor in tensors:
+        raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+        specs.append((tuple(tensor.shape), tensor.dtype, offset))
+        pad = -raw.numel() % _ALIGN
+        pieces += [raw, raw.new_zeros(pad)] if pad else [raw]
+        offset += raw.numel() + pad
+    return (torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.uint8, device=device)), specs
+
+
+def _unpack(buffer: torch.Tensor, specs: list[tuple]) -> list[torch.Tensor]:
+    """The tensors of :func:`_pack`, as views of ``buffer``."""
+    return [buffer[offset:offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+            for shape, dtype, offset in specs]
 
 
 def share(n_units: int, rank: int, world: int) -> range:
@@ -54,11 +77,14 @@ class CollectiveRuntime(Runtime):
         Where this rank computes.
     reduce_blocks : int, default=1
         Blocks per unit, as LocalRuntime's (same value, same bits).
+    objects : ProcessGroup, optional
+        The group that gathers the pickled part of the partials (default: the default group); a
+        gloo group beside an NCCL one keeps the device free of it (``RayRuntime`` makes one).
     """
 
-    def __init__(self, rank: int, world: int, device, reduce_blocks: int = 1):
+    def __init__(self, rank: int, world: int, device, reduce_blocks: int = 1, objects=None):
         units(1, reduce_blocks)  # validates it
-        self.rank, self.world, self.reduce_blocks = rank, world, reduce_blocks
+        self.rank, self.world, self.reduce_blocks, self.objects = rank, world, reduce_blocks, objects
         self._device = torch.device(device)
 
     @property
@@ -81,25 +107,30 @@ class CollectiveRuntime(Runtime):
     def _exchange(self, partials: list) -> list:
         """Every unit's partial, in unit order, from the partials of this rank's units.
 
-        The partials' device tensors go by broadcasts from their rank (all ranks issue the same
-        broadcasts in the same order: by rank, unit, tensor); the rest is pickled and gathered.
+        Two collectives whatever the partials hold: the pickled rest of the partials (with the
+        shapes of their device tensors) is gathered over ``objects``, and the device tensors'
+        bytes, end to end in one buffer per rank, by one ``all_gather``. With a gloo ``objects``
+        group the first runs on the CPUs while the GPUs still finish the pass.
         """
         if self.world == 1:
             return partials
         split = [split_tensors(p) for p in partials]
-        mine = [(packed, [(t.shape, t.dtype) for t in tensors]) for packed, tensors in split]
+        buffer, specs = _pack([t for _, tensors in split for t in tensors], self._device)
+        mine = ([packed for packed, _ in split], [len(tensors) for _, tensors in split], specs, buffer.numel())
         gathered = [None] * self.world
-        dist.all_gather_object(gathered, pickle.dumps(mine, protocol=5))  # its arrays in band
+        dist.all_gather_object(gathered, pickle.dumps(mine, protocol=5), group=self.objects)  # arrays in band
+        gathered = [pickle.loads(g) for g in gathered]
+        capacity = max(size for *_, size in gathered)  # the same on every rank, as the decision below
+        buffers = torch.empty(self.world, capacity, dtype=torch.uint8, device=self._device)
+        if capacity:
+            dist.all_gather_into_tensor(buffers, torch.nn.functional.pad(buffer, (0, capacity - buffer.numel())))
         out = []
-        for rank, metas in enumerate(map(pickle.loads, gathered)):
-            for i, (packed, specs) in enumerate(metas):
-                if rank == self.rank:
-                    tensors = [t.contiguous() for t in split[i][1]]
-                else:
-                    tensors = [torch.empty(shape, dtype=dtype, device=self._device) for shape, dtype in specs]
-                for tensor in tensors:
-                    dist.broadcast(tensor, src=rank)
-                out.append(partials[i] if rank == self.rank else join_tensors(packed, tensors))
+        for rank, (packs, counts, rank_specs, _) in enumerate(gathered):
+            if rank == self.rank:
+                out += partials
+                continue
+            tensors = iter(_unpack(buffers[rank], rank_specs))
+            out += [join_tensors(packed, [next(tensors) for _ in range(n)]) for packed, n in zip(packs, counts)]
         return out
 
     def pool(self, factory, n_workers=1):
