@@ -63,3 +63,16 @@ def test_resident_row_tile_config(dtype):
     d_loop, i_loop = nearest_triton(x, c, bias, 2.0, exact=True, config={**cfg, "BLOCK_K": 16, "X_RESIDENT": False})
     assert (i_res == i_loop).float().mean().item() >= 0.99
     check_against_brute_force(x, c, d_res + x.float().pow(2).sum(1), i_res, "euclidean", RTOL[dtype])
+
+
+def test_prepared_centroids_follow_in_place_changes():
+    """``fused`` keeps the last centroids' operands: a change in place, or other centroids, is seen."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(60, 16, generator=g).to(DEVICE)
+    c = torch.randn(7, 16, generator=g).to(DEVICE)
+    before = nearest(x, c, backend="triton")
+    c.mul_(-1.0)
+    after = nearest(x, c, backend="triton")
+    fresh = nearest(x, c.clone(), backend="triton")
+    assert torch.equal(after[1], fresh[1]) and torch.equal(after[0], fresh[0])
+    assert not torch.equal(before[1], after[1])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from kernel_checks import DEVICE
 
-from mega_taxonomy.ops.update import cluster_stats, cluster_stats_reference
+from mega_taxonomy.ops.update import cluster_counts, cluster_stats, cluster_stats_reference
 
 
 def brute_force(x, labels, values, k):
@@ -52,6 +52,17 @@ def test_kernel_is_the_twin_up_to_float32_rounding_and_repeats_bit_for_bit():
     for u, v in zip(a, b):
         assert torch.equal(u, v)
     torch.testing.assert_close(a[0], twin[0], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch", "auto"])
+def test_counts_alone_are_the_bits_of_the_full_stats(backend):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1300, 24, generator=g).to(DEVICE)
+    labels = torch.randint(-1, 11, (1300,), generator=g).to(DEVICE)
+    values = torch.rand(1300, generator=g).to(DEVICE) * 100
+    _, counts, value_sums = cluster_stats(x, labels, values, 11, backend=backend)
+    alone = cluster_counts(labels, values, 11, backend=backend)
+    assert torch.equal(alone[0], counts) and torch.equal(alone[1], value_sums)
 
 
 def test_bad_shapes():

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from ..ops import grouped_nearest, nearest, normalize_rows
+from ..ops.device import to_device
 from ..ops.grouped_assign_numba import MAX_CHILDREN, grouped_nearest_bounded
-from ..ops.update import cluster_stats
+from ..ops.update import cluster_counts, cluster_stats
 from ..runtime import in_block_order
 from .balance import size_penalty
 from .sampling import BestPerGroup, SamplePartial, block_sample
@@ -138,18 +139,20 @@ class LloydTask:
             dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric), x, c, state.penalty,
                                         state.metric)
         else:
-            g, offsets = torch.as_tensor(groups, device=device), torch.as_tensor(state.offsets, device=device)
-            dist, labels = with_penalty(lambda x, c, metric: grouped_nearest(x, g, c, offsets, metric=metric), x, c,
-                                        state.penalty, state.metric)
+            g = to_device(groups, device)  # offsets stay on the host: the kernel's launch reads them
+            dist, labels = with_penalty(lambda x, c, metric: grouped_nearest(x, g, c, state.offsets, metric=metric),
+                                        x, c, state.penalty, state.metric)
         # Rows whose parent is a leaf have no children here (label -1): they take no part. On CUDA
         # a sort + segmented reduction (no atomics), on the CPU a compiled loop in row order
         # (ops/update.py): the same bits every run.
-        if stats is None:
-            rows = normalize_rows(x) if state.update and state.metric == "cosine" else x
-            stats = cluster_stats(rows, labels, dist, k)
+        if stats is None and state.update:
+            stats = cluster_stats(normalize_rows(x) if state.metric == "cosine" else x, labels, dist, k)
+        elif stats is None:
+            stats = (None, *cluster_counts(labels, dist, k))
         sums, counts, inertia = stats
         if not (x.is_cuda and state.device_sums):  # else all stay on the device: no sync per block
-            sums, counts, inertia = sums.cpu().numpy(), counts.cpu().numpy(), inertia.cpu().numpy()
+            counts, inertia = counts.cpu().numpy(), inertia.cpu().numpy()
+            sums = None if sums is None else sums.cpu().numpy()
         out = LloydPartial(counts, inertia, sums if state.update else None, far_per_group=state.far_per_group)
         if state.far:
             valid = labels >= 0

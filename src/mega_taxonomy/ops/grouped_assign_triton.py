@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .assign_triton import distance_tile, running_argmin
+from .device import to_device
 from .update_triton import piece_of, segments
 
 
@@ -102,10 +103,10 @@ def grouped_nearest_dispatch(x, groups, centroids, offsets, metric):
     from .assign import _check, fused
 
     _check(x, centroids, metric)
-    offsets_host = torch.as_tensor(offsets).cpu().long()
+    offsets_host = torch.as_tensor(offsets).cpu().long()  # a sync only when given on the device
     width = int((offsets_host[1:] - offsets_host[:-1]).max()) if len(offsets_host) > 1 else 0
-    offsets = offsets_host.to(x.device)
-    groups = torch.as_tensor(groups, device=x.device).long()
+    offsets = to_device(offsets_host, x.device)
+    groups = to_device(groups, x.device).long()
     if x.shape[0] == 0 or len(offsets_host) < 2:
         return (torch.full((x.shape[0],), float("inf"), device=x.device),
                 torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device))
