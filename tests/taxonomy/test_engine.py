@@ -153,13 +153,14 @@ def test_output_pass_takes_the_fitted_paths_with_the_bits_of_routing(monkeypatch
     X = X[rng.permutation(len(X))]
     params = dict(n_levels=3, branching_factor=[5, 4, 3], max_iter=6, tol=0, device="cpu", random_state=3,
                   members=7, min_cluster_size=500)
-    routed = []
+    taken = []
     original = fitting.FitRun.fitted_paths
+    monkeypatch.setattr(fitting.FitRun, "fitted_paths", lambda run: taken.append(original(run)) or taken[-1])
     a = TaxonomyEngine(**params, storage_uri=str(tmp_path / "fitted")).fit(X)
-    monkeypatch.setattr(fitting.FitRun, "fitted_paths", lambda run: routed.append(original(run)) and None)
+    monkeypatch.setattr(fitting, "_PATHS_BYTES", 0)  # over the budget: the rows are routed
     b = TaxonomyEngine(**params, storage_uri=str(tmp_path / "routed")).fit(X)
-    assert routed and routed[0] is not None  # the first fit did take the fitted paths
-    paths = np.concatenate([p for _, (p, _) in sorted(routed[0].items())])
+    assert taken[0] is not None and taken[1] is None
+    paths = np.concatenate([p for _, (p, _) in sorted(taken[0].items())])
     assert (paths == -1).any() and (paths[:, 0] >= 0).all()
     for folder in ("assignments", "members", "search"):
         files = sorted(p.relative_to(tmp_path / "routed") for p in (tmp_path / "routed" / folder).rglob("*.*"))

@@ -344,6 +344,7 @@ def reuse_frozen(partial: LloydPartial, before: LloydPartial, frozen: np.ndarray
 
 
 def rows_per_group(source, groups, n_groups: int) -> np.ndarray:
+    """Rows of every group (``groups``: block index -> group of each row; None: one group)."""
     if groups is None:
         return np.array([len(source)])
     return sum(np.bincount(np.asarray(g), minlength=n_groups) for g in groups.values())

@@ -36,6 +36,11 @@ logger = logging.getLogger(__name__)
 
 KIND = "taxonomy"
 
+# A row's fitted path costs 12 bytes per level (an int64 label and a float32 distance): kept for
+# the output pass up to this many bytes (1M rows, 3 levels: 36 MB), else the rows are routed again.
+_PATH_BYTES_PER_ROW = 12
+_PATHS_BYTES = 1 << 30
+
 
 class CountingRuntime:
     """Counts the passes over data that a fit makes (they are what costs at scale)."""
@@ -104,9 +109,10 @@ class FitRun:
         self.seed = int(engine.random_state)
         # Per level fitted in this run, every block's final (labels, distances): the rows' paths,
         # which the output pass would otherwise route again. Kept where passes run in this process
-        # on the CPU, whose kernels the routing shares bit for bit (router.Router._exact), and
-        # where per-row arrays cost no transfer.
-        self.keep_paths = runtime.in_process and torch.device(runtime.device).type == "cpu"
+        # on the CPU, whose kernels the routing shares bit for bit (router.Router._exact), where
+        # per-row arrays cost no transfer, and within _PATHS_BYTES.
+        self.keep_paths = (runtime.in_process and torch.device(runtime.device).type == "cpu"
+                           and _PATH_BYTES_PER_ROW * engine.n_levels * len(source) <= _PATHS_BYTES)
         self.level_labels = []
 
     def commit(self, status="fitting"):
