@@ -78,3 +78,67 @@ def test_taxonomy_with_bounds_is_bit_identical(monkeypatch, tmp_path):
         for name in ("centroids", "counts", "parent"):
             np.testing.assert_array_equal(getattr(la, name), getattr(lb, name))
     np.testing.assert_array_equal(a.predict(X[:1000]), b.predict(X[:1000]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_frozen_groups_keep_the_bits_of_a_computation(dtype):
+    """Rows of groups whose children did not move keep the previous labels, distances and bounds
+    unread: the same bits as computing them; the other clusters' stats are unchanged, the frozen
+    ones' are left out (zero)."""
+    rng = np.random.default_rng(5)
+    n, d, n_groups, width = 30_000, 12, 20, 6
+    x = torch.from_numpy(rng.normal(size=(n, d)).astype(dtype))
+    c = torch.from_numpy(rng.normal(size=(n_groups * width, d)).astype(dtype))
+    groups, offsets = rng.integers(0, n_groups, n), np.arange(0, n_groups * width + 1, width)
+    dist, labels, lower = grouped_nearest_bounded(x, groups, c, offsets)
+    frozen = rng.random(n_groups) < 0.5
+    moved = c.clone()
+    step = 0.05 * torch.from_numpy(rng.normal(size=c.shape).astype(dtype))
+    moved[torch.from_numpy(np.repeat(~frozen, width))] += step[torch.from_numpy(np.repeat(~frozen, width))]
+    drift = (moved.double() - c.double()).norm(dim=1).numpy().reshape(n_groups, width).max(1)
+    assert ((drift == 0) == frozen).all()
+    bounds = (labels.numpy(), lower, drift)
+    full = grouped_nearest_bounded(x, groups, moved, offsets, bounds, stats=True)
+    skip = grouped_nearest_bounded(x, groups, moved, offsets, bounds, stats=True, frozen=(dist.numpy(), frozen))
+    for a, b in zip(full[:2], skip[:2]):
+        assert torch.equal(a, b)
+    np.testing.assert_array_equal(full[2], skip[2])
+    live = torch.from_numpy(np.repeat(~frozen, width))
+    for a, b in zip(full[3], skip[3]):
+        assert torch.equal(a[live], b[live]) and not b[~live].any()
+
+
+def test_frozen_groups_need_bounds():
+    x, c = torch.zeros(4, 2), torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="frozen"):
+        grouped_nearest_bounded(x, None, c, [0, 3], frozen=(np.zeros(4), np.ones(1, bool)))
+
+
+def test_taxonomy_with_frozen_groups_is_bit_identical(monkeypatch, tmp_path):
+    """With tol=0 most nodes stop moving before the level ends: passes then skip their rows
+    (``reuse_frozen``), and the tree, the stored assignments and members, and every level's
+    stats are the bits of full passes."""
+    import pyarrow.parquet as pq
+
+    X = blobs(2 * 65536 + 11, 30, 6, seed=4, spread=8.0)
+    params = dict(n_levels=3, branching_factor=[4, 3, 3], max_iter=30, tol=0, device="cpu", random_state=2,
+                  members=5, search_index=False)
+    frozen_clusters = []
+    original = lloyd.reuse_frozen
+
+    def spy(partial, before, frozen, offsets):
+        frozen_clusters.append(int(frozen[lloyd.group_of_centroid(offsets, len(partial.counts))].sum()))
+        return original(partial, before, frozen, offsets)
+
+    monkeypatch.setattr(lloyd, "reuse_frozen", spy)
+    runs = iter(("frozen", "full"))
+    fit = lambda: TaxonomyEngine(**params, storage_uri=str(tmp_path / next(runs))).fit(X)  # noqa: E731
+    a, b = fit_both(monkeypatch, fit)
+    assert sum(frozen_clusters) > 0  # some passes left clusters out
+    for la, lb in zip(a.tree_.levels, b.tree_.levels):
+        for name in ("centroids", "counts", "parent", "child_offsets"):
+            np.testing.assert_array_equal(getattr(la, name), getattr(lb, name))
+    assert a.stats_["levels"] == [{**s, "seconds": t["seconds"]} for s, t in zip(b.stats_["levels"], a.stats_["levels"])]
+    for folder in ("assignments", "members"):
+        for part in sorted((tmp_path / "full" / folder).glob("*.parquet")):
+            assert pq.read_table(tmp_path / "frozen" / folder / part.name).equals(pq.read_table(part))

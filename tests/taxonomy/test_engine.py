@@ -138,3 +138,36 @@ def test_beam_one_paths_equal_the_fit_assignments(tmp_path, three_levels):
     np.testing.assert_array_equal(read_paths(table), engine.predict(X))
     members = pq.read_table(tmp_path / "tax" / "members" / "02.parquet")
     assert members.num_rows == min(len(X), engine.tree_.levels[2].n_nodes * 100)
+
+
+def test_output_pass_takes_the_fitted_paths_with_the_bits_of_routing(monkeypatch, tmp_path):
+    """The output pass takes every row's path from the fit's final assignments instead of routing
+    the rows again: the stored assignments, members and search index are the same bits, with
+    leaves above the last level (rows with -1 below them)."""
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(7)
+    sizes = rng.integers(5, 3000, size=40)  # small nodes become leaves early
+    centers = rng.normal(size=(40, 5)) * 20
+    X = np.concatenate([c + rng.normal(size=(m, 5)) for c, m in zip(centers, sizes)]).astype(np.float32)
+    X = X[rng.permutation(len(X))]
+    params = dict(n_levels=3, branching_factor=[5, 4, 3], max_iter=6, tol=0, device="cpu", random_state=3,
+                  members=7, min_cluster_size=500)
+    taken = []
+    original = fitting.FitRun.fitted_paths
+    monkeypatch.setattr(fitting.FitRun, "fitted_paths", lambda run: taken.append(original(run)) or taken[-1])
+    a = TaxonomyEngine(**params, storage_uri=str(tmp_path / "fitted")).fit(X)
+    monkeypatch.setattr(fitting, "_PATHS_BYTES", 0)  # over the budget: the rows are routed
+    b = TaxonomyEngine(**params, storage_uri=str(tmp_path / "routed")).fit(X)
+    assert taken[0] is not None and taken[1] is None
+    paths = np.concatenate([p for _, (p, _) in sorted(taken[0].items())])
+    assert (paths == -1).any() and (paths[:, 0] >= 0).all()
+    for folder in ("assignments", "members", "search"):
+        files = sorted(p.relative_to(tmp_path / "routed") for p in (tmp_path / "routed" / folder).rglob("*.*"))
+        assert files
+        for name in files:
+            if name.suffix == ".parquet":
+                assert pq.read_table(tmp_path / "fitted" / name).equals(pq.read_table(tmp_path / "routed" / name))
+            else:
+                assert (tmp_path / "fitted" / name).read_bytes() == (tmp_path / "routed" / name).read_bytes()
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))

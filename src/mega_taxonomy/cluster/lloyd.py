@@ -51,9 +51,10 @@ class LloydState:
     sample: tuple[int, int] | None = None  # (size, seed): draw a hash sample of each cluster
     penalty: np.ndarray | None = None  # (K,) cost added to each centroid's distance when assigning
     device_sums: bool = False  # on CUDA, leave sums, counts and inertia on the device (added there, in block order)
-    bounds: Mapping | None = None  # block index -> (labels, lower bounds) of the pass before (see ``use_bounds``)
+    bounds: Mapping | None = None  # block index -> (labels, lower bounds, distances) of the pass before (see ``use_bounds``)
     drift: np.ndarray | None = None  # per group: the farthest any of its children moved since that pass
-    track_bounds: bool = False  # return every row's label and lower bound, for the next pass
+    track_bounds: bool = False  # return every row's label, lower bound and distance, for the next pass
+    frozen: np.ndarray | None = None  # per group: no child moved since that pass (see ``reuse_frozen``)
 
     @property
     def n_groups(self) -> int:
@@ -71,7 +72,7 @@ class LloydPartial:
     far_per_group: int = MAX_FAR_ROWS
     labels: dict = field(default_factory=dict)  # block index -> (labels, distances), when kept
     sample: SamplePartial | None = None  # per cluster, when asked for
-    bounds: dict = field(default_factory=dict)  # block index -> (labels, lower bounds), when tracked
+    bounds: dict = field(default_factory=dict)  # block index -> (labels, lower bounds, distances), when tracked
 
     def __add__(self, other: LloydPartial) -> LloydPartial:
         out = LloydPartial(self.counts + other.counts, self.inertia + other.inertia,
@@ -132,9 +133,14 @@ class LloydTask:
         stats = None
         if state.track_bounds or state.bounds is not None:  # see use_bounds: one fused step
             previous = None if state.bounds is None else state.bounds.get(block.index)
+            bounds = frozen = None
+            if previous is not None:
+                labels_before, lower_before, dist_before = previous
+                bounds = (labels_before, lower_before, state.drift)
+                frozen = None if state.frozen is None else (dist_before, state.frozen)
             dist, labels, lower, stats = grouped_nearest_bounded(
-                x, groups, c, [0, k] if state.offsets is None else state.offsets,
-                None if previous is None else (*previous, state.drift), track=state.track_bounds, stats=True)
+                x, groups, c, [0, k] if state.offsets is None else state.offsets, bounds,
+                track=state.track_bounds, stats=True, frozen=frozen)
         elif state.offsets is None:
             dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric), x, c, state.penalty,
                                         state.metric)
@@ -161,7 +167,7 @@ class LloydTask:
         if state.keep_labels:
             out.labels = {block.index: (labels.cpu().numpy(), dist.cpu().numpy())}
         if state.track_bounds:
-            out.bounds = {block.index: (labels.numpy(), lower)}
+            out.bounds = {block.index: (labels.numpy(), lower, dist.numpy())}
         if state.sample is not None:
             size, seed = state.sample
             # Rows without a cluster (under a leaf) fall in group -1, which nobody reads.
@@ -299,7 +305,8 @@ def counts_on_host(partial: LloydPartial) -> LloydPartial:
     return partial
 
 
-# Per-row bounds cost 16 bytes a row (a label and a float64 bound): kept up to this many bytes.
+# Per-row bounds cost 20 bytes a row (a label, a float64 bound and a float32 distance): kept up
+# to this many bytes.
 _BOUNDS_BYTES = 1 << 30
 
 
@@ -313,7 +320,7 @@ def use_bounds(runtime, n_rows: int, k: int, offsets, metric: str, penalized: bo
     if not (runtime.in_process and torch.device(runtime.device).type == "cpu") or metric != "euclidean" or penalized:
         return False
     widest = k if offsets is None else int(np.diff(offsets).max(initial=0))
-    return widest <= MAX_CHILDREN and 16 * n_rows <= _BOUNDS_BYTES
+    return widest <= MAX_CHILDREN and 20 * n_rows <= _BOUNDS_BYTES
 
 
 def group_drift(new: np.ndarray, old: np.ndarray, offsets) -> np.ndarray:
@@ -323,6 +330,34 @@ def group_drift(new: np.ndarray, old: np.ndarray, offsets) -> np.ndarray:
     drift = np.zeros(1 if offsets is None else len(offsets) - 1)
     np.maximum.at(drift, group_of, shift)
     return drift
+
+
+def reuse_frozen(partial: LloydPartial, before: LloydPartial, frozen: np.ndarray, offsets) -> None:
+    """Fill in the statistics that a pass left out: the clusters of its ``frozen`` groups, taken
+    from the pass ``before``. No child of those groups moved between the two passes, so their
+    rows have the same labels and distances, and a cluster's sums hold only its own group's rows,
+    added in the same order: these are the bits the pass would have computed. A group stays
+    frozen until the level ends (its centroids come out of these same sums), so that, with
+    ``tol=0``, a level's passes compute only the rows of the nodes still moving."""
+    clusters = frozen[group_of_centroid(offsets, len(partial.counts))]
+    partial.counts[clusters] = before.counts[clusters]
+    partial.inertia[clusters] = before.inertia[clusters]
+    if partial.sums is not None:
+        partial.sums[clusters] = before.sums[clusters]
+
+
+def rows_per_group(source, groups, n_groups: int) -> np.ndarray:
+    """Rows of every group (``groups``: block index -> group of each row; None: one group)."""
+    if groups is None:
+        return np.array([len(source)])
+    return sum(np.bincount(np.asarray(g), minlength=n_groups) for g in groups.values())
+
+
+def rows_computed(group_rows: np.ndarray | None, frozen: np.ndarray | None) -> int:
+    """Rows that a pass read (those outside frozen groups), for the logs; -1 when not counted."""
+    if group_rows is None:
+        return -1
+    return int(group_rows.sum() if frozen is None else group_rows[~frozen].sum())
 
 
 @dataclass
@@ -379,12 +414,17 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
     # distances, so the same rows), then gathered in every pass of this fit.
     far = False
     track = use_bounds(runtime, len(source), len(centroids), offsets, metric, penalty is not None or penalty_strength > 0)
-    bounds = drift = None
+    bounds = drift = frozen = None
+    group_rows = rows_per_group(source, groups, n_groups) if track and logger.isEnabledFor(logging.DEBUG) else None
     partial, shift, n_iter = None, np.inf, start_iter
     for n_iter in range(start_iter + 1, max_iter + 1):
         state = LloydState(centroids, metric, True, far, keep_labels, offsets, groups, far_per_group,
-                           penalty=penalty, device_sums=True, bounds=bounds, drift=drift, track_bounds=track)
-        partial = counts_on_host(runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter}"))
+                           penalty=penalty, device_sums=True, bounds=bounds, drift=drift, track_bounds=track,
+                           frozen=frozen)
+        before, partial = partial, counts_on_host(runtime.map_reduce(source, LloydTask(), state,
+                                                                     desc=f"{desc} {n_iter}"))
+        if frozen is not None:
+            reuse_frozen(partial, before, frozen, offsets)
         if track:
             bounds, partial.bounds = partial.bounds, {}
         if not far and (partial.counts == 0).any():
@@ -396,6 +436,9 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         shift = squared_shift(updated, centroids)
         if track:
             drift = group_drift(updated, centroids, offsets)
+            frozen = drift == 0
+            logger.debug("%s %d: %d rows computed; next pass: %d of %d groups frozen", desc, n_iter,
+                         rows_computed(group_rows, state.frozen), frozen.sum(), len(frozen))
         logger.debug("%s %d: inertia %.6g, shift %.3g", desc, n_iter, partial.total_inertia, shift)
         centroids = updated
         if penalty_strength > 0:
@@ -406,6 +449,9 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
             break
     if partial is None or shift != 0 or sample is not None:
         state = LloydState(centroids, metric, False, False, keep_labels, offsets, groups, sample=sample,
-                           penalty=penalty, bounds=bounds, drift=drift)
-        partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} assign")
+                           penalty=penalty, bounds=bounds, drift=drift, frozen=frozen)
+        before, partial = partial, runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} assign")
+        if frozen is not None:
+            reuse_frozen(partial, before, frozen, offsets)
+            logger.debug("%s assign: %d rows computed", desc, rows_computed(group_rows, frozen))
     return LloydResult(host(centroids), partial.counts, partial.total_inertia, n_iter, partial, penalty)

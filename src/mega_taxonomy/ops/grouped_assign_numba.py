@@ -63,16 +63,25 @@ def _four_distances(x, r, c, j0, j1, j2, j3, cosine):  # pragma: no cover - comp
 
 @njit(cache=True, nogil=True, boundscheck=False, fastmath=_FASTMATH)
 def _nearest_child_rows(x, groups, c, offsets, cosine, r0, r1, best, label,
-                        prev, lower, drift, bound, sums, counts, value_sums):  # pragma: no cover - compiled
+                        prev, lower, drift, prev_best, frozen, bound, sums, counts,
+                        value_sums):  # pragma: no cover - compiled
     """Rows r0:r1. With bounds (``prev`` not empty, euclidean only): a row whose distance to its
     previous child is below its lower bound on the others, ``lower[r] - drift[g]``, keeps that
     child without the others being computed (Hamerly's test); ``bound`` gets every row's new
-    lower bound (the second-nearest distance where all children were computed). With ``sums``
-    (not empty), each row is then added to its child's sums as ``cluster_stats`` would (the
-    fused Lloyd step: the rows are read once)."""
+    lower bound (the second-nearest distance where all children were computed). A row of a
+    ``frozen`` group (whose children are the bits of the previous pass's) gets the previous
+    pass's label, distance ``prev_best`` and bound without its vector being read, and is not
+    summed. With ``sums`` (not empty), every other row is then added to its child's sums as
+    ``cluster_stats`` would (the fused Lloyd step: the rows are read once)."""
     bounded, track, stats = prev.shape[0] > 0, bound.shape[0] > 0, sums.shape[0] > 0
+    freezing = frozen.shape[0] > 0
     for r in range(r0, r1):
         g = groups[r] if groups.shape[0] else 0
+        if freezing and frozen[g]:
+            best[r], label[r] = prev_best[r], prev[r]
+            if track:
+                bound[r] = lower[r]
+            continue
         lo, hi = offsets[g], offsets[g + 1]
         if bounded and prev[r] >= 0:
             # the four of the full loop that holds child a: the same compiled sums, the same bits
@@ -136,18 +145,24 @@ def grouped_nearest_numba(x: torch.Tensor, groups, centroids: torch.Tensor, offs
 
 
 def grouped_nearest_bounded(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, bounds=None, track=True,
-                            stats=False):
+                            stats=False, frozen=None):
     """``grouped_nearest_numba`` (euclidean) that also returns every row's lower bound on its
     distance to the other children of its group, and skips rows by the bounds of the previous
     pass: ``bounds = (labels, lower, drift)`` with ``drift`` per group the largest distance any
     child moved since. Returns (distances, labels, lower): the distances and labels of a full
     computation (the test keeps a margin over float rounding, see ``_BOUND_SLACK``); ``lower`` is
     None unless ``track``. With ``stats``, a fourth item: ``cluster_stats`` of the rows (sums,
-    counts, distance sums per child), the same bits, from the same read of the rows."""
-    return _run(x, groups, centroids, offsets, "euclidean", bounds, track, stats)
+    counts, distance sums per child), the same bits, from the same read of the rows.
+
+    ``frozen = (distances, groups)``, with ``bounds``: the previous pass's distance of every row,
+    and per group whether none of its children moved since (``drift`` 0, the same bits). Those
+    groups' rows then keep the previous pass's labels, distances and bounds without being read:
+    the centroids they were computed from are the same, so a computation would give the same
+    bits. They are left out of the stats (their clusters' sums are the previous pass's)."""
+    return _run(x, groups, centroids, offsets, "euclidean", bounds, track, stats, frozen)
 
 
-def _run(x, groups, centroids, offsets, metric, bounds=None, track=False, stats=False):
+def _run(x, groups, centroids, offsets, metric, bounds=None, track=False, stats=False, frozen=None):
     from .assign import _check, compute_dtype, normalize_rows, parallel_map
 
     _check(x, centroids, metric)
@@ -171,6 +186,12 @@ def _run(x, groups, centroids, offsets, metric, bounds=None, track=False, stats=
         if len(prev) != n or len(lower) != n or len(drift) != len(off) - 1 or prev.max(initial=-1) >= len(cn):
             raise ValueError("bounds must hold a label (below the number of centroids) and a bound per row, "
                              "and a drift per group")
+    prev_best, frozen_groups = np.zeros(0, dtype=xn.dtype), np.zeros(0, dtype=np.bool_)
+    if frozen is not None:
+        prev_best = np.ascontiguousarray(frozen[0], dtype=xn.dtype)
+        frozen_groups = np.ascontiguousarray(frozen[1], dtype=np.bool_)
+        if bounds is None or len(prev_best) != n or len(frozen_groups) != len(off) - 1:
+            raise ValueError("frozen groups need bounds, a distance per row and a flag per group")
     best, label = np.empty(n, dtype=xn.dtype), np.empty(n, dtype=np.int64)
     bound = np.empty(n, dtype=np.float64) if track else none_f
     cosine = metric == "cosine"
@@ -182,7 +203,7 @@ def _run(x, groups, centroids, offsets, metric, bounds=None, track=False, stats=
 
     def tile(t):
         _nearest_child_rows(xn, g, cn, off, cosine, starts[t], min(starts[t] + starts.step, n), best, label,
-                            prev, lower, drift, bound, sums[t], counts[t], value_sums[t])
+                            prev, lower, drift, prev_best, frozen_groups, bound, sums[t], counts[t], value_sums[t])
 
     parallel_map(tile, range(len(starts)))
     out = torch.from_numpy(best), torch.from_numpy(label), (bound if track else None)

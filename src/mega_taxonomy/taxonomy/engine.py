@@ -215,7 +215,7 @@ class TaxonomyEngine:
         run = FitRun(self, source, store, params, meta, factors, get_runtime(self.runtime, self.device), callback)
         self.tree_ = run.run()
         self._search = None
-        self._write_outputs(source, run.runtime, store, output)
+        self._write_outputs(source, run.runtime, store, output, run.fitted_paths())
         meta["seconds"] = meta.get("seconds", 0) + time.perf_counter() - started
         if store is not None:
             self.tree_.save(store)
@@ -224,8 +224,9 @@ class TaxonomyEngine:
         self.stats_ = meta
         return self
 
-    def _write_outputs(self, source, runtime, store, output):
-        """The output pass: assignments to the store (and ``output``), and members per node."""
+    def _write_outputs(self, source, runtime, store, output, paths=None):
+        """The output pass: assignments to the store (and ``output``), and members per node
+        (``paths``: every block's fitted paths, see ``FitRun.fitted_paths``; None: routed)."""
         # _store(None) would be the storage_uri again: without output, the store alone.
         out = None if output is None else self._store(output)
         receivers = {s.uri: s for s in (store, out) if s is not None}
@@ -233,7 +234,7 @@ class TaxonomyEngine:
             return
         build_index = store is not None and self.search_index
         targets = tuple((uri, self.storage_options) for uri in receivers)
-        state = OutputState(self.tree_, targets, self.members, leaves=build_index)
+        state = OutputState(self.tree_, targets, self.members, leaves=build_index, paths=paths)
         result = runtime.map_reduce(source, OutputTask(), state, desc="assignments")
         if build_index:
             SearchIndex.build(self.tree_, *result.leaf_rows(), source).save(store)

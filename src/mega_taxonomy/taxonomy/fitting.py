@@ -21,6 +21,7 @@ import logging
 import time
 
 import numpy as np
+import torch
 
 from ..cluster.balance import imbalance, size_penalty, split_and_merge
 from ..cluster.lloyd import group_of_centroid, host, lloyd
@@ -34,6 +35,11 @@ from .tree import Level, Tree, optional_array
 logger = logging.getLogger(__name__)
 
 KIND = "taxonomy"
+
+# A row's fitted path costs 12 bytes per level (an int64 label and a float32 distance): kept for
+# the output pass up to this many bytes (1M rows, 3 levels: 36 MB), else the rows are routed again.
+_PATH_BYTES_PER_ROW = 12
+_PATHS_BYTES = 1 << 30
 
 
 class CountingRuntime:
@@ -101,6 +107,13 @@ class FitRun:
         self.runtime = CountingRuntime(runtime)
         self.dtype = np.dtype(engine.dtype)
         self.seed = int(engine.random_state)
+        # Per level fitted in this run, every block's final (labels, distances): the rows' paths,
+        # which the output pass would otherwise route again. Kept where passes run in this process
+        # on the CPU, whose kernels the routing shares bit for bit (router.Router._exact), where
+        # per-row arrays cost no transfer, and within _PATHS_BYTES.
+        self.keep_paths = (runtime.in_process and torch.device(runtime.device).type == "cpu"
+                           and _PATH_BYTES_PER_ROW * engine.n_levels * len(source) <= _PATHS_BYTES)
+        self.level_labels = []
 
     def commit(self, status="fitting"):
         self.meta["passes"] = self.meta.get("passes", 0) + self.runtime.passes
@@ -193,7 +206,7 @@ class FitRun:
             groups_offsets = None if offsets is None or level == 0 else np.append(offsets, offsets[-1])
             penalised = engine.balance == "penalty" and balance_round > 0
             result = lloyd(self.source, centroids, self.runtime, metric=engine.metric, max_iter=engine.max_iter,
-                           tol=tol, keep_labels=not last, offsets=groups_offsets, groups=groups,
+                           tol=tol, keep_labels=not last or self.keep_paths, offsets=groups_offsets, groups=groups,
                            start_iter=start_iter, on_iteration=on_iteration, sample=next_sample, penalty=penalty,
                            penalty_strength=engine.balance_strength if penalised else 0.0, desc=f"level {level}")
             iterations += result.n_iter - start_iter
@@ -213,10 +226,22 @@ class FitRun:
                  "seconds": time.perf_counter() - started, "imbalance": imbalance(result.counts)}
         logger.info("level %d: %d nodes, %d iterations, inertia %.6g", level, k, iterations, result.inertia)
         self.complete(level, levels[-1], stats)
+        if self.keep_paths:
+            self.level_labels.append(result.partial.labels)
         if last:
             return None, None
         labels = {b: lab for b, (lab, _) in result.partial.labels.items()}
         return node_groups(labels, k), result.partial.sample.with_vectors(self.source)
+
+    def fitted_paths(self) -> dict | None:
+        """Per block, the (paths, distances) of every row, both (n, n_levels), as greedy routing
+        down the fitted tree gives them (the final assignment of every level); None unless this
+        run fitted every level and kept their labels (a resumed run, a tree that ended early)."""
+        if len(self.level_labels) != self.engine.n_levels:
+            return None
+        return {b: (np.stack([labels[b][0] for labels in self.level_labels], 1),
+                    np.stack([labels[b][1] for labels in self.level_labels], 1).astype(np.float64))
+                for b in self.level_labels[0]}
 
     def balance(self, level, balance_round, result, offsets, groups_offsets):
         """The next balancing round's (centroids, offsets, penalty), or None when balancing is

@@ -80,14 +80,19 @@ class OutputState:
     stores: tuple  # (uri, storage_options) of every Store that receives the assignments
     members: int
     leaves: bool = False  # keep each row's leaf, to build the search index
+    paths: dict | None = None  # block index -> (paths, distances) of the fit (None: route every row)
 
 
 class OutputTask:
-    """Route every row, write its (id, path, leaf distance) as the block's part, keep members."""
+    """Route every row (or take its path from the fit), write its (id, path, leaf distance) as the
+    block's part, keep members."""
 
     def __call__(self, block, state: OutputState, device) -> MembersPartial:
-        paths, dists = route_greedy(as_tensor(block.vectors, device), state.tree)
-        paths, dists = paths.cpu().numpy(), dists.cpu().numpy()
+        if state.paths is not None:
+            paths, dists = state.paths[block.index]
+        else:
+            paths, dists = route_greedy(as_tensor(block.vectors, device), state.tree)
+            paths, dists = paths.cpu().numpy(), dists.cpu().numpy()
         depth = (paths >= 0).sum(1) - 1
         leaf_distance = dists[np.arange(len(paths)), np.maximum(depth, 0)]
         table = assignments_table(block.ids, paths, leaf_distance)
