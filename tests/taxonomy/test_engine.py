@@ -140,10 +140,12 @@ def test_beam_one_paths_equal_the_fit_assignments(tmp_path, three_levels):
     assert members.num_rows == min(len(X), engine.tree_.levels[2].n_nodes * 100)
 
 
-def test_output_pass_takes_the_fitted_paths_with_the_bits_of_routing(monkeypatch, tmp_path):
+@pytest.mark.parametrize("balance", [None, "penalty", "split"])
+def test_output_pass_takes_the_fitted_paths_with_the_bits_of_routing(monkeypatch, tmp_path, balance):
     """The output pass takes every row's path from the fit's final assignments instead of routing
     the rows again: the stored assignments, members and search index are the same bits, with
-    leaves above the last level (rows with -1 below them)."""
+    leaves above the last level (rows with -1 below them), and on balanced levels (routing adds
+    the sizes' penalties, as the fit's final assignment did)."""
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(7)
@@ -152,7 +154,7 @@ def test_output_pass_takes_the_fitted_paths_with_the_bits_of_routing(monkeypatch
     X = np.concatenate([c + rng.normal(size=(m, 5)) for c, m in zip(centers, sizes)]).astype(np.float32)
     X = X[rng.permutation(len(X))]
     params = dict(n_levels=3, branching_factor=[5, 4, 3], max_iter=6, tol=0, device="cpu", random_state=3,
-                  members=7, min_cluster_size=500)
+                  members=7, min_cluster_size=500, balance=balance)
     taken = []
     original = fitting.FitRun.fitted_paths
     monkeypatch.setattr(fitting.FitRun, "fitted_paths", lambda run: taken.append(original(run)) or taken[-1])
