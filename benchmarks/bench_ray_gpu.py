@@ -10,11 +10,13 @@ to the GPU work. Two ways to run on Ray:
   (NCCL), no driver in the loop (``RayRuntime(collective=True)``, ``runtime/collective.py``);
 - ``dispatch``: the driver runs the loop, and every pass dispatches units to the workers and
   adds their partials (float64 sums of 4096 x 1024: 32 MiB per unit of ``--reduce-blocks``
-  blocks) on the host.
+  blocks) on the host;
+- ``processes``: the collective without Ray: the same ``CollectiveRuntime`` in plain processes
+  (``torch.multiprocessing``), which tells what Ray adds to it.
 
 All give the same centroids as LocalRuntime with the same ``--reduce-blocks`` (checked here).
 
-    python benchmarks/bench_ray_gpu.py [--quick] [--n 1048576,8388608] [--modes collective,dispatch]
+    python benchmarks/bench_ray_gpu.py [--quick] [--n 1048576,8388608] [--modes collective,dispatch,processes]
 
 ``--quick`` runs on the CPU (2 CPU workers against 1, small N): a smoke test of the script.
 """
@@ -25,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import statistics
 import sys
 import time
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # before ray is imported
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,7 +44,9 @@ import ray  # noqa: E402
 
 from mega_taxonomy.cluster.lloyd import lloyd  # noqa: E402
 from mega_taxonomy.io import BLOCK_ROWS, Block  # noqa: E402
+from mega_taxonomy.ops.assign import set_cpu_threads  # noqa: E402
 from mega_taxonomy.runtime import LocalRuntime  # noqa: E402
+from mega_taxonomy.runtime.collective import CollectiveRuntime, join_group  # noqa: E402
 from mega_taxonomy.runtime.ray import RayRuntime  # noqa: E402
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this script
@@ -97,6 +103,39 @@ def timed_lloyd(source, centroids, iterations, runtime):
     return np.diff(stamps).tolist(), result.centroids
 
 
+def _process_rank(rank, world, endpoint, source, c0, iterations, reduce_blocks, gpu, results):
+    """Rank ``rank`` of the ``processes`` mode: the collective's runtime, joined without Ray."""
+    device = torch.device("cuda", rank) if gpu else torch.device("cpu")
+    torch.set_num_threads(1)  # the threads of a Ray actor of one CPU (Ray sets OMP_NUM_THREADS to its CPUs)
+    set_cpu_threads(1)
+    runtime = CollectiveRuntime(rank, world, device, reduce_blocks, join_group(endpoint, rank, world, device, 600))
+    try:
+        timed_lloyd(source, c0, 2, runtime)  # warm-up, as on Ray
+        times, final = timed_lloyd(source, c0, iterations, runtime)
+        if rank == 0:
+            results.put((times, final))
+    finally:
+        dist.destroy_process_group()
+
+
+def in_processes(world, source, c0, iterations, reduce_blocks, gpu):
+    """``timed_lloyd`` by ``world`` plain processes in lockstep: rank 0's times and centroids."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{probe.getsockname()[1]}"
+    context = torch.multiprocessing.get_context("spawn")
+    results = context.Queue()
+    ranks = [context.Process(target=_process_rank, args=(rank, world, endpoint, source, c0, iterations,
+                                                         reduce_blocks, gpu, results)) for rank in range(world)]
+    for process in ranks:
+        process.start()
+    try:
+        return results.get(timeout=600)
+    finally:
+        for process in ranks:
+            process.join(timeout=60)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="on the CPU, small N: a smoke test")
@@ -106,7 +145,7 @@ def main():
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--reduce-blocks", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=8)
-    parser.add_argument("--modes", default="collective,dispatch", help="ways to run on Ray, comma-separated")
+    parser.add_argument("--modes", default="collective,dispatch,processes", help="ways to run (see above), comma-separated")
     parser.add_argument("--node-ip", default="127.0.0.1", help="the local cluster's address")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -144,14 +183,18 @@ def main():
             for mode in modes:
                 row = {}
                 for workers in (1, 2):
-                    runtime = RayRuntime(num_workers=workers, reduce_blocks=args.reduce_blocks, progress=False,
-                                         collective=mode == "collective", **kind)
-                    try:
-                        runtime.drive(timed_lloyd, source, c0, 2)  # warm-up: actors, group, kernels compiled
-                        times, final = runtime.drive(timed_lloyd, source, c0, iterations)
-                    finally:
-                        runtime.close()
-                    row[workers] = record(case, f"ray-{mode}-{workers}-{'gpu' if gpu else 'cpu'}", times, final,
+                    if mode == "processes":
+                        times, final = in_processes(workers, source, c0, iterations, args.reduce_blocks, gpu)
+                    else:
+                        runtime = RayRuntime(num_workers=workers, reduce_blocks=args.reduce_blocks, progress=False,
+                                             collective=mode == "collective", **kind)
+                        try:
+                            runtime.drive(timed_lloyd, source, c0, 2)  # warm-up: actors, group, kernels compiled
+                            times, final = runtime.drive(timed_lloyd, source, c0, iterations)
+                        finally:
+                            runtime.close()
+                    prefix = "" if mode == "processes" else "ray-"
+                    row[workers] = record(case, f"{prefix}{mode}-{workers}-{'gpu' if gpu else 'cpu'}", times, final,
                                           reference, peak_bytes=None)
                 speedups[f"{case} {mode}: 2 workers vs 1"] = row[1] / row[2]
             print(common.table([r for r in results if r["case"] == case], ["case", "impl", "seconds",

@@ -17,7 +17,10 @@ again (``RayRuntime.drive``): results do not depend on which attempt finished.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import math
+import os
 import pickle
 
 import torch
@@ -28,7 +31,6 @@ from ..io.streaming import stream
 from .base import Runtime, fold, reduce_units, units
 from .local import cpu_threads
 from .transfer import join_tensors, split_tensors
-
 
 # Bytes at which every tensor of a packed buffer starts, so that a view of any dtype may start there.
 _ALIGN = 16
@@ -50,6 +52,26 @@ def _unpack(buffer: torch.Tensor, specs: list[tuple]) -> list[torch.Tensor]:
     """The tensors of :func:`_pack`, as views of ``buffer``."""
     return [buffer[offset:offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
             for shape, dtype, offset in specs]
+
+
+def join_group(endpoint: str, rank: int, world: int, device, timeout: float):
+    """Make this process ``rank`` of a ``torch.distributed`` group of ``world`` (NCCL on CUDA, gloo
+    on CPUs) whose rank 0 listens at ``endpoint`` (``host:port``); return the gloo group that
+    gathers the pickled part of the partials (:class:`CollectiveRuntime`'s ``objects``).
+
+    Through NCCL, ``all_gather_object`` waits for the device; over gloo the pickles go between
+    CPUs while the GPUs finish their passes (on 2 H200s, N = 1M: 15.8 ms per iteration against
+    17.0). CPU groups get the second group too: one code path.
+    """
+    if ipaddress.ip_address(endpoint.rsplit(":", 1)[0]).is_loopback:  # gloo would pick the outward interface
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    timeout = datetime.timedelta(seconds=timeout)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://{endpoint}",
+                            rank=rank, world_size=world, timeout=timeout)
+    return dist.new_group(backend="gloo", timeout=timeout)
 
 
 def share(n_units: int, rank: int, world: int) -> range:
