@@ -76,3 +76,17 @@ def test_prepared_centroids_follow_in_place_changes():
     fresh = nearest(x, c.clone(), backend="triton")
     assert torch.equal(after[1], fresh[1]) and torch.equal(after[0], fresh[0])
     assert not torch.equal(before[1], after[1])
+
+
+def test_prepared_centroids_are_let_go_with_their_centroids():
+    import gc
+
+    from mega_taxonomy.ops import assign
+
+    x = torch.randn(10, 8).to(DEVICE)
+    c = torch.randn(3, 8).to(DEVICE)
+    nearest(x, c, backend="triton")
+    assert assign._last_prepared[0][0]() is c
+    del c
+    gc.collect()
+    assert assign._last_prepared is assign._NOTHING_PREPARED

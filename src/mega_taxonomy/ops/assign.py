@@ -309,7 +309,15 @@ def fused(kernel, x, centroids, metric):
 
 
 # The last centroids prepared by ``fused``: (weak reference, their version, device, dtype, metric), (c, bias).
-_last_prepared = (lambda: None, None), None
+_NOTHING_PREPARED = (lambda: None, None), None
+_last_prepared = _NOTHING_PREPARED
+
+
+def _forget(ref):
+    """Drop the prepared operands with their centroids (they may hold hundreds of MB of a GPU)."""
+    global _last_prepared
+    if _last_prepared[0][0] is ref:
+        _last_prepared = _NOTHING_PREPARED
 
 
 def _prepared(centroids, device, dtype, metric):
@@ -330,7 +338,7 @@ def _prepared(centroids, device, dtype, metric):
     else:
         operands = c, _squared_norms(c.float())
     if centroids.device == device:
-        _last_prepared = (weakref.ref(centroids), now), operands
+        _last_prepared = (weakref.ref(centroids, _forget), now), operands
     return operands
 
 

@@ -106,4 +106,3 @@ def cluster_counts(labels: torch.Tensor, values: torch.Tensor, k: int, *, backen
     rows = torch.zeros(labels.shape[0], 1, dtype=torch.float32, device=labels.device)
     _, counts, value_sums = cluster_stats(rows, labels, values, k, backend=backend)
     return counts, value_sums
-

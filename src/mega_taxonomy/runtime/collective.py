@@ -6,9 +6,10 @@ workers (a Lloyd pass over 1M x 1024 rows takes ~10 ms on a GPU; its 4096 x 1024
 partial is 32 MiB). Here instead every worker runs the whole iterative driver (``lloyd``, say)
 on the same inputs, with a runtime whose passes cover the worker's own share of the units, and
 then exchange the units' partials directly (``torch.distributed``: the device tensors' bytes by
-NCCL from GPU to GPU, the rest pickled, between CPUs by gloo). Every rank then adds the same partials in the same unit order, so every rank
-holds the same bits as a ``LocalRuntime`` with the same ``reduce_blocks`` and takes the same
-decisions (new centroids, convergence) without asking anyone.
+NCCL from GPU to GPU, the rest pickled, between CPUs by gloo). Every rank then adds the same
+partials in the same unit order, so every rank holds the same bits as a ``LocalRuntime`` with
+the same ``reduce_blocks`` and takes the same decisions (new centroids, convergence) without
+asking anyone.
 
 Shares are static (rank r takes a contiguous run of units), which suits data that stay in the
 workers' caches from pass to pass; a lost worker fails the whole group, and the caller runs it
