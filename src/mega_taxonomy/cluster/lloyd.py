@@ -416,9 +416,12 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
     track = use_bounds(runtime, len(source), len(centroids), offsets, metric, penalty is not None or penalty_strength > 0)
     bounds = drift = frozen = None
     group_rows = rows_per_group(source, groups, n_groups) if track and logger.isEnabledFor(logging.DEBUG) else None
+    # With a sample to draw, the final assignment pass always runs and gives the labels: the
+    # iterations' passes need not copy them out (two syncs a block on a GPU).
+    labels_in_loop = keep_labels and sample is None
     partial, shift, n_iter = None, np.inf, start_iter
     for n_iter in range(start_iter + 1, max_iter + 1):
-        state = LloydState(centroids, metric, True, far, keep_labels, offsets, groups, far_per_group,
+        state = LloydState(centroids, metric, True, far, labels_in_loop, offsets, groups, far_per_group,
                            penalty=penalty, device_sums=True, bounds=bounds, drift=drift, track_bounds=track,
                            frozen=frozen)
         before, partial = partial, counts_on_host(runtime.map_reduce(source, LloydTask(), state,
