@@ -403,3 +403,25 @@ def test_vector_column_and_dtype_rules():
         validate.vector_dtype(np.dtype(bool), file="f")
     with raises("f", "column 'w'", "integers"):
         validate.id_column(pa.schema([("w", pa.string())]), "w", file="f")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "bfloat16", "int16"])
+def test_the_exponent_bits_test_is_isfinite(dtype):
+    """The compiled host test of finite rows against torch's isfinite in float64, on NaN, +-inf,
+    the largest finite values, subnormals and zeros of every float type (and integers)."""
+    _finite_rows = validate._finite_rows
+    rng = np.random.default_rng(1)
+    torch_dtype = getattr(torch, dtype)
+    if torch_dtype.is_floating_point:
+        info = torch.finfo(torch_dtype)
+        specials = [np.nan, np.inf, -np.inf, info.max, -info.max, info.tiny / 4, -0.0, 0.0]
+        values = rng.choice(specials, size=(300, 7), p=[0.01, 0.01, 0.01, 0.1, 0.1, 0.1, 0.1, 0.57])
+    else:
+        values = rng.integers(-30000, 30000, size=(300, 7))
+    tensor = torch.as_tensor(values).to(torch_dtype)
+    expected = torch.isfinite(tensor.double()).all(dim=1).numpy()
+    assert 0 < expected.sum() < len(expected) or not torch_dtype.is_floating_point
+    np.testing.assert_array_equal(_finite_rows(tensor), expected)
+    np.testing.assert_array_equal(_finite_rows(tensor[:, ::2]), torch.isfinite(tensor[:, ::2].double()).all(1).numpy())
+    if dtype != "bfloat16":  # numpy has no bfloat16
+        np.testing.assert_array_equal(_finite_rows(tensor.numpy()), expected)

@@ -10,6 +10,7 @@ run on every row of every pass.
 import numpy as np
 import pyarrow as pa
 import torch
+from numba import njit
 
 from mega_taxonomy.errors import ConfigError, DataError
 
@@ -118,10 +119,41 @@ def dimension(found, expected, origin, *, file, column=None):
         )
 
 
+# A float is NaN or infinite when all its exponent bits are set: the mask of those bits per
+# float type, tested on the integers of the same width (bfloat16 has float32's exponent).
+_EXPONENT_MASKS = {"float16": 0x7C00, "bfloat16": 0x7F80, "float32": 0x7F800000, "float64": 0x7FF0000000000000}
+
+
+@njit(cache=True, nogil=True)
+def _rows_without_all_exponent_bits(bits, mask, good):  # pragma: no cover - compiled
+    for r in range(bits.shape[0]):
+        bad = False
+        for k in range(bits.shape[1]):  # no early exit: the loop vectorizes
+            bad |= (bits[r, k] & mask) == mask
+        good[r] = not bad
+
+
 def _finite_rows(vectors):
+    """Per row, whether all its values are finite. On the host, a compiled test of the exponent
+    bits: one read, no temporaries. numpy's and torch's ``isfinite`` on float16, the usual storage
+    of 1024-d embeddings, convert every value: 164 ms a block of 65536 x 1024 on 2 cores against
+    5 ms here; the first pass over 10M pinned rows took 12 s on an H200's host."""
     if isinstance(vectors, torch.Tensor):
-        return torch.isfinite(vectors).all(dim=1).cpu().numpy()
-    return np.isfinite(vectors).all(axis=1)
+        if vectors.device.type != "cpu":
+            return torch.isfinite(vectors).all(dim=1).cpu().numpy()
+        name = str(vectors.dtype).removeprefix("torch.")
+        if name not in _EXPONENT_MASKS:
+            return torch.isfinite(vectors).all(dim=1).numpy()
+        bits = vectors.contiguous().view(getattr(torch, f"int{8 * vectors.element_size()}")).numpy()
+    else:
+        vectors = np.ascontiguousarray(vectors)
+        name = vectors.dtype.name
+        if name not in _EXPONENT_MASKS:  # integers, long doubles
+            return np.isfinite(vectors).all(axis=1)
+        bits = vectors.view(f"i{vectors.dtype.itemsize}")
+    good = np.empty(len(bits), dtype=bool)
+    _rows_without_all_exponent_bits(bits.reshape(len(bits), -1), bits.dtype.type(_EXPONENT_MASKS[name]), good)
+    return good
 
 
 def _reason(piece, i, dim):
