@@ -4,7 +4,7 @@ one GPU for reference.
 
 Each worker generates the data on its own GPU from the same seed (the driver never holds it:
 GeneratedSource is a few numbers when pickled), so an iteration measures what the runtime adds
-to the GPU work. Two ways to run on Ray:
+to the GPU work. Three ways to run, two of them on Ray:
 
 - ``collective``: the loop runs on every worker in lockstep, partials exchanged GPU to GPU
   (NCCL), no driver in the loop (``RayRuntime(collective=True)``, ``runtime/collective.py``);
@@ -145,7 +145,8 @@ def main():
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--reduce-blocks", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=8)
-    parser.add_argument("--modes", default="collective,dispatch,processes", help="ways to run (see above), comma-separated")
+    parser.add_argument("--modes", default="collective,dispatch,processes",
+                        help="ways to run (see above), comma-separated")
     parser.add_argument("--node-ip", default="127.0.0.1", help="the local cluster's address")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

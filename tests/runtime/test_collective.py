@@ -46,8 +46,9 @@ def test_device_tensors_are_split_out_and_put_back():
 
 
 def test_packed_tensors_come_back_as_they_were():
-    tensors = [torch.arange(7, dtype=torch.float64).reshape(7, 1), torch.tensor(True), torch.ones(3, dtype=torch.bfloat16),
-               torch.empty(0, 4, dtype=torch.int64), torch.arange(5, dtype=torch.int16), torch.tensor(2.5)]
+    tensors = [torch.arange(7, dtype=torch.float64).reshape(7, 1), torch.tensor(True),
+               torch.ones(3, dtype=torch.bfloat16), torch.empty(0, 4, dtype=torch.int64),
+               torch.arange(5, dtype=torch.int16), torch.tensor(2.5)]
     buffer, specs = _pack(tensors, "cpu")
     assert buffer.dtype == torch.uint8 and buffer.dim() == 1
     back = _unpack(buffer, specs)

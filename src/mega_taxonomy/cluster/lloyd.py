@@ -51,7 +51,8 @@ class LloydState:
     sample: tuple[int, int] | None = None  # (size, seed): draw a hash sample of each cluster
     penalty: np.ndarray | None = None  # (K,) cost added to each centroid's distance when assigning
     device_sums: bool = False  # on CUDA, leave sums, counts and inertia on the device (added there, in block order)
-    bounds: Mapping | None = None  # block index -> (labels, lower bounds, distances) of the pass before (see ``use_bounds``)
+    # block index -> (labels, lower bounds, distances) of the pass before (see ``use_bounds``)
+    bounds: Mapping | None = None
     drift: np.ndarray | None = None  # per group: the farthest any of its children moved since that pass
     track_bounds: bool = False  # return every row's label, lower bound and distance, for the next pass
     frozen: np.ndarray | None = None  # per group: no child moved since that pass (see ``reuse_frozen``)
