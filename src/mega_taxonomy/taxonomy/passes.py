@@ -37,11 +37,25 @@ class RouteState:
     sample: tuple[int, int] | None = None
 
 
-class RouteTask:
+class _Routing:
+    """What a task that routes blocks shares: one Router per tree, kept from block to block (its
+    centroids go to the device once per pass, not once per block), never pickled."""
+
+    def __getstate__(self):
+        return {}
+
+    def _router(self, tree: Tree) -> Router:
+        cached = getattr(self, "_cached_router", None)
+        if cached is None or cached.tree is not tree:
+            self._cached_router = cached = Router(tree)
+        return cached
+
+
+class RouteTask(_Routing):
     """Greedy paths through a (partly) fitted tree: what resuming a fit needs for its next level."""
 
     def __call__(self, block, state: RouteState, device) -> RoutePartial:
-        paths, _ = route_greedy(as_tensor(block.vectors, device), state.tree)
+        paths, _ = route_greedy(as_tensor(block.vectors, device), state.tree, router=self._router(state.tree))
         labels = paths[:, -1].cpu().numpy()
         sample = None
         if state.sample is not None:
@@ -83,7 +97,7 @@ class OutputState:
     paths: dict | None = None  # block index -> (paths, distances) of the fit (None: route every row)
 
 
-class OutputTask:
+class OutputTask(_Routing):
     """Route every row (or take its path from the fit), write its (id, path, leaf distance) as the
     block's part, keep members."""
 
@@ -91,7 +105,7 @@ class OutputTask:
         if state.paths is not None:
             paths, dists = state.paths[block.index]
         else:
-            paths, dists = route_greedy(as_tensor(block.vectors, device), state.tree)
+            paths, dists = route_greedy(as_tensor(block.vectors, device), state.tree, router=self._router(state.tree))
             paths, dists = paths.cpu().numpy(), dists.cpu().numpy()
         depth = (paths >= 0).sum(1) - 1
         leaf_distance = dists[np.arange(len(paths)), np.maximum(depth, 0)]

@@ -48,6 +48,18 @@ class Router:
         self.tree, self.kind, self.threshold, self.ef, self.M = tree, kind, hnsw_threshold, ef, M
         self._graphs = {}
         self._offsets = [level_offsets(tree, level) for level in range(tree.n_levels)]
+        self._on_device = {}  # (level, device) -> the level's centroids there
+
+    def __getstate__(self):  # the centroids moved to a device stay behind
+        return {**self.__dict__, "_on_device": {}}
+
+    def centroids(self, level: int, device) -> torch.Tensor:
+        """A level's centroids on ``device``, moved once per router rather than once per block
+        routed (a level of 65536 x 1024 children is 256 MiB of float32)."""
+        key = (level, torch.device(device))
+        if key not in self._on_device:
+            self._on_device[key] = torch.as_tensor(self.tree.levels[level].centroids, device=device)
+        return self._on_device[key]
 
     def wide(self, level: int) -> np.ndarray:
         """Groups of ``level`` answered by HNSW (never on a level with penalties: its graphs
@@ -74,13 +86,12 @@ class Router:
     def children(self, x: torch.Tensor, level: int, parents: torch.Tensor, k: int):
         """(distances, children), both (n, k): the k nearest children of each row's parent
         (``parents``: node ids of level-1, -1 for none; ignored at level 0). Padded with inf / -1."""
-        offsets_np = self._offsets[level]
-        offsets = torch.as_tensor(offsets_np, device=x.device)
+        offsets = self._offsets[level]  # on the host: the ops move them as they need
         if level == 0:
             groups = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
         else:
-            groups = torch.where(parents >= 0, parents, torch.full_like(parents, len(offsets_np) - 2))
-        c = torch.as_tensor(self.tree.levels[level].centroids, device=x.device)
+            groups = torch.where(parents >= 0, parents, torch.full_like(parents, len(offsets) - 2))
+        c = self.centroids(level, x.device)
         wide = self.wide(level)
         if len(wide) == 0:
             return self._exact(x, level, groups, c, offsets, k)
@@ -89,7 +100,7 @@ class Router:
             dist = torch.full((x.shape[0], k), torch.inf, dtype=c.dtype, device=x.device)
             child = torch.full((x.shape[0], k), -1, dtype=torch.int64, device=x.device)
         else:
-            narrow_groups = torch.where(is_wide, torch.full_like(groups, len(offsets_np) - 2), groups)
+            narrow_groups = torch.where(is_wide, torch.full_like(groups, len(offsets) - 2), groups)
             dist, child = self._exact(x, level, narrow_groups, c, offsets, k)
         rows_np = torch.nonzero(is_wide).squeeze(1).cpu().numpy()
         groups_np = groups.cpu().numpy()
