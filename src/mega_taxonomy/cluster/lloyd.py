@@ -311,6 +311,13 @@ def counts_on_host(partial: LloydPartial) -> LloydPartial:
 _BOUNDS_BYTES = 1 << 30
 
 
+def passes_here_on_cpu(runtime) -> bool:
+    """Whether ``runtime``'s passes run in this process, on the CPU: per-row state then goes from
+    one pass to the next (or to the output pass) at no transfer cost, computed by the compiled CPU
+    kernels that routing shares bit for bit."""
+    return runtime.in_process and torch.device(runtime.device).type == "cpu"
+
+
 def use_bounds(runtime, n_rows: int, k: int, offsets, metric: str, penalized: bool) -> bool:
     """Whether passes keep Hamerly's bounds: every row's label and a lower bound on its distance
     to the other children of its group, from one pass to the next. A row whose distance to its
@@ -318,7 +325,7 @@ def use_bounds(runtime, n_rows: int, k: int, offsets, metric: str, penalized: bo
     child without the others being computed; labels and distances are those of full passes, so
     the bits do not change. For the compiled CPU kernel (euclidean, groups of at most
     ``MAX_CHILDREN``, no size penalties) in this process, within ``_BOUNDS_BYTES``."""
-    if not (runtime.in_process and torch.device(runtime.device).type == "cpu") or metric != "euclidean" or penalized:
+    if not passes_here_on_cpu(runtime) or metric != "euclidean" or penalized:
         return False
     widest = k if offsets is None else int(np.diff(offsets).max(initial=0))
     return widest <= MAX_CHILDREN and 20 * n_rows <= _BOUNDS_BYTES

@@ -21,10 +21,9 @@ import logging
 import time
 
 import numpy as np
-import torch
 
 from ..cluster.balance import imbalance, size_penalty, split_and_merge
-from ..cluster.lloyd import group_of_centroid, host, lloyd
+from ..cluster.lloyd import group_of_centroid, host, lloyd, passes_here_on_cpu
 from ..cluster.sampling import hash_sample
 from ..errors import ConfigError
 from ..runtime import cpu_threads
@@ -108,10 +107,9 @@ class FitRun:
         self.dtype = np.dtype(engine.dtype)
         self.seed = int(engine.random_state)
         # Per level fitted in this run, every block's final (labels, distances): the rows' paths,
-        # which the output pass would otherwise route again. Kept where passes run in this process
-        # on the CPU, whose kernels the routing shares bit for bit (router.Router._exact), where
-        # per-row arrays cost no transfer, and within _PATHS_BYTES.
-        self.keep_paths = (runtime.in_process and torch.device(runtime.device).type == "cpu"
+        # which the output pass would otherwise route again (router.Router._exact). Kept where
+        # passes run here on the CPU, within _PATHS_BYTES.
+        self.keep_paths = (passes_here_on_cpu(runtime)
                            and _PATH_BYTES_PER_ROW * engine.n_levels * len(source) <= _PATHS_BYTES)
         self.level_labels = []
 
