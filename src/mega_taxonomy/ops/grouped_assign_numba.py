@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from .update_numba import add_row, add_tiles, tile_starts
+from .update_numba import add_row, add_tiles, tile_partials, tile_starts
 
 # Reassociation (the vectorized sum over d) and contraction (fused multiply-add); never
 # "nnan"/"ninf": the comparisons must stay IEEE.
@@ -197,9 +197,7 @@ def _run(x, groups, centroids, offsets, metric, bounds=None, track=False, stats=
     cosine = metric == "cosine"
     k = len(cn)
     starts = tile_starts(n, k) if stats else range(0, n, _ROW_TILE)  # the tiles of cluster_stats
-    shape = (len(starts), k) if stats else (len(starts), 0)
-    sums, counts = np.zeros((*shape, xn.shape[1])), np.zeros(shape, dtype=np.int64)
-    value_sums = np.zeros(shape)
+    sums, counts, value_sums = tile_partials(len(starts), k if stats else 0, xn.shape[1])
 
     def tile(t):
         _nearest_child_rows(xn, g, cn, off, cosine, starts[t], min(starts[t] + starts.step, n), best, label,

@@ -53,6 +53,12 @@ def tile_starts(n: int, k: int) -> range:
     return range(0, max(n, 1), max(_TILE_ROWS, 8 * k))
 
 
+def tile_partials(n_tiles: int, k: int, d: int):
+    """Zeroed (sums, counts, value_sums) of ``n_tiles`` tiles, each tile's first on axis 0."""
+    return (np.zeros((n_tiles, k, d), dtype=np.float64), np.zeros((n_tiles, k), dtype=np.int64),
+            np.zeros((n_tiles, k), dtype=np.float64))
+
+
 def add_tiles(sums, counts, value_sums):
     """The tiles' partials (first axis) added in tile order."""
     for t in range(1, len(sums)):
@@ -72,9 +78,7 @@ def cluster_stats_numba(x: np.ndarray, labels: np.ndarray, values: np.ndarray, k
         raise IndexError(f"{len(x)} rows need as many labels and values, all labels below k={k}")
     starts = tile_starts(x.shape[0], k)
     step = starts.step
-    sums = np.zeros((len(starts), k, x.shape[1]), dtype=np.float64)
-    counts = np.zeros((len(starts), k), dtype=np.int64)
-    value_sums = np.zeros((len(starts), k), dtype=np.float64)
+    sums, counts, value_sums = tile_partials(len(starts), k, x.shape[1])
 
     def tile(t):
         rows = slice(starts[t], starts[t] + step)
