@@ -27,6 +27,8 @@ def _options(text):
 column_option = click.option("--column", default=None, help="Vector column of parquet files (default: the only one).")
 id_option = click.option("--id-column", default=None, help="Integer id column (default: row ordinals).")
 options_option = click.option("--storage-options", default=None, help="fsspec options as JSON.")
+
+
 def ray_option(command):
     command = click.option("--ray-workers", type=int, default=None,
                            help="Workers on the Ray cluster (default: one per GPU, else per CPU slot).")(command)
