@@ -1,23 +1,47 @@
 """The device-side pieces of a Lloyd pass, checked on the CPU against the host code they replace."""
 
 import numpy as np
+import pytest
 import torch
 
-from mega_taxonomy.cluster.lloyd import LloydState, LloydTask, block_farthest, farthest_sorted
+from mega_taxonomy.cluster.farthest import FarthestPerGroup
+from mega_taxonomy.cluster.lloyd import LloydState, LloydTask, block_farthest
 
 
-def test_farthest_sorted_is_block_farthest():
-    rng = np.random.default_rng(0)
-    n, k, n_groups = 5000, 60, 12
-    distances = torch.from_numpy(rng.integers(0, 50, size=n).astype(np.float64))  # many ties
-    labels = torch.from_numpy(rng.integers(0, k, size=n))
-    groups = labels.numpy() * n_groups // k
-    ordinals = np.arange(100, 100 + n)
-    state = LloydState(np.zeros((k, 2), np.float32), offsets=np.arange(0, k + 1, k // n_groups), far_per_group=7)
+@pytest.mark.parametrize("n_groups, n", [(12, 7), (1, 40), (30, 500)])
+def test_farthest_per_group_selects_as_the_host_table(n_groups, n):
+    """Device tables of blocks (built and merged here on the CPU), in any merge order, against the
+    host selection of all rows: same rows, same order, ties (many) by ordinal, label -1 left out."""
+    rng = np.random.default_rng(n)
+    rows, k = 6000, 5 * n_groups
+    distances = torch.from_numpy(rng.integers(0, 50, size=rows).astype(np.float32))
+    labels = torch.from_numpy(rng.integers(-1, k, size=rows))  # -1: a row under a leaf
+    groups = np.maximum(labels.numpy(), 0) * n_groups // k
+    ordinals = np.arange(100, 100 + rows)
+    state = LloydState(np.zeros((k, 2), np.float32), offsets=np.arange(0, k + 1, k // n_groups), far_per_group=n)
     ref = block_farthest(distances, labels, ordinals, groups, state)
-    got = farthest_sorted(distances, labels, ordinals, groups, 7)
-    for name in got:
-        np.testing.assert_array_equal(got[name], ref[name])
+    cuts = [0, 1000, 1001, 3500, rows]
+    parts = [FarthestPerGroup.of_block(distances[a:b], labels[a:b], torch.from_numpy(ordinals[a:b]),
+                                       torch.from_numpy(groups[a:b]), n_groups, n) for a, b in zip(cuts, cuts[1:])]
+    in_order = parts[0] + parts[1] + parts[2] + parts[3]
+    shuffled = (parts[3] + parts[0]) + (parts[2] + parts[1])
+    for got in (in_order, shuffled):
+        for name in ("distance", "ordinal", "label", "group"):
+            np.testing.assert_array_equal(got[name], ref[name])
+
+
+def test_farthest_per_group_merges_as_host_arrays_after_pickling():
+    """A Ray driver gets the tables as numpy arrays (``transfer.to_host``) and adds them there."""
+    import pickle
+
+    part = FarthestPerGroup.of_block(torch.tensor([3.0, 1.0, 2.0]), torch.tensor([0, 1, 1]),
+                                     torch.tensor([5, 6, 7]), torch.tensor([0, 1, 1]), 2, 1)
+    assert part["ordinal"].tolist() == [5, 7]
+    on_host = pickle.loads(pickle.dumps(FarthestPerGroup(part.distance.numpy(), part.ordinal.numpy(),
+                                                         part.label.numpy())))
+    both = on_host + FarthestPerGroup.of_block(torch.tensor([4.0]), torch.tensor([0]), torch.tensor([9]),
+                                                     torch.tensor([0]), 2, 1)
+    assert both["ordinal"].tolist() == [9, 7] and both["group"].tolist() == [0, 1]
 
 
 def test_task_moves_centroids_once_per_pass_and_pickles_without_them():

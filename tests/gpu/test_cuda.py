@@ -212,3 +212,44 @@ def test_collective_kmeans_on_two_gpus_is_bit_identical_to_local():
         ray.shutdown()
     assert np.array_equal(local.cluster_centers_, remote.cluster_centers_)
     assert np.array_equal(local.labels_, remote.labels_) and local.inertia_ == remote.inertia_
+
+
+def test_farthest_rows_on_the_device_are_the_host_selection():
+    """A grouped pass on the GPU keeps the farthest rows per group on the device: the same rows,
+    in the same order, as the host's selection from the same pass's labels and distances."""
+    from mega_taxonomy.cluster.lloyd import LloydState, LloydTask, block_farthest
+    from mega_taxonomy.io import VectorSource
+    from mega_taxonomy.runtime import LocalRuntime
+
+    x, _ = clustered(200_000, 64, 32, seed=11)
+    n_groups, per = 8, 6
+    offsets = np.concatenate([np.arange(0, n_groups * per, per), [n_groups * per]])
+    offsets[-2] = offsets[-1]  # the last group is a leaf: its rows have no cluster (label -1)
+    groups = np.random.default_rng(0).integers(0, n_groups, len(x))
+    source = VectorSource(torch.from_numpy(x).cuda())
+    blocks = {b.index: groups[b.ordinals] for b in source.blocks()}
+    state = LloydState(x[:offsets[-1]].copy(), update=False, far=True, keep_labels=True, offsets=offsets,
+                       groups=blocks, far_per_group=5)
+    partial = LocalRuntime("cuda", progress=False).map_reduce(source, LloydTask(), state)
+    assert isinstance(partial.far.distance, torch.Tensor) and partial.far.distance.is_cuda
+    labels, distances = partial.ordered_labels()
+    assert (labels == -1).any()
+    ref = block_farthest(torch.from_numpy(distances), torch.from_numpy(labels), np.arange(len(x)), groups, state)
+    for name in ("distance", "ordinal", "label", "group"):
+        np.testing.assert_array_equal(partial.far[name], ref[name])
+
+
+def test_small_copies_reuse_a_pinned_buffer_only_once_its_copy_is_done():
+    """``ops.device.to_device`` stages through a few pinned buffers: with the stream kept busy,
+    every copy still delivers its own values (a buffer refilled too early would not)."""
+    from mega_taxonomy.ops.device import to_device
+
+    busy = torch.randn(4096, 4096, device="cuda")
+    copies = []
+    for i in range(80):
+        busy = busy @ busy / 64  # keeps the copies queued behind it
+        array = np.full(1000 + 997 * i, i, dtype=np.int64 if i % 2 else np.int32)
+        copies.append((array, to_device(array, "cuda")))
+    for array, tensor in copies:
+        assert tensor.dtype == torch.from_numpy(array).dtype
+        assert np.array_equal(tensor.cpu().numpy(), array)

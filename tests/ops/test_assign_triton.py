@@ -90,3 +90,16 @@ def test_prepared_centroids_are_let_go_with_their_centroids():
     del c
     gc.collect()
     assert assign._last_prepared is assign._NOTHING_PREPARED
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("n,d", [(1, 3), (70, 37), (33, 300)])
+def test_squared_norms_kernel_matches_float64(dtype, n, d):
+    """The rows' squared norms of the fused kernels' epilogue, also for rows of a wider tensor."""
+    from mega_taxonomy.ops.assign_triton import squared_norms_triton
+
+    wide = torch.tensor(np.random.default_rng(n + d).normal(size=(n, d + 5)) * 4, dtype=dtype, device=DEVICE)
+    x = wide[:, 2:2 + d]  # rows d + 5 apart
+    got = squared_norms_triton(x)
+    assert got.dtype == torch.float32 and got.shape == (n,)
+    torch.testing.assert_close(got.double().cpu(), (x.double() ** 2).sum(1).cpu(), rtol=1e-5, atol=0)

@@ -68,3 +68,21 @@ def test_counts_alone_are_the_bits_of_the_full_stats(backend):
 def test_bad_shapes():
     with pytest.raises(ValueError, match="must be"):
         cluster_stats(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long), torch.zeros(3), 2)
+
+
+def test_one_program_per_cluster_gives_the_bits_of_pieces_and_combine(monkeypatch):
+    """Two ways to the same sums (``update_triton``): pieces then their combination, or one
+    program per cluster walking its pieces; the same additions in the same order."""
+    from mega_taxonomy.ops import update_triton
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2000, 150, generator=g).to(DEVICE)
+    labels = torch.randint(-1, 5, (2000,), generator=g)
+    labels[:900] = 2  # a cluster of several pieces
+    labels, values = labels.to(DEVICE), torch.rand(2000, generator=g).to(DEVICE)
+    runs = []
+    for per_cluster in (0, 1000):  # 0: always pieces; 1000: always one program per cluster
+        monkeypatch.setattr(update_triton, "PIECES_PER_CLUSTER", per_cluster)
+        runs.append(cluster_stats(x, labels, values, 5, backend="triton"))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)

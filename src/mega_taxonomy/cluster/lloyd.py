@@ -28,6 +28,7 @@ from ..ops.grouped_assign_numba import MAX_CHILDREN, grouped_nearest_bounded
 from ..ops.update import cluster_counts, cluster_stats
 from ..runtime import in_block_order
 from .balance import size_penalty
+from .farthest import FarthestPerGroup
 from .sampling import BestPerGroup, SamplePartial, block_sample
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class LloydPartial:
     counts: np.ndarray  # (K,) int64
     inertia: np.ndarray  # (K,) float64: sum of distances to the assigned centroid
     sums: np.ndarray | None = None  # (K, d) float64 sum of assigned rows (normalized for cosine)
-    far: BestPerGroup | None = None  # farthest rows: columns "distance", "ordinal", "label", "group"
+    far: BestPerGroup | FarthestPerGroup | None = None  # farthest rows: columns "distance", "ordinal", "label", "group"
     far_per_group: int = MAX_FAR_ROWS
     labels: dict = field(default_factory=dict)  # block index -> (labels, distances), when kept
     sample: SamplePartial | None = None  # per cluster, when asked for
@@ -162,9 +163,7 @@ class LloydTask:
             sums = None if sums is None else sums.cpu().numpy()
         out = LloydPartial(counts, inertia, sums if state.update else None, far_per_group=state.far_per_group)
         if state.far:
-            valid = labels >= 0
-            mask = valid.cpu().numpy()
-            out.far = block_farthest(dist[valid].double(), labels[valid], block.ordinals[mask], groups[mask], state)
+            out.far = block_farthest(dist, labels, block.ordinals, groups, state)
         if state.keep_labels:
             out.labels = {block.index: (labels.cpu().numpy(), dist.cpu().numpy())}
         if state.track_bounds:
@@ -198,39 +197,27 @@ def with_penalty(assign, x: torch.Tensor, c: torch.Tensor, penalty: np.ndarray |
     return dist.clamp_min_(0.0), index
 
 
-def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals, groups, state: LloydState) -> BestPerGroup:
+def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals: np.ndarray, groups: np.ndarray,
+                   state: LloydState) -> BestPerGroup | FarthestPerGroup:
     """The ``state.far_per_group`` rows of a block farthest from their centroid, per group
-    (largest distance first, equal distances by ordinal)."""
+    (largest distance first, equal distances by ordinal); rows labelled -1 (no cluster) left out.
+    On a GPU the selection stays there (:class:`FarthestPerGroup`); on the CPU it is a host table."""
     n = state.far_per_group
-    if distances.is_cuda and state.offsets is not None and len(ordinals) > n:
-        return BestPerGroup(n, farthest_sorted(distances, labels, ordinals, groups, n), key="distance",
-                            largest=True, selected=True)
+    if distances.is_cuda:
+        return FarthestPerGroup.of_block(distances, labels, to_device(ordinals, distances.device),
+                                         to_device(groups, distances.device), state.n_groups, n)
+    valid = (labels >= 0).numpy()
+    distances, labels, ordinals, groups = distances[valid].double(), labels[valid], ordinals[valid], groups[valid]
     if state.offsets is None and len(ordinals) > n:
         # One group: an O(n) top-k first, so that only n rows are sorted. Rows tied with the n-th
         # distance all stay candidates, so the tie rule (by ordinal) is exact.
         cut = distances.topk(n, sorted=False).values.min()
-        pre = torch.nonzero(distances >= cut).squeeze(1).cpu().numpy()
+        pre = torch.nonzero(distances >= cut).squeeze(1).numpy()
     else:
         pre = np.arange(len(ordinals))
-    far = {"distance": distances.cpu().numpy()[pre], "ordinal": ordinals[pre],
-           "label": labels.cpu().numpy()[pre], "group": groups[pre]}
+    far = {"distance": distances.numpy()[pre], "ordinal": ordinals[pre], "label": labels.numpy()[pre],
+           "group": groups[pre]}
     return BestPerGroup(n, far, key="distance", largest=True)
-
-
-def farthest_sorted(distances: torch.Tensor, labels: torch.Tensor, ordinals, groups, n: int) -> dict:
-    """``block_farthest`` by sorts on the tensors' device (the CUDA path of grouped passes): rows
-    ordered by (group, -distance, ordinal) with stable sorts (ordinals ascend with position),
-    then the first n of each group; the same rows in the same order as a selection of
-    :class:`BestPerGroup`, without sorting the whole block on the host."""
-    g = torch.as_tensor(groups, device=distances.device)
-    order = torch.sort(-distances, stable=True).indices
-    order = order[torch.sort(g[order], stable=True).indices]
-    g_sorted = g[order]
-    rank = torch.arange(len(order), device=order.device) - torch.searchsorted(g_sorted, g_sorted)
-    keep = order[rank < n]
-    keep_host = keep.cpu().numpy()
-    return {"distance": distances[keep].cpu().numpy(), "ordinal": ordinals[keep_host],
-            "label": labels[keep].cpu().numpy(), "group": groups[keep_host]}
 
 
 def group_of_centroid(offsets: np.ndarray | None, k: int) -> np.ndarray:

@@ -304,8 +304,10 @@ def fused(kernel, x, centroids, metric):
     if metric == "cosine":
         d, i = kernel(normalize_rows(x.float()).to(x.dtype), c, bias, 1.0, exact)
         return d.clamp_min_(0.0), i
+    from .assign_triton import squared_norms_triton
+
     d, i = kernel(x, c, bias, 2.0, exact)
-    return _finish(d, _squared_norms(x.float())), i
+    return _finish(d, squared_norms_triton(x)), i
 
 
 # The last centroids prepared by ``fused``: (weak reference, their version, device, dtype, metric), (c, bias).

@@ -134,3 +134,33 @@ def nearest_triton(x: torch.Tensor, c: torch.Tensor, bias: torch.Tensor, alpha: 
     _nearest_kernel[grid](x, c, bias.float().contiguous(), out_d, out_i, n, k, d, x.stride(0), c.stride(0),
                           float(alpha), EXACT=exact, X_RESIDENT=x_resident, **cfg)
     return out_d, out_i
+
+
+@triton.jit
+def _squared_norms_kernel(x_ptr, out_ptr, N, D, stride_x, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < N
+    acc = tl.zeros((BLOCK_M,), tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        v = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & (cols < D)[None, :],
+                    other=0.0).to(tl.float32)
+        acc += tl.sum(v * v, axis=1)
+    tl.store(out_ptr + rows, acc, mask=row_ok)
+
+
+def squared_norms_triton(x: torch.Tensor) -> torch.Tensor:
+    """(N,) float32 squared norms of the rows of ``x``, products and sums in float32, read once.
+
+    ``torch.einsum`` of ``x.float()`` writes a float32 copy of the rows first: at 65,536 x 1024
+    float16 rows, 0.55 ms of a grouped block's 2.25 ms on an H200; this reads the 128 MiB once.
+    """
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    n, d = x.shape
+    out = torch.empty(n, dtype=torch.float32, device=x.device)
+    block_m = 32
+    _squared_norms_kernel[(triton.cdiv(n, block_m),)](x, out, n, d, x.stride(0), BLOCK_M=block_m,
+                                                      BLOCK_D=min(256, triton.next_power_of_2(max(d, 16))),
+                                                      num_warps=4)
+    return out

@@ -1,0 +1,80 @@
+"""FarthestPerGroup: per group, the rows farthest from their centroid, kept on the device.
+
+An empty cluster takes the row farthest from its centroid within its group (``lloyd.new_centroids``).
+On the host, :class:`~mega_taxonomy.cluster.sampling.BestPerGroup` collects candidate rows and
+selects among them; on a GPU that means copying every block's candidates out, with a sync or more
+per block, which made the grouped passes that look for those rows the slowest of a taxonomy fit
+(twice a plain pass). Here the selection is a fixed-size table, ``n`` slots per group, that stays
+where it was computed: a block's rows are ranked within their group by sorts, two tables merge
+by a sort of each group's ``2n`` entries, and nothing is read back until the update reads the
+columns. Same rows in the same order as ``BestPerGroup(n, ..., key="distance", largest=True)``:
+largest distance first, equal distances by ordinal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_EMPTY = float("-inf")  # the distance of a slot no row holds: sorts after every row
+
+
+class FarthestPerGroup:
+    """(groups, n) tables of the farthest rows' distance, ordinal and label, per group largest
+    distance first (equal distances by ordinal); slots no row holds have distance ``-inf``.
+
+    ``a + b`` selects among the rows of both, as :class:`BestPerGroup` does. The tables may be
+    tensors on any device or numpy arrays (what ``runtime.transfer.to_host`` makes of them).
+    """
+
+    def __init__(self, distance, ordinal, label):
+        self.distance, self.ordinal, self.label = distance, ordinal, label
+        self._columns = None
+
+    @classmethod
+    def of_block(cls, distances: torch.Tensor, labels: torch.Tensor, ordinals: torch.Tensor,
+                 groups: torch.Tensor, n_groups: int, n: int) -> FarthestPerGroup:
+        """The ``n`` farthest rows per group among a block's (rows labelled -1 have no cluster
+        and are left out). ``ordinals`` must ascend with position, as a block's do."""
+        d = torch.where(labels >= 0, distances.double(), _EMPTY)
+        order = torch.sort(-d, stable=True).indices  # equal distances keep the ordinals' order
+        order = order[torch.sort(groups[order], stable=True).indices]
+        g = groups[order]
+        rank = torch.arange(len(order), device=d.device) - torch.searchsorted(g, g)
+        # Rows past the n-th of their group all go to one spare slot, dropped: no sync to count them.
+        slot = torch.where(rank < n, g * n + rank, n_groups * n)
+
+        def table(values, fill):
+            out = torch.full((n_groups * n + 1,), fill, dtype=values.dtype, device=d.device)
+            out[slot] = values[order]
+            return out[:-1].view(n_groups, n)
+
+        return cls(table(d, _EMPTY), table(ordinals, -1), table(labels, -1))
+
+    def __add__(self, other: FarthestPerGroup) -> FarthestPerGroup:
+        n = self.distance.shape[1]
+        distance, ordinal, label = (torch.cat([torch.as_tensor(a), torch.as_tensor(b)], 1)
+                                    for a, b in ((self.distance, other.distance), (self.ordinal, other.ordinal),
+                                                 (self.label, other.label)))
+        # By ordinal, then stably by distance, largest first: the tie rule whatever the order of
+        # the operands. Empty slots end last; their order does not matter, they are never read.
+        order = torch.sort(ordinal, dim=1).indices
+        by_distance = torch.sort(-torch.gather(distance, 1, order), dim=1, stable=True).indices[:, :n]
+        order = torch.gather(order, 1, by_distance)
+        return FarthestPerGroup(*(torch.gather(t, 1, order) for t in (distance, ordinal, label)))
+
+    def __getitem__(self, column: str) -> np.ndarray:
+        """A column ("distance", "ordinal", "label", "group") of the selected rows, ordered by
+        group, then largest distance."""
+        if self._columns is None:
+            distance = torch.as_tensor(self.distance).cpu()
+            n_groups, n = distance.shape
+            held = (distance > _EMPTY).reshape(-1).numpy()
+            self._columns = {"distance": distance.reshape(-1).numpy()[held],
+                             "ordinal": torch.as_tensor(self.ordinal).cpu().reshape(-1).numpy()[held],
+                             "label": torch.as_tensor(self.label).cpu().reshape(-1).numpy()[held],
+                             "group": np.repeat(np.arange(n_groups), n)[held]}
+        return self._columns[column]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_columns": None}
