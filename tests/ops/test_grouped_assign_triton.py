@@ -58,3 +58,15 @@ def test_ties_go_to_the_lowest_child_across_tiles():
     offsets = torch.tensor([0, 10, 300], device=DEVICE)
     _, idx = grouped_nearest(x, torch.tensor([1, 0, 1], device=DEVICE), c, offsets, backend="triton")
     assert idx.tolist() == [10, 0, 10]
+
+
+def test_offsets_move_once_per_array():
+    """The blocks of a pass pass the same offsets array: moved once (``_offsets_on``), and again
+    for another array, even one of equal values."""
+    from mega_taxonomy.ops.grouped_assign_triton import _offsets_on
+
+    offsets = np.array([0, 2, 7, 7])
+    first = _offsets_on(offsets, torch.device(DEVICE))
+    assert first[1] == 5 and first[0].tolist() == [0, 2, 7, 7]
+    assert _offsets_on(offsets, torch.device(DEVICE))[0] is first[0]
+    assert _offsets_on(offsets.copy(), torch.device(DEVICE))[0] is not first[0]

@@ -20,15 +20,21 @@ _EMPTY = float("-inf")  # the distance of a slot no row holds: sorts after every
 
 
 class FarthestPerGroup:
-    """(groups, n) tables of the farthest rows' distance, ordinal and label, per group largest
-    distance first (equal distances by ordinal); slots no row holds have distance ``-inf``.
+    """(groups, width) tables of candidate rows' distance, ordinal and label; of each group's
+    candidates the ``n`` farthest are the selection (largest distance first, equal distances by
+    ordinal). Slots no row holds have distance ``-inf``.
 
-    ``a + b`` selects among the rows of both, as :class:`BestPerGroup` does. The tables may be
-    tensors on any device or numpy arrays (what ``runtime.transfer.to_host`` makes of them).
+    ``a + b`` holds the candidates of both, side by side; they are selected down to ``n`` per
+    group once there are ``MERGE_WIDTH`` times as many, and when the columns are read, so that a
+    pass's blocks are sorted together a few at a time. The tables may be tensors on any device or
+    numpy arrays (what ``runtime.transfer.to_host`` makes of them).
     """
 
-    def __init__(self, distance, ordinal, label):
+    MERGE_WIDTH = 4
+
+    def __init__(self, distance, ordinal, label, n: int | None = None):
         self.distance, self.ordinal, self.label = distance, ordinal, label
+        self.n = distance.shape[1] if n is None else n
         self._columns = None
 
     @classmethod
@@ -52,14 +58,18 @@ class FarthestPerGroup:
         return cls(table(d, _EMPTY), table(ordinals, -1), table(labels, -1))
 
     def __add__(self, other: FarthestPerGroup) -> FarthestPerGroup:
-        n = self.distance.shape[1]
-        distance, ordinal, label = (torch.cat([torch.as_tensor(a), torch.as_tensor(b)], 1)
-                                    for a, b in ((self.distance, other.distance), (self.ordinal, other.ordinal),
-                                                 (self.label, other.label)))
+        both = FarthestPerGroup(*(torch.cat([torch.as_tensor(a), torch.as_tensor(b)], 1)
+                                  for a, b in ((self.distance, other.distance), (self.ordinal, other.ordinal),
+                                               (self.label, other.label))), n=self.n)
+        return both.selected() if both.distance.shape[1] >= self.MERGE_WIDTH * self.n else both
+
+    def selected(self) -> FarthestPerGroup:
+        """The tables cut to the ``n`` farthest candidates of each group, in order."""
+        distance, ordinal, label = (torch.as_tensor(t) for t in (self.distance, self.ordinal, self.label))
         # By ordinal, then stably by distance, largest first: the tie rule whatever the order of
         # the operands. Empty slots end last; their order does not matter, they are never read.
         order = torch.sort(ordinal, dim=1).indices
-        by_distance = torch.sort(-torch.gather(distance, 1, order), dim=1, stable=True).indices[:, :n]
+        by_distance = torch.sort(-torch.gather(distance, 1, order), dim=1, stable=True).indices[:, :self.n]
         order = torch.gather(order, 1, by_distance)
         return FarthestPerGroup(*(torch.gather(t, 1, order) for t in (distance, ordinal, label)))
 
@@ -67,12 +77,13 @@ class FarthestPerGroup:
         """A column ("distance", "ordinal", "label", "group") of the selected rows, ordered by
         group, then largest distance."""
         if self._columns is None:
-            distance = torch.as_tensor(self.distance).cpu()
+            table = self.selected() if self.distance.shape[1] > self.n else self
+            distance = torch.as_tensor(table.distance).cpu()
             n_groups, n = distance.shape
             held = (distance > _EMPTY).reshape(-1).numpy()
             self._columns = {"distance": distance.reshape(-1).numpy()[held],
-                             "ordinal": torch.as_tensor(self.ordinal).cpu().reshape(-1).numpy()[held],
-                             "label": torch.as_tensor(self.label).cpu().reshape(-1).numpy()[held],
+                             "ordinal": torch.as_tensor(table.ordinal).cpu().reshape(-1).numpy()[held],
+                             "label": torch.as_tensor(table.label).cpu().reshape(-1).numpy()[held],
                              "group": np.repeat(np.arange(n_groups), n)[held]}
         return self._columns[column]
 

@@ -147,8 +147,8 @@ class LloydTask:
             dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric), x, c, state.penalty,
                                         state.metric)
         else:
-            g = to_device(groups, device)  # offsets stay on the host: the kernel's launch reads them
-            dist, labels = with_penalty(lambda x, c, metric: grouped_nearest(x, g, c, state.offsets, metric=metric),
+            groups = to_device(groups, device)  # offsets stay on the host: the kernel's launch reads them
+            dist, labels = with_penalty(lambda x, c, metric: grouped_nearest(x, groups, c, state.offsets, metric=metric),
                                         x, c, state.penalty, state.metric)
         # Rows whose parent is a leaf have no children here (label -1): they take no part. On CUDA
         # a sort + segmented reduction (no atomics), on the CPU a compiled loop in row order
@@ -197,17 +197,22 @@ def with_penalty(assign, x: torch.Tensor, c: torch.Tensor, penalty: np.ndarray |
     return dist.clamp_min_(0.0), index
 
 
-def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals: np.ndarray, groups: np.ndarray,
+def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals: np.ndarray, groups,
                    state: LloydState) -> BestPerGroup | FarthestPerGroup:
     """The ``state.far_per_group`` rows of a block farthest from their centroid, per group
     (largest distance first, equal distances by ordinal); rows labelled -1 (no cluster) left out.
-    On a GPU the selection stays there (:class:`FarthestPerGroup`); on the CPU it is a host table."""
+    On a GPU the selection stays there (:class:`FarthestPerGroup`; ``groups`` may be on the
+    device already); on the CPU it is a host table."""
     n = state.far_per_group
     if distances.is_cuda:
-        return FarthestPerGroup.of_block(distances, labels, to_device(ordinals, distances.device),
-                                         to_device(groups, distances.device), state.n_groups, n)
+        device = distances.device
+        if len(ordinals) and ordinals[-1] - ordinals[0] == len(ordinals) - 1:  # ascending: a range
+            ordinals = torch.arange(int(ordinals[0]), int(ordinals[-1]) + 1, device=device)
+        return FarthestPerGroup.of_block(distances, labels, to_device(ordinals, device), to_device(groups, device),
+                                         state.n_groups, n)
     valid = (labels >= 0).numpy()
-    distances, labels, ordinals, groups = distances[valid].double(), labels[valid], ordinals[valid], groups[valid]
+    distances, labels, ordinals = distances[valid].double(), labels[valid], ordinals[valid]
+    groups = np.asarray(groups)[valid]
     if state.offsets is None and len(ordinals) > n:
         # One group: an O(n) top-k first, so that only n rows are sorted. Rows tied with the n-th
         # distance all stay candidates, so the tie rule (by ordinal) is exact.
