@@ -12,11 +12,13 @@ to the GPU work. Three ways to run, two of them on Ray:
   adds their partials (float64 sums of 4096 x 1024: 32 MiB per unit of ``--reduce-blocks``
   blocks) on the host;
 - ``processes``: the collective without Ray: the same ``CollectiveRuntime`` in plain processes
-  (``torch.multiprocessing``), which tells what Ray adds to it.
+  (``torch.multiprocessing``), which tells what Ray adds to it; ``processes-isolated``: the same,
+  each process seeing its own GPU alone (``CUDA_VISIBLE_DEVICES``), as Ray makes an actor's
+  (NCCL picks its transport from what it sees).
 
 All give the same centroids as LocalRuntime with the same ``--reduce-blocks`` (checked here).
 
-    python benchmarks/bench_ray_gpu.py [--quick] [--n 1048576,8388608] [--modes collective,dispatch,processes]
+    python benchmarks/bench_ray_gpu.py [--quick] [--n 1048576,8388608] [--modes collective,dispatch,processes,processes-isolated]
 
 ``--quick`` runs on the CPU (2 CPU workers against 1, small N): a smoke test of the script.
 """
@@ -103,9 +105,11 @@ def timed_lloyd(source, centroids, iterations, runtime):
     return np.diff(stamps).tolist(), result.centroids
 
 
-def _process_rank(rank, world, endpoint, source, c0, iterations, reduce_blocks, gpu, results):
-    """Rank ``rank`` of the ``processes`` mode: the collective's runtime, joined without Ray."""
-    device = torch.device("cuda", rank) if gpu else torch.device("cpu")
+def _process_rank(rank, world, endpoint, source, c0, iterations, reduce_blocks, gpu, isolated, results):
+    """Rank ``rank`` of the ``processes`` modes: the collective's runtime, joined without Ray."""
+    if isolated:  # before CUDA starts in this process: it sees its GPU alone, as a Ray actor does
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(rank)
+    device = torch.device("cuda", 0 if isolated else rank) if gpu else torch.device("cpu")
     torch.set_num_threads(1)  # the threads of a Ray actor of one CPU (Ray sets OMP_NUM_THREADS to its CPUs)
     set_cpu_threads(1)
     runtime = CollectiveRuntime(rank, world, device, reduce_blocks, join_group(endpoint, rank, world, device, 600))
@@ -118,7 +122,7 @@ def _process_rank(rank, world, endpoint, source, c0, iterations, reduce_blocks, 
         dist.destroy_process_group()
 
 
-def in_processes(world, source, c0, iterations, reduce_blocks, gpu):
+def in_processes(world, source, c0, iterations, reduce_blocks, gpu, isolated=False):
     """``timed_lloyd`` by ``world`` plain processes in lockstep: rank 0's times and centroids."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -126,7 +130,8 @@ def in_processes(world, source, c0, iterations, reduce_blocks, gpu):
     context = torch.multiprocessing.get_context("spawn")
     results = context.Queue()
     ranks = [context.Process(target=_process_rank, args=(rank, world, endpoint, source, c0, iterations,
-                                                         reduce_blocks, gpu, results)) for rank in range(world)]
+                                                         reduce_blocks, gpu, isolated, results))
+             for rank in range(world)]
     for process in ranks:
         process.start()
     try:
@@ -184,8 +189,9 @@ def main():
             for mode in modes:
                 row = {}
                 for workers in (1, 2):
-                    if mode == "processes":
-                        times, final = in_processes(workers, source, c0, iterations, args.reduce_blocks, gpu)
+                    if mode.startswith("processes"):
+                        times, final = in_processes(workers, source, c0, iterations, args.reduce_blocks, gpu,
+                                                    isolated=mode == "processes-isolated")
                     else:
                         runtime = RayRuntime(num_workers=workers, reduce_blocks=args.reduce_blocks, progress=False,
                                              collective=mode == "collective", **kind)
@@ -194,7 +200,7 @@ def main():
                             times, final = runtime.drive(timed_lloyd, source, c0, iterations)
                         finally:
                             runtime.close()
-                    prefix = "" if mode == "processes" else "ray-"
+                    prefix = "" if mode.startswith("processes") else "ray-"
                     row[workers] = record(case, f"{prefix}{mode}-{workers}-{'gpu' if gpu else 'cpu'}", times, final,
                                           reference, peak_bytes=None)
                 speedups[f"{case} {mode}: 2 workers vs 1"] = row[1] / row[2]
