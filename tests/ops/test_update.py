@@ -70,6 +70,7 @@ def test_bad_shapes():
         cluster_stats(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long), torch.zeros(3), 2)
 
 
+
 def test_one_program_per_cluster_gives_the_bits_of_pieces_and_combine(monkeypatch):
     """Two ways to the same sums (``update_triton``): pieces then their combination, or one
     program per cluster walking its pieces; the same additions in the same order."""
@@ -82,7 +83,7 @@ def test_one_program_per_cluster_gives_the_bits_of_pieces_and_combine(monkeypatc
     labels, values = labels.to(DEVICE), torch.rand(2000, generator=g).to(DEVICE)
     runs = []
     for per_cluster in (0, 1000):  # 0: always pieces; 1000: always one program per cluster
-        monkeypatch.setattr(update_triton, "PIECES_PER_CLUSTER", per_cluster)
+        monkeypatch.setattr(update_triton, "ROWS_PER_CLUSTER", per_cluster)
         runs.append(cluster_stats(x, labels, values, 5, backend="triton"))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
