@@ -70,7 +70,6 @@ def test_bad_shapes():
         cluster_stats(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long), torch.zeros(3), 2)
 
 
-
 def test_one_program_per_cluster_gives_the_bits_of_pieces_and_combine(monkeypatch):
     """Two ways to the same sums (``update_triton``): pieces then their combination, or one
     program per cluster walking its pieces; the same additions in the same order."""
