@@ -1,5 +1,7 @@
 """The device-side pieces of a Lloyd pass, checked on the CPU against the host code they replace."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -22,7 +24,7 @@ def test_farthest_per_group_selects_as_the_host_table(n_groups, n):
     ref = block_farthest(distances, labels, ordinals, groups, state)
     cuts = [0, 1000, 1001, 3500, rows]
     parts = [FarthestPerGroup.of_block(distances[a:b], labels[a:b], torch.from_numpy(ordinals[a:b]),
-                                       torch.from_numpy(groups[a:b]), n_groups, n) for a, b in zip(cuts, cuts[1:])]
+                                       torch.from_numpy(groups[a:b]), n_groups, n) for a, b in itertools.pairwise(cuts)]
     in_order = parts[0] + parts[1] + parts[2] + parts[3]
     shuffled = (parts[3] + parts[0]) + (parts[2] + parts[1])
     for got in (in_order, shuffled):

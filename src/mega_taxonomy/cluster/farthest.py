@@ -5,9 +5,9 @@ On the host, :class:`~mega_taxonomy.cluster.sampling.BestPerGroup` collects cand
 selects among them; on a GPU that means copying every block's candidates out, with a sync or more
 per block, which made the grouped passes that look for those rows the slowest of a taxonomy fit
 (twice a plain pass). Here the selection is a fixed-size table, ``n`` slots per group, that stays
-where it was computed: a block's rows are ranked within their group by sorts, two tables merge
-by a sort of each group's ``2n`` entries, and nothing is read back until the update reads the
-columns. Same rows in the same order as ``BestPerGroup(n, ..., key="distance", largest=True)``:
+where it was computed: a block's rows are ranked within their group by sorts, tables merge by
+sorts of each group's candidates a few blocks at a time, and nothing is read back until the
+update reads the columns. Same rows in the same order as ``BestPerGroup(n, ..., key="distance", largest=True)``:
 largest distance first, equal distances by ordinal.
 """
 

@@ -1,4 +1,5 @@
-"""Triton kernel of ``nearest``: a fused matrix product and running argmin.
+"""Triton kernel of ``nearest``: a fused matrix product and running argmin (and the rows' squared
+norms that its distances add back, ``squared_norms_triton``).
 
 Kernel contract
   x        : (N, D)  float16 / bfloat16 / float32, row-major      -> rows to assign

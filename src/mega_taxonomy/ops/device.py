@@ -11,10 +11,11 @@ the pass's host time). Copies here go through a few pinned buffers of our own in
 reused once an event says the copy out of it is done.
 
 The copies run on a side stream, which the caller's stream then waits for. On the caller's
-stream, a block's group ids would wait for the kernels of the block before (stream order), then
-for the 128 MiB block copy that the copy engine is busy with (``io.streaming`` keeps it busy):
-every grouped block's compute then started one copy late, and grouped passes ran at 0.6-0.8 of
-the copy rate while flat ones, which copy nothing small, ran at 1.0.
+stream, a block's group ids wait for the kernels of the block before (stream order), then for
+the copy engine, busy with a 128 MiB block copy (``io.streaming`` keeps it busy), so that the
+block's compute starts up to a copy late. Grouped passes, which copy such arrays, ran at 0.6-0.8
+of the copy rate, flat ones, which do not, at 1.0; with the side stream and two kernel changes
+measured in the same run, grouped passes went to 0.85-0.96 (benchmarks/gpu_notes.md).
 """
 
 from __future__ import annotations
