@@ -4,10 +4,12 @@ one GPU for reference.
 
 Each worker generates the data on its own GPU from the same seed (the driver never holds it:
 GeneratedSource is a few numbers when pickled), so an iteration measures what the runtime adds
-to the GPU work. Three ways to run, two of them on Ray:
+to the GPU work. The ways to run:
 
 - ``collective``: the loop runs on every worker in lockstep, partials exchanged GPU to GPU
   (NCCL), no driver in the loop (``RayRuntime(collective=True)``, ``runtime/collective.py``);
+- ``collective-shared``: the same, each actor seeing every GPU of the node (Ray's
+  ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES``, as Ray Train does) and using its own;
 - ``dispatch``: the driver runs the loop, and every pass dispatches units to the workers and
   adds their partials (float64 sums of 4096 x 1024: 32 MiB per unit of ``--reduce-blocks``
   blocks) on the host;
@@ -18,7 +20,8 @@ to the GPU work. Three ways to run, two of them on Ray:
 
 All give the same centroids as LocalRuntime with the same ``--reduce-blocks`` (checked here).
 
-    python benchmarks/bench_ray_gpu.py [--quick] [--n 1048576,8388608] [--modes collective,dispatch,processes,processes-isolated]
+    python benchmarks/bench_ray_gpu.py [--quick] [--n 1048576,8388608]
+        [--modes collective,collective-shared,dispatch,processes,processes-isolated]
 
 ``--quick`` runs on the CPU (2 CPU workers against 1, small N): a smoke test of the script.
 """
@@ -193,8 +196,10 @@ def main():
                         times, final = in_processes(workers, source, c0, iterations, args.reduce_blocks, gpu,
                                                     isolated=mode == "processes-isolated")
                     else:
+                        shared = {"runtime_env": {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}}
                         runtime = RayRuntime(num_workers=workers, reduce_blocks=args.reduce_blocks, progress=False,
-                                             collective=mode == "collective", **kind)
+                                             collective=mode.startswith("collective"), **kind,
+                                             ray_remote_args=shared if mode == "collective-shared" else None)
                         try:
                             runtime.drive(timed_lloyd, source, c0, 2)  # warm-up: actors, group, kernels compiled
                             times, final = runtime.drive(timed_lloyd, source, c0, iterations)

@@ -69,9 +69,32 @@ _LOST = (ray_errors.RayActorError, ray_errors.WorkerCrashedError, ray_errors.Obj
 _SOURCES_PER_WORKER = 2  # sources an actor keeps open (a fit's data and a predict's, say)
 
 
+# Set in an actor's environment (``ray_remote_args={"runtime_env": {"env_vars": {...: "1"}}}``),
+# Ray leaves CUDA_VISIBLE_DEVICES alone: the actor sees every GPU of its node, as Ray Train's
+# workers do so that NCCL may go from GPU to GPU, and uses the one Ray gave it.
+_SEE_NODE_GPUS = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
+
+
 def _device(kind: str) -> torch.device:
-    # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU: it is always "cuda" (device 0) inside.
-    return torch.device("cuda" if kind == "cuda" else "cpu")
+    if kind != "cuda":
+        return torch.device("cpu")
+    if os.environ.get(_SEE_NODE_GPUS) == "1":
+        return torch.device("cuda", visible_index(ray.get_gpu_ids()[0], os.environ.get("CUDA_VISIBLE_DEVICES")))
+    return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU alone
+
+
+def visible_index(gpu_id, visible: str | None) -> int:
+    """The CUDA device index, in this process, of the node's GPU ``gpu_id`` (Ray's id: an index
+    into the node's ``CUDA_VISIBLE_DEVICES`` list when it has one, else a device index).
+
+    Examples
+    --------
+    >>> visible_index("3", "2,3"), visible_index(1, None)
+    (1, 1)
+    """
+    if not visible:
+        return int(gpu_id)
+    return [v.strip() for v in visible.split(",")].index(str(gpu_id))
 
 
 def _init_threads(device: torch.device, cpus: float) -> None:
@@ -149,8 +172,7 @@ class _CollectiveWorker(_Worker):
             return f"{host}:{probe.getsockname()[1]}"
 
     def join(self, endpoint: str, rank: int, world: int, timeout: float):
-        # The actor's GPU is device 0: Ray sets CUDA_VISIBLE_DEVICES to it alone.
-        self.objects = join_group(endpoint, rank, world, "cuda:0" if self.device.type == "cuda" else "cpu", timeout)
+        self.objects = join_group(endpoint, rank, world, self.device, timeout)
         self.rank, self.world = rank, world
 
     def run(self, job, reduce_blocks):
