@@ -271,7 +271,7 @@ def new_centroids(partial: LloydPartial, old, source, metric: str,
         logger.debug("relocated %d empty clusters", len(moves))
     old = torch.as_tensor(old)
     # torch.where, not a masked assignment: no sync to count the filled clusters
-    divisors = torch.from_numpy(counts).to(sums.device)[:, None]
+    divisors = to_device(counts, sums.device)[:, None]  # pinned and asynchronous: no sync
     centroids = torch.where(divisors > 0, sums / divisors, old.to(sums.device, torch.float64))
     if metric == "cosine":
         centroids = normalize_rows(centroids)
