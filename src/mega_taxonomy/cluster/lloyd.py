@@ -164,14 +164,15 @@ class LloydTask:
         out = LloydPartial(counts, inertia, sums if state.update else None, far_per_group=state.far_per_group)
         if state.far:
             out.far = block_farthest(dist, labels, block.ordinals, groups, state)
+        host_labels = labels.cpu().numpy() if state.keep_labels or state.sample is not None else None
         if state.keep_labels:
-            out.labels = {block.index: (labels.cpu().numpy(), dist.cpu().numpy())}
+            out.labels = {block.index: (host_labels, dist.cpu().numpy())}
         if state.track_bounds:
             out.bounds = {block.index: (labels.numpy(), lower, dist.numpy())}
         if state.sample is not None:
             size, seed = state.sample
             # Rows without a cluster (under a leaf) fall in group -1, which nobody reads.
-            out.sample = block_sample(block, size, seed, groups=labels.cpu().numpy(), moments=False)
+            out.sample = block_sample(block, size, seed, groups=host_labels, moments=False)
         return out
 
 
