@@ -40,3 +40,24 @@ def test_any_merge_schedule_selects_the_brute_force_rows(monkeypatch, largest):
     shipped = pickle.loads(pickle.dumps(parts[0]))
     for result in (left, parts[0], shipped):
         np.testing.assert_array_equal(result["ordinal"], expected)
+
+
+@pytest.mark.parametrize("largest", [False, True])
+def test_rows_after_a_full_groups_worst_are_dropped_as_they_arrive(largest):
+    """Once a selection filled a group, later rows that come after its worst kept row (by key,
+    then ordinal) are not kept at all; the others, and rows of other groups, are."""
+    sign = -1.0 if largest else 1.0
+    first = BestPerGroup(2, {"key": sign * np.array([1.0, 2.0, 3.0, 5.0]), "ordinal": np.array([10, 11, 12, 13]),
+                             "group": np.array([0, 0, 0, 1])}, largest=largest).selected()
+    assert len(first) == 3  # group 0 full (keys 1, 2), group 1 not
+    later = BestPerGroup(2, {"key": sign * np.array([2.0, 2.0, 9.0, 1.5, 9.0, 9.0]),
+                             "ordinal": np.array([5, 17, 18, 19, 20, 21]), "group": np.array([0, 0, 0, 0, 1, 2])},
+                         largest=largest)
+    both = first + later
+    # group 0: key 2.0 at ordinal 17 comes after the worst kept (2.0, ordinal 11), 9.0 too; ordinal 5
+    # ties on the key and comes before it; 1.5 comes before it. Groups 1 (not full) and 2: kept.
+    assert len(both) == 3 + 4
+    expected = brute_force(np.r_[[1.0, 2.0, 3.0, 5.0], [2.0, 2.0, 9.0, 1.5, 9.0, 9.0]] * sign,
+                           np.r_[[10, 11, 12, 13], [5, 17, 18, 19, 20, 21]], np.r_[[0, 0, 0, 1], [0, 0, 0, 0, 1, 2]], 2,
+                           largest)
+    np.testing.assert_array_equal(both["ordinal"], expected)

