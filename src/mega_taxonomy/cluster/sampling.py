@@ -96,7 +96,7 @@ class BestPerGroup:
         self._selected = self._rows if selected else None
         # Rows when a selection last ran or was found not to halve them: merges look again at twice as many.
         self._checked = self._rows if selected else 0
-        # (groups, keys, ordinals) of the worst row of every group a selection filled, or None.
+        # The worst kept row of every group the last selection filled (``_worst_kept``), or None.
         self._cut = self._worst_kept() if selected else None
 
     def __len__(self):
@@ -118,8 +118,8 @@ class BestPerGroup:
 
     def _worst_kept(self):
         """Of a selection (one part, ordered by group, then key), the last row of every full
-        group, as (first group, full, key, ordinal) arrays over the groups first.. (a lookup per
-        row: group ids of a level are dense)."""
+        group: ``(first, full, key, ordinal)``, the last three indexed by group id - ``first``
+        (a lookup per row, not a search: the group ids of a level are dense)."""
         groups = self._parts[0][self.group]
         if not len(groups):
             return None

@@ -84,8 +84,8 @@ def _device(kind: str) -> torch.device:
 
 
 def visible_index(gpu_id, visible: str | None) -> int:
-    """The CUDA device index, in this process, of the node's GPU ``gpu_id`` (Ray's id: an index
-    into the node's ``CUDA_VISIBLE_DEVICES`` list when it has one, else a device index).
+    """The CUDA device index, in this process, of the node's GPU ``gpu_id``: Ray's ids are values
+    of the node's ``CUDA_VISIBLE_DEVICES`` list when it has one, else device indices.
 
     Examples
     --------
