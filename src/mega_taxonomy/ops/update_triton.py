@@ -162,14 +162,19 @@ def segments(labels: torch.Tensor, k: int, rows_per_piece: int = ROWS_PER_PIECE)
     (the launch grid: programs past piece_off[K] exit at once). ``grouped_assign_triton`` cuts
     its row tiles the same way.
     """
-    n = labels.shape[0]
+    order, bounds = sorted_by_label(labels, k)
+    per_cluster = (bounds[1:] - bounds[:-1] + rows_per_piece - 1) // rows_per_piece
+    piece_off = torch.nn.functional.pad(torch.cumsum(per_cluster, 0), (1, 0))
+    return order, bounds, piece_off, -(-labels.shape[0] // rows_per_piece) + k
+
+
+def sorted_by_label(labels: torch.Tensor, k: int):
+    """(order, bounds) of :func:`segments`, without the pieces."""
     key = labels.clamp_min(-1).to(torch.int32)  # int32 keys: half the passes of a radix sort
     sorted_key, order = torch.sort(key, stable=True)
     bounds = torch.searchsorted(sorted_key, torch.arange(-1, k, dtype=torch.int32, device=labels.device),
                                 right=True)
-    per_cluster = (bounds[1:] - bounds[:-1] + rows_per_piece - 1) // rows_per_piece
-    piece_off = torch.nn.functional.pad(torch.cumsum(per_cluster, 0), (1, 0))
-    return order, bounds, piece_off, -(-n // rows_per_piece) + k
+    return order, bounds
 
 
 def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k: int):
@@ -177,15 +182,16 @@ def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Te
     if x.stride(1) != 1:
         x = x.contiguous()
     n, d = x.shape
-    order, bounds, piece_off, bound = segments(labels, k)
     d_tiles = triton.cdiv(d, BLOCK_D)
     sums = torch.empty(k, d, dtype=torch.float64, device=x.device)
     w_sums = torch.empty(k, dtype=torch.float64, device=x.device)
-    if n <= ROWS_PER_CLUSTER * k:
+    if n <= ROWS_PER_CLUSTER * k:  # no pieces to number
+        order, bounds = sorted_by_label(labels, k)
         _cluster_sums_kernel[(k, d_tiles)](x, order, values.float().contiguous(), bounds, sums, w_sums, d,
                                            x.stride(0), ROWS_PER_PIECE=ROWS_PER_PIECE, BLOCK_R=BLOCK_R,
                                            BLOCK_D=BLOCK_D, num_warps=4)
         return sums, bounds[1:] - bounds[:-1], w_sums
+    order, bounds, piece_off, bound = segments(labels, k)
     piece_sums = torch.empty(bound, d, dtype=torch.float64, device=x.device)
     piece_w = torch.empty(bound, dtype=torch.float64, device=x.device)
     _piece_sums_kernel[(bound, d_tiles)](x, order, values.float().contiguous(), bounds, piece_off, piece_sums, piece_w,
