@@ -145,8 +145,9 @@ class CollectiveRuntime(Runtime):
         gathered = [pickle.loads(g) for g in gathered]
         capacity = max(size for *_, size in gathered)  # the same on every rank, as the decision below
         buffers = torch.empty(self.world, capacity, dtype=torch.uint8, device=self._device)
-        if capacity:
-            dist.all_gather_into_tensor(buffers, torch.nn.functional.pad(buffer, (0, capacity - buffer.numel())))
+        if capacity:  # padded to the largest rank's buffer (a copy only where it is shorter)
+            short = capacity - buffer.numel()
+            dist.all_gather_into_tensor(buffers, torch.nn.functional.pad(buffer, (0, short)) if short else buffer)
         out = []
         for rank, (packs, counts, rank_specs, _) in enumerate(gathered):
             if rank == self.rank:
