@@ -209,6 +209,8 @@ def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals: np.n
         device = distances.device
         if len(ordinals) and ordinals[-1] - ordinals[0] == len(ordinals) - 1:  # ascending: a range
             ordinals = torch.arange(int(ordinals[0]), int(ordinals[-1]) + 1, device=device)
+        if state.offsets is None:  # one group: its ids are made there, not copied
+            groups = torch.zeros(len(labels), dtype=torch.int64, device=device)
         return FarthestPerGroup.of_block(distances, labels, to_device(ordinals, device), to_device(groups, device),
                                          state.n_groups, n)
     valid = (labels >= 0).numpy()
