@@ -103,3 +103,23 @@ def test_squared_norms_kernel_matches_float64(dtype, n, d):
     got = squared_norms_triton(x)
     assert got.dtype == torch.float32 and got.shape == (n,)
     torch.testing.assert_close(got.double().cpu(), (x.double() ** 2).sum(1).cpu(), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_tensor_descriptor_kernel_matches_pointer_kernel(dtype):
+    """The TMA kernel (tiles through tensor descriptors, zeros past the edges) against the pointer
+    kernel, with N, K and D none a multiple of its tiles; IEEE products: the same labels."""
+    from mega_taxonomy.ops.assign_triton import nearest_triton, tma_ready
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(150, 40, generator=g).to(dtype).to(DEVICE)
+    c = torch.randn(70, 40, generator=g).to(dtype).to(DEVICE)
+    assert tma_ready(x, c)  # 80- and 160-byte rows
+    assert not tma_ready(x[:, :37].contiguous(), c[:, :37].contiguous())  # 74-byte rows
+    bias = c.float().pow(2).sum(1)
+    tiles = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=2)
+    d_tma, i_tma = nearest_triton(x, c, bias, 2.0, exact=True, config={**tiles, "TMA": True})
+    d_ptr, i_ptr = nearest_triton(x, c, bias, 2.0, exact=True, config=tiles)
+    assert torch.equal(i_tma, i_ptr)
+    torch.testing.assert_close(d_tma, d_ptr, rtol=1e-6, atol=1e-5)
+    check_against_brute_force(x, c, d_tma + x.float().pow(2).sum(1), i_tma, "euclidean", RTOL[dtype])

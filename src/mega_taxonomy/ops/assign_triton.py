@@ -11,13 +11,26 @@ Each program owns BLOCK_M rows and walks all centroids BLOCK_N at a time; dot pr
 tensor cores (bf16 / fp16, or tf32 for float32 inputs) with float32 accumulation, and only the
 running minimum leaves the chip: the N x K distance matrix is never written. N, K and D are
 runtime values (no recompilation per size); only tile sizes are compile-time constants.
+
+On Hopper and later, tiles are loaded through tensor descriptors (TMA) in one flattened loop
+over (centroid tile, D step), which lets the compiler fetch the next tile's operands during this
+tile's argmin: H200, N=1M D=1024 K=4096 bf16, 13.6 ms against 17.1 ms with pointer loads
+(.device/prof/assign_variants.py, session 6). Other GPUs, and rows or centroids whose rows are
+not 16-byte aligned, take the pointer-load kernel.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+
+try:  # Triton >= 3.4
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton: pointer loads only
+    TensorDescriptor = None
 
 # Tile shapes by input element size: the fastest of the sweep in benchmarks/bench_kmeans_gpu.py
 # on an H100, then again on an H200 (benchmarks/results/kmeans_gpu.json), 128 x 256 x 32 with
@@ -35,12 +48,41 @@ _CONFIGS = {
 _SMALL_D_FP32 = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, num_warps=8, num_stages=1, X_RESIDENT=True)
 
 
-def default_config(d: int, element_size: int, exact: bool = False) -> dict:
-    """Tile shapes by (D, element size): only these are compile-time constants, N and K are not.
-    IEEE float32 products (``exact``) keep the looped tile: the resident one was timed in TF32."""
+# Tensor-descriptor tiles, the fastest of a sweep of 8 tiles x (TMA, flattened loop, elementwise
+# running min) on an H200 (.device/prof/assign_variants.py): bf16 N=1M D=1024 K=4096 13.6 ms
+# (128 x 256 x 32, 4 stages: 14.2), fp32 (TF32) N=1M D=128 K=1024 1.25 ms (the resident row
+# tile above: 1.45). A running min kept per element (one reduction at the end) was slower at
+# every tile: its registers.
+_TMA_CONFIGS = {
+    2: dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3, TMA=True),
+    4: dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=3, TMA=True),
+}
+
+
+def default_config(d: int, element_size: int, exact: bool = False, tma: bool = False) -> dict:
+    """Tile shapes by (D, element size, tensor descriptors usable): only these are compile-time
+    constants, N and K are not. IEEE float32 products (``exact``) keep the looped tile: the
+    resident one was timed in TF32."""
+    if tma:
+        return _TMA_CONFIGS[2 if element_size == 2 else 4]
     if element_size == 4 and d <= 128 and not exact:
         return _SMALL_D_FP32
     return _CONFIGS[2 if element_size == 2 else 4]
+
+
+def tma_ready(*tensors: torch.Tensor) -> bool:
+    """Whether tiles of these 2-d tensors can be loaded through tensor descriptors: a GPU with TMA
+    (compute capability 9 or more; Triton's CPU interpreter emulates them), and 16-byte aligned
+    bases and rows, as TMA requires."""
+    if TensorDescriptor is None:
+        return False
+    for t in tensors:
+        if t.stride(1) != 1 or t.data_ptr() % 16 or (t.stride(0) * t.element_size()) % 16:
+            return False
+    t = tensors[0]
+    if t.is_cuda:
+        return torch.cuda.get_device_capability(t.device)[0] >= 9
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
@@ -116,24 +158,63 @@ def _nearest_kernel(
     tl.store(out_i_ptr + rows, best_i, mask=row_ok)
 
 
+@triton.jit
+def _nearest_tma_kernel(
+    x_desc,  # tensor descriptor of x [N, D], blocks [BLOCK_M, BLOCK_K]
+    c_desc,  # tensor descriptor of c [K, D], blocks [BLOCK_N, BLOCK_K]
+    bias_ptr, out_d_ptr, out_i_ptr,
+    N, K, D,
+    alpha,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EXACT: tl.constexpr,
+):
+    """``_nearest_kernel`` with descriptor loads (zeros outside the tensors: a missing centroid's
+    bias is inf, so it never wins) and the centroid and D loops flattened into one pipeline."""
+    m0 = tl.program_id(0) * BLOCK_M
+    rows = m0 + tl.arange(0, BLOCK_M)
+    best_d = tl.full((BLOCK_M,), float("inf"), tl.float32)
+    best_i = tl.zeros((BLOCK_M,), tl.int64)
+    for n0 in tl.range(0, K, BLOCK_N, flatten=True):
+        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            a = x_desc.load([m0, k0])
+            b = c_desc.load([n0, k0])
+            if EXACT:
+                acc = tl.dot(a, b.T, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b.T, acc)
+        cols = n0 + tl.arange(0, BLOCK_N)
+        bias = tl.load(bias_ptr + cols, mask=cols < K, other=float("inf"))
+        best_d, best_i = running_argmin(bias[None, :] - alpha * acc, n0, best_d, best_i)
+    tl.store(out_d_ptr + rows, best_d, mask=rows < N)
+    tl.store(out_i_ptr + rows, best_i, mask=rows < N)
+
+
 def nearest_triton(x: torch.Tensor, c: torch.Tensor, bias: torch.Tensor, alpha: float, *, exact: bool = False,
                    config: dict | None = None):
     """(distance less |x|^2, index) of each row's nearest centroid; see the module's contract.
 
     ``exact=True`` computes float32 dot products in IEEE float32 instead of tf32; ``config``
-    overrides the tile shapes (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, and
-    X_RESIDENT: keep the row tile in registers across centroid tiles, when D <= BLOCK_K).
+    overrides the tile shapes (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, X_RESIDENT:
+    keep the row tile in registers across centroid tiles, when D <= BLOCK_K, and TMA: tensor
+    descriptor loads, where ``tma_ready``; by default they are used there).
     """
     x, c = x.contiguous(), c.to(x.dtype).contiguous()
     n, d = x.shape
     k = c.shape[0]
     out_d = torch.empty(n, dtype=torch.float32, device=x.device)
     out_i = torch.empty(n, dtype=torch.int64, device=x.device)
-    cfg = dict(config or default_config(d, x.element_size(), exact))
+    tma = tma_ready(x, c)
+    cfg = dict(config or default_config(d, x.element_size(), exact, tma))
     x_resident = cfg.pop("X_RESIDENT", False) and d <= cfg["BLOCK_K"]
     grid = (triton.cdiv(n, cfg["BLOCK_M"]),)
-    _nearest_kernel[grid](x, c, bias.float().contiguous(), out_d, out_i, n, k, d, x.stride(0), c.stride(0),
-                          float(alpha), EXACT=exact, X_RESIDENT=x_resident, **cfg)
+    bias = bias.float().contiguous()
+    if cfg.pop("TMA", False) and tma:
+        x_desc = TensorDescriptor.from_tensor(x, [cfg["BLOCK_M"], cfg["BLOCK_K"]])
+        c_desc = TensorDescriptor.from_tensor(c, [cfg["BLOCK_N"], cfg["BLOCK_K"]])
+        _nearest_tma_kernel[grid](x_desc, c_desc, bias, out_d, out_i, n, k, d, float(alpha), EXACT=exact, **cfg)
+    else:
+        _nearest_kernel[grid](x, c, bias, out_d, out_i, n, k, d, x.stride(0), c.stride(0), float(alpha),
+                              EXACT=exact, X_RESIDENT=x_resident, **cfg)
     return out_d, out_i
 
 
