@@ -14,9 +14,9 @@ runtime values (no recompilation per size); only tile sizes are compile-time con
 
 On Hopper and later, tiles are loaded through tensor descriptors (TMA) in one flattened loop
 over (centroid tile, D step), which lets the compiler fetch the next tile's operands during this
-tile's argmin: H200, N=1M D=1024 K=4096 bf16, 13.6 ms against 17.1 ms with pointer loads
-(.device/prof/assign_variants.py, session 6). Other GPUs, and rows or centroids whose rows are
-not 16-byte aligned, take the pointer-load kernel.
+tile's argmin: H200, N=1M D=1024 K=4096 bf16, 13.3 ms against 17.1 ms with pointer loads
+(benchmarks/gpu_notes.md, session 6). Other GPUs, and rows or centroids whose rows are not
+16-byte aligned, take the pointer-load kernel.
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ _CONFIGS = {
 _SMALL_D_FP32 = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, num_warps=8, num_stages=1, X_RESIDENT=True)
 
 
-# Tensor-descriptor tiles, the fastest of a sweep of 8 tiles x (TMA, flattened loop, elementwise
-# running min) on an H200 (.device/prof/assign_variants.py): bf16 N=1M D=1024 K=4096 13.6 ms
-# (128 x 256 x 32, 4 stages: 14.2), fp32 (TF32) N=1M D=128 K=1024 1.25 ms (the resident row
-# tile above: 1.45). A running min kept per element (one reduction at the end) was slower at
-# every tile: its registers.
+# Tensor-descriptor tiles, the fastest of a sweep of tiles x (TMA, flattened loop, elementwise
+# running min) on an H200 (benchmarks/gpu_notes.md, session 6; the k-means benchmark sweeps them
+# again): bf16 N=1M D=1024 K=4096 13.3 ms (128 x 256 x 32, 4 stages: 13.8), fp32 (TF32) N=1M
+# D=128 K=1024 1.12 ms (the resident row tile above: 1.45). A running min kept per element (one
+# reduction at the end) was slower at every tile: its registers.
 _TMA_CONFIGS = {
     2: dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3, TMA=True),
     4: dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=3, TMA=True),
@@ -110,8 +110,9 @@ def distance_tile(x_ptr, rows, row_ok, stride_x, c_ptr, cols, col_ok, stride_c, 
 def running_argmin(d, n0, best_d, best_i):
     """The best (distance, index) per row so far, after a tile ``d`` of columns ``n0 + j``:
     strictly smaller wins, so earlier tiles (lower indices) win ties."""
-    tile_d = tl.min(d, axis=1)
-    tile_i = tl.argmin(d, axis=1).to(tl.int64) + n0
+    # one reduction, not two (2-5% of a kernel on an H200); ties within the tile to the lowest column
+    tile_d, tile_i = tl.min(d, axis=1, return_indices=True)
+    tile_i = tile_i.to(tl.int64) + n0
     better = tile_d < best_d
     return tl.where(better, tile_d, best_d), tl.where(better, tile_i, best_i)
 
