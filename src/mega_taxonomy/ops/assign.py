@@ -393,7 +393,7 @@ def topk(x: torch.Tensor, centroids: torch.Tensor, k: int, *, metric: str = "euc
     """The ``k`` nearest centroids of every row of ``x``, nearest first.
 
     Same parameters as :func:`nearest`; returns ``(distances, indices)`` of shape (n, k).
-    On CUDA, "auto" runs the fused kernel (``topk_triton``) for k <= 16: 3.8-7.6x faster than
+    On CUDA, "auto" runs the fused kernel (``topk_triton``) for k <= 16: 3.2-20x faster than
     the twin on an H200 (benchmarks/results/topk_gpu.json); larger k runs the twin.
     """
     _check(x, centroids, metric)

@@ -50,10 +50,9 @@ def _topk_kernel(
         new_d = tl.full((BLOCK_M, KP), float("inf"), tl.float32)
         new_i = tl.full((BLOCK_M, KP), -1, tl.int64)
         for j in tl.static_range(KP):
-            m_t = tl.min(d, axis=1)
-            p_t = tl.argmin(d, axis=1)
-            m_r = tl.min(run_d, axis=1)
-            p_r = tl.argmin(run_d, axis=1)
+            # one reduction each for the value and its position (ties to the lowest position)
+            m_t, p_t = tl.min(d, axis=1, return_indices=True)
+            m_r, p_r = tl.min(run_d, axis=1, return_indices=True)
             i_r = tl.sum(tl.where(slots[None, :] == p_r[:, None], run_i, 0), axis=1)
             take_run = m_r <= m_t  # running entries have lower indices: they win ties
             val = tl.where(take_run, m_r, m_t)
