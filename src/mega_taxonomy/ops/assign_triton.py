@@ -204,7 +204,7 @@ def nearest_triton(x: torch.Tensor, c: torch.Tensor, bias: torch.Tensor, alpha: 
     k = c.shape[0]
     out_d = torch.empty(n, dtype=torch.float32, device=x.device)
     out_i = torch.empty(n, dtype=torch.int64, device=x.device)
-    tma = tma_ready(x, c)
+    tma = n < 2**31 and tma_ready(x, c)  # descriptor coordinates are int32
     cfg = dict(config or default_config(d, x.element_size(), exact, tma))
     x_resident = cfg.pop("X_RESIDENT", False) and d <= cfg["BLOCK_K"]
     grid = (triton.cdiv(n, cfg["BLOCK_M"]),)
