@@ -16,7 +16,8 @@ use tl.dot's default, TF32, too), (1M, 1024, 65536, bf16).
   fp16 products by its default); one iteration = (median time of calls of 3 iterations - of
   calls of 1) / 2, which leaves out its random init and final copy, and keeps what it does per
   iteration (chunks moved to the GPU, labels moved back); a difference not above 0, or below
-  what its products take at the measured GEMM rate, is noise and the row is marked ``invalid``. Its init is its own (random rows).
+  what its products take at the measured GEMM rate, is noise and the row is marked ``invalid``.
+  Its init is its own (random rows).
 
 Per implementation: ``seconds`` (one iteration), ``assign_ms``, ``peak_bytes`` (peak GPU memory
 allocated during one iteration, the data included; ``data_bytes`` says how much that is), and

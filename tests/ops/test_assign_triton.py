@@ -111,6 +111,8 @@ def test_tensor_descriptor_kernel_matches_pointer_kernel(dtype):
     kernel, with N, K and D none a multiple of its tiles; IEEE products: the same labels."""
     from mega_taxonomy.ops.assign_triton import nearest_triton, tma_ready
 
+    if DEVICE != "cpu" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("a GPU without TMA (compute capability below 9)")
     g = torch.Generator().manual_seed(5)
     x = torch.randn(150, 40, generator=g).to(dtype).to(DEVICE)
     c = torch.randn(70, 40, generator=g).to(dtype).to(DEVICE)
