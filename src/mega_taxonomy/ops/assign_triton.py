@@ -21,6 +21,7 @@ tile's argmin: H200, N=1M D=1024 K=4096 bf16, 13.3 ms against 17.1 ms with point
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -31,6 +32,8 @@ try:  # Triton >= 3.4
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # pragma: no cover - older Triton: pointer loads only
     TensorDescriptor = None
+# The TMA kernel needs both host tensor descriptors and loops the compiler may flatten (3.2 has neither).
+_TMA_API = TensorDescriptor is not None and "flatten" in inspect.signature(tl.range.__init__).parameters
 
 # Tile shapes by input element size: the fastest of the sweep in benchmarks/bench_kmeans_gpu.py
 # on an H100, then again on an H200 (benchmarks/results/kmeans_gpu.json), 128 x 256 x 32 with
@@ -74,7 +77,7 @@ def tma_ready(*tensors: torch.Tensor) -> bool:
     """Whether tiles of these 2-d tensors can be loaded through tensor descriptors: a GPU with TMA
     (compute capability 9 or more; Triton's CPU interpreter emulates them), and 16-byte aligned
     bases and rows, as TMA requires."""
-    if TensorDescriptor is None:
+    if not _TMA_API:
         return False
     for t in tensors:
         if t.stride(1) != 1 or t.data_ptr() % 16 or (t.stride(0) * t.element_size()) % 16:
