@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-try:  # Triton >= 3.4
+try:  # recent Triton (3.6 and 3.8 have it)
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # pragma: no cover - older Triton: pointer loads only
     TensorDescriptor = None
