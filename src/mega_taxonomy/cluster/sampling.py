@@ -106,21 +106,22 @@ class BestPerGroup:
         if self._selected is None:
             parts = self._parts
             columns = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
-            key = columns[self.key]
-            keep = smallest_per_group(-key if self.largest else key, columns["ordinal"], self.n, columns[self.group])
+            keep = smallest_per_group(self._keys(columns), columns["ordinal"], self.n, columns[self.group])
             self._parts = [{name: v[keep] for name, v in columns.items()}]
             self._rows = self._selected = self._checked = len(keep)
             self._cut = self._worst_kept()
         return self
 
     def _keys(self, columns) -> np.ndarray:
+        """The key column, negated when the largest are kept: smaller is always better."""
         return -columns[self.key] if self.largest else columns[self.key]
 
     def _worst_kept(self):
         """Of a selection (one part, ordered by group, then key), the last row of every full
         group: ``(first, full, key, ordinal)``, the last three indexed by group id - ``first``
         (a lookup per row, not a search: the group ids of a level are dense)."""
-        groups = self._parts[0][self.group]
+        part = self._parts[0]
+        groups, keys = part[self.group], self._keys(part)
         if not len(groups):
             return None
         ends = np.flatnonzero(np.r_[groups[1:] != groups[:-1], True])
@@ -128,10 +129,10 @@ class BestPerGroup:
         first = int(groups[0])
         span = int(groups[-1]) - first + 1
         full = np.zeros(span, dtype=bool)
-        key = np.zeros(span, dtype=self._keys(self._parts[0]).dtype)
+        key = np.zeros(span, dtype=keys.dtype)
         ordinal = np.zeros(span, dtype=np.int64)
         at = groups[last] - first
-        full[at], key[at], ordinal[at] = True, self._keys(self._parts[0])[last], self._parts[0]["ordinal"][last]
+        full[at], key[at], ordinal[at] = True, keys[last], part["ordinal"][last]
         return first, full, key, ordinal
 
     def _drop_unselectable(self, columns: dict, cut) -> dict:
