@@ -45,6 +45,17 @@ def test_ties_go_to_the_lowest_index_across_tiles():
     assert idx.tolist() == [0, 0, 0]
 
 
+def test_ties_inside_a_tile_go_to_the_lower_column():
+    """Duplicate centroids in one 256-column tile: columns 8 and 200 share a thread of the
+    tensor-core layout, 259 and 300 do not; the lower one must win either way."""
+    g = torch.Generator().manual_seed(3)
+    c = torch.randn(320, 16, generator=g)
+    c[200], c[300] = c[8], c[259]
+    x = torch.cat([c[[8, 259]] + 0.01 * torch.randn(2, 16, generator=g), c[[200, 300]]])
+    _, idx = nearest(x.to(DEVICE), c.to(DEVICE), backend="triton")
+    assert idx.tolist() == [8, 259, 8, 259]
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend"):
         nearest(torch.zeros(2, 3), torch.zeros(2, 3), backend="cuda")

@@ -35,7 +35,7 @@ def test_cluster_stats_matches_float64(backend, dtype, n, d, k, skew):
     ref_sums, ref_counts, ref_w = brute_force(x, labels, values, k)
     assert sums.dtype == torch.float64 and w.dtype == torch.float64 and counts.dtype == torch.int64
     np.testing.assert_array_equal(counts.cpu().numpy(), ref_counts)
-    # float32 sums of 32 rows (kernel) or of a whole chunk (twin), then float64
+    # float64 additions (kernel) or float32 sums of a whole chunk, then float64 (twin)
     scale = np.abs(x.double().numpy()).sum(0).max()
     np.testing.assert_allclose(sums.cpu().numpy(), ref_sums, rtol=0, atol=1e-6 * scale)
     np.testing.assert_allclose(w.cpu().numpy(), ref_w, rtol=1e-12, atol=1e-12)

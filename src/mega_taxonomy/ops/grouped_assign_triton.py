@@ -8,8 +8,8 @@ Kernel contract
   order      : (N,)    int64: row positions sorted by group (stable)
   bounds     : (G + 1,) int64: group g is sorted positions bounds[g]:bounds[g + 1]
   tile_off   : (G + 1,) int64: its tiles of at most BLOCK_M rows are numbered
-               tile_off[g]:tile_off[g + 1] (``update_triton.segments``); programs past
-               tile_off[G] exit at once
+               tile_off[g]:tile_off[g + 1] (``segments``); programs past tile_off[G]
+               exit at once
   out_d      : (N,)    float32: min over the group's children of bias - alpha * x.c (inf: none)
   out_i      : (N,)    int64: its global child index, ties to the lowest; -1 when none
 One launch per batch, whatever the number of groups: each program takes one tile of rows of
@@ -28,7 +28,39 @@ import triton.language as tl
 
 from .assign_triton import distance_tile, running_argmin
 from .device import to_device
-from .update_triton import piece_of, segments
+from .update_triton import sorted_by_label
+
+
+@triton.jit
+def piece_of(p, piece_off_ptr, bounds_ptr, K, ROWS_PER_PIECE: tl.constexpr):
+    """(group, first sorted position, one past the last) of row tile ``p``: a binary search for
+    the last group g with piece_off[g] <= p (tiles are numbered group by group)."""
+    lo = p * 0  # int64 tensors from the start: loop-carried values keep their type when compiled
+    hi = lo + (K - 1)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if tl.load(piece_off_ptr + mid) <= p:
+            lo = mid
+        else:
+            hi = mid - 1
+    start = tl.load(bounds_ptr + lo) + (p - tl.load(piece_off_ptr + lo)) * ROWS_PER_PIECE
+    stop = tl.minimum(start + ROWS_PER_PIECE, tl.load(bounds_ptr + lo + 1))
+    return lo, start, stop
+
+
+def segments(groups: torch.Tensor, n_groups: int, rows_per_tile: int):
+    """Rows sorted by group and cut into tiles of one group each, in a few torch operations and no
+    host round trip.
+
+    Returns (order, bounds (G + 1,), tile_off (G + 1,), bound): rows sorted by group (stable,
+    rows of group -1 first), group g at sorted positions bounds[g]:bounds[g + 1], its tiles
+    numbered tile_off[g]:tile_off[g + 1], and an upper bound on the number of tiles (the launch
+    grid: programs past tile_off[G] exit at once).
+    """
+    order, _, bounds = sorted_by_label(groups, n_groups)
+    per_group = (bounds[1:] - bounds[:-1] + rows_per_tile - 1) // rows_per_tile
+    tile_off = torch.nn.functional.pad(torch.cumsum(per_group, 0), (1, 0))
+    return order, bounds, tile_off, -(-groups.shape[0] // rows_per_tile) + n_groups
 
 
 @triton.jit

@@ -74,9 +74,8 @@ def cluster_stats(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k
     Returns
     -------
     sums : (k, d) float64
-        On CUDA, exact to float64 rounding of float32 sums of 32 rows: the kernel adds 32 rows at
-        a time in float32, those partial sums in float64, each cluster's rows in sorted (stable)
-        order. On the CPU every row is added in float64, in row order.
+        Every row is added in float64: on CUDA in a fixed order of the rows sorted by cluster
+        (stable; lanes of every 16th row, then a tree over the lanes), on the CPU in row order.
     counts : (k,) int64
     value_sums : (k,) float64
     """
