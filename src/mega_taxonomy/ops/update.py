@@ -75,7 +75,8 @@ def cluster_stats(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k
     -------
     sums : (k, d) float64
         Every row is added in float64: on CUDA in a fixed order of the rows sorted by cluster
-        (stable; lanes of every 16th row, then a tree over the lanes), on the CPU in row order.
+        (stable; a sum per lane of rows, then a fixed tree over the lanes), on the CPU in row
+        order.
     counts : (k,) int64
     value_sums : (k,) float64
     """

@@ -30,18 +30,20 @@ import triton.language as tl
 # Sorted positions per chunk: enough work per program to hide the index loads, few enough
 # chunks that one big cluster still spreads over many programs.
 CHUNK = 256
-# A program's rows per step and pipeline depth: H200, N=1M D=128 K=1024 fp32, the chunk kernel
-# 160-164 us at 16 rows x 3 stages (2 or 4 warps), against 186 us with the float32 tile sums of
-# 32 rows it replaced (benchmarks/gpu_notes.md, session 7).
-BLOCK_R = 16
+# A program's tile: rows per step, pipeline depth, warps, and up to 512 columns. The fastest of a
+# sweep on an H200 (benchmarks/gpu_notes.md, session 7), N=1M: bf16 D=1024, K=65536 (a program
+# per cluster) 1.37 ms and K=4096 0.68 ms, against 4.30 and 1.72 ms for the float32 tile sums of
+# 32 rows x 128 columns it replaced; fp32 D=128, K=1024: 0.16 ms against 0.19.
+BLOCK_R = 8
 STAGES = 3
+WARPS = 2
+MAX_BLOCK_D = 512
 # Clusters of at most this many rows on average: one program per cluster walks them, without a
 # (S, D) buffer between two kernels. On an H200, a grouped level's 65,536 x 1024 block of
 # 65,536 clusters: 2.01 ms against 2.75 ms. Not beyond: there one big cluster (random rows as
 # centroids make hubs) is walked by one program (N = 1M, K = 1024, D = 128: a k-means iteration
 # 4.3 ms against 1.8 ms).
 ROWS_PER_CLUSTER = 32
-BLOCK_D = 128
 
 
 @triton.jit
@@ -164,12 +166,13 @@ def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Te
     if x.stride(1) != 1:
         x = x.contiguous()
     n, d = x.shape
-    d_tiles = triton.cdiv(d, BLOCK_D)
+    block_d = min(MAX_BLOCK_D, max(16, triton.next_power_of_2(d)))
+    d_tiles = triton.cdiv(d, block_d)
     values = values.contiguous()
     sums = torch.empty(k, d, dtype=torch.float64, device=x.device)
     w_sums = torch.empty(k, dtype=torch.float64, device=x.device)
     order, keys, bounds = sorted_by_label(labels, k)
-    tiles = dict(CHUNK=CHUNK, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, STAGES=STAGES, num_warps=4)
+    tiles = dict(CHUNK=CHUNK, BLOCK_R=BLOCK_R, BLOCK_D=block_d, STAGES=STAGES, num_warps=WARPS)
     if n <= ROWS_PER_CLUSTER * k:  # no slots to fill
         _cluster_sums_kernel[(k, d_tiles)](x, order, values, bounds, sums, w_sums, d, x.stride(0), **tiles)
     else:
@@ -177,6 +180,6 @@ def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Te
         slots = torch.empty(chunks + k, d, dtype=torch.float64, device=x.device)
         slot_w = torch.empty(chunks + k, dtype=torch.float64, device=x.device)
         _chunk_sums_kernel[(chunks, d_tiles)](x, order, keys, values, bounds, slots, slot_w, n, d, x.stride(0), **tiles)
-        _combine_kernel[(k, d_tiles)](slots, slot_w, bounds, sums, w_sums, d, CHUNK=CHUNK, BLOCK_D=BLOCK_D,
+        _combine_kernel[(k, d_tiles)](slots, slot_w, bounds, sums, w_sums, d, CHUNK=CHUNK, BLOCK_D=block_d,
                                       num_warps=4)
     return sums, bounds[1:] - bounds[:-1], w_sums
