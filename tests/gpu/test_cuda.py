@@ -60,14 +60,21 @@ def test_taxonomy_on_cuda_matches_cpu(tmp_path):
     assert (ids[:, 0] == np.arange(5)).all()
 
 
-def test_update_matches_float64_and_repeats_bit_for_bit():
+@pytest.mark.parametrize("rows", ["bf16", "fp32 of magnitudes far apart"])
+def test_update_matches_float64_and_repeats_bit_for_bit(rows):
+    """bf16 rows sum exactly in float64; float32 rows of magnitudes far apart do not, so there
+    the repeats check the order of the additions too."""
     from mega_taxonomy.ops.update import cluster_stats
 
     g = torch.Generator(device="cuda").manual_seed(0)
     n, d, k = 300_000, 256, 1000
-    x = torch.randn(n, d, device="cuda", generator=g).bfloat16()
+    x = torch.randn(n, d, device="cuda", generator=g)
+    if rows == "bf16":
+        x = x.bfloat16()
+    else:
+        x *= torch.exp(8 * torch.randn(n, 1, device="cuda", generator=g))
     labels = torch.randint(0, k, (n,), device="cuda", generator=g)
-    labels[: n // 3] = 7  # one big cluster: many pieces
+    labels[: n // 3] = 7  # one big cluster: many chunks
     dist = torch.rand(n, device="cuda", generator=g)
     first = cluster_stats(x, labels, dist, k)
     for _ in range(3):

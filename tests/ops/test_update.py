@@ -70,19 +70,24 @@ def test_bad_shapes():
         cluster_stats(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long), torch.zeros(3), 2)
 
 
-def test_one_program_per_cluster_gives_the_bits_of_pieces_and_combine(monkeypatch):
-    """Two ways to the same sums (``update_triton``): pieces then their combination, or one
-    program per cluster walking its pieces; the same additions in the same order."""
+def test_one_program_per_cluster_gives_the_bits_of_chunks_and_combine(monkeypatch):
+    """Two ways to the same sums (``update_triton``): runs per chunk of sorted rows then their
+    combination, or one program per cluster walking its runs; the same additions in the same
+    order. Rows of magnitudes far apart, so that their float64 sums depend on the order (a
+    permutation of the rows changes the bits)."""
     from mega_taxonomy.ops import update_triton
 
     g = torch.Generator().manual_seed(8)
-    x = torch.randn(2000, 150, generator=g).to(DEVICE)
+    x = (torch.randn(2000, 150, generator=g) * torch.exp(8 * torch.randn(2000, 1, generator=g))).to(DEVICE)
     labels = torch.randint(-1, 5, (2000,), generator=g)
-    labels[:900] = 2  # a cluster of several pieces
+    labels[:900] = 2  # a cluster over several chunks
     labels, values = labels.to(DEVICE), torch.rand(2000, generator=g).to(DEVICE)
     runs = []
-    for per_cluster in (0, 1000):  # 0: always pieces; 1000: always one program per cluster
+    for per_cluster in (0, 1000):  # 0: always chunks; 1000: always one program per cluster
         monkeypatch.setattr(update_triton, "ROWS_PER_CLUSTER", per_cluster)
         runs.append(cluster_stats(x, labels, values, 5, backend="triton"))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+    perm = torch.randperm(2000, generator=g).to(DEVICE)
+    permuted = cluster_stats(x[perm], labels[perm], values[perm], 5, backend="triton")
+    assert not torch.equal(permuted[0], runs[0][0])
