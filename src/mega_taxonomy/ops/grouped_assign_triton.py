@@ -32,19 +32,19 @@ from .update_triton import sorted_by_label
 
 
 @triton.jit
-def piece_of(p, piece_off_ptr, bounds_ptr, K, ROWS_PER_PIECE: tl.constexpr):
-    """(group, first sorted position, one past the last) of row tile ``p``: a binary search for
-    the last group g with piece_off[g] <= p (tiles are numbered group by group)."""
-    lo = p * 0  # int64 tensors from the start: loop-carried values keep their type when compiled
-    hi = lo + (K - 1)
+def tile_of(t, tile_off_ptr, bounds_ptr, G, ROWS: tl.constexpr):
+    """(group, first sorted position, one past the last) of row tile ``t``: a binary search for
+    the last group g with tile_off[g] <= t (tiles are numbered group by group)."""
+    lo = t * 0  # int64 tensors from the start: loop-carried values keep their type when compiled
+    hi = lo + (G - 1)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if tl.load(piece_off_ptr + mid) <= p:
+        if tl.load(tile_off_ptr + mid) <= t:
             lo = mid
         else:
             hi = mid - 1
-    start = tl.load(bounds_ptr + lo) + (p - tl.load(piece_off_ptr + lo)) * ROWS_PER_PIECE
-    stop = tl.minimum(start + ROWS_PER_PIECE, tl.load(bounds_ptr + lo + 1))
+    start = tl.load(bounds_ptr + lo) + (t - tl.load(tile_off_ptr + lo)) * ROWS
+    stop = tl.minimum(start + ROWS, tl.load(bounds_ptr + lo + 1))
     return lo, start, stop
 
 
@@ -80,7 +80,7 @@ def _grouped_nearest_kernel(
 ):
     t = tl.program_id(0).to(tl.int64)
     if t < tl.load(tile_off_ptr + G):
-        g, start, stop = piece_of(t, tile_off_ptr, bounds_ptr, G, BLOCK_M)
+        g, start, stop = tile_of(t, tile_off_ptr, bounds_ptr, G, BLOCK_M)
         lo = tl.load(offsets_ptr + g)
         hi = tl.load(offsets_ptr + g + 1)
         r = start + tl.arange(0, BLOCK_M)
