@@ -10,10 +10,11 @@ Kernel contract
   slot_sums   : (S, D)  float64 out, S = cdiv(N, CHUNK) + K; slot_w : (S,) float64 out
 The sorted positions are cut into chunks of CHUNK; a program per chunk sums the run of every
 cluster in it into slot c + j (cluster c, chunk j: distinct slots, since a later cluster's
-chunks are never earlier ones). The combine kernel then adds, for each cluster, its slots in
-chunk order (float64): sums (K, D), w_sums (K,). When the clusters are many for the rows (a
-few rows each on average), one kernel does both, a program per cluster
-(``_cluster_sums_kernel``): the same runs, added in the same order, the same bits.
+chunks are never earlier ones). A program per cluster then adds its slots in chunk order
+(float64): sums (K, D), w_sums (K,). When the clusters are many for the rows (a few rows each on
+average), that program sums its runs from the rows itself, with no chunk kernel before it
+(``_cluster_sums_kernel``, one kernel for both): the same runs, added in the same order, the
+same bits.
 
 Within a run, each of BLOCK_R lanes adds every BLOCK_R-th row in float64, and a fixed tree adds
 the lanes at the end: every row is added in float64, and the loop's loads are pipelined with no
@@ -40,9 +41,9 @@ WARPS = 2
 MAX_BLOCK_D = 512
 # Clusters of at most this many rows on average: one program per cluster walks them, without a
 # (S, D) buffer between two kernels. On an H200 (session 4's kernels), a grouped level's
-# 65,536 x 1024 block of 65,536 clusters: 2.01 ms against 2.75 ms. Not beyond: there one big cluster (random rows as
-# centroids make hubs) is walked by one program (N = 1M, K = 1024, D = 128: a k-means iteration
-# 4.3 ms against 1.8 ms).
+# 65,536 x 1024 block of 65,536 clusters: 2.01 ms against 2.75 ms. Not beyond: there one big
+# cluster (random rows as centroids make hubs) is walked by one program (N = 1M, K = 1024,
+# D = 128: a k-means iteration 4.3 ms against 1.8 ms).
 ROWS_PER_CLUSTER = 32
 
 
@@ -85,8 +86,8 @@ def _chunk_sums_kernel(
         start = tl.maximum(tl.load(bounds_ptr + c), lo)
         stop = tl.minimum(tl.load(bounds_ptr + c + 1), hi)
         if start < stop:  # an empty cluster between two others has no run
-            acc, acc_w = run_sum(x_ptr, order_ptr, w_ptr, start, stop, cols, col_ok, stride_x, BLOCK_R, BLOCK_D,
-                                 STAGES)
+            acc, acc_w = run_sum(x_ptr, order_ptr, w_ptr, start, stop, cols, col_ok, stride_x,
+                                 BLOCK_R, BLOCK_D, STAGES)
             tl.store(slot_ptr + (c + j) * D + cols, acc, mask=col_ok)
             if tl.program_id(1) == 0:
                 tl.store(slot_w_ptr + c + j, acc_w)
@@ -101,40 +102,20 @@ def chunks_of(bounds_ptr, c, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _combine_kernel(
-    slot_ptr,  # *f64 [S, D]
-    slot_w_ptr,  # *f64 [S]
-    bounds_ptr,  # *i64 [K + 1]
-    sums_ptr,  # *f64 [K, D]
-    w_sums_ptr,  # *f64 [K]
-    D,
-    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    c = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    col_ok = cols < D
-    _, _, j0, j1 = chunks_of(bounds_ptr, c, CHUNK)
-    acc = tl.zeros((BLOCK_D,), tl.float64)
-    acc_w = tl.zeros((1,), tl.float64)
-    for j in range(j0, j1):
-        acc += tl.load(slot_ptr + (c + j) * D + cols, mask=col_ok, other=0.0)
-        acc_w += tl.load(slot_w_ptr + c + j + tl.arange(0, 1))
-    tl.store(sums_ptr + c * D + cols, acc, mask=col_ok)
-    if tl.program_id(1) == 0:
-        tl.store(w_sums_ptr + c + tl.arange(0, 1), acc_w)
-
-
-@triton.jit
 def _cluster_sums_kernel(
     x_ptr, order_ptr, w_ptr,
+    slot_ptr,  # *f64 [S, D]: read when FROM_SLOTS
+    slot_w_ptr,  # *f64 [S]
     bounds_ptr,  # *i64 [K + 1]
     sums_ptr,  # *f64 [K, D]
     w_sums_ptr,  # *f64 [K]
     D, stride_x,
     CHUNK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
+    FROM_SLOTS: tl.constexpr,
 ):
-    """The chunk and combine kernels in one, a program per cluster: its runs chunk by chunk,
-    added in order, exactly as those two kernels do, with no (S, D) buffer between them."""
+    """A program per cluster adds its runs chunk by chunk, in order: read from the slots the chunk
+    kernel filled (FROM_SLOTS: the combine), or summed here from the rows, with no (S, D) buffer.
+    The same additions in the same order either way: the same bits."""
     c = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
@@ -142,8 +123,13 @@ def _cluster_sums_kernel(
     acc = tl.zeros((BLOCK_D,), tl.float64)
     acc_w = tl.zeros((1,), tl.float64)
     for j in range(j0, j1):
-        run, run_w = run_sum(x_ptr, order_ptr, w_ptr, tl.maximum(lo, j * CHUNK), tl.minimum(hi, (j + 1) * CHUNK),
-                             cols, col_ok, stride_x, BLOCK_R, BLOCK_D, STAGES)
+        if FROM_SLOTS:
+            run = tl.load(slot_ptr + (c + j) * D + cols, mask=col_ok, other=0.0)
+            run_w = tl.load(slot_w_ptr + c + j + tl.arange(0, 1))
+        else:
+            start, stop = tl.maximum(lo, j * CHUNK), tl.minimum(hi, (j + 1) * CHUNK)
+            run, run_w = run_sum(x_ptr, order_ptr, w_ptr, start, stop, cols, col_ok, stride_x,
+                                 BLOCK_R, BLOCK_D, STAGES)
         acc += run
         acc_w += run_w
     tl.store(sums_ptr + c * D + cols, acc, mask=col_ok)
@@ -158,7 +144,8 @@ def sorted_by_label(labels: torch.Tensor, k: int):
     # the narrowest keys that hold -1..k-1: a radix sort makes one pass per byte (int16: half of int32's)
     key = labels.clamp_min(-1).to(torch.int16 if k < 2**15 else torch.int32)
     sorted_key, order = torch.sort(key, stable=True)
-    bounds = torch.searchsorted(sorted_key, torch.arange(-1, k, dtype=key.dtype, device=labels.device), right=True)
+    ids = torch.arange(-1, k, dtype=key.dtype, device=labels.device)
+    bounds = torch.searchsorted(sorted_key, ids, right=True)
     return order, sorted_key, bounds
 
 
@@ -173,14 +160,16 @@ def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Te
     sums = torch.empty(k, d, dtype=torch.float64, device=x.device)
     w_sums = torch.empty(k, dtype=torch.float64, device=x.device)
     order, keys, bounds = sorted_by_label(labels, k)
-    tiles = dict(CHUNK=CHUNK, BLOCK_R=BLOCK_R, BLOCK_D=block_d, STAGES=STAGES, num_warps=WARPS)
-    if n <= ROWS_PER_CLUSTER * k:  # no slots to fill
-        _cluster_sums_kernel[(k, d_tiles)](x, order, values, bounds, sums, w_sums, d, x.stride(0), **tiles)
+    tiles = dict(CHUNK=CHUNK, BLOCK_R=BLOCK_R, BLOCK_D=block_d, STAGES=STAGES)
+    if n <= ROWS_PER_CLUSTER * k:  # no slots: each cluster's program sums its runs from the rows
+        slots, slot_w, from_slots, warps = sums, w_sums, False, WARPS  # (slot arguments left unread)
     else:
         chunks = triton.cdiv(n, CHUNK)
         slots = torch.empty(chunks + k, d, dtype=torch.float64, device=x.device)
         slot_w = torch.empty(chunks + k, dtype=torch.float64, device=x.device)
-        _chunk_sums_kernel[(chunks, d_tiles)](x, order, keys, values, bounds, slots, slot_w, n, d, x.stride(0), **tiles)
-        _combine_kernel[(k, d_tiles)](slots, slot_w, bounds, sums, w_sums, d, CHUNK=CHUNK, BLOCK_D=block_d,
-                                      num_warps=4)
+        _chunk_sums_kernel[(chunks, d_tiles)](x, order, keys, values, bounds, slots, slot_w, n, d,
+                                              x.stride(0), num_warps=WARPS, **tiles)
+        from_slots, warps = True, 4
+    _cluster_sums_kernel[(k, d_tiles)](x, order, values, slots, slot_w, bounds, sums, w_sums, d, x.stride(0),
+                                       FROM_SLOTS=from_slots, num_warps=warps, **tiles)
     return sums, bounds[1:] - bounds[:-1], w_sums
