@@ -52,6 +52,7 @@ SWEEP = [dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, num_warps=w, num_stages=s, X_RESI
          for m, n, k, w, s, r, t in [
              (128, 256, 64, 8, 3, False, True), (128, 256, 32, 8, 3, False, True), (128, 256, 32, 8, 4, False, True),
              (128, 128, 64, 4, 4, False, True), (256, 128, 64, 8, 3, False, True), (128, 128, 64, 8, 3, False, True),
+             (128, 128, 32, 4, 3, False, True), (128, 128, 64, 4, 3, False, True), (128, 128, 32, 4, 2, False, True),
              (128, 256, 32, 8, 4, False, False), (128, 256, 64, 8, 3, False, False),
              (128, 128, 64, 4, 4, False, False), (128, 64, 128, 8, 1, True, False),
              (128, 128, 128, 8, 2, True, False), (64, 128, 128, 4, 2, True, False)]]

@@ -21,6 +21,7 @@ tile's argmin: H200, N=1M D=1024 K=4096 bf16, 13.3 ms against 17.1 ms with point
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 
@@ -61,14 +62,21 @@ _TMA_CONFIGS = {
     4: dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=3, TMA=True),
 }
 
+# float32 rows of at most 128 values: one warp group on 128 x 128 tiles, whose stages (96 KiB) let
+# two programs share an SM, so that one program's argmin runs during the other's products. H200,
+# N=1M D=128 K=1024 (TF32): 1.03 ms against 1.11 ms for the 8-warp tile above; at D=1024 (N=256k,
+# K=4096) the 8-warp tile stays faster, 7.6 against 9.0 ms (benchmarks/gpu_notes.md, session 8).
+_TMA_SMALL_D_FP32 = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3, TMA=True)
+
 
 def default_config(d: int, element_size: int, exact: bool = False, tma: bool = False) -> dict:
     """Tile shapes by (D, element size, tensor descriptors usable): only these are compile-time
-    constants, N and K are not. IEEE float32 products (``exact``) keep the looped tile: the
-    resident one was timed in TF32."""
+    constants, N and K are not. IEEE float32 products (``exact``) keep the general tiles: the
+    small-D ones were timed in TF32."""
+    small_d_fp32 = element_size == 4 and d <= 128 and not exact
     if tma:
-        return _TMA_CONFIGS[2 if element_size == 2 else 4]
-    if element_size == 4 and d <= 128 and not exact:
+        return _TMA_SMALL_D_FP32 if small_d_fp32 else _TMA_CONFIGS[2 if element_size == 2 else 4]
+    if small_d_fp32:
         return _SMALL_D_FP32
     return _CONFIGS[2 if element_size == 2 else 4]
 
@@ -84,8 +92,15 @@ def tma_ready(*tensors: torch.Tensor) -> bool:
             return False
     t = tensors[0]
     if t.is_cuda:
-        return torch.cuda.get_device_capability(t.device)[0] >= 9
+        return _has_tma(t.get_device())
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def _has_tma(device_index: int) -> bool:
+    # asked once per GPU: torch's lookup took 8 us of the 86 us that a call of nearest_triton
+    # spends on the host before its kernel starts (H200, session 8)
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
 @triton.jit

@@ -81,16 +81,16 @@ def _chunk_sums_kernel(
     col_ok = cols < D
     lo = j * CHUNK
     hi = tl.minimum(lo + CHUNK, N)
-    first = tl.maximum(tl.load(keys_ptr + lo).to(tl.int64), 0)  # rows without a label come first
-    for c in range(first, tl.load(keys_ptr + hi - 1).to(tl.int64) + 1):
-        start = tl.maximum(tl.load(bounds_ptr + c), lo)
+    start = tl.maximum(lo, tl.load(bounds_ptr))  # rows without a label come first
+    while start < hi:  # run by run: a gap of empty clusters between two labels costs nothing
+        c = tl.load(keys_ptr + start).to(tl.int64)
         stop = tl.minimum(tl.load(bounds_ptr + c + 1), hi)
-        if start < stop:  # an empty cluster between two others has no run
-            acc, acc_w = run_sum(x_ptr, order_ptr, w_ptr, start, stop, cols, col_ok, stride_x,
-                                 BLOCK_R, BLOCK_D, STAGES)
-            tl.store(slot_ptr + (c + j) * D + cols, acc, mask=col_ok)
-            if tl.program_id(1) == 0:
-                tl.store(slot_w_ptr + c + j, acc_w)
+        acc, acc_w = run_sum(x_ptr, order_ptr, w_ptr, start, stop, cols, col_ok, stride_x,
+                             BLOCK_R, BLOCK_D, STAGES)
+        tl.store(slot_ptr + (c + j) * D + cols, acc, mask=col_ok)
+        if tl.program_id(1) == 0:
+            tl.store(slot_w_ptr + c + j, acc_w)
+        start = stop
 
 
 @triton.jit
