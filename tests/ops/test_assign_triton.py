@@ -45,15 +45,23 @@ def test_ties_go_to_the_lowest_index_across_tiles():
     assert idx.tolist() == [0, 0, 0]
 
 
-def test_ties_inside_a_tile_go_to_the_lower_column():
-    """Duplicate centroids in one 256-column tile: columns 8 and 200 share a thread of the
-    tensor-core layout, 259 and 300 do not; the lower one must win either way."""
+@pytest.mark.parametrize("tf32", [False, True])  # float32 at D <= 128: 128 x 256 tiles, or 128 x 128 in TF32
+def test_ties_inside_a_tile_go_to_the_lower_column(tf32):
+    """Duplicate centroids, lowest copy 8 or 3. In a 128-column tile, 8 and 72 share a thread of the
+    tensor-core layout, 3 and 100 do not; in a 256-column tile, 8 and 200 share one, 259 and 300 do
+    not; the others are in later tiles. The lowest column must win every time."""
     g = torch.Generator().manual_seed(3)
     c = torch.randn(320, 16, generator=g)
-    c[200], c[300] = c[8], c[259]
-    x = torch.cat([c[[8, 259]] + 0.01 * torch.randn(2, 16, generator=g), c[[200, 300]]])
-    _, idx = nearest(x.to(DEVICE), c.to(DEVICE), backend="triton")
-    assert idx.tolist() == [8, 259, 8, 259]
+    c[[72, 200]] = c[8].clone()
+    c[[100, 259, 300]] = c[3].clone()
+    x = torch.cat([c[[8, 3]] + 0.01 * torch.randn(2, 16, generator=g), c[[72, 200, 100, 259, 300]]])
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        _, idx = nearest(x.to(DEVICE), c.to(DEVICE), backend="triton")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    assert idx.tolist() == [8, 3, 8, 8, 3, 3, 3]
 
 
 def test_unknown_backend():
