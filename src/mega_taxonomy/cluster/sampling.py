@@ -241,8 +241,11 @@ class SamplePartial:
 
 def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, moments: bool = True) -> SamplePartial:
     """The sample partial of one block (``groups``: the group of each of its rows; ``moments``:
-    also sum the rows and their squares, else zeros). Its rows are selected here only if that
-    halves them, else when partials merge (:meth:`BestPerGroup.compact`)."""
+    also sum the rows and their squares, else zeros). Its rows are selected when partials merge,
+    or before the partial crosses a process (``BestPerGroup.__getstate__``), not here: once the
+    merged partial has full groups, most of a block's rows are dropped by one vectorised test
+    against its worst kept rows, where a selection here ran a heap pass over all of them (a
+    root sample of 16384 rows: 1.4 ms a block of 65536 rows against 5.5 ms on this machine)."""
     x = block.vectors
     hashes = hash_ids(block.ids, seed)
     groups = np.zeros(len(hashes), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
@@ -255,7 +258,7 @@ def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, 
             x = (x if x.dtype in (torch.float32, torch.float64) else x.float()).numpy()
         total, total_sq = column_moments(x if x.dtype in (np.float32, np.float64) else x.astype(np.float32))
     rows = {"hash": hashes, "ordinal": block.ordinals, "group": groups}
-    return SamplePartial(size, BestPerGroup(size, rows, key="hash").compact(), len(hashes), total, total_sq)
+    return SamplePartial(size, BestPerGroup(size, rows, key="hash"), len(hashes), total, total_sq)
 
 
 @dataclass(frozen=True)
