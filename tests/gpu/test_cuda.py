@@ -246,6 +246,24 @@ def test_farthest_rows_on_the_device_are_the_host_selection():
         np.testing.assert_array_equal(partial.far[name], ref[name])
 
 
+def test_sample_moments_stay_on_the_device_until_read():
+    """A sample pass over device blocks adds their float64 moments there (no copy back per
+    block); the mean variance read at the end is the float64 one of all the rows, and the
+    sample is the rows of lowest hash."""
+    from mega_taxonomy.cluster.sampling import SampleTask, hash_ids
+    from mega_taxonomy.io import VectorSource
+    from mega_taxonomy.runtime import LocalRuntime
+
+    x, _ = clustered(150_000, 16, 24, seed=5)
+    source = VectorSource(torch.from_numpy(x).half().cuda())
+    partial = LocalRuntime("cuda", progress=False).map_reduce(source, SampleTask(), (100, 0))
+    assert isinstance(partial.total, torch.Tensor) and partial.total.is_cuda
+    rows = torch.from_numpy(x).half().double().numpy()
+    assert partial.mean_variance == pytest.approx(float(rows.var(0).mean()), rel=1e-9)
+    lowest = np.argsort(hash_ids(np.arange(len(x)), 0), kind="stable")[:100]
+    assert partial.ordinals.tolist() == lowest.tolist()
+
+
 def test_small_copies_reuse_a_pinned_buffer_only_once_its_copy_is_done():
     """``ops.device.to_device`` stages through a few pinned buffers: with the stream kept busy,
     every copy still delivers its own values (a buffer refilled too early would not)."""

@@ -194,8 +194,8 @@ class SamplePartial:
     size: int
     rows: BestPerGroup
     count: int
-    total: np.ndarray  # float64 sum of rows
-    total_sq: np.ndarray  # float64 sum of squared rows
+    total: np.ndarray | torch.Tensor  # float64 sum of rows (on the GPU that summed them, until read)
+    total_sq: np.ndarray | torch.Tensor  # float64 sum of squared rows
     _vectors: np.ndarray | None = None
 
     def __add__(self, other: SamplePartial) -> SamplePartial:
@@ -230,8 +230,9 @@ class SamplePartial:
     @property
     def mean_variance(self) -> float:
         """Mean over dimensions of the per-dimension variance of all rows (scikit-learn's tol scale)."""
-        mean = self.total / self.count
-        return float(np.mean(np.maximum(self.total_sq / self.count - mean * mean, 0.0)))
+        total, total_sq = (t.cpu().numpy() if isinstance(t, torch.Tensor) else t for t in (self.total, self.total_sq))
+        mean = total / self.count
+        return float(np.mean(np.maximum(total_sq / self.count - mean * mean, 0.0)))
 
     def of_group(self, group: int) -> np.ndarray:
         """The sampled rows of one group, in hash order."""
@@ -250,9 +251,11 @@ def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, 
     hashes = hash_ids(block.ids, seed)
     groups = np.zeros(len(hashes), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
     total = total_sq = np.zeros(x.shape[1])
-    if moments and isinstance(x, torch.Tensor) and x.is_cuda:  # on the device: only the sums come back
+    if moments and isinstance(x, torch.Tensor) and x.is_cuda:
+        # summed and added up on the device, read once at the end: a copy back per block waited
+        # for the block's transfer and sums, and the host sat idle meanwhile
         x64 = x.double()
-        total, total_sq = x64.sum(0).cpu().numpy(), (x64 * x64).sum(0).cpu().numpy()
+        total, total_sq = x64.sum(0), (x64 * x64).sum(0)
     elif moments:
         if isinstance(x, torch.Tensor):
             x = (x if x.dtype in (torch.float32, torch.float64) else x.float()).numpy()
