@@ -61,3 +61,19 @@ def test_rows_after_a_full_groups_worst_are_dropped_as_they_arrive(largest):
                            np.r_[[10, 11, 12, 13], [5, 17, 18, 19, 20, 21]], np.r_[[0, 0, 0, 1], [0, 0, 0, 0, 1, 2]], 2,
                            largest)
     np.testing.assert_array_equal(both["ordinal"], expected)
+
+
+@pytest.mark.parametrize("keys", ["hash", "few values", "ascending"])
+@pytest.mark.parametrize("n", [1, 50, 128, 700])  # bounded heaps below SELECT_FROM, selection from it
+def test_smallest_per_group_is_a_sort_by_group_key_ordinal(keys, n):
+    from mega_taxonomy.ops.select_numba import SELECT_FROM
+
+    assert 50 < SELECT_FROM <= 128  # both kernels are exercised
+    rng = np.random.default_rng(n)
+    m = 6000
+    ordinal = rng.permutation(2 * m)[:m]
+    group = rng.integers(0, 9, m)
+    key = {"hash": sampling.hash_ids(ordinal, 1), "few values": rng.integers(0, 4, m).astype(np.float64),
+           "ascending": np.arange(m, dtype=np.float64)}[keys]
+    selected = sampling.smallest_per_group(key, ordinal, n, group)
+    np.testing.assert_array_equal(ordinal[selected], brute_force(key, ordinal, group, n, largest=False))
