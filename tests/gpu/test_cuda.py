@@ -264,6 +264,27 @@ def test_sample_moments_stay_on_the_device_until_read():
     assert partial.ordinals.tolist() == lowest.tolist()
 
 
+def test_batched_seeding_on_the_gpu_is_the_cpu_seeding():
+    """A level's k-means++ seeding in batches of nodes on the GPU picks the rows that the CPU's
+    node-by-node seeding picks (float64: no rounding apart)."""
+    from mega_taxonomy.taxonomy import levels
+
+    x, _ = clustered(6000, 40, 16, seed=2)
+    groups = np.random.default_rng(1).integers(0, 30, len(x))
+    order = np.argsort(groups, kind="stable")
+
+    class Sample:
+        vectors = x[order].astype(np.float64)
+
+        def of_group(self, node):
+            return self.vectors[groups[order] == node]
+
+    n_children = np.random.default_rng(4).integers(0, 12, 30)
+    args = dict(metric="euclidean", seed=5, level=2, dtype=np.float64)
+    np.testing.assert_array_equal(levels.seed_children(Sample(), n_children, device="cuda", **args),
+                                  levels.seed_children(Sample(), n_children, device="cpu", **args))
+
+
 def test_small_copies_reuse_a_pinned_buffer_only_once_its_copy_is_done():
     """``ops.device.to_device`` stages through a few pinned buffers: with the stream kept busy,
     every copy still delivers its own values (a buffer refilled too early would not)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..cluster.init import kmeans_plusplus
+from ..cluster.init import kmeans_plusplus, kmeans_plusplus_batch
 from ..errors import ConfigError
 
 
@@ -32,21 +32,52 @@ def plan_children(counts: np.ndarray, branching: int, min_cluster_size: int) -> 
 def seed_children(sample, n_children: np.ndarray, *, metric: str, seed: int, level: int, dtype,
                   device) -> np.ndarray:
     """Initial centroids of the children of every node: k-means++ on the node's own hash sample,
-    with a generator of its own (seed, level, node), so no node depends on another."""
-    out = []
-    for node in np.flatnonzero(n_children):
-        rows = sample.of_group(node)
+    with a generator of its own (seed, level, node), so no node depends on another. On a GPU the
+    nodes go in batches (``kmeans_plusplus_batch``: one wait on the device per center and batch,
+    not two per center and node)."""
+    nodes = np.flatnonzero(n_children)
+    samples = [sample.of_group(node) for node in nodes]  # views: converted a node or a batch at a time
+    for node, rows in zip(nodes, samples):
         if len(rows) < n_children[node]:
             raise ConfigError(
                 f"level {level}: node {node} has {len(rows)} sampled rows for {n_children[node]} children; "
                 "raise sample_size"
             )
-        x = torch.as_tensor(np.asarray(rows, dtype=dtype), device=device)
+    if not len(nodes):
+        return np.zeros((0, sample.vectors.shape[1]), dtype=dtype)
+    rngs = [np.random.default_rng([seed, level, int(node)]) for node in nodes]
+    if torch.device(device).type == "cpu":
+        out = []
+        for node, rows, rng in zip(nodes, samples, rngs):
+            x = torch.as_tensor(np.asarray(rows, dtype=dtype))
+            if metric == "cosine":
+                x = torch.nn.functional.normalize(x, dim=1)
+            out.append(kmeans_plusplus(x, int(n_children[node]), rng, metric=metric).numpy())
+        return np.concatenate(out)
+    return _seed_in_batches(samples, n_children[nodes], rngs, metric, dtype, device)
+
+
+# Bytes of samples per batch of nodes seeded together on a GPU.
+_SEED_BATCH_BYTES = 1 << 30
+
+
+def _seed_in_batches(samples: list, n_children: np.ndarray, rngs: list, metric: str, dtype, device) -> np.ndarray:
+    out = []
+    width, dim = max(len(rows) for rows in samples), samples[0].shape[1]
+    per_batch = max(1, _SEED_BATCH_BYTES // (width * dim * 4))
+    for lo in range(0, len(samples), per_batch):
+        batch = samples[lo:lo + per_batch]
+        rows = np.array([len(r) for r in batch])
+        padded = np.empty((len(batch), int(rows.max()), dim), dtype=dtype)
+        for i, r in enumerate(batch):
+            padded[i, :len(r)], padded[i, len(r):] = r, r[0]  # padding rows are never drawn
+        x = torch.as_tensor(padded, device=device)
         if metric == "cosine":
-            x = torch.nn.functional.normalize(x, dim=1)
-        rng = np.random.default_rng([seed, level, int(node)])
-        out.append(kmeans_plusplus(x, int(n_children[node]), rng, metric=metric).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, sample.vectors.shape[1]), dtype=dtype)
+            x = torch.nn.functional.normalize(x, dim=2)
+        chosen = kmeans_plusplus_batch(x, rows, n_children[lo:lo + per_batch], rngs[lo:lo + per_batch], metric=metric)
+        which = torch.as_tensor(np.repeat(np.arange(len(batch)), [len(c) for c in chosen]), device=device)
+        out.append(x[which, torch.as_tensor(np.concatenate(chosen), device=device)].cpu().numpy())
+    return np.concatenate(out)
 
 
 def offsets_of(n_children: np.ndarray) -> np.ndarray:
