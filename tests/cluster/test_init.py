@@ -46,9 +46,13 @@ def test_batched_seeding_is_the_seeding_node_by_node(monkeypatch):
     n_children = np.array([4, 6, 0, 8, 3])
     args = dict(metric="euclidean", seed=3, level=1, dtype=np.float64)
     by_node = levels.seed_children(_Sample(samples), n_children, device="cpu", **args)
-    monkeypatch.setattr(levels, "_SEED_BATCH_BYTES", 2 * 50 * 12 * 4)  # batches of two nodes
+    monkeypatch.setattr(levels, "_SEED_BATCH_BYTES", 2 * 50 * 12 * 8)  # batches of two nodes (float64)
+    batches = []
+    batch = levels.kmeans_plusplus_batch
+    monkeypatch.setattr(levels, "kmeans_plusplus_batch", lambda x, *a, **k: batches.append(len(x)) or batch(x, *a, **k))
     nodes = np.flatnonzero(n_children)
     batched = levels._seed_in_batches([samples[i] for i in nodes], n_children[nodes],
                                       [np.random.default_rng([3, 1, int(i)]) for i in nodes], "euclidean",
                                       np.float64, "cpu")
+    assert batches == [2, 2]
     np.testing.assert_array_equal(batched, by_node)

@@ -40,7 +40,7 @@ def kmeans_plusplus(x: torch.Tensor, n_clusters: int, rng: np.random.Generator, 
         chosen = kmeans_plusplus_batch(x[None], np.array([n]), np.array([n_clusters]), [rng], metric=metric,
                                        n_local_trials=n_local_trials)[0]
         return x[torch.as_tensor(chosen, device=x.device)]
-    v = (x.float() if x.dtype != torch.float64 else x)
+    v = x.float() if x.dtype != torch.float64 else x
     v = (normalize_rows(v) if metric == "cosine" else v).numpy()
     sq = np.einsum("ij,ij->i", v, v)
     v_t = np.ascontiguousarray(v.T)  # OpenBLAS is 5x slower with v.T as a strided operand

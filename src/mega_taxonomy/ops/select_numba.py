@@ -15,13 +15,14 @@ Two ways, one result (the same set and order as a sort by (group, key, ordinal))
   rows of a big group are rejected by one comparison: O(m) plus O(kept x log n), where sorting
   every row by key and group costs O(m log m) (1M rows: 256 groups of 1024 hashes, 55 ms against
   110 ms; 4096 groups of 100 distances, 60 ms against 230 ms). Each heap is then sorted in place.
-- Selection, when ``n`` is ``SELECT_FROM`` or more: the rows are bucketed by group (a counting sort),
-  each group's ``n`` smallest moved to its front by quickselect, and only those sorted. Heaps of
-  a thousand rows and more, one per group, are scattered over memory, and a row that enters one
-  costs log n misses: 8M hashes in 4096 groups of 1024 (a level's node samples) took 1.6 s with
-  heaps and 0.53 s this way (one core of the 2-core development machine); 1M in 256 groups 71 ms against 26 ms;
-  one group of 16384 among 65536 rows 4.1 ms against 2.1 ms. For n = 1 or 50 the heaps stay
-  faster (0.3 against 1.5 ms, 1.7 against 3.6 ms): the bucketing is a fixed cost.
+- Selection, when ``n`` is ``SELECT_FROM`` or more: the rows are bucketed by group (a counting
+  sort), each group's ``n`` smallest moved to its front by quickselect, and only those sorted.
+  Heaps of a thousand rows and more, one per group, are scattered over memory, and a row that
+  enters one costs log n misses. On one core of the 2-core development machine: 8M hashes in
+  4096 groups of 1024 (a level's node samples) 1.6 s with heaps, 0.53 s this way; 1M in 256
+  groups 71 ms against 26 ms; one group of 16384 among 65536 rows 4.1 ms against 2.1 ms. For
+  n = 1 or 50 the heaps stay faster (0.3 against 1.5 ms, 1.7 against 3.6 ms): the bucketing is
+  a fixed cost.
 """
 
 from __future__ import annotations

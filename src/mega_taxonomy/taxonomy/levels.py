@@ -64,7 +64,7 @@ _SEED_BATCH_BYTES = 1 << 30
 def _seed_in_batches(samples: list, n_children: np.ndarray, rngs: list, metric: str, dtype, device) -> np.ndarray:
     out = []
     width, dim = max(len(rows) for rows in samples), samples[0].shape[1]
-    per_batch = max(1, _SEED_BATCH_BYTES // (width * dim * 4))
+    per_batch = max(1, _SEED_BATCH_BYTES // (width * dim * np.dtype(dtype).itemsize))
     for lo in range(0, len(samples), per_batch):
         batch = samples[lo:lo + per_batch]
         rows = np.array([len(r) for r in batch])
