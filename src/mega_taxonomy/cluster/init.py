@@ -30,16 +30,16 @@ def kmeans_plusplus(x: torch.Tensor, n_clusters: int, rng: np.random.Generator, 
     torch.Tensor of shape (n_clusters, d), rows of ``x``.
     """
     n = x.shape[0]
+    if x.device.type != "cpu":  # one sample: a batch of one
+        chosen = kmeans_plusplus_batch(x[None], np.array([n]), np.array([n_clusters]), [rng], metric=metric,
+                                       n_local_trials=n_local_trials)[0]
+        return x[torch.as_tensor(chosen, device=x.device)]
     trials = n_local_trials or 2 + int(math.log(n_clusters))
     # Plain products of the sample (float32, float64 for float64 input): the tiled assignment ops
     # cost more than the arithmetic for the small samples of a taxonomy's nodes (256 nodes x 16
     # centers: 1.0 s against 0.2 s). On the CPU all in numpy, whose BLAS uses its own threads and
     # whose small operations cost a few microseconds (torch's: 3x more; 1024 x 64 rows, 16
     # centers: 0.7 ms against 1.9 ms).
-    if x.device.type != "cpu":  # one sample: a batch of one
-        chosen = kmeans_plusplus_batch(x[None], np.array([n]), np.array([n_clusters]), [rng], metric=metric,
-                                       n_local_trials=n_local_trials)[0]
-        return x[torch.as_tensor(chosen, device=x.device)]
     v = x.float() if x.dtype != torch.float64 else x
     v = (normalize_rows(v) if metric == "cosine" else v).numpy()
     sq = np.einsum("ij,ij->i", v, v)

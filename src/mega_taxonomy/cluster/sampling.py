@@ -3,7 +3,7 @@
 A sample chosen by hash does not depend on the order rows are streamed in, on how files are
 cut, or on how many workers read them: the same ids and seed give the same sample everywhere
 (the Contracts' determinism). It is also mergeable: the n lowest hashes of a union are among
-the n lowest of each part, so every block keeps its own n lowest and the partials add up.
+the n lowest of each part, so the partials of any parts add up to the sample of the whole.
 Groups (a taxonomy's nodes) each keep their own n lowest, so one pass samples every node.
 """
 

@@ -55,8 +55,8 @@ _SMALL_D_FP32 = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, num_warps=8, num_stag
 # Tensor-descriptor tiles, the fastest of a sweep of tiles x (TMA, flattened loop, elementwise
 # running min) on an H200 (benchmarks/gpu_notes.md, session 6; the k-means benchmark sweeps them
 # again): bf16 N=1M D=1024 K=4096 13.3 ms (128 x 256 x 32, 4 stages: 13.8), fp32 (TF32) N=1M
-# D=128 K=1024 1.12 ms (the resident row tile above: 1.45). A running min kept per element (one
-# reduction at the end) was slower at every tile: its registers.
+# D=128 K=1024 1.12 ms (the resident row tile above: 1.45; the small-D tile below: 1.03). A
+# running min kept per element (one reduction at the end) was slower at every tile: its registers.
 _TMA_CONFIGS = {
     2: dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3, TMA=True),
     4: dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=3, TMA=True),
