@@ -49,10 +49,10 @@ import ray  # noqa: E402
 
 from mega_taxonomy.cluster.lloyd import lloyd  # noqa: E402
 from mega_taxonomy.io import BLOCK_ROWS, Block  # noqa: E402
-from mega_taxonomy.ops.assign import set_cpu_threads  # noqa: E402
 from mega_taxonomy.runtime import LocalRuntime  # noqa: E402
 from mega_taxonomy.runtime.collective import CollectiveRuntime, join_group  # noqa: E402
 from mega_taxonomy.runtime.ray import RayRuntime  # noqa: E402
+from mega_taxonomy.threads import set_cpu_threads  # noqa: E402
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this script
 

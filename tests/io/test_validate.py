@@ -405,11 +405,16 @@ def test_vector_column_and_dtype_rules():
         validate.id_column(pa.schema([("w", pa.string())]), "w", file="f")
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "bfloat16", "int16"])
-def test_the_exponent_bits_test_is_isfinite(dtype):
+def test_the_exponent_bits_test_is_isfinite(dtype, split, monkeypatch):
     """The compiled host test of finite rows against torch's isfinite in float64, on NaN, +-inf,
-    the largest finite values, subnormals and zeros of every float type (and integers)."""
+    the largest finite values, subnormals and zeros of every float type (and integers); rows
+    checked by one thread, and split over the CPU threads."""
     _finite_rows = validate._finite_rows
+    if split:
+        monkeypatch.setattr(validate, "_THREAD_ELEMENTS", 16)
+        monkeypatch.setattr(validate, "cpu_threads", lambda: 7)  # 7 shares of 300 rows, on any machine
     rng = np.random.default_rng(1)
     torch_dtype = getattr(torch, dtype)
     if torch_dtype.is_floating_point:

@@ -104,7 +104,7 @@ def test_results_do_not_depend_on_the_thread_count():
     import os
 
     from mega_taxonomy.ops import grouped_nearest
-    from mega_taxonomy.ops.assign import set_cpu_threads
+    from mega_taxonomy.threads import set_cpu_threads
 
     rng = np.random.default_rng(3)
     x = torch.from_numpy(rng.normal(size=(20_000, 16)).astype(np.float32))

@@ -15,7 +15,7 @@ from .._sklearn_compat import Interval, StrOptions, _fit_context
 from ..errors import ConfigError, StorageError
 from ..io import VectorSource, is_source_like
 from ..ops import METRICS, compute_dtype, distances
-from ..runtime import cpu_threads, get_runtime
+from ..runtime import cpu_threads, finished, get_runtime
 from ..storage import Store
 from ..storage.schema import assignments_file, assignments_table, level_file
 from .init import kmeans_plusplus
@@ -243,7 +243,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         task = LloydTask()
         for block in source.blocks():
             state = LloydState(self.cluster_centers_, self.metric, update=True)
-            p = task(block, state, runtime.device)
+            p = finished(task(block, state, runtime.device))
             counts = self.counts_ + p.counts
             grown = p.counts > 0
             centroids = self.cluster_centers_.astype(np.float64)
@@ -331,7 +331,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             device = self._runtime().device
             state = LloydState(self.cluster_centers_, self.metric, update=False, keep_labels=True)
             for block in source.blocks():
-                ((labels, dist),) = LloydTask()(block, state, device).labels.values()
+                ((labels, dist),) = finished(LloydTask()(block, state, device)).labels.values()
                 store.put_table(assignments_file(block.index), assignments_table(block.ids, labels, dist))
         return store.commit(kind="kmeans", params=self._json_params(), status="fitted", n_iter=self.n_iter_,
                             inertia=self.inertia_, n_features_in=self.n_features_in_)

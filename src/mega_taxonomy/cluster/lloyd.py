@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from ..ops import grouped_nearest, nearest, normalize_rows
-from ..ops.device import to_device
+from ..ops.device import HostCopy, to_device
 from ..ops.grouped_assign_numba import MAX_CHILDREN, grouped_nearest_bounded
 from ..ops.update import cluster_counts, cluster_stats
-from ..runtime import in_block_order
+from ..runtime import Deferred, in_block_order
 from .balance import size_penalty
 from .farthest import FarthestPerGroup
 from .sampling import BestPerGroup, SamplePartial, block_sample
@@ -158,22 +158,35 @@ class LloydTask:
         elif stats is None:
             stats = (None, *cluster_counts(labels, dist, k))
         sums, counts, inertia = stats
-        if not (x.is_cuda and state.device_sums):  # else all stay on the device: no sync per block
-            counts, inertia = counts.cpu().numpy(), inertia.cpu().numpy()
-            sums = None if sums is None else sums.cpu().numpy()
-        out = LloydPartial(counts, inertia, sums if state.update else None, far_per_group=state.far_per_group)
-        if state.far:
-            out.far = block_farthest(dist, labels, block.ordinals, groups, state)
-        host_labels = labels.cpu().numpy() if state.keep_labels or state.sample is not None else None
+        far = block_farthest(dist, labels, block.ordinals, groups, state) if state.far else None
+        out = {"counts": counts, "inertia": inertia, "sums": sums}
+        if x.is_cuda and state.device_sums:  # all stay on the device, added there: no sync per block
+            outgoing = {}
+        else:
+            outgoing = {name: t for name, t in out.items() if t is not None}
+        if state.keep_labels or state.sample is not None:
+            outgoing["labels"] = labels
         if state.keep_labels:
-            out.labels = {block.index: (host_labels, dist.cpu().numpy())}
-        if state.track_bounds:
-            out.bounds = {block.index: (labels.numpy(), lower, dist.numpy())}
-        if state.sample is not None:
-            size, seed = state.sample
-            # Rows without a cluster (under a leaf) fall in group -1, which nobody reads.
-            out.sample = block_sample(block, size, seed, groups=host_labels, moments=False)
-        return out
+            outgoing["dist"] = dist
+
+        def finish(arrived: dict) -> LloydPartial:
+            host = {**out, **arrived}
+            partial = LloydPartial(host["counts"], host["inertia"], host["sums"] if state.update else None,
+                                   far=far, far_per_group=state.far_per_group)
+            if state.keep_labels:
+                partial.labels = {block.index: (host["labels"], host["dist"])}
+            if state.track_bounds:
+                partial.bounds = {block.index: (labels.numpy(), lower, dist.numpy())}
+            if state.sample is not None:
+                size, seed = state.sample
+                # Rows without a cluster (under a leaf) fall in group -1, which nobody reads.
+                partial.sample = block_sample(block, size, seed, groups=host["labels"], moments=False)
+            return partial
+
+        if x.is_cuda and outgoing:
+            copies = HostCopy(outgoing)
+            return Deferred(lambda: finish(copies.arrays()))
+        return finish({name: t.cpu().numpy() for name, t in outgoing.items()})
 
 
 def with_penalty(assign, x: torch.Tensor, c: torch.Tensor, penalty: np.ndarray | None, metric: str):
@@ -436,7 +449,7 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         if not far and (partial.counts == 0).any():
             far = True
             state = LloydState(centroids, metric, False, far, False, offsets, groups, far_per_group,
-                               penalty=penalty)
+                               penalty=penalty, device_sums=True)
             partial.far = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter} far").far
         updated, _ = new_centroids(partial, centroids, source, metric, offsets)
         shift = squared_shift(updated, centroids)
@@ -455,8 +468,9 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
             break
     if partial is None or shift != 0 or sample is not None:
         state = LloydState(centroids, metric, False, False, keep_labels, offsets, groups, sample=sample,
-                           penalty=penalty, bounds=bounds, drift=drift, frozen=frozen)
-        before, partial = partial, runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} assign")
+                           penalty=penalty, device_sums=True, bounds=bounds, drift=drift, frozen=frozen)
+        before, partial = partial, counts_on_host(runtime.map_reduce(source, LloydTask(), state,
+                                                                     desc=f"{desc} assign"))
         if frozen is not None:
             reuse_frozen(partial, before, frozen, offsets)
             logger.debug("%s assign: %d rows computed", desc, rows_computed(group_rows, frozen))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..ops.select_numba import smallest_per_group_numba
+from ..ops.select_numba import before_cut_numba, smallest_per_group_numba
 from ..ops.update_numba import column_moments
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -137,16 +137,10 @@ class BestPerGroup:
 
     def _drop_unselectable(self, columns: dict, cut) -> dict:
         """``columns`` less the rows that come after the worst kept row of their group in ``cut``."""
-        first, full, worst_key, worst_ordinal = cut
-        at = columns[self.group] - first
-        inside = (at >= 0) & (at < len(full))
-        at = np.where(inside, at, 0)
-        key, ordinal = self._keys(columns), columns["ordinal"]
-        after = inside & full[at] & ((key > worst_key[at]) | ((key == worst_key[at]) & (ordinal > worst_ordinal[at])))
-        if not after.any():
+        kept = before_cut_numba(self._keys(columns), columns["ordinal"], columns[self.group], *cut)
+        if len(kept) == len(columns["ordinal"]):
             return columns
-        keep = ~after
-        return {name: v[keep] for name, v in columns.items()}
+        return {name: v[kept] for name, v in columns.items()}
 
     def compact(self) -> BestPerGroup:
         """Select now if that at least halves the rows (counted without sorting), else leave the

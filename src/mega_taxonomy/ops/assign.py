@@ -12,16 +12,14 @@ their torch twins (the CPU path, and the oracle of the Triton kernels on CUDA).
 from __future__ import annotations
 
 import importlib.util
-import os
 import threading
 import warnings
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from threadpoolctl import ThreadpoolController
 
+from ..threads import parallel_map
 from .grouped_assign_numba import MAX_CHILDREN, grouped_nearest_numba
 
 METRICS = ("euclidean", "cosine")
@@ -171,28 +169,6 @@ def distances(x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclid
     _check(x, centroids, metric)
     x, x_sq, operand = _prepare(x, centroids, metric)
     return _finish(operand.tile(operand.rows(x), 0, centroids.shape[0]), x_sq)
-
-
-_BLAS = ThreadpoolController()
-_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="mega-taxonomy-tiles")
-
-
-def set_cpu_threads(n: int) -> None:
-    """Threads of this process's CPU work (default: one per core). A Ray worker holding one CPU
-    slot of a many-core node uses one, so that the node's workers do not oversubscribe it."""
-    global _POOL
-    if n < 1:
-        raise ValueError(f"need at least one thread, not {n}")
-    previous, _POOL = _POOL, ThreadPoolExecutor(max_workers=n, thread_name_prefix="mega-taxonomy-tiles")
-    previous.shutdown(wait=False)
-
-
-def parallel_map(work, items) -> None:
-    """``work(item)`` for every item, in this process's CPU threads, each with a single-threaded
-    BLAS (numpy releases the GIL in its products and most array work)."""
-    with _BLAS.limit(limits=1, user_api="blas"):
-        for _ in _POOL.map(work, items):
-            pass
 
 
 def _for_row_tiles(n, row_tile, work, on_cpu):

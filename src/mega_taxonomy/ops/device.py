@@ -82,3 +82,21 @@ def to_device(array, device) -> torch.Tensor:
     if tensor.numel() == 0:
         return tensor.to(device)
     return _pinned.copy(tensor.contiguous(), device)
+
+
+class HostCopy:
+    """Device tensors on their way to the host: copied into pinned memory on the current stream
+    without waiting (``to("cpu", non_blocking=True)``); :meth:`arrays` waits for the copies
+    (one event) and gives them as numpy arrays. A task that needs a block's labels on the host
+    queues this and lets the runtime finish the block later (``runtime.Deferred``), where
+    ``.cpu()`` waited for the block's copy in and its kernels, the host idle meanwhile."""
+
+    def __init__(self, tensors: dict):
+        device = next(iter(tensors.values())).device
+        self._host = {name: t.to("cpu", non_blocking=True) for name, t in tensors.items()}
+        self._done = torch.cuda.Event()
+        self._done.record(torch.cuda.current_stream(device))
+
+    def arrays(self) -> dict:
+        self._done.synchronize()
+        return {name: t.numpy() for name, t in self._host.items()}

@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .assign import _TILE_ELEMENTS, _check, _finish, _prepare, _use_triton, parallel_map
+from ..threads import parallel_map
+from .assign import _TILE_ELEMENTS, _check, _finish, _prepare, _use_triton
 from .grouped_assign_numba import grouped_nearest_numba, narrow
 
 # Children per matrix product of grouped rows: enough columns for an efficient product, few

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from numba import njit
 
+from ..threads import parallel_map
 from .update_numba import add_row, add_tiles, tile_partials, tile_starts
 
 # Reassociation (the vectorized sum over d) and contraction (fused multiply-add); never
@@ -163,7 +164,7 @@ def grouped_nearest_bounded(x: torch.Tensor, groups, centroids: torch.Tensor, of
 
 
 def _run(x, groups, centroids, offsets, metric, bounds=None, track=False, stats=False, frozen=None):
-    from .assign import _check, compute_dtype, normalize_rows, parallel_map
+    from .assign import _check, compute_dtype, normalize_rows
 
     _check(x, centroids, metric)
     dtype = compute_dtype(x.dtype)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..threads import parallel_map
+
 
 @njit(inline="always")
 def add_row(x, r, j, value, sums, counts, value_sums):  # pragma: no cover - compiled
@@ -70,7 +72,6 @@ def add_tiles(sums, counts, value_sums):
 
 def cluster_stats_numba(x: np.ndarray, labels: np.ndarray, values: np.ndarray, k: int):
     """``(sums, counts, value_sums)`` as numpy arrays, tiles in this process's CPU threads."""
-    from .assign import parallel_map
 
     x, values = np.ascontiguousarray(x), np.ascontiguousarray(values)
     labels = np.ascontiguousarray(labels, dtype=np.int64)

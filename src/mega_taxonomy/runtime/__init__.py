@@ -1,11 +1,22 @@
 """Runtimes: where map-reduce passes and worker pools run: in-process, or on a Ray cluster."""
 
-from .base import BlockTask, OrderedReducer, Partial, Runtime, WorkerPool, fold, in_block_order, units
+from .base import (
+    BlockTask,
+    Deferred,
+    OrderedReducer,
+    Partial,
+    Runtime,
+    WorkerPool,
+    finished,
+    fold,
+    in_block_order,
+    units,
+)
 from .local import LocalPool, LocalRuntime, cpu_threads, resolve_device
 
 __all__ = [
-    "BlockTask", "LocalPool", "LocalRuntime", "OrderedReducer", "Partial", "RayPool", "RayRuntime", "Runtime",
-    "WorkerPool", "cpu_threads", "fold", "in_block_order", "resolve_device", "units",
+    "BlockTask", "Deferred", "LocalPool", "LocalRuntime", "OrderedReducer", "Partial", "RayPool", "RayRuntime",
+    "Runtime", "WorkerPool", "cpu_threads", "finished", "fold", "in_block_order", "resolve_device", "units",
 ]
 
 

@@ -47,6 +47,40 @@ class BlockTask(Protocol[P]):
         ...
 
 
+class Deferred:
+    """What a task returns when its partial needs values still on their way from the device:
+    ``finish()`` waits for them and gives the partial. Runtimes call it once the next block's
+    task has queued its device work (:func:`block_partials`), so that the host's half of one
+    block (copies out, selections in numpy) overlaps the device's half of the next rather than
+    waiting for it: the GPU is never idle while the host works, nor the host while the GPU does."""
+
+    def __init__(self, finish: Callable[[], Any]):
+        self.finish = finish
+
+
+def finished(result):
+    """The partial of a task's result, finishing a :class:`Deferred` now (a caller that needs
+    each block's partial before the next block's task)."""
+    return result.finish() if isinstance(result, Deferred) else result
+
+
+def block_partials(task, blocks, state, device):
+    """Yield ``(block index, partial)`` for ``blocks``, in order: ``task(block, state, device)``,
+    with a :class:`Deferred` result finished after the next block's task has run."""
+    pending = None
+    for block in blocks:
+        result = task(block, state, device)
+        if pending is not None:
+            yield pending[0], pending[1].finish()
+            pending = None
+        if isinstance(result, Deferred):
+            pending = (block.index, result)
+        else:
+            yield block.index, result
+    if pending is not None:
+        yield pending[0], pending[1].finish()
+
+
 def in_block_order(parts: dict) -> tuple:
     """``{block index: (array, array, ...)}`` joined field by field in block order: how partials
     that keep per-row outputs (labels, paths) give them back in input order."""

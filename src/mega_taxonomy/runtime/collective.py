@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from ..errors import ConfigError
 from ..io.streaming import stream
-from .base import Runtime, fold, reduce_units, units
+from .base import Runtime, block_partials, fold, reduce_units, units
 from .local import cpu_threads
 from .transfer import join_tensors, split_tensors
 
@@ -123,7 +123,7 @@ class CollectiveRuntime(Runtime):
         if len(mine):
             start, stop = unit_ranges[mine.start].start, unit_ranges[mine.stop - 1].stop
             with cpu_threads(self._device):
-                pairs = ((b.index, task(b, state, self._device)) for b in stream(source, self._device, start, stop))
+                pairs = block_partials(task, stream(source, self._device, start, stop), state, self._device)
                 partials = list(reduce_units(pairs, source.n_blocks, self.reduce_blocks))
         return fold(self._exchange(partials))
 

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io.streaming import stream
-from .base import Runtime, WorkerPool, fold, reduce_units, units
+from .base import Runtime, WorkerPool, block_partials, fold, reduce_units, units
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ class LocalRuntime(Runtime):
             disable=not self.progress or None, leave=False,
         )
         with cpu_threads(self._device):
-            total = fold(reduce_units(((b.index, task(b, state, self._device)) for b in blocks),
-                                      source.n_blocks, self.reduce_blocks))
+            total = fold(reduce_units(block_partials(task, blocks, state, self._device), source.n_blocks,
+                                      self.reduce_blocks))
         if total is None:
             raise ValueError(f"{source!r} has no blocks")
         return total

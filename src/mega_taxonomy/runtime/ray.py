@@ -51,10 +51,10 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, WorkerError
 from ..io.sources import BLOCK_ROWS, SHARD_ROWS
-from ..ops.assign import set_cpu_threads
 from ..storage import Store
 from ..storage.retry import retries, retry
-from .base import OrderedReducer, Runtime, WorkerPool, reduce_units, units
+from ..threads import set_cpu_threads
+from .base import OrderedReducer, Runtime, WorkerPool, block_partials, reduce_units, units
 from .collective import CollectiveRuntime, join_group
 from .local import cpu_threads
 from .schedule import Schedule
@@ -153,7 +153,7 @@ class _BlockWorker(_Worker):
 
         def compute():
             blocks = source.blocks(start, stop)
-            pairs = ((block.index, task(block, state, self.device)) for block in blocks)
+            pairs = block_partials(task, blocks, state, self.device)
             return list(reduce_units(pairs, n_blocks, reduce_blocks))
 
         with cpu_threads(self.device):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..ops import normalize_rows
-from ..ops.assign import parallel_map
+from ..threads import parallel_map
 from .router import Router, route_beam
 from .tree import Tree
 
