@@ -299,3 +299,61 @@ def test_small_copies_reuse_a_pinned_buffer_only_once_its_copy_is_done():
     for array, tensor in copies:
         assert tensor.dtype == torch.from_numpy(array).dtype
         assert np.array_equal(tensor.cpu().numpy(), array)
+
+
+def test_host_copies_arrive_with_the_device_values():
+    """HostCopy queues the copies out without waiting; its arrays are the tensors' values, also
+    when the kernels that made them are still running as the copies are queued."""
+    from mega_taxonomy.ops.device import HostCopy
+
+    x = torch.randn(4096, 4096, device="cuda")
+    labels = (x @ x).argmax(1)  # a long kernel before the copy
+    dist = x.sum(1)
+    copies = HostCopy({"labels": labels, "dist": dist})
+    arrays = copies.arrays()
+    np.testing.assert_array_equal(arrays["labels"], labels.cpu().numpy())
+    np.testing.assert_array_equal(arrays["dist"], dist.cpu().numpy())
+
+
+def test_gpu_lloyd_tasks_defer_their_host_half():
+    """A pass that keeps labels returns Deferred partials on the GPU; finished, they hold the
+    labels that the CPU task computes."""
+    from mega_taxonomy.cluster.lloyd import LloydState, LloydTask
+    from mega_taxonomy.io import VectorSource
+    from mega_taxonomy.runtime import Deferred
+
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(8, 16)) * 10
+    X = (centers[rng.integers(0, 8, 5000)] + rng.normal(size=(5000, 16))).astype(np.float32)  # no near-ties
+    state = LloydState(centers.astype(np.float32), update=False, keep_labels=True)
+    (block,) = VectorSource(X).blocks()
+    result = LloydTask()(block, state, torch.device("cuda"))
+    assert isinstance(result, Deferred)
+    gpu_labels, _ = result.finish().labels[0]
+    cpu_labels, _ = LloydTask()(block, state, torch.device("cpu")).labels[0]
+    np.testing.assert_array_equal(gpu_labels, cpu_labels)
+
+
+@pytest.mark.parametrize("data", ["pinned tensor", "numpy"])
+def test_streamed_rows_are_checked_on_the_device_as_on_the_host(data):
+    """The first pass over in-memory data checks its rows on the GPU: a bad row raises the
+    host's error (naming the row), or is skipped as the host skips it; good blocks are then
+    recorded as checked."""
+    from mega_taxonomy.errors import DataError
+    from mega_taxonomy.io import BLOCK_ROWS, VectorSource
+    from mega_taxonomy.io.streaming import stream
+
+    X = np.random.default_rng(4).normal(size=(3 * BLOCK_ROWS + 7, 8)).astype(np.float32)
+    X[BLOCK_ROWS + 5, 3] = np.inf
+    host = torch.from_numpy(X).pin_memory() if data == "pinned tensor" else X
+    with pytest.raises(DataError, match=f"row {BLOCK_ROWS + 5}: value inf at dimension 3"):
+        for _ in stream(VectorSource(host), "cuda"):
+            pass
+    source = VectorSource(host, on_invalid="skip")
+    got = [(b.index, b.ordinals, b.vectors.cpu().numpy()) for b in stream(source, "cuda")]
+    want = [(b.index, b.ordinals, b.vectors) for b in VectorSource(X, on_invalid="skip").blocks()]
+    assert [g[0] for g in got] == [w[0] for w in want] == [0, 1, 2, 3]
+    for (_, ordinals, vectors), (_, want_ordinals, want_vectors) in zip(got, want):
+        np.testing.assert_array_equal(ordinals, want_ordinals)
+        np.testing.assert_array_equal(vectors, want_vectors)
+    assert all(checked for _, checked in source.unchecked_blocks())  # on the GPU, or by the host (block 1)

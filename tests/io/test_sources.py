@@ -444,3 +444,26 @@ def test_take_reads_cached_blocks_from_the_cache(tmp_path, monkeypatch):
     keep = wanted != 70_000
     np.testing.assert_array_equal(got, X[wanted[keep]])
     assert sum(reads) == 2  # only the rows of blocks 2 and 3 were read from files
+
+
+def test_unchecked_blocks_are_the_blocks_until_marked_checked(tmp_path):
+    """In-memory blocks can be had before their rows are validated (for a check on the GPU): the
+    same rows as ``blocks`` gives, bad ones included, until the block is marked checked."""
+    X = np.random.default_rng(0).normal(size=(BLOCK_ROWS + 10, 3)).astype(np.float32)
+    X[BLOCK_ROWS + 2, 1] = np.nan
+    source = VectorSource(X, on_invalid="skip")
+    expected = list(VectorSource(X, on_invalid="skip").blocks())
+    pairs = list(source.unchecked_blocks())
+    assert [checked for _, checked in pairs] == [False, False]
+    block, bad = pairs[0][0], pairs[1][0]
+    for field in ("ordinals", "ids", "vectors"):
+        np.testing.assert_array_equal(getattr(block, field), getattr(expected[0], field))
+    assert len(bad.ordinals) == 10 and np.isnan(bad.vectors).any()  # not validated: the NaN row is there
+    source.mark_checked(block)
+    assert [(b.index, checked) for b, checked in source.unchecked_blocks()] == [(0, True), (1, False)]
+    assert next(source.blocks(0, 1)) is block  # the cached block: not validated again
+    (checked,) = source.blocks(1, 2)
+    assert BLOCK_ROWS + 2 not in checked.ordinals and len(checked.ordinals) == 9
+    assert [c for _, c in source.unchecked_blocks(1)] == [True]  # validated (and cached) by blocks
+    np.save(tmp_path / "x.npy", X[:10])
+    assert [c for _, c in VectorSource(str(tmp_path / "x.npy")).unchecked_blocks()] == [True]  # files: as read

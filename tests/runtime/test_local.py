@@ -8,7 +8,7 @@ import torch
 from pool_worker import Counter
 
 from mega_taxonomy.io import BLOCK_ROWS, VectorSource
-from mega_taxonomy.runtime import LocalRuntime, cpu_threads, local
+from mega_taxonomy.runtime import Deferred, LocalRuntime, cpu_threads, finished, local
 
 
 @dataclass
@@ -25,6 +25,24 @@ def test_partials_are_added_in_block_order():
     source = VectorSource(np.zeros((3 * BLOCK_ROWS + 5, 2), dtype=np.float32))
     total = LocalRuntime(device="cpu", progress=False).map_reduce(source, lambda b, s, d: Order((b.index,)), None)
     assert total.blocks == (0, 1, 2, 3)
+
+
+def test_deferred_partials_are_finished_after_the_next_blocks_task():
+    """A task may return a Deferred (its host half, waiting for the device): the runtime finishes
+    it once the next block's task has run, and still adds the partials in block order."""
+    events = []
+
+    def task(block, state, device):
+        events.append(("task", block.index))
+        if block.index in (1, 2):
+            return Deferred(lambda: events.append(("finish", block.index)) or Order((block.index,)))
+        return Order((block.index,))
+
+    source = VectorSource(np.zeros((3 * BLOCK_ROWS + 5, 2), dtype=np.float32))
+    total = LocalRuntime(device="cpu", progress=False).map_reduce(source, task, None)
+    assert total.blocks == (0, 1, 2, 3)
+    assert events == [("task", 0), ("task", 1), ("task", 2), ("finish", 1), ("task", 3), ("finish", 2)]
+    assert finished(Deferred(lambda: Order((7,)))) == Order((7,)) and finished(Order((8,))) == Order((8,))
 
 
 def test_tasks_get_the_state_and_the_device():

@@ -173,6 +173,20 @@ class WhichWorker:
         return (os.getpid(),)
 
 
+class DeferredOdd:
+    """Each block's partial: its index, odd blocks' as a Deferred (what a GPU task returns)."""
+
+    def __call__(self, block, state, device):
+        from mega_taxonomy.runtime import Deferred
+
+        return Deferred(lambda: (block.index,)) if block.index % 2 else (block.index,)
+
+
+def test_deferred_partials_are_finished_on_the_workers(blobs, runtimes):
+    source = VectorSource(blobs)
+    assert runtimes[2].map_reduce(source, DeferredOdd(), None) == tuple(range(source.n_blocks))
+
+
 def test_every_worker_gets_an_item_before_any_gets_a_second(blobs, runtimes):
     """Two items for two workers: one each (items are queued two deep per worker, but the first
     round goes one per worker), in the first pass and in the next, where items go back to their

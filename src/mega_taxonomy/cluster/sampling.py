@@ -14,19 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..ops.hashing import hash_ids
 from ..ops.select_numba import before_cut_numba, smallest_per_group_numba
 from ..ops.update_numba import column_moments
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def hash_ids(ids: np.ndarray, seed: int) -> np.ndarray:
-    """splitmix64 of ``id + (seed + 1) * golden``: uint64 hashes, well mixed for sequential ids."""
-    with np.errstate(over="ignore"):
-        z = np.asarray(ids, dtype=np.int64).view(np.uint64) + np.uint64(seed + 1) * _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
 
 
 def rank_in_group(sorted_groups: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ Two strategies:
 Shares are water-filled: a node with fewer rows than its share gives all of them and the rest
 goes, again evenly, to its siblings that still have rows, so a sample has exactly
 ``min(n, n_rows)`` ids. Within a leaf the rows of lowest ``hash(random_state, id)`` are taken
-(:func:`mega_taxonomy.cluster.sampling.hash_ids`, the Contracts' determinism): the sample depends
+(:func:`mega_taxonomy.ops.hashing.hash_ids`, the Contracts' determinism): the sample depends
 only on the ids, their paths, the tree, ``n`` and the seed, not on the order of the rows, and the
 sample of ``n`` is a subset of the sample of ``n + 1``.
 
@@ -29,7 +29,8 @@ import numbers
 
 import numpy as np
 
-from ..cluster.sampling import hash_ids, rank_in_group
+from ..cluster.sampling import rank_in_group
+from ..ops.hashing import hash_ids
 from ..errors import ConfigError, DataError, StorageError
 from ..storage.schema import read_paths
 from .tree import Tree
