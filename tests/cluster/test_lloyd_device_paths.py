@@ -10,13 +10,16 @@ from mega_taxonomy.cluster.farthest import FarthestPerGroup
 from mega_taxonomy.cluster.lloyd import LloydState, LloydTask, block_farthest
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # one sort on a packed key, two sorts
 @pytest.mark.parametrize("n_groups, n", [(12, 7), (1, 40), (30, 500)])
-def test_farthest_per_group_selects_as_the_host_table(n_groups, n):
+def test_farthest_per_group_selects_as_the_host_table(n_groups, n, dtype):
     """Device tables of blocks (built and merged here on the CPU), in any merge order, against the
-    host selection of all rows: same rows, same order, ties (many) by ordinal, label -1 left out."""
+    host selection of all rows: same rows, same order, ties (many) by ordinal, label -1 left out;
+    negative, zero, subnormal and huge distances among them."""
     rng = np.random.default_rng(n)
     rows, k = 6000, 5 * n_groups
-    distances = torch.from_numpy(rng.integers(0, 50, size=rows).astype(np.float32))
+    values = np.r_[np.arange(-5, 45), -0.0, 1e-45, -1e-45, 3e38, -3e38].astype(dtype)
+    distances = torch.from_numpy(rng.choice(values, size=rows))
     labels = torch.from_numpy(rng.integers(-1, k, size=rows))  # -1: a row under a leaf
     groups = np.maximum(labels.numpy(), 0) * n_groups // k
     ordinals = np.arange(100, 100 + rows)
@@ -30,6 +33,14 @@ def test_farthest_per_group_selects_as_the_host_table(n_groups, n):
     for got in (in_order, shuffled):
         for name in ("distance", "ordinal", "label", "group"):
             np.testing.assert_array_equal(got[name], ref[name])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_farthest_rows_tie_on_signed_zeros_by_ordinal(dtype):
+    zeros = torch.zeros(5, dtype=torch.int64)
+    part = FarthestPerGroup.of_block(torch.tensor([0.0, -0.0, 1.0, 0.0, -0.0], dtype=dtype), zeros,
+                                     torch.arange(10, 15), zeros, 1, 5)
+    assert part["ordinal"].tolist() == [12, 10, 11, 13, 14]
 
 
 def test_farthest_per_group_merges_as_host_arrays_after_pickling():

@@ -42,13 +42,26 @@ class FarthestPerGroup:
                  groups: torch.Tensor, n_groups: int, n: int) -> FarthestPerGroup:
         """The ``n`` farthest rows per group among a block's (rows labelled -1 have no cluster
         and are left out). ``ordinals`` must ascend with position, as a block's do."""
-        d = torch.where(labels >= 0, distances.double(), _EMPTY)
-        order = torch.sort(-d, stable=True).indices  # equal distances keep the ordinals' order
-        order = order[torch.sort(groups[order], stable=True).indices]
-        g = groups[order]
+        valid = labels >= 0
+        d = torch.where(valid, distances.double(), _EMPTY)
+        if distances.dtype == torch.float32:
+            # One stable sort, on (group, distance descending) packed in an int64: a float32's
+            # bits, the negative ones' low 31 flipped, order as its values (-0.0 is made 0.0: they
+            # tie). Rows without a cluster form a group past the last. Two sorts a block (by
+            # distance, then group) cost 0.2 ms of host time each on an H200's host, in every
+            # pass that gathers these rows.
+            bits = torch.where(distances == 0, 0.0, distances).view(torch.int32).to(torch.int64)
+            ascending = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + (1 << 31)  # in [0, 2**32)
+            g = torch.where(valid, groups, n_groups)
+            order = torch.sort((g << 32) | ((1 << 32) - 1 - ascending), stable=True).indices
+            g = g[order]
+        else:
+            order = torch.sort(-d, stable=True).indices  # equal distances keep the ordinals' order
+            g, by_group = torch.sort(torch.where(valid, groups, n_groups)[order], stable=True)
+            order = order[by_group]
         rank = torch.arange(len(order), device=d.device) - torch.searchsorted(g, g)
         # Rows past the n-th of their group all go to one spare slot, dropped: no sync to count them.
-        slot = torch.where(rank < n, g * n + rank, n_groups * n)
+        slot = torch.where((rank < n) & (g < n_groups), g * n + rank, n_groups * n)
 
         def table(values, fill):
             out = torch.full((n_groups * n + 1,), fill, dtype=values.dtype, device=d.device)

@@ -420,7 +420,8 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
     moved, one more pass assigns the rows to the final centroids, so that labels, counts and
     inertia describe the centroids returned.
     """
-    centroids = np.ascontiguousarray(centroids)
+    if not isinstance(centroids, torch.Tensor):  # a tensor stays where it is (on the pass's device)
+        centroids = np.ascontiguousarray(centroids)
     n_groups = 1 if offsets is None else len(offsets) - 1
     far_per_group = max(4, MAX_FAR_ROWS // n_groups)
     if offsets is not None:  # a group never needs more rows than it has children
