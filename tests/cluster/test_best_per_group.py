@@ -63,17 +63,20 @@ def test_rows_after_a_full_groups_worst_are_dropped_as_they_arrive(largest):
     np.testing.assert_array_equal(both["ordinal"], expected)
 
 
+@pytest.mark.parametrize("n_groups", [9, 300])  # many rows per kept slot, few
 @pytest.mark.parametrize("keys", ["hash", "few values", "ascending"])
-@pytest.mark.parametrize("n", [1, 50, 128, 700])  # bounded heaps below SELECT_FROM, selection from it
-def test_smallest_per_group_is_a_sort_by_group_key_ordinal(keys, n):
-    from mega_taxonomy.ops.select_numba import SELECT_FROM
+@pytest.mark.parametrize("n", [1, 50, 128, 700])
+def test_smallest_per_group_is_a_sort_by_group_key_ordinal(keys, n, n_groups):
+    """Both kernels (bounded heaps, selection) and their dispatch, against a Python sort."""
+    from mega_taxonomy.ops import select_numba
 
-    assert 50 < SELECT_FROM <= 128  # both kernels are exercised
     rng = np.random.default_rng(n)
     m = 6000
     ordinal = rng.permutation(2 * m)[:m]
-    group = rng.integers(0, 9, m)
+    group = rng.integers(0, n_groups, m)
     key = {"hash": sampling.hash_ids(ordinal, 1), "few values": rng.integers(0, 4, m).astype(np.float64),
            "ascending": np.arange(m, dtype=np.float64)}[keys]
-    selected = sampling.smallest_per_group(key, ordinal, n, group)
-    np.testing.assert_array_equal(ordinal[selected], brute_force(key, ordinal, group, n, largest=False))
+    expected = brute_force(key, ordinal, group, n, largest=False)
+    np.testing.assert_array_equal(ordinal[sampling.smallest_per_group(key, ordinal, n, group)], expected)
+    for kernel in (select_numba._smallest_by_heaps, select_numba._smallest_by_selection):
+        np.testing.assert_array_equal(ordinal[kernel(key, ordinal.astype(np.int64), group, n, n_groups)], expected)

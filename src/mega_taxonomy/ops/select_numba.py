@@ -15,14 +15,17 @@ Two ways, one result (the same set and order as a sort by (group, key, ordinal))
   rows of a big group are rejected by one comparison: O(m) plus O(kept x log n), where sorting
   every row by key and group costs O(m log m) (1M rows: 256 groups of 1024 hashes, 55 ms against
   110 ms; 4096 groups of 100 distances, 60 ms against 230 ms). Each heap is then sorted in place.
-- Selection, when ``n`` is ``SELECT_FROM`` or more: the rows are bucketed by group (a counting
-  sort), each group's ``n`` smallest moved to its front by quickselect, and only those sorted.
-  Heaps of a thousand rows and more, one per group, are scattered over memory, and a row that
-  enters one costs log n misses. On one core of the 2-core development machine: 8M hashes in
-  4096 groups of 1024 (a level's node samples) 1.6 s with heaps, 0.53 s this way; 1M in 256
-  groups 71 ms against 26 ms; one group of 16384 among 65536 rows 4.1 ms against 2.1 ms. For
-  n = 1 or 50 the heaps stay faster (0.3 against 1.5 ms, 1.7 against 3.6 ms): the bucketing is
-  a fixed cost.
+- Selection, when ``n`` is ``SELECT_FROM`` or more, or when there are few rows per kept slot
+  (at most ``ROWS_PER_SLOT`` x n x groups rows, so that most would enter a heap): the rows are
+  bucketed by group (a counting sort), each group's ``n`` smallest moved to its front by
+  quickselect, and only those sorted. Heaps of a thousand rows and more, one per group, are
+  scattered over memory, and a row that enters one costs log n misses. On one core of the
+  2-core development machine: 8M hashes in 4096 groups of 1024 (a level's node samples) 1.7 s
+  with heaps, 0.54 s this way; 1M in 256 groups 70 ms against 38 ms; one group of 16384 among
+  65536 rows 4.0 ms against 1.6 ms; 262144 rows in 4096 groups of 32 (a sample partial of a
+  level's nodes, merged) 10.9 ms against 7.8 ms. With many rows per slot the heaps stay faster
+  (65536 rows, n = 1: 0.3 against 1.0 ms; 262144 rows in 256 groups, n = 16: 1.7 against
+  3.4 ms): the bucketing is a fixed cost.
 """
 
 from __future__ import annotations
@@ -134,6 +137,23 @@ def _select_first(k, o, p, lo, hi, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
+def _sort_rows(k, o, p, lo, hi):  # pragma: no cover - compiled
+    """Insertion sort of the rows ``lo:hi`` of the (key, ordinal, position) columns, in place."""
+    for a in range(lo + 1, hi):
+        key, ordinal, position = k[a], o[a], p[a]
+        b = a - 1
+        while b >= lo and _before(key, ordinal, k[b], o[b]):
+            k[b + 1], o[b + 1], p[b + 1] = k[b], o[b], p[b]
+            b -= 1
+        k[b + 1], o[b + 1], p[b + 1] = key, ordinal, position
+
+
+# Kept rows of a group up to which they are sorted in place (no allocation per group: with 4096
+# groups of 32, two arrays allocated per group took a third of the selection's time).
+_SORT_IN_PLACE = 64
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
 def _smallest_by_selection(keys, ordinals, groups, n, n_groups):  # pragma: no cover - compiled
     m = len(keys)
     start = np.zeros(n_groups + 1, dtype=np.int64)
@@ -155,6 +175,11 @@ def _smallest_by_selection(keys, ordinals, groups, n, n_groups):  # pragma: no c
         lo, kept = start[g], out_start[g + 1] - out_start[g]
         if start[g + 1] - lo > n:
             _select_first(k, o, p, lo, start[g + 1], n)
+        if kept <= _SORT_IN_PLACE:
+            _sort_rows(k, o, p, lo, lo + kept)
+            for a in range(kept):
+                out[out_start[g] + a] = p[lo + a]
+            continue
         # the kept rows by key, then each run of equal keys by ordinal (rare among hashes)
         order = np.argsort(k[lo:lo + kept]) + lo
         i = 0
@@ -174,13 +199,15 @@ def _smallest_by_selection(keys, ordinals, groups, n, n_groups):  # pragma: no c
     return out
 
 
-# From this many rows kept per group, selection beats the heaps (timings in the module's docstring).
+# Selection rather than heaps: from this many rows kept per group, or when there are at most
+# ``ROWS_PER_SLOT`` rows per slot kept (most rows would enter a heap). Timings in the docstring.
 SELECT_FROM = 128
+ROWS_PER_SLOT = 4
 
 
 @njit(cache=True, nogil=True)
 def smallest_per_group_numba(keys, ordinals, groups, n, n_groups):  # pragma: no cover - compiled
-    if n >= SELECT_FROM:
+    if n >= SELECT_FROM or len(keys) <= ROWS_PER_SLOT * n * n_groups:
         return _smallest_by_selection(keys, ordinals, groups, n, n_groups)
     return _smallest_by_heaps(keys, ordinals, groups, n, n_groups)
 
