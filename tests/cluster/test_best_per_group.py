@@ -79,4 +79,5 @@ def test_smallest_per_group_is_a_sort_by_group_key_ordinal(keys, n, n_groups):
     expected = brute_force(key, ordinal, group, n, largest=False)
     np.testing.assert_array_equal(ordinal[sampling.smallest_per_group(key, ordinal, n, group)], expected)
     for kernel in (select_numba._smallest_by_heaps, select_numba._smallest_by_selection):
-        np.testing.assert_array_equal(ordinal[kernel(key, ordinal.astype(np.int64), group, n, n_groups)], expected)
+        selected = kernel(key, ordinal.astype(np.int64), group, n, n_groups)
+        np.testing.assert_array_equal(ordinal[selected], expected)

@@ -283,7 +283,8 @@ def test_batched_seeding_on_the_gpu_is_the_cpu_seeding():
     args = dict(metric="euclidean", seed=5, level=2, dtype=np.float64)
     on_gpu = levels.seed_children(Sample(), n_children, device="cuda", **args)
     assert on_gpu.is_cuda  # kept there for the level's first pass
-    np.testing.assert_array_equal(on_gpu.cpu().numpy(), levels.seed_children(Sample(), n_children, device="cpu", **args))
+    on_cpu = levels.seed_children(Sample(), n_children, device="cpu", **args)
+    np.testing.assert_array_equal(on_gpu.cpu().numpy(), on_cpu)
 
 
 def test_small_copies_reuse_a_pinned_buffer_only_once_its_copy_is_done():

@@ -466,4 +466,5 @@ def test_unchecked_blocks_are_the_blocks_until_marked_checked(tmp_path):
     assert BLOCK_ROWS + 2 not in checked.ordinals and len(checked.ordinals) == 9
     assert [c for _, c in source.unchecked_blocks(1)] == [True]  # validated (and cached) by blocks
     np.save(tmp_path / "x.npy", X[:10])
-    assert [c for _, c in VectorSource(str(tmp_path / "x.npy")).unchecked_blocks()] == [True]  # files: as read
+    files = VectorSource(str(tmp_path / "x.npy"))
+    assert [c for _, c in files.unchecked_blocks()] == [True]  # files are validated as they are read

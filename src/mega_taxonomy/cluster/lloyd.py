@@ -170,17 +170,18 @@ class LloydTask:
             outgoing["dist"] = dist
 
         def finish(arrived: dict) -> LloydPartial:
-            host = {**out, **arrived}
-            partial = LloydPartial(host["counts"], host["inertia"], host["sums"] if state.update else None,
-                                   far=far, far_per_group=state.far_per_group)
+            values = {**out, **arrived}
+            sums = values["sums"] if state.update else None
+            partial = LloydPartial(values["counts"], values["inertia"], sums, far=far,
+                                   far_per_group=state.far_per_group)
             if state.keep_labels:
-                partial.labels = {block.index: (host["labels"], host["dist"])}
+                partial.labels = {block.index: (values["labels"], values["dist"])}
             if state.track_bounds:
                 partial.bounds = {block.index: (labels.numpy(), lower, dist.numpy())}
             if state.sample is not None:
                 size, seed = state.sample
                 # Rows without a cluster (under a leaf) fall in group -1, which nobody reads.
-                partial.sample = block_sample(block, size, seed, groups=host["labels"], moments=False)
+                partial.sample = block_sample(block, size, seed, groups=values["labels"], moments=False)
             return partial
 
         if x.is_cuda and outgoing:

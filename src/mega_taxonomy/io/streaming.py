@@ -116,9 +116,10 @@ def stream(source, device, start: int = 0, stop: int | None = None, *, depth: in
     def read(rank):
         q = queues[rank]
         try:
-            # one thread: one stream of blocks (in-memory data; files: runs of uncached blocks read in one go)
+            # one thread: one stream of blocks (in memory; files: runs of uncached blocks read in one go)
             blocks = _unchecked_blocks(source, start, stop) if readers == 1 else (
-                (block, True) for b in range(start + rank, stop, readers) for block in source.blocks(b, b + 1))
+                (block, True) for b in range(start + rank, stop, readers)
+                for block in source.blocks(b, b + 1))
             for block, checked in blocks:
                 vectors = block.vectors
                 if isinstance(vectors, torch.Tensor) and vectors.is_cuda:

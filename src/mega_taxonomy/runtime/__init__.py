@@ -15,8 +15,9 @@ from .base import (
 from .local import LocalPool, LocalRuntime, cpu_threads, resolve_device
 
 __all__ = [
-    "BlockTask", "Deferred", "LocalPool", "LocalRuntime", "OrderedReducer", "Partial", "RayPool", "RayRuntime",
-    "Runtime", "WorkerPool", "cpu_threads", "finished", "fold", "in_block_order", "resolve_device", "units",
+    "BlockTask", "Deferred", "LocalPool", "LocalRuntime", "OrderedReducer", "Partial", "RayPool",
+    "RayRuntime", "Runtime", "WorkerPool", "cpu_threads", "finished", "fold", "in_block_order",
+    "resolve_device", "units",
 ]
 
 

@@ -41,9 +41,10 @@ class Partial(Protocol):
 
 
 class BlockTask(Protocol[P]):
-    """A picklable callable computing the Partial of one block: ``task(block, state, device)``."""
+    """A picklable callable computing the Partial of one block: ``task(block, state, device)``,
+    or a :class:`Deferred` that gives it."""
 
-    def __call__(self, block, state, device) -> P:  # pragma: no cover - protocol
+    def __call__(self, block, state, device) -> P | Deferred:  # pragma: no cover - protocol
         ...
 
 
@@ -51,8 +52,9 @@ class Deferred:
     """What a task returns when its partial needs values still on their way from the device:
     ``finish()`` waits for them and gives the partial. Runtimes call it once the next block's
     task has queued its device work (:func:`block_partials`), so that the host's half of one
-    block (copies out, selections in numpy) overlaps the device's half of the next rather than
-    waiting for it: the GPU is never idle while the host works, nor the host while the GPU does."""
+    block (copies out, selections in numpy) runs while the device computes the next, rather
+    than after waiting for its own block's kernels. Deferred results never leave the process
+    that computed them."""
 
     def __init__(self, finish: Callable[[], Any]):
         self.finish = finish
@@ -202,7 +204,8 @@ class Runtime(abc.ABC):
         source : VectorSource
             The data; workers read their blocks themselves.
         task : BlockTask
-            ``task(block, state, device) -> Partial``; must be picklable for remote runtimes.
+            ``task(block, state, device) -> Partial`` (or a :class:`Deferred` giving it); must be
+            picklable for remote runtimes.
         state
             Read-only input of the pass (e.g. the current centroids), sent once per worker.
         desc : str, optional

@@ -30,8 +30,8 @@ import numbers
 import numpy as np
 
 from ..cluster.sampling import rank_in_group
-from ..ops.hashing import hash_ids
 from ..errors import ConfigError, DataError, StorageError
+from ..ops.hashing import hash_ids
 from ..storage.schema import read_paths
 from .tree import Tree
 
