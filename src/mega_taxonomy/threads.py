@@ -8,12 +8,14 @@ parallel on Python threads. One pool for all of it keeps the process to one thre
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from threadpoolctl import ThreadpoolController
 
 _BLAS = ThreadpoolController()
-_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="mega-taxonomy-cpu")
+_PREFIX = "mega-taxonomy-cpu"
+_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix=_PREFIX)
 
 
 def set_cpu_threads(n: int) -> None:
@@ -21,7 +23,7 @@ def set_cpu_threads(n: int) -> None:
     global _POOL
     if n < 1:
         raise ValueError(f"need at least one thread, not {n}")
-    previous, _POOL = _POOL, ThreadPoolExecutor(max_workers=n, thread_name_prefix="mega-taxonomy-cpu")
+    previous, _POOL = _POOL, ThreadPoolExecutor(max_workers=n, thread_name_prefix=_PREFIX)
     previous.shutdown(wait=False)
 
 
@@ -34,7 +36,10 @@ def map_in_threads(work, items) -> list:
     """``[work(item) for item in items]``, the items spread over this process's CPU threads.
 
     Safe to call from several threads at once (a reader thread and the driver): their items
-    share the pool."""
+    share the pool. Called from one of the pool's own threads, it runs the items there, in turn:
+    waiting for the pool from inside it could wait forever."""
+    if threading.current_thread().name.startswith(_PREFIX):
+        return [work(item) for item in items]
     return list(_POOL.map(work, items))
 
 
@@ -43,6 +48,10 @@ def parallel_map(work, items) -> None:
     BLAS (numpy releases the GIL in its products and most array work). The BLAS setting is the
     process's: call it from one thread at a time (the driver's compute), unlike
     :func:`map_in_threads`."""
+    if threading.current_thread().name.startswith(_PREFIX):  # see map_in_threads
+        for item in items:
+            work(item)
+        return
     with _BLAS.limit(limits=1, user_api="blas"):
         for _ in _POOL.map(work, items):
             pass
