@@ -571,7 +571,7 @@ class VectorSource:
                 continue
             lo, hi = index * BLOCK_ROWS, min((index + 1) * BLOCK_ROWS, self._len)
             ordinals = np.arange(lo, hi)
-            yield Block(index, ordinals, ordinals, _join([data[lo:hi]], self.dtype, copy=False)), False
+            yield self._block(index, [(ordinals, ordinals, data[lo:hi])]), False
 
     def mark_checked(self, block):
         """Record that ``block`` (of :meth:`unchecked_blocks`) holds only valid rows."""
