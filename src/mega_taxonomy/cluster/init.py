@@ -72,9 +72,9 @@ def kmeans_plusplus_batch(x: torch.Tensor, rows: np.ndarray, n_clusters: np.ndar
     draws, in the same order, as each sample alone): sample ``g`` is ``x[g, :rows[g]]`` (the rows
     after it are padding) and gets ``n_clusters[g]`` centers. One batched product per center for
     all samples, and one copy back of their potentials, where a sample at a time waits on the
-    device twice per center. That wait is the likely cost of a taxonomy level's seeding on a GPU:
-    the pinned benchmark's level 2 (4,096 nodes of 1,024 rows x 1024 dims, seeded one at a time)
-    spent 28 s outside its data passes, about 7 ms a node (benchmarks/gpu_notes.md, session 8).
+    device twice per center. On an H200, the pinned benchmark's taxonomy (10M rows, 256 x 16 x 16)
+    spent 30 s outside its data passes seeding node by node, about 1.5 s in batches
+    (benchmarks/gpu_notes.md, sessions 8 and 9).
 
     Returns the indices of the chosen rows of every sample.
     """

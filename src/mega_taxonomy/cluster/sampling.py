@@ -228,7 +228,7 @@ def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, 
     """The sample partial of one block (``groups``: the group of each of its rows; ``moments``:
     also sum the rows and their squares, else zeros). Its rows are selected when partials merge,
     or before the partial crosses a process (``BestPerGroup.__getstate__``), not here: once the
-    merged partial has full groups, most of a block's rows are dropped by one vectorised test
+    merged partial has full groups, most of a block's rows are dropped by one compiled pass
     against its worst kept rows, where a selection here ran a heap pass over all of them (a
     root sample of 16384 rows: 1.4 ms a block of 65536 rows against 5.5 ms on this machine)."""
     x = block.vectors
