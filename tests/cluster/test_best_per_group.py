@@ -5,8 +5,9 @@ import pickle
 import numpy as np
 import pytest
 
-from mega_taxonomy.cluster import sampling
-from mega_taxonomy.cluster.sampling import BestPerGroup
+from mega_taxonomy.cluster import best_per_group
+from mega_taxonomy.cluster.best_per_group import BestPerGroup
+from mega_taxonomy.ops.hashing import hash_ids
 
 
 def brute_force(key, ordinal, group, n, largest):
@@ -22,7 +23,7 @@ def brute_force(key, ordinal, group, n, largest):
 
 @pytest.mark.parametrize("largest", [False, True])
 def test_any_merge_schedule_selects_the_brute_force_rows(monkeypatch, largest):
-    monkeypatch.setattr(sampling, "_UNSELECTED_ROWS", 64)  # so that merges select now and then
+    monkeypatch.setattr(best_per_group, "_UNSELECTED_ROWS", 64)  # so that merges select now and then
     rng = np.random.default_rng(0)
     m, n = 3000, 5
     key = rng.integers(0, 40, m).astype(np.float64)  # many ties: broken by ordinal
@@ -74,10 +75,75 @@ def test_smallest_per_group_is_a_sort_by_group_key_ordinal(keys, n, n_groups):
     m = 6000
     ordinal = rng.permutation(2 * m)[:m]
     group = rng.integers(0, n_groups, m)
-    key = {"hash": sampling.hash_ids(ordinal, 1), "few values": rng.integers(0, 4, m).astype(np.float64),
+    key = {"hash": hash_ids(ordinal, 1), "few values": rng.integers(0, 4, m).astype(np.float64),
            "ascending": np.arange(m, dtype=np.float64)}[keys]
     expected = brute_force(key, ordinal, group, n, largest=False)
-    np.testing.assert_array_equal(ordinal[sampling.smallest_per_group(key, ordinal, n, group)], expected)
+    np.testing.assert_array_equal(ordinal[best_per_group.smallest_per_group(key, ordinal, n, group)], expected)
     for kernel in (select_numba._smallest_by_heaps, select_numba._smallest_by_selection):
         selected = kernel(key, ordinal.astype(np.int64), group, n, n_groups)
         np.testing.assert_array_equal(ordinal[selected], expected)
+
+
+def blocks_of(key, ordinal, group, n, largest, n_blocks, rng, **columns):
+    cuts = np.sort(rng.choice(np.arange(1, len(key)), n_blocks - 1, replace=False))
+    split = [np.split(a, cuts) for a in (key, ordinal, group, *columns.values())]
+    return [BestPerGroup(n, {"key": k, "ordinal": o, "group": g, **dict(zip(columns, rest))}, largest=largest)
+            for k, o, g, *rest in zip(*split)]
+
+
+@pytest.mark.parametrize("largest", [False, True])
+def test_a_running_total_updated_in_place_selects_the_brute_force_rows(monkeypatch, largest):
+    """``total += block``, as the runtime adds a pass's blocks: the total moves into a table of
+    heaps, which widens for groups it has not seen (-1 included), takes float64 keys after
+    float32 ones, and drops the rows it pushed out from its log, with every column kept along."""
+    monkeypatch.setattr(best_per_group, "_UNSELECTED_ROWS", 64)  # the log is cut down now and then
+    rng = np.random.default_rng(1)
+    m, n = 20000, 7
+    key = rng.integers(0, 500, m).astype(np.float64)  # ties: broken by ordinal
+    ordinal = rng.permutation(m)
+    group = np.where(np.arange(m) < m // 4, rng.integers(10, 20, m), rng.integers(-1, 40, m))  # groups widen later
+    blocks = blocks_of(key, ordinal, group, n, largest, 60, rng, payload=ordinal * 3)
+    for i in range(0, len(blocks), 2):  # float32 keys in every other block: exact, so the same rows
+        blocks[i]._parts[0]["key"] = blocks[i]._parts[0]["key"].astype(np.float32)
+    expected = brute_force(key, ordinal, group, n, largest)
+    total = blocks[0]
+    for block in blocks[1:]:
+        total += block
+        if total._table is not None:
+            before = total["ordinal"]  # read halfway: pure sums leave the table as it was
+            other = total + blocks[0]
+            np.testing.assert_array_equal(total["ordinal"], before)
+            assert len(other) >= len(total)
+    assert total._table is not None
+    # rows pushed out again leave the log: it never holds more than 4 x 64 and a block
+    assert total._table.settled().logged <= 4 * max(len(total), 64) + max(len(b) for b in blocks)
+    np.testing.assert_array_equal(total["ordinal"], expected)
+    np.testing.assert_array_equal(total["payload"], expected * 3)
+    np.testing.assert_array_equal(total["group"], np.sort(total["group"]))
+    assert len(total) == len(expected)
+    shipped = pickle.loads(pickle.dumps(total))  # crosses processes as a selection
+    assert shipped._table is None
+    np.testing.assert_array_equal(shipped["ordinal"], expected)
+
+
+def test_a_running_total_keeps_parts_where_a_table_would_not_pay():
+    """Few rows for the groups' slots, or many rows kept per group (scattered heaps): parts."""
+    rng = np.random.default_rng(2)
+    sparse = blocks_of(rng.random(400), np.arange(400), rng.integers(0, 10_000, 400), 4, False, 4, rng)
+    wide = blocks_of(rng.random(4000), np.arange(4000), np.zeros(4000, np.int64), 500, False, 4, rng)
+    for blocks in (sparse, wide):
+        total = blocks[0]
+        for block in blocks[1:]:
+            total += block
+        assert total._table is None
+
+
+def test_a_failed_background_push_is_raised_when_the_rows_are_read():
+    total = BestPerGroup(2, {"key": np.array([1.0, 2.0]), "ordinal": np.array([0, 1]), "group": np.array([0, 0])})
+    total += BestPerGroup(2, {"key": np.array([0.5]), "ordinal": np.array([2]), "group": np.array([0])})
+    assert total._table is not None
+    total += BestPerGroup(2, {"key": np.array([0.1]), "ordinal": np.array([None]), "group": np.array([0])})
+    with pytest.raises(TypeError):
+        total["ordinal"]
+    with pytest.raises(TypeError):  # and again: the table is not whole
+        len(total)

@@ -27,6 +27,39 @@ def test_partials_are_added_in_block_order():
     assert total.blocks == (0, 1, 2, 3)
 
 
+@dataclass
+class InPlace(Order):
+    """Order that adds in place: the runtime's running total uses it, nothing else does."""
+
+    def __iadd__(self, other):
+        self.blocks += other.blocks
+        return self
+
+
+def test_running_totals_add_in_place_but_never_into_a_tasks_arrays():
+    array = np.arange(2 * BLOCK_ROWS + 5, dtype=np.float32)[:, None]
+    source = VectorSource(array)
+    firsts = []
+
+    def task(block, state, device):
+        firsts.append(InPlace((block.index,)))
+        return firsts[-1]
+
+    total = LocalRuntime(device="cpu", progress=False, reduce_blocks=2).map_reduce(source, task, None)
+    assert total.blocks == (0, 1, 2) and total is firsts[0]  # the first block's partial, updated in place
+    assert firsts[2].blocks == (2,)  # the second unit's total was block 2 alone: added, not changed
+    data = array.copy()
+
+    def first_row(block, state, device):
+        assert np.shares_memory(block.vectors, array)
+        return block.vectors[:1, 0]
+
+    rows = LocalRuntime(device="cpu", progress=False).map_reduce(source, first_row, None)
+    assert rows[0] == sum(data[i * BLOCK_ROWS, 0] for i in range(3))
+    np.testing.assert_array_equal(array, data)  # the first block's row, a view, is unchanged
+    assert LocalRuntime(device="cpu", progress=False).map_reduce(source, lambda b, s, d: [b.index], None) == [0, 1, 2]
+
+
 def test_deferred_partials_are_finished_after_the_next_blocks_task():
     """A task may return a Deferred (its host half, waiting for the device): the runtime finishes
     it once the next block's task has run, and still adds the partials in block order."""

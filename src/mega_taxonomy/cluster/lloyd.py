@@ -15,6 +15,7 @@ farthest rows. Flat k-means is the case of one group.
 from __future__ import annotations
 
 import logging
+import operator
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,8 +29,9 @@ from ..ops.grouped_assign_numba import MAX_CHILDREN, grouped_nearest_bounded
 from ..ops.update import cluster_counts, cluster_stats
 from ..runtime import Deferred, in_block_order
 from .balance import size_penalty
+from .best_per_group import BestPerGroup
 from .farthest import FarthestPerGroup
-from .sampling import BestPerGroup, SamplePartial, block_sample
+from .sampling import SamplePartial, block_sample
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +79,21 @@ class LloydPartial:
     bounds: dict = field(default_factory=dict)  # block index -> (labels, lower bounds, distances), when tracked
 
     def __add__(self, other: LloydPartial) -> LloydPartial:
+        return self._plus(other, operator.add)
+
+    def __iadd__(self, other: LloydPartial) -> LloydPartial:  # a running total: samples updated in place
+        return self._plus(other, operator.iadd)
+
+    def _plus(self, other, add) -> LloydPartial:
         out = LloydPartial(self.counts + other.counts, self.inertia + other.inertia,
                            far_per_group=self.far_per_group, labels={**self.labels, **other.labels},
                            bounds={**self.bounds, **other.bounds})
         if self.sample is not None:
-            out.sample = self.sample + other.sample
+            out.sample = add(self.sample, other.sample)
         if self.sums is not None:
             out.sums = self.sums + other.sums
         if self.far is not None:
-            out.far = self.far + other.far
+            out.far = add(self.far, other.far)
         return out
 
     @property

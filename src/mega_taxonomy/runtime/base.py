@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+import torch
 
 P = TypeVar("P", bound="Partial")
 
@@ -34,6 +35,11 @@ class Partial(Protocol):
 
     Addition must not modify its operands, and the runtime always adds in block order
     (``((p0 + p1) + p2) + ...``), so float64 sums are reproducible bit for bit.
+
+    The runtime adds with ``total += partial`` (:func:`add_to`), on a running total that only it
+    holds (the first partial, then the sums). A type may define ``__iadd__`` to update itself in
+    place, giving what ``+`` gives: a selection of rows kept as a table and updated block by
+    block (``cluster.best_per_group``). Without one, Python computes ``total + partial``.
     """
 
     def __add__(self, other):  # pragma: no cover - protocol
@@ -83,6 +89,17 @@ def block_partials(task, blocks, state, device):
         yield pending[0], pending[1].finish()
 
 
+def add_to(total, partial):
+    """``total + partial``, where ``total`` is a running total only the runtime holds: in place
+    (``total += partial``) for the partials that update themselves (``__iadd__``), but never for
+    arrays and lists, whose in-place add would write into what a task returned (a view of its
+    block, say)."""
+    if isinstance(total, (np.ndarray, torch.Tensor, list)):
+        return total + partial
+    total += partial
+    return total
+
+
 def in_block_order(parts: dict) -> tuple:
     """``{block index: (array, array, ...)}`` joined field by field in block order: how partials
     that keep per-row outputs (labels, paths) give them back in input order."""
@@ -130,7 +147,7 @@ class OrderedReducer:
         self._ahead[unit] = partial
         while self.frontier in self._ahead:
             partial = self._ahead.pop(self.frontier)
-            self._total = partial if self._total is None else self._total + partial
+            self._total = partial if self._total is None else add_to(self._total, partial)
             self.frontier += 1
         return True
 
@@ -148,7 +165,7 @@ def fold(partials):
     """``((p0 + p1) + p2) + ...``: the sum of one unit's block partials, in block order."""
     total = None
     for partial in partials:
-        total = partial if total is None else total + partial
+        total = partial if total is None else add_to(total, partial)
     return total
 
 
@@ -157,7 +174,7 @@ def reduce_units(block_partials, n_blocks: int, reduce_blocks: int = 1):
     (one pass over a stream of blocks, so files are read sequentially)."""
     total = None
     for index, partial in block_partials:
-        total = partial if total is None else total + partial
+        total = partial if total is None else add_to(total, partial)
         if (index + 1) % reduce_blocks == 0 or index + 1 == n_blocks:
             yield total
             total = None

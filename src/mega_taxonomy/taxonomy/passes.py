@@ -3,14 +3,16 @@ pass that writes every row's path and collects each node's nearest members."""
 
 from __future__ import annotations
 
+import operator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
+from ..cluster.best_per_group import BestPerGroup
 from ..cluster.lloyd import as_tensor
-from ..cluster.sampling import BestPerGroup, SamplePartial, block_sample
+from ..cluster.sampling import SamplePartial, block_sample
 from ..runtime import in_block_order
 from ..storage import Store
 from ..storage.schema import assignments_file, assignments_table
@@ -27,7 +29,13 @@ class RoutePartial:
     sample: SamplePartial | None = None
 
     def __add__(self, other):
-        sample = None if self.sample is None else self.sample + other.sample
+        return self._plus(other, operator.add)
+
+    def __iadd__(self, other):  # a running total: the sample updated in place
+        return self._plus(other, operator.iadd)
+
+    def _plus(self, other, add):
+        sample = None if self.sample is None else add(self.sample, other.sample)
         return RoutePartial({**self.labels, **other.labels}, sample)
 
 
@@ -74,7 +82,13 @@ class MembersPartial:
     leaves: dict = field(default_factory=dict)  # block -> (ordinals, ids, leaf numbers), for search
 
     def __add__(self, other):
-        levels = [mine + theirs for mine, theirs in zip(self.levels, other.levels)]
+        return self._plus(other, operator.add)
+
+    def __iadd__(self, other):  # a running total: the members updated in place
+        return self._plus(other, operator.iadd)
+
+    def _plus(self, other, add):
+        levels = [add(mine, theirs) for mine, theirs in zip(self.levels, other.levels)]
         return MembersPartial(self.size, levels, self.rows + other.rows, {**self.files, **other.files},
                               {**self.leaves, **other.leaves})
 

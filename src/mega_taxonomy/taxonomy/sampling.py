@@ -29,7 +29,7 @@ import numbers
 
 import numpy as np
 
-from ..cluster.sampling import rank_in_group
+from ..cluster.best_per_group import rank_in_group
 from ..errors import ConfigError, DataError, StorageError
 from ..ops.hashing import hash_ids
 from ..storage.schema import read_paths
