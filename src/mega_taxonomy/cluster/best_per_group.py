@@ -21,8 +21,13 @@ import copy
 
 import numpy as np
 
-from ..ops.select_numba import (SELECT_FROM, before_cut_numba, push_rows_numba, smallest_per_group_numba,
-                                 table_order_numba)
+from ..ops.select_numba import (
+    SELECT_FROM,
+    before_cut_numba,
+    push_rows_numba,
+    smallest_per_group_numba,
+    table_order_numba,
+)
 from ..threads import in_background
 
 
@@ -190,7 +195,7 @@ class BestPerGroup:
             both.compact()
         return both
 
-    def __iadd__(self, other: BestPerGroup) -> BestPerGroup:
+    def __iadd__(self, other: BestPerGroup):
         """``self + other``, in place: ``self`` is a running total that nobody else reads."""
         if self._table is None:
             both = self + other

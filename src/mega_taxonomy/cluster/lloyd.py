@@ -81,7 +81,7 @@ class LloydPartial:
     def __add__(self, other: LloydPartial) -> LloydPartial:
         return self._plus(other, operator.add)
 
-    def __iadd__(self, other: LloydPartial) -> LloydPartial:  # a running total: samples updated in place
+    def __iadd__(self, other: LloydPartial):  # a running total: samples updated in place
         return self._plus(other, operator.iadd)
 
     def _plus(self, other, add) -> LloydPartial:

@@ -37,7 +37,7 @@ class SamplePartial:
     def __add__(self, other: SamplePartial) -> SamplePartial:
         return self._plus(other, operator.add)
 
-    def __iadd__(self, other: SamplePartial) -> SamplePartial:  # a running total: rows updated in place
+    def __iadd__(self, other: SamplePartial):  # a running total: rows updated in place
         return self._plus(other, operator.iadd)
 
     def _plus(self, other, add) -> SamplePartial:
