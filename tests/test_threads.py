@@ -1,6 +1,5 @@
 """The process's CPU pool: results in order, and no deadlock when its own tasks use it."""
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from mega_taxonomy import threads
@@ -26,8 +25,3 @@ def test_maps_from_several_threads_share_the_pool():
         results = list(callers.map(lambda c: threads.map_in_threads(lambda i: (c, i), range(20)), range(3)))
     assert results == [[(c, i) for i in range(20)] for c in range(3)]
 
-
-def test_background_work_runs_in_the_order_given():
-    done = []
-    futures = [threads.in_background(lambda i: time.sleep(0.01 * (i % 2)) or done.append(i), i) for i in range(6)]
-    assert [f.result() for f in futures] == [None] * 6 and done == list(range(6))

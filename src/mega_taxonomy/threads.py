@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 from threadpoolctl import ThreadpoolController
 
 _BLAS = ThreadpoolController()
 _PREFIX = "mega-taxonomy-cpu"
 _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix=_PREFIX)
-# One more thread, for work the calling thread need not wait for, done in the order it was given.
-_IN_ORDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mega-taxonomy-in-order")
 
 
 def set_cpu_threads(n: int) -> None:
@@ -57,11 +55,3 @@ def parallel_map(work, items) -> None:
     with _BLAS.limit(limits=1, user_api="blas"):
         for _ in _POOL.map(work, items):
             pass
-
-
-def in_background(work, *args) -> Future:
-    """Run ``work(*args)`` on this process's background thread, after all the work given to it
-    before: a driver thread that feeds a GPU keeps its time for that (a sample's table of rows,
-    updated block by block, ``cluster.best_per_group``). numba's ``nogil`` loops run there in
-    parallel with the caller; the Python around them takes the GIL for a few microseconds."""
-    return _IN_ORDER.submit(work, *args)

@@ -116,7 +116,7 @@ def test_a_running_total_updated_in_place_selects_the_brute_force_rows(monkeypat
             assert len(other) >= len(total)
     assert total._table is not None
     # rows pushed out again leave the log: it never holds more than 4 x 64 and a block
-    assert total._table.settled().logged <= 4 * max(len(total), 64) + max(len(b) for b in blocks)
+    assert total._table.logged <= 4 * max(len(total), 64) + max(len(b) for b in blocks)
     np.testing.assert_array_equal(total["ordinal"], expected)
     np.testing.assert_array_equal(total["payload"], expected * 3)
     np.testing.assert_array_equal(total["group"], np.sort(total["group"]))
@@ -137,13 +137,3 @@ def test_a_running_total_keeps_parts_where_a_table_would_not_pay():
             total += block
         assert total._table is None
 
-
-def test_a_failed_background_push_is_raised_when_the_rows_are_read():
-    total = BestPerGroup(2, {"key": np.array([1.0, 2.0]), "ordinal": np.array([0, 1]), "group": np.array([0, 0])})
-    total += BestPerGroup(2, {"key": np.array([0.5]), "ordinal": np.array([2]), "group": np.array([0])})
-    assert total._table is not None
-    total += BestPerGroup(2, {"key": np.array([0.1]), "ordinal": np.array([None]), "group": np.array([0])})
-    with pytest.raises(TypeError):
-        total["ordinal"]
-    with pytest.raises(TypeError):  # and again: the table is not whole
-        len(total)

@@ -28,7 +28,6 @@ from ..ops.select_numba import (
     smallest_per_group_numba,
     table_order_numba,
 )
-from ..threads import in_background
 
 
 def rank_in_group(sorted_groups: np.ndarray) -> np.ndarray:
@@ -82,12 +81,12 @@ class BestPerGroup:
 
     A running total moves into a table of heaps once that table has at most
     ``TABLE_SLOTS_PER_ROW`` slots per row it holds, for fewer than ``SELECT_FROM`` rows per group
-    (bigger heaps are scattered over memory: with 1024 rows in each of 4096 groups, a block's
-    rows took 17 ms in heaps against 6 ms as parts). The table is updated on the process's
-    background thread. In a CPU replay of the sample that level 1's final assignment draws in
-    the pinned GPU benchmark (153 blocks of 65,536 rows, 4096 groups of 32), adding a block took
-    the adding thread 0.55-0.76 ms as parts (half of it selections of 8 ms every 20 to 30
-    blocks) and 0.02 ms with a table, whose pushes took the background thread about 0.6 ms.
+    (bigger heaps are scattered over memory: in a CPU replay of 153 blocks of 65,536 rows with
+    1024 rows kept in each of 4096 groups, 15 ms a block in heaps against 6 ms as parts). In the pinned GPU benchmark, level 1's final
+    assignment, which draws a sample of 32 rows in each of 4096 groups, took 0.431 s with a table
+    against 0.495 s as parts (0.378 s of copies; selections of 8 ms every 20 to 30 blocks
+    stalled them). Pushes on a background thread made it slower (0.487-0.521 s): that thread
+    and the driver's took turns with the GIL.
 
     Examples
     --------
@@ -255,14 +254,13 @@ class _Heaps:
         self.size, self.worst_ordinals = np.zeros(span, np.int64), np.empty(span, np.int64)
         self.log, self.logged = [], 0
         self._columns = None  # the selection's columns, until the next push
-        self._queued = self._error = None  # the last push queued; the first one's error
 
     @property
     def rows(self) -> int:
-        return int(self.settled().size.sum())
+        return int(self.size.sum())
 
     def copy(self) -> _Heaps:
-        out = copy.copy(self.settled())
+        out = copy.copy(self)
         for name in self._SLOTS + self._GROUPS:
             setattr(out, name, getattr(self, name).copy())
         out.log = list(self.log)  # its parts are never changed in place
@@ -270,11 +268,10 @@ class _Heaps:
 
     def widen(self, lowest: int, highest: int):
         """Make room for the groups ``lowest`` to ``highest``."""
-        span = len(self.size)  # first and size's length change only here, on the caller's thread
+        span = len(self.size)
         first, end = min(lowest, self.first), max(highest + 1, self.first + span)
         if first == self.first and end == self.first + span:
             return
-        self.settled()
         at = self.first - first
         for name in self._SLOTS + self._GROUPS:
             old = getattr(self, name)
@@ -285,39 +282,20 @@ class _Heaps:
         self.first = first
 
     def push(self, columns: dict, keys, ordinals, groups):
-        """Offer rows (their columns; groups within the table's) to the heaps, on the process's
-        background thread (``threads.in_background``): the caller, feeding a GPU, goes on."""
-        self._queued = in_background(self._push_now, columns, keys, ordinals, groups)
-
-    def settled(self) -> _Heaps:
-        """This table once the pushes queued so far are done (raising the first one's error)."""
-        if self._queued is not None:
-            self._queued.result()
-            self._queued = None
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def _push_now(self, columns: dict, keys, ordinals, groups):
-        if self._error is not None:  # the table is not whole: settled() raises
-            return
-        try:
-            if (dtype := np.promote_types(self.keys.dtype, keys.dtype)) != self.keys.dtype:
-                self.keys, self.worst_keys = self.keys.astype(dtype), self.worst_keys.astype(dtype)  # float32, then float64
-            entered = push_rows_numba(self.keys, self.ordinals, self.positions, self.size, self.worst_keys,
-                                      self.worst_ordinals, self.n, self.first,
-                                      *(np.ascontiguousarray(a, dtype) for a, dtype in
-                                        ((keys, self.keys.dtype), (ordinals, np.int64), (groups, np.int64))),
-                                      self.logged)
-            if len(entered):
-                self.log.append({name: v[entered] for name, v in columns.items()})
-                self.logged += len(entered)
-                self._columns = None
-                if self.logged > 4 * max(int(self.size.sum()), _UNSELECTED_ROWS):
-                    self._drop_pushed_out()
-        except BaseException as error:
-            self._error = error
-            raise
+        """Offer rows (their columns; groups within the table's) to the heaps."""
+        if (dtype := np.promote_types(self.keys.dtype, keys.dtype)) != self.keys.dtype:
+            self.keys, self.worst_keys = self.keys.astype(dtype), self.worst_keys.astype(dtype)  # float32, then float64
+        entered = push_rows_numba(self.keys, self.ordinals, self.positions, self.size, self.worst_keys,
+                                  self.worst_ordinals, self.n, self.first,
+                                  *(np.ascontiguousarray(a, dtype) for a, dtype in
+                                    ((keys, self.keys.dtype), (ordinals, np.int64), (groups, np.int64))),
+                                  self.logged)
+        if len(entered):
+            self.log.append({name: v[entered] for name, v in columns.items()})
+            self.logged += len(entered)
+            self._columns = None
+            if self.logged > 4 * max(self.rows, _UNSELECTED_ROWS):
+                self._drop_pushed_out()
 
     def _joined_log(self) -> dict:
         if len(self.log) > 1:
@@ -335,7 +313,7 @@ class _Heaps:
 
     def columns(self) -> dict:
         """The held rows' columns, by group, then (key, ordinal)."""
-        if self.settled()._columns is None:
+        if self._columns is None:
             order = table_order_numba(self.keys, self.ordinals, self.positions, self.size, self.n)
             self._columns = {name: v[order] for name, v in self._joined_log().items()}
         return self._columns
