@@ -317,6 +317,19 @@ def test_host_copies_arrive_with_the_device_values():
     np.testing.assert_array_equal(arrays["dist"], dist.cpu().numpy())
 
 
+def test_a_levels_group_ids_are_copied_once():
+    """The same live numpy array of group ids gives the same device tensor, pass after pass."""
+    from mega_taxonomy.ops.device import kept, kept_on_device
+
+    groups = np.random.default_rng(0).integers(0, 100, 65536)
+    on = kept_on_device(groups, "cuda")
+    assert kept_on_device(groups, "cuda") is on and kept_on_device(groups.copy(), "cuda") is not on
+    np.testing.assert_array_equal(on.cpu().numpy(), groups)
+    kept_bytes = sum(kept._bytes.values())
+    del groups
+    assert sum(kept._bytes.values()) == kept_bytes - on.numel() * 8
+
+
 def test_gpu_lloyd_tasks_defer_their_host_half():
     """A pass that keeps labels returns Deferred partials on the GPU; finished, they hold the
     labels that the CPU task computes."""

@@ -70,3 +70,51 @@ def test_offsets_move_once_per_array():
     assert first[1] == 5 and first[0].tolist() == [0, 2, 7, 7]
     assert _offsets_on(offsets, torch.device(DEVICE))[0] is first[0]
     assert _offsets_on(offsets.copy(), torch.device(DEVICE))[0] is not first[0]
+
+
+def test_segments_are_kept_per_groups_tensor_until_it_changes():
+    """A level's passes give each block the same groups tensor: its sort by group is made once.
+    Written to in place, the tensor sorts again; collected, its segments are forgotten."""
+    from mega_taxonomy.ops import device, grouped_assign_triton
+
+    rng = np.random.default_rng(5)
+    x, groups, c, offsets = problem(rng, 200, 20, 6, 16)
+    xt, ct = torch.tensor(x, dtype=torch.float32, device=DEVICE), torch.tensor(c, dtype=torch.float32, device=DEVICE)
+    gt, ot = torch.tensor(groups, device=DEVICE), torch.tensor(offsets, device=DEVICE)
+    made = []
+    real = grouped_assign_triton.segments
+    grouped_assign_triton.segments = lambda *args: made.append(args) or real(*args)
+    try:
+        first = grouped_nearest(xt, gt, ct, ot, backend="triton")[1]
+        assert torch.equal(grouped_nearest(xt, gt, ct, ot, backend="triton")[1], first) and len(made) == 1
+        gt[:100] = torch.tensor(rng.integers(0, 20, 100), device=DEVICE)  # in place: a new version
+        moved = grouped_nearest(xt, gt, ct, ot, backend="triton")[1]
+        assert len(made) == 2
+        assert torch.equal(moved, grouped_nearest_reference(xt, gt, ct, ot)[1])
+    finally:
+        grouped_assign_triton.segments = real
+    kept_before = sum(device.kept._bytes.values())
+    del gt
+    assert sum(device.kept._bytes.values()) < kept_before
+
+
+def test_kept_values_live_as_long_as_their_object_within_the_budget():
+    from mega_taxonomy.ops.device import KeptWhileAlive
+
+    kept = KeptWhileAlive(cpu_bytes=1000)
+    cpu = torch.device("cpu")
+    a, b = np.zeros(10), np.zeros(10)
+    calls = []
+
+    def make(n):
+        return lambda: calls.append(n) or torch.zeros(n, dtype=torch.float64)
+
+    assert kept.get(a, "k", cpu, make(100)) is kept.get(a, "k", cpu, make(100))  # 800 bytes: kept
+    assert kept.get(a, "other", cpu, make(1)) is not None and len(calls) == 2
+    kept.get(b, "k", cpu, make(100))
+    kept.get(b, "k", cpu, make(100))  # over the budget: made again every time
+    assert len(calls) == 4
+    del a
+    assert kept._bytes[cpu] == 0 and not kept._values  # forgotten with their object
+    kept.get(b, "k", cpu, make(100))
+    assert len(calls) == 5 and kept._bytes[cpu] == 800

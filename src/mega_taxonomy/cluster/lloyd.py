@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..ops import grouped_nearest, nearest, normalize_rows
-from ..ops.device import HostCopy, to_device
+from ..ops.device import HostCopy, kept_on_device, to_device
 from ..ops.grouped_assign_numba import MAX_CHILDREN, grouped_nearest_bounded
 from ..ops.update import cluster_counts, cluster_stats
 from ..runtime import Deferred, in_block_order
@@ -155,7 +155,8 @@ class LloydTask:
             dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric), x, c, state.penalty,
                                         state.metric)
         else:
-            groups = to_device(groups, device)  # offsets stay on the host: the kernel's launch reads them
+            # kept there for the level's next passes; offsets stay on the host: the kernel's launch reads them
+            groups = kept_on_device(groups, device)
             dist, labels = with_penalty(lambda x, c, metric: grouped_nearest(x, groups, c, state.offsets, metric=metric),
                                         x, c, state.penalty, state.metric)
         # Rows whose parent is a leaf have no children here (label -1): they take no part. On CUDA

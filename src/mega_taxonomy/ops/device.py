@@ -21,7 +21,9 @@ measured in the same run, grouped passes went to 0.85-0.96 (benchmarks/gpu_notes
 from __future__ import annotations
 
 import threading
+import weakref
 
+import numpy as np
 import torch
 
 _MIN_BYTES = 1 << 16
@@ -82,6 +84,63 @@ def to_device(array, device) -> torch.Tensor:
     if tensor.numel() == 0:
         return tensor.to(device)
     return _pinned.copy(tensor.contiguous(), device)
+
+
+class KeptWhileAlive:
+    """Values made from an object, kept while it lives, within a byte budget of the tensors they
+    hold. Keyed by the object's identity (numpy arrays and tensors are not hashable) and
+    forgotten when it is collected, before its id can be reused. The objects must not change in
+    place while values made from them are kept.
+
+    What it is for: every pass of a taxonomy level gives a block the same numpy array of group
+    ids. Copying it to the GPU and sorting its rows by group (``grouped_assign_triton.segments``)
+    again in every pass took host time a block: the grouped passes ran host-bound."""
+
+    def __init__(self, fraction_of_device: float = 1 / 16, cpu_bytes: int = 1 << 30):
+        self.fraction_of_device, self.cpu_bytes = fraction_of_device, cpu_bytes
+        self._lock = threading.Lock()
+        self._values = {}  # (id(obj), key) -> (value, bytes)
+        self._bytes = {}  # device -> bytes kept there
+
+    def get(self, obj, key, device: torch.device, make):
+        """``make()``, or what it gave for the same live ``obj`` and ``key`` (on ``device``)."""
+        entry = (id(obj), key)
+        with self._lock:
+            if entry in self._values:
+                return self._values[entry][0]
+        value = make()
+        tensors = value if isinstance(value, tuple) else (value,)
+        nbytes = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+        with self._lock:
+            if self._bytes.get(device, 0) + nbytes <= self._budget(device):
+                self._values[entry] = value, nbytes
+                self._bytes[device] = self._bytes.get(device, 0) + nbytes
+                weakref.finalize(obj, self._forget, entry, device)
+        return value
+
+    def _budget(self, device: torch.device) -> int:
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory * self.fraction_of_device)
+        return self.cpu_bytes
+
+    def _forget(self, entry, device):
+        with self._lock:
+            _, nbytes = self._values.pop(entry)
+            self._bytes[device] -= nbytes
+
+
+kept = KeptWhileAlive()
+
+
+def kept_on_device(array, device) -> torch.Tensor:
+    """:func:`to_device`, the copy of a numpy array on CUDA kept while the array lives (an array
+    given again and again, pass after pass: a level's group ids of a block). The array must not
+    change in place meanwhile."""
+    device = torch.device(device)
+    if device.type != "cuda" or not isinstance(array, np.ndarray):
+        return to_device(array, device)
+    stream = torch.cuda.current_stream(device)  # the stream that waits for the copy
+    return kept.get(array, ("copy", stream), device, lambda: to_device(array, device))
 
 
 class HostCopy:

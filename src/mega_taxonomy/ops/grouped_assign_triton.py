@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .assign_triton import distance_tile, running_argmin
-from .device import to_device
+from .device import kept, to_device
 from .update_triton import sorted_by_label
 
 
@@ -124,7 +124,10 @@ def grouped_nearest_triton(x, groups, c, bias, offsets, alpha, *, width, exact=F
     n, d = x.shape
     n_groups = offsets.shape[0] - 1
     cfg = cfg or config(n, n_groups, width, d, x.element_size())
-    order, bounds, tile_off, bound = segments(groups, n_groups, cfg["BLOCK_M"])
+    # Kept for the next pass of the level, which gives the same groups tensor (its version
+    # changes if it is written to in place).
+    order, bounds, tile_off, bound = kept.get(groups, ("segments", n_groups, cfg["BLOCK_M"], groups._version),
+                                              groups.device, lambda: segments(groups, n_groups, cfg["BLOCK_M"]))
     out_d = torch.empty(n, dtype=torch.float32, device=x.device)
     out_i = torch.empty(n, dtype=torch.int64, device=x.device)
     _grouped_nearest_kernel[(bound,)](
