@@ -24,4 +24,3 @@ def test_maps_from_several_threads_share_the_pool():
     with ThreadPoolExecutor(3) as callers:
         results = list(callers.map(lambda c: threads.map_in_threads(lambda i: (c, i), range(20)), range(3)))
     assert results == [[(c, i) for i in range(20)] for c in range(3)]
-

@@ -137,3 +137,23 @@ def test_a_running_total_keeps_parts_where_a_table_would_not_pay():
             total += block
         assert total._table is None
 
+
+
+def test_a_pass_draws_its_sample_through_a_table_of_heaps():
+    """The runtime adds a pass's sample partials with +=: a small sample per group moves into
+    a table, and the pass gives the rows of lowest hash of every group."""
+    from mega_taxonomy.cluster.sampling import block_sample
+    from mega_taxonomy.io import BLOCK_ROWS, VectorSource
+    from mega_taxonomy.runtime import LocalRuntime
+
+    n_rows, size = 3 * BLOCK_ROWS + 123, 8
+    source = VectorSource(np.zeros((n_rows, 2), np.float32))  # ids: the row numbers
+
+    def task(block, state, device):
+        return block_sample(block, size, 1, groups=block.ordinals % 300, moments=False)
+
+    sample = LocalRuntime(device="cpu", progress=False).map_reduce(source, task, None)
+    assert sample.rows._table is not None
+    ordinals = np.arange(n_rows)
+    expected = brute_force(hash_ids(ordinals, 1), ordinals, ordinals % 300, size, largest=False)
+    np.testing.assert_array_equal(sample.ordinals, expected)

@@ -80,13 +80,13 @@ class BestPerGroup:
     after it can never be selected, and are dropped as they arrive (one compiled pass).
 
     A running total moves into a table of heaps once that table has at most
-    ``TABLE_SLOTS_PER_ROW`` slots per row it holds, for fewer than ``SELECT_FROM`` rows per group
-    (bigger heaps are scattered over memory: in a CPU replay of 153 blocks of 65,536 rows with
-    1024 rows kept in each of 4096 groups, 15 ms a block in heaps against 6 ms as parts). In the pinned GPU benchmark, level 1's final
-    assignment, which draws a sample of 32 rows in each of 4096 groups, took 0.431 s with a table
-    against 0.495 s as parts (0.378 s of copies; selections of 8 ms every 20 to 30 blocks
-    stalled them). Pushes on a background thread made it slower (0.487-0.521 s): that thread
-    and the driver's took turns with the GIL.
+    ``TABLE_SLOTS_PER_ROW`` slots per row it holds, for fewer than ``SELECT_FROM`` rows per
+    group. Bigger heaps are scattered over memory: in a CPU replay of 153 blocks of 65,536 rows
+    with 1024 rows kept in each of 4096 groups, 15 ms a block in heaps against 6 ms as parts. In
+    the pinned GPU benchmark, level 1's final assignment, which draws a sample of 32 rows in each
+    of 4096 groups, took 0.431 s with a table against 0.495 s as parts (0.378 s of copies;
+    selections of 8 ms every 20 to 30 blocks stalled them). Pushes on a background thread made
+    it slower (0.487-0.521 s): that thread and the driver's took turns with the GIL.
 
     Examples
     --------

@@ -112,6 +112,8 @@ class KeptWhileAlive:
         tensors = value if isinstance(value, tuple) else (value,)
         nbytes = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
         with self._lock:
+            if entry in self._values:  # another thread made it meanwhile
+                return self._values[entry][0]
             if self._bytes.get(device, 0) + nbytes <= self._budget(device):
                 self._values[entry] = value, nbytes
                 self._bytes[device] = self._bytes.get(device, 0) + nbytes
