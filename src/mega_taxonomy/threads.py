@@ -32,13 +32,18 @@ def cpu_threads() -> int:
     return _POOL._max_workers
 
 
+def _in_pool() -> bool:
+    """Whether the calling thread is one of the pool's: waiting for the pool from inside it could
+    wait forever, so the callers below then run their items in turn, in that thread."""
+    return threading.current_thread().name.startswith(_PREFIX)
+
+
 def map_in_threads(work, items) -> list:
     """``[work(item) for item in items]``, the items spread over this process's CPU threads.
 
     Safe to call from several threads at once (a reader thread and the driver): their items
-    share the pool. Called from one of the pool's own threads, it runs the items there, in turn:
-    waiting for the pool from inside it could wait forever."""
-    if threading.current_thread().name.startswith(_PREFIX):
+    share the pool. Called from one of the pool's own threads, it runs the items there, in turn."""
+    if _in_pool():
         return [work(item) for item in items]
     return list(_POOL.map(work, items))
 
@@ -48,7 +53,7 @@ def parallel_map(work, items) -> None:
     BLAS (numpy releases the GIL in its products and most array work). The BLAS setting is the
     process's: call it from one thread at a time (the driver's compute), unlike
     :func:`map_in_threads`."""
-    if threading.current_thread().name.startswith(_PREFIX):  # see map_in_threads
+    if _in_pool():
         for item in items:
             work(item)
         return

@@ -72,7 +72,6 @@ def add_tiles(sums, counts, value_sums):
 
 def cluster_stats_numba(x: np.ndarray, labels: np.ndarray, values: np.ndarray, k: int):
     """``(sums, counts, value_sums)`` as numpy arrays, tiles in this process's CPU threads."""
-
     x, values = np.ascontiguousarray(x), np.ascontiguousarray(values)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     if len(labels) != len(x) or len(values) != len(x) or (len(labels) and labels.max() >= k):
