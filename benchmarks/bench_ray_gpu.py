@@ -85,6 +85,10 @@ class GeneratedSource:
             self._x = x
         return self._x
 
+    @property
+    def device(self):  # where blocks are made: streamed there without copies
+        return torch.device(self._device())
+
     def take(self, ordinals):  # the initial centroids, rows that refill empty clusters
         return self.data(self._device())[torch.as_tensor(ordinals, device=self._x.device)]
 

@@ -66,7 +66,7 @@ def iteration(runtime, source, centroids):
     """One Lloyd iteration: (seconds, new centroids)."""
     started = time.perf_counter()
     partial = runtime.map_reduce(source, LloydTask(), LloydState(centroids, far=True))
-    updated, _ = new_centroids(partial, centroids, source, "euclidean")
+    updated, *_ = new_centroids(partial, centroids, source, "euclidean")
     return time.perf_counter() - started, updated
 
 

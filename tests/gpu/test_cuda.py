@@ -189,11 +189,12 @@ def test_centroids_from_device_sums_are_the_bits_of_host_sums():
         partial = LocalRuntime("cuda", progress=False).map_reduce(source, LloydTask(), state)
         assert isinstance(partial.sums, torch.Tensor) and partial.sums.is_cuda
         partial = counts_on_host(partial)
-        on_device, counts = new_centroids(partial, init, source, metric)
+        on_device, counts, shift = new_centroids(partial, init, source, metric)
         partial.sums = partial.sums.cpu().numpy()
-        on_host, host_counts = new_centroids(partial, init, source, metric)
+        on_host, host_counts, host_shift = new_centroids(partial, init, source, metric)
         assert isinstance(on_device, torch.Tensor) and isinstance(on_host, np.ndarray)
         assert np.array_equal(on_device.cpu().numpy(), on_host) and np.array_equal(counts, host_counts)
+        assert shift.item() == pytest.approx(host_shift, rel=1e-12)
         assert (counts[40:] == 1).all()  # relocated
 
 
@@ -372,3 +373,56 @@ def test_streamed_rows_are_checked_on_the_device_as_on_the_host(data):
         np.testing.assert_array_equal(ordinals, want_ordinals)
         np.testing.assert_array_equal(vectors, want_vectors)
     assert all(checked for _, checked in source.unchecked_blocks())  # on the GPU, or by the host (block 1)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_a_source_on_the_device_streams_without_reader_threads(device):
+    """Blocks of a tensor on the GPU are streamed in the caller's thread (no reader thread to
+    start per pass): the same blocks, bad rows raising as they do from the host."""
+    import threading
+
+    from mega_taxonomy.errors import DataError
+    from mega_taxonomy.io import BLOCK_ROWS, VectorSource
+    from mega_taxonomy.io.streaming import stream
+
+    X = np.random.default_rng(5).normal(size=(2 * BLOCK_ROWS + 3, 8)).astype(np.float32)
+    source = VectorSource(torch.from_numpy(X).cuda())
+    assert source.device == torch.device("cuda", 0)
+    blocks = stream(source, device)
+    first = next(blocks)
+    assert not [t for t in threading.enumerate() if t.name.startswith("mega-taxonomy-h2d")]
+    got = [first, *blocks]
+    assert [b.index for b in got] == [0, 1, 2]
+    np.testing.assert_array_equal(torch.cat([b.vectors for b in got]).cpu().numpy(), X)
+    X[BLOCK_ROWS + 1, 2] = np.nan
+    with pytest.raises(DataError, match=f"row {BLOCK_ROWS + 1}"):
+        list(stream(VectorSource(torch.from_numpy(X).cuda()), device))
+
+
+def test_host_arrays_come_back_with_one_wait():
+    """host_arrays: device tensors (after a long kernel) copied out together, CPU tensors as
+    arrays, None as it is."""
+    from mega_taxonomy.ops.device import host_arrays
+
+    x = torch.randn(4096, 4096, device="cuda")
+    labels = (x @ x).argmax(1)
+    shift = x.double().square().sum()
+    got = host_arrays(labels, None, torch.arange(3), shift)
+    np.testing.assert_array_equal(got[0], labels.cpu().numpy())
+    assert got[1] is None and got[2].tolist() == [0, 1, 2] and float(got[3]) == shift.item()
+
+
+def test_lloyd_on_the_device_refills_empty_clusters_as_on_the_cpu():
+    """With sums on the GPU the update is queued behind the pass; a cluster gone empty sends the
+    iteration through the relocation instead, as on the CPU."""
+    from mega_taxonomy.cluster.lloyd import lloyd
+    from mega_taxonomy.io import VectorSource
+    from mega_taxonomy.runtime import LocalRuntime
+
+    x, _ = clustered(60_000, 12, 16, seed=8)
+    init = np.concatenate([x[:12], x[:3]])  # duplicates: three clusters empty in the first pass
+    cpu = lloyd(VectorSource(x), init, LocalRuntime("cpu", progress=False), max_iter=6)
+    gpu = lloyd(VectorSource(torch.from_numpy(x).cuda()), init, LocalRuntime("cuda", progress=False), max_iter=6)
+    assert (gpu.counts > 0).all() and np.array_equal(gpu.counts, cpu.counts)
+    np.testing.assert_allclose(gpu.centroids, cpu.centroids, rtol=1e-4, atol=1e-4)
+    assert gpu.n_iter == cpu.n_iter

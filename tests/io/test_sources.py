@@ -370,6 +370,14 @@ def test_of_returns_a_source_unchanged(data):
     assert repr(source) == "VectorSource(<ndarray (150000, 8)>, files=1, rows=150000, dim=8, dtype=float32)"
 
 
+def test_device_is_where_the_vectors_are(tmp_path, files, data):
+    vectors, _ = data
+    assert VectorSource(vectors).device == torch.device("cpu")
+    assert VectorSource(torch.from_numpy(vectors)).device == torch.device("cpu")
+    files.parquet(str(tmp_path / "a.parquet"), vectors[:100])
+    assert VectorSource(str(tmp_path)).device == torch.device("cpu")
+
+
 def test_docstring_examples_run():
     for module in (sources, validate, formats):
         assert doctest.testmod(module).failed == 0

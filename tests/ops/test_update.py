@@ -91,3 +91,48 @@ def test_one_program_per_cluster_gives_the_bits_of_chunks_and_combine(monkeypatc
     perm = torch.randperm(2000, generator=g).to(DEVICE)
     permuted = cluster_stats(x[perm], labels[perm], values[perm], 5, backend="triton")
     assert not torch.equal(permuted[0], runs[0][0])
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_centroids_from_sums_are_float64_means_and_shift(backend, dtype, normalize):
+    """sums / counts in float64 (the old centroid where a cluster has no rows), rows normalized
+    for cosine, in the old centroids' dtype; the shift is the float64 sum of squared differences."""
+    from mega_taxonomy.ops.update import centroids_from_sums
+
+    g = torch.Generator().manual_seed(3)
+    k, d = 70, 33
+    counts = torch.randint(0, 5, (k,), generator=g)
+    sums = torch.randn(k, d, generator=g, dtype=torch.float64) * counts[:, None] * 2
+    old = torch.randn(k, d, generator=g).to(dtype)
+    centroids, shift = centroids_from_sums(sums.to(DEVICE), counts.to(DEVICE), old.to(DEVICE), normalize=normalize,
+                                           backend=backend)
+
+    s, n, o = sums.numpy(), counts.numpy(), old.double().numpy()
+    expected = np.where(n[:, None] > 0, s / np.maximum(n, 1)[:, None], o)
+    if normalize:
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert centroids.dtype == dtype and shift.dtype == torch.float64 and shift.ndim == 0
+    got = centroids.cpu().double().numpy()
+    if normalize:  # torch's row norms are not numpy's bits
+        slack = 1e-6 if dtype == torch.float32 else 1e-2
+        np.testing.assert_allclose(got, expected, rtol=slack, atol=slack)
+    else:  # the same IEEE division, then torch's rounding to the dtype (through float32)
+        np.testing.assert_array_equal(got, torch.from_numpy(expected).to(dtype).double().numpy())
+    assert shift.item() == pytest.approx(((got - o) ** 2).sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_centroids_from_sums_round_through_float32_as_torch_does(backend):
+    """Means just above a half-way point of float16 / bfloat16 but within float32's rounding of
+    it: rounded through float32 (ties to even), as torch's conversions from float64 do (bfloat16:
+    always the torch twin)."""
+    from mega_taxonomy.ops.update import centroids_from_sums
+
+    means = torch.tensor([[1 + 2**-8 + 2**-30, 1 + 2**-11 + 2**-40]], dtype=torch.float64)
+    for dtype in (torch.bfloat16, torch.float16):
+        old = torch.zeros(1, 2, dtype=dtype, device=DEVICE)
+        centroids, _ = centroids_from_sums(means.to(DEVICE), torch.ones(1, dtype=torch.int64, device=DEVICE), old,
+                                           backend=backend)
+        assert centroids.cpu().equal(means.to(dtype)) and centroids.cpu().equal(means.float().to(dtype))

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from ..ops import grouped_nearest, nearest, normalize_rows
-from ..ops.device import HostCopy, kept_on_device, to_device
+from ..ops.device import HostCopy, host_arrays, kept_on_device, to_device
 from ..ops.grouped_assign_numba import MAX_CHILDREN, grouped_nearest_bounded
-from ..ops.update import cluster_counts, cluster_stats
+from ..ops.update import centroids_from_sums, cluster_counts, cluster_stats
 from ..runtime import Deferred, in_block_order
 from .balance import size_penalty
 from .best_per_group import BestPerGroup
@@ -257,9 +257,10 @@ def group_of_centroid(offsets: np.ndarray | None, k: int) -> np.ndarray:
     return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
 
 
-def new_centroids(partial: LloydPartial, old, source, metric: str,
-                  offsets: np.ndarray | None = None) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
-    """Centroids from a pass's sums, after relocating empty clusters; returns (centroids, counts).
+def new_centroids(partial: LloydPartial, old, source, metric: str, offsets: np.ndarray | None = None):
+    """Centroids from a pass's sums, after relocating empty clusters; returns (centroids, counts,
+    shift), ``shift`` the sum of their squared differences from ``old`` (float64; a 0-d tensor
+    where the sums are).
 
     Each empty cluster takes the row farthest from its centroid among its group (largest first,
     as scikit-learn's ``_relocate_empty_clusters_dense``), which leaves the row's old cluster.
@@ -295,22 +296,10 @@ def new_centroids(partial: LloydPartial, old, source, metric: str,
         if len(moves) < len(empty):
             logger.info("%d empty clusters had no row left to take", len(empty) - len(moves))
         logger.debug("relocated %d empty clusters", len(moves))
-    old = torch.as_tensor(old)
-    # torch.where, not a masked assignment: no sync to count the filled clusters
-    divisors = to_device(counts, sums.device)[:, None]  # pinned and asynchronous: no sync
-    centroids = torch.where(divisors > 0, sums / divisors, old.to(sums.device, torch.float64))
-    if metric == "cosine":
-        centroids = normalize_rows(centroids)
-    centroids = centroids.to(old.dtype)
-    return (centroids if on_device else centroids.numpy()), counts
-
-
-def squared_shift(new, old) -> float:
-    """Sum of squared differences of two sets of centroids (arrays, or tensors on one device)."""
-    if isinstance(new, np.ndarray) and isinstance(old, np.ndarray):
-        return float(((new.astype(np.float64) - old) ** 2).sum())
-    new = torch.as_tensor(new)
-    return float(((new.double() - torch.as_tensor(old).to(new.device).double()) ** 2).sum())
+    # counts: pinned and asynchronous, no sync
+    centroids, shift = centroids_from_sums(sums, to_device(counts, sums.device), torch.as_tensor(old),
+                                           normalize=metric == "cosine")
+    return (centroids, counts, shift) if on_device else (centroids.numpy(), counts, float(shift))
 
 
 def host(array) -> np.ndarray:
@@ -320,7 +309,7 @@ def host(array) -> np.ndarray:
 def counts_on_host(partial: LloydPartial) -> LloydPartial:
     """A pass's counts and inertia as arrays (left on the device by ``device_sums``): one sync
     per pass rather than per block."""
-    partial.counts, partial.inertia = host(partial.counts), host(partial.inertia)
+    partial.counts, partial.inertia = host_arrays(partial.counts, partial.inertia)
     return partial
 
 
@@ -451,8 +440,16 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         state = LloydState(centroids, metric, True, far, labels_in_loop, offsets, groups, far_per_group,
                            penalty=penalty, device_sums=True, bounds=bounds, drift=drift, track_bounds=track,
                            frozen=frozen)
-        before, partial = partial, counts_on_host(runtime.map_reduce(source, LloydTask(), state,
-                                                                     desc=f"{desc} {n_iter}"))
+        before, partial = partial, runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter}")
+        # Sums left on the device: the update is queued there behind the pass, and its shift comes
+        # back with the counts, one wait an iteration (the GPU then idles only for the host's
+        # turn). It stands unless a cluster went empty.
+        queued = None
+        if isinstance(partial.sums, torch.Tensor):
+            queued = centroids_from_sums(partial.sums, partial.counts, torch.as_tensor(centroids),
+                                         normalize=metric == "cosine")
+        partial.counts, partial.inertia, queued_shift = host_arrays(partial.counts, partial.inertia,
+                                                                    None if queued is None else queued[1])
         if frozen is not None:
             reuse_frozen(partial, before, frozen, offsets)
         if track:
@@ -462,8 +459,11 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
             state = LloydState(centroids, metric, False, far, False, offsets, groups, far_per_group,
                                penalty=penalty, device_sums=True)
             partial.far = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter} far").far
-        updated, _ = new_centroids(partial, centroids, source, metric, offsets)
-        shift = squared_shift(updated, centroids)
+        if queued is None or not partial.counts.all():  # on the host, or empty clusters to refill
+            updated, _, shift = new_centroids(partial, centroids, source, metric, offsets)
+        else:
+            updated, shift = queued[0], queued_shift
+        shift = float(shift)
         if track:
             drift = group_drift(updated, centroids, offsets)
             frozen = drift == 0

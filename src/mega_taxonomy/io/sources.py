@@ -439,6 +439,12 @@ class VectorSource:
         return _rebuild, (data, self._options)
 
     @property
+    def device(self) -> torch.device:
+        """Where the blocks' vectors are: an in-memory tensor's device, else the host."""
+        data = self._readers[0]._data if self._in_memory else None
+        return data.device if isinstance(data, torch.Tensor) else torch.device("cpu")
+
+    @property
     def skipped(self):
         with self._lock:
             return {uri: len(rows) for uri, rows in self._skipped.items() if rows}

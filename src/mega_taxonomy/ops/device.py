@@ -166,3 +166,12 @@ class HostCopy:
         arrays = {name: t.numpy().copy() for name, t in self._host.items()}
         self._host = None
         return arrays
+
+
+def host_arrays(*values) -> list:
+    """``values`` as numpy arrays: CUDA tensors (on one device) copied out together, with one wait
+    (:class:`HostCopy`); CPU tensors as arrays, anything else as it is."""
+    on_cuda = {i: v for i, v in enumerate(values) if isinstance(v, torch.Tensor) and v.is_cuda}
+    copied = HostCopy(on_cuda).arrays() if on_cuda else {}
+    return [copied[i] if i in copied else v.numpy() if isinstance(v, torch.Tensor) else v
+            for i, v in enumerate(values)]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .assign import _use_triton
+from .assign import _use_triton, normalize_rows
 from .update_numba import cluster_stats_numba
 
 
@@ -106,3 +106,38 @@ def cluster_counts(labels: torch.Tensor, values: torch.Tensor, k: int, *, backen
     rows = torch.zeros(labels.shape[0], 1, dtype=torch.float32, device=labels.device)
     _, counts, value_sums = cluster_stats(rows, labels, values, k, backend=backend)
     return counts, value_sums
+
+
+def centroids_from_sums(sums: torch.Tensor, counts: torch.Tensor, old: torch.Tensor, *, normalize: bool = False,
+                        backend: str = "auto"):
+    """The centroids of an update and how far they moved: ``(centroids, shift)``.
+
+    ``centroids`` are ``sums / counts`` (float64; a cluster without rows keeps its ``old``
+    centroid), rows normalized when ``normalize`` (cosine), in ``old``'s dtype. ``shift`` is the
+    sum of their squared differences from ``old`` in float64, a 0-d tensor: on a GPU nothing
+    waits for the device, so the update runs queued behind the pass that made the sums.
+
+    ``backend``: "auto" is one Triton kernel on CUDA for float32 / float16 centroids without
+    ``normalize`` (the same centroids, the shift summed in another order), the torch
+    twin otherwise.
+
+    Examples
+    --------
+    >>> c, shift = centroids_from_sums(torch.tensor([[4.0, 2.0], [0.0, 0.0]], dtype=torch.float64),
+    ...                                torch.tensor([2, 0]), torch.tensor([[1.0, 1.0], [5.0, 5.0]]))
+    >>> c.tolist(), shift.item()
+    ([[2.0, 1.0], [5.0, 5.0]], 1.0)
+    """
+    old, counts = old.to(sums.device), counts.to(sums.device)
+    if not normalize and old.dtype in (torch.float32, torch.float16) and _use_triton(old, backend):
+        from .update_triton import centroids_from_sums_triton
+
+        return centroids_from_sums_triton(sums, counts, old)
+    old64 = old.double()
+    divisors = counts[:, None]
+    centroids = torch.where(divisors > 0, sums / divisors, old64)
+    if normalize:
+        centroids = normalize_rows(centroids)
+    centroids = centroids.to(old.dtype)
+    difference = (centroids.double() - old64).reshape(-1)
+    return centroids, difference @ difference

@@ -173,3 +173,38 @@ def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Te
     _cluster_sums_kernel[(k, d_tiles)](x, order, values, slots, slot_w, bounds, sums, w_sums, d, x.stride(0),
                                        FROM_SLOTS=from_slots, num_warps=warps, **tiles)
     return sums, bounds[1:] - bounds[:-1], w_sums
+
+
+@triton.jit
+def _centroids_kernel(sums_ptr, counts_ptr, old_ptr, out_ptr, shift_ptr, D, BLOCK_D: tl.constexpr):
+    """Centroid ``c`` (a program): sums / count in float64, or the old centroid where the count is
+    0, rounded to the output dtype through float32 as torch's conversions from float64 are; and
+    the float64 sum of its squared differences from the old one."""
+    c = tl.program_id(0).to(tl.int64)
+    count = tl.load(counts_ptr + c).to(tl.float64)
+    shift = tl.zeros((BLOCK_D,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        ok = cols < D
+        old = tl.load(old_ptr + c * D + cols, mask=ok, other=0.0).to(tl.float64)
+        mean = tl.load(sums_ptr + c * D + cols, mask=ok, other=0.0) / count
+        new = tl.where(count > 0, mean, old).to(tl.float32).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + c * D + cols, new, mask=ok)
+        difference = new.to(tl.float64) - old
+        shift += difference * difference
+    tl.store(shift_ptr + c, tl.sum(shift))
+
+
+def centroids_from_sums_triton(sums: torch.Tensor, counts: torch.Tensor, old: torch.Tensor):
+    """``ops.update.centroids_from_sums`` without normalization, for float32 or float16 centroids,
+    in one kernel (the torch twin is eight, each reading or writing the (K, d) centroids: 0.17 ms
+    at 4096 x 1024 on an H200); the shift is summed per centroid first. Not for bfloat16: Triton's
+    interpreter rounds to it toward zero, so the tests without a GPU could not check it."""
+    k, d = sums.shape
+    sums, counts, old = sums.contiguous(), counts.contiguous(), old.contiguous()
+    out = torch.empty_like(old)
+    shifts = torch.empty(k, dtype=torch.float64, device=sums.device)
+    if k:
+        block_d = min(1024, triton.next_power_of_2(max(d, 16)))
+        _centroids_kernel[(k,)](sums, counts, old, out, shifts, d, BLOCK_D=block_d)
+    return out, shifts.sum()
