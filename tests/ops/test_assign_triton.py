@@ -111,6 +111,28 @@ def test_prepared_centroids_are_let_go_with_their_centroids():
     assert assign._last_prepared is assign._NOTHING_PREPARED
 
 
+def test_centroids_prepared_ahead_are_the_ones_the_next_assignment_uses(monkeypatch):
+    """``prepare_ahead`` prepares the next centroids as the last ones were (the rows' dtype): the
+    next assignment prepares nothing, and gives what fresh centroids give."""
+    from mega_taxonomy.ops import assign
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(50, 24, generator=g).to(DEVICE, torch.float16)
+    c, following = (torch.randn(9, 24, generator=g).to(DEVICE) for _ in range(2))
+    nearest(x, c, backend="triton")
+    assign.prepare_ahead(following)
+    assert assign._last_prepared[0][0]() is following and assign._last_prepared[0][1][2] == torch.float16
+
+    def prepare_again(v):
+        raise AssertionError("prepared again")
+
+    with monkeypatch.context() as m:
+        m.setattr(assign, "_squared_norms", prepare_again)
+        ahead = nearest(x, following, backend="triton")
+    fresh = nearest(x, following.clone(), backend="triton")
+    assert torch.equal(ahead[0], fresh[0]) and torch.equal(ahead[1], fresh[1])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("n,d", [(1, 3), (70, 37), (33, 300)])
 def test_squared_norms_kernel_matches_float64(dtype, n, d):

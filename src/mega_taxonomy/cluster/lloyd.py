@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..ops import grouped_nearest, nearest, normalize_rows
+from ..ops.assign import prepare_ahead
 from ..ops.device import HostCopy, host_arrays, kept_on_device, to_device
 from ..ops.grouped_assign_numba import MAX_CHILDREN, grouped_nearest_bounded
 from ..ops.update import centroids_from_sums, cluster_counts, cluster_stats
@@ -448,6 +449,7 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         if isinstance(partial.sums, torch.Tensor):
             queued = centroids_from_sums(partial.sums, partial.counts, torch.as_tensor(centroids),
                                          normalize=metric == "cosine")
+            prepare_ahead(queued[0])
         partial.counts, partial.inertia, queued_shift = host_arrays(partial.counts, partial.inertia,
                                                                     None if queued is None else queued[1])
         if frozen is not None:

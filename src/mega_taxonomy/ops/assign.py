@@ -320,6 +320,17 @@ def _prepared(centroids, device, dtype, metric):
     return operands
 
 
+def prepare_ahead(centroids: torch.Tensor) -> None:
+    """Prepare ``centroids`` now as the last ones were prepared (same device, dtype and metric), for
+    the passes to come: an iterative driver calls this as soon as it has queued the next
+    centroids on the GPU, behind the pass still running there, so that the next pass's first
+    block finds them ready (preparing them there took 0.12 ms of host time, the GPU idle, in
+    every Lloyd iteration at 4096 x 1024). Nothing to do without such a last preparation."""
+    (ref, key), _ = _last_prepared
+    if ref() is not None and isinstance(centroids, torch.Tensor) and centroids.device == key[1]:
+        _prepared(centroids, *key[1:])
+
+
 def nearest_triton_dispatch(x, centroids, metric):
     """``nearest`` through the Triton kernel."""
     from .assign_triton import nearest_triton
