@@ -350,7 +350,7 @@ def test_gpu_lloyd_tasks_defer_their_host_half():
     np.testing.assert_array_equal(gpu_labels, cpu_labels)
 
 
-@pytest.mark.parametrize("data", ["pinned tensor", "numpy"])
+@pytest.mark.parametrize("data", ["pinned tensor", "numpy", "tensor on the device"])
 def test_streamed_rows_are_checked_on_the_device_as_on_the_host(data):
     """The first pass over in-memory data checks its rows on the GPU: a bad row raises the
     host's error (naming the row), or is skipped as the host skips it; good blocks are then
@@ -361,11 +361,12 @@ def test_streamed_rows_are_checked_on_the_device_as_on_the_host(data):
 
     X = np.random.default_rng(4).normal(size=(3 * BLOCK_ROWS + 7, 8)).astype(np.float32)
     X[BLOCK_ROWS + 5, 3] = np.inf
-    host = torch.from_numpy(X).pin_memory() if data == "pinned tensor" else X
+    vectors = {"pinned tensor": torch.from_numpy(X).pin_memory(), "numpy": X,
+            "tensor on the device": torch.from_numpy(X).cuda()}[data]
     with pytest.raises(DataError, match=f"row {BLOCK_ROWS + 5}: value inf at dimension 3"):
-        for _ in stream(VectorSource(host), "cuda"):
+        for _ in stream(VectorSource(vectors), "cuda"):
             pass
-    source = VectorSource(host, on_invalid="skip")
+    source = VectorSource(vectors, on_invalid="skip")
     got = [(b.index, b.ordinals, b.vectors.cpu().numpy()) for b in stream(source, "cuda")]
     want = [(b.index, b.ordinals, b.vectors) for b in VectorSource(X, on_invalid="skip").blocks()]
     assert [g[0] for g in got] == [w[0] for w in want] == [0, 1, 2, 3]

@@ -556,9 +556,9 @@ class VectorSource:
             self._warn(skipped)
 
     def unchecked_blocks(self, start=0, stop=None):
-        """``(block, checked)`` for the blocks [start, stop), in order. Blocks of in-memory host
-        data whose rows were never validated come as :meth:`blocks` gives them, but unvalidated
-        (``checked`` False); all others through :meth:`blocks` (``checked`` True).
+        """``(block, checked)`` for the blocks [start, stop), in order. Blocks of in-memory data
+        (host or device) whose rows were never validated come as :meth:`blocks` gives them, but
+        unvalidated (``checked`` False); all others through :meth:`blocks` (``checked`` True).
 
         For a caller that checks the rows where it copies them (``io.streaming``: on the GPU,
         where the check reads no host memory; on the host, 16 threads reading 10M float16 rows
@@ -567,7 +567,7 @@ class VectorSource:
         through :meth:`blocks`, which raises or skips as ``on_invalid`` says."""
         start, stop = self._block_range(start, stop)
         data = self._readers[0]._data if self._in_memory else None
-        if data is None or (isinstance(data, torch.Tensor) and data.device.type != "cpu"):
+        if data is None:
             yield from ((block, True) for block in self.blocks(start, stop))
             return
         for index in range(start, stop):

@@ -11,7 +11,9 @@ just before computing on it. Here:
   being computed on; the compute stream waits on each copy's event only when it needs the block;
 - rows of in-memory data that were never validated are checked on the device, right after their
   copy (``VectorSource.unchecked_blocks``): checked on the host, they were read from host memory
-  twice, by the check and by the copy, and the first pass ran at 0.6 of the copy rate.
+  twice, by the check and by the copy, and the first pass ran at 0.6 of the copy rate;
+- a tensor already on the device is neither staged nor copied: its blocks are read in the
+  caller's thread, their rows checked on the side stream as copied rows are, ahead of their turn.
 
 Blocks keep their index, ordinals and ids; only ``vectors`` becomes a tensor on the device, with
 the same values, so results are the same bits as with synchronous copies.
@@ -74,9 +76,7 @@ def _readers(source) -> int:
 
 def _already_on(source, device: torch.device) -> bool:
     """Whether the blocks of ``source`` are on the CUDA ``device`` already (``source.device``: an
-    in-memory tensor there): nothing to read ahead or copy, and no threads to start (starting
-    them and waiting for the first block took 0.48 ms of every pass on an H200 host, the GPU
-    idle meanwhile)."""
+    in-memory tensor there)."""
     where = getattr(source, "device", None)
     if where is None or torch.device(where).type != "cuda":
         return False
@@ -110,20 +110,85 @@ def stream(source, device, start: int = 0, stop: int | None = None, *, depth: in
     """Yield the blocks [start, stop) of ``source`` (a VectorSource; stop None: to the end), in
     order, with their vectors on the CUDA ``device``.
 
-    A source whose blocks are on the device already (``source.device``) is read in the caller's
-    thread; blocks that are on it pass through. Others are read by ``readers`` threads (block b
-    by thread b % readers), staged through pinned buffers (a pinned tensor source is copied
-    from in place) and copied on a side stream, ``depth`` blocks ahead of the one yielded.
-    Errors of the source are raised here, in the caller's thread. Not on CUDA: ``source.blocks()``.
+    Blocks are read by ``readers`` threads (block b by thread b % readers), staged through pinned
+    buffers (a pinned tensor source is copied from in place) and copied on a side stream,
+    ``depth`` blocks ahead of the one yielded; rows never validated are checked there too. A
+    source whose blocks are on the device already (``source.device``) is read in the caller's
+    thread: nothing to stage or copy. Errors of the source are raised here, in the caller's
+    thread. Not on CUDA: ``source.blocks()``.
     """
     device = torch.device(device)
     stop = source.n_blocks if stop is None else stop
-    if device.type != "cuda" or _already_on(source, device):
+    if device.type != "cuda":
         yield from source.blocks(start, stop)
         return
-    readers = readers or _readers(source)
-    queues = [queue.Queue(maxsize=2) for _ in range(readers)]
     done = threading.Event()
+    if _already_on(source, device):
+        take, threads, staging = _in_this_thread(source, start, stop)
+    else:
+        take, threads, staging = _from_readers(source, start, stop, readers or _readers(source), depth, done)
+    copy_stream = torch.cuda.Stream(device=device)
+    in_flight = collections.deque()
+    try:
+        b = start
+        while b < stop or in_flight:
+            while b < stop and len(in_flight) < depth:
+                item = take(b - start, wait=not in_flight)  # wait for a reader only when nothing is in flight
+                if item is None:
+                    break
+                b += 1
+                in_flight.append(_sent(item, device, copy_stream))
+            block, dev, event, buf, finite = in_flight.popleft()
+            if event is not None:
+                compute = torch.cuda.current_stream(device)
+                compute.wait_event(event)
+                dev.record_stream(compute)  # the allocator must not reuse it before compute is done
+                if buf is not None:
+                    staging.free.put((buf, event))
+            if finite is not None:
+                event.synchronize()
+                block, dev = _checked_on_device(source, block, dev, finite)
+            yield Block(block.index, block.ordinals, block.ids, dev)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(timeout=10)
+
+
+def _sent(item, device, copy_stream):
+    """``(block, rows on device, event, staging buffer, finite)``: a read block's rows on their way
+    to ``device`` on the copy stream (``event``: they and their check are there), where they are
+    not there and checked already."""
+    block, host, buf, checked = item
+    if host is None and checked:  # on the device and checked: passes through
+        return block, block.vectors, None, None, None
+    finite = None
+    with torch.cuda.stream(copy_stream):
+        dev = (block.vectors if host is None else host).to(device, non_blocking=True)  # no copy if there
+        if not checked:  # on the copy stream: ready, like the copy, before the block's turn
+            finite = torch.isfinite(dev).all().to("cpu", non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(copy_stream)
+    return block, dev, event, buf, finite
+
+
+def _in_this_thread(source, start, stop):
+    """``take(i, wait)`` for a source already on the device: its blocks read here, as they are
+    wanted (starting a reader thread and waiting for it to hand over the first block took 0.48
+    ms of every pass on an H200 host, the GPU idle meanwhile)."""
+    blocks = iter(_unchecked_blocks(source, start, stop))
+
+    def take(i, wait):
+        block, checked = next(blocks)
+        return block, None, None, checked
+
+    return take, [], None
+
+
+def _from_readers(source, start, stop, readers, depth, done):
+    """``take(i, wait)`` of the i-th block from ``readers`` started threads (None when it would
+    wait and ``wait`` is false), the threads, and their pinned staging buffers."""
+    queues = [queue.Queue(maxsize=2) for _ in range(readers)]
     staging = _Staging(2 * readers + depth + 1)  # queued + in flight + one being filled per reader
 
     def put(q, item):
@@ -152,48 +217,17 @@ def stream(source, device, start: int = 0, stop: int | None = None, *, depth: in
         except BaseException as exc:  # handed to the consumer, raised there
             put(q, exc)
 
+    def take(i, wait):
+        try:
+            item = queues[i % readers].get(block=wait)
+        except queue.Empty:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
     threads = [threading.Thread(target=read, args=(rank,), name=f"mega-taxonomy-h2d-{rank}", daemon=True)
                for rank in range(readers)]
     for thread in threads:
         thread.start()
-    copy_stream = torch.cuda.Stream(device=device)
-    in_flight = collections.deque()
-    try:
-        b = start
-        while b < stop or in_flight:
-            while b < stop and len(in_flight) < depth:
-                q = queues[(b - start) % readers]
-                try:  # wait for a reader only when nothing is in flight
-                    item = q.get(block=not in_flight)
-                except queue.Empty:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                b += 1
-                block, host, buf, checked = item
-                if host is None:
-                    in_flight.append((block, block.vectors, None, None, None))
-                    continue
-                finite = None
-                with torch.cuda.stream(copy_stream):
-                    dev = host.to(device, non_blocking=True)
-                    if not checked:  # on the copy stream: ready, like the copy, before the block's turn
-                        finite = torch.isfinite(dev).all().to("cpu", non_blocking=True)
-                    event = torch.cuda.Event()
-                    event.record(copy_stream)
-                in_flight.append((block, dev, event, buf, finite))
-            block, dev, event, buf, finite = in_flight.popleft()
-            if event is not None:
-                compute = torch.cuda.current_stream(device)
-                compute.wait_event(event)
-                dev.record_stream(compute)  # the allocator must not reuse it before compute is done
-                if buf is not None:
-                    staging.free.put((buf, event))
-            if finite is not None:
-                event.synchronize()
-                block, dev = _checked_on_device(source, block, dev, finite)
-            yield Block(block.index, block.ordinals, block.ids, dev)
-    finally:
-        done.set()
-        for thread in threads:
-            thread.join(timeout=10)
+    return take, threads, staging
