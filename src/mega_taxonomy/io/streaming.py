@@ -74,17 +74,19 @@ def _readers(source) -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
+def _indexed(device) -> torch.device:
+    """``device`` with its index ("cuda" is the current CUDA device)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _already_on(source, device: torch.device) -> bool:
-    """Whether the blocks of ``source`` are on the CUDA ``device`` already (``source.device``: an
-    in-memory tensor there)."""
+    """Whether the blocks of ``source`` are on the CUDA ``device`` (indexed) already
+    (``source.device``: an in-memory tensor there)."""
     where = getattr(source, "device", None)
-    if where is None or torch.device(where).type != "cuda":
-        return False
-
-    def index(d):  # "cuda" is the current device
-        return torch.cuda.current_device() if d.index is None else d.index
-
-    return index(torch.device(where)) == index(device)
+    return where is not None and _indexed(where) == device
 
 
 def _unchecked_blocks(source, start, stop):
@@ -117,7 +119,7 @@ def stream(source, device, start: int = 0, stop: int | None = None, *, depth: in
     thread: nothing to stage or copy. Errors of the source are raised here, in the caller's
     thread. Not on CUDA: ``source.blocks()``.
     """
-    device = torch.device(device)
+    device = _indexed(device)
     stop = source.n_blocks if stop is None else stop
     if device.type != "cuda":
         yield from source.blocks(start, stop)
@@ -156,11 +158,11 @@ def stream(source, device, start: int = 0, stop: int | None = None, *, depth: in
 
 
 def _sent(item, device, copy_stream):
-    """``(block, rows on device, event, staging buffer, finite)``: a read block's rows on their way
-    to ``device`` on the copy stream (``event``: they and their check are there), where they are
-    not there and checked already."""
+    """``(block, rows on device, event, staging buffer, finite)`` of a read block: rows elsewhere
+    are copied to ``device``, and rows never validated are checked there, on the copy stream
+    (``event``: both done); rows there already and checked pass through."""
     block, host, buf, checked = item
-    if host is None and checked:  # on the device and checked: passes through
+    if host is None and checked and block.vectors.device == device:
         return block, block.vectors, None, None, None
     finite = None
     with torch.cuda.stream(copy_stream):
