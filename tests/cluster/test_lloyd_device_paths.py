@@ -65,3 +65,47 @@ def test_task_moves_centroids_once_per_pass_and_pickles_without_them():
     assert task._centroids(state, torch.device("cpu")) is a
     assert task._centroids(LloydState(np.ones((3, 2), np.float32)), torch.device("cpu")) is not a
     assert pickle.loads(pickle.dumps(task)).__dict__ == {}
+
+
+class SumsAsTensors:
+    """A CPU LocalRuntime whose Lloyd passes give their statistics as tensors, as sums left on a
+    device do: lloyd's path that queues the update behind the pass, run here without a GPU."""
+
+    def __init__(self):
+        from mega_taxonomy.runtime import LocalRuntime
+
+        self.runtime = LocalRuntime("cpu", progress=False)
+
+    def __getattr__(self, name):
+        return getattr(self.runtime, name)
+
+    def map_reduce(self, source, task, state, *, desc=None):
+        partial = self.runtime.map_reduce(source, task, state, desc=desc)
+        if partial.sums is not None:
+            partial.sums, partial.counts, partial.inertia = (
+                torch.from_numpy(np.asarray(a)) for a in (partial.sums, partial.counts, partial.inertia))
+        return partial
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("empty", [False, True])
+def test_an_update_queued_behind_the_pass_gives_the_host_updates_bits(metric, empty):
+    """Sums as tensors: the update computed before the counts come back (and, when a cluster went
+    empty, the relocation instead) gives the bits of the update from arrays, iteration after
+    iteration."""
+    from mega_taxonomy.cluster.lloyd import lloyd
+    from mega_taxonomy.io import VectorSource
+    from mega_taxonomy.runtime import LocalRuntime
+
+    rng = np.random.default_rng(9)
+    centers = rng.normal(size=(40, 8)) * 5
+    x = (centers[rng.integers(0, 40, 20_000)] + rng.normal(size=(20_000, 8))).astype(np.float32)
+    init = np.concatenate([x[:37], x[:3]]) if empty else x[:40].copy()  # > MAX_CHILDREN: no bounds
+    want = lloyd(VectorSource(x), init, LocalRuntime("cpu", progress=False), metric=metric, max_iter=5)
+    shifts = []
+    got = lloyd(VectorSource(x), init, SumsAsTensors(), metric=metric, max_iter=5,
+                on_iteration=lambda n, c, shift, p: shifts.append(shift))
+    np.testing.assert_array_equal(got.centroids, want.centroids)
+    np.testing.assert_array_equal(got.counts, want.counts)
+    assert got.n_iter == want.n_iter == 5 and got.inertia == want.inertia
+    assert all(isinstance(s, float) and s >= 0 for s in shifts) and len(shifts) == 5

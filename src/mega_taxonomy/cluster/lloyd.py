@@ -444,9 +444,10 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         before, partial = partial, runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter}")
         # Sums left on the device: the update is queued there behind the pass, and its shift comes
         # back with the counts, one wait an iteration (the GPU then idles only for the host's
-        # turn). It stands unless a cluster went empty.
+        # turn). It stands unless a cluster went empty. (Frozen groups, whose sums are filled in
+        # below, come from passes on the host only.)
         queued = None
-        if isinstance(partial.sums, torch.Tensor):
+        if isinstance(partial.sums, torch.Tensor) and frozen is None:
             queued = centroids_from_sums(partial.sums, partial.counts, torch.as_tensor(centroids),
                                          normalize=metric == "cosine")
             prepare_ahead(queued[0])
