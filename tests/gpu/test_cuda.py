@@ -362,7 +362,7 @@ def test_streamed_rows_are_checked_on_the_device_as_on_the_host(data):
     X = np.random.default_rng(4).normal(size=(3 * BLOCK_ROWS + 7, 8)).astype(np.float32)
     X[BLOCK_ROWS + 5, 3] = np.inf
     vectors = {"pinned tensor": torch.from_numpy(X).pin_memory(), "numpy": X,
-            "tensor on the device": torch.from_numpy(X).cuda()}[data]
+               "tensor on the device": torch.from_numpy(X).cuda()}[data]
     with pytest.raises(DataError, match=f"row {BLOCK_ROWS + 5}: value inf at dimension 3"):
         for _ in stream(VectorSource(vectors), "cuda"):
             pass
