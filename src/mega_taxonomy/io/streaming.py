@@ -164,8 +164,13 @@ def _sent(item, device, copy_stream):
     block, host, buf, checked = item
     if host is None and checked and block.vectors.device == device:
         return block, block.vectors, None, None, None
+    # Rows on a device may still be in the making on the reading thread's stream there (a
+    # conversion to the source's dtype, say): the copy stream waits for it.
+    made_on = torch.cuda.current_stream(block.vectors.device) if host is None else None
     finite = None
     with torch.cuda.stream(copy_stream):
+        if made_on is not None:
+            copy_stream.wait_stream(made_on)
         dev = (block.vectors if host is None else host).to(device, non_blocking=True)  # no copy if there
         if not checked:  # on the copy stream: ready, like the copy, before the block's turn
             finite = torch.isfinite(dev).all().to("cpu", non_blocking=True)
