@@ -58,6 +58,42 @@ def test_packed_tensors_come_back_as_they_were():
     assert _pack([], "cpu")[0].numel() == 0
 
 
+GATHER_BYTES = """
+import datetime, os, sys
+import torch.distributed as dist
+from mega_taxonomy.runtime.collective import all_gather_bytes
+rank = int(sys.argv[1])
+os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{sys.argv[2]}", rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=60))
+capacity = 4096
+for sizes in ((10, 5000), (3, 7), (0, 9000), (8200, 1)):
+    data = bytes([rank + 1]) * sizes[rank]
+    got, capacity = all_gather_bytes(data, 2, capacity)
+    assert got == [bytes([1]) * sizes[0], bytes([2]) * sizes[1]], (sizes, [len(g) for g in got])
+    print(capacity, flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_bytes_of_every_rank_gathered_in_one_collective_or_two(tmp_path):
+    """all_gather_bytes between two processes over gloo: each gets both ranks' bytes, longer
+    than the room or not; both take the same room for the next call, as long as the longest."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER_BYTES)
+    ranks = [subprocess.Popen([sys.executable, str(script), str(rank), str(port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    outputs = [rank.communicate(timeout=120) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], outputs
+    assert outputs[0][0] == outputs[1][0] == "8192\n4096\n16384\n16384\n"
+
+
 class SlowSource(VectorSource):
     """Blocks that take a while each, so that a worker can be killed mid-loop."""
 
