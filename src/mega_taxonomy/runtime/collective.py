@@ -83,9 +83,9 @@ def all_gather_bytes(data: bytes, world: int, capacity: int, group=None) -> tupl
     rank: it follows from the gathered lengths).
 
     One collective of ``capacity`` bytes a rank (a length, then the bytes, zero-padded), and a
-    second, as long as the longest, only where some rank's bytes did not fit. On two processes of
-    a 2-core host over gloo, ``all_gather_object`` (its own pickling, a collective for the sizes,
-    another for the bytes) took 0.89 ms; one collective of 1 kB, 0.25 ms.
+    second, as long as the longest, only where some rank's bytes did not fit. Between two
+    processes of a 2-core host over gloo, 800 bytes a rank: 0.37-0.46 ms, against 0.84-0.90 ms
+    for ``all_gather_object`` (its own pickling, a collective for the sizes, another for the bytes).
     """
     # NCCL gathers device tensors only
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
