@@ -15,7 +15,6 @@ farthest rows. Flat k-means is the case of one group.
 from __future__ import annotations
 
 import logging
-import operator
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from ..ops.assign import prepare_ahead
 from ..ops.device import HostCopy, host_arrays, kept_on_device, to_device
 from ..ops.grouped_assign_numba import MAX_CHILDREN, grouped_nearest_bounded
 from ..ops.update import centroids_from_sums, cluster_counts, cluster_stats
-from ..runtime import Deferred, in_block_order
+from ..runtime import CompositePartial, Deferred, in_block_order
 from .balance import size_penalty
 from .best_per_group import BestPerGroup
 from .farthest import FarthestPerGroup
@@ -67,7 +66,7 @@ class LloydState:
 
 
 @dataclass
-class LloydPartial:
+class LloydPartial(CompositePartial):
     """Per-centroid statistics of some blocks."""
 
     counts: np.ndarray  # (K,) int64
@@ -78,12 +77,6 @@ class LloydPartial:
     labels: dict = field(default_factory=dict)  # block index -> (labels, distances), when kept
     sample: SamplePartial | None = None  # per cluster, when asked for
     bounds: dict = field(default_factory=dict)  # block index -> (labels, lower bounds, distances), when tracked
-
-    def __add__(self, other: LloydPartial) -> LloydPartial:
-        return self._plus(other, operator.add)
-
-    def __iadd__(self, other: LloydPartial):  # a running total: samples updated in place
-        return self._plus(other, operator.iadd)
 
     def _plus(self, other, add) -> LloydPartial:
         out = LloydPartial(self.counts + other.counts, self.inertia + other.inertia,

@@ -9,7 +9,6 @@ Groups (a taxonomy's nodes) each keep their own n lowest, so one pass samples ev
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,11 +16,12 @@ import torch
 
 from ..ops.hashing import hash_ids
 from ..ops.update_numba import column_moments
+from ..runtime import CompositePartial
 from .best_per_group import BestPerGroup
 
 
 @dataclass
-class SamplePartial:
+class SamplePartial(CompositePartial):
     """Per group, the ``size`` rows of lowest hash seen so far (columns "hash", "ordinal",
     "group"); and moments of all rows (for tol). Passes carry no vectors: :meth:`with_vectors`
     reads the selected rows from the source once the pass is over (from its block cache when
@@ -33,12 +33,6 @@ class SamplePartial:
     total: np.ndarray | torch.Tensor  # float64 sum of rows (on the GPU that summed them, until read)
     total_sq: np.ndarray | torch.Tensor  # float64 sum of squared rows
     _vectors: np.ndarray | None = None
-
-    def __add__(self, other: SamplePartial) -> SamplePartial:
-        return self._plus(other, operator.add)
-
-    def __iadd__(self, other: SamplePartial):  # a running total: rows updated in place
-        return self._plus(other, operator.iadd)
 
     def _plus(self, other, add) -> SamplePartial:
         return SamplePartial(self.size, add(self.rows, other.rows), self.count + other.count,

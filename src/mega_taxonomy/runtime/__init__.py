@@ -2,6 +2,7 @@
 
 from .base import (
     BlockTask,
+    CompositePartial,
     Deferred,
     OrderedReducer,
     Partial,
@@ -15,7 +16,7 @@ from .base import (
 from .local import LocalPool, LocalRuntime, cpu_threads, resolve_device
 
 __all__ = [
-    "BlockTask", "Deferred", "LocalPool", "LocalRuntime", "OrderedReducer", "Partial", "RayPool",
+    "BlockTask", "CompositePartial", "Deferred", "LocalPool", "LocalRuntime", "OrderedReducer", "Partial", "RayPool",
     "RayRuntime", "Runtime", "WorkerPool", "cpu_threads", "finished", "fold", "in_block_order",
     "resolve_device", "units",
 ]

@@ -20,6 +20,7 @@ data or an index and answering requests): PANDA's kd-tree and batch serving use 
 from __future__ import annotations
 
 import abc
+import operator
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -39,7 +40,8 @@ class Partial(Protocol):
     The runtime adds with ``total += partial`` (:func:`add_to`), on a running total that only it
     holds (the first partial, then the sums). A type may define ``__iadd__`` to update itself in
     place, giving what ``+`` gives: a selection of rows kept as a table and updated block by
-    block (``cluster.best_per_group``). Without one, Python computes ``total + partial``.
+    block (``cluster.best_per_group``), or a partial that holds such parts
+    (:class:`CompositePartial`). Without one, Python computes ``total + partial``.
     """
 
     def __add__(self, other):  # pragma: no cover - protocol
@@ -98,6 +100,19 @@ def add_to(total, partial):
         return total + partial
     total += partial
     return total
+
+
+class CompositePartial:
+    """A partial holding partials of its own (samples, selections): ``+`` and ``+=`` both go
+    through ``self._plus(other, add)``, which adds those with ``add``: ``operator.add``, or
+    ``operator.iadd`` when ``self`` is the runtime's running total (:func:`add_to`), so that they
+    too are updated in place."""
+
+    def __add__(self, other):
+        return self._plus(other, operator.add)
+
+    def __iadd__(self, other):
+        return self._plus(other, operator.iadd)
 
 
 def in_block_order(parts: dict) -> tuple:

@@ -3,7 +3,6 @@ pass that writes every row's path and collects each node's nearest members."""
 
 from __future__ import annotations
 
-import operator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -13,7 +12,7 @@ import pyarrow as pa
 from ..cluster.best_per_group import BestPerGroup
 from ..cluster.lloyd import as_tensor
 from ..cluster.sampling import SamplePartial, block_sample
-from ..runtime import in_block_order
+from ..runtime import CompositePartial, in_block_order
 from ..storage import Store
 from ..storage.schema import assignments_file, assignments_table
 from .router import Router, route_beam, route_greedy
@@ -22,17 +21,11 @@ from .tree import Tree
 
 
 @dataclass
-class RoutePartial:
+class RoutePartial(CompositePartial):
     """Each block's node at the deepest routed level, and optionally a hash sample per node."""
 
     labels: dict = field(default_factory=dict)
     sample: SamplePartial | None = None
-
-    def __add__(self, other):
-        return self._plus(other, operator.add)
-
-    def __iadd__(self, other):  # a running total: the sample updated in place
-        return self._plus(other, operator.iadd)
 
     def _plus(self, other, add):
         sample = None if self.sample is None else add(self.sample, other.sample)
@@ -72,7 +65,7 @@ class RouteTask(_Routing):
 
 
 @dataclass
-class MembersPartial:
+class MembersPartial(CompositePartial):
     """Per level, the ``size`` rows nearest each node: columns node, distance, ordinal, id."""
 
     size: int
@@ -80,12 +73,6 @@ class MembersPartial:
     rows: int = 0
     files: dict = field(default_factory=dict)  # store name -> {"sha256", "bytes"} written by tasks
     leaves: dict = field(default_factory=dict)  # block -> (ordinals, ids, leaf numbers), for search
-
-    def __add__(self, other):
-        return self._plus(other, operator.add)
-
-    def __iadd__(self, other):  # a running total: the members updated in place
-        return self._plus(other, operator.iadd)
 
     def _plus(self, other, add):
         levels = [add(mine, theirs) for mine, theirs in zip(self.levels, other.levels)]
