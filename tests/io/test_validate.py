@@ -151,8 +151,25 @@ def test_truncated_fvecs(tmp_path, files, x):
 def test_null_vector(tmp_path, files):
     rows = [[1.0, 2.0]] * 8
     rows[3] = None
-    for arrow_type in (pa.list_(pa.float32()), pa.list_(pa.float32(), 2)):
-        path = files.table(tmp_path / "n.parquet", {"emb": pa.array(rows, arrow_type)})
+    path = files.table(tmp_path / "n.parquet", {"emb": pa.array(rows, pa.list_(pa.float32()))})
+    with raises("n.parquet", "row 3", "column 'emb'", "null vector"):
+        read_all(VectorSource(path))
+
+
+def test_null_fixed_size_vector(tmp_path, files):
+    # apache/arrow#35692: pyarrow 25 writes such a file but fails on its whole row group; then say why.
+    rows = [[1.0, 2.0]] * 8
+    rows[3] = None
+    try:
+        path = files.table(tmp_path / "n.parquet", {"emb": pa.array(rows, pa.list_(pa.float32(), 2))})
+    except pa.ArrowNotImplementedError:
+        pytest.skip(f"pyarrow {pa.__version__} cannot write a null fixed_size_list entry")
+    try:
+        pq.read_table(path)
+    except pa.ArrowInvalid:
+        with raises("n.parquet", "row 0", "column 'emb'", "a null vector", f"pyarrow {pa.__version__} cannot read"):
+            read_all(VectorSource(path))
+    else:
         with raises("n.parquet", "row 3", "column 'emb'", "null vector"):
             read_all(VectorSource(path))
 

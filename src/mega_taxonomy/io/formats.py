@@ -55,7 +55,7 @@ class Piece:
 
 def _values(array):
     """Zero-copy numpy view of a primitive arrow array's values (slots of nulls included)."""
-    dtype = np.dtype(array.type.to_pandas_dtype())
+    dtype = validate.numpy_dtype(array.type)
     if len(array) == 0:
         return np.empty(0, dtype)
     return np.frombuffer(array.buffers()[1], dtype, count=len(array), offset=array.offset * dtype.itemsize)
@@ -192,6 +192,16 @@ class ParquetReader(Reader):
     def _columns(self):
         return [self.column] if self.id_column is None else [self.column, self.id_column]
 
+    def _undecodable(self, group, exc):
+        """The DataError for a row group pyarrow cannot decode."""
+        message, column = f"cannot decode row group {group}: {exc}", None
+        if self.exact_dim and isinstance(exc, pa.ArrowInvalid) and "Expected all lists" in str(exc):
+            # apache/arrow#35692: pyarrow before its fix cannot read back a null fixed_size_list entry
+            message += (f" (a null vector, which pyarrow {pa.__version__} cannot read from a fixed_size_list "
+                        "column: a newer pyarrow reads it and names its row; or write the column as list<float>)")
+            column = self.column
+        return DataError(message, file=self.uri, row=int(self._starts[group]), column=column)
+
     def _pieces(self, start, stop, batch_size, columns):
         """Yield (rows, record batch) for the rows [start, stop), one row group at a time."""
         first = int(np.searchsorted(self._starts, start, side="right")) - 1
@@ -207,9 +217,7 @@ class ParquetReader(Reader):
                             yield range(lo, hi), batch.slice(lo - row, hi - lo)
                         row += len(batch)
                 except (pa.ArrowException, OSError) as exc:
-                    raise DataError(
-                        f"cannot decode row group {group}: {exc}", file=self.uri, row=int(self._starts[group])
-                    ) from exc
+                    raise self._undecodable(group, exc) from exc
 
     def _piece(self, rows, columns, dim):
         vectors, lengths, null_at = decode_list(columns[0], dim)
@@ -237,9 +245,7 @@ class ParquetReader(Reader):
                 try:  # only the row groups that hold wanted rows are read
                     table = parquet.read_row_group(int(group), columns=self._columns())
                 except (pa.ArrowException, OSError) as exc:
-                    raise DataError(
-                        f"cannot decode row group {group}: {exc}", file=self.uri, row=int(self._starts[group])
-                    ) from exc
+                    raise self._undecodable(group, exc) from exc
                 tables.append(table.take(pa.array(local)))
         back = np.empty_like(order)
         back[order] = np.arange(len(order))

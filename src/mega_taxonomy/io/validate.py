@@ -92,7 +92,15 @@ def list_dtype(arrow_type, *, file, column):
     value_type = arrow_type.value_type
     if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type)):
         raise DataError(f"values of type {value_type} are not numeric", file=file, column=column)
-    return vector_dtype(value_type.to_pandas_dtype(), file=file, column=column)
+    return vector_dtype(numpy_dtype(value_type), file=file, column=column)
+
+
+def numpy_dtype(arrow_type) -> np.dtype:
+    """The numpy dtype of an arrow integer or float type (``to_pandas_dtype`` needs pandas before pyarrow 21)."""
+    if pa.types.is_floating(arrow_type):
+        return np.dtype(f"float{arrow_type.bit_width}")
+    sign = "" if pa.types.is_signed_integer(arrow_type) else "u"
+    return np.dtype(f"{sign}int{arrow_type.bit_width}")
 
 
 def id_column(schema, column, *, file):
