@@ -148,6 +148,19 @@ def test_torch_in_torch_out():
     np.testing.assert_allclose(km.transform(t).numpy(), km.transform(X), rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_tensors_fit_as_their_float32_values(dtype):
+    """Half tensors are served as they are (half the bytes a pass) and computed in float32, so
+    their fit is that of their float32 values, bit for bit."""
+    half = torch.from_numpy(blobs(n=2000, k=6, d=8)[0]).to(dtype)
+    ours = KMeans(6, random_state=0, device="cpu").fit(half)
+    ref = KMeans(6, random_state=0, device="cpu").fit(half.float())
+    np.testing.assert_array_equal(ours.cluster_centers_, ref.cluster_centers_)
+    np.testing.assert_array_equal(ours.labels_, ref.labels_)
+    assert ours.inertia_ == ref.inertia_ and ours.n_iter_ == ref.n_iter_
+    np.testing.assert_array_equal(ours.predict(half).numpy(), ref.labels_)
+
+
 def test_same_result_from_a_source_with_ids():
     X, _ = blobs(n=800, k=4, d=4)
     a = KMeans(4, random_state=1, device="cpu").fit(X)

@@ -175,6 +175,9 @@ def test_torch_tensors_give_slices_on_their_device(data, device):
 def test_torch_half_and_int_tensors():
     half = VectorSource(torch.ones(3, 2, dtype=torch.float16))
     assert half.dtype == np.float16 and next(half.blocks()).vectors.dtype == torch.float16
+    brain = VectorSource(torch.ones(3, 2, dtype=torch.bfloat16))  # numpy has no bfloat16: torch's
+    assert brain.dtype == torch.bfloat16 and next(brain.blocks()).vectors.dtype == torch.bfloat16
+    assert brain.take([2, 0]).dtype == torch.bfloat16
     ints = VectorSource(torch.arange(6).reshape(3, 2))
     assert ints.dtype == np.float32 and next(ints.blocks()).vectors.dtype == torch.float32
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..ops.device import host_arrays
 from ..ops.hashing import hash_ids
 from ..ops.update_numba import column_moments
 from ..runtime import CompositePartial
@@ -40,8 +41,8 @@ class SamplePartial(CompositePartial):
 
     def with_vectors(self, source) -> SamplePartial:
         """Read the sampled rows' vectors from ``source`` (the one the pass ran over)."""
-        vectors = source.take(self.ordinals)
-        self._vectors = np.ascontiguousarray(vectors.cpu().numpy() if isinstance(vectors, torch.Tensor) else vectors)
+        (vectors,) = host_arrays(source.take(self.ordinals))
+        self._vectors = np.ascontiguousarray(vectors)
         return self
 
     @property

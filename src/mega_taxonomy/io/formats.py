@@ -380,9 +380,9 @@ class VecsReader(_RecordReader):
 
 
 def _torch_dtype(dtype):
-    if dtype in (torch.float16, torch.float32, torch.float64):
+    if dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         return dtype
-    if dtype == torch.bfloat16 or not (dtype.is_complex or dtype == torch.bool or dtype.is_floating_point):
+    if not (dtype.is_complex or dtype == torch.bool or dtype.is_floating_point):
         return torch.float32
     raise DataError(f"values of dtype {dtype} are not numeric vectors", file=ArrayReader.uri)
 
@@ -396,8 +396,9 @@ class ArrayReader(Reader):
         if data.ndim != 2 or data.shape[1] == 0:
             shape = tuple(data.shape)
             raise DataError(f"expected a 2-D array (rows, dim), found shape {shape}", file=self.uri)
-        if isinstance(data, torch.Tensor):
-            self.dtype = np.dtype(str(_torch_dtype(data.dtype)).removeprefix("torch."))
+        if isinstance(data, torch.Tensor):  # numpy's dtype, but for bfloat16, which numpy lacks
+            dtype = _torch_dtype(data.dtype)
+            self.dtype = dtype if dtype == torch.bfloat16 else np.dtype(str(dtype).removeprefix("torch."))
         else:
             self.dtype = validate.vector_dtype(data.dtype, file=self.uri)
         self._data = data

@@ -40,6 +40,7 @@ SHARD_ROWS = 1 << 20
 """Files with more rows are split into several shards at row-group boundaries."""
 
 _TORCH_DTYPES = {np.dtype(name): getattr(torch, name) for name in ("float16", "float32", "float64")}
+_TORCH_DTYPES[torch.bfloat16] = torch.bfloat16  # a tensor source's, which numpy cannot name
 
 
 @dataclass(frozen=True)
@@ -282,7 +283,7 @@ class VectorSource:
         under it, recursively, skipping names starting with "." or "_"). The global ordinal of
         a row is its position in the concatenation of the files in sorted URI order. Or an
         array: float16/32/64 (integers are served as float32), never copied; or a tensor on
-        any device, served as tensor slices on that device.
+        any device, served as tensor slices on that device (bfloat16 tensors too).
     column : str, default=None
         Parquet vector column (list, large_list or fixed_size_list of numbers). None: the only
         float-list column of the first parquet file.
@@ -306,8 +307,9 @@ class VectorSource:
     Attributes
     ----------
     dim : int
-    dtype : numpy.dtype
-        float16, float32 or float64 (the widest among the files).
+    dtype : numpy.dtype or torch.dtype
+        float16, float32 or float64 (the widest among the files); ``torch.bfloat16`` for a
+        bfloat16 tensor, which numpy cannot name.
     uris : list of str
         The files, in ordinal order ("<array>" for an array).
     shards : list of Shard
@@ -392,7 +394,7 @@ class VectorSource:
             names = ", ".join(self.uris[:3]) + more
             raise DataError("the source has no rows", file=names)
         self.dim = self._check_dims(dim)
-        self.dtype = np.result_type(*(reader.dtype for reader in self._readers))
+        self.dtype = self._readers[0].dtype if self._in_memory else np.result_type(*(r.dtype for r in self._readers))
         self.shards = []
         for reader, start in zip(self._readers, self._starts.tolist()):
             if reader.num_rows:

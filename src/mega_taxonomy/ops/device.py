@@ -170,7 +170,9 @@ class HostCopy:
 
 def host_arrays(*values) -> list:
     """``values`` as numpy arrays: CUDA tensors (on one device) copied out together, with one wait
-    (:class:`HostCopy`); CPU tensors as arrays, anything else as it is."""
+    (:class:`HostCopy`); CPU tensors as arrays, anything else as it is. bfloat16 tensors, which
+    numpy cannot hold, come as float32."""
+    values = [v.float() if isinstance(v, torch.Tensor) and v.dtype == torch.bfloat16 else v for v in values]
     on_cuda = {i: v for i, v in enumerate(values) if isinstance(v, torch.Tensor) and v.is_cuda}
     copied = HostCopy(on_cuda).arrays() if on_cuda else {}
     return [copied[i] if i in copied else v.numpy() if isinstance(v, torch.Tensor) else v

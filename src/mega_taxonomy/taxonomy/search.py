@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..ops import normalize_rows
+from ..ops.device import host_arrays
 from ..threads import parallel_map
 from .router import Router, route_beam
 from .tree import Tree
@@ -56,9 +57,7 @@ class SearchIndex:
         order = np.lexsort((ordinals, leaves))
         n_leaves = sum(int((level.n_children == 0).sum()) for level in tree.levels)
         counts = np.bincount(leaves, minlength=n_leaves)
-        vectors = source.take(ordinals[order])
-        if isinstance(vectors, torch.Tensor):
-            vectors = vectors.cpu().numpy()
+        (vectors,) = host_arrays(source.take(ordinals[order]))
         return cls(ids[order], np.ascontiguousarray(vectors), np.concatenate([[0], np.cumsum(counts)]))
 
     def norms(self) -> np.ndarray:
