@@ -76,6 +76,36 @@ def test_passes_do_not_depend_on_the_number_of_nodes():
     assert len(set(passes.values())) == 1
 
 
+def test_a_levels_seed_sample_is_kept_within_its_budget(monkeypatch):
+    """Where every node's default 64 rows a child would pass _SAMPLE_BYTES, fewer are drawn, down
+    to 16 a child; the sizes the passes draw are those, and the deeper nodes are still seeded."""
+    X = np.random.default_rng(2).normal(size=(20_000, 8)).astype(np.float32)
+    row = 8 * 4  # bytes of a float32 row
+    monkeypatch.setattr(fitting, "_SAMPLE_BYTES", 16 * 300 * row)  # level 2: 16 parents, 300 rows each
+    drawn, lloyd, hash_sample = [], fitting.lloyd, fitting.hash_sample
+
+    def root_sample(source, size, *args):
+        drawn.append(size)
+        return hash_sample(source, size, *args)
+
+    def level(*args, sample=None, **kwargs):
+        drawn.append(None if sample is None else sample[0])
+        return lloyd(*args, sample=sample, **kwargs)
+
+    monkeypatch.setattr(fitting, "hash_sample", root_sample)
+    monkeypatch.setattr(fitting, "lloyd", level)
+    engine = TaxonomyEngine(n_levels=3, branching_factor=4, max_iter=2, device="cpu").fit(X)
+    assert drawn == [1024, 1024, 300, None]  # root and level 1 within budget: the default
+    assert engine.tree_.levels[2].n_nodes == 64
+    monkeypatch.setattr(fitting, "_SAMPLE_BYTES", row)
+    drawn.clear()
+    TaxonomyEngine(n_levels=3, branching_factor=4, max_iter=2, device="cpu").fit(X)
+    assert drawn == [64, 64, 64, None]  # never below 16 a child
+    drawn.clear()
+    TaxonomyEngine(n_levels=3, branching_factor=4, max_iter=2, sample_size=40, device="cpu").fit(X)
+    assert drawn == [40, 40, 40, None]  # a size asked for is drawn as asked
+
+
 def test_small_nodes_get_fewer_children_or_become_leaves():
     rng = np.random.default_rng(1)
     big = rng.normal(size=(1000, 3))

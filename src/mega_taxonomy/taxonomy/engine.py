@@ -55,7 +55,8 @@ class TaxonomyEngine:
     dtype : {"float32", "float64"}, default="float32"
         Dtype of the centroids and of the arithmetic.
     sample_size : int, optional
-        Rows sampled per node to seed its children (default ``max(64 * branching, 1024)``).
+        Rows sampled per node to seed its children. Default: ``max(64 * branching, 1024)``,
+        lowered (to no fewer than ``16 * branching``) where a level's sample would pass 4 GiB.
     min_cluster_size : int, default=1
         A node gets at most ``count // min_cluster_size`` children, and becomes a leaf when that
         is below 2.
@@ -172,9 +173,6 @@ class TaxonomyEngine:
         params["branching_factor"] = factors
         params["input"] = {"rows": len(source), "dim": source.dim}
         return params
-
-    def _sample_size(self, branching: int) -> int:
-        return self.sample_size or max(64 * branching, 1024)
 
     # -- fit -----------------------------------------------------------------------------------
     def fit(self, input, output=None, *, callback=None):
