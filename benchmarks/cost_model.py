@@ -1,5 +1,6 @@
 """A cost model of a taxonomy fit on a Ray cluster: bytes and time per pass, passes per level,
-partial-sum traffic per iteration (flat and with a tree reduction), driver memory.
+partial-sum traffic per iteration (flat and with a tree reduction), driver memory (and the
+seeds' sample, by the engine's own rule).
 
 Its per-item and per-byte constants come from runs measured here (benchmarks/results/
 ray_overhead.json: scheduling cost per dispatched item, the driver's float64 add and object-store
@@ -15,6 +16,8 @@ import argparse
 import json
 import math
 from pathlib import Path
+
+from mega_taxonomy.taxonomy.fitting import seed_sample_size
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BLOCK_ROWS = 65_536
@@ -36,6 +39,7 @@ def model(rows, dim, branching, iterations, gpus, value_bytes, reduce_blocks, re
     io_seconds = pass_bytes / (gpus * read_gbps_per_gpu * 1e9)
     levels, k_total = [], 1
     for level, b in enumerate(branching):
+        seeds = k_total * seed_sample_size(b, k_total, dim * 4) * dim * 4  # every parent's rows, float32
         k_total *= b
         compute = 2 * rows * dim * b / (gpus * c["gpu_assign_flops_per_second"])  # grouped: own parent's b children
         partial = k_total * (dim * 8 + 16)  # dense float64 sums + counts + inertia per centroid
@@ -55,7 +59,7 @@ def model(rows, dim, branching, iterations, gpus, value_bytes, reduce_blocks, re
             "partial_bytes_per_unit": partial, "traffic_flat_bytes_per_iteration": flat,
             "driver_s_per_iteration_flat": driver_flat,
             "traffic_tree_bytes_per_iteration": gpus * partial, "driver_s_per_iteration_tree": driver_tree,
-            "driver_memory_bytes": k_total * dim * 4 * 2 + 2 * partial,
+            "driver_memory_bytes": k_total * dim * 4 * 2 + 2 * partial, "seed_sample_bytes": seeds,
             "pass_seconds": pass_seconds, "level_seconds": passes * pass_seconds,
         })
     total_passes = 1 + sum(level["passes"] for level in levels) + 1  # + sampling pass, + output pass
@@ -89,7 +93,8 @@ def main():
               f"traffic/iteration flat {lv['traffic_flat_bytes_per_iteration'] / 1e12:.3g} TB "
               f"({lv['driver_s_per_iteration_flat']:.3g} s on the driver), tree "
               f"{lv['traffic_tree_bytes_per_iteration'] / 1e12:.3g} TB ({lv['driver_s_per_iteration_tree']:.3g} s); "
-              f"driver memory {lv['driver_memory_bytes'] / 1e9:.3g} GB")
+              f"driver memory {lv['driver_memory_bytes'] / 1e9:.3g} GB, and {lv['seed_sample_bytes'] / 1e9:.3g} GB "
+              "for the seeds' sample")
 
 
 if __name__ == "__main__":

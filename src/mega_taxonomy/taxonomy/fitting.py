@@ -49,6 +49,14 @@ _PATHS_BYTES = 1 << 30
 _SAMPLE_BYTES = 4 << 30
 
 
+def seed_sample_size(branching: int, parents: int, row_bytes: int) -> int:
+    """The default rows sampled per node to seed its ``branching`` children, for ``parents``
+    nodes of rows of ``row_bytes``: 64 a child (at least 1,024), fewer where the level's sample
+    would pass _SAMPLE_BYTES, but not fewer than 16 a child."""
+    default = max(64 * branching, 1024)
+    return max(min(default, _SAMPLE_BYTES // (parents * row_bytes)), 16 * branching)
+
+
 class CountingRuntime:
     """Counts the passes over data that a fit makes (they are what costs at scale)."""
 
@@ -138,12 +146,10 @@ class FitRun:
         if self.engine.sample_size:
             return self.engine.sample_size
         branching, parents = self.factors[level], math.prod(self.factors[:level])
-        default, fits = max(64 * branching, 1024), _SAMPLE_BYTES // (parents * self.source.dim * self.dtype.itemsize)
-        if fits >= default:
-            return default
-        size = max(fits, 16 * branching)
-        logger.info("level %d: %d sampled rows a node, not %d, to keep up to %d nodes. samples within %d MiB",
-                    level, size, default, parents, _SAMPLE_BYTES >> 20)
+        size = seed_sample_size(branching, parents, self.source.dim * self.dtype.itemsize)
+        if size < max(64 * branching, 1024):
+            logger.info("level %d: %d rows sampled a node, to keep up to %d nodes' samples within %d MiB",
+                        level, size, parents, _SAMPLE_BYTES >> 20)
         return size
 
     # -- the levels ----------------------------------------------------------------------------
