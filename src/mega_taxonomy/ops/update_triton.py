@@ -187,7 +187,7 @@ def _centroids_kernel(sums_ptr, counts_ptr, old_ptr, out_ptr, shift_ptr, D, BLOC
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = cols < D
         old = tl.load(old_ptr + c * D + cols, mask=ok, other=0.0).to(tl.float64)
-        mean = tl.load(sums_ptr + c * D + cols, mask=ok, other=0.0) / count
+        mean = tl.load(sums_ptr + c * D + cols, mask=ok, other=0.0) / tl.maximum(count, 1.0)  # counts are whole
         new = tl.where(count > 0, mean, old).to(tl.float32).to(out_ptr.dtype.element_ty)
         tl.store(out_ptr + c * D + cols, new, mask=ok)
         difference = new.to(tl.float64) - old
