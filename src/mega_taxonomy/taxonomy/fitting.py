@@ -44,8 +44,9 @@ _PATHS_BYTES = 1 << 30
 # The seeds' sample of a level (every node's rows, on the driver) is kept within this many bytes
 # (in the centroids' dtype) by sampling fewer rows per node than the default 64 a child, but
 # never fewer than 16 a child: 16 x 16 x 16 over 300k rows of a Zipf mixture of 4,096 Gaussians
-# (mean over 3 seeds) ended 3% worse at the leaves from 16 rows a child, 10% worse from 8;
-# on GloVe the three were within noise. 4,096 nodes of 1024-d float32 rows: 256 a node.
+# (mean over 3 seeds) ended 3% worse at the leaves from 16 rows a child, 10% worse from 8; on
+# GloVe's 400k words (cosine) 8 to 64 a child were all within noise (benchmarks/
+# study_seed_sample.py, results/seed_sample.json). 4,096 nodes of 1024-d float32 rows: 256 a node.
 _SAMPLE_BYTES = 4 << 30
 
 
@@ -53,8 +54,11 @@ def seed_sample_size(branching: int, parents: int, row_bytes: int) -> int:
     """The default rows sampled per node to seed its ``branching`` children, for ``parents``
     nodes of rows of ``row_bytes``: 64 a child (at least 1,024), fewer where the level's sample
     would pass _SAMPLE_BYTES, but not fewer than 16 a child."""
-    default = max(64 * branching, 1024)
-    return max(min(default, _SAMPLE_BYTES // (parents * row_bytes)), 16 * branching)
+    return max(min(_unbounded_sample_size(branching), _SAMPLE_BYTES // (parents * row_bytes)), 16 * branching)
+
+
+def _unbounded_sample_size(branching: int) -> int:
+    return max(64 * branching, 1024)
 
 
 class CountingRuntime:
@@ -147,7 +151,7 @@ class FitRun:
             return self.engine.sample_size
         branching, parents = self.factors[level], math.prod(self.factors[:level])
         size = seed_sample_size(branching, parents, self.source.dim * self.dtype.itemsize)
-        if size < max(64 * branching, 1024):
+        if size < _unbounded_sample_size(branching):
             logger.info("level %d: %d rows sampled a node, to keep up to %d nodes' samples within %d MiB",
                         level, size, parents, _SAMPLE_BYTES >> 20)
         return size
