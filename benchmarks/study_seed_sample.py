@@ -20,8 +20,8 @@ import argparse
 import sys
 
 import numpy as np
-
 from common import table, write
+
 from mega_taxonomy import TaxonomyEngine, VectorSource
 
 
