@@ -104,6 +104,20 @@ def test_a_levels_seed_sample_is_kept_within_its_budget(monkeypatch):
     drawn.clear()
     TaxonomyEngine(n_levels=3, branching_factor=4, max_iter=2, sample_size=40, device="cpu").fit(X)
     assert drawn == [40, 40, 40, None]  # a size asked for is drawn as asked
+    drawn.clear()
+    TaxonomyEngine(n_levels=3, branching_factor=4, max_iter=2, sample_size=(None, 40, 50), device="cpu").fit(X)
+    assert drawn == [64, 40, 50, None]  # entry l seeds level l (0: the root's sample); None: the default
+
+
+def test_a_per_level_sample_size_resumes_from_its_manifest(tmp_path):
+    """A tuple comes back from the manifest's JSON as a list: still the same parameters."""
+    X = np.random.default_rng(3).normal(size=(3000, 4)).astype(np.float32)
+    params = {"n_levels": 2, "branching_factor": 3, "max_iter": 2, "device": "cpu", "storage_uri": str(tmp_path / "t")}
+    first = TaxonomyEngine(**params, sample_size=(None, 30)).fit(X)
+    again = TaxonomyEngine(**params, sample_size=(None, 30)).fit(X)  # loads the done fit
+    np.testing.assert_array_equal(first.predict(X), again.predict(X))
+    with pytest.raises(ConfigError, match="sample_size"):
+        TaxonomyEngine(**params, sample_size=(None, 31)).fit(X)
 
 
 def test_small_nodes_get_fewer_children_or_become_leaves():
@@ -129,6 +143,11 @@ def test_impossible_settings_raise_config_error():
         TaxonomyEngine(n_levels=3, branching_factor=[2, 2], device="cpu").fit(X)
     with pytest.raises(ConfigError, match="metric"):
         TaxonomyEngine(n_levels=1, branching_factor=2, metric="l1", device="cpu").fit(X)
+    with pytest.raises(ConfigError, match="sample_size has 2 entries"):
+        TaxonomyEngine(n_levels=3, branching_factor=2, sample_size=[8, 8], device="cpu").fit(X)
+    for bad in (0, [8, -1], [8, 2.5], True):
+        with pytest.raises(ConfigError, match="sample_size must be"):
+            TaxonomyEngine(n_levels=2, branching_factor=2, sample_size=bad, device="cpu").fit(X)
 
 
 def test_bad_input_is_named(tmp_path):

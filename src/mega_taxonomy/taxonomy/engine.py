@@ -19,7 +19,7 @@ from ..runtime import get_runtime
 from ..storage import Store
 from ..storage.schema import members_file
 from .fitting import KIND, FitRun
-from .levels import branching_list
+from .levels import branching_list, sample_size_list
 from .passes import OutputState, OutputTask, PredictState, PredictTask
 from .router import Router, route_beam
 from .sampling import balanced_sample, read_assignments
@@ -54,9 +54,11 @@ class TaxonomyEngine:
     device : str, default="auto"
     dtype : {"float32", "float64"}, default="float32"
         Dtype of the centroids and of the arithmetic.
-    sample_size : int, optional
-        Rows sampled per node to seed its children. Default: ``max(64 * branching, 1024)``,
-        lowered (to no fewer than ``16 * branching``) where a level's sample would pass 4 GiB.
+    sample_size : int or list of (int or None), optional
+        Rows sampled per node to seed its children, for every level or one per level (entry
+        ``l`` seeds level ``l``; entry 0 is the root's sample). Default (None):
+        ``max(64 * branching, 1024)``, lowered (to no fewer than ``16 * branching``) where a
+        level's sample would pass 4 GiB.
     min_cluster_size : int, default=1
         A node gets at most ``count // min_cluster_size`` children, and becomes a leaf when that
         is below 2.
@@ -154,6 +156,7 @@ class TaxonomyEngine:
 
     def _check_params(self):
         factors = branching_list(self.branching_factor, self.n_levels)
+        sample_size_list(self.sample_size, self.n_levels)
         if self.metric not in METRICS:
             raise ConfigError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if self.dtype not in ("float32", "float64"):
@@ -171,6 +174,8 @@ class TaxonomyEngine:
     def _fit_params(self, source, factors) -> dict:
         params = {name: getattr(self, name) for name in FIT_PARAMS}
         params["branching_factor"] = factors
+        if isinstance(self.sample_size, (list, tuple)):  # as the manifest's JSON gives it back
+            params["sample_size"] = sample_size_list(self.sample_size, self.n_levels)
         params["input"] = {"rows": len(source), "dim": source.dim}
         return params
 

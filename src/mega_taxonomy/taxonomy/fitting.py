@@ -28,7 +28,7 @@ from ..cluster.lloyd import group_of_centroid, host, lloyd, passes_here_on_cpu
 from ..cluster.sampling import hash_sample
 from ..errors import ConfigError
 from ..runtime import cpu_threads
-from .levels import offsets_of, plan_children, seed_children
+from .levels import offsets_of, plan_children, sample_size_list, seed_children
 from .passes import RouteState, RouteTask
 from .tree import Level, Tree, optional_array
 
@@ -147,8 +147,9 @@ class FitRun:
         """Rows sampled per node of the level above ``level`` to seed its children. A function of
         the parameters alone (a resumed fit draws what the first run drew): the parents are
         counted as the most there can be, the product of the branching factors above."""
-        if self.engine.sample_size:
-            return self.engine.sample_size
+        asked = sample_size_list(self.engine.sample_size, self.engine.n_levels)[level]
+        if asked is not None:
+            return asked
         branching, parents = self.factors[level], math.prod(self.factors[:level])
         size = seed_sample_size(branching, parents, self.source.dim * self.dtype.itemsize)
         if size < _unbounded_sample_size(branching):

@@ -22,6 +22,20 @@ def branching_list(branching_factor, n_levels: int) -> list[int]:
     return factors
 
 
+def sample_size_list(sample_size, n_levels: int) -> list[int | None]:
+    """``sample_size`` as one entry per level: the rows sampled per node to seed that level's
+    children (None: the default)."""
+    if sample_size is None or isinstance(sample_size, (int, np.integer)):
+        sizes = [sample_size] * n_levels
+    else:
+        sizes = list(sample_size)
+    if len(sizes) != n_levels:
+        raise ConfigError(f"sample_size has {len(sizes)} entries for n_levels={n_levels}")
+    if any(s is not None and (isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1) for s in sizes):
+        raise ConfigError(f"sample_size must be None, a positive int or one (or None) per level, got {sample_size!r}")
+    return [None if s is None else int(s) for s in sizes]
+
+
 def plan_children(counts: np.ndarray, branching: int, min_cluster_size: int) -> np.ndarray:
     """Children per node: ``branching``, fewer where a node has under ``min_cluster_size``
     rows per child, none (a leaf) where it could not have two."""
