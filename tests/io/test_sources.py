@@ -196,6 +196,30 @@ class Spy:
         monkeypatch.setattr(owner, name, spy)
 
 
+def test_dictionary_encoded_float16_is_pointed_out(tmp_path, caplog):
+    """pyarrow's writer dictionary-encodes a float16 column by default (it decodes ~6x slower):
+    opening such files logs one warning naming them; plain float16 and float32 files log none."""
+    import pyarrow as pa
+
+    x = np.random.default_rng(0).normal(size=(500, 8))
+    for name, dtype, options in [("dict16", np.float16, {}), ("plain16", np.float16, {"use_dictionary": False}),
+                                 ("dict32", np.float32, {})]:
+        table = pa.table({"emb": pa.FixedSizeListArray.from_arrays(pa.array(x.astype(dtype).reshape(-1)), 8)})
+        for part in range(2):
+            (tmp_path / name).mkdir(exist_ok=True)
+            pq.write_table(table, tmp_path / name / f"part-{part}.parquet", **options)
+    with caplog.at_level(logging.WARNING, logger="mega_taxonomy.io.sources"):
+        VectorSource(str(tmp_path / "dict16"))
+    (record,) = caplog.records
+    assert "2 of 2 files" in record.message and "part-0.parquet" in record.message
+    assert "use_dictionary=False" in record.message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mega_taxonomy.io.sources"):
+        VectorSource(str(tmp_path / "plain16"))
+        VectorSource(str(tmp_path / "dict32"))  # not flagged: float32 dictionaries outgrow their page, and go plain
+    assert not caplog.records
+
+
 def test_metadata_is_cheap(tmp_path, files, data, monkeypatch):
     vectors, ids = data
     write_split(files, tmp_path / "fixed", vectors, ids, 3, kind="fixed", row_group_size=10_000)

@@ -169,6 +169,20 @@ class ParquetReader(Reader):
         self.exact_dim = pa.types.is_fixed_size_list(vector_type)
         if self.exact_dim:
             self.dim = vector_type.list_size
+        self.slow_encoding = self.dtype == np.float16 and self._dictionary_encoded()
+
+    def _dictionary_encoded(self):
+        """Whether the vector column's values are dictionary-encoded in the first row group: pyarrow's
+        default for float16, whose 65,536 values always fit a dictionary. It decodes them about 6x
+        slower than plain ones (65,536 x 1024: 1.33 s against 0.23 s on a 2-core host)."""
+        if not self._meta.num_row_groups:
+            return False
+        group = self._meta.row_group(0)
+        for j in range(group.num_columns):
+            chunk = group.column(j)
+            if chunk.path_in_schema.split(".")[0] == self.column:
+                return any("DICTIONARY" in encoding for encoding in chunk.encodings)
+        return False
 
     @functools.cached_property
     def dim(self):
