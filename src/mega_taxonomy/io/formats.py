@@ -118,11 +118,13 @@ class Reader:
     Attributes: ``uri``, ``column`` (the vector column, or None), ``num_rows``, ``dtype`` (the
     dtype vectors are served in), ``dim`` (None for a file without rows) and ``exact_dim``
     (True when ``dim`` comes from metadata and holds for every row; False when rows may differ
-    and are checked one by one).
+    and are checked one by one), ``slow_encoding`` (True when the values are stored in a layout
+    that decodes several times slower than a plain one would).
     """
 
     column = None
     exact_dim = True
+    slow_encoding = False
 
     def boundaries(self):
         """Rows where a shard may start (parquet: row group starts); None when any row will do."""

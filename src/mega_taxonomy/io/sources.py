@@ -387,7 +387,7 @@ class VectorSource:
             self._origin = repr(os.fspath(data)) if isinstance(data, (str, os.PathLike)) else repr(data)
         self._id_column = id_column
         self.uris = [reader.uri for reader in self._readers]
-        slow = [reader.uri for reader in self._readers if getattr(reader, "slow_encoding", False)]
+        slow = [reader.uri for reader in self._readers if reader.slow_encoding]
         if slow:
             logger.warning("%d of %d files store their float16 vectors dictionary-encoded (%s%s), which pyarrow "
                            "decodes about 6x slower than plain: write them with pyarrow.parquet.write_table(..., "
