@@ -13,6 +13,9 @@ Two parts (``--part``), each in its own process and result file:
   of the same files (``pyarrow.parquet.read_table`` of the vector column, all threads), after a
   first read, so that both see the same page cache. The source's block cache is off
   (``cache_bytes=0``): every pass decodes. Target: every Lloyd pass at >= 0.7 of that rate.
+  ``--encoding``: ``dictionary`` (pyarrow's default for float16, about 6x slower to decode) or
+  ``plain`` (``use_dictionary=False``, as the README advises); results in
+  ``taxonomy_gpu_parquet.json`` and ``taxonomy_gpu_parquet_plain.json``.
 
 Each pass is timed (CUDA synchronized) through a LocalRuntime that records ``map_reduce`` calls;
 a Lloyd pass is one named ``level L i``. ``max_iter`` bounds the passes per level (tol=0), so
@@ -167,10 +170,12 @@ def part_parquet(args):
         flat = pa.array(chunk.cpu().numpy().reshape(-1))
         table = pa.table({"emb": pa.FixedSizeListArray.from_arrays(flat, D)})
         path = folder / f"part-{len(files):05d}.parquet"
-        pq.write_table(table, path, row_group_size=BLOCK_ROWS, compression="none")
+        pq.write_table(table, path, row_group_size=BLOCK_ROWS, compression="none",
+                       use_dictionary=args.encoding == "dictionary")
         files.append(str(path))
     data_bytes = n * D * 2
-    print(f"wrote {n} x {D} float16 to {n_files} parquet files in {time.perf_counter() - t:.1f} s", flush=True)
+    print(f"wrote {n} x {D} float16 ({args.encoding}) to {n_files} parquet files in {time.perf_counter() - t:.1f} s",
+          flush=True)
     read_times = []
     for _ in range(2):
         t = time.perf_counter()
@@ -182,7 +187,8 @@ def part_parquet(args):
     source = VectorSource(str(folder), cache_bytes=0)
     engine, passes, total = fit(source, args.max_iter)
     summary = summarize(passes, data_bytes, rate)
-    result = {"case": f"parquet_N{n}_D{D}_fp16", "impl": "mega_taxonomy", "seconds": total,
+    result = {"case": f"parquet_N{n}_D{D}_fp16" + ("_plain" if args.encoding == "plain" else ""),
+              "impl": "mega_taxonomy", "seconds": total,
               "peak_bytes": torch.cuda.max_memory_allocated(), "data_bytes": data_bytes,
               "parquet_read_bytes_per_second": rate, "parquet_read_seconds": read_times, **summary, "passes": passes,
               "quality": {"levels": engine.stats_["levels"]}}
@@ -198,6 +204,8 @@ def main():
     parser.add_argument("--warmup-rows", type=int, default=1 << 20,
                         help="pinned part: rows of an untimed first fit that compiles the kernels (0: none)")
     parser.add_argument("--dir", default=None, help="parquet folder (default: a temporary one)")
+    parser.add_argument("--encoding", choices=["dictionary", "plain"], default="dictionary",
+                        help="parquet part: how the float16 values are written")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     args.rows = args.rows or (10_000_000 if args.part == "pinned" else 2_000_000)
@@ -206,7 +214,10 @@ def main():
               "max_iter": args.max_iter, "tol": 0.0, "block_rows": BLOCK_ROWS}
     if args.part == "pinned":
         params["warmup_rows"] = args.warmup_rows
-    path = common.write(f"taxonomy_gpu_{args.part}", params, [result], speedups, "python " + " ".join(sys.argv),
+    else:
+        params["encoding"] = args.encoding
+    name = f"taxonomy_gpu_{args.part}" + ("_plain" if args.part == "parquet" and args.encoding == "plain" else "")
+    path = common.write(name, params, [result], speedups, "python " + " ".join(sys.argv),
                         **({"path": Path(args.out)} if args.out else {}))
     print(common.table([result], ["case", "seconds", "lloyd_pass_seconds_median", "lloyd_fraction_of_bound_median",
                                   "lloyd_fraction_of_bound_min"]))
