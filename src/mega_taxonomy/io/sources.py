@@ -377,6 +377,7 @@ class VectorSource:
             cache_bytes=cache_bytes,
         )
         self._in_memory = isinstance(data, (np.ndarray, torch.Tensor))
+        self._array = data if self._in_memory else None  # the in-memory array or tensor itself
         if self._in_memory:
             if id_column is not None:
                 raise DataError(f"an in-memory array has no id column {id_column!r}", file=ArrayReader.uri)
@@ -443,14 +444,13 @@ class VectorSource:
 
     def __reduce__(self):
         # Pickled (e.g. to Ray workers) as the files and options; the cache and open maps stay behind.
-        data = self._readers[0]._data if self._in_memory else self.uris
+        data = self._array if self._in_memory else self.uris
         return _rebuild, (data, self._options)
 
     @property
     def device(self) -> torch.device:
         """Where the blocks' vectors are: an in-memory tensor's device, else the host."""
-        data = self._readers[0]._data if self._in_memory else None
-        return data.device if isinstance(data, torch.Tensor) else torch.device("cpu")
+        return self._array.device if isinstance(self._array, torch.Tensor) else torch.device("cpu")
 
     @property
     def skipped(self):
@@ -512,9 +512,8 @@ class VectorSource:
                 raise DataError(message, file=reader.uri)
 
     def _empty(self):
-        data = getattr(self._readers[0], "_data", None)
-        if isinstance(data, torch.Tensor):
-            return torch.empty((0, self.dim), dtype=_TORCH_DTYPES[self.dtype], device=data.device)
+        if isinstance(self._array, torch.Tensor):
+            return torch.empty((0, self.dim), dtype=_TORCH_DTYPES[self.dtype], device=self._array.device)
         return np.empty((0, self.dim), self.dtype)
 
     def _block(self, index, parts):
@@ -574,7 +573,7 @@ class VectorSource:
         rate). It hands good blocks to :meth:`mark_checked`, and reads a block that fails again
         through :meth:`blocks`, which raises or skips as ``on_invalid`` says."""
         start, stop = self._block_range(start, stop)
-        data = self._readers[0]._data if self._in_memory else None
+        data = self._array
         if data is None:
             yield from ((block, True) for block in self.blocks(start, stop))
             return
