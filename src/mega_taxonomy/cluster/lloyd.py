@@ -296,10 +296,6 @@ def new_centroids(partial: LloydPartial, old, source, metric: str, offsets: np.n
     return (centroids, counts, shift) if on_device else (centroids.numpy(), counts, float(shift))
 
 
-def host(array) -> np.ndarray:
-    return array.cpu().numpy() if isinstance(array, torch.Tensor) else array
-
-
 def counts_on_host(partial: LloydPartial) -> LloydPartial:
     """A pass's counts and inertia as arrays (left on the device by ``device_sums``): one sync
     per pass rather than per block."""
@@ -481,4 +477,4 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         if frozen is not None:
             reuse_frozen(partial, before, frozen, offsets)
             logger.debug("%s assign: %d rows computed", desc, rows_computed(group_rows, frozen))
-    return LloydResult(host(centroids), partial.counts, partial.total_inertia, n_iter, partial, penalty)
+    return LloydResult(host_arrays(centroids)[0], partial.counts, partial.total_inertia, n_iter, partial, penalty)

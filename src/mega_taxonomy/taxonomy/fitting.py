@@ -24,9 +24,10 @@ import time
 import numpy as np
 
 from ..cluster.balance import imbalance, size_penalty, split_and_merge
-from ..cluster.lloyd import group_of_centroid, host, lloyd, passes_here_on_cpu
+from ..cluster.lloyd import group_of_centroid, lloyd, passes_here_on_cpu
 from ..cluster.sampling import hash_sample
 from ..errors import ConfigError
+from ..ops.device import host_arrays
 from ..runtime import cpu_threads
 from .levels import offsets_of, plan_children, sample_size_list, seed_children
 from .passes import RouteState, RouteTask
@@ -306,7 +307,7 @@ class FitRun:
         folder = checkpoint_dir(level)
         previous = meta["checkpoint"] or {}
         name = f"{folder}/round-{balance_round}-iter-{iteration:04d}.npy"
-        store.put_array(name, host(centroids))
+        store.put_array(name, host_arrays(centroids)[0])
         penalty_file = None
         if penalty is not None:  # the next pass's penalties: a function of the last pass
             penalty_file = f"{folder}/round-{balance_round}-iter-{iteration:04d}-penalty.npy"
