@@ -127,6 +127,7 @@ class FitRun:
         self.runtime = CountingRuntime(runtime)
         self.dtype = np.dtype(engine.dtype)
         self.seed = int(engine.random_state)
+        self.asked_sample_sizes = sample_size_list(engine.sample_size, engine.n_levels)
         # Per level fitted in this run, every block's final (labels, distances): the rows' paths,
         # which the output pass would otherwise route again (router.Router._exact). Kept where
         # passes run here on the CPU, within _PATHS_BYTES.
@@ -148,9 +149,8 @@ class FitRun:
         """Rows sampled per node of the level above ``level`` to seed its children. A function of
         the parameters alone (a resumed fit draws what the first run drew): the parents are
         counted as the most there can be, the product of the branching factors above."""
-        asked = sample_size_list(self.engine.sample_size, self.engine.n_levels)[level]
-        if asked is not None:
-            return asked
+        if self.asked_sample_sizes[level] is not None:
+            return self.asked_sample_sizes[level]
         branching, parents = self.factors[level], math.prod(self.factors[:level])
         size = seed_sample_size(branching, parents, self.source.dim * self.dtype.itemsize)
         if size < _unbounded_sample_size(branching):
