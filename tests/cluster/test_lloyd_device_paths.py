@@ -109,3 +109,73 @@ def test_an_update_queued_behind_the_pass_gives_the_host_updates_bits(metric, em
     np.testing.assert_array_equal(got.counts, want.counts)
     assert got.n_iter == want.n_iter == 5 and got.inertia == want.inertia
     assert all(isinstance(s, float) and s >= 0 for s in shifts) and len(shifts) == 5
+
+
+class RecordingPasses(SumsAsTensors):
+    """SumsAsTensors that records every pass it runs: (desc, the centroids' bytes)."""
+
+    def __init__(self, as_tensors=True):
+        super().__init__()
+        self.as_tensors, self.passes = as_tensors, []
+
+    def map_reduce(self, source, task, state, *, desc=None):
+        self.passes.append((desc, np.asarray(state.centroids).tobytes()))
+        if self.as_tensors:
+            return super().map_reduce(source, task, state, desc=desc)
+        return self.runtime.map_reduce(source, task, state, desc=desc)
+
+
+@pytest.mark.parametrize("sums", ["tensors", "arrays"])
+@pytest.mark.parametrize("stop", ["max_iter", "tol", "empty"])
+def test_passes_launched_ahead_are_the_passes_one_by_one(sums, stop):
+    """Each pass launched before the counts of the one before came back (``look_ahead``) runs on
+    the centroids the loop then takes: the same fit, the same iterations reported, and every pass
+    of the loop one by one among its passes, in order. One pass at most is wasted: the one ahead
+    of convergence, or of a cluster gone empty (no pass is launched ahead after that)."""
+    from mega_taxonomy.cluster.lloyd import lloyd
+    from mega_taxonomy.io import VectorSource
+
+    rng = np.random.default_rng(4)
+    centers = rng.normal(size=(40, 8)) * 5
+    x = (centers[rng.integers(0, 40, 20_000)] + rng.normal(size=(20_000, 8))).astype(np.float32)
+    init = np.concatenate([x[:37], x[:3]]) if stop == "empty" else x[:40].copy()  # > MAX_CHILDREN: no bounds
+    settings = {"max_iter": 100, "tol": 1e-2} if stop == "tol" else {"max_iter": 6}
+
+    def fit(look_ahead):
+        runtime, reported, launched = RecordingPasses(as_tensors=sums == "tensors"), [], []
+
+        def on_iteration(n, c, shift, penalty):
+            reported.append((n, np.asarray(c).tobytes(), shift))
+            launched.append(len(runtime.passes))  # passes launched by then
+
+        result = lloyd(VectorSource(x), init, runtime, look_ahead=look_ahead, on_iteration=on_iteration, **settings)
+        return result, reported, runtime.passes, np.array(launched)
+
+    one_by_one, reported, passes, launched = fit(False)
+    ahead, reported_ahead, passes_ahead, launched_ahead = fit(None if sums == "tensors" else True)
+    np.testing.assert_array_equal(ahead.centroids, one_by_one.centroids)
+    np.testing.assert_array_equal(ahead.counts, one_by_one.counts)
+    assert (ahead.n_iter, ahead.inertia, reported_ahead) == (one_by_one.n_iter, one_by_one.inertia, reported)
+    assert one_by_one.n_iter < 100 if stop == "tol" else one_by_one.n_iter == 6
+    remaining = iter(passes_ahead)
+    assert all(p in remaining for p in passes)  # in order
+    assert len(passes_ahead) - len(passes) == (0 if stop == "max_iter" else 1)
+    if stop == "empty":  # the first pass emptied a cluster: the pass ahead of it was the only one
+        assert passes[1][0] == "lloyd 1 far"
+        assert (launched_ahead - launched).tolist() == [1] * one_by_one.n_iter
+    else:  # one pass ahead at every iteration but the last (of max_iter)
+        assert (launched_ahead - launched).tolist() == [1] * (one_by_one.n_iter - 1) + [int(stop == "tol")]
+
+
+def test_no_pass_ahead_where_the_next_depends_on_the_counts():
+    """Penalties that follow the sizes (and bounds, and an explicit ``look_ahead=False``) need
+    the counts before the next pass: passes run one by one."""
+    from mega_taxonomy.cluster.lloyd import lloyd
+    from mega_taxonomy.io import VectorSource
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(5000, 8)).astype(np.float32)
+    for kwargs in ({"penalty_strength": 0.5}, {"look_ahead": False}):
+        runtime = RecordingPasses()
+        lloyd(VectorSource(x), x[:40].copy(), runtime, max_iter=4, tol=-1.0, **kwargs)
+        assert [desc for desc, _ in runtime.passes] == [f"lloyd {n}" for n in range(1, 5)] + ["lloyd assign"]

@@ -437,3 +437,46 @@ def test_lloyd_on_the_device_refills_empty_clusters_as_on_the_cpu():
     assert (gpu.counts > 0).all() and np.array_equal(gpu.counts, cpu.counts)
     np.testing.assert_allclose(gpu.centroids, cpu.centroids, rtol=1e-4, atol=1e-4)
     assert gpu.n_iter == cpu.n_iter
+
+
+@pytest.mark.parametrize("stop", ["max_iter", "tol", "empty"])
+def test_lloyd_passes_launched_ahead_on_the_gpu_are_the_passes_one_by_one(stop):
+    """On a GPU each pass is launched before the counts of the one before are back (look_ahead,
+    on by default): the bits of passes one by one, with a pass ahead at every iteration until a
+    cluster goes empty."""
+    from mega_taxonomy.cluster.lloyd import lloyd
+    from mega_taxonomy.runtime import LocalRuntime
+
+    class Counting:
+        def __init__(self):
+            self.runtime, self.passes = LocalRuntime("cuda", progress=False), 0
+
+        def __getattr__(self, name):
+            return getattr(self.runtime, name)
+
+        def map_reduce(self, *args, **kwargs):
+            self.passes += 1
+            return self.runtime.map_reduce(*args, **kwargs)
+
+    rng = np.random.default_rng(9)  # clusters that overlap: dozens of iterations to converge
+    x = ((rng.normal(size=(64, 96)) * 0.5)[rng.integers(64, size=300_000)] + rng.normal(size=(300_000, 96)))
+    x = x.astype(np.float32)
+    init = np.concatenate([x[:61], x[:3]]) if stop == "empty" else x[:64]  # copies: clusters empty
+    settings = {"max_iter": 200, "tol": 1e-3} if stop == "tol" else {"max_iter": 8}
+    source = VectorSource(torch.from_numpy(x).cuda().bfloat16())
+
+    def fit(look_ahead):
+        runtime, ahead = Counting(), []  # passes launched beyond the iterations reported
+        result = lloyd(source, init, runtime, look_ahead=look_ahead, **settings,
+                       on_iteration=lambda n, *_: ahead.append(runtime.passes - n))
+        return result, ahead
+
+    (one_by_one, _), (looked_ahead, ahead) = fit(False), fit(None)
+    assert np.array_equal(looked_ahead.centroids, one_by_one.centroids)
+    assert np.array_equal(looked_ahead.counts, one_by_one.counts)
+    assert (looked_ahead.n_iter, looked_ahead.inertia) == (one_by_one.n_iter, one_by_one.inertia)
+    if stop == "empty":  # the pass ahead of the first, and its far pass; none ahead since
+        assert ahead == [2] * one_by_one.n_iter
+    else:  # and ahead of the last, unless it was the last allowed
+        n_iter = one_by_one.n_iter
+        assert ahead == [1] * (n_iter - 1) + [int(n_iter < settings["max_iter"])] and n_iter > 2

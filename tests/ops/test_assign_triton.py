@@ -166,3 +166,22 @@ def test_tensor_descriptor_kernel_matches_pointer_kernel(dtype):
     assert torch.equal(i_tma, i_ptr)
     torch.testing.assert_close(d_tma, d_ptr, rtol=1e-6, atol=1e-5)
     check_against_brute_force(x, c, d_tma + x.float().pow(2).sum(1), i_tma, "euclidean", RTOL[dtype])
+
+
+@pytest.mark.parametrize("tma", [False, True])
+def test_norms_added_in_the_kernel_are_the_bits_of_adding_them_after(tma):
+    """Given the rows' squared norms, the kernel returns the distances: the float32 sum and the
+    clamp at zero that ``assign._finish`` does after it, the same bits (both kernels: descriptor
+    loads and pointer loads)."""
+    from mega_taxonomy.ops.assign import _finish
+    from mega_taxonomy.ops.assign_triton import default_config, nearest_triton, squared_norms_triton
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(300, 32, generator=g).to(DEVICE)
+    c = torch.cat([x[:5], torch.randn(40, 32, generator=g).to(DEVICE)])  # distance 0: the clamp at work
+    bias, norms = c.float().pow(2).sum(1), squared_norms_triton(x)
+    config = {**default_config(32, 4, True, tma), "TMA": tma}
+    d, i = nearest_triton(x, c, bias, 2.0, exact=True, config=config)
+    d_norms, i_norms = nearest_triton(x, c, bias, 2.0, exact=True, norms=norms, config=config)
+    assert torch.equal(i_norms, i) and torch.equal(d_norms, _finish(d, norms))
+    assert (d_norms[:5] >= 0).all() and (d_norms >= 0).all()

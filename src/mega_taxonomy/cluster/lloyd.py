@@ -24,7 +24,7 @@ import torch
 
 from ..ops import grouped_nearest, nearest, normalize_rows
 from ..ops.assign import prepare_ahead
-from ..ops.device import HostCopy, host_arrays, kept_on_device, to_device
+from ..ops.device import HostCopy, host_arrays, host_arrays_later, kept_on_device, to_device
 from ..ops.grouped_assign_numba import MAX_CHILDREN, grouped_nearest_bounded
 from ..ops.update import centroids_from_sums, cluster_counts, cluster_stats
 from ..runtime import CompositePartial, Deferred, in_block_order
@@ -130,12 +130,12 @@ class LloydTask:
         k = state.centroids.shape[0]
         x = as_tensor(block.vectors, device)
         c = self._centroids(state, torch.device(device))
-        if state.offsets is None:
-            groups = np.zeros(len(block.ordinals), dtype=np.int64)
-        else:
-            groups = np.asarray(state.groups[block.index], dtype=np.int64)
+        # one group: its ids (zeros) are made only where a step needs them
+        groups = None if state.offsets is None else np.asarray(state.groups[block.index], dtype=np.int64)
         stats = None
         if state.track_bounds or state.bounds is not None:  # see use_bounds: one fused step
+            if groups is None:
+                groups = np.zeros(len(block.ordinals), dtype=np.int64)
             previous = None if state.bounds is None else state.bounds.get(block.index)
             bounds = frozen = None
             if previous is not None:
@@ -219,8 +219,9 @@ def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals: np.n
                    state: LloydState) -> BestPerGroup | FarthestPerGroup:
     """The ``state.far_per_group`` rows of a block farthest from their centroid, per group
     (largest distance first, equal distances by ordinal); rows labelled -1 (no cluster) left out.
-    On a GPU the selection stays there (:class:`FarthestPerGroup`; ``groups`` may be on the
-    device already); on the CPU it is a host table."""
+    ``groups``: every row's group, None for one. On a GPU the selection stays there
+    (:class:`FarthestPerGroup`; ``groups`` may be on the device already); on the CPU it is a
+    host table."""
     n = state.far_per_group
     if distances.is_cuda:
         device = distances.device
@@ -232,7 +233,7 @@ def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals: np.n
                                          state.n_groups, n)
     valid = (labels >= 0).numpy()
     distances, labels, ordinals = distances[valid].double(), labels[valid], ordinals[valid]
-    groups = np.asarray(groups)[valid]
+    groups = np.zeros(len(ordinals), dtype=np.int64) if groups is None else np.asarray(groups)[valid]
     if state.offsets is None and len(ordinals) > n:
         # One group: an O(n) top-k first, so that only n rows are sorted. Rows tied with the n-th
         # distance all stay candidates, so the tie rule (by ordinal) is exact.
@@ -377,7 +378,7 @@ class LloydResult:
 
 def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_iter=300, tol=0.0,
           keep_labels=False, offsets=None, groups=None, start_iter=0, on_iteration=None,
-          sample=None, penalty=None, penalty_strength=0.0, desc="lloyd") -> LloydResult:
+          sample=None, penalty=None, penalty_strength=0.0, look_ahead=None, desc="lloyd") -> LloydResult:
     """Run Lloyd passes from ``centroids`` until the squared centroid shift is ``<= tol``.
 
     Parameters
@@ -402,6 +403,14 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
     penalty_strength : float
         When > 0, every pass's penalties follow from the sizes of the pass before
         (``cluster.balance.size_penalty``); the result holds the last ones.
+    look_ahead : bool, optional
+        Launch every pass before the counts of the one before are back, on the centroids of its
+        update (which stands unless a cluster went empty: the pass ahead is then dropped, and no
+        pass is launched ahead in the rest of the fit). The same passes, the same bits; the GPU
+        then never idles while the host turns one pass into the next (H200, 2 workers, N = 1M:
+        see ``benchmarks/results/ray_gpu.json``). None (default): where the update is queued on a
+        GPU; True: also on the host (a pass is wasted at the end; for tests); False: never. Not
+        with penalties that follow the sizes, nor with bounds (their passes depend on the last).
 
     Notes
     -----
@@ -426,22 +435,45 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
     # iterations' passes need not copy them out (two syncs a block on a GPU).
     labels_in_loop = keep_labels and sample is None
     partial, shift, n_iter = None, np.inf, start_iter
-    for n_iter in range(start_iter + 1, max_iter + 1):
+    # Without sizes that steer the next pass (penalties, bounds, frozen groups), the next pass is
+    # launched before this one's counts come back: it runs on the update queued here, which
+    # stands unless a cluster went empty. A GPU then never waits for the host's turn.
+    looking_ahead = look_ahead is not False and not track and penalty_strength == 0
+    ahead = None  # (partial, queued update) of the next pass, launched before this one was checked
+
+    def launch(centroids, n_iter):
+        """Run a pass over ``centroids``, and queue its update where its sums are: on a GPU, the
+        update runs behind the pass (the host then waits once an iteration, for the counts and the
+        shift); on the host, only when looking ahead."""
         state = LloydState(centroids, metric, True, far, labels_in_loop, offsets, groups, far_per_group,
                            penalty=penalty, device_sums=True, bounds=bounds, drift=drift, track_bounds=track,
                            frozen=frozen)
-        before, partial = partial, runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter}")
-        # Sums left on the device: the update is queued there behind the pass, and its shift comes
-        # back with the counts, one wait an iteration (the GPU then idles only for the host's
-        # turn). It stands unless a cluster went empty. (Frozen groups, whose sums are filled in
-        # below, come from passes on the host only.)
-        queued = None
-        if isinstance(partial.sums, torch.Tensor) and frozen is None:
-            queued = centroids_from_sums(partial.sums, partial.counts, torch.as_tensor(centroids),
-                                         normalize=metric == "cosine")
+        partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter}")
+        # (Frozen groups, whose sums are filled in afterwards, come from passes on the host only.)
+        on_device = isinstance(partial.sums, torch.Tensor)
+        if frozen is not None or not (on_device or look_ahead):
+            return partial, None
+        queued = centroids_from_sums(torch.as_tensor(partial.sums), torch.as_tensor(partial.counts),
+                                     torch.as_tensor(centroids), normalize=metric == "cosine")
+        if on_device:
             prepare_ahead(queued[0])
-        partial.counts, partial.inertia, queued_shift = host_arrays(partial.counts, partial.inertia,
-                                                                    None if queued is None else queued[1])
+            return partial, queued
+        return partial, (queued[0].numpy(), queued[1])
+
+    for n_iter in range(start_iter + 1, max_iter + 1):
+        before = partial
+        if ahead is None:
+            partial, queued = launch(centroids, n_iter)
+        else:
+            (partial, queued), ahead = ahead, None
+        counts_later = host_arrays_later(partial.counts, partial.inertia, None if queued is None else queued[1])
+        # Once a cluster went empty, it may again: the passes ahead would be wasted.
+        if (looking_ahead and queued is not None and not far and n_iter < max_iter
+                and (look_ahead or isinstance(queued[0], torch.Tensor))):
+            ahead = launch(queued[0], n_iter + 1)
+        partial.counts, partial.inertia, queued_shift = counts_later()
+        if not partial.counts.all():  # a cluster to refill: the update queued does not stand
+            ahead = None
         if frozen is not None:
             reuse_frozen(partial, before, frozen, offsets)
         if track:
@@ -457,10 +489,11 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
             updated, shift = queued[0], queued_shift
         shift = float(shift)
         if track:
+            computed = rows_computed(group_rows, frozen)
             drift = group_drift(updated, centroids, offsets)
             frozen = drift == 0
             logger.debug("%s %d: %d rows computed; next pass: %d of %d groups frozen", desc, n_iter,
-                         rows_computed(group_rows, state.frozen), frozen.sum(), len(frozen))
+                         computed, frozen.sum(), len(frozen))
         logger.debug("%s %d: inertia %.6g, shift %.3g", desc, n_iter, partial.total_inertia, shift)
         centroids = updated
         if penalty_strength > 0:

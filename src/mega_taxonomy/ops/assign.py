@@ -269,10 +269,12 @@ def _warn_once(message):
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def fused(kernel, x, centroids, metric):
+def fused(kernel, x, centroids, metric, *, adds_norms=False):
     """Distances through a fused Triton kernel ``kernel(x, c, bias, alpha, exact)`` that returns
     the selected ``bias - alpha * x.c`` (and their indices): inputs stay in their dtype (tensor
-    cores), distances come back in float32. The nearest, top-k and grouped dispatchers share it."""
+    cores), distances come back in float32. The nearest, top-k and grouped dispatchers share it.
+    ``adds_norms``: the kernel also takes ``norms=``, the rows' squared norms, and returns the
+    distances themselves (two launches fewer a call: their host time counts, block after block)."""
     x = x.detach()
     c, bias = _prepared(centroids, x.device, x.dtype, metric)
     # float32 products in tf32 only where torch's own matmuls may use it too.
@@ -282,8 +284,11 @@ def fused(kernel, x, centroids, metric):
         return d.clamp_min_(0.0), i
     from .assign_triton import squared_norms_triton
 
+    x_sq = squared_norms_triton(x)
+    if adds_norms:
+        return kernel(x, c, bias, 2.0, exact, norms=x_sq)
     d, i = kernel(x, c, bias, 2.0, exact)
-    return _finish(d, squared_norms_triton(x)), i
+    return _finish(d, x_sq), i
 
 
 # The last centroids prepared by ``fused``: (weak reference, their version, device, dtype, metric), (c, bias).
@@ -335,7 +340,8 @@ def nearest_triton_dispatch(x, centroids, metric):
     """``nearest`` through the Triton kernel."""
     from .assign_triton import nearest_triton
 
-    return fused(lambda x, c, bias, alpha, exact: nearest_triton(x, c, bias, alpha, exact=exact), x, centroids, metric)
+    return fused(lambda x, c, bias, alpha, exact, norms=None: nearest_triton(x, c, bias, alpha, exact=exact, norms=norms),
+                 x, centroids, metric, adds_norms=True)
 
 
 def nearest(x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidean", backend: str = "auto"):

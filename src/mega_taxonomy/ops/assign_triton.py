@@ -5,7 +5,8 @@ Kernel contract
   x        : (N, D)  float16 / bfloat16 / float32, row-major      -> rows to assign
   c        : (K, D)  same dtype as x, row-major                    -> centroids
   c_bias   : (K,)    float32: |c|^2 (euclidean) or 1 (cosine, rows and centroids normalized)
-  out_d    : (N,)    float32: min_j (c_bias[j] - alpha * x.c_j), the distance less |x|^2
+  out_d    : (N,)    float32: min_j (c_bias[j] - alpha * x.c_j), the distance less |x|^2; or,
+                     given the rows' |x|^2 (``norms``), the distance: max(that + |x|^2, 0)
   out_i    : (N,)    int64: the argmin, ties to the lowest j
 Each program owns BLOCK_M rows and walks all centroids BLOCK_N at a time; dot products run on
 tensor cores (bf16 / fp16, or tf32 for float32 inputs) with float32 accumulation, and only the
@@ -136,17 +137,27 @@ def running_argmin(d, n0, best_d, best_i):
 
 
 @triton.jit
+def with_norms(best_d, norms_ptr, rows, row_ok, HAS_NORMS: tl.constexpr):
+    """The distances: the rows' squared norms added back and the rounding below zero clamped, as
+    ``assign._finish`` does in two more launches (the same float32 operations, the same bits)."""
+    if HAS_NORMS:
+        best_d = tl.maximum(best_d + tl.load(norms_ptr + rows, mask=row_ok, other=0.0), 0.0)
+    return best_d
+
+
+@triton.jit
 def _nearest_kernel(
     x_ptr,  # *T [N, D]
     c_ptr,  # *T [K, D]
     bias_ptr,  # *f32 [K]
+    norms_ptr,  # *f32 [N], read when HAS_NORMS
     out_d_ptr,  # *f32 [N]
     out_i_ptr,  # *i64 [N]
     N, K, D,
     stride_x, stride_c,
     alpha,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EXACT: tl.constexpr,
-    X_RESIDENT: tl.constexpr,
+    X_RESIDENT: tl.constexpr, HAS_NORMS: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -173,7 +184,7 @@ def _nearest_kernel(
             d = distance_tile(x_ptr, rows, row_ok, stride_x, c_ptr, cols, col_ok, stride_c, bias_ptr, alpha, D,
                               BLOCK_M, BLOCK_N, BLOCK_K, EXACT)
         best_d, best_i = running_argmin(d, n0, best_d, best_i)
-    tl.store(out_d_ptr + rows, best_d, mask=row_ok)
+    tl.store(out_d_ptr + rows, with_norms(best_d, norms_ptr, rows, row_ok, HAS_NORMS), mask=row_ok)
     tl.store(out_i_ptr + rows, best_i, mask=row_ok)
 
 
@@ -181,10 +192,11 @@ def _nearest_kernel(
 def _nearest_tma_kernel(
     x_desc,  # tensor descriptor of x [N, D], blocks [BLOCK_M, BLOCK_K]
     c_desc,  # tensor descriptor of c [K, D], blocks [BLOCK_N, BLOCK_K]
-    bias_ptr, out_d_ptr, out_i_ptr,
+    bias_ptr, norms_ptr, out_d_ptr, out_i_ptr,
     N, K, D,
     alpha,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EXACT: tl.constexpr,
+    HAS_NORMS: tl.constexpr,
 ):
     """``_nearest_kernel`` with descriptor loads (zeros outside the tensors: a missing centroid's
     bias is inf, so it never wins) and the centroid and D loops flattened into one pipeline."""
@@ -204,13 +216,14 @@ def _nearest_tma_kernel(
         cols = n0 + tl.arange(0, BLOCK_N)
         bias = tl.load(bias_ptr + cols, mask=cols < K, other=float("inf"))
         best_d, best_i = running_argmin(bias[None, :] - alpha * acc, n0, best_d, best_i)
-    tl.store(out_d_ptr + rows, best_d, mask=rows < N)
+    tl.store(out_d_ptr + rows, with_norms(best_d, norms_ptr, rows, rows < N, HAS_NORMS), mask=rows < N)
     tl.store(out_i_ptr + rows, best_i, mask=rows < N)
 
 
 def nearest_triton(x: torch.Tensor, c: torch.Tensor, bias: torch.Tensor, alpha: float, *, exact: bool = False,
-                   config: dict | None = None):
-    """(distance less |x|^2, index) of each row's nearest centroid; see the module's contract.
+                   norms: torch.Tensor | None = None, config: dict | None = None):
+    """(distance less |x|^2, index) of each row's nearest centroid, or with the rows' squared
+    ``norms`` given, (distance, index): see the module's contract.
 
     ``exact=True`` computes float32 dot products in IEEE float32 instead of tf32; ``config``
     overrides the tile shapes (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, X_RESIDENT:
@@ -227,13 +240,15 @@ def nearest_triton(x: torch.Tensor, c: torch.Tensor, bias: torch.Tensor, alpha: 
     x_resident = cfg.pop("X_RESIDENT", False) and d <= cfg["BLOCK_K"]
     grid = (triton.cdiv(n, cfg["BLOCK_M"]),)
     bias = bias.float().contiguous()
+    norms_ptr = out_d if norms is None else norms.contiguous()  # (unread without norms)
     if cfg.pop("TMA", False) and tma:
         x_desc = TensorDescriptor.from_tensor(x, [cfg["BLOCK_M"], cfg["BLOCK_K"]])
         c_desc = TensorDescriptor.from_tensor(c, [cfg["BLOCK_N"], cfg["BLOCK_K"]])
-        _nearest_tma_kernel[grid](x_desc, c_desc, bias, out_d, out_i, n, k, d, float(alpha), EXACT=exact, **cfg)
+        _nearest_tma_kernel[grid](x_desc, c_desc, bias, norms_ptr, out_d, out_i, n, k, d, float(alpha), EXACT=exact,
+                                  HAS_NORMS=norms is not None, **cfg)
     else:
-        _nearest_kernel[grid](x, c, bias, out_d, out_i, n, k, d, x.stride(0), c.stride(0), float(alpha),
-                              EXACT=exact, X_RESIDENT=x_resident, **cfg)
+        _nearest_kernel[grid](x, c, bias, norms_ptr, out_d, out_i, n, k, d, x.stride(0), c.stride(0), float(alpha),
+                              EXACT=exact, X_RESIDENT=x_resident, HAS_NORMS=norms is not None, **cfg)
     return out_d, out_i
 
 

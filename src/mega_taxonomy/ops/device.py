@@ -172,8 +172,19 @@ def host_arrays(*values) -> list:
     """``values`` as numpy arrays: CUDA tensors (on one device) copied out together, with one wait
     (:class:`HostCopy`); CPU tensors as arrays, anything else as it is. bfloat16 tensors, which
     numpy cannot hold, come as float32."""
+    return host_arrays_later(*values)()
+
+
+def host_arrays_later(*values):
+    """:func:`host_arrays` in two steps: the copies are queued now, and the returned function
+    waits for them. Work queued on the device in between (the next pass) does not delay them."""
     values = [v.float() if isinstance(v, torch.Tensor) and v.dtype == torch.bfloat16 else v for v in values]
     on_cuda = {i: v for i, v in enumerate(values) if isinstance(v, torch.Tensor) and v.is_cuda}
-    copied = HostCopy(on_cuda).arrays() if on_cuda else {}
-    return [copied[i] if i in copied else v.numpy() if isinstance(v, torch.Tensor) else v
-            for i, v in enumerate(values)]
+    copies = HostCopy(on_cuda) if on_cuda else None
+
+    def arrays() -> list:
+        copied = copies.arrays() if copies is not None else {}
+        return [copied[i] if i in copied else v.numpy() if isinstance(v, torch.Tensor) else v
+                for i, v in enumerate(values)]
+
+    return arrays

@@ -8,6 +8,7 @@ Kernel contract
   w           : (N,)    float: one value per row (its distance), summed per cluster too
   bounds      : (K + 1,) int64: cluster c is sorted positions bounds[c]:bounds[c + 1]
   slot_sums   : (S, D)  float64 out, S = cdiv(N, CHUNK) + K; slot_w : (S,) float64 out
+  counts      : (K,)    int64 out: bounds[c + 1] - bounds[c]
 The sorted positions are cut into chunks of CHUNK; a program per chunk sums the run of every
 cluster in it into slot c + j (cluster c, chunk j: distinct slots, since a later cluster's
 chunks are never earlier ones). A program per cluster then adds its slots in chunk order
@@ -23,6 +24,8 @@ waits for the host between the sort and the sums.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -109,6 +112,7 @@ def _cluster_sums_kernel(
     bounds_ptr,  # *i64 [K + 1]
     sums_ptr,  # *f64 [K, D]
     w_sums_ptr,  # *f64 [K]
+    counts_ptr,  # *i64 [K]
     D, stride_x,
     CHUNK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
     FROM_SLOTS: tl.constexpr,
@@ -135,6 +139,13 @@ def _cluster_sums_kernel(
     tl.store(sums_ptr + c * D + cols, acc, mask=col_ok)
     if tl.program_id(1) == 0:
         tl.store(w_sums_ptr + c + tl.arange(0, 1), acc_w)
+        tl.store(counts_ptr + c, hi - lo)  # here, not by three more launches from the host
+
+
+@functools.lru_cache(maxsize=16)
+def _label_ids(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """-1 .. k-1 on ``device``: made once, not for every block."""
+    return torch.arange(-1, k, dtype=dtype, device=device)
 
 
 def sorted_by_label(labels: torch.Tensor, k: int):
@@ -144,8 +155,7 @@ def sorted_by_label(labels: torch.Tensor, k: int):
     # the narrowest keys that hold -1..k-1: a radix sort makes one pass per byte (int16: half of int32's)
     key = labels.clamp_min(-1).to(torch.int16 if k < 2**15 else torch.int32)
     sorted_key, order = torch.sort(key, stable=True)
-    ids = torch.arange(-1, k, dtype=key.dtype, device=labels.device)
-    bounds = torch.searchsorted(sorted_key, ids, right=True)
+    bounds = torch.searchsorted(sorted_key, _label_ids(k, key.dtype, labels.device), right=True)
     return order, sorted_key, bounds
 
 
@@ -159,6 +169,7 @@ def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Te
     values = values.contiguous()
     sums = torch.empty(k, d, dtype=torch.float64, device=x.device)
     w_sums = torch.empty(k, dtype=torch.float64, device=x.device)
+    counts = torch.empty(k, dtype=torch.int64, device=x.device)
     order, keys, bounds = sorted_by_label(labels, k)
     tiles = dict(CHUNK=CHUNK, BLOCK_R=BLOCK_R, BLOCK_D=block_d, STAGES=STAGES)
     if n <= ROWS_PER_CLUSTER * k:  # no slots: each cluster's program sums its runs from the rows
@@ -170,9 +181,9 @@ def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Te
         _chunk_sums_kernel[(chunks, d_tiles)](x, order, keys, values, bounds, slots, slot_w, n, d,
                                               x.stride(0), num_warps=WARPS, **tiles)
         from_slots, warps = True, 4
-    _cluster_sums_kernel[(k, d_tiles)](x, order, values, slots, slot_w, bounds, sums, w_sums, d, x.stride(0),
-                                       FROM_SLOTS=from_slots, num_warps=warps, **tiles)
-    return sums, bounds[1:] - bounds[:-1], w_sums
+    _cluster_sums_kernel[(k, d_tiles)](x, order, values, slots, slot_w, bounds, sums, w_sums, counts, d,
+                                       x.stride(0), FROM_SLOTS=from_slots, num_warps=warps, **tiles)
+    return sums, counts, w_sums
 
 
 @triton.jit
