@@ -172,10 +172,15 @@ def test_no_pass_ahead_where_the_next_depends_on_the_counts():
     the counts before the next pass: passes run one by one."""
     from mega_taxonomy.cluster.lloyd import lloyd
     from mega_taxonomy.io import VectorSource
+    from mega_taxonomy.ops.grouped_assign_numba import MAX_CHILDREN
 
     rng = np.random.default_rng(5)
     x = rng.normal(size=(5000, 8)).astype(np.float32)
-    for kwargs in ({"penalty_strength": 0.5}, {"look_ahead": False}):
-        runtime = RecordingPasses()
-        lloyd(VectorSource(x), x[:40].copy(), runtime, max_iter=4, tol=-1.0, **kwargs)
+    cases = [(True, 40, {"penalty_strength": 0.5}), (True, 40, {"look_ahead": False}),
+             (False, MAX_CHILDREN, {"look_ahead": True})]  # few centroids, in process on the CPU: bounds
+    for as_tensors, k, kwargs in cases:
+        runtime, launched = RecordingPasses(as_tensors), []
+        lloyd(VectorSource(x), x[:k].copy(), runtime, max_iter=4, tol=-1.0, **kwargs,
+              on_iteration=lambda *_, passes=runtime.passes, launched=launched: launched.append(len(passes)))
         assert [desc for desc, _ in runtime.passes] == [f"lloyd {n}" for n in range(1, 5)] + ["lloyd assign"]
+        assert launched == [1, 2, 3, 4]  # none launched ahead of its iteration
