@@ -441,20 +441,20 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
     looking_ahead = look_ahead is not False and not track and penalty_strength == 0
     ahead = None  # (partial, queued update) of the next pass, launched before this one was checked
 
-    def launch(centroids, n_iter):
-        """Run a pass over ``centroids``, and queue its update where its sums are: on a GPU, the
+    def launch(pass_centroids, pass_number):
+        """Run a pass over ``pass_centroids``, and queue its update where its sums are: on a GPU, the
         update runs behind the pass (the host then waits once an iteration, for the counts and the
         shift); on the host, only when looking ahead."""
-        state = LloydState(centroids, metric, True, far, labels_in_loop, offsets, groups, far_per_group,
+        state = LloydState(pass_centroids, metric, True, far, labels_in_loop, offsets, groups, far_per_group,
                            penalty=penalty, device_sums=True, bounds=bounds, drift=drift, track_bounds=track,
                            frozen=frozen)
-        partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter}")
+        partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {pass_number}")
         # (Frozen groups, whose sums are filled in afterwards, come from passes on the host only.)
         on_device = isinstance(partial.sums, torch.Tensor)
         if frozen is not None or not (on_device or look_ahead):
             return partial, None
         queued = centroids_from_sums(torch.as_tensor(partial.sums), torch.as_tensor(partial.counts),
-                                     torch.as_tensor(centroids), normalize=metric == "cosine")
+                                     torch.as_tensor(pass_centroids), normalize=metric == "cosine")
         if on_device:
             prepare_ahead(queued[0])
             return partial, queued
