@@ -472,18 +472,19 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
                 and (look_ahead or isinstance(queued[0], torch.Tensor))):
             ahead = launch(queued[0], n_iter + 1)
         partial.counts, partial.inertia, queued_shift = counts_later()
-        if not partial.counts.all():  # a cluster to refill: the update queued does not stand
-            ahead = None
-        if frozen is not None:
+        if frozen is not None:  # (never with a pass ahead: frozen groups need bounds)
             reuse_frozen(partial, before, frozen, offsets)
         if track:
             bounds, partial.bounds = partial.bounds, {}
-        if not far and (partial.counts == 0).any():
+        emptied = not partial.counts.all()  # a cluster to refill: the update queued does not stand
+        if emptied:
+            ahead = None
+        if emptied and not far:
             far = True
             state = LloydState(centroids, metric, False, far, False, offsets, groups, far_per_group,
                                penalty=penalty, device_sums=True)
             partial.far = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter} far").far
-        if queued is None or not partial.counts.all():  # on the host, or empty clusters to refill
+        if queued is None or emptied:  # on the host, or empty clusters to refill
             updated, _, shift = new_centroids(partial, centroids, source, metric, offsets)
         else:
             updated, shift = queued[0], queued_shift
