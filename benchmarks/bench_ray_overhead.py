@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import ray  # noqa: E402
 
-from mega_taxonomy.cluster.lloyd import LloydState, LloydTask, new_centroids  # noqa: E402
+from mega_taxonomy.cluster.lloyd_pass import LloydState, LloydTask  # noqa: E402
+from mega_taxonomy.cluster.relocate import new_centroids  # noqa: E402
 from mega_taxonomy.io import BLOCK_ROWS, VectorSource  # noqa: E402
 from mega_taxonomy.runtime import LocalRuntime  # noqa: E402
 from mega_taxonomy.runtime.ray import RayRuntime  # noqa: E402

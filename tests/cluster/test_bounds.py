@@ -1,4 +1,4 @@
-"""Hamerly's bounds in Lloyd passes on the CPU (``lloyd.use_bounds``): rows that provably keep
+"""Hamerly's bounds in Lloyd passes on the CPU (``bounds.use_bounds``): rows that provably keep
 their child skip the others, and every label, distance, centroid and tree is the same bits as
 with full passes; the kernel's lower bounds are below the true second-nearest distances."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import mega_taxonomy.cluster.lloyd as lloyd
+import mega_taxonomy.cluster.bounds as bounds
 from mega_taxonomy.cluster import KMeans
 from mega_taxonomy.ops.grouped_assign_numba import grouped_nearest_bounded, grouped_nearest_numba
 from mega_taxonomy.taxonomy import TaxonomyEngine
@@ -51,15 +51,15 @@ def test_bounds_are_checked():
 
 def fit_both(monkeypatch, fit):
     with_bounds = fit()
-    monkeypatch.setattr(lloyd, "_BOUNDS_BYTES", 0)  # use_bounds is then False
+    monkeypatch.setattr(bounds, "_BOUNDS_BYTES", 0)  # use_bounds is then False
     return with_bounds, fit()
 
 
 def test_kmeans_with_bounds_is_bit_identical(monkeypatch):
     X = blobs(3 * 65536 + 17, 12, 10)
     calls = []
-    original = lloyd.use_bounds
-    monkeypatch.setattr(lloyd, "use_bounds", lambda *a: calls.append(original(*a)) or calls[-1])
+    original = bounds.use_bounds
+    monkeypatch.setattr(bounds, "use_bounds", lambda *a: calls.append(original(*a)) or calls[-1])
     fit = lambda: KMeans(12, max_iter=20, tol=0, random_state=0, device="cpu").fit(X)  # noqa: E731
     a, b = fit_both(monkeypatch, fit)
     assert calls[0] and not calls[-1]
@@ -124,13 +124,13 @@ def test_taxonomy_with_frozen_groups_is_bit_identical(monkeypatch, tmp_path):
     params = dict(n_levels=3, branching_factor=[4, 3, 3], max_iter=30, tol=0, device="cpu", random_state=2,
                   members=5, search_index=False)
     frozen_clusters = []
-    original = lloyd.reuse_frozen
+    original = bounds.reuse_frozen
 
     def spy(partial, before, frozen, offsets):
-        frozen_clusters.append(int(frozen[lloyd.group_of_centroid(offsets, len(partial.counts))].sum()))
+        frozen_clusters.append(int(frozen[bounds.group_of_centroid(offsets, len(partial.counts))].sum()))
         return original(partial, before, frozen, offsets)
 
-    monkeypatch.setattr(lloyd, "reuse_frozen", spy)
+    monkeypatch.setattr(bounds, "reuse_frozen", spy)
     runs = iter(("frozen", "full"))
     fit = lambda: TaxonomyEngine(**params, storage_uri=str(tmp_path / next(runs))).fit(X)  # noqa: E731
     a, b = fit_both(monkeypatch, fit)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mega_taxonomy.cluster.farthest import FarthestPerGroup
-from mega_taxonomy.cluster.lloyd import LloydState, LloydTask, block_farthest
+from mega_taxonomy.cluster.lloyd_pass import LloydState, LloydTask
+from mega_taxonomy.cluster.relocate import block_farthest
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])  # one sort on a packed key, two sorts

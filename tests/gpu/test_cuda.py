@@ -136,7 +136,7 @@ def test_grouped_kernel_agrees_with_float64(dtype):
 
 
 def test_streamed_passes_are_the_bits_of_device_passes():
-    from mega_taxonomy.cluster.lloyd import LloydState, LloydTask
+    from mega_taxonomy.cluster.lloyd_pass import LloydState, LloydTask
     from mega_taxonomy.runtime import LocalRuntime
 
     x, _ = clustered(300_000, 50, 64, seed=3)
@@ -192,7 +192,8 @@ def test_topk_kernel_agrees_with_float64(dtype):
 def test_centroids_from_device_sums_are_the_bits_of_host_sums():
     """The update turns sums left on the GPU into centroids there (no (K, d) array through the
     host): the same bits as from the same sums on the host, empty clusters relocated alike."""
-    from mega_taxonomy.cluster.lloyd import LloydState, LloydTask, counts_on_host, new_centroids
+    from mega_taxonomy.cluster.lloyd_pass import LloydState, LloydTask
+    from mega_taxonomy.cluster.relocate import counts_on_host, new_centroids
     from mega_taxonomy.runtime import LocalRuntime
 
     x, _ = clustered(150_000, 40, 32, seed=7)
@@ -239,7 +240,8 @@ def test_collective_kmeans_on_two_gpus_is_bit_identical_to_local():
 def test_farthest_rows_on_the_device_are_the_host_selection():
     """A grouped pass on the GPU keeps the farthest rows per group on the device: the same rows,
     in the same order, as the host's selection from the same pass's labels and distances."""
-    from mega_taxonomy.cluster.lloyd import LloydState, LloydTask, block_farthest
+    from mega_taxonomy.cluster.lloyd_pass import LloydState, LloydTask
+    from mega_taxonomy.cluster.relocate import block_farthest
     from mega_taxonomy.runtime import LocalRuntime
 
     x, _ = clustered(200_000, 64, 32, seed=11)
@@ -346,7 +348,7 @@ def test_a_levels_group_ids_are_copied_once():
 def test_gpu_lloyd_tasks_defer_their_host_half():
     """A pass that keeps labels returns Deferred partials on the GPU; finished, they hold the
     labels that the CPU task computes."""
-    from mega_taxonomy.cluster.lloyd import LloydState, LloydTask
+    from mega_taxonomy.cluster.lloyd_pass import LloydState, LloydTask
     from mega_taxonomy.runtime import Deferred
 
     rng = np.random.default_rng(3)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mega_taxonomy.cluster import KMeans
-from mega_taxonomy.cluster.lloyd import LloydPartial
+from mega_taxonomy.cluster.lloyd_pass import LloydPartial
 from mega_taxonomy.errors import DataError
 from mega_taxonomy.io import BLOCK_ROWS, VectorSource
 from mega_taxonomy.runtime import LocalRuntime

@@ -15,7 +15,7 @@ from pool_worker import Counter
 ray = pytest.importorskip("ray")
 
 from mega_taxonomy.cluster import KMeans  # noqa: E402
-from mega_taxonomy.cluster.lloyd import LloydState, LloydTask  # noqa: E402
+from mega_taxonomy.cluster.lloyd_pass import LloydState, LloydTask  # noqa: E402
 from mega_taxonomy.io import BLOCK_ROWS, VectorSource  # noqa: E402
 from mega_taxonomy.runtime import LocalRuntime  # noqa: E402
 from mega_taxonomy.runtime.ray import RayRuntime  # noqa: E402

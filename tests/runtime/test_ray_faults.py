@@ -18,7 +18,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from mega_taxonomy.cluster.lloyd import LloydState, LloydTask  # noqa: E402
+from mega_taxonomy.cluster.lloyd_pass import LloydState, LloydTask  # noqa: E402
 from mega_taxonomy.errors import DataError  # noqa: E402
 from mega_taxonomy.io import BLOCK_ROWS, VectorSource  # noqa: E402
 from mega_taxonomy.runtime import LocalRuntime  # noqa: E402

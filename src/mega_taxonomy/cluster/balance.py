@@ -4,6 +4,9 @@ merging nodes, or size penalties on the assignment)."""
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from ..ops import normalize_rows
 
 
 def imbalance(counts) -> dict:
@@ -103,3 +106,25 @@ def size_penalty(counts: np.ndarray, inertia: np.ndarray, offsets: np.ndarray | 
         target[lo:hi] = strength * (step - step.mean())
     previous = np.zeros(k) if previous is None else np.asarray(previous, dtype=np.float64)
     return 0.5 * (previous + target)
+
+
+def with_penalty(assign, x: torch.Tensor, c: torch.Tensor, penalty: np.ndarray | None, metric: str):
+    """``assign(x, c, metric) -> (distances, indices)`` choosing the centroid of least ``distance +
+    penalty[centroid]`` (the plain assignment when ``penalty`` is None); distances stay the true ones.
+
+    The penalty rides on one more coordinate, 0 for rows and ``sqrt(penalty)`` for centroids
+    (penalties shifted to be >= 0, which changes no argmin), so every assignment op serves as it
+    is (squared L2 of normalized rows is twice the cosine distance).
+    """
+    if penalty is None:
+        return assign(x, c, metric)
+    p = torch.as_tensor(penalty - penalty.min(initial=0.0), dtype=torch.float64, device=c.device)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xa, ca, scale = x.to(dtype), c.to(dtype), 1.0
+    if metric == "cosine":
+        xa, ca, scale = normalize_rows(xa), normalize_rows(ca), 2.0
+    xa = torch.cat([xa, xa.new_zeros(xa.shape[0], 1)], 1)
+    ca = torch.cat([ca, (scale * p).sqrt().to(dtype)[:, None]], 1)
+    dist, index = assign(xa, ca, "euclidean")
+    dist = dist / scale - p.to(dist.dtype)[index.clamp_min(0)]
+    return dist.clamp_min_(0.0), index

@@ -21,6 +21,7 @@ measured in the same run, grouped passes went to 0.85-0.96 (benchmarks/gpu_notes
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 
 import numpy as np
@@ -188,3 +189,16 @@ def host_arrays_later(*values):
                 for i, v in enumerate(values)]
 
     return arrays
+
+
+def as_tensor(vectors, device) -> torch.Tensor:
+    """A block's vectors as a tensor on ``device`` (no copy when already there).
+
+    Blocks of files are read-only (memory maps, shared cache entries); torch warns about those
+    because it cannot protect them, but nothing here writes to a block's tensor.
+    """
+    if isinstance(vectors, np.ndarray) and not vectors.flags.writeable:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.as_tensor(vectors).to(device, non_blocking=True)
+    return torch.as_tensor(vectors).to(device, non_blocking=True)

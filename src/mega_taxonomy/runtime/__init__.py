@@ -11,14 +11,16 @@ from .base import (
     finished,
     fold,
     in_block_order,
+    passes_here_on_cpu,
     units,
 )
+from .iterate import Client, Step, Update, iterate
 from .local import LocalPool, LocalRuntime, cpu_threads, resolve_device
 
 __all__ = [
-    "BlockTask", "CompositePartial", "Deferred", "LocalPool", "LocalRuntime", "OrderedReducer", "Partial", "RayPool",
-    "RayRuntime", "Runtime", "WorkerPool", "cpu_threads", "finished", "fold", "in_block_order",
-    "resolve_device", "units",
+    "BlockTask", "Client", "CompositePartial", "Deferred", "LocalPool", "LocalRuntime", "OrderedReducer", "Partial", "RayPool",
+    "RayRuntime", "Runtime", "Step", "Update", "WorkerPool", "cpu_threads", "finished", "fold", "in_block_order",
+    "passes_here_on_cpu", "iterate", "resolve_device", "units",
 ]
 
 

@@ -266,8 +266,18 @@ class Runtime(abc.ABC):
     #: pass may return per-row state for the next one (Lloyd's bounds) at no transfer cost.
     in_process = False
 
+    #: Whether this is the process whose effects count when a driver runs on several at once
+    #: (``drive`` on a collective runtime): hooks that write (checkpoints) run there only.
+    leader = True
+
     @property
     @abc.abstractmethod
     def device(self):
         """The torch device workers compute on (for remote runtimes: the device kind)."""
 
+
+def passes_here_on_cpu(runtime) -> bool:
+    """Whether ``runtime``'s passes run in this process, on the CPU: per-row state then goes from
+    one pass to the next (or to the output pass) at no transfer cost, computed by the compiled CPU
+    kernels that routing shares bit for bit."""
+    return runtime.in_process and torch.device(runtime.device).type == "cpu"

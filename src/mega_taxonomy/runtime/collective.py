@@ -151,6 +151,11 @@ class CollectiveRuntime(Runtime):
     def device(self) -> torch.device:
         return self._device
 
+    @property
+    def leader(self) -> bool:
+        """Rank 0: every rank holds the same bits, one writes."""
+        return self.rank == 0
+
     def map_reduce(self, source, task, state, *, desc=None):
         unit_ranges = units(source.n_blocks, self.reduce_blocks)
         if not unit_ranges:

@@ -79,7 +79,7 @@ def spill(state, store: Store, prefix: str, min_bytes: int, storage_options=None
     Examples
     --------
     >>> import tempfile
-    >>> from mega_taxonomy.cluster.lloyd import LloydState
+    >>> from mega_taxonomy.cluster.lloyd_pass import LloydState
     >>> state = LloydState(np.ones((1000, 8), np.float32))
     >>> light, names = spill(state, Store(tempfile.mkdtemp()), "pass-0", min_bytes=1 << 10)
     >>> type(light.centroids).__name__, names

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..cluster.lloyd import with_penalty
+from ..cluster.balance import with_penalty
 from ..ops import grouped_nearest, grouped_topk, nearest, topk
 from .tree import Tree
 
