@@ -22,16 +22,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..ops import grouped_nearest, nearest, normalize_rows
-from ..ops.assign import prepare_ahead
+from ..ops import OperandCache, grouped_nearest, nearest, normalize_rows
 from ..ops.device import HostCopy, host_arrays, host_arrays_later, kept_on_device, to_device
-from ..ops.grouped_assign_numba import MAX_CHILDREN, grouped_nearest_bounded
+from ..ops.grouped_assign import MAX_CHILDREN, grouped_nearest_bounded
 from ..ops.update import centroids_from_sums, cluster_counts, cluster_stats
+from ..partials import BestPerGroup, FarthestPerGroup, SamplePartial, block_sample
+from ..partials.groups import group_of_centroid
 from ..runtime import CompositePartial, Deferred, in_block_order
 from .balance import size_penalty
-from .best_per_group import BestPerGroup
-from .farthest import FarthestPerGroup
-from .sampling import SamplePartial, block_sample
 
 logger = logging.getLogger(__name__)
 
@@ -113,10 +111,18 @@ def as_tensor(vectors, device) -> torch.Tensor:
 
 
 class LloydTask:
-    """Block task of one Lloyd pass (picklable; the centroids travel in the state)."""
+    """Block task of one Lloyd pass (picklable; the centroids travel in the state). ``operands``:
+    the centroids prepared for the kernels, kept from block to block (shared with the driver,
+    which prepares the next pass's ahead)."""
+
+    def __init__(self, operands: OperandCache | None = None):
+        self.operands = OperandCache() if operands is None else operands
 
     def __getstate__(self):
         return {}  # the cached centroids stay behind
+
+    def __setstate__(self, state):
+        self.operands = OperandCache()
 
     def _centroids(self, state, device):
         """The pass's centroids on ``device``, moved once per pass rather than once per block (a
@@ -146,12 +152,13 @@ class LloydTask:
                 x, groups, c, [0, k] if state.offsets is None else state.offsets, bounds,
                 track=state.track_bounds, stats=True, frozen=frozen)
         elif state.offsets is None:
-            dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric), x, c, state.penalty,
-                                        state.metric)
+            dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric, cache=self.operands), x, c,
+                                        state.penalty, state.metric)
         else:
             # kept there for the level's next passes; offsets stay on the host: the kernel's launch reads them
             groups = kept_on_device(groups, device)
-            dist, labels = with_penalty(lambda x, c, metric: grouped_nearest(x, groups, c, state.offsets, metric=metric),
+            dist, labels = with_penalty(lambda x, c, metric: grouped_nearest(x, groups, c, state.offsets, metric=metric,
+                                                                              cache=self.operands),
                                         x, c, state.penalty, state.metric)
         # Rows whose parent is a leaf have no children here (label -1): they take no part. On CUDA
         # a sort + segmented reduction (no atomics), on the CPU a compiled loop in row order
@@ -244,12 +251,6 @@ def block_farthest(distances: torch.Tensor, labels: torch.Tensor, ordinals: np.n
     far = {"distance": distances.numpy()[pre], "ordinal": ordinals[pre], "label": labels.numpy()[pre],
            "group": groups[pre]}
     return BestPerGroup(n, far, key="distance", largest=True)
-
-
-def group_of_centroid(offsets: np.ndarray | None, k: int) -> np.ndarray:
-    if offsets is None:
-        return np.zeros(k, dtype=np.int64)
-    return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
 
 
 def new_centroids(partial: LloydPartial, old, source, metric: str, offsets: np.ndarray | None = None):
@@ -440,6 +441,7 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
     # stands unless a cluster went empty. A GPU then never waits for the host's turn.
     looking_ahead = look_ahead is not False and not track and penalty_strength == 0
     ahead = None  # (partial, queued update) of the next pass, launched before this one was checked
+    operands = OperandCache()  # the centroids prepared for the kernels, shared by this fit's passes
 
     def launch(pass_centroids, pass_number):
         """Run a pass over ``pass_centroids``, and queue its update where its sums are: on a GPU, the
@@ -448,7 +450,7 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         state = LloydState(pass_centroids, metric, True, far, labels_in_loop, offsets, groups, far_per_group,
                            penalty=penalty, device_sums=True, bounds=bounds, drift=drift, track_bounds=track,
                            frozen=frozen)
-        partial = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {pass_number}")
+        partial = runtime.map_reduce(source, LloydTask(operands), state, desc=f"{desc} {pass_number}")
         # (Frozen groups, whose sums are filled in afterwards, come from passes on the host only.)
         on_device = isinstance(partial.sums, torch.Tensor)
         if frozen is not None or not (on_device or look_ahead):
@@ -456,7 +458,7 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         queued = centroids_from_sums(torch.as_tensor(partial.sums), torch.as_tensor(partial.counts),
                                      torch.as_tensor(pass_centroids), normalize=metric == "cosine")
         if on_device:
-            prepare_ahead(queued[0])
+            operands.prepare_ahead(queued[0])
             return partial, queued
         return partial, (queued[0].numpy(), queued[1])
 
@@ -483,7 +485,7 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
             far = True
             state = LloydState(centroids, metric, False, far, False, offsets, groups, far_per_group,
                                penalty=penalty, device_sums=True)
-            partial.far = runtime.map_reduce(source, LloydTask(), state, desc=f"{desc} {n_iter} far").far
+            partial.far = runtime.map_reduce(source, LloydTask(operands), state, desc=f"{desc} {n_iter} far").far
         if queued is None or emptied:  # on the host, or empty clusters to refill
             updated, _, shift = new_centroids(partial, centroids, source, metric, offsets)
         else:
@@ -506,7 +508,7 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
     if partial is None or shift != 0 or sample is not None:
         state = LloydState(centroids, metric, False, False, keep_labels, offsets, groups, sample=sample,
                            penalty=penalty, device_sums=True, bounds=bounds, drift=drift, frozen=frozen)
-        before, partial = partial, counts_on_host(runtime.map_reduce(source, LloydTask(), state,
+        before, partial = partial, counts_on_host(runtime.map_reduce(source, LloydTask(operands), state,
                                                                      desc=f"{desc} assign"))
         if frozen is not None:
             reuse_frozen(partial, before, frozen, offsets)

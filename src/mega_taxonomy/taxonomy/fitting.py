@@ -24,12 +24,12 @@ import time
 import numpy as np
 
 from ..cluster.balance import imbalance, size_penalty, split_and_merge
-from ..cluster.lloyd import group_of_centroid, lloyd, passes_here_on_cpu
-from ..cluster.sampling import hash_sample
+from ..cluster.lloyd import lloyd, passes_here_on_cpu
 from ..errors import ConfigError
 from ..ops.device import host_arrays
+from ..partials import group_of_centroid, hash_sample, offsets_of
 from ..runtime import cpu_threads
-from .levels import offsets_of, plan_children, sample_size_list, seed_children
+from .levels import plan_children, sample_size_list, seed_children
 from .passes import RouteState, RouteTask
 from .tree import Level, Tree, optional_array
 
