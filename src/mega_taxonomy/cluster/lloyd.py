@@ -112,17 +112,21 @@ def as_tensor(vectors, device) -> torch.Tensor:
 
 class LloydTask:
     """Block task of one Lloyd pass (picklable; the centroids travel in the state). ``operands``:
-    the centroids prepared for the kernels, kept from block to block (shared with the driver,
-    which prepares the next pass's ahead)."""
+    the centroids prepared for the kernels, kept from block to block (given by the driver, which
+    prepares the next pass's ahead; else made at the first block)."""
 
     def __init__(self, operands: OperandCache | None = None):
-        self.operands = OperandCache() if operands is None else operands
+        if operands is not None:
+            self._operands = operands
 
     def __getstate__(self):
-        return {}  # the cached centroids stay behind
+        return {}  # the cached centroids and operands stay behind
 
-    def __setstate__(self, state):
-        self.operands = OperandCache()
+    @property
+    def operands(self) -> OperandCache:
+        if "_operands" not in self.__dict__:
+            self._operands = OperandCache()
+        return self._operands
 
     def _centroids(self, state, device):
         """The pass's centroids on ``device``, moved once per pass rather than once per block (a
@@ -152,17 +156,19 @@ class LloydTask:
                 x, groups, c, [0, k] if state.offsets is None else state.offsets, bounds,
                 track=state.track_bounds, stats=True, frozen=frozen)
         elif state.offsets is None:
-            dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric, cache=self.operands), x, c,
+            operands = self.operands
+            dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric, cache=operands), x, c,
                                         state.penalty, state.metric)
         else:
             # kept there for the level's next passes; offsets stay on the host: the kernel's launch reads them
             groups = kept_on_device(groups, device)
-            dist, labels = with_penalty(lambda x, c, metric: grouped_nearest(x, groups, c, state.offsets, metric=metric,
-                                                                              cache=self.operands),
-                                        x, c, state.penalty, state.metric)
+            operands = self.operands
+            dist, labels = with_penalty(
+                lambda x, c, metric: grouped_nearest(x, groups, c, state.offsets, metric=metric, cache=operands),
+                x, c, state.penalty, state.metric)
         # Rows whose parent is a leaf have no children here (label -1): they take no part. On CUDA
         # a sort + segmented reduction (no atomics), on the CPU a compiled loop in row order
-        # (ops/update.py): the same bits every run.
+        # (ops/update/): the same bits every run.
         if stats is None and state.update:
             stats = cluster_stats(normalize_rows(x) if state.metric == "cosine" else x, labels, dist, k)
         elif stats is None:

@@ -45,5 +45,5 @@ from .common import METRICS, OperandCache, compute_dtype, normalize_rows
 from .grouped_assign import grouped_nearest, grouped_topk
 from .topk import topk
 
-__all__ = ["METRICS", "OperandCache", "compute_dtype", "distances", "grouped_nearest", "grouped_topk", "nearest",
-           "normalize_rows", "topk"]
+__all__ = ["METRICS", "OperandCache", "compute_dtype", "distances", "grouped_nearest", "grouped_topk",
+           "nearest", "normalize_rows", "topk"]
