@@ -41,8 +41,8 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from mega_taxonomy.ops.assign_triton import nearest_triton  # noqa: E402
-from mega_taxonomy.ops.update_triton import cluster_stats_triton  # noqa: E402
+from mega_taxonomy.ops.assign.triton import nearest_triton  # noqa: E402
+from mega_taxonomy.ops.update.triton import cluster_stats_triton  # noqa: E402
 
 SHAPES = [(1 << 20, 1024, 4096, torch.bfloat16), (1 << 20, 128, 1024, torch.float32),
           (1 << 20, 1024, 65536, torch.bfloat16)]

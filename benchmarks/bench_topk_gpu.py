@@ -1,4 +1,4 @@
-"""The fused top-k kernel (``ops/topk_triton.py``, k <= 16) against its torch twin on one GPU:
+"""The fused top-k kernel (``ops/topk/triton.py``, k <= 16) against its torch twin on one GPU:
 milliseconds per call (CUDA events, 10 calls after a warm-up) and the agreement of the indices,
 TF32 on for both. ``topk(backend="auto")`` picks the kernel on CUDA from these figures.
 

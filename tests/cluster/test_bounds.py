@@ -8,7 +8,8 @@ import torch
 
 import mega_taxonomy.cluster.bounds as bounds
 from mega_taxonomy.cluster import KMeans
-from mega_taxonomy.ops.grouped_assign_numba import grouped_nearest_bounded, grouped_nearest_numba
+from mega_taxonomy.ops.grouped_assign import grouped_nearest_bounded
+from mega_taxonomy.ops.grouped_assign.numba import grouped_nearest_numba
 from mega_taxonomy.taxonomy import TaxonomyEngine
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mega_taxonomy.cluster.farthest import FarthestPerGroup
 from mega_taxonomy.cluster.lloyd_pass import LloydState, LloydTask
 from mega_taxonomy.cluster.relocate import block_farthest
+from mega_taxonomy.partials.farthest import FarthestPerGroup
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])  # one sort on a packed key, two sorts
@@ -173,7 +173,7 @@ def test_no_pass_ahead_where_the_next_depends_on_the_counts():
     the counts before the next pass: passes run one by one."""
     from mega_taxonomy.cluster.lloyd import lloyd
     from mega_taxonomy.io import VectorSource
-    from mega_taxonomy.ops.grouped_assign_numba import MAX_CHILDREN
+    from mega_taxonomy.ops.grouped_assign import MAX_CHILDREN
 
     rng = np.random.default_rng(5)
     x = rng.normal(size=(5000, 8)).astype(np.float32)

@@ -266,7 +266,8 @@ def test_sample_moments_stay_on_the_device_until_read():
     """A sample pass over device blocks adds their float64 moments there (no copy back per
     block); the mean variance read at the end is the float64 one of all the rows, and the
     sample is the rows of lowest hash."""
-    from mega_taxonomy.cluster.sampling import SampleTask, hash_ids
+    from mega_taxonomy.ops.hashing import hash_ids
+    from mega_taxonomy.partials.sampling import SampleTask
     from mega_taxonomy.runtime import LocalRuntime
 
     x, _ = clustered(150_000, 16, 24, seed=5)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from mega_taxonomy.ops.grouped_assign import grouped_nearest_reference
-from mega_taxonomy.ops.grouped_assign_numba import MAX_CHILDREN, grouped_nearest_numba
+from mega_taxonomy.ops.grouped_assign.numba import MAX_CHILDREN, grouped_nearest_numba
 from mega_taxonomy.ops.update import cluster_stats_reference
-from mega_taxonomy.ops.update_numba import cluster_stats_numba
+from mega_taxonomy.ops.update.numba import cluster_stats_numba
 from mega_taxonomy.threads import set_cpu_threads
 
 

@@ -5,8 +5,8 @@ a brute-force reference on random trees, reading assignments back from a Store, 
 import numpy as np
 import pytest
 
-from mega_taxonomy.cluster.best_per_group import rank_in_group
-from mega_taxonomy.cluster.sampling import hash_ids
+from mega_taxonomy.partials.groups import rank_in_group
+from mega_taxonomy.ops.hashing import hash_ids
 from mega_taxonomy.errors import ConfigError, DataError, StorageError
 from mega_taxonomy.storage import Store
 from mega_taxonomy.taxonomy import TaxonomyEngine

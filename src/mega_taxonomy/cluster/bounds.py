@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops.grouped_assign_numba import MAX_CHILDREN
+from ..ops.grouped_assign import MAX_CHILDREN
+from ..partials import group_of_centroid
 from ..runtime import passes_here_on_cpu
-from .groups import group_of_centroid
 
 # Per-row bounds cost 20 bytes a row (a label, a float64 bound and a float32 distance): kept up
 # to this many bytes.

@@ -16,13 +16,13 @@ from ..errors import ConfigError, StorageError
 from ..io import VectorSource, is_source_like
 from ..ops import METRICS, compute_dtype, distances
 from ..ops.device import as_tensor
+from ..partials import hash_sample
 from ..runtime import cpu_threads, finished, get_runtime
 from ..storage import Store
 from ..storage.schema import assignments_file, assignments_table, level_file
 from .init import kmeans_plusplus
 from .lloyd import lloyd
 from .lloyd_pass import LloydState, LloydTask
-from .sampling import hash_sample
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..ops.assign import prepare_ahead
+from ..ops import OperandCache
 from ..ops.device import host_arrays, host_arrays_later
 from ..ops.update import centroids_from_sums
 from ..runtime import Step, Update, iterate
@@ -89,6 +89,7 @@ class Lloyd:
         # which stands unless a cluster went empty. A GPU then never waits for the host's turn.
         self.looking_ahead = look_ahead is not False and not self.track and penalty_strength == 0
         self.partial = None  # of the last pass
+        self.operands = OperandCache()  # the centroids prepared for the kernels, shared by this fit's passes
 
     def _state(self, centroids, **changes) -> LloydState:
         fields = dict(metric=self.metric, update=True, far=self.far, keep_labels=self.labels_in_loop,
@@ -102,7 +103,7 @@ class Lloyd:
         update runs behind the pass (the host then waits once an iteration, for the counts and the
         shift); on the host, only when looking ahead. The copies of its counts are queued before
         any pass launched after it."""
-        partial = self.runtime.map_reduce(self.source, LloydTask(), self._state(centroids),
+        partial = self.runtime.map_reduce(self.source, LloydTask(self.operands), self._state(centroids),
                                           desc=f"{self.desc} {iteration}")
         # (Frozen groups, whose sums are filled in afterwards, come from passes on the host only.)
         on_device = isinstance(partial.sums, torch.Tensor)
@@ -111,7 +112,7 @@ class Lloyd:
             queued = centroids_from_sums(torch.as_tensor(partial.sums), torch.as_tensor(partial.counts),
                                          torch.as_tensor(centroids), normalize=self.metric == "cosine")
             if on_device:
-                prepare_ahead(queued[0])
+                self.operands.prepare_ahead(queued[0])
             else:
                 queued = (queued[0].numpy(), queued[1])
         counts_later = host_arrays_later(partial.counts, partial.inertia, None if queued is None else queued[1])
@@ -135,7 +136,7 @@ class Lloyd:
             self.far = True
             state = self._state(centroids, update=False, keep_labels=False, bounds=None, drift=None,
                                 track_bounds=False, frozen=None)
-            partial.far = self.runtime.map_reduce(self.source, LloydTask(), state,
+            partial.far = self.runtime.map_reduce(self.source, LloydTask(self.operands), state,
                                                   desc=f"{self.desc} {iteration} far").far
         if queued is None or emptied:  # on the host, or empty clusters to refill
             updated, _, shift = new_centroids(partial, centroids, self.source, self.metric, self.offsets)
@@ -162,7 +163,7 @@ class Lloyd:
         if partial is None or shift != 0 or self.sample is not None:
             state = self._state(centroids, update=False, far=False, keep_labels=self.keep_labels, far_per_group=MAX_FAR_ROWS,
                                 sample=self.sample, track_bounds=False)
-            before, partial = partial, counts_on_host(self.runtime.map_reduce(self.source, LloydTask(), state,
+            before, partial = partial, counts_on_host(self.runtime.map_reduce(self.source, LloydTask(self.operands), state,
                                                                               desc=f"{self.desc} assign"))
             if self.frozen is not None:
                 bounds.reuse_frozen(partial, before, self.frozen, self.offsets)

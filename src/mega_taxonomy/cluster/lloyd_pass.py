@@ -15,16 +15,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..ops import grouped_nearest, nearest, normalize_rows
+from ..ops import OperandCache, grouped_nearest, nearest, normalize_rows
 from ..ops.device import HostCopy, as_tensor, kept_on_device
-from ..ops.grouped_assign_numba import grouped_nearest_bounded
+from ..ops.grouped_assign import grouped_nearest_bounded
 from ..ops.update import cluster_counts, cluster_stats
 from ..runtime import CompositePartial, Deferred, in_block_order
 from .balance import with_penalty
-from .best_per_group import BestPerGroup
-from .farthest import FarthestPerGroup
+from ..partials import BestPerGroup, FarthestPerGroup, SamplePartial, block_sample
 from .relocate import MAX_FAR_ROWS, block_farthest
-from .sampling import SamplePartial, block_sample
 
 
 @dataclass(frozen=True)
@@ -88,10 +86,22 @@ class LloydPartial(CompositePartial):
 
 
 class LloydTask:
-    """Block task of one Lloyd pass (picklable; the centroids travel in the state)."""
+    """Block task of one Lloyd pass (picklable; the centroids travel in the state). ``operands``:
+    the centroids prepared for the kernels, kept from block to block (given by the driver, which
+    prepares the next pass's ahead; else made at the first block)."""
+
+    def __init__(self, operands: OperandCache | None = None):
+        if operands is not None:
+            self._operands = operands
 
     def __getstate__(self):
-        return {}  # the cached centroids stay behind
+        return {}  # the cached centroids and operands stay behind
+
+    @property
+    def operands(self) -> OperandCache:
+        if "_operands" not in self.__dict__:
+            self._operands = OperandCache()
+        return self._operands
 
     def _centroids(self, state, device):
         """The pass's centroids on ``device``, moved once per pass rather than once per block (a
@@ -121,16 +131,19 @@ class LloydTask:
                 x, groups, c, [0, k] if state.offsets is None else state.offsets, bounds,
                 track=state.track_bounds, stats=True, frozen=frozen)
         elif state.offsets is None:
-            dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric), x, c, state.penalty,
-                                        state.metric)
+            operands = self.operands
+            dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric, cache=operands), x, c,
+                                        state.penalty, state.metric)
         else:
             # kept there for the level's next passes; offsets stay on the host: the kernel's launch reads them
             groups = kept_on_device(groups, device)
-            dist, labels = with_penalty(lambda x, c, metric: grouped_nearest(x, groups, c, state.offsets, metric=metric),
-                                        x, c, state.penalty, state.metric)
+            operands = self.operands
+            dist, labels = with_penalty(
+                lambda x, c, metric: grouped_nearest(x, groups, c, state.offsets, metric=metric, cache=operands),
+                x, c, state.penalty, state.metric)
         # Rows whose parent is a leaf have no children here (label -1): they take no part. On CUDA
         # a sort + segmented reduction (no atomics), on the CPU a compiled loop in row order
-        # (ops/update.py): the same bits every run.
+        # (ops/update/): the same bits every run.
         if stats is None and state.update:
             stats = cluster_stats(normalize_rows(x) if state.metric == "cosine" else x, labels, dist, k)
         elif stats is None:

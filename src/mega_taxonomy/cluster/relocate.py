@@ -15,9 +15,7 @@ import torch
 from ..ops import normalize_rows
 from ..ops.device import host_arrays, to_device
 from ..ops.update import centroids_from_sums
-from .best_per_group import BestPerGroup
-from .farthest import FarthestPerGroup
-from .groups import group_of_centroid
+from ..partials import BestPerGroup, FarthestPerGroup, group_of_centroid
 
 logger = logging.getLogger(__name__)
 

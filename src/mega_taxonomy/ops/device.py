@@ -94,7 +94,7 @@ class KeptWhileAlive:
     place while values made from them are kept.
 
     What it is for: every pass of a taxonomy level gives a block the same numpy array of group
-    ids. Copying it to the GPU and sorting its rows by group (``grouped_assign_triton.segments``)
+    ids. Copying it to the GPU and sorting its rows by group (``grouped_assign/triton.py``: ``segments``)
     again in every pass took host time a block: the grouped passes ran host-bound."""
 
     def __init__(self, fraction_of_device: float = 1 / 16, cpu_bytes: int = 1 << 30):

@@ -40,7 +40,7 @@ class Partial(Protocol):
     The runtime adds with ``total += partial`` (:func:`add_to`), on a running total that only it
     holds (the first partial, then the sums). A type may define ``__iadd__`` to update itself in
     place, giving what ``+`` gives: a selection of rows kept as a table and updated block by
-    block (``cluster.best_per_group``), or a partial that holds such parts
+    block (``partials.best_per_group``), or a partial that holds such parts
     (:class:`CompositePartial`). Without one, Python computes ``total + partial``.
     """
 

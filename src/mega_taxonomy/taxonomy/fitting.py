@@ -24,13 +24,12 @@ import time
 import numpy as np
 
 from ..cluster.balance import imbalance, size_penalty, split_and_merge
-from ..cluster.groups import group_of_centroid
 from ..cluster.lloyd import lloyd
-from ..cluster.sampling import hash_sample
 from ..errors import ConfigError
 from ..ops.device import host_arrays
+from ..partials import group_of_centroid, hash_sample, offsets_of
 from ..runtime import cpu_threads, passes_here_on_cpu
-from .levels import offsets_of, plan_children, sample_size_list, seed_children
+from .levels import plan_children, sample_size_list, seed_children
 from .passes import RouteState, RouteTask
 from .tree import Level, Tree, optional_array
 

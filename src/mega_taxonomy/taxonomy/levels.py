@@ -96,5 +96,3 @@ def _seed_in_batches(samples: list, n_children: np.ndarray, rngs: list, metric: 
     return torch.cat(out)
 
 
-def offsets_of(n_children: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(n_children)]).astype(np.int64)

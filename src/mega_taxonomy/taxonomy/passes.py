@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from ..cluster.best_per_group import BestPerGroup
-from ..cluster.sampling import SamplePartial, block_sample
 from ..ops.device import as_tensor
+from ..partials import BestPerGroup, SamplePartial, block_sample
 from ..runtime import CompositePartial, in_block_order
 from ..storage import Store
 from ..storage.schema import assignments_file, assignments_table

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..cluster.balance import with_penalty
-from ..ops import grouped_nearest, grouped_topk, nearest, topk
+from ..ops import OperandCache, grouped_nearest, grouped_topk, nearest, topk
 from .tree import Tree
 
 
@@ -49,6 +49,7 @@ class Router:
         self._graphs = {}
         self._offsets = [level_offsets(tree, level) for level in range(tree.n_levels)]
         self._on_device = {}  # (level, device) -> the level's centroids there
+        self._operands = OperandCache()  # the centroids and offsets last prepared for the kernels
 
     def __getstate__(self):  # the centroids moved to a device stay behind
         return {**self.__dict__, "_on_device": {}}
@@ -120,12 +121,12 @@ class Router:
 
     def _nearest_children(self, x, c, level, groups, offsets, k, metric):
         if level == 0 and k == 1:
-            d, i = nearest(x, c, metric=metric)
+            d, i = nearest(x, c, metric=metric, cache=self._operands)
             return d[:, None], i[:, None]
         if level == 0:
-            return topk(x, c, min(k, len(c)), metric=metric)
+            return topk(x, c, min(k, len(c)), metric=metric, cache=self._operands)
         if k == 1:
-            d, i = grouped_nearest(x, groups, c, offsets, metric=metric)
+            d, i = grouped_nearest(x, groups, c, offsets, metric=metric, cache=self._operands)
             return d[:, None], i[:, None]
         return grouped_topk(x, groups, c, offsets, k, metric=metric)
 

@@ -29,9 +29,9 @@ import numbers
 
 import numpy as np
 
-from ..cluster.best_per_group import rank_in_group
 from ..errors import ConfigError, DataError, StorageError
 from ..ops.hashing import hash_ids
+from ..partials.groups import rank_in_group
 from ..storage.schema import read_paths
 from .tree import Tree
 

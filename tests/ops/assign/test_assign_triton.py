@@ -71,7 +71,7 @@ def test_unknown_backend():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_resident_row_tile_config(dtype):
-    from mega_taxonomy.ops.assign_triton import nearest_triton
+    from mega_taxonomy.ops.assign.triton import nearest_triton
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(200, 40, generator=g).to(dtype).to(DEVICE)
@@ -86,12 +86,15 @@ def test_resident_row_tile_config(dtype):
 
 def test_prepared_centroids_follow_in_place_changes():
     """``fused`` keeps the last centroids' operands: a change in place, or other centroids, is seen."""
+    from mega_taxonomy.ops import OperandCache
+
+    cache = OperandCache()
     g = torch.Generator().manual_seed(3)
     x = torch.randn(60, 16, generator=g).to(DEVICE)
     c = torch.randn(7, 16, generator=g).to(DEVICE)
-    before = nearest(x, c, backend="triton")
+    before = nearest(x, c, backend="triton", cache=cache)
     c.mul_(-1.0)
-    after = nearest(x, c, backend="triton")
+    after = nearest(x, c, backend="triton", cache=cache)
     fresh = nearest(x, c.clone(), backend="triton")
     assert torch.equal(after[1], fresh[1]) and torch.equal(after[0], fresh[0])
     assert not torch.equal(before[1], after[1])
@@ -100,35 +103,37 @@ def test_prepared_centroids_follow_in_place_changes():
 def test_prepared_centroids_are_let_go_with_their_centroids():
     import gc
 
-    from mega_taxonomy.ops import assign
+    from mega_taxonomy.ops import OperandCache
 
+    cache = OperandCache()
     x = torch.randn(10, 8).to(DEVICE)
     c = torch.randn(3, 8).to(DEVICE)
-    nearest(x, c, backend="triton")
-    assert assign._last_prepared[0][0]() is c
+    nearest(x, c, backend="triton", cache=cache)
+    assert cache.holds(c)
     del c
     gc.collect()
-    assert assign._last_prepared is assign._NOTHING_PREPARED
+    assert cache.key is None and cache._centroids[1] is None
 
 
 def test_centroids_prepared_ahead_are_the_ones_the_next_assignment_uses(monkeypatch):
     """``prepare_ahead`` prepares the next centroids as the last ones were (the rows' dtype): the
     next assignment prepares nothing, and gives what fresh centroids give."""
-    from mega_taxonomy.ops import assign
+    from mega_taxonomy.ops import OperandCache, common
 
+    cache = OperandCache()
     g = torch.Generator().manual_seed(4)
     x = torch.randn(50, 24, generator=g).to(DEVICE, torch.float16)
     c, following = (torch.randn(9, 24, generator=g).to(DEVICE) for _ in range(2))
-    nearest(x, c, backend="triton")
-    assign.prepare_ahead(following)
-    assert assign._last_prepared[0][0]() is following and assign._last_prepared[0][1][2] == torch.float16
+    nearest(x, c, backend="triton", cache=cache)
+    cache.prepare_ahead(following)
+    assert cache.holds(following) and cache.key[2] == torch.float16
 
     def prepare_again(v):
         raise AssertionError("prepared again")
 
     with monkeypatch.context() as m:
-        m.setattr(assign, "_squared_norms", prepare_again)
-        ahead = nearest(x, following, backend="triton")
+        m.setattr(common, "squared_norms", prepare_again)
+        ahead = nearest(x, following, backend="triton", cache=cache)
     fresh = nearest(x, following.clone(), backend="triton")
     assert torch.equal(ahead[0], fresh[0]) and torch.equal(ahead[1], fresh[1])
 
@@ -137,7 +142,7 @@ def test_centroids_prepared_ahead_are_the_ones_the_next_assignment_uses(monkeypa
 @pytest.mark.parametrize("n,d", [(1, 3), (70, 37), (33, 300)])
 def test_squared_norms_kernel_matches_float64(dtype, n, d):
     """The rows' squared norms of the fused kernels' epilogue, also for rows of a wider tensor."""
-    from mega_taxonomy.ops.assign_triton import squared_norms_triton
+    from mega_taxonomy.ops.assign.triton import squared_norms_triton
 
     wide = torch.tensor(np.random.default_rng(n + d).normal(size=(n, d + 5)) * 4, dtype=dtype, device=DEVICE)
     x = wide[:, 2:2 + d]  # rows d + 5 apart
@@ -150,7 +155,7 @@ def test_squared_norms_kernel_matches_float64(dtype, n, d):
 def test_tensor_descriptor_kernel_matches_pointer_kernel(dtype):
     """The TMA kernel (tiles through tensor descriptors, zeros past the edges) against the pointer
     kernel, with N, K and D none a multiple of its tiles; IEEE products: the same labels."""
-    from mega_taxonomy.ops.assign_triton import nearest_triton, tma_ready
+    from mega_taxonomy.ops.assign.triton import nearest_triton, tma_ready
 
     if DEVICE != "cpu" and torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("a GPU without TMA (compute capability below 9)")
@@ -171,10 +176,10 @@ def test_tensor_descriptor_kernel_matches_pointer_kernel(dtype):
 @pytest.mark.parametrize("tma", [False, True])
 def test_norms_added_in_the_kernel_are_the_bits_of_adding_them_after(tma):
     """Given the rows' squared norms, the kernel returns the distances: the float32 sum and the
-    clamp at zero that ``assign._finish`` does after it, the same bits (both kernels: descriptor
+    clamp at zero that ``common.finish`` does after it, the same bits (both kernels: descriptor
     loads and pointer loads)."""
-    from mega_taxonomy.ops.assign import _finish
-    from mega_taxonomy.ops.assign_triton import default_config, nearest_triton, squared_norms_triton
+    from mega_taxonomy.ops.common import finish
+    from mega_taxonomy.ops.assign.triton import default_config, nearest_triton, squared_norms_triton
 
     g = torch.Generator().manual_seed(4)
     x = torch.randn(300, 32, generator=g).to(DEVICE)
@@ -183,5 +188,5 @@ def test_norms_added_in_the_kernel_are_the_bits_of_adding_them_after(tma):
     config = {**default_config(32, 4, True, tma), "TMA": tma}
     d, i = nearest_triton(x, c, bias, 2.0, exact=True, config=config)
     d_norms, i_norms = nearest_triton(x, c, bias, 2.0, exact=True, norms=norms, config=config)
-    assert torch.equal(i_norms, i) and torch.equal(d_norms, _finish(d, norms))
+    assert torch.equal(i_norms, i) and torch.equal(d_norms, finish(d, norms))
     assert (d_norms[:5] >= 0).all() and (d_norms >= 0).all()

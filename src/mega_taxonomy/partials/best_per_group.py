@@ -21,42 +21,7 @@ import copy
 
 import numpy as np
 
-from ..ops.select_numba import (
-    SELECT_FROM,
-    before_cut_numba,
-    push_rows_numba,
-    smallest_per_group_numba,
-    table_order_numba,
-)
-
-
-def rank_in_group(sorted_groups: np.ndarray) -> np.ndarray:
-    """0, 1, 2, ... within each run of equal values of an already sorted array."""
-    n = len(sorted_groups)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
-    return np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
-
-
-def smallest_per_group(keys: np.ndarray, ordinals: np.ndarray, n: int,
-                       groups: np.ndarray | None = None) -> np.ndarray:
-    """Positions of the ``n`` smallest keys of every group (equal keys by ordinal), ordered by
-    group, then key: the selection of every mergeable "best n per group" partial (lowest
-    hashes, nearest members, farthest rows with negated distances). One pass of per-group
-    bounded heaps (``ops/select_numba.py``), not a sort of every row."""
-    keys = np.ascontiguousarray(keys)
-    ordinals = np.ascontiguousarray(ordinals, dtype=np.int64)
-    if len(ordinals) != len(keys) or (groups is not None and len(groups) != len(keys)):
-        raise ValueError(f"{len(keys)} keys need as many ordinals and groups")  # the kernel reads them unchecked
-    if groups is None or len(keys) == 0:
-        groups, lowest, n_groups = np.zeros(len(keys), dtype=np.int64), 0, 1
-    else:
-        groups = np.asarray(groups, dtype=np.int64)
-        lowest = int(groups.min())  # rows of no group (-1) form a group of their own
-        n_groups = int(groups.max()) - lowest + 1
-        groups = groups - lowest if lowest else np.ascontiguousarray(groups)
-    return smallest_per_group_numba(keys, ordinals, groups, n, n_groups)
+from ..ops.select import SELECT_FROM, before_cut_numba, push_rows_numba, smallest_per_group, table_order_numba
 
 
 # Rows a BestPerGroup may hold unselected: it sorts again only when it holds twice as many as
@@ -241,7 +206,7 @@ def _union(a, b):
 
 class _Heaps:
     """Per group of ``[first, first + span)``, a max-heap of ``n`` slots over key, ordinal and
-    position columns, and the worst kept row of every full one (``ops.select_numba``'s table
+    position columns, and the worst kept row of every full one (``ops.select``'s table
     kernels). A position is the row's place in ``log``: the column parts of the rows that
     entered, in order."""
 

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from numba import njit
 
-from ..threads import parallel_map
-from .update_numba import add_row, add_tiles, tile_partials, tile_starts
+from ...threads import parallel_map
+from ..common import add_row, add_tiles, check, compute_dtype, normalize_rows, tile_partials, tile_starts
 
 # Reassociation (the vectorized sum over d) and contraction (fused multiply-add); never
 # "nnan"/"ninf": the comparisons must stay IEEE.
@@ -126,7 +126,7 @@ _BOUND_SLACK = 1.001
 _ROW_TILE = 8192
 
 # Groups of at most this many children take this kernel; wider ones go through matrix products
-# (grouped_assign.py). One core, 65536 x 64 rows, one child at a time (four at a time is 25%
+# (grouped_assign/__init__.py). One core, 65536 x 64 rows, one child at a time (four at a time is 25%
 # faster): 16 children 5.5 ms against 7.5 (flat) and 19 (256 groups) for the products; 32
 # children 10 ms against 9 (flat) and 18-40 (groups); at 64 children the products win.
 MAX_CHILDREN = 32
@@ -164,9 +164,7 @@ def grouped_nearest_bounded(x: torch.Tensor, groups, centroids: torch.Tensor, of
 
 
 def _run(x, groups, centroids, offsets, metric, bounds=None, track=False, stats=False, frozen=None):
-    from .assign import _check, compute_dtype, normalize_rows
-
-    _check(x, centroids, metric)
+    check(x, centroids, metric)
     dtype = compute_dtype(x.dtype)
     x, c = x.detach().to(dtype), centroids.detach().to(dtype)
     if metric == "cosine":

@@ -19,16 +19,14 @@ products (fp32 accumulation) and a running argmin. Groups, N, C and D are runtim
 
 from __future__ import annotations
 
-import weakref
-
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 
-from .assign_triton import distance_tile, running_argmin
-from .device import kept, to_device
-from .update_triton import sorted_by_label
+from ..assign.triton import distance_tile, running_argmin
+from ..common import OperandCache, check, fused, offsets_on
+from ..device import kept, to_device
+from ..update.triton import sorted_by_label
 
 
 @triton.jit
@@ -136,34 +134,11 @@ def grouped_nearest_triton(x, groups, c, bias, offsets, alpha, *, width, exact=F
     return out_d, out_i
 
 
-# The last offsets moved by ``_offsets_on``: (weak reference to the host array, stream), (tensor, width).
-_last_offsets = (lambda: None, None), None
-
-
-def _offsets_on(offsets, device) -> tuple[torch.Tensor, int]:
-    """(offsets on ``device``, the largest group's number of children). Every block of a pass
-    passes the same numpy array of a level's offsets (which nobody changes in place): it is
-    moved once, not once per block."""
-    global _last_offsets
-    (ref, on), moved = _last_offsets
-    # the stream that waited for the copy (the Triton interpreter runs on the CPU: no stream)
-    stream = torch.cuda.current_stream(device) if device.type == "cuda" else device
-    if ref() is offsets and on == stream:
-        return moved
-    host = torch.as_tensor(offsets).cpu().long()  # a sync only when given on the device
-    width = int((host[1:] - host[:-1]).max()) if len(host) > 1 else 0
-    moved = to_device(host, device), width
-    if isinstance(offsets, np.ndarray):
-        _last_offsets = (weakref.ref(offsets), stream), moved
-    return moved
-
-
-def grouped_nearest_dispatch(x, groups, centroids, offsets, metric):
-    """``grouped_nearest`` through the kernel (operands prepared as for ``nearest``: ``fused``)."""
-    from .assign import _check, fused
-
-    _check(x, centroids, metric)
-    offsets, width = _offsets_on(offsets, x.device)
+def grouped_nearest_dispatch(x, groups, centroids, offsets, metric, cache: OperandCache | None = None):
+    """``grouped_nearest`` through the kernel (operands prepared as for ``nearest``: ``fused``;
+    the offsets moved once per array where a ``cache`` keeps them)."""
+    check(x, centroids, metric)
+    offsets, width = offsets_on(offsets, x.device) if cache is None else cache.offsets_on(offsets, x.device)
     groups = to_device(groups, x.device).long()
     if x.shape[0] == 0 or len(offsets) < 2:
         return (torch.full((x.shape[0],), float("inf"), device=x.device),
@@ -172,4 +147,4 @@ def grouped_nearest_dispatch(x, groups, centroids, offsets, metric):
     def kernel(x, c, bias, alpha, exact):
         return grouped_nearest_triton(x, groups, c, bias, offsets, alpha, width=width, exact=exact)
 
-    return fused(kernel, x, centroids, metric)
+    return fused(kernel, x, centroids, metric, cache=cache)

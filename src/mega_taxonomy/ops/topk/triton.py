@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .assign_triton import distance_tile
+from ..assign.triton import distance_tile
 
 MAX_K = 16
 

@@ -5,8 +5,8 @@ import pickle
 import numpy as np
 import pytest
 
-from mega_taxonomy.cluster import best_per_group
-from mega_taxonomy.cluster.best_per_group import BestPerGroup
+from mega_taxonomy.partials import best_per_group
+from mega_taxonomy.partials.best_per_group import BestPerGroup
 from mega_taxonomy.ops.hashing import hash_ids
 
 
@@ -69,7 +69,8 @@ def test_rows_after_a_full_groups_worst_are_dropped_as_they_arrive(largest):
 @pytest.mark.parametrize("n", [1, 50, 128, 700])
 def test_smallest_per_group_is_a_sort_by_group_key_ordinal(keys, n, n_groups):
     """Both kernels (bounded heaps, selection) and their dispatch, against a Python sort."""
-    from mega_taxonomy.ops import select_numba
+    from mega_taxonomy.ops.select import numba as select_numba
+    from mega_taxonomy.ops.select import smallest_per_group
 
     rng = np.random.default_rng(n)
     m = 6000
@@ -78,7 +79,7 @@ def test_smallest_per_group_is_a_sort_by_group_key_ordinal(keys, n, n_groups):
     key = {"hash": hash_ids(ordinal, 1), "few values": rng.integers(0, 4, m).astype(np.float64),
            "ascending": np.arange(m, dtype=np.float64)}[keys]
     expected = brute_force(key, ordinal, group, n, largest=False)
-    np.testing.assert_array_equal(ordinal[best_per_group.smallest_per_group(key, ordinal, n, group)], expected)
+    np.testing.assert_array_equal(ordinal[smallest_per_group(key, ordinal, n, group)], expected)
     for kernel in (select_numba._smallest_by_heaps, select_numba._smallest_by_selection):
         selected = kernel(key, ordinal.astype(np.int64), group, n, n_groups)
         np.testing.assert_array_equal(ordinal[selected], expected)
@@ -142,7 +143,7 @@ def test_a_running_total_keeps_parts_where_a_table_would_not_pay():
 def test_a_pass_draws_its_sample_through_a_table_of_heaps():
     """The runtime adds a pass's sample partials with +=: a small sample per group moves into
     a table, and the pass gives the rows of lowest hash of every group."""
-    from mega_taxonomy.cluster.sampling import block_sample
+    from mega_taxonomy.partials.sampling import block_sample
     from mega_taxonomy.io import BLOCK_ROWS, VectorSource
     from mega_taxonomy.runtime import LocalRuntime
 

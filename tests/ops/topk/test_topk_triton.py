@@ -9,7 +9,7 @@ import torch
 from kernel_checks import DEVICE, RTOL, brute_force_distances
 
 from mega_taxonomy.ops import topk
-from mega_taxonomy.ops.assign import topk_reference
+from mega_taxonomy.ops.topk import topk_reference
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])

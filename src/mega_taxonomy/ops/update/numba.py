@@ -25,17 +25,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..threads import parallel_map
-
-
-@njit(inline="always")
-def add_row(x, r, j, value, sums, counts, value_sums):  # pragma: no cover - compiled
-    """Row ``r`` into cluster ``j``'s float64 sums (also inlined by the fused Lloyd kernel of
-    grouped_assign_numba: one loop, the same bits)."""
-    counts[j] += 1
-    value_sums[j] += np.float64(value)
-    for col in range(x.shape[1]):
-        sums[j, col] += np.float64(x[r, col])
+from ...threads import parallel_map
+from ..common import add_row, add_tiles, tile_partials, tile_starts
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
@@ -44,30 +35,6 @@ def _stats(x, labels, values, sums, counts, value_sums):  # pragma: no cover - c
         j = labels[r]
         if j >= 0:
             add_row(x, r, j, values[r], sums, counts, value_sums)
-
-
-# Rows of a tile: at least this many, and 8 per cluster.
-_TILE_ROWS = 8192
-
-
-def tile_starts(n: int, k: int) -> range:
-    """First rows of the tiles of ``n`` rows summed into ``k`` clusters."""
-    return range(0, max(n, 1), max(_TILE_ROWS, 8 * k))
-
-
-def tile_partials(n_tiles: int, k: int, d: int):
-    """Zeroed (sums, counts, value_sums) of ``n_tiles`` tiles, each tile's first on axis 0."""
-    return (np.zeros((n_tiles, k, d), dtype=np.float64), np.zeros((n_tiles, k), dtype=np.int64),
-            np.zeros((n_tiles, k), dtype=np.float64))
-
-
-def add_tiles(sums, counts, value_sums):
-    """The tiles' partials (first axis) added in tile order."""
-    for t in range(1, len(sums)):
-        sums[0] += sums[t]
-        counts[0] += counts[t]
-        value_sums[0] += value_sums[t]
-    return sums[0], counts[0], value_sums[0]
 
 
 def cluster_stats_numba(x: np.ndarray, labels: np.ndarray, values: np.ndarray, k: int):

@@ -8,7 +8,7 @@ number of parents.
 ``grouped_nearest`` / ``grouped_topk`` dispatch; ``*_reference`` are the torch twins: rows
 sorted by group, then one matrix product per run of consecutive groups (rows of the run x all
 its children), from which each row keeps its own group's columns. On the CPU,
-``grouped_nearest`` runs the compiled loop of ``grouped_assign_numba`` where groups are narrow
+``grouped_nearest`` runs numba, the compiled loop of ``grouped_assign/numba.py``, where groups are narrow
 (a taxonomy's few children per node); wider groups, and ``grouped_topk``, work on numpy arrays in
 parallel threads: big groups get products of their own, small ones go by buckets through
 batched products (see ``_OWN_PRODUCT_ROWS``).
@@ -19,9 +19,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..threads import parallel_map
-from .assign import _TILE_ELEMENTS, _check, _finish, _prepare, _use_triton
-from .grouped_assign_numba import grouped_nearest_numba, narrow
+from ...threads import parallel_map
+from ..common import TILE_ELEMENTS, OperandCache, check, finish, prepare, use_triton
+from .numba import MAX_CHILDREN, grouped_nearest_bounded, grouped_nearest_numba, narrow
+
+__all__ = ["MAX_CHILDREN", "grouped_distances_reference", "grouped_nearest", "grouped_nearest_bounded",
+           "grouped_nearest_reference", "grouped_topk", "grouped_topk_reference", "stable_order"]
 
 # Children per matrix product of grouped rows: enough columns for an efficient product, few
 # enough that computing every row against all of them wastes little.
@@ -40,10 +43,10 @@ def _padded_children(offsets, device):
 def grouped_distances_reference(x, groups, centroids, offsets, *, metric="euclidean"):
     """(n, width) distances of every row to the children of its group, ``inf`` in empty slots,
     and the (n, width) global child indices (-1 in empty slots)."""
-    _check(x, centroids, metric)
+    check(x, centroids, metric)
     offsets = torch.as_tensor(offsets, device=x.device, dtype=torch.int64)
     groups = torch.as_tensor(groups, device=x.device, dtype=torch.int64)
-    x, x_sq, operand = _prepare(x, centroids, metric)
+    x, x_sq, operand = prepare(x, centroids, metric)
     children = _padded_children(offsets, x.device)
     # index_select, not x[idx]: advanced indexing is 6x slower on the CPU (65536 x 64: 26 ms / 4 ms).
     index = children.index_select(0, groups)  # (n, width)
@@ -66,12 +69,12 @@ def grouped_distances_reference(x, groups, centroids, offsets, *, metric="euclid
         while j < len(present) and (j == i or off[present[j] + 1] - lo <= _BATCH_COLUMNS):
             j += 1
         hi = off[present[j - 1] + 1]
-        step = max(256, _TILE_ELEMENTS // max(hi - lo, 1))  # bounds the tile for one very wide group
+        step = max(256, TILE_ELEMENTS // max(hi - lo, 1))  # bounds the tile for one very wide group
         for r0 in range(int(starts[i]), int(starts[j]) if hi > lo else 0, step):
             rows = slice(r0, min(r0 + step, int(starts[j])))
             tile = operand.tile(operand.rows(xs[rows]), lo, hi)
             cols = (index_s[rows] - lo).clamp_min(0)
-            d = _finish(tile.gather(1, cols.to(tile.device)), None if xs_sq is None else xs_sq[rows])
+            d = finish(tile.gather(1, cols.to(tile.device)), None if xs_sq is None else xs_sq[rows])
             dist_s[rows] = torch.where(index_s[rows] >= 0, d, torch.full_like(d, torch.inf))
         i = j
     unsort = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
@@ -109,7 +112,7 @@ def _cpu_work(starts, rows, lo, width):
     and ``("bucket", indices)`` of small groups (indices into the given arrays)."""
     work = []
     for i in np.flatnonzero((rows >= _OWN_PRODUCT_ROWS) & (width > 0)).tolist():
-        step = max(256, min(8192, _TILE_ELEMENTS // int(width[i])))
+        step = max(256, min(8192, TILE_ELEMENTS // int(width[i])))
         r0, r1 = int(starts[i]), int(starts[i] + rows[i])
         work += [("own", a, min(a + step, r1), int(lo[i]), int(lo[i] + width[i])) for a in range(r0, r1, step)]
     small = np.flatnonzero((rows < _OWN_PRODUCT_ROWS) & (width > 0))
@@ -135,7 +138,7 @@ def _grouped_topk_cpu(x, groups, centroids, offsets, k, metric):
     """``grouped_topk`` on the CPU, on numpy arrays, with the units of :func:`_cpu_work` in
     parallel threads. Units depend only on the batch's content, so a block's bits never depend
     on where it runs."""
-    x, x_sq, operand = _prepare(x, centroids, metric)
+    x, x_sq, operand = prepare(x, centroids, metric)
     g = np.asarray(groups, dtype=np.int64)
     off = np.asarray(offsets, dtype=np.int64)
     order = stable_order(g, len(off) - 1)
@@ -191,7 +194,7 @@ def grouped_topk_reference(x, groups, centroids, offsets, k, *, metric="euclidea
 
 
 def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *, metric: str = "euclidean",
-                    backend: str = "auto"):
+                    backend: str = "auto", cache: OperandCache | None = None):
     """Nearest child of each row's group.
 
     Parameters
@@ -205,10 +208,13 @@ def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *
         CSR: the children of group ``g`` are rows ``offsets[g]:offsets[g + 1]`` of ``centroids``.
     metric : {"euclidean", "cosine"}
     backend : {"auto", "torch", "triton"}, default="auto"
-        "auto": the Triton kernel (``grouped_assign_triton``) for fp16 / bf16 / fp32 tensors on
-        CUDA; on the CPU the compiled kernel of ``grouped_assign_numba`` where no group has more
-        than ``MAX_CHILDREN`` children, else the numpy path of :func:`_grouped_topk_cpu`; the torch
-        twin elsewhere; "torch": the twin.
+        "auto": the Triton kernel (``grouped_assign/triton.py``) for fp16 / bf16 / fp32 tensors on
+        CUDA; on the CPU numba, the compiled kernel of ``grouped_assign/numba.py``, where no group
+        has more than ``MAX_CHILDREN`` children, else the numpy path of ``_grouped_topk_cpu``; the
+        torch twin elsewhere; "torch": the twin.
+    cache : OperandCache, optional
+        Where the centroids and offsets moved for the Triton kernel are kept from call to call
+        (a pass's blocks share one); without it they are prepared every call.
 
     Returns
     -------
@@ -222,10 +228,10 @@ def grouped_nearest(x: torch.Tensor, groups, centroids: torch.Tensor, offsets, *
     >>> grouped_nearest(torch.tensor([[4.0], [4.0]]), torch.tensor([0, 1]), c, torch.tensor([0, 2, 4]))[1]
     tensor([0, 3])
     """
-    if _use_triton(x, backend):
-        from .grouped_assign_triton import grouped_nearest_dispatch
+    if use_triton(x, backend):
+        from .triton import grouped_nearest_dispatch
 
-        return grouped_nearest_dispatch(x, groups, centroids, offsets, metric)
+        return grouped_nearest_dispatch(x, groups, centroids, offsets, metric, cache)
     if x.device.type == "cpu" and backend == "auto":
         groups, offsets = _numpy(groups, offsets)
         if narrow(offsets):

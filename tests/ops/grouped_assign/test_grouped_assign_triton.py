@@ -61,21 +61,23 @@ def test_ties_go_to_the_lowest_child_across_tiles():
 
 
 def test_offsets_move_once_per_array():
-    """The blocks of a pass pass the same offsets array: moved once (``_offsets_on``), and again
-    for another array, even one of equal values."""
-    from mega_taxonomy.ops.grouped_assign_triton import _offsets_on
+    """The blocks of a pass pass the same offsets array: moved once (``OperandCache.offsets_on``), and
+    again for another array, even one of equal values."""
+    from mega_taxonomy.ops import OperandCache
 
+    offsets_on = OperandCache().offsets_on
     offsets = np.array([0, 2, 7, 7])
-    first = _offsets_on(offsets, torch.device(DEVICE))
+    first = offsets_on(offsets, torch.device(DEVICE))
     assert first[1] == 5 and first[0].tolist() == [0, 2, 7, 7]
-    assert _offsets_on(offsets, torch.device(DEVICE))[0] is first[0]
-    assert _offsets_on(offsets.copy(), torch.device(DEVICE))[0] is not first[0]
+    assert offsets_on(offsets, torch.device(DEVICE))[0] is first[0]
+    assert offsets_on(offsets.copy(), torch.device(DEVICE))[0] is not first[0]
 
 
 def test_segments_are_kept_per_groups_tensor_until_it_changes():
     """A level's passes give each block the same groups tensor: its sort by group is made once.
     Written to in place, the tensor sorts again; collected, its segments are forgotten."""
-    from mega_taxonomy.ops import device, grouped_assign_triton
+    from mega_taxonomy.ops import device
+    from mega_taxonomy.ops.grouped_assign import triton as grouped_assign_triton
 
     rng = np.random.default_rng(5)
     x, groups, c, offsets = problem(rng, 200, 20, 6, 16)

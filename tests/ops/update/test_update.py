@@ -75,7 +75,7 @@ def test_one_program_per_cluster_gives_the_bits_of_chunks_and_combine(monkeypatc
     combination, or one program per cluster walking its runs; the same additions in the same
     order. Rows of magnitudes far apart, so that their float64 sums depend on the order (a
     permutation of the rows changes the bits)."""
-    from mega_taxonomy.ops import update_triton
+    from mega_taxonomy.ops.update import triton as update_triton
 
     g = torch.Generator().manual_seed(8)
     x = (torch.randn(2000, 150, generator=g) * torch.exp(8 * torch.randn(2000, 1, generator=g))).to(DEVICE)

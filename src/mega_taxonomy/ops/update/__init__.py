@@ -2,9 +2,9 @@
 row (the distances: inertia), the partials of a Lloyd update.
 
 ``cluster_stats`` dispatches: on CUDA a sort by label followed by a segmented reduction in a
-fixed order (``update_triton``), with no atomics, so the sums are bit-identical from run to run
-(``index_add_`` on CUDA adds in whatever order its atomics land); on the CPU the compiled loop of
-``update_numba`` (every cluster's rows added in row order, in float64);
+fixed order (``update/triton.py``), with no atomics, so the sums are bit-identical from run to run
+(``index_add_`` on CUDA adds in whatever order its atomics land); on the CPU numba, the compiled loop of
+``update/numba.py`` (every cluster's rows added in row order, in float64);
 elsewhere the torch twin ``cluster_stats_reference``.
 
 Examples
@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import torch
 
-from .assign import _use_triton, normalize_rows
-from .update_numba import cluster_stats_numba
+from ..common import normalize_rows, use_triton
+from .numba import cluster_stats_numba, column_moments
+
+__all__ = ["centroids_from_sums", "cluster_counts", "cluster_stats", "cluster_stats_reference", "cluster_sums",
+           "column_moments"]
 
 
 def cluster_sums(rows: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -86,8 +89,8 @@ def cluster_stats(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")
     labels = labels.long()
-    if x.shape[0] and x.dtype != torch.float64 and _use_triton(x, backend):
-        from .update_triton import cluster_stats_triton
+    if x.shape[0] and x.dtype != torch.float64 and use_triton(x, backend):
+        from .triton import cluster_stats_triton
 
         return cluster_stats_triton(x.detach(), labels, values.detach(), k)
     if x.device.type == "cpu" and backend == "auto":
@@ -129,8 +132,8 @@ def centroids_from_sums(sums: torch.Tensor, counts: torch.Tensor, old: torch.Ten
     ([[2.0, 1.0], [5.0, 5.0]], 1.0)
     """
     old, counts = old.to(sums.device), counts.to(sums.device)
-    if not normalize and old.dtype in (torch.float32, torch.float16) and _use_triton(old, backend):
-        from .update_triton import centroids_from_sums_triton
+    if not normalize and old.dtype in (torch.float32, torch.float16) and use_triton(old, backend):
+        from .triton import centroids_from_sums_triton
 
         return centroids_from_sums_triton(sums, counts, old)
     old64 = old.double()

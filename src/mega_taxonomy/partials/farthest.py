@@ -1,7 +1,7 @@
 """FarthestPerGroup: per group, the rows farthest from their centroid, kept on the device.
 
-An empty cluster takes the row farthest from its centroid within its group (``relocate.new_centroids``).
-On the host, :class:`~mega_taxonomy.cluster.sampling.BestPerGroup` collects candidate rows and
+An empty cluster takes the row farthest from its centroid within its group (``cluster.relocate.new_centroids``).
+On the host, :class:`~mega_taxonomy.partials.best_per_group.BestPerGroup` collects candidate rows and
 selects among them; on a GPU that means copying every block's candidates out, with a sync or more
 per block, which made the grouped passes that look for those rows the slowest of a taxonomy fit
 (twice a plain pass). Here the selection is a fixed-size table, ``n`` slots per group, that stays

@@ -16,7 +16,7 @@ import torch
 
 from ..ops.device import host_arrays
 from ..ops.hashing import hash_ids
-from ..ops.update_numba import column_moments
+from ..ops.update import column_moments
 from ..runtime import CompositePartial
 from .best_per_group import BestPerGroup
 

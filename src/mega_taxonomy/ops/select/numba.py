@@ -245,7 +245,7 @@ def before_cut_numba(keys, ordinals, groups, first, full, worst_key,
     return kept[:m]
 
 
-# -- a table of heaps kept across blocks (``cluster.best_per_group``) ---------------------------
+# -- a table of heaps kept across blocks (``partials.best_per_group``) --------------------------
 # hk, ho, hp: (span * n,) key, ordinal and position columns; group g - first holds its heap in
 # slots [(g - first) * n, (g - first) * n + size[g - first]). worst_k, worst_o: (span,) the top
 # of every full heap, its worst kept row, in arrays of their own: most rows are turned away by
