@@ -161,13 +161,14 @@ class Lloyd:
         inertia describe the centroids returned."""
         partial = self.partial
         if partial is None or shift != 0 or self.sample is not None:
-            state = self._state(centroids, update=False, far=False, keep_labels=self.keep_labels, far_per_group=MAX_FAR_ROWS,
-                                sample=self.sample, track_bounds=False)
-            before, partial = partial, counts_on_host(self.runtime.map_reduce(self.source, LloydTask(self.operands), state,
-                                                                              desc=f"{self.desc} assign"))
+            state = self._state(centroids, update=False, far=False, keep_labels=self.keep_labels,
+                                far_per_group=MAX_FAR_ROWS, sample=self.sample, track_bounds=False)
+            final = self.runtime.map_reduce(self.source, LloydTask(self.operands), state, desc=f"{self.desc} assign")
+            before, partial = partial, counts_on_host(final)
             if self.frozen is not None:
                 bounds.reuse_frozen(partial, before, self.frozen, self.offsets)
-                logger.debug("%s assign: %d rows computed", self.desc, bounds.rows_computed(self.group_rows, self.frozen))
+                logger.debug("%s assign: %d rows computed", self.desc,
+                             bounds.rows_computed(self.group_rows, self.frozen))
         return LloydResult(host_arrays(centroids)[0], partial.counts, partial.total_inertia, n_iter, partial,
                            self.penalty)
 
