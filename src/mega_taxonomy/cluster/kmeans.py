@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
+import os
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
+from .._estimator import as_source, is_source_like
 from .._sklearn_compat import Interval, StrOptions, _fit_context
 from ..errors import ConfigError, StorageError
-from ..io import VectorSource, is_source_like
 from ..ops import METRICS, compute_dtype, distances
+from ..ops.device import host_arrays
 from ..runtime import cpu_threads, finished, get_runtime
-from ..storage import Store
+from ..storage import Checkpoints, Store
 from ..storage.schema import assignments_file, assignments_table, level_file
 from .init import kmeans_plusplus
 from .lloyd import LloydState, LloydTask, as_tensor, lloyd
 from .sampling import hash_sample
 
 logger = logging.getLogger(__name__)
+
+# The manifest's kind of a fit's checkpoints (``KMeans(checkpoint=...)``); "kmeans" is a saved model.
+CHECKPOINT_KIND = "kmeans-fit"
 
 
 def seed_of(random_state) -> int:
@@ -63,6 +70,16 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         when fewer).
     runtime : Runtime or None, default=None
         Where passes run; None is an in-process ``LocalRuntime`` on ``device``.
+    checkpoint : str or None, default=None
+        A Store (local path or fsspec URI) where ``fit`` commits the centroids after every
+        Lloyd iteration (``storage.Checkpoints``). A fit run again with the same parameters and
+        input (rows, dim, dtype) goes on from the last iteration committed and ends with the
+        same centroids, bit for bit; a fit finished there is taken from it (one pass gives the
+        labels, counts and inertia). Other parameters there raise ConfigError. Not with a
+        collective runtime (every worker would write).
+    storage_options : dict or None, default=None
+        fsspec options for ``checkpoint`` and for paths and URIs given as ``X`` (never logged
+        or written).
 
     Attributes
     ----------
@@ -104,10 +121,13 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "sample_size": [Interval(Integral, 1, None, closed="left"), None],
         "runtime": [None, StrOptions({"local"}), object],
+        "checkpoint": [None, str, os.PathLike],
+        "storage_options": [None, dict],
     }
 
     def __init__(self, n_clusters=8, *, init="k-means++", max_iter=300, tol=1e-4, random_state=None,
-                 metric="euclidean", device="auto", batch_size=65_536, sample_size=None, runtime=None):
+                 metric="euclidean", device="auto", batch_size=65_536, sample_size=None, runtime=None,
+                 checkpoint=None, storage_options=None):
         self.n_clusters = n_clusters
         self.init = init
         self.max_iter = max_iter
@@ -118,28 +138,13 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         self.batch_size = batch_size
         self.sample_size = sample_size
         self.runtime = runtime
+        self.checkpoint = checkpoint
+        self.storage_options = storage_options
 
     # -- input -------------------------------------------------------------------------------
     def _source(self, X, *, reset):
         """``X`` as a VectorSource, validated as scikit-learn does for in-memory arrays."""
-        if is_source_like(X):
-            source = VectorSource.of(X, batch_size=self.batch_size)
-        elif isinstance(X, torch.Tensor):
-            if X.ndim != 2 or not X.is_floating_point():
-                raise ValueError(f"expected a 2-d floating point tensor, got {X.dtype} of shape {tuple(X.shape)}")
-            source = VectorSource(X)
-        else:
-            # ensure_all_finite=False: the source's own check names the row and column.
-            X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], ensure_all_finite=False)
-            return VectorSource(X)
-        if reset:
-            self.n_features_in_ = source.dim
-        elif source.dim != self.n_features_in_:
-            raise ValueError(
-                f"X has {source.dim} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input."
-            )
-        return source
+        return as_source(X, self, reset=reset, batch_size=self.batch_size, storage_options=self.storage_options)
 
     def _runtime(self):
         return get_runtime(self.runtime, self.device)
@@ -181,6 +186,50 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             centroids = kmeans_plusplus(x, self.n_clusters, np.random.default_rng(seed), metric=self.metric)
         return centroids.cpu().numpy(), sample
 
+    def _start(self, source, runtime):
+        """(initial centroids, absolute tol): the fit's start, from a sample of ``source``."""
+        centroids, sample = self._initial_centroids(source, runtime, seed_of(self.random_state))
+        if self.metric == "cosine":
+            centroids = torch.nn.functional.normalize(torch.from_numpy(centroids), dim=1).numpy()
+        return centroids, self.tol * sample.mean_variance if self.tol > 0 else 0.0
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _checkpoint_params(self, source) -> dict:
+        """What a resumed fit must share with the fit it resumes (the fingerprint)."""
+        init = self.init
+        if hasattr(init, "__array__"):
+            init = np.ascontiguousarray(init)
+            init = {"shape": init.shape, "dtype": str(init.dtype), "sha256": hashlib.sha256(init.tobytes()).hexdigest()}
+        seed = self.random_state if isinstance(self.random_state, Integral) else None
+        return {"n_clusters": self.n_clusters, "init": init, "max_iter": self.max_iter, "tol": self.tol,
+                "metric": self.metric, "random_state": seed, "sample_size": self.sample_size,
+                "input": {"rows": len(source), "dim": source.dim, "dtype": str(np.dtype(source.dtype))}}
+
+    def _checkpoints(self, source, runtime) -> Checkpoints | None:
+        if self.checkpoint is None:
+            return None
+        if getattr(runtime, "collective", False):
+            raise ConfigError("checkpoint= needs a runtime that drives the fit from here, not a collective one")
+        store = Store(self.checkpoint, storage_options=self.storage_options)
+        return Checkpoints(store, CHECKPOINT_KIND, self._checkpoint_params(source), where="checkpoint")
+
+    def _resume(self, checkpoints, source, runtime):
+        """(centroids, absolute tol, iterations done, max_iter) to run Lloyd from: the last
+        iteration committed, or a fresh start (committed as iteration 0). After a converged
+        iteration, or a finished fit, only the final pass is left (max_iter = iterations done)."""
+        if checkpoints.done:
+            n_iter = checkpoints.meta["n_iter"]
+            return checkpoints.completed(0, ["centroids"])["centroids"], checkpoints.meta["tol"], n_iter, n_iter
+        point = checkpoints.resume_point()
+        if point is None:
+            centroids, tol = self._start(source, runtime)
+            save_iteration(checkpoints, tol, 0, centroids, None, None)
+            return centroids, tol, 0, self.max_iter
+        tol, shift = point.info["tol"], point.info["shift"]
+        logger.info("k-means: resuming after iteration %d", point.iteration)
+        max_iter = point.iteration if shift is not None and shift <= tol else self.max_iter
+        return point.arrays["centroids"], tol, point.iteration, max_iter
+
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Compute the centroids.
@@ -198,14 +247,18 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         source = self._source(X, reset=True)
         self._check_size(len(source))
         runtime = self._runtime()
-        seed = seed_of(self.random_state)
-        centroids, sample = self._initial_centroids(source, runtime, seed)
-        if self.metric == "cosine":
-            centroids = torch.nn.functional.normalize(torch.from_numpy(centroids), dim=1).numpy()
-        tol = self.tol * sample.mean_variance if self.tol > 0 else 0.0
         in_memory = not is_source_like(X)
-        result = runtime.drive(lloyd, source, centroids, metric=self.metric, max_iter=self.max_iter, tol=tol,
-                               keep_labels=in_memory, desc="k-means")
+        checkpoints = self._checkpoints(source, runtime)
+        if checkpoints is None:
+            centroids, tol = self._start(source, runtime)
+            result = runtime.drive(lloyd, source, centroids, metric=self.metric, max_iter=self.max_iter, tol=tol,
+                                   keep_labels=in_memory, desc="k-means")
+        else:
+            centroids, tol, start_iter, max_iter = self._resume(checkpoints, source, runtime)
+            result = runtime.drive(lloyd, source, centroids, metric=self.metric, max_iter=max_iter, tol=tol,
+                                   keep_labels=in_memory, desc="k-means", start_iter=start_iter,
+                                   on_iteration=functools.partial(save_iteration, checkpoints, tol))
+            checkpoints.complete(0, {"centroids": result.centroids}, status="done", n_iter=result.n_iter, tol=tol)
         self.cluster_centers_ = result.centroids
         self.counts_ = result.counts
         self.inertia_ = result.inertia
@@ -298,6 +351,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
     # -- storage -----------------------------------------------------------------------------
     def _json_params(self) -> dict:
         params = self.get_params()
+        for name in ("checkpoint", "storage_options"):  # where a fit ran, not what it fitted
+            params.pop(name)
         if hasattr(params["init"], "__array__"):
             params["init"] = "array"
         params["runtime"] = None if params["runtime"] in (None, "local") else repr(params["runtime"])
@@ -356,3 +411,9 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+def save_iteration(checkpoints, tol, iteration, centroids, shift, penalty=None):
+    """Lloyd's ``on_iteration`` hook for :class:`KMeans`: commit the centroids after ``iteration``
+    (with the shift that decides convergence, and the absolute tol it is held to)."""
+    checkpoints.save(0, iteration, {"centroids": host_arrays(centroids)[0]}, info={"tol": tol, "shift": shift})

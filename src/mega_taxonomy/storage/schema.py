@@ -59,6 +59,12 @@ def checkpoint_file(stage: int, name: str, *, round: int | None = None, iteratio
     return f"{checkpoint_dir(stage)}/round-{round}-iter-{iteration:04d}-{name}.npy"
 
 
+def spill_file(prefix: str, index: int) -> str:
+    """``pass-0/0000.npy``: the ``index``-th large array of a state spilled to a scratch Store
+    (``runtime/state.py``) under ``prefix``."""
+    return f"{prefix}/{index:04d}.npy"
+
+
 def assignments_table(ids: np.ndarray, paths: np.ndarray, distances: np.ndarray) -> pa.Table:
     """Rows ``(id, path, distance)``: ``paths`` is (n, n_levels) of global node ids, -1 past a leaf."""
     ids = np.asarray(ids, dtype=np.int64)
