@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 from numbers import Integral, Real
@@ -18,18 +17,15 @@ from .._estimator import as_source, is_source_like
 from .._sklearn_compat import Interval, StrOptions, _fit_context
 from ..errors import ConfigError, StorageError
 from ..ops import METRICS, compute_dtype, distances
-from ..ops.device import host_arrays
 from ..runtime import cpu_threads, finished, get_runtime
-from ..storage import Checkpoints, Store
+from ..storage import Store
 from ..storage.schema import assignments_file, assignments_table, level_file
+from .checkpointing import open_checkpoints, resume, save_iteration
 from .init import kmeans_plusplus
 from .lloyd import LloydState, LloydTask, as_tensor, lloyd
 from .sampling import hash_sample
 
 logger = logging.getLogger(__name__)
-
-# The manifest's kind of a fit's checkpoints (``KMeans(checkpoint=...)``); "kmeans" is a saved model.
-CHECKPOINT_KIND = "kmeans-fit"
 
 
 def seed_of(random_state) -> int:
@@ -193,43 +189,6 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             centroids = torch.nn.functional.normalize(torch.from_numpy(centroids), dim=1).numpy()
         return centroids, self.tol * sample.mean_variance if self.tol > 0 else 0.0
 
-    # -- checkpoints ---------------------------------------------------------------------------
-    def _checkpoint_params(self, source) -> dict:
-        """What a resumed fit must share with the fit it resumes (the fingerprint)."""
-        init = self.init
-        if hasattr(init, "__array__"):
-            init = np.ascontiguousarray(init)
-            init = {"shape": init.shape, "dtype": str(init.dtype), "sha256": hashlib.sha256(init.tobytes()).hexdigest()}
-        seed = self.random_state if isinstance(self.random_state, Integral) else None
-        return {"n_clusters": self.n_clusters, "init": init, "max_iter": self.max_iter, "tol": self.tol,
-                "metric": self.metric, "random_state": seed, "sample_size": self.sample_size,
-                "input": {"rows": len(source), "dim": source.dim, "dtype": str(np.dtype(source.dtype))}}
-
-    def _checkpoints(self, source, runtime) -> Checkpoints | None:
-        if self.checkpoint is None:
-            return None
-        if getattr(runtime, "collective", False):
-            raise ConfigError("checkpoint= needs a runtime that drives the fit from here, not a collective one")
-        store = Store(self.checkpoint, storage_options=self.storage_options)
-        return Checkpoints(store, CHECKPOINT_KIND, self._checkpoint_params(source), where="checkpoint")
-
-    def _resume(self, checkpoints, source, runtime):
-        """(centroids, absolute tol, iterations done, max_iter) to run Lloyd from: the last
-        iteration committed, or a fresh start (committed as iteration 0). After a converged
-        iteration, or a finished fit, only the final pass is left (max_iter = iterations done)."""
-        if checkpoints.done:
-            n_iter = checkpoints.meta["n_iter"]
-            return checkpoints.completed(0, ["centroids"])["centroids"], checkpoints.meta["tol"], n_iter, n_iter
-        point = checkpoints.resume_point()
-        if point is None:
-            centroids, tol = self._start(source, runtime)
-            save_iteration(checkpoints, tol, 0, centroids, None, None)
-            return centroids, tol, 0, self.max_iter
-        tol, shift = point.info["tol"], point.info["shift"]
-        logger.info("k-means: resuming after iteration %d", point.iteration)
-        max_iter = point.iteration if shift is not None and shift <= tol else self.max_iter
-        return point.arrays["centroids"], tol, point.iteration, max_iter
-
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Compute the centroids.
@@ -248,13 +207,16 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         self._check_size(len(source))
         runtime = self._runtime()
         in_memory = not is_source_like(X)
-        checkpoints = self._checkpoints(source, runtime)
+        checkpoints = None
+        if self.checkpoint is not None:
+            checkpoints = open_checkpoints(self.checkpoint, self.storage_options, self.get_params(), source, runtime)
         if checkpoints is None:
             centroids, tol = self._start(source, runtime)
             result = runtime.drive(lloyd, source, centroids, metric=self.metric, max_iter=self.max_iter, tol=tol,
                                    keep_labels=in_memory, desc="k-means")
         else:
-            centroids, tol, start_iter, max_iter = self._resume(checkpoints, source, runtime)
+            centroids, tol, start_iter, max_iter = resume(checkpoints, lambda: self._start(source, runtime),
+                                                          self.max_iter)
             result = runtime.drive(lloyd, source, centroids, metric=self.metric, max_iter=max_iter, tol=tol,
                                    keep_labels=in_memory, desc="k-means", start_iter=start_iter,
                                    on_iteration=functools.partial(save_iteration, checkpoints, tol))
@@ -412,8 +374,3 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         tags.input_tags.allow_nan = False
         return tags
 
-
-def save_iteration(checkpoints, tol, iteration, centroids, shift, penalty=None):
-    """Lloyd's ``on_iteration`` hook for :class:`KMeans`: commit the centroids after ``iteration``
-    (with the shift that decides convergence, and the absolute tol it is held to)."""
-    checkpoints.save(0, iteration, {"centroids": host_arrays(centroids)[0]}, info={"tol": tol, "shift": shift})

@@ -98,16 +98,16 @@ class Routing:
         check_constraints(self._parameter_constraints, asdict(self), type(self).__name__)
 
 
-def grouped(value, group, flat: dict, defaults: dict, name: str):
+def grouped(value, group, flat: dict, name: str):
     """The group that ``value`` (an engine parameter: a group, or the group's first field) and the
-    flat keywords ``flat`` (field -> value) make; giving a group and a flat keyword apart from
-    its default at once is refused."""
+    flat keywords make (``flat``: engine keyword -> (the group's field, value, default)); a group
+    given with a flat keyword apart from its default is refused."""
     if isinstance(value, group):
-        moved = sorted(k for k, v in flat.items() if v != defaults[k])
+        moved = sorted(keyword for keyword, (_, v, default) in flat.items() if v != default)
         if moved:
             raise ConfigError(f"{name}={value!r} and {', '.join(moved)} given together: set them in one place")
         return value
-    return group(value, **flat)
+    return group(value, **{field: v for field, v, _ in flat.values()})
 
 
 @dataclass(frozen=True)

@@ -193,8 +193,8 @@ class TaxonomyEngine:
 
     def _group(self, name, group, keywords):
         defaults = type(self).__init__.__kwdefaults__
-        flat = {field: getattr(self, keyword) for keyword, field in keywords.items()}
-        return grouped(getattr(self, name), group, flat, {keywords[k]: defaults[k] for k in keywords}, name)
+        flat = {keyword: (field, getattr(self, keyword), defaults[keyword]) for keyword, field in keywords.items()}
+        return grouped(getattr(self, name), group, flat, name)
 
     def balancing(self) -> Balancing:
         """The balancing parameters, from ``balance`` (a Balancing) or the flat keywords."""
