@@ -77,9 +77,13 @@ def test_resumed_runs_only_the_iterations_left(X, reference, tmp_path, monkeypat
         stop_after_save(m, 6)
         with pytest.raises(Stop):
             KMeans(**PARAMS, checkpoint=uri).fit(X)
-    saved = []
-    save = Checkpoints.save
-    monkeypatch.setattr(Checkpoints, "save", lambda self, stage, it, *a, **k: saved.append(it) or save(self, stage, it, *a, **k))
+    saved, save = [], Checkpoints.save
+
+    def recording(self, stage, iteration, *args, **kwargs):
+        saved.append(iteration)
+        save(self, stage, iteration, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoints, "save", recording)
     KMeans(**PARAMS, checkpoint=uri).fit(X)
     assert saved == [7, 8, 9]
 

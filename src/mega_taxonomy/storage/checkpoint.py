@@ -114,7 +114,7 @@ class Checkpoints:
         record = self.meta["checkpoint"]
         if record is None or self.store is None:
             return None
-        arrays = {name: np.asarray(self.store.get_array(name_in_store)) for name, name_in_store in record["files"].items()}
+        arrays = {name: np.asarray(self.store.get_array(file)) for name, file in record["files"].items()}
         return ResumePoint(record["stage"], record["iteration"], record["round"], arrays, dict(record["info"]))
 
     def save(self, stage: int, iteration: int, arrays: dict, *, round: int = 0, fixed: dict | None = None,
