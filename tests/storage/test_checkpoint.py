@@ -9,25 +9,17 @@ from mega_taxonomy.storage import Checkpoints, Store
 from mega_taxonomy.storage.schema import checkpoint_file
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
-def store_uri(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "store"), None
-    bucket, options = request.getfixturevalue("s3_bucket")
-    return f"{bucket}/ckpt", options
-
-
 def reopen(uri, options, kind="fit", params=None):
     return Checkpoints(Store(uri, storage_options=options), kind, params or {"k": 3})
 
 
-def test_a_fresh_store_has_no_resume_point(store_uri):
-    ckpt = reopen(*store_uri)
+def test_a_fresh_store_has_no_resume_point(location):
+    ckpt = reopen(*location)
     assert ckpt.resume_point() is None and not ckpt.done and ckpt.status is None
 
 
-def test_each_iteration_replaces_the_last(store_uri):
-    uri, options = store_uri
+def test_each_iteration_replaces_the_last(location):
+    uri, options = location
     ckpt = reopen(uri, options)
     for it in range(3):
         ckpt.save(0, it, {"centroids": np.full((2, 2), it, np.float32), "penalty": None}, info={"shift": it / 2})
