@@ -10,11 +10,11 @@ from .errors import ConfigError, DataError, MegaTaxonomyError, StorageError, Wor
 from .io import VectorSource
 from .runtime import LocalRuntime
 from .storage import Store
-from .taxonomy import TaxonomyEngine
+from .taxonomy import Balancing, Routing, TaxonomyEngine
 
 __all__ = [
-    "ConfigError", "DataError", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime", "StorageError",
-    "Store", "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
+    "Balancing", "ConfigError", "DataError", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime",
+    "Routing", "StorageError", "Store", "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
 ]
 
 

@@ -13,10 +13,9 @@ from . import __version__
 
 
 def _source(uri, column, id_column, on_invalid="raise", storage_options=None):
-    from .io import VectorSource
+    from ._estimator import as_source
 
-    return VectorSource(uri, column=column, id_column=id_column, on_invalid=on_invalid,
-                        storage_options=storage_options)
+    return as_source(uri, column=column, id_column=id_column, on_invalid=on_invalid, storage_options=storage_options)
 
 
 def _options(text):
@@ -219,11 +218,10 @@ def search(storage, queries, k, beam, output, column, storage_options):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .io import VectorSource
     from .taxonomy import TaxonomyEngine
 
     engine = TaxonomyEngine.load(storage, storage_options=_options(storage_options))
-    source = VectorSource(queries, column=column, storage_options=_options(storage_options))
+    source = _source(queries, column, None, storage_options=_options(storage_options))
     q = np.concatenate([np.asarray(b.vectors) for b in source.blocks()])
     d, ids, compared = engine.search(q, k, beam=beam, return_compared=True)
     table = pa.table({"query": np.repeat(np.arange(len(q)), k), "rank": np.tile(np.arange(k), len(q)),

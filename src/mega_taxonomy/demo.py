@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from ._estimator import as_source
 from .errors import ConfigError
-from .io import VectorSource
 from .storage import Store
 from .storage.schema import members_file
 from .taxonomy import TaxonomyEngine
@@ -55,7 +55,7 @@ def run_demo(branching=(32, 8, 8), show=6, children=3, n_words=8, max_iter=10, r
              limit=None, storage=None):
     """Fit the GloVe taxonomy; return (summaries of the top of the tree, engine, seconds)."""
     vectors, index = glove_files()
-    source = VectorSource(str(vectors))
+    source = as_source(str(vectors))
     words = pq.read_table(index, columns=["index"]).column("index").to_numpy(zero_copy_only=False)
     data = source if limit is None else np.asarray(source.take(np.arange(limit)))
     with tempfile.TemporaryDirectory() as tmp:

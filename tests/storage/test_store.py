@@ -18,15 +18,6 @@ from mega_taxonomy.storage import FORMAT_VERSION, Store
 SECRET = "sEcReT-do-not-leak-7f3a"
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
-def location(request, tmp_path):
-    """``(uri, storage_options)`` of an empty store on each backend."""
-    if request.param == "local":
-        return str(tmp_path / "store"), None
-    bucket, options = request.getfixturevalue("s3_bucket")
-    return f"{bucket}/run", options
-
-
 @pytest.fixture
 def new_store(location):
     """Open a new Store object on the same location (a fresh one simulates a restart)."""

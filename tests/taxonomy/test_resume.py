@@ -123,3 +123,25 @@ def test_killed_penalty_fit_resumes_to_the_same_tree(data, tmp_path):
     resumed = TaxonomyEngine(**params, storage_uri=storage).fit(data)
     assert_same_tree(reference, resumed)
     assert_same_tree(reference, TaxonomyEngine.load(storage))
+
+
+class Stop(Exception):
+    """Stands for a process killed right after a commit."""
+
+
+def test_a_fit_stopped_after_a_converged_iteration_does_not_iterate_again(data, tmp_path):
+    """With tol > 0, the checkpoint of the iteration that converged leaves only the level's final
+    pass: one more iteration would move the centroids of a fit that never stopped."""
+    params = {**PARAMS, "tol": 1e-2, "max_iter": 50}
+    reference = TaxonomyEngine(**params, storage_uri=str(tmp_path / "ref")).fit(data)
+    converged = reference.stats_["levels"][2]["iterations"]
+    assert converged < 50
+    storage = str(tmp_path / "tax")
+
+    def stop(event):
+        if (event["event"], event["level"], event["iteration"]) == ("iteration", 2, converged):
+            raise Stop
+
+    with pytest.raises(Stop):
+        TaxonomyEngine(**params, storage_uri=storage).fit(data, callback=stop)
+    assert_same_tree(reference, TaxonomyEngine(**params, storage_uri=storage).fit(data))

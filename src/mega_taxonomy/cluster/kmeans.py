@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
+from .._estimator import as_source, is_source_like
 from .._sklearn_compat import Interval, StrOptions, _fit_context
 from ..errors import ConfigError, StorageError
-from ..io import VectorSource, is_source_like
 from ..ops import METRICS, compute_dtype, distances
 from ..ops.device import as_tensor
 from ..partials import hash_sample
 from ..runtime import cpu_threads, finished, get_runtime
 from ..storage import Store
 from ..storage.schema import assignments_file, assignments_table, level_file
+from .checkpointing import open_checkpoints, resume, save_iteration
 from .init import kmeans_plusplus
 from .lloyd import lloyd
 from .lloyd_pass import LloydState, LloydTask
@@ -65,6 +68,16 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         when fewer).
     runtime : Runtime or None, default=None
         Where passes run; None is an in-process ``LocalRuntime`` on ``device``.
+    checkpoint : str or None, default=None
+        A Store (local path or fsspec URI) where ``fit`` commits the centroids after every
+        Lloyd iteration (``storage.Checkpoints``). A fit run again with the same parameters and
+        input (rows, dim, dtype) goes on from the last iteration committed and ends with the
+        same centroids, bit for bit; a fit finished there is taken from it (one pass gives the
+        labels, counts and inertia). Other parameters there raise ConfigError. Not with a
+        collective runtime (every worker would write).
+    storage_options : dict or None, default=None
+        fsspec options for ``checkpoint`` and for paths and URIs given as ``X`` (never logged
+        or written).
 
     Attributes
     ----------
@@ -106,10 +119,13 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "sample_size": [Interval(Integral, 1, None, closed="left"), None],
         "runtime": [None, StrOptions({"local"}), object],
+        "checkpoint": [None, str, os.PathLike],
+        "storage_options": [None, dict],
     }
 
     def __init__(self, n_clusters=8, *, init="k-means++", max_iter=300, tol=1e-4, random_state=None,
-                 metric="euclidean", device="auto", batch_size=65_536, sample_size=None, runtime=None):
+                 metric="euclidean", device="auto", batch_size=65_536, sample_size=None, runtime=None,
+                 checkpoint=None, storage_options=None):
         self.n_clusters = n_clusters
         self.init = init
         self.max_iter = max_iter
@@ -120,28 +136,13 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         self.batch_size = batch_size
         self.sample_size = sample_size
         self.runtime = runtime
+        self.checkpoint = checkpoint
+        self.storage_options = storage_options
 
     # -- input -------------------------------------------------------------------------------
     def _source(self, X, *, reset):
         """``X`` as a VectorSource, validated as scikit-learn does for in-memory arrays."""
-        if is_source_like(X):
-            source = VectorSource.of(X, batch_size=self.batch_size)
-        elif isinstance(X, torch.Tensor):
-            if X.ndim != 2 or not X.is_floating_point():
-                raise ValueError(f"expected a 2-d floating point tensor, got {X.dtype} of shape {tuple(X.shape)}")
-            source = VectorSource(X)
-        else:
-            # ensure_all_finite=False: the source's own check names the row and column.
-            X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], ensure_all_finite=False)
-            return VectorSource(X)
-        if reset:
-            self.n_features_in_ = source.dim
-        elif source.dim != self.n_features_in_:
-            raise ValueError(
-                f"X has {source.dim} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input."
-            )
-        return source
+        return as_source(X, self, reset=reset, batch_size=self.batch_size, storage_options=self.storage_options)
 
     def _runtime(self):
         return get_runtime(self.runtime, self.device)
@@ -183,6 +184,13 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             centroids = kmeans_plusplus(x, self.n_clusters, np.random.default_rng(seed), metric=self.metric)
         return centroids.cpu().numpy(), sample
 
+    def _start(self, source, runtime):
+        """(initial centroids, absolute tol): the fit's start, from a sample of ``source``."""
+        centroids, sample = self._initial_centroids(source, runtime, seed_of(self.random_state))
+        if self.metric == "cosine":
+            centroids = torch.nn.functional.normalize(torch.from_numpy(centroids), dim=1).numpy()
+        return centroids, self.tol * sample.mean_variance if self.tol > 0 else 0.0
+
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Compute the centroids.
@@ -200,14 +208,21 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         source = self._source(X, reset=True)
         self._check_size(len(source))
         runtime = self._runtime()
-        seed = seed_of(self.random_state)
-        centroids, sample = self._initial_centroids(source, runtime, seed)
-        if self.metric == "cosine":
-            centroids = torch.nn.functional.normalize(torch.from_numpy(centroids), dim=1).numpy()
-        tol = self.tol * sample.mean_variance if self.tol > 0 else 0.0
         in_memory = not is_source_like(X)
-        result = runtime.drive(lloyd, source, centroids, metric=self.metric, max_iter=self.max_iter, tol=tol,
-                               keep_labels=in_memory, desc="k-means")
+        checkpoints = None
+        if self.checkpoint is not None:
+            checkpoints = open_checkpoints(self.checkpoint, self.storage_options, self.get_params(), source, runtime)
+        if checkpoints is None:
+            centroids, tol = self._start(source, runtime)
+            result = runtime.drive(lloyd, source, centroids, metric=self.metric, max_iter=self.max_iter, tol=tol,
+                                   keep_labels=in_memory, desc="k-means")
+        else:
+            centroids, tol, start_iter, max_iter = resume(checkpoints, lambda: self._start(source, runtime),
+                                                          self.max_iter)
+            result = runtime.drive(lloyd, source, centroids, metric=self.metric, max_iter=max_iter, tol=tol,
+                                   keep_labels=in_memory, desc="k-means", start_iter=start_iter,
+                                   on_iteration=functools.partial(save_iteration, checkpoints, tol))
+            checkpoints.complete(0, {"centroids": result.centroids}, status="done", n_iter=result.n_iter, tol=tol)
         self.cluster_centers_ = result.centroids
         self.counts_ = result.counts
         self.inertia_ = result.inertia
@@ -300,6 +315,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
     # -- storage -----------------------------------------------------------------------------
     def _json_params(self) -> dict:
         params = self.get_params()
+        for name in ("checkpoint", "storage_options"):  # where a fit ran, not what it fitted
+            params.pop(name)
         if hasattr(params["init"], "__array__"):
             params["init"] = "array"
         params["runtime"] = None if params["runtime"] in (None, "local") else repr(params["runtime"])
@@ -358,3 +375,4 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+

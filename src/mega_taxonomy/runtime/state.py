@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mega_taxonomy.storage import Store
+from mega_taxonomy.storage.schema import spill_file
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def spill(state, store: Store, prefix: str, min_bytes: int, storage_options=None
     def leaf(array):
         if not isinstance(array, np.ndarray) or array.nbytes < min_bytes:
             return array
-        name = f"{prefix}/{len(names):04d}.npy"
+        name = spill_file(prefix, len(names))
         entry = store.put_array(name, array)
         names.append(name)
         return ArrayRef(store.uri, name, entry, storage_options)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+MANIFEST = "manifest.json"
+
 ASSIGNMENTS_SCHEMA = pa.schema([
     ("id", pa.int64()),
     ("path", pa.list_(pa.int32())),
@@ -28,6 +30,39 @@ def assignments_file(part: int) -> str:
 def members_file(level: int) -> str:
     """``members/00.parquet``: the nearest members of every node of a level."""
     return f"members/{level:02d}.parquet"
+
+
+# The search index of a taxonomy: every fitted row's id and vector grouped by leaf (CSR offsets).
+SEARCH_ARRAYS = ("ids", "vectors", "offsets")
+
+
+def search_file(name: str) -> str:
+    """``search/ids.npy``, ``search/vectors.npy``, ``search/offsets.npy`` (SEARCH_ARRAYS)."""
+    return f"search/{name}.npy"
+
+
+def checkpoint_dir(stage: int) -> str:
+    """``checkpoints/level-00``: the checkpoints of one stage of a resumable fit (a taxonomy's level;
+    a flat k-means has the one stage 0)."""
+    return f"checkpoints/level-{stage:02d}"
+
+
+def checkpoint_file(stage: int, name: str, *, round: int | None = None, iteration: int | None = None) -> str:
+    """A checkpoint's array: per iteration ``checkpoints/level-00/round-0-iter-0003-centroids.npy``
+    (fresh names, so a crash never leaves a half-written file behind a committed manifest), per
+    round ``checkpoints/level-00/round-1-offsets.npy`` (what a balancing round fixes), and a
+    completed stage's ``checkpoints/level-00/centroids.npy`` (neither round nor iteration)."""
+    if round is None:
+        return f"{checkpoint_dir(stage)}/{name}.npy"
+    if iteration is None:
+        return f"{checkpoint_dir(stage)}/round-{round}-{name}.npy"
+    return f"{checkpoint_dir(stage)}/round-{round}-iter-{iteration:04d}-{name}.npy"
+
+
+def spill_file(prefix: str, index: int) -> str:
+    """``pass-0/0000.npy``: the ``index``-th large array of a state spilled to a scratch Store
+    (``runtime/state.py``) under ``prefix``."""
+    return f"{prefix}/{index:04d}.npy"
 
 
 def assignments_table(ids: np.ndarray, paths: np.ndarray, distances: np.ndarray) -> pa.Table:

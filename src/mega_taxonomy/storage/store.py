@@ -31,11 +31,11 @@ from fsspec.implementations.local import LocalFileSystem
 
 from mega_taxonomy.errors import StorageError
 from mega_taxonomy.storage.retry import retry
+from mega_taxonomy.storage.schema import MANIFEST
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 _CHUNK = 8 << 20
 # Keys whose values are never written to a manifest (e.g. an engine's params holding storage_options).
 _SECRET_KEY = re.compile(

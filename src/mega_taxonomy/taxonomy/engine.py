@@ -1,29 +1,35 @@
 """TaxonomyEngine: a hierarchy of k-means clusters over streamed vectors.
 
-The estimator: its parameters, and what a fitted tree does (predict, search, sample), reading
-and writing one Store. How a fit runs level by level, and resumes, is ``fitting.FitRun``.
+The estimator: its parameters (declared in ``_parameter_constraints``, grouped in
+``config.Balancing`` and ``config.Routing``), and what a fitted tree does (predict, search,
+sample), reading and writing one Store. A fit's whole life, resume included, is
+``fitting.FitRun``, which takes the parameters as one ``config.FitConfig``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import os
+from numbers import Integral, Real
 
 import numpy as np
 import torch
 
+from .._estimator import as_source
+from .._sklearn_compat import Interval, StrOptions
 from ..errors import ConfigError, StorageError
-from ..io import VectorSource, is_source_like
+from ..io import VectorSource
 from ..ops import METRICS
 from ..runtime import get_runtime
 from ..storage import Store
-from ..storage.schema import members_file
+from ..storage.schema import SEARCH_ARRAYS, search_file
+from .config import BALANCE_MODES, ROUTERS, Balancing, FitConfig, Routing, check_constraints, grouped
 from .fitting import KIND, FitRun
-from .levels import branching_list, sample_size_list
-from .passes import OutputState, OutputTask, PredictState, PredictTask
+from .levels import branching_list
+from .passes import predict
 from .router import Router, route_beam
 from .sampling import balanced_sample, read_assignments
-from .search import FILES, SearchIndex
+from .search import SearchIndex
 from .tree import Tree
 
 logger = logging.getLogger(__name__)
@@ -32,6 +38,10 @@ logger = logging.getLogger(__name__)
 FIT_PARAMS = ("n_levels", "branching_factor", "max_iter", "tol", "metric", "random_state", "dtype",
               "sample_size", "min_cluster_size", "balance", "balance_factor", "balance_merge", "balance_rounds",
               "balance_strength")
+# The flat keywords of each group (engine keyword -> the group's field), and their defaults.
+BALANCE_KEYWORDS = {"balance_factor": "factor", "balance_merge": "merge", "balance_rounds": "rounds",
+                    "balance_strength": "strength"}
+ROUTING_KEYWORDS = {"hnsw_threshold": "threshold", "hnsw_ef": "ef"}
 
 
 class TaxonomyEngine:
@@ -71,15 +81,18 @@ class TaxonomyEngine:
         Rows read at a time.
     members : int, default=100
         Nearest members kept per node.
-    router : {"exact", "hnsw"}, default="exact"
+    router : {"exact", "hnsw"} or Routing, default="exact"
         How predict and search find the nearest children of a node: exactly, or through an
         hnswlib graph for nodes with at least ``hnsw_threshold`` children (fit is always exact).
+        ``Routing(kind, threshold=, ef=)`` gives the three routing parameters at once.
     hnsw_threshold, hnsw_ef : int
         Fan-out from which a node gets a graph, and the graphs' search breadth.
     search_index : bool, default=True
         Keep every fitted row's vector grouped by leaf in the Store, for :meth:`search`
         (needs the vectors in memory once, while building).
-    balance : {None, "split", "penalty"}, default=None
+    balance : {None, "split", "penalty"} or Balancing, default=None
+        ``Balancing(mode, factor=, merge=, rounds=, strength=)`` gives the five balancing
+        parameters at once (then the ``balance_*`` keywords stay at their defaults).
         "split": after a level converges, nodes above ``balance_factor`` times the level's mean
         size are split and nodes below ``balance_merge`` times it are merged into their siblings,
         then the level's Lloyd passes run again; up to ``balance_rounds`` times. Nodes then no
@@ -108,6 +121,36 @@ class TaxonomyEngine:
     >>> engine.predict(X[:3]).shape
     (3, 2)
     """
+
+    _parameter_constraints: dict = {
+        "n_levels": [Interval(Integral, 1, None, closed="left")],
+        "branching_factor": [Integral, list, tuple],  # values: levels.branching_list
+        "dim": [Interval(Integral, 1, None, closed="left"), None],
+        "storage_uri": [str, os.PathLike, None],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "metric": [StrOptions(set(METRICS))],
+        "random_state": [Integral],
+        "device": [str, torch.device],
+        "dtype": [StrOptions({"float32", "float64"})],
+        "sample_size": [Integral, list, tuple, None],  # values: levels.sample_size_list
+        "min_cluster_size": [Interval(Integral, 1, None, closed="left")],
+        "runtime": [None, StrOptions({"local"}), object],
+        "storage_options": [dict, None],
+        "column": [str, None],
+        "id_column": [str, None],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "members": [Interval(Integral, 1, None, closed="left")],
+        "router": [StrOptions(set(ROUTERS)), Routing],
+        "hnsw_threshold": [Interval(Integral, 1, None, closed="left")],
+        "hnsw_ef": [Interval(Integral, 1, None, closed="left")],
+        "search_index": ["boolean"],
+        "balance": [None, StrOptions(set(BALANCE_MODES)), Balancing],
+        "balance_factor": [Interval(Real, 1, None, closed="neither")],
+        "balance_merge": [Interval(Real, 0, 1, closed="left")],
+        "balance_rounds": [Interval(Integral, 0, None, closed="left")],
+        "balance_strength": [Interval(Real, 0, 1, closed="neither")],
+    }
 
     def __init__(self, n_levels=3, branching_factor=16, dim=None, storage_uri=None, *, max_iter=20, tol=1e-4,
                  metric="euclidean", random_state=0, device="auto", dtype="float32", sample_size=None,
@@ -143,45 +186,50 @@ class TaxonomyEngine:
         self.balance_rounds = balance_rounds
         self.balance_strength = balance_strength
 
+    # -- parameters ----------------------------------------------------------------------------
+    def _validate_params(self):
+        check_constraints(self._parameter_constraints, {name: getattr(self, name) for name in
+                                                        self._parameter_constraints}, type(self).__name__)
+
+    def _group(self, name, group, keywords):
+        defaults = type(self).__init__.__kwdefaults__
+        flat = {keyword: (field, getattr(self, keyword), defaults[keyword]) for keyword, field in keywords.items()}
+        return grouped(getattr(self, name), group, flat, name)
+
+    def balancing(self) -> Balancing:
+        """The balancing parameters, from ``balance`` (a Balancing) or the flat keywords."""
+        return self._group("balance", Balancing, BALANCE_KEYWORDS)
+
+    def routing(self) -> Routing:
+        """The routing parameters, from ``router`` (a Routing) or the flat keywords."""
+        return self._group("router", Routing, ROUTING_KEYWORDS)
+
+    def _config(self) -> FitConfig:
+        """The fit's parameters, checked (ConfigError names the one to fix)."""
+        self._validate_params()
+        factors = tuple(branching_list(self.branching_factor, self.n_levels))
+        return FitConfig(n_levels=self.n_levels, factors=factors, max_iter=self.max_iter, tol=self.tol,
+                         metric=self.metric, random_state=self.random_state, dtype=self.dtype,
+                         sample_size=self.sample_size, min_cluster_size=self.min_cluster_size,
+                         balancing=self.balancing(), routing=self.routing(), members=self.members,
+                         search_index=self.search_index, storage_uri=self.storage_uri,
+                         storage_options=self.storage_options)
+
     # -- helpers -------------------------------------------------------------------------------
     def _source(self, data) -> VectorSource:
-        if is_source_like(data):
-            return VectorSource.of(data, column=self.column, id_column=self.id_column, dim=self.dim,
-                                   batch_size=self.batch_size, storage_options=self.storage_options)
-        return VectorSource(data if isinstance(data, torch.Tensor) else np.asarray(data), dim=self.dim)
+        return as_source(data, dim=self.dim, column=self.column, id_column=self.id_column,
+                         batch_size=self.batch_size, storage_options=self.storage_options)
 
     def _store(self, uri=None) -> Store | None:
         uri = uri or self.storage_uri
         return None if uri is None else Store(uri, storage_options=self.storage_options)
 
-    def _check_params(self):
-        factors = branching_list(self.branching_factor, self.n_levels)
-        sample_size_list(self.sample_size, self.n_levels)
-        if self.metric not in METRICS:
-            raise ConfigError(f"metric must be one of {METRICS}, got {self.metric!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ConfigError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.min_cluster_size < 1 or self.max_iter < 1 or self.tol < 0 or self.members < 1:
-            raise ConfigError("min_cluster_size, max_iter and members must be >= 1, tol >= 0")
-        if self.balance not in (None, "split", "penalty"):
-            raise ConfigError(f"balance must be None, 'split' or 'penalty', got {self.balance!r}")
-        if self.balance_factor <= 1 or not 0 <= self.balance_merge < 1 or self.balance_rounds < 0:
-            raise ConfigError("need balance_factor > 1, 0 <= balance_merge < 1, balance_rounds >= 0")
-        if not 0 < self.balance_strength < 1:
-            raise ConfigError(f"balance_strength must be in (0, 1), got {self.balance_strength!r}")
-        return factors
-
-    def _fit_params(self, source, factors) -> dict:
-        params = {name: getattr(self, name) for name in FIT_PARAMS}
-        params["branching_factor"] = factors
-        if isinstance(self.sample_size, (list, tuple)):  # as the manifest's JSON gives it back
-            params["sample_size"] = sample_size_list(self.sample_size, self.n_levels)
-        params["input"] = {"rows": len(source), "dim": source.dim}
-        return params
-
     # -- fit -----------------------------------------------------------------------------------
     def fit(self, input, output=None, *, callback=None):
         """Fit the taxonomy on ``input`` (path, glob, URI, array, tensor or VectorSource).
+
+        A fit interrupted in the same ``storage_uri`` goes on from its last checkpoint; a fit
+        done there is loaded (with ``output``, its paths are written there).
 
         Parameters
         ----------
@@ -195,59 +243,12 @@ class TaxonomyEngine:
         -------
         self
         """
-        factors = self._check_params()
+        config = self._config()
         source = self._source(input)
-        store = self._store()
-        params = self._fit_params(source, factors)
-        manifest = store.manifest() if store is not None else None
-        if manifest is not None:
-            if manifest["kind"] != KIND:
-                raise StorageError(f"{store!r} holds a {manifest['kind']!r}, not a taxonomy")
-            if manifest["params"] != params:
-                changed = sorted(k for k in params if manifest["params"].get(k) != params[k])
-                raise ConfigError(f"{store!r} was fitted with other parameters ({', '.join(changed)}); "
-                                  "use another storage_uri or the same parameters")
-            if manifest["status"] == "done":
-                logger.info("%r: fit already done, loading it", store)
-                self._load_fitted(store, manifest)
-                if output is not None:
-                    self.predict(source, output=output)
-                return self
-        meta = manifest["meta"] if manifest is not None else {"levels": [], "checkpoint": None}
-        started = time.perf_counter()
-        run = FitRun(self, source, store, params, meta, factors, get_runtime(self.runtime, self.device), callback)
-        self.tree_ = run.run()
+        run = FitRun(config, source, get_runtime(self.runtime, self.device), callback)
+        self.tree_, self.stats_ = run.run(output)
         self._search = None
-        self._write_outputs(source, run.runtime, store, output, run.fitted_paths())
-        meta["seconds"] = meta.get("seconds", 0) + time.perf_counter() - started
-        if store is not None:
-            self.tree_.save(store)
-            run.clear()
-        run.commit("done")
-        self.stats_ = meta
         return self
-
-    def _write_outputs(self, source, runtime, store, output, paths=None):
-        """The output pass: assignments to the store (and ``output``), and members per node
-        (``paths``: every block's fitted paths, see ``FitRun.fitted_paths``; None: routed)."""
-        # _store(None) would be the storage_uri again: without output, the store alone.
-        out = None if output is None else self._store(output)
-        receivers = {s.uri: s for s in (store, out) if s is not None}
-        if not receivers:
-            return
-        build_index = store is not None and self.search_index
-        targets = tuple((uri, self.storage_options) for uri in receivers)
-        state = OutputState(self.tree_, targets, self.members, leaves=build_index, paths=paths)
-        result = runtime.map_reduce(source, OutputTask(), state, desc="assignments")
-        if build_index:
-            SearchIndex.build(self.tree_, *result.leaf_rows(), source).save(store)
-        for (uri, name), entry in result.files.items():
-            receivers[uri].record(name, entry)
-        if store is not None:
-            for level in range(self.n_levels):
-                store.put_table(members_file(level), result.table(level))
-        if out is not None:
-            out.commit(kind="assignments", params={"taxonomy": self.storage_uri}, status="done", rows=result.rows)
 
     def _load_fitted(self, store, manifest):
         self.tree_ = Tree.load(store, self.n_levels, self.metric)
@@ -271,9 +272,9 @@ class TaxonomyEngine:
     def router_(self) -> Router:
         """The router of the fitted tree (HNSW graphs are built on first use)."""
         self._check_fitted()
-        key = (self.router, self.hnsw_threshold, self.hnsw_ef)
+        key = self.routing()
         if getattr(self, "_router", None) is None or self._router_key != key or self._router.tree is not self.tree_:
-            self._router = Router(self.tree_, self.router, self.hnsw_threshold, self.hnsw_ef)
+            self._router = Router(self.tree_, key.kind, key.threshold, key.ef)
             self._router_key = key
         return self._router
 
@@ -289,18 +290,9 @@ class TaxonomyEngine:
         (``id``, ``path``, ``distance``), in input order, and the committed manifest is returned.
         """
         self._check_fitted()
-        source = self._source(input)
-        runtime = get_runtime(self.runtime, self.device)
         out = self._store(output) if output is not None else None
-        state = PredictState(self.tree_, beam, self.router_, None if out is None else (out.uri, self.storage_options))
-        result = runtime.map_reduce(source, PredictTask(), state, desc="predict")
-        if out is not None:
-            for (_, name), entry in result.files.items():
-                out.record(name, entry)
-            return out.commit(kind="assignments", params={"taxonomy": self.storage_uri, "beam": beam},
-                              status="done", rows=len(source))
-        _, paths, _ = result.ordered()
-        return paths
+        return predict(self.tree_, self.router_, self._source(input), get_runtime(self.runtime, self.device),
+                       beam=beam, out=out, storage_options=self.storage_options, taxonomy_uri=self.storage_uri)
 
     def search(self, queries, k=10, *, beam=8, return_compared=False):
         """The ``k`` fitted rows nearest each query: beam down to the ``beam`` nearest leaves,
@@ -315,7 +307,7 @@ class TaxonomyEngine:
         self._check_fitted()
         if getattr(self, "_search", None) is None:
             store = self._store()
-            if store is None or f"search/{FILES[0]}.npy" not in store.listdir("search"):
+            if store is None or search_file(SEARCH_ARRAYS[0]) not in store.listdir("search"):
                 raise ConfigError("search needs a fit with storage_uri and search_index=True")
             self._search = SearchIndex.load(store)
         q = torch.as_tensor(np.asarray(queries) if not isinstance(queries, torch.Tensor) else queries)

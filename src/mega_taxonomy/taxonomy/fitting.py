@@ -1,4 +1,4 @@
-"""One run of ``TaxonomyEngine.fit``: levels fitted top-down, every iteration checkpointed.
+"""One fit of a taxonomy, its whole life: resume or done, the levels, the outputs, the commit.
 
 Top-down and level-synchronous (DESIGN.md, Taxonomy): level 0 is a k-means over all rows; at
 level l every node of level l-1 gets its own children, and all nodes of the level are fitted in
@@ -8,10 +8,11 @@ pass per level (which also samples every node for the next level's seeds), one s
 and one output pass, whatever the number of nodes (and, in a level where a cluster went empty,
 one pass that finds the farthest rows to refill it: see ``cluster.lloyd``).
 
-State lives in a Store: per-iteration checkpoints with fresh names (so a crash never leaves a
-half-updated file behind a committed manifest), then completed levels. A run started again
-with the same arguments continues from the manifest's last checkpoint (``meta["checkpoint"]``)
-or completed level, and ends with the same tree, bit for bit.
+A :class:`FitRun` takes the fit's parameters as one frozen ``config.FitConfig``, never the
+engine. State lives in a Store through ``storage.Checkpoints`` (one stage a level): every
+iteration's centroids under fresh names, then completed levels. A run started again with the
+same parameters goes on from the last checkpoint or completed level and ends with the same
+tree, bit for bit; a finished one is loaded, not fitted again.
 """
 
 from __future__ import annotations
@@ -29,9 +30,14 @@ from ..errors import ConfigError
 from ..ops.device import host_arrays
 from ..partials import group_of_centroid, hash_sample, offsets_of
 from ..runtime import cpu_threads, passes_here_on_cpu
-from .levels import plan_children, sample_size_list, seed_children
-from .passes import RouteState, RouteTask
-from .tree import Level, Tree, optional_array
+from ..storage import Checkpoints, Store
+from ..storage.schema import members_file
+from .config import FitConfig
+from .levels import plan_children, seed_children
+from .passes import OutputState, OutputTask, RouteState, RouteTask, predict
+from .router import Router
+from .search import SearchIndex
+from .tree import Level, Tree
 
 logger = logging.getLogger(__name__)
 
@@ -81,65 +87,81 @@ class CountingRuntime:
         return self.runtime.in_process
 
 
-def checkpoint_dir(level: int) -> str:
-    return f"checkpoints/level-{level:02d}"
-
-
 def node_groups(labels: dict, n_nodes: int) -> dict:
     """Per block, each row's node as its group at the next level; rows under a leaf (-1) go to
     the empty group ``n_nodes``."""
     return {b: np.where(lab >= 0, lab, n_nodes) for b, lab in labels.items()}
 
 
-def load_level(store, level) -> Level:
-    """A completed level, as its run left it in the Store."""
-    folder = checkpoint_dir(level)
-    arrays = {name: np.asarray(store.get_array(f"{folder}/{name}.npy")) for name in ("centroids", "counts", "parent")}
-    return Level(arrays["centroids"], arrays["parent"], arrays["counts"],
-                 np.zeros(len(arrays["centroids"]) + 1, dtype=np.int64), optional_array(store, f"{folder}/penalty.npy"))
+# What a completed level keeps in its checkpoint folder until the tree is saved.
+LEVEL_ARRAYS = ("centroids", "counts", "parent", "penalty")
 
 
 class FitRun:
-    """The levels of one fit: ``run()`` returns the Tree; ``meta`` is the manifest's "meta"
-    (levels' stats, checkpoint, passes), committed after every checkpoint and level.
+    """One fit: ``run(output)`` returns ``(tree, stats)``; ``stats`` is the manifest's meta
+    (levels' statistics, checkpoint, passes, seconds), committed after every checkpoint and level.
 
     Parameters
     ----------
-    engine : TaxonomyEngine
-        The parameters (read only).
+    config : FitConfig
     source : VectorSource
-    store : Store or None
-        None: no checkpoints (nothing to resume from).
-    params : dict
-        The manifest's parameters.
-    meta : dict
-        The manifest's meta of an interrupted run, or a fresh one.
-    factors : list of int
-        Children per node, per level.
     runtime : Runtime
     callback : callable, optional
         ``callback(event)`` after every committed checkpoint and level.
     """
 
-    def __init__(self, engine, source, store, params, meta, factors, runtime, callback=None):
-        self.engine, self.source, self.store, self.params = engine, source, store, params
-        self.meta, self.factors, self.callback = meta, factors, callback
+    def __init__(self, config: FitConfig, source, runtime, callback=None):
+        self.config, self.source, self.callback = config, source, callback
         self.runtime = CountingRuntime(runtime)
-        self.dtype = np.dtype(engine.dtype)
-        self.seed = int(engine.random_state)
-        self.asked_sample_sizes = sample_size_list(engine.sample_size, engine.n_levels)
+        self.store = None if config.storage_uri is None else Store(config.storage_uri,
+                                                                    storage_options=config.storage_options)
+        self.checkpoints = Checkpoints(self.store, KIND, config.params(source), where="storage_uri")
+        self.meta = self.checkpoints.meta
+        self.factors = list(config.factors)
+        self.dtype = np.dtype(config.dtype)
+        self.seed = config.seed
+        self.asked_sample_sizes = config.sample_sizes()
         # Per level fitted in this run, every block's final (labels, distances): the rows' paths,
         # which the output pass would otherwise route again (router.Router._exact). Kept where
         # passes run here on the CPU, within _PATHS_BYTES.
         self.keep_paths = (passes_here_on_cpu(runtime)
-                           and _PATH_BYTES_PER_ROW * engine.n_levels * len(source) <= _PATHS_BYTES)
+                           and _PATH_BYTES_PER_ROW * config.n_levels * len(source) <= _PATHS_BYTES)
         self.level_labels = []
 
+    def run(self, output=None) -> tuple[Tree, dict]:
+        """Fit (or go on fitting) the tree, write the outputs (also every row's path under
+        ``output``), commit "done"; a fit done already is loaded (and its paths written)."""
+        config, store = self.config, self.store
+        if self.checkpoints.done:
+            logger.info("%r: fit already done, loading it", store)
+            tree = Tree.load(store, config.n_levels, config.metric)
+            if output is not None:
+                routing = config.routing
+                predict(tree, Router(tree, routing.kind, routing.threshold, routing.ef), self.source,
+                        self.runtime.runtime, out=self.out_store(output), storage_options=config.storage_options,
+                        taxonomy_uri=config.storage_uri)
+            return tree, self.meta
+        self.meta.setdefault("levels", [])
+        started = time.perf_counter()
+        tree = self.fit_levels()
+        self.write_outputs(tree, output, self.fitted_paths())
+        self.meta["seconds"] = self.meta.get("seconds", 0) + time.perf_counter() - started
+        if store is not None:
+            tree.save(store)
+            self.checkpoints.clear(range(config.n_levels))
+        self.commit("done")
+        return tree, self.meta
+
+    def out_store(self, output) -> Store:
+        return Store(output, storage_options=self.config.storage_options)
+
     def commit(self, status="fitting"):
-        self.meta["passes"] = self.meta.get("passes", 0) + self.runtime.passes
-        self.runtime.passes = 0
-        if self.store is not None:
-            self.store.commit(kind=KIND, params=self.params, status=status, **self.meta)
+        self.checkpoints.commit(status, passes=self.passes())
+
+    def passes(self) -> int:
+        """Passes of the fit so far, this run's included (taken from the counter)."""
+        passes, self.runtime.passes = self.meta.get("passes", 0) + self.runtime.passes, 0
+        return passes
 
     def event(self, **info):
         if self.callback is not None:
@@ -159,53 +181,73 @@ class FitRun:
         return size
 
     # -- the levels ----------------------------------------------------------------------------
-    def run(self) -> Tree:
+    def fit_levels(self) -> Tree:
+        n_levels = self.config.n_levels
         levels, groups, sample = self.start()
-        for level in range(len(levels), self.engine.n_levels):
+        for level in range(len(levels), n_levels):
             fitted = self.fit_level(level, levels, groups, sample)
             if fitted is None:
                 break
             groups, sample = fitted
-        while len(levels) < self.engine.n_levels:  # every branch ended early: empty levels keep paths' width
+        while len(levels) < n_levels:  # every branch ended early: empty levels keep paths' width
             levels.append(Level(np.zeros((0, self.source.dim), self.dtype), np.zeros(0, np.int64),
                                 np.zeros(0, np.int64), np.zeros(1, np.int64)))
-        return Tree(levels, self.engine.metric)
+        return Tree(levels, self.config.metric)
+
+    def load_level(self, level) -> Level:
+        """A completed level, as its run left it in the Store."""
+        arrays = self.checkpoints.completed(level, LEVEL_ARRAYS)
+        return Level(arrays["centroids"], arrays["parent"], arrays["counts"],
+                     np.zeros(len(arrays["centroids"]) + 1, dtype=np.int64), arrays["penalty"])
 
     def start(self):
         """(completed levels, row groups, node samples): what the next level needs. Resuming after
         a completed level, one pass routes the rows down the levels done (and samples their
         nodes); a fresh run draws the root's sample."""
-        store, meta, runtime = self.store, self.meta, self.runtime
-        levels = [load_level(store, i) for i in range(len(meta["levels"]))]
+        config, meta, runtime = self.config, self.meta, self.runtime
+        levels = [self.load_level(i) for i in range(len(meta["levels"]))]
         groups = sample = None
         if levels:
             for i in range(1, len(levels)):
                 levels[i - 1].child_offsets = offsets_of(np.bincount(levels[i].parent, minlength=levels[i - 1].n_nodes))
-            need_sample = meta["checkpoint"] is None and len(levels) < self.engine.n_levels
+            need_sample = meta["checkpoint"] is None and len(levels) < config.n_levels
             draw = (self.sample_size(len(levels)), self.seed + len(levels)) if need_sample else None
-            routed = runtime.map_reduce(self.source, RouteTask(), RouteState(Tree(levels, self.engine.metric), draw),
+            routed = runtime.map_reduce(self.source, RouteTask(), RouteState(Tree(levels, config.metric), draw),
                                         desc="resume")
             groups = node_groups(routed.labels, levels[-1].n_nodes)
             sample = None if routed.sample is None else routed.sample.with_vectors(self.source)
         elif meta["checkpoint"] is None:
             sample = hash_sample(self.source, self.sample_size(0), self.seed, runtime)
             meta["root"] = {"rows": sample.count, "mean_variance": sample.mean_variance}
-            if sample.count < self.factors[0] * self.engine.min_cluster_size:
+            if sample.count < self.factors[0] * config.min_cluster_size:
                 raise ConfigError(f"{sample.count} rows cannot make {self.factors[0]} clusters of at least "
-                                  f"{self.engine.min_cluster_size}: lower branching_factor[0] or min_cluster_size")
+                                  f"{config.min_cluster_size}: lower branching_factor[0] or min_cluster_size")
         return levels, groups, sample
+
+    def resumed(self, level, tol):
+        """(centroids, iterations done, balancing round, offsets, penalty, max_iter) of ``level``
+        from the last checkpoint, or None when it holds none of this level. A checkpoint of an
+        iteration that converged leaves only the final pass to run (max_iter = iterations done)."""
+        point = self.checkpoints.resume_point()
+        if point is None or point.stage != level:
+            return None
+        logger.info("level %d: resuming after iteration %d", level, point.iteration)
+        shift = point.info.get("shift")
+        max_iter = point.iteration if shift is not None and shift <= tol else self.config.max_iter
+        return (point.arrays["centroids"].astype(self.dtype, copy=False), point.iteration, point.round,
+                point.arrays.get("offsets"), point.arrays.get("penalty"), max_iter)
 
     def fit_level(self, level, levels, groups, sample):
         """Fit ``level`` (appended to ``levels``), with its balancing rounds; returns the next
         level's (groups, sample), or None when every node of the level above is a leaf."""
-        engine, meta = self.engine, self.meta
+        config, meta = self.config, self.meta
         started = time.perf_counter()
         if level == 0:
             n_children, offsets = np.array([self.factors[0]]), None
             parent_inertia = meta["root"]["mean_variance"] * meta["root"]["rows"] * self.source.dim
             parent_rows = meta["root"]["rows"]
         else:
-            n_children = plan_children(levels[-1].counts, self.factors[level], engine.min_cluster_size)
+            n_children = plan_children(levels[-1].counts, self.factors[level], config.min_cluster_size)
             if not n_children.any():
                 logger.info("level %d: every node of level %d is a leaf", level, level - 1)
                 return None
@@ -213,22 +255,17 @@ class FitRun:
             levels[-1].child_offsets = offsets
             parent_inertia, parent_rows = meta["levels"][-1]["inertia"], int(levels[-1].counts.sum())
         # scikit-learn's tol: relative to the mean variance of the rows (here: of the parents' nodes)
-        tol = engine.tol * parent_inertia / max(parent_rows * self.source.dim, 1)
-        balance_round, penalty, start_iter = 0, None, 0
-        checkpoint = meta["checkpoint"]
-        if checkpoint is not None and checkpoint["level"] == level:
-            centroids = np.asarray(self.store.get_array(checkpoint["file"]), dtype=self.dtype)
-            start_iter, balance_round = checkpoint["iteration"], checkpoint.get("round", 0)
-            if checkpoint.get("offsets"):
-                offsets = np.asarray(self.store.get_array(checkpoint["offsets"]))
-            if checkpoint.get("penalty"):
-                penalty = np.asarray(self.store.get_array(checkpoint["penalty"]))
-            logger.info("level %d: resuming after iteration %d", level, start_iter)
+        tol = config.tol * parent_inertia / max(parent_rows * self.source.dim, 1)
+        balance_round, penalty, start_iter, max_iter = 0, None, 0, config.max_iter
+        resumed = self.resumed(level, tol)
+        if resumed is not None:
+            centroids, start_iter, balance_round, resumed_offsets, penalty, max_iter = resumed
+            offsets = offsets if resumed_offsets is None else resumed_offsets
         else:
             with cpu_threads(self.runtime.device):
-                centroids = seed_children(sample, n_children, metric=engine.metric, seed=self.seed, level=level,
+                centroids = seed_children(sample, n_children, metric=config.metric, seed=self.seed, level=level,
                                           dtype=self.dtype, device=self.runtime.device)
-        last = level == engine.n_levels - 1
+        last = level == config.n_levels - 1
         next_sample = None if last else (self.sample_size(level + 1), self.seed + level + 1)
         iterations = 0
         while True:
@@ -237,18 +274,18 @@ class FitRun:
                 on_iteration(0, centroids, None, penalty)
             # rows under a leaf go to an empty last group
             groups_offsets = None if offsets is None or level == 0 else np.append(offsets, offsets[-1])
-            penalised = engine.balance == "penalty" and balance_round > 0
-            result = lloyd(self.source, centroids, self.runtime, metric=engine.metric, max_iter=engine.max_iter,
+            penalised = config.balancing.mode == "penalty" and balance_round > 0
+            result = lloyd(self.source, centroids, self.runtime, metric=config.metric, max_iter=max_iter,
                            tol=tol, keep_labels=not last or self.keep_paths, offsets=groups_offsets, groups=groups,
                            start_iter=start_iter, on_iteration=on_iteration, sample=next_sample, penalty=penalty,
-                           penalty_strength=engine.balance_strength if penalised else 0.0, desc=f"level {level}")
+                           penalty_strength=config.balancing.strength if penalised else 0.0, desc=f"level {level}")
             iterations += result.n_iter - start_iter
             penalty = result.penalty
             rebalanced = self.balance(level, balance_round, result, offsets, groups_offsets)
             if rebalanced is None:
                 break
             centroids, offsets, penalty = rebalanced
-            balance_round, start_iter = balance_round + 1, 0
+            balance_round, start_iter, max_iter = balance_round + 1, 0, config.max_iter
         if level > 0:
             levels[-1].child_offsets = offsets
         k = len(result.centroids)
@@ -270,7 +307,7 @@ class FitRun:
         """Per block, the (paths, distances) of every row, both (n, n_levels), as greedy routing
         down the fitted tree gives them (the final assignment of every level); None unless this
         run fitted every level and kept their labels (a resumed run, a tree that ended early)."""
-        if len(self.level_labels) != self.engine.n_levels:
+        if len(self.level_labels) != self.config.n_levels:
             return None
         return {b: (np.stack([labels[b][0] for labels in self.level_labels], 1),
                     np.stack([labels[b][1] for labels in self.level_labels], 1).astype(np.float64))
@@ -279,19 +316,18 @@ class FitRun:
     def balance(self, level, balance_round, result, offsets, groups_offsets):
         """The next balancing round's (centroids, offsets, penalty), or None when balancing is
         over: "penalty" runs one round of penalised passes from the converged level, "split" up to
-        ``balance_rounds`` rounds of split-and-merge while they change anything."""
-        engine = self.engine
-        if engine.balance is None or balance_round >= (1 if engine.balance == "penalty" else engine.balance_rounds):
+        ``rounds`` rounds of split-and-merge while they change anything."""
+        balancing = self.config.balancing
+        if balance_round >= balancing.max_rounds:
             return None
-        if engine.balance == "penalty":
+        if balancing.mode == "penalty":
             logger.info("level %d: size-penalised passes", level)
-            penalty = size_penalty(result.counts, result.partial.inertia, groups_offsets,
-                                   strength=engine.balance_strength)
+            penalty = size_penalty(result.counts, result.partial.inertia, groups_offsets, strength=balancing.strength)
             return result.centroids, offsets, penalty
         rng = np.random.default_rng([self.seed, level, balance_round])
         centroids, balanced, changed = split_and_merge(
             result.centroids, result.counts, result.partial.inertia, None if level == 0 else offsets,
-            factor=engine.balance_factor, merge=engine.balance_merge, rng=rng)
+            factor=balancing.factor, merge=balancing.merge, rng=rng)
         if not changed:
             return None
         logger.info("level %d: balancing round %d, %d nodes", level, balance_round + 1, len(centroids))
@@ -299,55 +335,43 @@ class FitRun:
 
     # -- state in the Store ----------------------------------------------------------------------
     def checkpoint(self, level, balance_round, offsets, iteration, centroids, shift, penalty=None):
-        """Commit the centroids after ``iteration`` (and the penalties of the next pass, and a new
-        balancing round's offsets), then delete the previous checkpoint's files."""
-        store, meta = self.store, self.meta
-        if store is None:
+        """Commit the centroids after ``iteration`` (and the penalties of the next pass: a function
+        of the last pass; and a balancing round's offsets: its structure)."""
+        if not self.checkpoints.enabled:
             return
-        folder = checkpoint_dir(level)
-        previous = meta["checkpoint"] or {}
-        name = f"{folder}/round-{balance_round}-iter-{iteration:04d}.npy"
-        store.put_array(name, host_arrays(centroids)[0])
-        penalty_file = None
-        if penalty is not None:  # the next pass's penalties: a function of the last pass
-            penalty_file = f"{folder}/round-{balance_round}-iter-{iteration:04d}-penalty.npy"
-            store.put_array(penalty_file, penalty)
-        for old in previous.get("file"), previous.get("penalty"):
-            if old is not None and old not in (name, penalty_file):
-                store.delete(old)
-        offsets_file = previous.get("offsets") if previous.get("level") == level else None
-        if balance_round and iteration == 0:  # a new structure: its offsets travel with it
-            offsets_file = f"{folder}/round-{balance_round}-offsets.npy"
-            store.put_array(offsets_file, offsets if offsets is not None else np.array([0, len(centroids)]))
-        meta["checkpoint"] = {"level": level, "iteration": iteration, "file": name, "shift": shift,
-                              "round": balance_round, "offsets": offsets_file, "penalty": penalty_file}
-        self.commit()
+        fixed = None
+        if balance_round:
+            fixed = {"offsets": offsets if offsets is not None else np.array([0, len(centroids)])}
+        self.checkpoints.save(level, iteration, {"centroids": host_arrays(centroids)[0], "penalty": penalty},
+                              round=balance_round, fixed=fixed, info={"shift": shift}, passes=self.passes())
         self.event(event="iteration", level=level, iteration=iteration, round=balance_round)
 
     def complete(self, level, fitted: Level, stats: dict):
         """Commit a completed level (its arrays replace its checkpoint)."""
-        store, meta = self.store, self.meta
-        if store is not None:
-            folder = checkpoint_dir(level)
-            store.put_array(f"{folder}/centroids.npy", fitted.centroids)
-            store.put_array(f"{folder}/counts.npy", fitted.counts)
-            store.put_array(f"{folder}/parent.npy", fitted.parent)
-            if fitted.penalty is not None:
-                store.put_array(f"{folder}/penalty.npy", fitted.penalty)
-            for name in (meta["checkpoint"].get(key) for key in ("file", "offsets", "penalty")):
-                if name:
-                    store.delete(name)
-        meta["checkpoint"] = None
-        meta["levels"].append(stats)
-        self.commit()
+        self.meta["levels"].append(stats)
+        self.checkpoints.complete(level, {name: getattr(fitted, name) for name in LEVEL_ARRAYS},
+                                  passes=self.passes())
         self.event(event="level", level=level, iteration=stats["iterations"], round=stats["balance_rounds"])
 
-    def clear(self):
-        """Delete the completed levels' arrays once the tree is saved."""
-        if self.store is None:
+    # -- outputs -------------------------------------------------------------------------------
+    def write_outputs(self, tree, output, paths=None):
+        """The output pass: assignments to the store (and ``output``), and members per node
+        (``paths``: every block's fitted paths, see :meth:`fitted_paths`; None: routed)."""
+        config, store = self.config, self.store
+        out = None if output is None else self.out_store(output)
+        receivers = {s.uri: s for s in (store, out) if s is not None}
+        if not receivers:
             return
-        for level in range(self.engine.n_levels):
-            folder = checkpoint_dir(level)
-            for name in ("centroids", "counts", "parent", "penalty"):
-                if f"{folder}/{name}.npy" in self.store.listdir(folder):
-                    self.store.delete(f"{folder}/{name}.npy")
+        build_index = store is not None and config.search_index
+        targets = tuple((uri, config.storage_options) for uri in receivers)
+        state = OutputState(tree, targets, config.members, leaves=build_index, paths=paths)
+        result = self.runtime.map_reduce(self.source, OutputTask(), state, desc="assignments")
+        if build_index:
+            SearchIndex.build(tree, *result.leaf_rows(), self.source).save(store)
+        for (uri, name), entry in result.files.items():
+            receivers[uri].record(name, entry)
+        if store is not None:
+            for level in range(config.n_levels):
+                store.put_table(members_file(level), result.table(level))
+        if out is not None:
+            out.commit(kind="assignments", params={"taxonomy": config.storage_uri}, status="done", rows=result.rows)

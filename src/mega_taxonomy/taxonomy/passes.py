@@ -166,3 +166,17 @@ class PredictTask:
         name = assignments_file(block.index)
         entry = Store(uri, storage_options=options).put_table(name, assignments_table(block.ids, paths, dist))
         return PredictPartial(files={(uri, name): entry})
+
+
+def predict(tree: Tree, router: Router, source, runtime, *, beam: int = 1, out: Store | None = None,
+            storage_options=None, taxonomy_uri=None):
+    """Every row's path (a beam of ``beam``): an array (n, n_levels), or with ``out`` the paths
+    written there as parquet parts (``id``, ``path``, ``distance``) and its committed manifest."""
+    state = PredictState(tree, beam, router, None if out is None else (out.uri, storage_options))
+    result = runtime.map_reduce(source, PredictTask(), state, desc="predict")
+    if out is None:
+        return result.ordered()[1]
+    for (_, name), entry in result.files.items():
+        out.record(name, entry)
+    return out.commit(kind="assignments", params={"taxonomy": taxonomy_uri, "beam": beam}, status="done",
+                      rows=len(source))

@@ -15,12 +15,10 @@ import torch
 
 from ..ops import normalize_rows
 from ..ops.device import host_arrays
+from ..storage.schema import SEARCH_ARRAYS, search_file
 from ..threads import parallel_map
 from .router import Router, route_beam
 from .tree import Tree
-
-FILES = ("ids", "vectors", "offsets")
-
 
 def leaf_numbers(tree: Tree) -> list[np.ndarray]:
     """Per level, each node's leaf number (leaves numbered level by level), -1 for inner nodes."""
@@ -68,12 +66,12 @@ class SearchIndex:
         return self._norms
 
     def save(self, store) -> None:
-        for name in FILES:
-            store.put_array(f"search/{name}.npy", getattr(self, name))
+        for name in SEARCH_ARRAYS:
+            store.put_array(search_file(name), getattr(self, name))
 
     @classmethod
     def load(cls, store) -> SearchIndex:
-        return cls(*(store.get_array(f"search/{name}.npy", mmap=True) for name in FILES))
+        return cls(*(store.get_array(search_file(name), mmap=True) for name in SEARCH_ARRAYS))
 
     def search(self, q: torch.Tensor, tree: Tree, router: Router, k: int, beam: int):
         """(distances (n, k), ids (n, k), rows compared (n,)), nearest first, inf / -1 padding.
