@@ -176,3 +176,60 @@ def test_errors_keep_their_type_and_stop_the_group(ray_mod, tmp_path):
         assert kmeans(runtime, np.nan_to_num(bad)).n_iter_ == 4  # a new group runs the next one
     finally:
         runtime.close()
+
+
+def test_collective_taxonomy_is_bit_identical_to_local(ray_mod, X, tmp_path):
+    """A taxonomy's levels go through ``runtime.drive``: on a collective runtime every level's
+    Lloyd loop runs on the workers in lockstep, and the tree, the passes counted, the rows'
+    paths and the members are LocalRuntime's bits; rank 0 commits the checkpoints, and none is
+    left once the fit is done."""
+    import pyarrow.parquet as pq
+
+    from mega_taxonomy.runtime.ray import RayRuntime
+    from mega_taxonomy.storage import Store
+    from mega_taxonomy.taxonomy import TaxonomyEngine
+
+    params = dict(n_levels=2, branching_factor=[4, 3], max_iter=3, tol=0, device="cpu", random_state=3, members=5,
+                  search_index=False)
+    local = TaxonomyEngine(**params, storage_uri=str(tmp_path / "local"), runtime=LocalRuntime("cpu", progress=False))
+    local.fit(X)
+    events = []
+    runtime = RayRuntime(num_workers=2, **BESIDE)
+    try:
+        remote = TaxonomyEngine(**params, storage_uri=str(tmp_path / "ray"), runtime=runtime)
+        remote.fit(X, callback=events.append)
+    finally:
+        runtime.close()
+    for la, lb in zip(local.tree_.levels, remote.tree_.levels, strict=True):
+        for name in ("centroids", "parent", "counts", "child_offsets"):
+            np.testing.assert_array_equal(getattr(la, name), getattr(lb, name))
+    assert remote.stats_["passes"] == local.stats_["passes"]
+    assert pq.read_table(tmp_path / "ray" / "assignments").equals(pq.read_table(tmp_path / "local" / "assignments"))
+    members = Store(str(tmp_path / "ray")).get_table("members/01.parquet")
+    assert members.equals(Store(str(tmp_path / "local")).get_table("members/01.parquet"))
+    manifest = Store(str(tmp_path / "ray")).manifest()
+    assert manifest["status"] == "done" and manifest["meta"]["checkpoint"] is None
+    assert not [name for name in manifest["files"] if name.startswith("checkpoints/")]
+    # the driver hears of the levels (its iterations' events are rank 0's)
+    assert [e["level"] for e in events if e["event"] == "level"] == [0, 1]
+
+
+def test_collective_kmeans_checkpoints_are_written_by_rank_0(ray_mod, X, tmp_path):
+    """``KMeans(checkpoint=...)`` on a collective runtime: rank 0 alone commits every iteration,
+    the driver then completes the store, and a fit run again there is taken from it."""
+    from mega_taxonomy.runtime.ray import RayRuntime
+    from mega_taxonomy.storage import Store
+
+    local = kmeans(LocalRuntime("cpu", progress=False), X)
+    runtime = RayRuntime(num_workers=2, **BESIDE)
+    try:
+        fit = lambda: KMeans(10, max_iter=4, tol=0, random_state=0, device="cpu", runtime=runtime,  # noqa: E731
+                             checkpoint=str(tmp_path / "ckpt")).fit(X)
+        remote = fit()
+        assert_same(local, remote)
+        manifest = Store(str(tmp_path / "ckpt")).manifest()
+        assert manifest["status"] == "done" and manifest["meta"]["checkpoint"] is None
+        assert sorted(manifest["files"]) == ["checkpoints/level-00/centroids.npy"]  # no iteration's file left
+        assert_same(fit(), remote)
+    finally:
+        runtime.close()

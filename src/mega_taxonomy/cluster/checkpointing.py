@@ -14,7 +14,6 @@ from numbers import Integral
 
 import numpy as np
 
-from ..errors import ConfigError
 from ..ops.device import host_arrays
 from ..storage import Checkpoints, Store
 
@@ -37,10 +36,8 @@ def checkpoint_params(params: dict, source) -> dict:
             "input": {"rows": len(source), "dim": source.dim, "dtype": str(np.dtype(source.dtype))}}
 
 
-def open_checkpoints(uri, storage_options, params: dict, source, runtime) -> Checkpoints:
+def open_checkpoints(uri, storage_options, params: dict, source) -> Checkpoints:
     """The checkpoints at ``uri`` of a fit with the estimator's ``params`` over ``source``."""
-    if getattr(runtime, "collective", False):  # every rank would run the hook, and write
-        raise ConfigError("checkpoint= needs a runtime that drives the fit from here, not a collective one")
     store = Store(uri, storage_options=storage_options)
     return Checkpoints(store, KIND, checkpoint_params(params, source), where="checkpoint")
 

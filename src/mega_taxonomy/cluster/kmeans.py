@@ -73,8 +73,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         Lloyd iteration (``storage.Checkpoints``). A fit run again with the same parameters and
         input (rows, dim, dtype) goes on from the last iteration committed and ends with the
         same centroids, bit for bit; a fit finished there is taken from it (one pass gives the
-        labels, counts and inertia). Other parameters there raise ConfigError. Not with a
-        collective runtime (every worker would write).
+        labels, counts and inertia). Other parameters there raise ConfigError. On a collective
+        runtime, rank 0 writes them (the store must be one it reaches).
     storage_options : dict or None, default=None
         fsspec options for ``checkpoint`` and for paths and URIs given as ``X`` (never logged
         or written).
@@ -211,7 +211,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         in_memory = not is_source_like(X)
         checkpoints = None
         if self.checkpoint is not None:
-            checkpoints = open_checkpoints(self.checkpoint, self.storage_options, self.get_params(), source, runtime)
+            checkpoints = open_checkpoints(self.checkpoint, self.storage_options, self.get_params(), source)
         if checkpoints is None:
             centroids, tol = self._start(source, runtime)
             result = runtime.drive(lloyd, source, centroids, metric=self.metric, max_iter=self.max_iter, tol=tol,
@@ -222,6 +222,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             result = runtime.drive(lloyd, source, centroids, metric=self.metric, max_iter=max_iter, tol=tol,
                                    keep_labels=in_memory, desc="k-means", start_iter=start_iter,
                                    on_iteration=functools.partial(save_iteration, checkpoints, tol))
+            checkpoints.refresh()  # the hooks may have committed elsewhere (a collective fit's rank 0)
             checkpoints.complete(0, {"centroids": result.centroids}, status="done", n_iter=result.n_iter, tol=tol)
         self.cluster_centers_ = result.centroids
         self.counts_ = result.counts

@@ -194,6 +194,7 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         ``on_iteration(iteration, centroids, shift, penalty)`` after every update (checkpoints,
         logs); ``centroids`` is a tensor on the device when the sums were left there (``host``
         turns it into an array); ``penalty`` is what the next pass will use (None without penalties).
+        Called where ``runtime.leader``: on a collective runtime, by rank 0 alone.
     penalty : (K,) array, optional
         Size-penalised assignment: rows go to the centroid of least ``distance + penalty``
         (distances and inertia stay the true ones). This is the first pass's.
@@ -215,7 +216,7 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
                    sample=sample, penalty=penalty, penalty_strength=penalty_strength, look_ahead=look_ahead,
                    n_rows_hint=len(source), k=len(centroids), desc=desc)
     hook = None
-    if on_iteration is not None:
+    if on_iteration is not None and getattr(runtime, "leader", True):  # a collective fit's hooks: on rank 0
         def hook(iteration, state, shift):
             on_iteration(iteration, state, shift, client.penalty)
     return iterate(client, centroids, max_iter=max_iter, tol=tol, start_iter=start_iter, on_iteration=hook)

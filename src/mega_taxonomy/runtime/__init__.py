@@ -14,13 +14,15 @@ from .base import (
     passes_here_on_cpu,
     units,
 )
+from .counting import CountingRuntime
 from .iterate import Client, Step, Update, iterate
 from .local import LocalPool, LocalRuntime, cpu_threads, resolve_device
 
 __all__ = [
-    "BlockTask", "Client", "CompositePartial", "Deferred", "LocalPool", "LocalRuntime", "OrderedReducer", "Partial", "RayPool",
-    "RayRuntime", "Runtime", "Step", "Update", "WorkerPool", "cpu_threads", "finished", "fold", "in_block_order",
-    "passes_here_on_cpu", "iterate", "resolve_device", "units",
+    "BlockTask", "Client", "CompositePartial", "CountingRuntime", "Deferred", "LocalPool", "LocalRuntime",
+    "OrderedReducer", "Partial", "RayPool", "RayRuntime", "Runtime", "Step", "Update", "WorkerPool",
+    "cpu_threads", "finished", "fold", "in_block_order", "iterate", "passes_here_on_cpu", "resolve_device",
+    "units",
 ]
 
 

@@ -95,9 +95,20 @@ class Checkpoints:
                 changed = sorted(k for k in names if manifest["params"].get(k) != self.params.get(k))
                 raise ConfigError(f"{store!r} was fitted with other parameters ({', '.join(changed)}); "
                                   f"use another {where} or the same parameters")
+        self.meta = {}
+        self._take(manifest)
+
+    def _take(self, manifest):
         self.status = None if manifest is None else manifest["status"]
-        self.meta = {} if manifest is None else manifest["meta"]
+        self.meta.clear()  # in place: callers may hold it
+        self.meta.update({} if manifest is None else manifest["meta"])
         self.meta["checkpoint"] = _upgrade(self.meta.get("checkpoint"))
+
+    def refresh(self) -> None:
+        """Take the committed status and meta back from the store: after commits made by a copy of
+        this object elsewhere (the leader of a collective fit, whose hooks write the checkpoints)."""
+        if self.store is not None:
+            self._take(self.store.manifest())
 
     @property
     def enabled(self) -> bool:

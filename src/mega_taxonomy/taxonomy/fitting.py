@@ -17,10 +17,10 @@ tree, bit for bit; a finished one is loaded, not fitted again.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from ..cluster.lloyd import lloyd
 from ..errors import ConfigError
 from ..ops.device import host_arrays
 from ..partials import group_of_centroid, hash_sample, offsets_of
-from ..runtime import cpu_threads, passes_here_on_cpu
+from ..runtime import CountingRuntime, cpu_threads, passes_here_on_cpu
 from ..storage import Checkpoints, Store
 from ..storage.schema import members_file
 from .config import FitConfig
@@ -68,23 +68,29 @@ def _unbounded_sample_size(branching: int) -> int:
     return max(64 * branching, 1024)
 
 
-class CountingRuntime:
-    """Counts the passes over data that a fit makes (they are what costs at scale)."""
+@dataclass
+class IterationCheckpoint:
+    """Lloyd's ``on_iteration`` hook in a level: commits the centroids after every iteration (and
+    the penalties of the next pass: a function of the last pass; and a balancing round's offsets:
+    its structure), then tells ``callback``. Picklable: on a collective runtime, the fit's rank 0
+    runs it (``lloyd`` calls it where ``runtime.leader``)."""
 
-    def __init__(self, runtime):
-        self.runtime, self.passes = runtime, 0
+    checkpoints: Checkpoints
+    level: int
+    round: int
+    offsets: np.ndarray | None
+    callback: object = None
 
-    def map_reduce(self, source, task, state, *, desc=None):
-        self.passes += 1
-        return self.runtime.map_reduce(source, task, state, desc=desc)
-
-    @property
-    def device(self):
-        return self.runtime.device
-
-    @property
-    def in_process(self):
-        return self.runtime.in_process
+    def __call__(self, iteration, centroids, shift, penalty=None):
+        if not self.checkpoints.enabled:
+            return
+        fixed = None
+        if self.round:
+            fixed = {"offsets": self.offsets if self.offsets is not None else np.array([0, len(centroids)])}
+        self.checkpoints.save(self.level, iteration, {"centroids": host_arrays(centroids)[0], "penalty": penalty},
+                              round=self.round, fixed=fixed, info={"shift": shift})
+        if self.callback is not None:
+            self.callback({"event": "iteration", "level": self.level, "iteration": iteration, "round": self.round})
 
 
 def node_groups(labels: dict, n_nodes: int) -> dict:
@@ -269,16 +275,19 @@ class FitRun:
         next_sample = None if last else (self.sample_size(level + 1), self.seed + level + 1)
         iterations = 0
         while True:
-            on_iteration = functools.partial(self.checkpoint, level, balance_round, offsets)
+            on_iteration = IterationCheckpoint(self.checkpoints, level, balance_round, offsets, self.callback)
             if start_iter == 0:
                 on_iteration(0, centroids, None, penalty)
             # rows under a leaf go to an empty last group
             groups_offsets = None if offsets is None or level == 0 else np.append(offsets, offsets[-1])
             penalised = config.balancing.mode == "penalty" and balance_round > 0
-            result = lloyd(self.source, centroids, self.runtime, metric=config.metric, max_iter=max_iter,
-                           tol=tol, keep_labels=not last or self.keep_paths, offsets=groups_offsets, groups=groups,
-                           start_iter=start_iter, on_iteration=on_iteration, sample=next_sample, penalty=penalty,
-                           penalty_strength=config.balancing.strength if penalised else 0.0, desc=f"level {level}")
+            # Through the runtime's own entry: a collective runtime runs the level on its workers.
+            result = self.runtime.drive(
+                lloyd, self.source, centroids, metric=config.metric, max_iter=max_iter, tol=tol,
+                keep_labels=not last or self.keep_paths, offsets=groups_offsets, groups=groups, start_iter=start_iter,
+                on_iteration=on_iteration, sample=next_sample, penalty=penalty,
+                penalty_strength=config.balancing.strength if penalised else 0.0, desc=f"level {level}")
+            self.checkpoints.refresh()  # committed by the hook, maybe elsewhere (a collective fit's rank 0)
             iterations += result.n_iter - start_iter
             penalty = result.penalty
             rebalanced = self.balance(level, balance_round, result, offsets, groups_offsets)
@@ -334,18 +343,6 @@ class FitRun:
         return centroids, None if level == 0 else balanced, None
 
     # -- state in the Store ----------------------------------------------------------------------
-    def checkpoint(self, level, balance_round, offsets, iteration, centroids, shift, penalty=None):
-        """Commit the centroids after ``iteration`` (and the penalties of the next pass: a function
-        of the last pass; and a balancing round's offsets: its structure)."""
-        if not self.checkpoints.enabled:
-            return
-        fixed = None
-        if balance_round:
-            fixed = {"offsets": offsets if offsets is not None else np.array([0, len(centroids)])}
-        self.checkpoints.save(level, iteration, {"centroids": host_arrays(centroids)[0], "penalty": penalty},
-                              round=balance_round, fixed=fixed, info={"shift": shift}, passes=self.passes())
-        self.event(event="iteration", level=level, iteration=iteration, round=balance_round)
-
     def complete(self, level, fitted: Level, stats: dict):
         """Commit a completed level (its arrays replace its checkpoint)."""
         self.meta["levels"].append(stats)
