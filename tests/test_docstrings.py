@@ -8,8 +8,9 @@ import pytest
 MODULES = ["mega_taxonomy.cluster.kmeans", "mega_taxonomy.ops.assign", "mega_taxonomy.ops.grouped_assign",
            "mega_taxonomy.taxonomy.engine", "mega_taxonomy.storage.store",
            "mega_taxonomy.storage.checkpoint", "mega_taxonomy.taxonomy.config", "mega_taxonomy.io.sources",
-           "mega_taxonomy._estimator",
-           "mega_taxonomy.runtime.local", "mega_taxonomy.runtime.collective", "mega_taxonomy.runtime.ray"]
+           "mega_taxonomy._estimator", "mega_taxonomy.runtime.iterate",
+           "mega_taxonomy.runtime.local", "mega_taxonomy.runtime.collective", "mega_taxonomy.runtime.ray.actors",
+           "mega_taxonomy.runtime.ray.schedule", "mega_taxonomy.io.shards", "mega_taxonomy.io.discovery"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,4 +1,4 @@
-"""Small shared fixtures for the io tests: a data set and writers for every file format."""
+"""Small shared fixtures for the io tests: a data set, its reference blocks and writers for every file format."""
 
 import types
 
@@ -7,6 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from layouts import collect
+
+from mega_taxonomy.io import VectorSource
 
 N, DIM = 150_000, 8  # 2.3 blocks of 65,536 rows, so that blocks span files; 4.8 MB
 
@@ -17,6 +20,13 @@ def data():
     vectors = np.random.default_rng(0).standard_normal((N, DIM), dtype=np.float32)
     ids = (np.arange(N, dtype=np.int64) * 2_654_435_761) % (1 << 40)
     return vectors, ids
+
+
+@pytest.fixture(scope="module")
+def reference(data):
+    """Blocks of the in-memory array, with the ids of the data set in place of the ordinals."""
+    vectors, ids = data
+    return [(i, o, ids[o], v) for i, o, _, v in collect(VectorSource(vectors))]
 
 
 def vector_array(vectors, kind="list"):

@@ -1,4 +1,7 @@
-"""VectorSource: file layouts, formats and in-memory data give the same blocks; take, ids, cache, shards."""
+"""VectorSource: formats and in-memory data give the same blocks; take, ids, ranges, pickling, skipped rows.
+
+Layouts and shards are tested in test_shards.py, file discovery in test_discovery.py, the block cache
+in test_cache.py; their shared helpers are in layouts.py."""
 
 import doctest
 import logging
@@ -8,67 +11,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from layouts import Spy, assert_same_blocks, collect, write_split
 
-from mega_taxonomy.io import BLOCK_ROWS, Block, Shard, VectorSource, formats, sources, validate
-from mega_taxonomy.io.formats import ParquetReader
+from mega_taxonomy.io import BLOCK_ROWS, Block, Shard, VectorSource, discovery, formats, shards, sources, validate
 
 DIM = 8  # of the data fixture
-
-
-def split_points(n, n_files, seed=1):
-    """Uneven cut points 0 = c0 < ... < c_n_files = n."""
-    if n_files == 1:
-        return [0, n]
-    inner = np.sort(np.random.default_rng(seed).choice(np.arange(1, n), n_files - 1, replace=False))
-    return [0, *inner.tolist(), n]
-
-
-def write_split(files, root, vectors, ids, n_files, *, fmt="parquet", row_group_size=None, kind="list"):
-    """Write rows of ``vectors`` into ``n_files`` files named so that sorted order is row order."""
-    cuts = split_points(len(vectors), n_files)
-    for i, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:])):
-        uri = f"{root}/part-{i:03d}.{fmt}"
-        if fmt == "parquet":
-            files.parquet(uri, vectors[lo:hi], None if ids is None else ids[lo:hi], kind, row_group_size)
-        elif fmt == "npy":
-            files.npy(uri, vectors[lo:hi])
-        else:
-            files.vecs(uri, vectors[lo:hi])
-    return root
-
-
-def collect(source, **kw):
-    return [(b.index, b.ordinals.copy(), b.ids.copy(), np.array(b.vectors)) for b in source.blocks(**kw)]
-
-
-def assert_same_blocks(got, want):
-    assert len(got) == len(want)
-    for (i, ordinals, ids, vectors), (j, ordinals2, ids2, vectors2) in zip(got, want):
-        assert i == j
-        assert ordinals.dtype == ordinals2.dtype == np.int64 and np.array_equal(ordinals, ordinals2)
-        assert ids.dtype == np.int64 and np.array_equal(ids, ids2)
-        assert vectors.dtype == vectors2.dtype and vectors.tobytes() == vectors2.tobytes()
-
-
-@pytest.fixture(scope="module")
-def reference(data):
-    """Blocks of the in-memory array, with the ids of the data set in place of the ordinals."""
-    vectors, ids = data
-    return [(i, o, ids[o], v) for i, o, _, v in collect(VectorSource(vectors))]
-
-
-@pytest.mark.parametrize(
-    "n_files, row_group_size, batch_size",
-    [(1, None, 65_536), (1, 10_000, 65_536), (3, 7_777, 4_096), (3, 50_000, 1_000), (20, 3_000, 100_000)],
-)
-def test_layouts_give_bit_identical_blocks(
-    tmp_path, files, data, reference, n_files, row_group_size, batch_size
-):
-    vectors, ids = data
-    root = write_split(files, tmp_path, vectors, ids, n_files, row_group_size=row_group_size)
-    source = VectorSource(str(root), id_column="id", batch_size=batch_size)
-    assert len(source) == len(vectors) and source.n_blocks == 3 and len(source.uris) == n_files
-    assert_same_blocks(collect(source), reference)
 
 
 @pytest.mark.parametrize(
@@ -182,20 +129,6 @@ def test_torch_half_and_int_tensors():
     assert ints.dtype == np.float32 and next(ints.blocks()).vectors.dtype == torch.float32
 
 
-class Spy:
-    """Counts calls of a method (and records their arguments) while delegating to it."""
-
-    def __init__(self, monkeypatch, owner, name):
-        self.calls = []
-        original = getattr(owner, name)
-
-        def spy(*args, **kwargs):
-            self.calls.append((args[1:], kwargs))
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(owner, name, spy)
-
-
 def test_dictionary_encoded_float16_is_pointed_out(tmp_path, caplog):
     """pyarrow's writer dictionary-encodes a float16 column by default (it decodes ~6x slower):
     opening such files logs one warning naming them; plain float16 and float32 files log none."""
@@ -218,65 +151,6 @@ def test_dictionary_encoded_float16_is_pointed_out(tmp_path, caplog):
         VectorSource(str(tmp_path / "plain16"))
         VectorSource(str(tmp_path / "dict32"))  # not flagged: float32 dictionaries outgrow their page, and go plain
     assert not caplog.records
-
-
-def test_metadata_is_cheap(tmp_path, files, data, monkeypatch):
-    vectors, ids = data
-    write_split(files, tmp_path / "fixed", vectors, ids, 3, kind="fixed", row_group_size=10_000)
-    write_split(files, tmp_path / "list", vectors, ids, 3, kind="list", row_group_size=10_000)
-    batches = Spy(monkeypatch, pq.ParquetFile, "iter_batches")
-    groups = Spy(monkeypatch, pq.ParquetFile, "read_row_group")
-    reads = Spy(monkeypatch, pq.ParquetFile, "read")
-    fixed = VectorSource(tmp_path / "fixed", id_column="id")
-    assert (len(fixed), fixed.dim, fixed.dtype, fixed.n_blocks) == (len(vectors), DIM, np.float32, 3)
-    assert batches.calls == [] and groups.calls == [] and reads.calls == []  # footers only
-    listed = VectorSource(tmp_path / "list", id_column="id")
-    assert (len(listed), listed.dim, listed.dtype) == (len(vectors), DIM, np.float32)
-    # a list<float> file has no dimension in its footer: the first rows of the first file tell it
-    assert len(batches.calls) == 1 and groups.calls == [] and reads.calls == []
-    assert [s.start for s in listed.shards] == split_points(len(vectors), 3)[:-1]
-
-
-def test_big_files_are_split_into_shards_at_row_groups(tmp_path, files):
-    n = 1_200_000
-    x = np.zeros((n, 1), np.float16)
-    files.parquet(tmp_path / "a.parquet", x[:1000], kind="fixed")
-    files.parquet(tmp_path / "b.parquet", x, kind="fixed", row_group_size=300_000)
-    files.npy(tmp_path / "c.npy", np.zeros((2_500_000, 1), np.float16))
-    source = VectorSource(tmp_path)
-    b, c = (str(tmp_path / name) for name in ("b.parquet", "c.npy"))
-    assert source.shards[1:] == [
-        Shard(b, 0, 900_000, 1000),
-        Shard(b, 900_000, n, 901_000),
-        Shard(c, 0, 1 << 20, 1000 + n),
-        Shard(c, 1 << 20, 2 << 20, 1000 + n + (1 << 20)),
-        Shard(c, 2 << 20, 2_500_000, 1000 + n + (2 << 20)),
-    ]
-    assert sum(s.row_stop - s.row_start for s in source.shards) == len(source)
-
-
-def test_glob_directory_and_lists_are_sorted_and_unique(tmp_path, files):
-    x = np.arange(40, dtype=np.float32).reshape(10, 4)
-    (tmp_path / "sub").mkdir()
-    files.parquet(tmp_path / "b.parquet", x[5:8])
-    files.parquet(tmp_path / "a.parquet", x[:5])
-    files.npy(tmp_path / "sub" / "c.npy", x[8:])
-    (tmp_path / "_SUCCESS").write_bytes(b"")
-    (tmp_path / ".a.parquet.crc").write_bytes(b"junk")
-    (tmp_path / "_temporary").mkdir()  # hidden folders (unfinished Spark output) are skipped too
-    files.parquet(tmp_path / "_temporary" / "part-9.parquet", x)
-    names = ["a.parquet", "b.parquet", "sub/c.npy"]
-    directory = VectorSource(tmp_path)
-    assert directory.uris == [str(tmp_path / name) for name in names]
-    (block,) = directory.blocks()
-    assert np.array_equal(block.vectors, x)
-    assert VectorSource(f"{tmp_path}/*.parquet").uris == directory.uris[:2]
-    assert VectorSource(f"{tmp_path}/*").uris == directory.uris  # a glob skips _SUCCESS and .crc
-    listed = VectorSource(
-        [tmp_path / "sub" / "c.npy", f"{tmp_path}/b.*", tmp_path / "a.parquet", tmp_path / "b.parquet"]
-    )
-    assert listed.uris == directory.uris
-    assert VectorSource(f"file://{tmp_path}/a.parquet").uris == directory.uris[:1]
 
 
 def test_take_returns_rows_in_the_order_given(tmp_path, files, data, monkeypatch):
@@ -348,39 +222,6 @@ def test_file_blocks_are_read_only_copies(tmp_path, files, data):
         block.vectors[0, 0] = 1.0
 
 
-def test_second_pass_reads_nothing_when_the_data_fits(tmp_path, files, data, reference, monkeypatch):
-    vectors, ids = data
-    write_split(files, tmp_path, vectors, ids, 3, row_group_size=25_000)
-    reads = Spy(monkeypatch, ParquetReader, "read")
-    source = VectorSource(tmp_path, id_column="id")
-    first = collect(source)
-    n_reads = len(reads.calls)
-    assert n_reads >= 3
-    second = collect(source)
-    assert len(reads.calls) == n_reads  # all from the cache
-    assert_same_blocks(first, reference)
-    assert_same_blocks(second, reference)
-
-
-@pytest.mark.parametrize("cache_bytes", [0, 1, 3_500_000])
-def test_small_cache_budget_rereads_with_identical_results(
-    tmp_path, files, data, reference, monkeypatch, cache_bytes
-):
-    vectors, ids = data
-    write_split(files, tmp_path, vectors, ids, 3, row_group_size=25_000)
-    reads = Spy(monkeypatch, ParquetReader, "read")
-    source = VectorSource(tmp_path, id_column="id", cache_bytes=cache_bytes)
-    first = collect(source)
-    n_reads = len(reads.calls)
-    for _ in range(2):
-        assert_same_blocks(collect(source), reference)
-    assert_same_blocks(first, reference)
-    # a full block is 65,536 x (8 x 4 bytes + 8 for its ordinal + 8 for its id) = 3 MiB: 3.5 MB keeps
-    # block 0 only (the first that fits), as the 0.9 MB of block 2 would exceed the budget
-    assert source._cache.used == (BLOCK_ROWS * 48 if cache_bytes == 3_500_000 else 0)
-    assert len(reads.calls) > n_reads  # what does not fit is read again
-
-
 def test_pickling_keeps_the_files_and_options(tmp_path, files, data):
     vectors, ids = data
     source = VectorSource(write_split(files, tmp_path, vectors, ids, 3), id_column="id", batch_size=10_000)
@@ -406,7 +247,7 @@ def test_device_is_where_the_vectors_are(tmp_path, files, data):
 
 
 def test_docstring_examples_run():
-    for module in (sources, validate, formats):
+    for module in (sources, validate, formats, shards, discovery):
         assert doctest.testmod(module).failed == 0
 
 
@@ -450,35 +291,6 @@ def test_blocks_of_a_fortran_ordered_npy_are_row_major(tmp_path, files, data):
     for block in VectorSource(str(tmp_path / "f.npy")).blocks():
         assert block.vectors.flags.c_contiguous
         assert np.array_equal(block.vectors, vectors[block.ordinals])
-
-
-def test_take_reads_cached_blocks_from_the_cache(tmp_path, monkeypatch):
-    """Rows of cached blocks come from the cache (no file is read for them), the others from the
-    files; rows skipped as invalid stay out either way."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from mega_taxonomy.io import formats
-
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(3 * 65_536 + 100, 4)).astype(np.float32)
-    X[70_000, 2] = np.nan  # in block 1
-    for i, part in enumerate(np.array_split(X, 2)):
-        emb = pa.FixedSizeListArray.from_arrays(pa.array(part.ravel()), 4)
-        pq.write_table(pa.table({"emb": emb}), tmp_path / f"part-{i}.parquet", row_group_size=20_000)
-    block_bytes = 65_536 * 4 * 4 + 65_536 * 8
-    source = VectorSource(str(tmp_path), on_invalid="skip", cache_bytes=2 * block_bytes + 1024)
-    for _ in source.blocks():  # blocks 0 and 1 fit in the cache, 2 and 3 do not
-        pass
-    wanted = np.array([5, 70_000, 70_001, 196_650, 65_535, 131_072, 3])
-    reads = []
-    real_take = formats.ParquetReader.take
-    monkeypatch.setattr(formats.ParquetReader, "take", lambda self, rows, dim: reads.append(len(rows)) or
-                        real_take(self, rows, dim))
-    got = source.take(wanted)
-    keep = wanted != 70_000
-    np.testing.assert_array_equal(got, X[wanted[keep]])
-    assert sum(reads) == 2  # only the rows of blocks 2 and 3 were read from files
 
 
 def test_unchecked_blocks_are_the_blocks_until_marked_checked(tmp_path):

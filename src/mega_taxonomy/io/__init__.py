@@ -1,8 +1,13 @@
 """Data in: vectors from parquet, npy, fvecs/bvecs files (any fsspec URI) or arrays, as fixed blocks.
 
-The one thing passes over data depend on is :class:`VectorSource`; see its docstring.
+The one thing passes over data depend on is :class:`VectorSource`; see its docstring. Its jobs
+have a module each: ``discovery`` (which files, in which order), ``formats`` (decoding),
+``validate`` (judging rows), ``shards`` (global ordinals, shards and blocks), ``cache`` (decoded
+blocks kept between passes), ``readahead`` (decoding ahead of the caller), ``sources`` (the
+source that wires them), ``streaming`` (blocks onto a device, copies overlapping compute).
 """
 
-from mega_taxonomy.io.sources import BLOCK_ROWS, Block, Shard, VectorSource, is_source_like
+from mega_taxonomy.io.shards import BLOCK_ROWS, Block, Shard
+from mega_taxonomy.io.sources import VectorSource, is_source_like
 
 __all__ = ["BLOCK_ROWS", "Block", "Shard", "VectorSource", "is_source_like"]

@@ -2,14 +2,13 @@
 
 Why blocks: every pass over data computes partial sums per block of BLOCK_ROWS global ordinals
 and reduces them in block order, so results do not depend on how the data is cut into files,
-row groups, batches or workers (DESIGN.md, Contracts: Determinism). This module wires files ->
-global ordinals -> blocks -> a cache of decoded blocks; formats.py decodes each format and
-validate.py judges every row.
-
-Why a cache that never evicts: a fit makes tens of passes and decoding parquet costs far more
-than the arithmetic, so decoded blocks are kept in RAM within a budget. Passes scan blocks in
-order, and an LRU cache smaller than the data would evict every block just before it is needed
-again; keeping the first blocks that fit and re-reading the rest gives hits on every pass.
+row groups, batches or workers (DESIGN.md, Contracts: Determinism). This module wires the jobs
+together: ``discovery.py`` finds and opens the files, ``formats.py`` decodes each format,
+``validate.py`` judges every row, ``shards.py`` maps files to global ordinals, shards and
+blocks, ``cache.py`` keeps decoded blocks between passes and ``readahead.py`` decodes the next
+row groups while the caller computes. What stays here is the source itself: its metadata, the
+stream of blocks (from the cache, else from the files), random access by ordinal, and the count
+of rows skipped as invalid.
 """
 
 import collections
@@ -17,248 +16,34 @@ import contextlib
 import functools
 import logging
 import os
-import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 import torch
-from fsspec.implementations.local import LocalFileSystem
 
 from mega_taxonomy.errors import ConfigError, DataError
 from mega_taxonomy.io import validate
-from mega_taxonomy.io.formats import EXTENSIONS, ArrayReader, open_reader
+from mega_taxonomy.io.cache import BlockCache, default_cache_bytes
+from mega_taxonomy.io.discovery import find_files, open_readers
+from mega_taxonomy.io.formats import ArrayReader
+from mega_taxonomy.io.readahead import put_unless, read_ahead
+from mega_taxonomy.io.shards import (
+    BLOCK_ROWS,
+    SHARD_ROWS,
+    TORCH_DTYPES,
+    Block,
+    Shard,
+    cut_blocks,
+    join_rows,
+    read_parts,
+    select_rows,
+    shard_cuts,
+)
+
+# Re-exported: defined here before the split, and imported from here by callers.
+__all__ = ["BLOCK_ROWS", "SHARD_ROWS", "Block", "Shard", "VectorSource", "is_source_like", "put_unless"]
 
 logger = logging.getLogger(__name__)
-
-BLOCK_ROWS = 65_536
-"""The determinism unit: block b holds the global ordinals [b * BLOCK_ROWS, (b + 1) * BLOCK_ROWS)."""
-
-SHARD_ROWS = 1 << 20
-"""Files with more rows are split into several shards at row-group boundaries."""
-
-_TORCH_DTYPES = {np.dtype(name): getattr(torch, name) for name in ("float16", "float32", "float64")}
-_TORCH_DTYPES[torch.bfloat16] = torch.bfloat16  # a tensor source's, which numpy cannot name
-
-
-@dataclass(frozen=True)
-class Shard:
-    """A unit of reading: rows [row_start, row_stop) of one file, whose first row has global ordinal start."""
-
-    uri: str
-    row_start: int
-    row_stop: int
-    start: int
-
-
-@dataclass
-class Block:
-    """The rows of one block: what every pass over data computes on.
-
-    ``ordinals`` (int64, ascending) are global row ordinals, ``ids`` the id column's values (the
-    ordinals when there is none) and ``vectors`` (n, dim) the rows, in the source dtype: a torch
-    tensor on the input's device when the source is a tensor, a C-contiguous numpy array
-    otherwise. Rows skipped as invalid are absent, so n can be below BLOCK_ROWS. Blocks read
-    from files are read-only (they may be shared through the cache).
-    """
-
-    index: int
-    ordinals: np.ndarray
-    ids: np.ndarray
-    vectors: np.ndarray | torch.Tensor
-
-
-def _hidden(relative_path):
-    """Whether a path has a component starting with "." or "_" (checksums, _SUCCESS, _temporary/)."""
-    return any(part.startswith((".", "_")) for part in relative_path.split("/") if part)
-
-
-def _expand(spec, storage_options):
-    """(fs, paths) of the files a path, glob, directory or URI names, sorted."""
-    try:
-        fs, path = fsspec.core.url_to_fs(spec, **storage_options)
-        pattern = any(char in path for char in "*?[")
-        matches = sorted(fs.glob(path)) if pattern else [path] if fs.exists(path) else []
-        paths = []
-        for match in matches:
-            if pattern and _hidden(match.rsplit("/", 1)[-1]):
-                continue
-            if fs.isdir(match):
-                under = (p for p in fs.find(match) if p.lower().endswith(EXTENSIONS))
-                paths += [p for p in under if not _hidden(p[len(match) :])]
-            else:
-                paths.append(match)
-    except (OSError, ValueError, ImportError) as exc:  # unknown protocol, no access, network
-        raise DataError(f"cannot list: {exc}", file=spec) from exc
-    if not matches:
-        raise DataError("the pattern matches no files" if pattern else "no such file or directory", file=spec)
-    if not paths:
-        raise DataError(f"no {'/'.join(EXTENSIONS)} files found", file=spec)
-    return fs, paths
-
-
-def _find_files(data, storage_options):
-    """Expand paths, globs, directories and URIs into (uri, fs, path) triples, unique, in sorted URI order."""
-    specs = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    if not specs:
-        raise DataError("no input files given")
-    found = {}
-    for spec in map(os.fspath, specs):
-        fs, paths = _expand(spec, storage_options)
-        for path in paths:
-            uri = path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
-            found[uri] = (uri, fs, path)
-    return [found[uri] for uri in sorted(found)]
-
-
-def _open_readers(files, column, id_column):
-    """Open every file (footers and headers only), in parallel: remote opens are round trips."""
-    first = next((i for i, (_, _, path) in enumerate(files) if path.lower().endswith(".parquet")), None)
-    readers = {}
-    if first is not None:  # the first parquet file decides the vector column of all
-        readers[first] = open_reader(*files[first], column=column, id_column=id_column)
-        column = readers[first].column
-    rest = [i for i in range(len(files)) if i not in readers]
-    if rest:
-        with ThreadPoolExecutor(max_workers=min(16, len(rest))) as pool:
-            opened = pool.map(lambda i: open_reader(*files[i], column=column, id_column=id_column), rest)
-            readers.update(zip(rest, opened))
-    return [readers[i] for i in range(len(files))]
-
-
-def _default_cache_bytes():
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume a small machine
-        ram = 8 << 30
-    return min(ram // 4, 8 << 30)
-
-
-def _split(boundaries, num_rows):
-    """Shard limits within a file: consecutive boundaries grouped while a shard stays within SHARD_ROWS.
-
-    ``boundaries`` None means that a shard may start at any row.
-    """
-    if boundaries is None:
-        return [*range(0, num_rows, SHARD_ROWS), num_rows]
-    cuts, previous = [0], 0
-    for cut in [*boundaries[1:], num_rows]:
-        if cut - cuts[-1] > SHARD_ROWS and previous > cuts[-1]:
-            cuts.append(previous)
-        previous = cut
-    return [*cuts, num_rows]
-
-
-def _cut(parts, first, stop, num_rows):
-    """Regroup parts (stop, ordinals, *arrays), in ordinal order, into (block index, parts of it).
-
-    ``stop`` is one past the last ordinal a part covers, rows skipped as invalid included: it
-    says when a block is complete even if its last rows were dropped.
-    """
-    index, pending = first, []
-    for covered, ordinals, *arrays in parts:
-        while index < stop:
-            end = min((index + 1) * BLOCK_ROWS, num_rows)
-            k = int(np.searchsorted(ordinals, end))
-            if k:
-                pending.append((ordinals[:k], *(a[:k] for a in arrays)))
-                ordinals, arrays = ordinals[k:], [a[k:] for a in arrays]
-            if covered < end:
-                break
-            yield index, pending
-            index, pending = index + 1, []
-
-
-def put_unless(q: queue.Queue, item, stop: threading.Event) -> bool:
-    """Put ``item`` on the bounded queue ``q`` unless ``stop`` is set first (a producer thread's
-    way to wait for room without outliving its consumer); whether it was put."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            pass
-    return False
-
-
-def _read_ahead(items, depth=2):
-    """Yield ``items`` (an iterator), which a thread of its own advances up to ``depth`` items ahead.
-
-    A first pass over files decodes and validates each row group (pyarrow and numpy release the
-    GIL) while the caller assembles blocks and computes on the previous one: 1M x 64 float32 in
-    parquet, a sample pass took 0.9 s read in line and 0.5 s read ahead. Errors of ``items`` are
-    raised here, in the caller's thread; closing this generator stops the thread.
-    """
-    ahead, stop, end = queue.Queue(maxsize=depth), threading.Event(), object()
-    put = functools.partial(put_unless, ahead, stop=stop)
-
-    def run():
-        try:
-            for item in items:
-                if not put(item):
-                    break
-            else:
-                put(end)
-        except BaseException as exc:  # handed to the caller, raised there
-            put(exc)
-        finally:
-            items.close()  # in the thread that ran it (open files of the reader)
-
-    thread = threading.Thread(target=run, name="mega-taxonomy-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while (item := ahead.get()) is not end:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _join(arrays, dtype, copy):
-    """One array from consecutive row ranges: a view when ``copy`` is False and there is one."""
-    if isinstance(arrays[0], torch.Tensor):
-        joined = arrays[0] if len(arrays) == 1 else torch.cat(arrays)
-        return joined.to(_TORCH_DTYPES[dtype]).contiguous()
-    if len(arrays) == 1 and not copy:
-        return np.ascontiguousarray(arrays[0], dtype=dtype)
-    # Into a C-ordered buffer: pieces of a Fortran-ordered .npy would otherwise stay column-major,
-    # and every pass over a column-major block is several times slower.
-    out = np.empty((sum(len(a) for a in arrays), *arrays[0].shape[1:]), dtype=dtype)
-    return np.concatenate(arrays, out=out)
-
-
-def _select(vectors, keep):
-    if isinstance(vectors, torch.Tensor):
-        return vectors[torch.from_numpy(keep).to(vectors.device)]
-    return vectors[keep]
-
-
-class _BlockCache:
-    """Decoded blocks within a byte budget: the first blocks that fit stay, none is ever evicted.
-
-    Blocks of in-memory data are views of it: caching them costs only their ordinals, and saves
-    validating the same rows again on every pass.
-    """
-
-    def __init__(self, budget, views=False):
-        self.budget, self.used, self.views = budget, 0, views
-        self._blocks = {}
-        self._lock = threading.Lock()
-
-    def get(self, index):
-        return self._blocks.get(index)
-
-    def put(self, block):
-        size = (0 if self.views else block.vectors.nbytes) + block.ordinals.nbytes
-        size += block.ids.nbytes if block.ids is not block.ordinals else 0
-        with self._lock:
-            if block.index not in self._blocks and self.used + size <= self.budget:
-                self._blocks[block.index] = block
-                self.used += size
 
 
 def is_source_like(data) -> bool:
@@ -384,7 +169,7 @@ class VectorSource:
             self._readers = [ArrayReader(data)]
             self._origin = f"<{type(data).__name__} {tuple(data.shape)}>"
         else:
-            self._readers = _open_readers(_find_files(data, dict(storage_options or {})), column, id_column)
+            self._readers = open_readers(find_files(data, dict(storage_options or {})), column, id_column)
             self._origin = repr(os.fspath(data)) if isinstance(data, (str, os.PathLike)) else repr(data)
         self._id_column = id_column
         self.uris = [reader.uri for reader in self._readers]
@@ -400,16 +185,16 @@ class VectorSource:
             more = f" and {len(self.uris) - 3} more" if len(self.uris) > 3 else ""
             names = ", ".join(self.uris[:3]) + more
             raise DataError("the source has no rows", file=names)
-        self.dim = self._check_dims(dim)
+        self.dim = validate.source_dimension(self._readers, dim)
         self.dtype = self._readers[0].dtype if self._in_memory else np.result_type(*(r.dtype for r in self._readers))
         self.shards = []
         for reader, start in zip(self._readers, self._starts.tolist()):
             if reader.num_rows:
-                cuts = _split(reader.boundaries(), reader.num_rows)
+                cuts = shard_cuts(reader.boundaries(), reader.num_rows)
                 self.shards += [Shard(reader.uri, lo, hi, start + lo) for lo, hi in zip(cuts[:-1], cuts[1:])]
         self.n_blocks = -(-self._len // BLOCK_ROWS)
-        budget = _default_cache_bytes() if cache_bytes is None else cache_bytes
-        self._cache = _BlockCache(budget, views=self._in_memory)
+        budget = default_cache_bytes() if cache_bytes is None else cache_bytes
+        self._cache = BlockCache(budget, views=self._in_memory)
         self._skipped = {}
         self._lock = threading.Lock()
         logger.debug("opened %r", self)
@@ -418,20 +203,6 @@ class VectorSource:
     def of(cls, data, **kw):
         """``data`` itself if it is a VectorSource (``kw`` are then ignored), else ``cls(data, **kw)``."""
         return data if isinstance(data, VectorSource) else cls(data, **kw)
-
-    def _check_dims(self, dim):
-        origin = "dim="
-        if dim is None:
-            for reader in self._readers:
-                if reader.num_rows and reader.dim is not None:
-                    dim, origin = reader.dim, f"the first file {reader.uri}"
-                    break
-            else:
-                raise DataError("cannot tell the dimension: the first rows are all null", file=self.uris[0])
-        for reader in self._readers:
-            if reader.num_rows and reader.exact_dim:
-                validate.dimension(reader.dim, dim, origin, file=reader.uri, column=reader.column)
-        return dim
 
     def __len__(self):
         return self._len
@@ -485,35 +256,12 @@ class VectorSource:
     def _parts(self, first, stop, skipped, ids_only=False):
         """Yield (covered stop, ordinals, ids[, vectors]) for the blocks [first, stop), in order."""
         lo, hi = first * BLOCK_ROWS, min(stop * BLOCK_ROWS, self._len)
-        for f in range(int(np.searchsorted(self._starts, lo, side="right")) - 1, len(self._readers)):
-            base, reader = int(self._starts[f]), self._readers[f]
-            if base >= hi:
-                break
-            start, end = max(lo - base, 0), min(hi - base, reader.num_rows)
-            if start >= end:
-                continue
-            row = start
-            if ids_only:
-                for rows, ids in reader.read_ids(start, end, self.batch_size):
-                    row = rows.stop
-                    yield base + rows.stop, np.arange(base + rows.start, base + rows.stop), ids
-            else:
-                for piece in reader.read(start, end, self.batch_size, self.dim):
-                    row = piece.rows.stop
-                    ordinals = np.arange(base + piece.rows.start, base + piece.rows.stop)
-                    ids = ordinals if piece.ids is None else piece.ids
-                    vectors = piece.vectors
-                    keep = self._check(reader, piece, skipped)
-                    if keep is not None:
-                        ordinals, ids, vectors = ordinals[keep], ids[keep], _select(vectors, keep)
-                    yield base + piece.rows.stop, ordinals, ids, vectors
-            if row != end:  # a file changed since it was opened: never let blocks silently shrink
-                message = f"the file ends at row {row}, but it had {reader.num_rows} rows when opened"
-                raise DataError(message, file=reader.uri)
+        check = functools.partial(self._check, skipped=skipped)
+        return read_parts(self._readers, self._starts, lo, hi, self.batch_size, self.dim, check, ids_only)
 
     def _empty(self):
         if isinstance(self._array, torch.Tensor):
-            return torch.empty((0, self.dim), dtype=_TORCH_DTYPES[self.dtype], device=self._array.device)
+            return torch.empty((0, self.dim), dtype=TORCH_DTYPES[self.dtype], device=self._array.device)
         return np.empty((0, self.dim), self.dtype)
 
     def _block(self, index, parts):
@@ -522,9 +270,9 @@ class VectorSource:
             return Block(index, ordinals, ordinals, self._empty())
         ordinals, ids, vectors = zip(*parts)
         copy = not self._in_memory  # file blocks get their own memory: never a view of a whole batch
-        ordinals = _join(ordinals, np.int64, copy)
-        ids = _join(ids, np.int64, copy) if self._id_column else ordinals
-        block = Block(index, ordinals, ids, _join(vectors, self.dtype, copy))
+        ordinals = join_rows(ordinals, np.int64, copy)
+        ids = join_rows(ids, np.int64, copy) if self._id_column else ordinals
+        block = Block(index, ordinals, ids, join_rows(vectors, self.dtype, copy))
         if copy:
             for array in (block.ordinals, block.ids, block.vectors):
                 array.flags.writeable = False
@@ -552,9 +300,9 @@ class VectorSource:
                     end += 1
                 pieces = self._parts(index, end, skipped)
                 if not self._in_memory:  # files: decode the next row groups while this block is used
-                    pieces = _read_ahead(pieces)
+                    pieces = read_ahead(pieces)
                 with contextlib.closing(pieces):
-                    for block_index, parts in _cut(pieces, index, end, self._len):
+                    for block_index, parts in cut_blocks(pieces, index, end, self._len):
                         block = self._block(block_index, parts)
                         self._cache.put(block)
                         yield block
@@ -601,27 +349,9 @@ class VectorSource:
                 ordinals = np.arange(index * BLOCK_ROWS, min((index + 1) * BLOCK_ROWS, self._len))
                 yield index, ordinals, ordinals
             return
-        for index, parts in _cut(self._parts(start, stop, None, ids_only=True), start, stop, self._len):
+        for index, parts in cut_blocks(self._parts(start, stop, None, ids_only=True), start, stop, self._len):
             ordinals, ids = zip(*parts) if parts else ([np.empty(0, np.int64)],) * 2
             yield index, np.concatenate(ordinals), np.concatenate(ids)
-
-    def _take_cached(self, ordinals, keep):
-        """(out, positions left to read): the rows of cached blocks copied into ``out``; rows a
-        cached block lacks were skipped as invalid, and are marked in ``keep``."""
-        out = np.empty((len(ordinals), self.dim), self.dtype)
-        blocks = ordinals // BLOCK_ROWS
-        from_cache = np.zeros(len(ordinals), bool)
-        for b in np.unique(blocks).tolist():
-            block = self._cache.get(b)
-            if block is None:
-                continue
-            where = np.flatnonzero(blocks == b)
-            at = np.minimum(np.searchsorted(block.ordinals, ordinals[where]), max(len(block.ordinals) - 1, 0))
-            found = block.ordinals[at] == ordinals[where] if len(block.ordinals) else np.zeros(len(where), bool)
-            out[where[found]] = block.vectors[at[found]]
-            keep[where[~found]] = False
-            from_cache[where] = True
-        return out, np.flatnonzero(~from_cache)
 
     def take(self, ordinals):
         """The rows at the given global ordinals, in the order given (repeats allowed).
@@ -642,7 +372,7 @@ class VectorSource:
         keep = np.ones(len(ordinals), bool)
         out, rest = None, np.arange(len(ordinals))
         if not self._in_memory and len(ordinals):
-            out, rest = self._take_cached(ordinals, keep)
+            out, rest = self._cache.take(ordinals, keep, self.dim, self.dtype)
         files = np.searchsorted(self._starts, ordinals[rest], side="right") - 1
         for f in np.unique(files):
             reader, where = self._readers[f], rest[files == f]
@@ -651,7 +381,7 @@ class VectorSource:
             if kept is not None:
                 keep[where] = kept
             if out is None and len(where) == len(ordinals):  # one file: no assembly
-                out = _join([piece.vectors], self.dtype, copy=False)
+                out = join_rows([piece.vectors], self.dtype, copy=False)
             else:
                 if out is None:
                     out = np.empty((len(ordinals), self.dim), self.dtype)
@@ -659,4 +389,4 @@ class VectorSource:
         if out is None:
             out = self._empty()
         self._warn(skipped)
-        return out if keep.all() else _select(out, keep)
+        return out if keep.all() else select_rows(out, keep)

@@ -30,7 +30,8 @@ import warnings
 import numpy as np
 import torch
 
-from .sources import Block, put_unless
+from .readahead import put_unless
+from .shards import Block
 
 
 def _host_tensor(vectors) -> torch.Tensor:

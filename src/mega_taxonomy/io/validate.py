@@ -128,6 +128,23 @@ def dimension(found, expected, origin, *, file, column=None):
         )
 
 
+def source_dimension(readers, dim):
+    """The dimension of a source's vectors: ``dim``, else that of the first file that tells it
+    (DataError when none does); DataError when a file of known dimension differs."""
+    origin = "dim="
+    if dim is None:
+        for reader in readers:
+            if reader.num_rows and reader.dim is not None:
+                dim, origin = reader.dim, f"the first file {reader.uri}"
+                break
+        else:
+            raise DataError("cannot tell the dimension: the first rows are all null", file=readers[0].uri)
+    for reader in readers:
+        if reader.num_rows and reader.exact_dim:
+            dimension(reader.dim, dim, origin, file=reader.uri, column=reader.column)
+    return dim
+
+
 # A float is NaN or infinite when all its exponent bits are set: the mask of those bits per
 # float type, tested on the integers of the same width (bfloat16 has float32's exponent).
 _EXPONENT_MASKS = {"float16": 0x7C00, "bfloat16": 0x7F80, "float32": 0x7F800000, "float64": 0x7FF0000000000000}

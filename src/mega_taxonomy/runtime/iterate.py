@@ -124,7 +124,7 @@ def iterate(client: Client, state, *, max_iter: int, tol: float = 0.0, start_ite
     ...     def update(self, step, x, iteration): return Update(step.result, x - step.result)
     ...     def finish(self, x, last, change, n_iter): return x, n_iter
     >>> iterate(Halve(), 10.0, max_iter=100, tol=1.0)
-    (1.25, 3)
+    (0.625, 4)
     """
     step = ahead = None
     change, n_iter = math.inf, start_iter

@@ -1,32 +1,13 @@
-"""RayRuntime: passes over data and pools of stateful workers on a Ray cluster.
+"""RayRuntime, the driver's side: starting actors, dispatching a pass's blocks, replacing the lost.
 
-The seed's architecture: a driver hands out ranges of blocks to workers, the workers read their
-blocks from storage themselves (the driver never touches the data), compute partial sums with
-the current state and send them back; the driver adds them up. Here:
-
-- Workers are Ray actors, one per GPU or per CPU slot. An actor keeps the sources it read (with
-  their caches of decoded blocks) and the state of the current pass, so a pass sends the state
-  once per worker (``ray.put`` once, each actor resolves it once) and later passes hit caches.
-- Dispatch is dynamic: each actor has ``in_flight`` items queued, and whichever finishes gets
-  the next item. Items go back to the worker that had them in the previous pass (its cache),
-  and idle workers steal (``schedule.py``).
-- A worker returns one partial per unit of ``reduce_blocks`` blocks, keyed by unit; the driver
-  adds units in unit order (``OrderedReducer``), so the result is bit-identical to a
-  ``LocalRuntime`` with the same ``reduce_blocks``, whatever the number of workers or the order
-  they finish in.
-- A worker that dies (its process killed, its node lost) is replaced and its items run again
-  elsewhere; a unit is counted once however many times it ran. Transient storage errors inside
-  a worker are retried with backoff there (``storage/retry.py``) and counted in ``retries``.
-- With ``collective=True``, iterative drivers (``runtime.drive(lloyd, ...)``) run on every worker
-  in lockstep instead, exchanging partials worker to worker (``collective.py``): no round trip
-  through the driver per pass. A lost worker fails the group, which is started again and the
-  driver rerun, with the same result.
-- Arrays of a state above ``broadcast_bytes`` (a level of millions of centroids) are written to
-  the Store at ``state_uri`` and memory-mapped by the workers, instead of going through Ray's
-  object store (``state.py``).
-
-Library code never starts Ray: ``RayRuntime(address=...)`` attaches to a running cluster, and
-:meth:`RayRuntime.local` is the one explicit way to start one.
+Why the driver holds all the bookkeeping: the actors (``actors.py``) only compute what they are
+handed, so a worker that dies takes nothing with it but its queued items. The driver hands out
+runs of units to whichever worker is free (``in_flight`` items queued per worker, affinity to the
+worker that cached them in the last pass: ``schedule.py``), adds the returned partials in unit
+order (``OrderedReducer``: the same bits as a LocalRuntime with the same ``reduce_blocks``, for
+any number of workers or order of finishing), and replaces a dead actor, running its items
+again elsewhere while counting each unit once. Collective drivers are started and awaited
+through ``collective.py``; large state arrays are spilled to a Store through ``state.py``.
 """
 
 from __future__ import annotations
@@ -34,210 +15,26 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import os
-import socket
 import time
 import uuid
-import warnings
 import weakref
 
-try:
-    import ray
-    from ray import exceptions as ray_errors
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise ImportError("RayRuntime needs Ray: pip install 'mega-taxonomy[ray]'") from exc
+import ray
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, WorkerError
-from ..io.sources import BLOCK_ROWS, SHARD_ROWS
-from ..storage import Store
-from ..storage.retry import retries, retry
-from ..threads import set_cpu_threads
-from .base import OrderedReducer, Runtime, WorkerPool, block_partials, reduce_units, units
-from .collective import CollectiveRuntime, join_group
-from .local import cpu_threads
+from ...errors import ConfigError, WorkerError
+from ...io.shards import BLOCK_ROWS, SHARD_ROWS
+from ...storage import Store
+from ..base import OrderedReducer, Runtime, units
+from ..transfer import to_host
+from .actors import LOST, RemoteBlockWorker, RemoteCollectiveWorker, RemotePoolWorker, ray_get
+from .collective import await_group, form_group
+from .pool import RayPool
 from .schedule import Schedule
-from .state import resolve, spill
-from .transfer import to_host
+from .state import spill
 
 logger = logging.getLogger(__name__)
-
-# What a lost worker looks like to the driver: its process or node died, or its result is gone.
-_LOST = (ray_errors.RayActorError, ray_errors.WorkerCrashedError, ray_errors.ObjectLostError,
-         ray_errors.NodeDiedError)
-_SOURCES_PER_WORKER = 2  # sources an actor keeps open (a fit's data and a predict's, say)
-
-
-# Set in an actor's environment (``ray_remote_args={"runtime_env": {"env_vars": {...: "1"}}}``),
-# Ray leaves CUDA_VISIBLE_DEVICES alone: the actor sees every GPU of its node, as Ray Train's
-# workers do so that NCCL may go from GPU to GPU, and uses the one Ray gave it.
-_SEE_NODE_GPUS = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
-
-
-def _device(kind: str) -> torch.device:
-    if kind != "cuda":
-        return torch.device("cpu")
-    if os.environ.get(_SEE_NODE_GPUS) == "1":
-        return torch.device("cuda", visible_index(ray.get_gpu_ids()[0], os.environ.get("CUDA_VISIBLE_DEVICES")))
-    return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU alone
-
-
-def visible_index(gpu_id, visible: str | None) -> int:
-    """The CUDA device index, in this process, of the node's GPU ``gpu_id``: Ray's ids are values
-    of the node's ``CUDA_VISIBLE_DEVICES`` list when it has one, else device indices.
-
-    Examples
-    --------
-    >>> visible_index("3", "2,3"), visible_index(1, None)
-    (1, 1)
-    """
-    if not visible:
-        return int(gpu_id)
-    return [v.strip() for v in visible.split(",")].index(str(gpu_id))
-
-
-def _init_threads(device: torch.device, cpus: float) -> None:
-    # One CPU slot per actor: torch's own threads would fight the other actors for the cores
-    # (the same setting as LocalRuntime's, so that the bits are the same), and our CPU work runs
-    # on as many threads as the actor has CPUs (results do not depend on the thread count).
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    set_cpu_threads(max(1, int(cpus)))
-
-
-class _Worker:
-    """What every actor of ours shares: its device, threads and process id."""
-
-    def __init__(self, device_kind: str, cpus: float = 1.0):
-        self.device = _device(device_kind)
-        _init_threads(self.device, cpus)
-        # States arrive as read-only views of Ray's shared memory (or memory maps) and no task
-        # writes to them; torch would warn about every such array turned into a tensor.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-
-    def pid(self) -> int:
-        return os.getpid()
-
-
-class _BlockWorker(_Worker):
-    """A Ray actor computing ranges of blocks: ``run`` returns one partial per unit."""
-
-    def __init__(self, device_kind: str, cpus: float = 1.0):
-        super().__init__(device_kind, cpus)
-        self._sources = collections.OrderedDict()  # token -> VectorSource, most recent last
-        self._pass, self._state = None, None
-
-    def node(self) -> str:
-        return ray.util.get_node_ip_address()
-
-    def _source(self, token, box):
-        if token not in self._sources:
-            # unpickling reopens the files (metadata only); the block cache then lives here
-            self._sources[token] = ray.get(box[0])
-            while len(self._sources) > _SOURCES_PER_WORKER:
-                self._sources.popitem(last=False)
-        self._sources.move_to_end(token)
-        return self._sources[token]
-
-    def run(self, token, source_box, pass_id, state_box, task, start, stop, n_blocks, reduce_blocks):
-        """Partials of the units of blocks [start, stop): a list, in unit order, and the number of
-        transient errors retried. ``*_box`` are one-element lists of ObjectRefs, so that Ray hands
-        over the refs (resolved here once per worker) instead of the objects at every call."""
-        source = self._source(token, source_box)
-        if self._pass != pass_id:
-            self._pass, self._state = None, None  # drop the previous state before fetching this one
-            self._state, self._pass = resolve(ray.get(state_box[0])), pass_id
-        state = self._state
-        before = retries()
-
-        def compute():
-            blocks = source.blocks(start, stop)
-            pairs = block_partials(task, blocks, state, self.device)
-            return list(reduce_units(pairs, n_blocks, reduce_blocks))
-
-        with cpu_threads(self.device):
-            partials = retry(compute, what=f"blocks [{start}, {stop}) of {source!r}")
-        return to_host(partials), retries() - before
-
-
-class _CollectiveWorker(_Worker):
-    """A Ray actor that is one rank of a ``torch.distributed`` group and runs drivers in it."""
-
-    def endpoint(self) -> str:
-        """``host:port`` where this actor (rank 0) can host the group's rendezvous."""
-        host = ray.util.get_node_ip_address()
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            return f"{host}:{probe.getsockname()[1]}"
-
-    def join(self, endpoint: str, rank: int, world: int, timeout: float):
-        self.objects = join_group(endpoint, rank, world, self.device, timeout)
-        self.rank, self.world = rank, world
-
-    def run(self, job, reduce_blocks):
-        fn, args, kwargs = job
-        runtime = CollectiveRuntime(self.rank, self.world, self.device, reduce_blocks, self.objects)
-        result = fn(*args, runtime=runtime, **kwargs)
-        return to_host(result) if self.rank == 0 else None
-
-
-class _PoolWorker(_Worker):
-    """A Ray actor holding ``factory(rank)`` and calling its methods by name."""
-
-    def __init__(self, factory, rank: int, device_kind: str, cpus: float = 1.0):
-        super().__init__(device_kind, cpus)
-        self._obj = factory(rank)
-
-    def call(self, method, args, kwargs):
-        return getattr(self._obj, method)(*args, **kwargs)
-
-    def close(self):
-        close = getattr(self._obj, "close", None)
-        if close is not None:
-            close()
-
-
-_RemoteBlockWorker = ray.remote(_BlockWorker)
-_RemotePoolWorker = ray.remote(_PoolWorker)
-_RemoteCollectiveWorker = ray.remote(_CollectiveWorker)
-
-
-def _get(refs):
-    """``ray.get`` that raises a task's own error (a DataError stays a DataError)."""
-    try:
-        return ray.get(refs)
-    except ray_errors.RayTaskError as exc:
-        raise exc.cause from exc
-
-
-class RayPool(WorkerPool):
-    """Stateful workers as Ray actors (built by ``factory(rank)`` in the actor)."""
-
-    def __init__(self, actors):
-        self._actors = list(actors)
-
-    @property
-    def size(self) -> int:
-        return len(self._actors)
-
-    def call(self, rank, method, *args, **kwargs):
-        return _get(self._actors[rank].call.remote(method, args, kwargs))
-
-    def broadcast(self, method, *args, **kwargs):
-        # all workers at once, unlike the base class's one after the other
-        return _get([actor.call.remote(method, args, kwargs) for actor in self._actors])
-
-    def pids(self) -> list[int]:
-        return ray.get([actor.pid.remote() for actor in self._actors])
-
-    def close(self) -> None:
-        try:
-            _get([actor.close.remote() for actor in self._actors])
-        finally:
-            for actor in self._actors:
-                ray.kill(actor)
-            self._actors = []
 
 
 class RayRuntime(Runtime):
@@ -392,12 +189,12 @@ class RayRuntime(Runtime):
             raise WorkerError(f"{len(pings) - len(ready)} of {n} workers ({self.cpus_per_worker} CPU, "
                               f"{self.gpus_per_worker} GPU each) did not start within {self.start_timeout} s; "
                               f"the cluster has {ray.cluster_resources()}")
-        _get(pings)  # raises a constructor's error
+        ray_get(pings)  # raises a constructor's error
         return actors
 
     def _ensure_workers(self):
         if not self._workers:
-            self._workers = self._start(_RemoteBlockWorker, lambda rank: (self._kind(), self.cpus_per_worker),
+            self._workers = self._start(RemoteBlockWorker, lambda rank: (self._kind(), self.cpus_per_worker),
                                         self.num_workers)
         return self._workers
 
@@ -408,7 +205,7 @@ class RayRuntime(Runtime):
     def pool(self, factory, n_workers=1):
         """``n_workers`` actors, worker ``rank`` holding ``factory(rank)`` (picklable)."""
         kind, cpus = self._kind(), self.cpus_per_worker
-        return RayPool(self._start(_RemotePoolWorker, lambda rank: (factory, rank, kind, cpus), n_workers))
+        return RayPool(self._start(RemotePoolWorker, lambda rank: (factory, rank, kind, cpus), n_workers))
 
     def close(self) -> None:
         """Stop the workers (and the cluster, when :meth:`local` started it)."""
@@ -434,16 +231,9 @@ class RayRuntime(Runtime):
     # -- collective drivers --------------------------------------------------------------------
     def _ensure_group(self):
         if not self._group:
-            actors = self._start(_RemoteCollectiveWorker, lambda rank: (self._kind(), self.cpus_per_worker),
+            actors = self._start(RemoteCollectiveWorker, lambda rank: (self._kind(), self.cpus_per_worker),
                                  self.num_workers)
-            endpoint = ray.get(actors[0].endpoint.remote())
-            try:
-                _get([actor.join.remote(endpoint, rank, len(actors), self.collective_timeout)
-                      for rank, actor in enumerate(actors)])
-            except BaseException:
-                for actor in actors:
-                    ray.kill(actor)
-                raise
+            form_group(actors, self.collective_timeout)
             self._group = actors
         return self._group
 
@@ -464,38 +254,12 @@ class RayRuntime(Runtime):
         for attempt in range(1, self.max_attempts + 1):
             refs = [actor.run.remote(job, self.reduce_blocks) for actor in self._ensure_group()]
             try:
-                return self._await_group(refs)
-            except _LOST as exc:  # the group is stopped already
+                return await_group(refs, self._close_group)
+            except LOST as exc:  # the group is stopped already
                 self.replaced += 1
                 if attempt == self.max_attempts:
                     raise WorkerError(f"a collective lost a worker {attempt} times; last: {type(exc).__name__}") from exc
                 logger.warning("a worker of the collective died (%s); starting the group again", type(exc).__name__)
-
-    def _await_group(self, refs):
-        """Rank 0's result once every rank is done. When one fails, the others may be stuck in a
-        collective with it: the group is stopped, and the failure raised as a loss when any rank
-        was lost (the others' errors then follow from it), else as the rank's own error."""
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            try:
-                ray.get(done[0])
-            except Exception as first:  # any failure stops the group, then is raised
-                lost = first if isinstance(first, _LOST) else None
-                if lost is None:  # a lost peer's ref fails within seconds; a live one is stuck
-                    finished, _ = ray.wait(pending, num_returns=len(pending), timeout=10.0)
-                    for ref in finished:
-                        try:
-                            ray.get(ref)
-                        except _LOST as exc:
-                            lost = exc
-                        except Exception:  # noqa: BLE001, S110 - the peers' own failures follow from the first
-                            pass
-                self._close_group()
-                if lost is not None:
-                    raise lost from first
-                raise first.cause if isinstance(first, ray_errors.RayTaskError) else first
-        return ray.get(refs[0])
 
     # -- passes ------------------------------------------------------------------------------
     def _put_source(self, source) -> dict:
@@ -578,8 +342,8 @@ class RayRuntime(Runtime):
                 if current:
                     load[slot] -= 1
                 try:
-                    partials, n_retried = _get(ref)
-                except _LOST as exc:
+                    partials, n_retried = ray_get(ref)
+                except LOST as exc:
                     lost[item] += 1
                     if lost[item] >= self.max_attempts:
                         raise WorkerError(f"blocks of item {item} lost their worker {lost[item]} times; "
@@ -588,7 +352,7 @@ class RayRuntime(Runtime):
                     if current:  # the first news of this actor's death: replace it
                         logger.warning("worker %d died (%s); replacing it and re-running its blocks",
                                        slot, type(exc).__name__)
-                        self._workers[slot] = _RemoteBlockWorker.options(**self._options()).remote(
+                        self._workers[slot] = RemoteBlockWorker.options(**self._options()).remote(
                             self._kind(), self.cpus_per_worker)
                         generation[slot] += 1
                         load[slot] = 0

@@ -6,6 +6,7 @@ storage the workers share (the seed's "state on a DFS"), and the state carries a
 :class:`ArrayRef` in its place. Each worker resolves the refs once per pass, memory-mapping
 local files (so the workers of a node share one copy in the page cache) and downloading
 remote ones. Nothing else changes for tasks: they see a state of the same type holding arrays.
+It lives with RayRuntime because only a runtime whose workers are other processes needs it.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ its own cache. Handing an item to the worker that read it in the previous pass t
 later pass into cache hits; handing it to whoever is free keeps fast workers busy. The schedule
 does both: a worker first takes its own items (lowest first, so the driver's in-order reduction
 advances), then items nobody had yet, then steals the last item of the worker with the most left.
+It knows nothing of Ray (items and workers are numbers), but only RayRuntime dispatches so.
 """
 
 from __future__ import annotations
