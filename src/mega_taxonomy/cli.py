@@ -12,6 +12,7 @@ import click
 import numpy as np
 
 from . import __version__
+from .errors import ConfigError, DataError, MegaTaxonomyError
 
 
 def _source(uri, column, id_column, on_invalid="raise", storage_options=None):
@@ -74,8 +75,6 @@ class _Main(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
             raise
         except Exception as exc:
-            from .errors import ConfigError, DataError, MegaTaxonomyError
-
             if ctx.params.get("debug"):
                 traceback.print_exc()
             # One line: the message names the file, row and column (DataError), the URI (StorageError)
