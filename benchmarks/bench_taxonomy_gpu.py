@@ -14,7 +14,7 @@ Two parts (``--part``), each in its own process and result file:
   first read, so that both see the same page cache. The source's block cache is off
   (``cache_bytes=0``): every pass decodes. Target: every Lloyd pass at >= 0.7 of that rate.
   ``--encoding``: ``dictionary`` (pyarrow's default for float16, about 6x slower to decode) or
-  ``plain`` (``use_dictionary=False``, as the README advises); results in
+  ``plain`` (``use_dictionary=False``, as docs/design.md advises); results in
   ``taxonomy_gpu_parquet.json`` and ``taxonomy_gpu_parquet_plain.json``.
 
 Each pass is timed (CUDA synchronized) through a LocalRuntime that records ``map_reduce`` calls;

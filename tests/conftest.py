@@ -5,6 +5,7 @@ the mark is also added automatically to any test that requests those fixtures di
 """
 
 import os
+import secrets
 import uuid
 
 import pytest
@@ -12,6 +13,13 @@ import pytest
 # Ray reads its authentication mode when imported, and test modules import it: the session's
 # cluster (ray_cluster) and its drivers all use a token, before any import of ray.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# The session's own token, in the environment of this process and so of every Ray node, worker
+# and driver it starts. `ray start` does not write ~/.ray/auth_token; without a token found in
+# RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or that file (a fresh machine, an empty HOME), Ray refuses
+# to start or join a cluster with AuthenticationError. Ray caches the token it finds on first
+# use, hence here, before anything imports ray.
+if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
 # Fake credentials: moto accepts any, and real ones must never be picked up by tests.
 _S3_ENV = {

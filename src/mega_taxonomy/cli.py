@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
+import traceback
 
 import click
 import numpy as np
 
 from . import __version__
+from .errors import ConfigError, DataError, MegaTaxonomyError
 
 
 def _source(uri, column, id_column, on_invalid="raise", storage_options=None):
@@ -20,7 +23,11 @@ def _source(uri, column, id_column, on_invalid="raise", storage_options=None):
 
 def _options(text):
     """``--storage-options '{"client_kwargs": ...}'``: fsspec options as JSON (never logged)."""
-    return json.loads(text) if text else None
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError as exc:  # the message must not echo the text: it may hold credentials
+        raise click.BadParameter(f"not valid JSON ({exc.msg} at character {exc.pos})",
+                                 param_hint="'--storage-options'") from None
 
 
 column_option = click.option("--column", default=None, help="Vector column of parquet files (default: the only one).")
@@ -52,13 +59,46 @@ def _runtime(ray_address, workers):
         runtime.close()
 
 
-@click.group()
+# Exit statuses: 2 for what the user can fix in the command (bad input data, bad parameters; click
+# uses 2 for usage errors too), 1 for failures of storage or of the run itself.
+EXIT_BAD_INPUT, EXIT_FAILURE = 2, 1
+
+
+class _Main(click.Group):
+    """The command group: an error of a command is one line on stderr and an exit status, not a
+    traceback (``--debug`` prints that too)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                traceback.print_exc()
+            # One line: the message names the file, row and column (DataError), the URI (StorageError)
+            # or the parameter (ConfigError); messages of other libraries may span lines.
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            kind = "" if isinstance(exc, MegaTaxonomyError) else f"{type(exc).__name__}: "
+            click.echo(f"Error: {kind}{message}", err=True)
+            ctx.exit(EXIT_BAD_INPUT if isinstance(exc, (DataError, ConfigError)) else EXIT_FAILURE)
+
+
+@click.group(cls=_Main)
 @click.version_option(__version__, prog_name="mega-taxonomy")
 @click.option("-v", "--verbose", count=True, help="-v for progress logs, -vv for debug.")
-def main(verbose):
-    """Organize very large collections of embedding vectors."""
+@click.option("--debug", is_flag=True, help="On an error, print the full traceback too.")
+def main(verbose, debug):
+    """Organize very large collections of embedding vectors.
+
+    Exit status: 0 on success, 2 for bad input data or parameters, 1 for storage and other failures.
+    """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose == 0 and not sys.stderr.isatty():
+        # Progress bars show only on a terminal (tqdm's disable=None); in a log, a fit says where it
+        # is with a line per level instead.
+        logging.getLogger("mega_taxonomy.taxonomy").setLevel(logging.INFO)
 
 
 @main.group()
@@ -126,7 +166,11 @@ def kmeans_fit(uri, n_clusters, storage, max_iter, tol, metric, seed, device, sa
 
 
 def _branching(text):
-    return [int(b) for b in text.split(",")]
+    try:
+        return [int(b) for b in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not one int or a comma-separated list of ints",
+                                 param_hint="'--branching'") from None
 
 
 @main.command()

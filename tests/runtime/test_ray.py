@@ -211,7 +211,8 @@ def test_worker_pool_keeps_state_per_worker(runtimes):
         assert len(set(pool.pids())) == 3
 
 
-def test_no_cluster_is_started_implicitly(monkeypatch):
+def test_no_cluster_is_started_implicitly(ray_cluster, monkeypatch):
+    # ray_cluster: this process is connected to the session's cluster, which local() must refuse
     from mega_taxonomy.errors import ConfigError
 
     with pytest.raises(ConfigError, match="already initialized"):

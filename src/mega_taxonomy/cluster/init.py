@@ -74,7 +74,7 @@ def kmeans_plusplus_batch(x: torch.Tensor, rows: np.ndarray, n_clusters: np.ndar
     all samples, and one copy back of their potentials, where a sample at a time waits on the
     device twice per center. On an H200, the pinned benchmark's taxonomy (10M rows, 256 x 16 x 16)
     spent 30 s outside its data passes seeding node by node, about 1.5 s in batches
-    (benchmarks/gpu_notes.md, sessions 8 and 9).
+    (benchmarks/gpu_notes.md, commits 52dd03d and 8edacce).
 
     Returns the indices of the chosen rows of every sample.
     """

@@ -16,7 +16,7 @@ runtime values (no recompilation per size); only tile sizes are compile-time con
 On Hopper and later, tiles are loaded through tensor descriptors (TMA) in one flattened loop
 over (centroid tile, D step), which lets the compiler fetch the next tile's operands during this
 tile's argmin: H200, N=1M D=1024 K=4096 bf16, 13.3 ms against 17.1 ms with pointer loads
-(benchmarks/gpu_notes.md, session 6). Other GPUs, and rows or centroids whose rows are not
+(benchmarks/gpu_notes.md, commit 4175880). Other GPUs, and rows or centroids whose rows are not
 16-byte aligned, take the pointer-load kernel.
 """
 
@@ -54,7 +54,7 @@ _SMALL_D_FP32 = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, num_warps=8, num_stag
 
 
 # Tensor-descriptor tiles, the fastest of a sweep of tiles x (TMA, flattened loop, elementwise
-# running min) on an H200 (benchmarks/gpu_notes.md, session 6; the k-means benchmark sweeps them
+# running min) on an H200 (benchmarks/gpu_notes.md, commit 4175880; the k-means benchmark sweeps them
 # again): bf16 N=1M D=1024 K=4096 13.3 ms (128 x 256 x 32, 4 stages: 13.8), fp32 (TF32) N=1M
 # D=128 K=1024 1.12 ms (the resident row tile above: 1.45; the small-D tile below: 1.03). A
 # running min kept per element (one reduction at the end) was slower at every tile: its registers.
@@ -66,7 +66,7 @@ _TMA_CONFIGS = {
 # float32 rows of at most 128 values: one warp group on 128 x 128 tiles, whose stages (96 KiB) let
 # two programs share an SM, so that one program's argmin runs during the other's products. H200,
 # N=1M D=128 K=1024 (TF32): 1.03 ms against 1.11 ms for the 8-warp tile above; at D=1024 (N=256k,
-# K=4096) the 8-warp tile stays faster, 7.6 against 9.0 ms (benchmarks/gpu_notes.md, session 8).
+# K=4096) the 8-warp tile stays faster, 7.6 against 9.0 ms (benchmarks/gpu_notes.md, commit 52dd03d).
 _TMA_SMALL_D_FP32 = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3, TMA=True)
 
 
@@ -100,7 +100,7 @@ def tma_ready(*tensors: torch.Tensor) -> bool:
 @functools.cache
 def _has_tma(device_index: int) -> bool:
     # asked once per GPU: torch's lookup took 8 us of the 86 us that a call of nearest_triton
-    # spends on the host before its kernel starts (H200, session 8)
+    # spends on the host before its kernel starts (H200, commit 52dd03d)
     return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
