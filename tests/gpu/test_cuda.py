@@ -304,9 +304,9 @@ def test_batched_seeding_on_the_gpu_is_the_cpu_seeding():
 
 
 def test_small_copies_reuse_a_pinned_buffer_only_once_its_copy_is_done():
-    """``ops.device.to_device`` stages through a few pinned buffers: with the stream kept busy,
+    """``io.device.to_device`` stages through a few pinned buffers: with the stream kept busy,
     every copy still delivers its own values (a buffer refilled too early would not)."""
-    from mega_taxonomy.ops.device import to_device
+    from mega_taxonomy.io.device import to_device
 
     busy = torch.randn(4096, 4096, device="cuda")
     copies = []
@@ -322,7 +322,7 @@ def test_small_copies_reuse_a_pinned_buffer_only_once_its_copy_is_done():
 def test_host_copies_arrive_with_the_device_values():
     """HostCopy queues the copies out without waiting; its arrays are the tensors' values, also
     when the kernels that made them are still running as the copies are queued."""
-    from mega_taxonomy.ops.device import HostCopy
+    from mega_taxonomy.io.device import HostCopy
 
     x = torch.randn(4096, 4096, device="cuda")
     labels = (x @ x).argmax(1)  # a long kernel before the copy
@@ -335,7 +335,7 @@ def test_host_copies_arrive_with_the_device_values():
 
 def test_a_levels_group_ids_are_copied_once():
     """The same live numpy array of group ids gives the same device tensor, pass after pass."""
-    from mega_taxonomy.ops.device import kept, kept_on_device
+    from mega_taxonomy.io.device import kept, kept_on_device
 
     groups = np.random.default_rng(0).integers(0, 100, 65536)
     on = kept_on_device(groups, "cuda")
@@ -417,7 +417,7 @@ def test_a_source_on_the_device_streams_without_reader_threads(device):
 def test_host_arrays_come_back_with_one_wait():
     """host_arrays: device tensors (after a long kernel) copied out together, CPU tensors as
     arrays, None as it is."""
-    from mega_taxonomy.ops.device import host_arrays
+    from mega_taxonomy.io.device import host_arrays
 
     x = torch.randn(4096, 4096, device="cuda")
     labels = (x @ x).argmax(1)

@@ -1,7 +1,7 @@
 """Collective drivers (RayRuntime(collective=True)): Lloyd's loop run on every worker in lockstep
 (gloo between CPU workers on the loopback cluster) gives LocalRuntime's bits for any worker
 count; a worker killed mid-loop restarts the group to the same result; errors keep their type.
-Also the pickling that moves device tensors apart (runtime/transfer.py)."""
+Also the pickling that moves device tensors apart (io/transfer.py)."""
 
 import os
 import signal
@@ -19,7 +19,7 @@ from mega_taxonomy.errors import DataError
 from mega_taxonomy.io import BLOCK_ROWS, VectorSource
 from mega_taxonomy.runtime import LocalRuntime
 from mega_taxonomy.runtime.collective import _pack, _unpack, share
-from mega_taxonomy.runtime.transfer import join_tensors, split_tensors, to_host
+from mega_taxonomy.io.transfer import join_tensors, split_tensors, to_host
 
 pytestmark = pytest.mark.timeout(240)
 BESIDE = {"cpus_per_worker": 0.25, "progress": False, "start_timeout": 60, "collective": True, "collective_timeout": 60}

@@ -14,7 +14,7 @@ from numbers import Integral
 
 import numpy as np
 
-from ..ops.device import host_arrays
+from ..io.device import host_arrays
 from ..storage import Checkpoints, Store
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from .._estimator import as_source, is_source_like
 from .._sklearn_compat import Interval, StrOptions, _fit_context
 from ..errors import ConfigError, StorageError
 from ..ops import METRICS, compute_dtype, distances
-from ..ops.device import as_tensor
+from ..io.device import as_tensor
 from ..partials import hash_sample
 from ..runtime import cpu_threads, finished, get_runtime
 from ..storage import Store

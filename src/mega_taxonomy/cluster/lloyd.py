@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..ops import OperandCache
-from ..ops.device import host_arrays, host_arrays_later
+from ..io.device import host_arrays, host_arrays_later
 from ..ops.update import centroids_from_sums
 from ..runtime import Step, Update, iterate
 from . import bounds

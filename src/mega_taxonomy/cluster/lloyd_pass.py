@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..ops import OperandCache, grouped_nearest, nearest, normalize_rows
-from ..ops.device import HostCopy, as_tensor, kept_on_device
+from ..io.device import HostCopy, as_tensor, kept_on_device
 from ..ops.grouped_assign import grouped_nearest_bounded
 from ..ops.update import cluster_counts, cluster_stats
 from ..runtime import CompositePartial, Deferred, in_block_order

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..ops import normalize_rows
-from ..ops.device import host_arrays, to_device
+from ..io.device import host_arrays, to_device
 from ..ops.update import centroids_from_sums
 from ..partials import BestPerGroup, FarthestPerGroup, group_of_centroid
 

@@ -16,7 +16,7 @@ import torch
 from numba import njit
 
 from ..threads import parallel_map
-from .device import to_device
+from ..io.device import to_device
 
 METRICS = ("euclidean", "cosine")
 

@@ -27,7 +27,7 @@ class FarthestPerGroup:
     ``a + b`` holds the candidates of both, side by side; they are selected down to ``n`` per
     group once there are ``MERGE_WIDTH`` times as many, and when the columns are read, so that a
     pass's blocks are sorted together a few at a time. The tables may be tensors on any device or
-    numpy arrays (what ``runtime.transfer.to_host`` makes of them).
+    numpy arrays (what ``io.transfer.to_host`` makes of them).
     """
 
     MERGE_WIDTH = 4

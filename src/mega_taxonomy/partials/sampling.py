@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..ops.device import host_arrays
+from ..io.device import host_arrays
 from ..ops.hashing import hash_ids
 from ..ops.update import column_moments
 from ..runtime import CompositePartial

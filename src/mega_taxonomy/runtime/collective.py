@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..io.streaming import stream
 from .base import Runtime, block_partials, fold, reduce_units, units
 from .local import cpu_threads
-from .transfer import join_tensors, split_tensors
+from ..io.transfer import join_tensors, split_tensors
 
 # Bytes at which every tensor of a packed buffer starts, so that a view of any dtype may start there.
 _ALIGN = 16

@@ -27,7 +27,7 @@ import numpy as np
 from ..cluster.balance import imbalance, size_penalty, split_and_merge
 from ..cluster.lloyd import lloyd
 from ..errors import ConfigError
-from ..ops.device import host_arrays
+from ..io.device import host_arrays
 from ..partials import group_of_centroid, hash_sample, offsets_of
 from ..runtime import CountingRuntime, cpu_threads, passes_here_on_cpu
 from ..storage import Checkpoints, Store

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from ..ops.device import as_tensor
+from ..io.device import as_tensor
 from ..partials import BestPerGroup, SamplePartial, block_sample
 from ..runtime import CompositePartial, in_block_order
 from ..storage import Store

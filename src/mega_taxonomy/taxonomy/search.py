@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..ops import normalize_rows
-from ..ops.device import host_arrays
+from ..io.device import host_arrays
 from ..storage.schema import SEARCH_ARRAYS, search_file
 from ..threads import parallel_map
 from .router import Router, route_beam

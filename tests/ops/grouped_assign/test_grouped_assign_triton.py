@@ -76,7 +76,7 @@ def test_offsets_move_once_per_array():
 def test_segments_are_kept_per_groups_tensor_until_it_changes():
     """A level's passes give each block the same groups tensor: its sort by group is made once.
     Written to in place, the tensor sorts again; collected, its segments are forgotten."""
-    from mega_taxonomy.ops import device
+    from mega_taxonomy.io import device
     from mega_taxonomy.ops.grouped_assign import triton as grouped_assign_triton
 
     rng = np.random.default_rng(5)
@@ -101,7 +101,7 @@ def test_segments_are_kept_per_groups_tensor_until_it_changes():
 
 
 def test_kept_values_live_as_long_as_their_object_within_the_budget():
-    from mega_taxonomy.ops.device import KeptWhileAlive
+    from mega_taxonomy.io.device import KeptWhileAlive
 
     kept = KeptWhileAlive(cpu_bytes=1000)
     cpu = torch.device("cpu")

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from ..assign.triton import distance_tile, running_argmin
 from ..common import OperandCache, check, fused, offsets_on
-from ..device import kept, to_device
+from ...io.device import kept, to_device
 from ..update.triton import sorted_by_label
 
 

@@ -23,7 +23,7 @@ from ...threads import set_cpu_threads
 from ..base import block_partials, reduce_units
 from ..collective import CollectiveRuntime, join_group
 from ..local import cpu_threads
-from ..transfer import to_host
+from ...io.transfer import to_host
 from .state import resolve
 
 LOST = (ray_errors.RayActorError, ray_errors.WorkerCrashedError, ray_errors.ObjectLostError,

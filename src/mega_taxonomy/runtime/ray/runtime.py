@@ -27,7 +27,7 @@ from ...errors import ConfigError, WorkerError
 from ...io.shards import BLOCK_ROWS, SHARD_ROWS
 from ...storage import Store
 from ..base import OrderedReducer, Runtime, units
-from ..transfer import to_host
+from ...io.transfer import to_host
 from .actors import LOST, RemoteBlockWorker, RemoteCollectiveWorker, RemotePoolWorker, ray_get
 from .collective import await_group, form_group
 from .pool import RayPool

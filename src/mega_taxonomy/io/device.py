@@ -1,4 +1,6 @@
-"""Small host arrays (a block's group ids, a level's offsets) moved to a device without a stall.
+"""Arrays between host and device memory, without a stall: small host arrays (a block's group
+ids, a level's offsets) to a device, device results (counts, labels) back to the host, a block's
+vectors as a tensor where its pass computes.
 
 ``torch.as_tensor(array, device="cuda")`` copies from pageable memory and then synchronizes the
 stream: the host waits for every kernel queued before it. Once per block, that keeps the host
