@@ -6,7 +6,7 @@ import pytest
 from layouts import Spy, assert_same_blocks, collect, write_split
 
 from mega_taxonomy.io import BLOCK_ROWS, VectorSource
-from mega_taxonomy.io.formats import ParquetReader
+from mega_taxonomy.io.parquet import ParquetReader
 
 
 def test_second_pass_reads_nothing_when_the_data_fits(tmp_path, files, data, reference, monkeypatch):
@@ -48,7 +48,7 @@ def test_take_reads_cached_blocks_from_the_cache(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mega_taxonomy.io import formats
+    from mega_taxonomy.io import parquet
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(3 * 65_536 + 100, 4)).astype(np.float32)
@@ -62,8 +62,8 @@ def test_take_reads_cached_blocks_from_the_cache(tmp_path, monkeypatch):
         pass
     wanted = np.array([5, 70_000, 70_001, 196_650, 65_535, 131_072, 3])
     reads = []
-    real_take = formats.ParquetReader.take
-    monkeypatch.setattr(formats.ParquetReader, "take", lambda self, rows, dim: reads.append(len(rows)) or
+    real_take = parquet.ParquetReader.take
+    monkeypatch.setattr(parquet.ParquetReader, "take", lambda self, rows, dim: reads.append(len(rows)) or
                         real_take(self, rows, dim))
     got = source.take(wanted)
     keep = wanted != 70_000

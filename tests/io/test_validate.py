@@ -12,7 +12,7 @@ import torch
 
 from mega_taxonomy.errors import ConfigError, DataError
 from mega_taxonomy.io import VectorSource, validate
-from mega_taxonomy.io.formats import Piece
+from mega_taxonomy.io.reader import Piece
 
 
 def read_all(source):

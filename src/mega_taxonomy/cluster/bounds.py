@@ -43,7 +43,7 @@ def group_drift(new: np.ndarray, old: np.ndarray, offsets) -> np.ndarray:
     return drift
 
 
-def reuse_frozen(partial: LloydPartial, before: LloydPartial, frozen: np.ndarray, offsets) -> None:
+def reuse_frozen(partial, before, frozen: np.ndarray, offsets) -> None:
     """Fill in the statistics that a pass left out: the clusters of its ``frozen`` groups, taken
     from the pass ``before``. No child of those groups moved between the two passes, so their
     rows have the same labels and distances, and a cluster's sums hold only its own group's rows,

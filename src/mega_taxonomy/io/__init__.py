@@ -1,7 +1,8 @@
 """Data in: vectors from parquet, npy, fvecs/bvecs files (any fsspec URI) or arrays, as fixed blocks.
 
 The one thing passes over data depend on is :class:`VectorSource`; see its docstring. Its jobs
-have a module each: ``discovery`` (which files, in which order), ``formats`` (decoding),
+have a module each: ``discovery`` (which files, in which order), ``reader``, ``parquet`` and
+``formats`` (decoding: the interface, parquet files, npy / fvecs files and arrays),
 ``validate`` (judging rows), ``shards`` (global ordinals, shards and blocks), ``cache`` (decoded
 blocks kept between passes), ``readahead`` (decoding ahead of the caller), ``sources`` (the
 source that wires them).
