@@ -12,7 +12,9 @@ Layout
 ``common.py``        what sibling ops share: checks, the centroids as a GEMM operand, tile sizes,
                      the backend choice, the fused-kernel launcher and its ``OperandCache``, the
                      numba helpers of per-cluster sums
-``device.py``        small host arrays moved to a device without a stall
+
+Copies between host and device memory are not ops: they are in ``io/`` (``streaming``,
+``device``, ``transfer``).
 
 Backends: ``backend="auto"`` picks Triton for fp16 / bf16 / fp32 tensors on CUDA, numba on the
 CPU where a compiled kernel exists (and wins at the shape), the torch twin otherwise;
