@@ -215,3 +215,46 @@ def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
+
+
+def sk_resp(X, k, weights, means, precisions_cholesky):
+    """Responsibilities of ``X`` under given parameters, by scikit-learn's E-step."""
+    gm = SkGaussianMixture(k)
+    gm.weights_, gm.means_, gm.precisions_cholesky_ = weights, means, precisions_cholesky
+    gm.n_features_in_ = X.shape[1]
+    return gm.predict_proba(X)
+
+
+def test_partial_fit_is_incremental_em():
+    """The first step from a start is one EM iteration of ``fit``; the next one is the M-step on
+    the totals of both batches, the E-step of the second batch run on the first step's parameters."""
+    X, k = DATA["wine"]
+    start = a_start(X, k, "full")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        one = GaussianMixture(k, max_iter=1, device="cpu", **start).fit(X[:100])
+    online = GaussianMixture(k, device="cpu", **start).partial_fit(X[:100])
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_array_equal(getattr(online, name), getattr(one, name))
+    assert online.lower_bound_ == one.lower_bound_ and online.n_steps_ == 1
+    r = np.concatenate([
+        sk_resp(X[:100], k, start["weights_init"], start["means_init"], np.linalg.cholesky(start["precisions_init"])),
+        sk_resp(X[100:], k, one.weights_, one.means_, one.precisions_cholesky_)])
+    online.partial_fit(X[100:])
+    nk = r.sum(0) + 10 * np.finfo(np.float64).eps
+    means = (r.T @ X) / nk[:, None]
+    close(online.weights_, nk / nk.sum())
+    close(online.means_, means)
+    close(online.covariances_, [(r[:, j, None] * (X - means[j])).T @ (X - means[j]) / nk[j] + 1e-6 * np.eye(X.shape[1])
+                                for j in range(k)])
+    assert online.n_steps_ == 2
+
+
+def test_partial_fit_over_a_stream_finds_the_fit():
+    X, _ = make_blobs(3000, n_features=2, centers=3, cluster_std=0.5, random_state=4)
+    gm = GaussianMixture(3, covariance_type="diag", init_params="k-means++", random_state=0, device="cpu")
+    for part in np.array_split(X, 30):
+        gm.partial_fit(part)
+    full = GaussianMixture(3, covariance_type="diag", init_params="k-means++", random_state=0, device="cpu").fit(X)
+    np.testing.assert_allclose(sort_rows(gm.means_), sort_rows(full.means_), atol=0.1)
+    assert gm.n_steps_ == 30

@@ -22,7 +22,7 @@ from ..ops.gmm_estep import COVARIANCE_TYPES, gmm_log_resp, gmm_predict, gmm_sco
 from ..runtime import get_runtime
 from ..storage import Store
 from ..storage.schema import MIXTURE_ARRAYS, level_file
-from .em import MixtureParams, em
+from .em import EStepState, EStepTask, MixtureParams, em, m_step
 from .gmm_init import covariances_of, initial_params
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     lower_bound_ : float
     lower_bounds_ : list of float
     n_features_in_ : int
+    totals_ : EMPartial
+        The running statistics of :meth:`partial_fit` (absent after ``fit`` alone).
+    n_steps_ : int
+        Steps of :meth:`partial_fit`.
 
     Examples
     --------
@@ -173,7 +177,43 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                           "increase max_iter, tol, or check for degenerate data.", ConvergenceWarning)
         self._set(best.params)
         self.converged_, self.n_iter_ = best.converged, best.n_iter
+        self.__dict__.pop("totals_", None)  # the running totals of partial_fit describe another fit
         self.lower_bound_, self.lower_bounds_ = best.lower_bound, best.lower_bounds
+        return self
+
+    def partial_fit(self, X, y=None):
+        """Online EM: one step per block of ``X`` (``BLOCK_ROWS`` rows; one per call for less).
+
+        A step runs the E-step of the block under the current parameters, adds its statistics
+        (sum r, r x, r x^2 or r x x^T, float64) to the running totals of every row seen so far,
+        and runs the M-step on those totals: incremental EM whose step sizes are the rows' share
+        of all rows seen, as ``KMeans.partial_fit`` moves a centroid to the mean of all rows it
+        was ever given. The first call of an unfitted estimator starts as ``fit`` does (from
+        ``X``, one start). After ``fit``, the first step's E-step runs on the fitted parameters
+        but its M-step sees that block's totals alone (``fit`` keeps no totals).
+        ``lower_bound_`` is the mean log-likelihood of the last block under the parameters its
+        E-step ran on; ``n_steps_`` counts steps.
+
+        Returns
+        -------
+        self
+        """
+        first = not hasattr(self, "means_")
+        if first:
+            self._validate_params()
+        source = self._source(X, reset=first)
+        runtime = get_runtime(self.runtime, self.device)
+        if first:
+            self._set(initial_params(self, source, runtime, check_random_state(self.random_state)))
+            self.converged_, self.n_iter_, self.lower_bounds_ = False, 0, []
+        totals = getattr(self, "totals_", None)
+        for block in source.blocks():
+            step = EStepTask()(block, EStepState(self._params(), self.covariance_type), runtime.device)
+            totals = step if totals is None else totals + step
+            self._set(m_step(totals, self.covariance_type, self.reg_covar))
+            self.lower_bound_ = step.log_likelihood / step.n_rows
+            self.n_steps_ = getattr(self, "n_steps_", 0) + 1
+        self.totals_ = totals
         return self
 
     def fit_predict(self, X, y=None):
