@@ -191,13 +191,20 @@ class EM:
 
 
 def em(source, params: MixtureParams, runtime, *, covariance_type: str, reg_covar: float = 1e-6,
-       tol: float = 1e-3, max_iter: int = 100, lower_bound: float = -math.inf, desc: str = "em") -> EMResult:
+       tol: float = 1e-3, max_iter: int = 100, lower_bound: float = -math.inf, start_iter: int = 0,
+       lower_bounds=(), converged: bool = False, on_iteration=None, desc: str = "em") -> EMResult:
     """Run EM from ``params`` until ``abs(lower bound change) < tol`` or ``max_iter`` iterations.
 
     Parameters
     ----------
     lower_bound : float, default=-inf
-        The lower bound of the fit that ``params`` continue (a warm start), else -inf.
+        The lower bound of the fit that ``params`` continue (a warm start, a resumed fit), else -inf.
+    start_iter, lower_bounds, converged
+        Of a fit resumed after iteration ``start_iter`` (its lower bounds so far, and whether
+        that iteration converged: then no iteration is left).
+    on_iteration : callable, optional
+        ``on_iteration(iteration, EMResult)`` after every M-step (checkpoints); called where
+        ``runtime.leader``.
 
     Returns
     -------
@@ -207,7 +214,19 @@ def em(source, params: MixtureParams, runtime, *, covariance_type: str, reg_cova
     """
     client = EM(source, runtime, covariance_type=covariance_type, reg_covar=reg_covar, tol=tol,
                 lower_bound=lower_bound, desc=desc)
-    return iterate(client, params, max_iter=max_iter, tol=tol, on_iteration=None)
+    client.lower_bounds, client.converged = list(lower_bounds), converged
+    hook = None
+    if on_iteration is not None and getattr(runtime, "leader", True):  # a collective fit's hooks: on rank 0
+        def hook(iteration, state, change):
+            on_iteration(iteration, EMResult(state, client.lower_bound, iteration, client.converged,
+                                             list(client.lower_bounds)))
+    return iterate(client, params, max_iter=start_iter if converged else max_iter, tol=tol, start_iter=start_iter,
+                   on_iteration=hook)
+
+
+def better(result: EMResult, best: EMResult | None) -> bool:
+    """scikit-learn's rule between starts: a higher lower bound, or the first whatever its bound."""
+    return best is None or result.lower_bound > best.lower_bound or best.lower_bound == -math.inf
 
 
 def start_from_sums(source, runtime, covariance_type: str, n_components: int, reg_covar: float, *,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from numbers import Integral, Real
 
@@ -16,13 +17,14 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._estimator import as_source
 from .._sklearn_compat import Interval, StrOptions, _fit_context
-from ..errors import StorageError
+from ..errors import ConfigError, StorageError
 from ..io.device import as_tensor
 from ..ops.gmm_estep import COVARIANCE_TYPES, gmm_log_resp, gmm_predict, gmm_score_samples
 from ..runtime import get_runtime
 from ..storage import Store
 from ..storage.schema import MIXTURE_ARRAYS, level_file
-from .em import EStepState, EStepTask, MixtureParams, em, m_step
+from .em import EStepState, EStepTask, MixtureParams, better, em, m_step
+from .gmm_checkpointing import fit_with_checkpoints
 from .gmm_init import covariances_of, initial_params
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     runtime : Runtime or None, default=None
     batch_size : int, default=65536
         Rows read at a time when ``X`` is a path or URI (never a change of result).
+    checkpoint : str or None, default=None
+        A Store (local path or fsspec URI) where ``fit`` commits the parameters after every EM
+        iteration of every start (``cluster/gmm_checkpointing.py``). A fit run again with the
+        same parameters and input goes on from the last iteration committed and ends with the
+        same parameters, bit for bit; other parameters there raise ConfigError. Not with
+        ``warm_start`` once fitted.
+    storage_options : dict or None, default=None
+        fsspec options for ``checkpoint`` and for paths and URIs given as ``X``.
 
     Attributes
     ----------
@@ -102,11 +112,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         "device": [str, torch.device],
         "runtime": [None, StrOptions({"local"}), object],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "checkpoint": [None, str, os.PathLike],
+        "storage_options": [None, dict],
     }
 
     def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6, max_iter=100,
                  n_init=1, init_params="kmeans", weights_init=None, means_init=None, precisions_init=None,
-                 random_state=None, warm_start=False, verbose=0, device="auto", runtime=None, batch_size=65_536):
+                 random_state=None, warm_start=False, verbose=0, device="auto", runtime=None, batch_size=65_536,
+                 checkpoint=None, storage_options=None):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -123,9 +136,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.device = device
         self.runtime = runtime
         self.batch_size = batch_size
+        self.checkpoint = checkpoint
+        self.storage_options = storage_options
 
     def _source(self, X, *, reset):
-        return as_source(X, self, reset=reset, batch_size=self.batch_size)
+        return as_source(X, self, reset=reset, batch_size=self.batch_size, storage_options=self.storage_options)
 
     def _params(self) -> MixtureParams:
         return MixtureParams(self.weights_, self.means_, self.precisions_cholesky_, self.covariances_)
@@ -161,17 +176,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         source = self._source(X, reset=do_init)
         runtime = get_runtime(self.runtime, self.device)
         random_state = check_random_state(self.random_state)
-        best = None
-        for init in range(self.n_init if do_init else 1):
-            start = initial_params(self, source, runtime, random_state) if do_init else self._params()
-            result = runtime.drive(em, source, start, covariance_type=self.covariance_type, reg_covar=self.reg_covar,
-                                   tol=self.tol, max_iter=self.max_iter,
-                                   lower_bound=-math.inf if do_init else self.lower_bound_, desc="em")
-            if self.verbose:
-                logger.info("gmm start %d: %d iterations, lower bound %.6g", init, result.n_iter, result.lower_bound)
-            # scikit-learn's rule: a higher lower bound, or the first start whatever its bound
-            if best is None or result.lower_bound > best.lower_bound or best.lower_bound == -math.inf:
-                best = result
+        if self.checkpoint is not None:
+            if not do_init:
+                raise ConfigError("checkpoint= resumes a fit from its own starts: not with a warm start")
+            best = fit_with_checkpoints(self, source, runtime, random_state)
+        else:
+            best = None
+            for init in range(self.n_init if do_init else 1):
+                start = initial_params(self, source, runtime, random_state) if do_init else self._params()
+                result = runtime.drive(em, source, start, covariance_type=self.covariance_type,
+                                       reg_covar=self.reg_covar, tol=self.tol, max_iter=self.max_iter,
+                                       lower_bound=-math.inf if do_init else self.lower_bound_, desc="em")
+                if self.verbose:
+                    logger.info("gmm start %d: %d iterations, lower bound %.6g", init, result.n_iter,
+                                result.lower_bound)
+                if better(result, best):
+                    best = result
         if not best.converged and self.max_iter > 0:
             warnings.warn("Best performing initialization did not converge. Try different init parameters, or "
                           "increase max_iter, tol, or check for degenerate data.", ConvergenceWarning)
@@ -293,6 +313,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         params = self.get_params()
         for name in ("weights_init", "means_init", "precisions_init"):  # the start, not the model
             params[name] = None
+        for name in ("checkpoint", "storage_options"):  # where a fit ran, not what it fitted
+            params.pop(name)
         params["runtime"] = None if params["runtime"] in (None, "local") else repr(params["runtime"])
         params["device"] = str(params["device"])
         params["random_state"] = params["random_state"] if isinstance(params["random_state"], Integral) else None
