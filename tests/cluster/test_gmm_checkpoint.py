@@ -12,8 +12,8 @@ from mega_taxonomy import GaussianMixture
 from mega_taxonomy.errors import ConfigError
 from mega_taxonomy.storage import Checkpoints
 
-PARAMS = dict(n_components=4, covariance_type="full", n_init=3, init_params="random", max_iter=6, tol=1e-6,
-              random_state=5, device="cpu")
+PARAMS = {"n_components": 4, "covariance_type": "full", "n_init": 3, "init_params": "random", "max_iter": 6,
+          "tol": 1e-6, "random_state": 5, "device": "cpu"}
 
 
 class Stop(Exception):

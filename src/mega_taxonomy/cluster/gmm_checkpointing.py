@@ -69,8 +69,8 @@ def _run_start(gm, source, runtime, random_state, checkpoints, stage, point):
         _set_rng(random_state, point.arrays["rng_keys"], point.info)
         params = MixtureParams(*(point.arrays[name] for name in ARRAYS))
         info = point.info
-        resumed = dict(lower_bound=info["lower_bound"], start_iter=point.iteration,
-                       lower_bounds=info["lower_bounds"], converged=info["converged"])
+        resumed = {"lower_bound": info["lower_bound"], "start_iter": point.iteration,
+                   "lower_bounds": info["lower_bounds"], "converged": info["converged"]}
     else:
         params = initial_params(gm, source, runtime, random_state)
         resumed = {}

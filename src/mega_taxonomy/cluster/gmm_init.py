@@ -17,7 +17,7 @@ from sklearn.cluster import kmeans_plusplus
 from ..errors import ConfigError
 from ..io.device import host_arrays
 from ..partials import hash_sample
-from .em import MixtureParams, precision_cholesky, start_from_sums
+from .em import MixtureParams, start_from_sums
 from .kmeans import KMeans
 
 # Up to this many values, k-means++ seeds on all rows (as scikit-learn); beyond, on a hash

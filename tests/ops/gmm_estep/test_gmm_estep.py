@@ -8,8 +8,15 @@ from scipy import linalg
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from mega_taxonomy.ops.gmm_estep import (ROW_CHUNK, gmm_estep, gmm_estep_reference, gmm_log_resp, gmm_predict,
-                                         gmm_score_samples, gmm_stats)
+from mega_taxonomy.ops.gmm_estep import (
+    ROW_CHUNK,
+    gmm_estep,
+    gmm_estep_reference,
+    gmm_log_resp,
+    gmm_predict,
+    gmm_score_samples,
+    gmm_stats,
+)
 
 TYPES = ["full", "tied", "diag", "spherical"]
 

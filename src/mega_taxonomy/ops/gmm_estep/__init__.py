@@ -57,7 +57,7 @@ class EStepStats:
 def _params(x, weights, means, prec_chol, covariance_type):
     if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, not {covariance_type!r}")
-    as64 = lambda a: torch.as_tensor(a, dtype=torch.float64, device=x.device)  # noqa: E731
+    as64 = lambda a: torch.as_tensor(a, dtype=torch.float64, device=x.device)
     return as64(weights), as64(means), as64(prec_chol)
 
 
@@ -117,7 +117,7 @@ def _chunk_lse(x, params, covariance_type, tile):
 
 def _stats_like(x, means, covariance_type) -> EStepStats:
     k, d = means.shape
-    zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=x.device)  # noqa: E731
+    zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=x.device)
     second = {"full": (k, d, d), "tied": (d, d)}.get(covariance_type, (k, d))
     return EStepStats(zeros(()), zeros(k), zeros(k, d), zeros(*second))
 
