@@ -23,7 +23,7 @@ from scipy import linalg
 
 from ..io.device import as_tensor
 from ..ops import nearest
-from ..ops.gmm_estep import gmm_estep, gmm_stats
+from ..ops.gmm_estep import ROW_CHUNK, gmm_estep, gmm_stats
 from ..runtime import Step, Update, iterate
 
 PRECISION_ERROR = ("Fitting the mixture model failed because some components have ill-defined empirical "
@@ -91,18 +91,32 @@ class InitState:
 
 
 class InitTask:
+    """A block's statistics under a start's responsibilities, made ``ROW_CHUNK`` rows at a time
+    (a block's responsibilities at once would be BLOCK_ROWS x K)."""
+
     def __call__(self, block, state: InitState, device) -> EMPartial:
         x = as_tensor(block.vectors, device).to(torch.float64)
         k = state.n_components
+        labels = rng = None
         if state.centroids is not None:
             _, labels = nearest(x, torch.as_tensor(state.centroids, dtype=torch.float64, device=x.device))
-            resp = torch.nn.functional.one_hot(labels, k).to(torch.float64)
         elif state.seed is not None:  # per block, so the draws do not depend on batching
-            resp = np.random.default_rng([state.seed, block.index]).uniform(size=(len(x), k))
-            resp = torch.as_tensor(resp / resp.sum(1, keepdims=True), device=x.device)
-        else:
-            resp = torch.zeros(len(x), k, dtype=torch.float64, device=x.device)
-        return EMPartial.of(len(x), gmm_stats(x, resp, state.covariance_type))
+            rng = np.random.default_rng([state.seed, block.index])
+        total = None
+        for start in range(0, len(x), ROW_CHUNK):
+            rows = x[start:start + ROW_CHUNK]
+            if labels is not None:
+                resp = torch.nn.functional.one_hot(labels[start:start + ROW_CHUNK], k).to(torch.float64)
+            elif rng is not None:
+                draws = rng.uniform(size=(len(rows), k))
+                resp = torch.as_tensor(draws / draws.sum(1, keepdims=True), device=x.device)
+            else:
+                resp = torch.zeros(len(rows), k, dtype=torch.float64, device=x.device)
+            part = EMPartial.of(len(rows), gmm_stats(rows, resp, state.covariance_type))
+            total = part if total is None else total + part
+        if total is None:  # a block whose every row was skipped as invalid
+            total = EMPartial.of(0, gmm_stats(x, torch.zeros(0, k, dtype=torch.float64), state.covariance_type))
+        return total
 
 
 def estimate_parameters(p: EMPartial, covariance_type: str, reg_covar: float):
