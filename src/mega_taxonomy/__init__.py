@@ -5,7 +5,7 @@ Public API re-exports only; the layers are the subpackages (see DESIGN.md).
 
 __version__ = "0.1.0"
 
-from .cluster import KMeans
+from .cluster import GaussianMixture, KMeans
 from .errors import ConfigError, DataError, MegaTaxonomyError, StorageError, WorkerError
 from .io import VectorSource
 from .runtime import LocalRuntime
@@ -13,7 +13,7 @@ from .storage import Store
 from .taxonomy import Balancing, Routing, TaxonomyEngine
 
 __all__ = [
-    "Balancing", "ConfigError", "DataError", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime",
+    "Balancing", "ConfigError", "DataError", "GaussianMixture", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime",
     "Routing", "StorageError", "Store", "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
 ]
 

@@ -165,6 +165,47 @@ def kmeans_fit(uri, n_clusters, storage, max_iter, tol, metric, seed, device, sa
     click.echo(f"wrote {len(written['files'])} files to {storage}")
 
 
+@main.group()
+def gmm():
+    """Gaussian mixtures."""
+
+
+@gmm.command("fit")
+@click.argument("uri")
+@click.option("--k", "n_components", type=int, required=True, help="Number of components.")
+@click.option("--storage", required=True, help="Where to write the model (path or URI).")
+@click.option("--covariance-type", type=click.Choice(["full", "tied", "diag", "spherical"]), default="diag",
+              show_default=True)
+@click.option("--max-iter", type=int, default=100, show_default=True)
+@click.option("--tol", type=float, default=1e-3, show_default=True)
+@click.option("--reg-covar", type=float, default=1e-6, show_default=True)
+@click.option("--n-init", type=int, default=1, show_default=True)
+@click.option("--init", "init_params", type=click.Choice(["kmeans", "k-means++", "random", "random_from_data"]),
+              default="kmeans", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@column_option
+@id_option
+@options_option
+@ray_option
+def gmm_fit(uri, n_components, storage, covariance_type, max_iter, tol, reg_covar, n_init, init_params, seed, device,
+            column, id_column, storage_options, ray_address, ray_workers):
+    """Fit a Gaussian mixture on URI by EM; write its weights, means and covariances to --storage."""
+    from .cluster import GaussianMixture
+
+    options = _options(storage_options)
+    source = _source(uri, column, id_column, storage_options=options)
+    with _runtime(ray_address, ray_workers) as runtime:
+        gm = GaussianMixture(n_components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
+                             reg_covar=reg_covar, n_init=n_init, init_params=init_params, random_state=seed,
+                             device=device, runtime=runtime).fit(source)
+    written = gm.save(storage, storage_options=options)
+    click.echo(f"k={n_components} iterations={gm.n_iter_} converged={gm.converged_} "
+               f"lower_bound={gm.lower_bound_:.6g} rows={len(source)}")
+    click.echo(f"weights: min={gm.weights_.min():.4g} max={gm.weights_.max():.4g}")
+    click.echo(f"wrote {len(written['files'])} files to {storage}")
+
+
 def _branching(text):
     try:
         return [int(b) for b in text.split(",")]

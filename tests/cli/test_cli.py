@@ -57,6 +57,19 @@ def test_kmeans_fit_writes_model_and_assignments(tmp_path):
     assert json.dumps(store.manifest())  # plain JSON
 
 
+def test_gmm_fit_writes_the_model(tmp_path):
+    from mega_taxonomy import GaussianMixture
+
+    X = np.random.default_rng(1).normal(size=(500, 4)).astype(np.float32)
+    uri = write_vectors(tmp_path / "data", X)
+    out = run("gmm", "fit", uri, "--k", "3", "--storage", str(tmp_path / "gm"), "--seed", "3", "--device", "cpu")
+    assert "k=3" in out and "rows=500" in out
+    gm = GaussianMixture.load(str(tmp_path / "gm"))
+    same = GaussianMixture(3, covariance_type="diag", random_state=3, device="cpu").fit(X)
+    np.testing.assert_array_equal(gm.means_, same.means_)
+    assert Store(str(tmp_path / "gm")).manifest()["kind"] == "gmm"
+
+
 def test_demo_runs_on_glove():
     out = run("demo", "--branching", "4,3,2", "--show", "2", "--children", "2", "--words", "5", "--max-iter", "3",
               "--limit", "20000", "--device", "cpu")

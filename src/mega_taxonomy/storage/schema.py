@@ -15,9 +15,14 @@ ASSIGNMENTS_SCHEMA = pa.schema([
 ])
 
 
+# A Gaussian mixture's arrays beside its means (``level_file(level, "centroids")``): a saved
+# ``GaussianMixture`` is a one-level model as a saved ``KMeans`` is.
+MIXTURE_ARRAYS = ("weights", "covariances", "precisions_cholesky")
+
+
 def level_file(level: int, name: str) -> str:
     """``levels/00/centroids.npy`` and friends (centroids, parent, counts, child_offsets; and
-    penalty for a taxonomy balanced by size-penalised assignment)."""
+    penalty for a taxonomy balanced by size-penalised assignment; MIXTURE_ARRAYS for a mixture)."""
     return f"levels/{level:02d}/{name}.npy"
 
 

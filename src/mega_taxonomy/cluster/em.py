@@ -1,0 +1,261 @@
+"""EM for Gaussian mixtures as passes of additive float64 partials over a streamed source.
+
+One pass (:class:`EStepTask`) runs the E-step op (``ops/gmm_estep``) on every block: each row's
+log-sum-exp of weighted log densities, and the sums r, r x and r x^2 (r x x^T) per component,
+never an N x K array. Partials are per block and add up in block order (``runtime/base.py``), so
+the fit does not depend on batch size, shard layout or worker count. The M-step
+(:func:`estimate_parameters`, :func:`precision_cholesky`) is scikit-learn's
+``_estimate_gaussian_parameters`` and ``_compute_precision_cholesky`` written on those sums.
+
+:class:`EM` is a client of the iteration driver (``runtime/iterate.py``); its ``change`` follows
+scikit-learn's convergence rule (``abs(lower_bound - previous) < tol``, the lower bound being the
+mean log-likelihood under the parameters that the iteration's E-step ran on).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import linalg
+
+from ..io.device import as_tensor
+from ..ops import nearest
+from ..ops.gmm_estep import ROW_CHUNK, gmm_estep, gmm_stats
+from ..runtime import Step, Update, iterate
+
+PRECISION_ERROR = ("Fitting the mixture model failed because some components have ill-defined empirical "
+                   "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
+                   "number of components, increase reg_covar, or scale the input data.")
+
+
+@dataclass
+class MixtureParams:
+    """A mixture's parameters, float64, as scikit-learn stores them (``covariances`` may be None
+    where only the precisions were given)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    precisions_cholesky: np.ndarray
+    covariances: np.ndarray | None = None
+
+
+@dataclass
+class EMPartial:
+    """The additive E-step statistics of some blocks (float64; see ``ops.gmm_estep.EStepStats``)."""
+
+    n_rows: int
+    log_likelihood: float
+    resp_sum: np.ndarray
+    x_sum: np.ndarray
+    x2_sum: np.ndarray
+
+    def __add__(self, other) -> EMPartial:
+        return EMPartial(self.n_rows + other.n_rows, self.log_likelihood + other.log_likelihood,
+                         self.resp_sum + other.resp_sum, self.x_sum + other.x_sum, self.x2_sum + other.x2_sum)
+
+    @classmethod
+    def of(cls, n_rows, stats) -> EMPartial:
+        """From the op's tensors (copied to host numpy float64)."""
+        return cls(n_rows, float(stats.log_likelihood), stats.resp_sum.cpu().numpy(), stats.x_sum.cpu().numpy(),
+                   stats.x2_sum.cpu().numpy())
+
+
+@dataclass(frozen=True)
+class EStepState:
+    params: MixtureParams
+    covariance_type: str
+
+
+class EStepTask:
+    """A block's E-step partial under ``state.params``."""
+
+    def __call__(self, block, state: EStepState, device) -> EMPartial:
+        x = as_tensor(block.vectors, device)
+        p = state.params
+        return EMPartial.of(len(x), gmm_estep(x, p.weights, p.means, p.precisions_cholesky, state.covariance_type))
+
+
+@dataclass(frozen=True)
+class InitState:
+    """How a start's responsibilities are made per block: one-hot to the nearest of ``centroids``
+    (scikit-learn's "kmeans" start), uniform draws normalised per row from ``(seed, block index)``
+    ("random"), or none at all (only the row count and, for tied, X^T X)."""
+
+    covariance_type: str
+    n_components: int
+    centroids: np.ndarray | None = None
+    seed: int | None = None
+
+
+class InitTask:
+    """A block's statistics under a start's responsibilities, made ``ROW_CHUNK`` rows at a time
+    (a block's responsibilities at once would be BLOCK_ROWS x K)."""
+
+    def __call__(self, block, state: InitState, device) -> EMPartial:
+        x = as_tensor(block.vectors, device).to(torch.float64)
+        k = state.n_components
+        labels = rng = None
+        if state.centroids is not None:
+            _, labels = nearest(x, torch.as_tensor(state.centroids, dtype=torch.float64, device=x.device))
+        elif state.seed is not None:  # per block, so the draws do not depend on batching
+            rng = np.random.default_rng([state.seed, block.index])
+        total = None
+        for start in range(0, len(x), ROW_CHUNK):
+            rows = x[start:start + ROW_CHUNK]
+            if labels is not None:
+                resp = torch.nn.functional.one_hot(labels[start:start + ROW_CHUNK], k).to(torch.float64)
+            elif rng is not None:
+                draws = rng.uniform(size=(len(rows), k))
+                resp = torch.as_tensor(draws / draws.sum(1, keepdims=True), device=x.device)
+            else:
+                resp = torch.zeros(len(rows), k, dtype=torch.float64, device=x.device)
+            part = EMPartial.of(len(rows), gmm_stats(rows, resp, state.covariance_type))
+            total = part if total is None else total + part
+        if total is None:  # a block whose every row was skipped as invalid
+            total = EMPartial.of(0, gmm_stats(x, torch.zeros(0, k, dtype=torch.float64), state.covariance_type))
+        return total
+
+
+def estimate_parameters(p: EMPartial, covariance_type: str, reg_covar: float):
+    """(nk, means, covariances) from the sums, as scikit-learn's ``_estimate_gaussian_parameters``:
+    ``nk = sum r + 10 eps``, means ``sum r x / nk``, covariances plus ``reg_covar`` on the diagonal."""
+    nk = p.resp_sum + 10 * np.finfo(np.float64).eps
+    means = p.x_sum / nk[:, None]
+    d = means.shape[1]
+    if covariance_type == "full":
+        # sum r (x - mu)(x - mu)^T = S_xx - S_x mu^T - mu S_x^T + (sum r) mu mu^T
+        sx_mu = p.x_sum[:, :, None] * means[:, None, :]
+        cov = (p.x2_sum - sx_mu - sx_mu.transpose(0, 2, 1)
+               + p.resp_sum[:, None, None] * means[:, :, None] * means[:, None, :]) / nk[:, None, None]
+        cov[:, np.arange(d), np.arange(d)] += reg_covar
+    elif covariance_type == "tied":
+        cov = (p.x2_sum - (nk * means.T) @ means) / nk.sum()
+        cov.flat[:: d + 1] += reg_covar
+    else:
+        cov = p.x2_sum / nk[:, None] - means ** 2 + reg_covar
+        if covariance_type == "spherical":
+            cov = cov.mean(1)
+    return nk, means, cov
+
+
+def precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
+    """scikit-learn's ``_compute_precision_cholesky``: the upper factor of each precision."""
+    if covariance_type in ("full", "tied"):
+        covs = covariances[None] if covariance_type == "tied" else covariances
+        out = np.empty_like(covs)
+        for k, cov in enumerate(covs):
+            try:
+                chol = linalg.cholesky(cov, lower=True)
+            except linalg.LinAlgError:
+                raise ValueError(PRECISION_ERROR) from None
+            out[k] = linalg.solve_triangular(chol, np.eye(len(cov)), lower=True).T
+        return out[0] if covariance_type == "tied" else out
+    if np.any(covariances <= 0.0):
+        raise ValueError(PRECISION_ERROR)
+    return 1.0 / np.sqrt(covariances)
+
+
+def m_step(p: EMPartial, covariance_type: str, reg_covar: float, *, n_rows: int | None = None) -> MixtureParams:
+    """New parameters from the sums: weights ``nk / sum nk`` (an M-step), or ``nk / n_rows`` (a
+    start, as scikit-learn's ``_initialize``)."""
+    nk, means, cov = estimate_parameters(p, covariance_type, reg_covar)
+    weights = nk / (nk.sum() if n_rows is None else n_rows)
+    return MixtureParams(weights, means, precision_cholesky(cov, covariance_type), cov)
+
+
+@dataclass
+class EMResult:
+    params: MixtureParams
+    lower_bound: float
+    n_iter: int
+    converged: bool
+    lower_bounds: list = field(default_factory=list)
+
+
+class EM:
+    """EM passes as a client of :func:`~mega_taxonomy.runtime.iterate`; the state is a
+    :class:`MixtureParams`. See :func:`em` for the parameters."""
+
+    def __init__(self, source, runtime, *, covariance_type, reg_covar, tol, lower_bound, desc):
+        self.source, self.runtime, self.desc = source, runtime, desc
+        self.covariance_type, self.reg_covar, self.tol = covariance_type, reg_covar, tol
+        self.lower_bound, self.lower_bounds, self.converged = lower_bound, [], False
+
+    def run_pass(self, params, iteration) -> Step:
+        state = EStepState(params, self.covariance_type)
+        return Step(self.runtime.map_reduce(self.source, EStepTask(), state, desc=f"{self.desc} {iteration}"))
+
+    def update(self, step: Step, params, iteration) -> Update:
+        partial = step.result
+        lower_bound = partial.log_likelihood / partial.n_rows
+        updated = m_step(partial, self.covariance_type, self.reg_covar)
+        change = abs(lower_bound - self.lower_bound)
+        self.lower_bound = lower_bound
+        self.lower_bounds.append(lower_bound)
+        # scikit-learn stops on abs(change) < tol, the driver on change <= tol: a change equal
+        # to tol is reported just above it.
+        self.converged = change < self.tol
+        return Update(updated, change if self.converged else max(change, math.nextafter(self.tol, math.inf)))
+
+    def finish(self, params, last, change, n_iter) -> EMResult:
+        return EMResult(params, self.lower_bound, n_iter, self.converged, self.lower_bounds)
+
+
+def em(source, params: MixtureParams, runtime, *, covariance_type: str, reg_covar: float = 1e-6,
+       tol: float = 1e-3, max_iter: int = 100, lower_bound: float = -math.inf, start_iter: int = 0,
+       lower_bounds=(), converged: bool = False, on_iteration=None, desc: str = "em") -> EMResult:
+    """Run EM from ``params`` until ``abs(lower bound change) < tol`` or ``max_iter`` iterations.
+
+    Parameters
+    ----------
+    lower_bound : float, default=-inf
+        The lower bound of the fit that ``params`` continue (a warm start, a resumed fit), else -inf.
+    start_iter, lower_bounds, converged
+        Of a fit resumed after iteration ``start_iter`` (its lower bounds so far, and whether
+        that iteration converged: then no iteration is left).
+    on_iteration : callable, optional
+        ``on_iteration(iteration, EMResult)`` after every M-step (checkpoints); called where
+        ``runtime.leader``.
+
+    Returns
+    -------
+    EMResult
+        The parameters after the last M-step, the last lower bound (of the parameters before
+        it, as scikit-learn's ``lower_bound_``), iterations run and whether they converged.
+    """
+    client = EM(source, runtime, covariance_type=covariance_type, reg_covar=reg_covar, tol=tol,
+                lower_bound=lower_bound, desc=desc)
+    client.lower_bounds, client.converged = list(lower_bounds), converged
+    hook = None
+    if on_iteration is not None and getattr(runtime, "leader", True):  # a collective fit's hooks: on rank 0
+        def hook(iteration, state, change):
+            on_iteration(iteration, EMResult(state, client.lower_bound, iteration, client.converged,
+                                             list(client.lower_bounds)))
+    return iterate(client, params, max_iter=start_iter if converged else max_iter, tol=tol, start_iter=start_iter,
+                   on_iteration=hook)
+
+
+def better(result: EMResult, best: EMResult | None) -> bool:
+    """scikit-learn's rule between starts: a higher lower bound, or the first whatever its bound."""
+    return best is None or result.lower_bound > best.lower_bound or best.lower_bound == -math.inf
+
+
+def start_from_sums(source, runtime, covariance_type: str, n_components: int, reg_covar: float, *,
+                    centroids=None, seed=None, rows=None) -> MixtureParams:
+    """A start as scikit-learn's ``_initialize``: the parameters of one M-step on the given
+    responsibilities, weights ``nk / n``. ``rows`` (K, D): one-hot responsibilities on those rows
+    alone ("k-means++", "random_from_data"); they add to the sums of a pass with none."""
+    state = InitState(covariance_type, n_components, centroids, seed)
+    partial = runtime.map_reduce(source, InitTask(), state, desc="em start")
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.float64)
+        partial.resp_sum = partial.resp_sum + 1.0
+        partial.x_sum = partial.x_sum + rows
+        if covariance_type == "full":
+            partial.x2_sum = partial.x2_sum + rows[:, :, None] * rows[:, None, :]
+        elif covariance_type != "tied":
+            partial.x2_sum = partial.x2_sum + rows * rows
+    return m_step(partial, covariance_type, reg_covar, n_rows=partial.n_rows)

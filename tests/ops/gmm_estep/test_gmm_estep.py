@@ -1,0 +1,110 @@
+"""The tiled E-step against its torch twin and a float64 brute force (scipy's densities), for
+every covariance type, tiles smaller than K, row chunks crossed, and per-row outputs."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
+
+from mega_taxonomy.ops.gmm_estep import (
+    ROW_CHUNK,
+    gmm_estep,
+    gmm_estep_reference,
+    gmm_log_resp,
+    gmm_predict,
+    gmm_score_samples,
+    gmm_stats,
+)
+
+TYPES = ["full", "tied", "diag", "spherical"]
+
+
+def mixture(ctype, k, d, seed):
+    """Random parameters and, per component, the full covariance they stand for."""
+    rng = np.random.default_rng(seed)
+    weights = rng.uniform(0.2, 1, k)
+    weights /= weights.sum()
+    means = rng.normal(size=(k, d)) * 2
+    if ctype == "full":
+        a = rng.normal(size=(k, d, d))
+        cov = a @ a.transpose(0, 2, 1) + 0.5 * np.eye(d)
+        pc = np.array([linalg.solve_triangular(linalg.cholesky(c, lower=True), np.eye(d), lower=True).T for c in cov])
+        full = cov
+    elif ctype == "tied":
+        a = rng.normal(size=(d, d))
+        cov = a @ a.T + 0.5 * np.eye(d)
+        pc = linalg.solve_triangular(linalg.cholesky(cov, lower=True), np.eye(d), lower=True).T
+        full = np.repeat(cov[None], k, 0)
+    elif ctype == "diag":
+        cov = rng.uniform(0.3, 2, (k, d))
+        pc, full = 1 / np.sqrt(cov), np.array([np.diag(c) for c in cov])
+    else:
+        cov = rng.uniform(0.3, 2, k)
+        pc, full = 1 / np.sqrt(cov), np.array([c * np.eye(d) for c in cov])
+    return (weights, means, pc), full
+
+
+def brute(x, weights, means, full):
+    """float64 (n, K) weighted log densities from scipy, the log-sum-exp and the statistics."""
+    lp = np.stack([np.log(w) + multivariate_normal(m, c).logpdf(x) for w, m, c in zip(weights, means, full)], 1)
+    lp = lp.reshape(len(x), -1)
+    lse = logsumexp(lp, axis=1)
+    r = np.exp(lp - lse[:, None])
+    return lp, lse, r
+
+
+@pytest.mark.parametrize("ctype", TYPES)
+@pytest.mark.parametrize("n,k,d,tile", [(7, 5, 3, 2), (50, 1, 1, 256), (ROW_CHUNK + 37, 6, 2, 4)])
+def test_op_twin_and_brute_force_agree(ctype, n, k, d, tile):
+    params, full = mixture(ctype, k, d, seed=n + k)
+    x = np.random.default_rng(1).normal(size=(n, d)) * 2
+    _, lse, r = brute(x, params[0], params[1], full)
+    op = gmm_estep(torch.from_numpy(x), *params, ctype, tile=tile)
+    twin = gmm_estep_reference(torch.from_numpy(x), *params, ctype)
+    x2 = {"full": np.einsum("nk,ni,nj->kij", r, x, x), "tied": x.T @ x}.get(ctype, r.T @ (x * x))
+    expected = [lse.sum(), r.sum(0), r.T @ x, x2]
+    for got in (op, twin):
+        values = [got.log_likelihood, got.resp_sum, got.x_sum, got.x2_sum]
+        for value, want in zip(values, expected):
+            assert value.dtype == torch.float64
+            np.testing.assert_allclose(value.numpy(), want, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(gmm_score_samples(torch.from_numpy(x), *params, ctype, tile=tile).numpy(), lse,
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.exp(gmm_log_resp(torch.from_numpy(x), *params, ctype, tile=tile).numpy()), r,
+                               rtol=1e-10, atol=1e-12)
+    assert gmm_predict(torch.from_numpy(x), *params, ctype, tile=tile).tolist() == r.argmax(1).tolist()
+
+
+@pytest.mark.parametrize("ctype", TYPES)
+def test_float32_rows_are_computed_in_float64(ctype):
+    params, _ = mixture(ctype, 4, 3, seed=2)
+    x = torch.from_numpy(np.random.default_rng(3).normal(size=(40, 3))).float()
+    got = gmm_estep(x, *params, ctype, tile=3)
+    want = gmm_estep(x.double(), *params, ctype, tile=3)
+    assert torch.equal(got.x_sum, want.x_sum) and torch.equal(got.log_likelihood, want.log_likelihood)
+
+
+def test_statistics_of_given_responsibilities():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float64)
+    resp = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], dtype=torch.float64)
+    s = gmm_stats(x, resp, "diag")
+    assert s.resp_sum.tolist() == [1.5, 1.5]
+    assert s.x_sum.tolist() == [[3.5, 5.0], [5.5, 7.0]]
+    assert s.x2_sum.tolist() == [[13.5, 22.0], [21.5, 34.0]]
+    assert float(s.log_likelihood) == 0.0
+
+
+def test_far_rows_keep_finite_statistics():
+    """A row far from every component: its densities underflow, its log-sum-exp does not."""
+    params, _ = mixture("diag", 3, 2, seed=4)
+    x = torch.tensor([[1e3, -1e3], [0.0, 0.0]], dtype=torch.float64)
+    s = gmm_estep(x, *params, "diag", tile=1)
+    assert torch.isfinite(s.log_likelihood) and torch.isfinite(s.x2_sum).all()
+    np.testing.assert_allclose(float(s.resp_sum.sum()), 2.0)
+
+
+def test_unknown_covariance_type():
+    with pytest.raises(ValueError, match="covariance_type"):
+        gmm_estep(torch.zeros(2, 2, dtype=torch.float64), [1.0], [[0.0, 0.0]], [1.0], "banana")
