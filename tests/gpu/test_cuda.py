@@ -483,3 +483,34 @@ def test_lloyd_passes_launched_ahead_on_the_gpu_are_the_passes_one_by_one(stop):
     else:  # and ahead of the last, unless it was the last allowed
         n_iter = one_by_one.n_iter
         assert ahead == [1] * (n_iter - 1) + [int(n_iter < settings["max_iter"])] and n_iter > 2
+
+
+@pytest.mark.parametrize("ctype", ["full", "tied", "diag", "spherical"])
+def test_gaussian_mixture_on_cuda_matches_cpu_and_scikit_learn(ctype):
+    """EM's E-step and statistics on the GPU (float64 there too) give the CPU fit up to the order of
+    the GPU's float64 sums, and scikit-learn's fit from the same start; tensors come back on the GPU."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    from mega_taxonomy import GaussianMixture
+
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(6, 5)) * 3)[rng.integers(6, size=150_000)] + rng.normal(size=(150_000, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        s = SkGaussianMixture(6, covariance_type=ctype, max_iter=1, random_state=3,
+                              init_params="random_from_data").fit(x)
+        start = {"weights_init": s.weights_, "means_init": s.means_, "precisions_init": s.precisions_}
+        ref = SkGaussianMixture(6, covariance_type=ctype, max_iter=20, tol=0, **start).fit(x)
+        kw = dict(covariance_type=ctype, max_iter=20, tol=0, **start)  # tol=0: 20 iterations, never converged
+        cpu = GaussianMixture(6, device="cpu", **kw).fit(x)
+        cuda = GaussianMixture(6, device="cuda", **kw).fit(x)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_allclose(getattr(cuda, name), getattr(cpu, name), rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(getattr(cuda, name), getattr(ref, name), rtol=1e-6, atol=1e-9, err_msg=name)
+    assert cuda.n_iter_ == cpu.n_iter_ == ref.n_iter_ == 20
+    np.testing.assert_allclose(cuda.lower_bound_, ref.lower_bound_, rtol=1e-9)
+    labels = cuda.predict(torch.from_numpy(x[:1000]).cuda())
+    assert labels.is_cuda and np.array_equal(labels.cpu().numpy(), ref.predict(x[:1000]))
