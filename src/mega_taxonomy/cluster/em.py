@@ -195,10 +195,8 @@ class EM:
         change = abs(lower_bound - self.lower_bound)
         self.lower_bound = lower_bound
         self.lower_bounds.append(lower_bound)
-        # scikit-learn stops on abs(change) < tol, the driver on change <= tol: a change equal
-        # to tol is reported just above it.
-        self.converged = change < self.tol
-        return Update(updated, change if self.converged else max(change, math.nextafter(self.tol, math.inf)))
+        self.converged = change < self.tol  # scikit-learn's rule (the driver's own is change <= tol)
+        return Update(updated, change, converged=self.converged)
 
     def finish(self, params, last, change, n_iter) -> EMResult:
         return EMResult(params, self.lower_bound, n_iter, self.converged, self.lower_bounds)

@@ -8,7 +8,7 @@ mixtures) is one loop around passes of additive partials (``runtime.base``):
         (the next pass, launched now where ``step.ahead`` offers its state)
         update = client.update(step, state, iteration)    # partials -> the next state
         on_iteration(iteration, update.state, update.change)   # checkpoints, logs
-        stop once update.change <= tol
+        stop once update.change <= tol (or update.converged, the client's own rule)
     return client.finish(state, step, change, n_iter)      # a final pass, where the client needs one
 
 The driver knows nothing of what a pass computes. What it owns is the order of launches, which
@@ -76,11 +76,14 @@ class Step:
 @dataclass
 class Update:
     """The state after an iteration, and by how much it changed (compared with ``tol``).
-    ``stands`` is False where the state is not the ``ahead`` that the step offered."""
+    ``stands`` is False where the state is not the ``ahead`` that the step offered.
+    ``converged``, where the client sets it, is its own stopping rule (scikit-learn's mixtures stop
+    on ``change < tol``); None: the driver's, ``change <= tol``."""
 
     state: Any
     change: float
     stands: bool = True
+    converged: bool | None = None
 
 
 class Client(Protocol):
@@ -109,7 +112,8 @@ def iterate(client: Client, state, *, max_iter: int, tol: float = 0.0, start_ite
     max_iter : int
         The last iteration's number (iterations count from ``start_iter + 1``).
     tol : float, default=0.0
-        The loop stops after the first iteration whose ``change`` is at most ``tol``.
+        The loop stops after the first iteration whose ``change`` is at most ``tol``, unless the
+        client decides itself (``Update.converged``).
     start_iter : int, default=0
         Iterations already done (a fit resumed from a checkpoint of ``state``).
     on_iteration : callable, optional
@@ -138,6 +142,7 @@ def iterate(client: Client, state, *, max_iter: int, tol: float = 0.0, start_ite
         state, change = update.state, update.change
         if on_iteration is not None:
             on_iteration(n_iter, state, change)
-        if change <= tol:
+        converged = change <= tol if update.converged is None else update.converged
+        if converged:
             break
     return client.finish(state, step, change, n_iter)
