@@ -17,7 +17,7 @@ from .._estimator import as_source, is_source_like
 from .._sklearn_compat import Interval, StrOptions, _fit_context
 from ..errors import ConfigError, StorageError
 from ..ops import METRICS, compute_dtype, distances
-from ..io.device import as_tensor
+from ..io.device import as_tensor, host_arrays
 from ..partials import hash_sample
 from ..runtime import cpu_threads, finished, get_runtime
 from ..storage import Store
@@ -229,7 +229,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         self.inertia_ = result.inertia
         self.n_iter_ = result.n_iter
         if in_memory:
-            self.labels_ = result.partial.ordered_labels()[0]
+            self.labels_ = host_arrays(result.partial.ordered_labels()[0])[0]
         self._n_features_out = self.n_clusters
         logger.info("k-means: %d clusters, %d iterations, inertia %.6g", self.n_clusters, self.n_iter_, self.inertia_)
         return self
@@ -283,8 +283,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         partial = self._runtime().map_reduce(source, LloydTask(), state, desc="predict")
         labels, dist = partial.ordered_labels()
         if isinstance(X, torch.Tensor):
-            return torch.from_numpy(labels).to(X.device), torch.from_numpy(dist).to(X.device)
-        return labels, dist
+            return torch.as_tensor(labels).to(X.device), torch.as_tensor(dist).to(X.device)
+        return tuple(host_arrays(labels, dist))
 
     def predict(self, X):
         """Index of the nearest centroid of every row.

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..ops import OperandCache, grouped_nearest, nearest, normalize_rows
-from ..io.device import HostCopy, as_tensor, kept_on_device
+from ..io import BLOCK_ROWS
+from ..io.device import HostCopy, as_tensor, host_arrays, kept_on_device
 from ..ops.grouped_assign import grouped_nearest_bounded
 from ..ops.update import cluster_counts, cluster_stats
 from ..runtime import CompositePartial, Deferred, in_block_order
@@ -80,8 +81,12 @@ class LloydPartial(CompositePartial):
     def total_inertia(self) -> float:
         return float(self.inertia.sum())
 
-    def ordered_labels(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every kept row's label and distance, in block order."""
+    def ordered_labels(self) -> tuple:
+        """Every kept row's label and distance, in block order: arrays, or tensors on the device
+        where one pass kept them there for all blocks at once (``LloydTask.whole``)."""
+        if len(self.labels) == 1:
+            (pair,) = self.labels.values()
+            return pair
         return in_block_order(self.labels)
 
 
@@ -110,6 +115,34 @@ class LloydTask:
         if cached is None or cached[0] is not state.centroids or cached[1] != device:
             self._cached = (state.centroids, device, torch.as_tensor(state.centroids, device=device))
         return self._cached[2]
+
+    def whole(self, block, state: LloydState, device) -> LloydPartial | None:
+        """The partial of every block of the source at once (``block``: all its rows, on ``device``
+        already; see ``runtime.base.BlockTask``): one assignment over all rows, whose labels and
+        distances are those of the blocks one by one (a row's do not depend on its neighbours),
+        and sums per block added in block order on the device (``cluster_stats(block_rows=)``), the
+        bits of the blocks' partials added by the runtime. Labels stay on the device. None for
+        what needs the blocks one by one: groups, the farthest rows, samples, bounds."""
+        if (state.offsets is not None or state.far or state.sample is not None or state.track_bounds
+                or state.bounds is not None):
+            return None
+        k = state.centroids.shape[0]
+        x = block.vectors
+        c = self._centroids(state, x.device)
+        operands = self.operands
+        dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric, cache=operands), x, c,
+                                    state.penalty, state.metric)
+        if state.update:
+            rows = normalize_rows(x) if state.metric == "cosine" else x
+            sums, counts, inertia = cluster_stats(rows, labels, dist, k, block_rows=BLOCK_ROWS)
+        else:
+            sums, (counts, inertia) = None, cluster_counts(labels, dist, k, block_rows=BLOCK_ROWS)
+        if not state.device_sums:
+            sums, counts, inertia = host_arrays(sums, counts, inertia)
+        partial = LloydPartial(counts, inertia, sums, far_per_group=state.far_per_group)
+        if state.keep_labels:
+            partial.labels = {block.index: (labels, dist)}
+        return partial
 
     def __call__(self, block, state: LloydState, device) -> LloydPartial:
         k = state.centroids.shape[0]

@@ -196,6 +196,7 @@ class VectorSource:
         budget = default_cache_bytes() if cache_bytes is None else cache_bytes
         self._cache = BlockCache(budget, views=self._in_memory)
         self._skipped = {}
+        self._whole = None  # all rows as one block, once checked (whole_block)
         self._lock = threading.Lock()
         logger.debug("opened %r", self)
 
@@ -333,6 +334,27 @@ class VectorSource:
             lo, hi = index * BLOCK_ROWS, min((index + 1) * BLOCK_ROWS, self._len)
             ordinals = np.arange(lo, hi)
             yield self._block(index, [(ordinals, ordinals, data[lo:hi])]), False
+
+    def whole_block(self):
+        """All rows as one Block (index 0) of an in-memory tensor whose rows are all valid, else
+        None (files, arrays, or a bad row: the caller then takes the blocks one by one, where a bad
+        row raises naming its row, or is skipped, as ``on_invalid`` says).
+
+        For a caller that computes on all blocks at once where the rows are (``io.streaming.resident``:
+        a tensor on a GPU). The rows are checked at the first call, in one read on the tensor's device,
+        and every block is then recorded as checked."""
+        data = self._array
+        if not isinstance(data, torch.Tensor):
+            return None
+        if self._whole is None:
+            if not bool(torch.isfinite(data).all()):
+                return None
+            ordinals = np.arange(self._len)
+            self._whole = Block(0, ordinals, ordinals, data)
+            for block, checked in self.unchecked_blocks():
+                if not checked:
+                    self.mark_checked(block)
+        return self._whole
 
     def mark_checked(self, block):
         """Record that ``block`` (of :meth:`unchecked_blocks`) holds only valid rows."""

@@ -50,7 +50,13 @@ class Partial(Protocol):
 
 class BlockTask(Protocol[P]):
     """A picklable callable computing the Partial of one block: ``task(block, state, device)``,
-    or a :class:`Deferred` that gives it."""
+    or a :class:`Deferred` that gives it.
+
+    A task may also offer ``task.whole(block, state, device)``: the partial of a block that holds
+    every block of the source (rows on the device already, ``io.streaming.resident``), equal to
+    the bit to the sum of the blocks' partials in block order, or None where ``state`` needs the
+    blocks one by one. LocalRuntime then makes the pass in that one call, with no host work per
+    block (with ``reduce_blocks=1``, whose sum it reproduces)."""
 
     def __call__(self, block, state, device) -> P | Deferred:  # pragma: no cover - protocol
         ...

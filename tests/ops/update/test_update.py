@@ -93,6 +93,31 @@ def test_one_program_per_cluster_gives_the_bits_of_chunks_and_combine(monkeypatc
     assert not torch.equal(permuted[0], runs[0][0])
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch", "auto"])
+@pytest.mark.parametrize("per_cluster,slot_bytes", [(0, 1 << 28), (0, 1), (1000, 1 << 28)])
+def test_blocks_at_once_are_the_bits_of_blocks_one_by_one(backend, per_cluster, slot_bytes, monkeypatch):
+    """``block_rows``: the statistics of every block alone, added in block order, to the bit; with
+    slots or one program per cluster, in one launch or one launch per block (``SLOT_BYTES``)."""
+    from mega_taxonomy.ops.update import triton as update_triton
+
+    monkeypatch.setattr(update_triton, "ROWS_PER_CLUSTER", per_cluster)
+    monkeypatch.setattr(update_triton, "SLOT_BYTES", slot_bytes)
+    g = torch.Generator().manual_seed(9)
+    n, block = 1800, 512  # three full blocks and a short one
+    x = (torch.randn(n, 40, generator=g) * torch.exp(8 * torch.randn(n, 1, generator=g))).to(DEVICE)
+    labels = torch.randint(-1, 6, (n,), generator=g)
+    labels[100:700] = 3  # a cluster across a block boundary, over several chunks
+    labels, values = labels.to(DEVICE), (torch.rand(n, generator=g) * 1e6).to(DEVICE)
+    at_once = cluster_stats(x, labels, values, 6, backend=backend, block_rows=block)
+    total = None
+    for lo in range(0, n, block):
+        part = cluster_stats(x[lo:lo + block], labels[lo:lo + block], values[lo:lo + block], 6, backend=backend)
+        total = part if total is None else tuple(a + b for a, b in zip(total, part))
+    for a, b in zip(at_once, total):
+        assert torch.equal(a, b)
+    assert not torch.equal(cluster_stats(x, labels, values, 6, backend=backend)[0], at_once[0])  # order matters
+
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("normalize", [False, True])

@@ -100,10 +100,9 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidea
     metric : {"euclidean", "cosine"}, default="euclidean"
         Squared L2, or ``1 - cos``.
     backend : {"auto", "torch", "triton"}, default="auto"
-        "auto": the Triton kernel for fp16 / bf16 / fp32 tensors on CUDA (fp32 products in tf32
-        when ``torch.backends.cuda.matmul.allow_tf32`` is set, IEEE fp32 otherwise); on the CPU
-        numba, the compiled kernel of ``grouped_assign/numba.py``, for up to ``MAX_CHILDREN``
-        centroids, the torch twin otherwise.
+        "auto": the Triton kernel for fp16 / bf16 / fp32 tensors on CUDA; on the CPU numba, the
+        compiled kernel of ``grouped_assign/numba.py``, for up to ``MAX_CHILDREN`` centroids, the
+        torch twin otherwise. See "Precision" below.
     cache : OperandCache, optional
         Where the centroids prepared for the Triton kernel are kept from call to call (a pass's
         blocks share one); without it they are prepared every call.
@@ -114,6 +113,18 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor, *, metric: str = "euclidea
         In the compute dtype.
     indices : torch.Tensor of shape (n,), int64
         Ties go to the lowest centroid index.
+
+    Precision
+    ---------
+    Products accumulate in float32 (float64 for float64 inputs) on every path. On CUDA, fp16 and
+    bf16 rows are multiplied on tensor cores as they are (exact products of the stored values);
+    float32 rows in TF32 (10-bit mantissas, a relative error about 1e-3 per product) where
+    ``torch.backends.cuda.matmul.allow_tf32`` is set, and otherwise, torch's default, in three
+    TF32 products (3xTF32: each operand split into a TF32 part and its TF32 remainder, the
+    remainders' product left out; relative error about 1e-6 per product, near IEEE float32's 6e-8)
+    at tensor-core speed. On the CPU, float32 products (BLAS or the compiled loop). Labels are the
+    float64 argmin wherever the float64 gap between the two best centroids is above about
+    1e-6 * |x|^2 (float32 and 3xTF32; tests/gpu checks it), ties to the lowest index.
 
     Examples
     --------

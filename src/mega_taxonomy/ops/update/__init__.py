@@ -58,7 +58,8 @@ def cluster_stats_reference(x: torch.Tensor, labels: torch.Tensor, values: torch
     return cluster_sums(x, labels, k), counts, w_sums
 
 
-def cluster_stats(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k: int, *, backend: str = "auto"):
+def cluster_stats(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k: int, *, backend: str = "auto",
+                  block_rows: int | None = None):
     """Per-cluster sums of rows and of one value per row.
 
     Parameters
@@ -73,6 +74,11 @@ def cluster_stats(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k
         Number of clusters.
     backend : {"auto", "torch", "triton"}
         "auto": the Triton kernels on CUDA, the numba kernel on the CPU, the twin elsewhere.
+    block_rows : int, optional
+        The rows are consecutive blocks of that many (the last may be shorter): the result is
+        the statistics of each block alone added in block order, ``((s0 + s1) + s2) + ...``, to
+        the bit, as a runtime adds the partials of blocks computed one by one; on CUDA in one
+        sort and two launches for all of them. A multiple of 256 (``update.triton.CHUNK``).
 
     Returns
     -------
@@ -92,7 +98,14 @@ def cluster_stats(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k
     if x.shape[0] and x.dtype != torch.float64 and use_triton(x, backend):
         from .triton import cluster_stats_triton
 
-        return cluster_stats_triton(x.detach(), labels, values.detach(), k)
+        return cluster_stats_triton(x.detach(), labels, values.detach(), k, block_rows)
+    if block_rows is not None and x.shape[0] > block_rows:
+        total = None
+        for lo in range(0, x.shape[0], block_rows):
+            rows = slice(lo, lo + block_rows)
+            part = cluster_stats(x[rows], labels[rows], values[rows], k, backend=backend)
+            total = part if total is None else tuple(a + b for a, b in zip(total, part))
+        return total
     if x.device.type == "cpu" and backend == "auto":
         x = x.detach() if x.dtype in (torch.float32, torch.float64) else x.detach().float()
         values = values.detach()
@@ -102,12 +115,13 @@ def cluster_stats(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k
     return cluster_stats_reference(x, labels, values, k)
 
 
-def cluster_counts(labels: torch.Tensor, values: torch.Tensor, k: int, *, backend: str = "auto"):
+def cluster_counts(labels: torch.Tensor, values: torch.Tensor, k: int, *, backend: str = "auto",
+                   block_rows: int | None = None):
     """``(counts, value_sums)`` of :func:`cluster_stats`, bit for bit, without the rows' sums
     (a pass that only assigns: at 65536 clusters of 1024 dims they are 512 MiB a block). The value
     sums do not depend on the rows, so the same kernels run over one zero column."""
     rows = torch.zeros(labels.shape[0], 1, dtype=torch.float32, device=labels.device)
-    _, counts, value_sums = cluster_stats(rows, labels, values, k, backend=backend)
+    _, counts, value_sums = cluster_stats(rows, labels, values, k, backend=backend, block_rows=block_rows)
     return counts, value_sums
 
 

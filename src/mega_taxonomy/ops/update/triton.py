@@ -2,24 +2,28 @@
 reduction in a fixed order (no atomics, so the bits are the same on every run).
 
 Kernel contract
-  x           : (N, D)  float16 / bfloat16 / float32, rows of the block (row stride ``stride_x``)
-  order       : (N,)    int64: row positions sorted by label (stable), rows without a label first
-  keys        : (N,)    int16 / int32: the labels in that order (-1: no label)
+  x           : (N, D)  float16 / bfloat16 / float32, the rows of NB blocks of R rows (the last may be
+                shorter; row stride ``stride_x``)
+  order       : (N,)    int64: row positions sorted by key (stable)
+  keys        : (N,)    int16 / int32 / int64: the keys in that order, key = b * (K + 1) + label + 1 of
+                a row of block b (0 within a block: no label)
   w           : (N,)    float: one value per row (its distance), summed per cluster too
-  bounds      : (K + 1,) int64: cluster c is sorted positions bounds[c]:bounds[c + 1]
-  slot_sums   : (S, D)  float64 out, S = cdiv(N, CHUNK) + K; slot_w : (S,) float64 out
-  counts      : (K,)    int64 out: bounds[c + 1] - bounds[c]
-The sorted positions are cut into chunks of CHUNK; a program per chunk sums the run of every
-cluster in it into slot c + j (cluster c, chunk j: distinct slots, since a later cluster's
-chunks are never earlier ones). A program per cluster then adds its slots in chunk order
-(float64): sums (K, D), w_sums (K,). When the clusters are many for the rows (a few rows each on
-average), that program sums its runs from the rows itself, with no chunk kernel before it
-(``_cluster_sums_kernel``, one kernel for both): the same runs, added in the same order, the
-same bits.
+  ends        : (NB * (K + 1),) int64: rows of key i are sorted positions ends[i - 1]:ends[i]
+  slot_sums   : (S, D)  float64 out, S = cdiv(N, CHUNK) + NB * (K + 1); slot_w : (S,) float64 out
+  sums, w_sums, counts : (K, D) float64, (K,) float64, (K,) int64 out (or in and out: ACCUMULATE)
+Every block's rows come sorted at its own positions (b * R onwards), so a block's runs, chunks and
+sums are those it has alone. The sorted positions are cut into chunks of CHUNK (R is a multiple); a
+program per chunk sums the run of every key in it into slot key + j (key, chunk j: distinct slots,
+since a later key's chunks are never earlier ones). A program per cluster then adds, block by
+block, its runs chunk by chunk (float64), and adds each block's sum to its total in block order:
+the bits of one block's kernel run per block, then the blocks' sums added in order, as a
+runtime adds block partials. When the clusters are many for the rows (a few rows each on
+average), that program sums its runs from the rows itself, with no chunk kernel before it: the
+same runs, added in the same order, the same bits.
 
 Within a run, each of BLOCK_R lanes adds every BLOCK_R-th row in float64, and a fixed tree adds
 the lanes at the end: every row is added in float64, and the loop's loads are pipelined with no
-reduction across threads inside it. The launch grids are sized from N and K alone, so nothing
+reduction across threads inside it. The launch grids are sized from N, NB and K alone, so nothing
 waits for the host between the sort and the sums.
 """
 
@@ -48,6 +52,9 @@ MAX_BLOCK_D = 512
 # cluster (random rows as centroids make hubs) is walked by one program (N = 1M, K = 1024,
 # D = 128: a k-means iteration 4.3 ms against 1.8 ms).
 ROWS_PER_CLUSTER = 32
+# The slots of the blocks summed in one launch: at most this many bytes (blocks beyond go to the
+# next launch, which adds to the totals: the same bits).
+SLOT_BYTES = 1 << 28
 
 
 @triton.jit
@@ -70,38 +77,30 @@ def run_sum(x_ptr, order_ptr, w_ptr, start, stop, cols, col_ok, stride_x,
 def _chunk_sums_kernel(
     x_ptr,  # *T [N, D]
     order_ptr,  # *i64 [N]
-    keys_ptr,  # *i16 / *i32 [N]: sorted labels
+    keys_ptr,  # *int [N]: sorted keys
     w_ptr,  # *float [N]
-    bounds_ptr,  # *i64 [K + 1]
+    ends_ptr,  # *i64 [NB * (K + 1)]
     slot_ptr,  # *f64 [S, D]
     slot_w_ptr,  # *f64 [S]
-    N, D, stride_x,
+    N, D, K, stride_x,
     CHUNK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
 ):
-    """Chunk j: the run of every cluster in sorted positions j * CHUNK:(j + 1) * CHUNK, into slot c + j."""
+    """Chunk j: the run of every labelled key in sorted positions j * CHUNK:(j + 1) * CHUNK, into slot key + j."""
     j = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
-    lo = j * CHUNK
-    hi = tl.minimum(lo + CHUNK, N)
-    start = tl.maximum(lo, tl.load(bounds_ptr))  # rows without a label come first
-    while start < hi:  # run by run: a gap of empty clusters between two labels costs nothing
-        c = tl.load(keys_ptr + start).to(tl.int64)
-        stop = tl.minimum(tl.load(bounds_ptr + c + 1), hi)
-        acc, acc_w = run_sum(x_ptr, order_ptr, w_ptr, start, stop, cols, col_ok, stride_x,
-                             BLOCK_R, BLOCK_D, STAGES)
-        tl.store(slot_ptr + (c + j) * D + cols, acc, mask=col_ok)
-        if tl.program_id(1) == 0:
-            tl.store(slot_w_ptr + c + j, acc_w)
+    start = j * CHUNK
+    hi = tl.minimum(start + CHUNK, N)
+    while start < hi:  # run by run: a gap of empty clusters between two keys costs nothing
+        key = tl.load(keys_ptr + start).to(tl.int64)
+        stop = tl.minimum(tl.load(ends_ptr + key), hi)
+        if key % (K + 1) != 0:  # (rows without a label come first in their block)
+            acc, acc_w = run_sum(x_ptr, order_ptr, w_ptr, start, stop, cols, col_ok, stride_x,
+                                 BLOCK_R, BLOCK_D, STAGES)
+            tl.store(slot_ptr + (key + j) * D + cols, acc, mask=col_ok)
+            if tl.program_id(1) == 0:
+                tl.store(slot_w_ptr + key + j, acc_w)
         start = stop
-
-
-@triton.jit
-def chunks_of(bounds_ptr, c, CHUNK: tl.constexpr):
-    """(sorted positions lo:hi of cluster c, its first chunk, one past its last chunk)."""
-    lo = tl.load(bounds_ptr + c)
-    hi = tl.load(bounds_ptr + c + 1)
-    return lo, hi, lo // CHUNK, tl.where(hi > lo, (hi - 1) // CHUNK + 1, lo // CHUNK)
 
 
 @triton.jit
@@ -109,80 +108,121 @@ def _cluster_sums_kernel(
     x_ptr, order_ptr, w_ptr,
     slot_ptr,  # *f64 [S, D]: read when FROM_SLOTS
     slot_w_ptr,  # *f64 [S]
-    bounds_ptr,  # *i64 [K + 1]
+    ends_ptr,  # *i64 [NB * (K + 1)]
     sums_ptr,  # *f64 [K, D]
     w_sums_ptr,  # *f64 [K]
     counts_ptr,  # *i64 [K]
-    D, stride_x,
+    D, K, NB, stride_x,
     CHUNK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
-    FROM_SLOTS: tl.constexpr,
+    FROM_SLOTS: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):
-    """A program per cluster adds its runs chunk by chunk, in order: read from the slots the chunk
-    kernel filled (FROM_SLOTS: the combine), or summed here from the rows, with no (S, D) buffer.
-    The same additions in the same order either way: the same bits."""
+    """A program per cluster: block by block, its runs chunk by chunk, in order, read from the slots
+    the chunk kernel filled (FROM_SLOTS: the combine), or summed here from the rows, with no (S, D)
+    buffer; each block's sum then added to the total (ACCUMULATE: the totals of blocks before, in
+    the outputs). The same additions in the same order either way: the same bits."""
     c = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
-    lo, hi, j0, j1 = chunks_of(bounds_ptr, c, CHUNK)
-    acc = tl.zeros((BLOCK_D,), tl.float64)
-    acc_w = tl.zeros((1,), tl.float64)
-    for j in range(j0, j1):
-        if FROM_SLOTS:
-            run = tl.load(slot_ptr + (c + j) * D + cols, mask=col_ok, other=0.0)
-            run_w = tl.load(slot_w_ptr + c + j + tl.arange(0, 1))
-        else:
-            start, stop = tl.maximum(lo, j * CHUNK), tl.minimum(hi, (j + 1) * CHUNK)
-            run, run_w = run_sum(x_ptr, order_ptr, w_ptr, start, stop, cols, col_ok, stride_x,
-                                 BLOCK_R, BLOCK_D, STAGES)
-        acc += run
-        acc_w += run_w
-    tl.store(sums_ptr + c * D + cols, acc, mask=col_ok)
+    if ACCUMULATE:
+        total = tl.load(sums_ptr + c * D + cols, mask=col_ok, other=0.0)
+        total_w = tl.load(w_sums_ptr + c + tl.arange(0, 1))
+        count = tl.load(counts_ptr + c)
+    else:
+        # 0.0 + s is s to the bit: sums start at +0.0 and a float64 sum of them is never -0.0
+        total = tl.zeros((BLOCK_D,), tl.float64)
+        total_w = tl.zeros((1,), tl.float64)
+        count = tl.zeros((), tl.int64)
+    for b in range(NB):
+        key = b * (K + 1) + c + 1
+        lo = tl.load(ends_ptr + key - 1)
+        hi = tl.load(ends_ptr + key)
+        acc = tl.zeros((BLOCK_D,), tl.float64)
+        acc_w = tl.zeros((1,), tl.float64)
+        for j in range(lo // CHUNK, tl.where(hi > lo, (hi - 1) // CHUNK + 1, lo // CHUNK)):
+            if FROM_SLOTS:
+                run = tl.load(slot_ptr + (key + j) * D + cols, mask=col_ok, other=0.0)
+                run_w = tl.load(slot_w_ptr + key + j + tl.arange(0, 1))
+            else:
+                start, stop = tl.maximum(lo, j * CHUNK), tl.minimum(hi, (j + 1) * CHUNK)
+                run, run_w = run_sum(x_ptr, order_ptr, w_ptr, start, stop, cols, col_ok, stride_x,
+                                     BLOCK_R, BLOCK_D, STAGES)
+            acc += run
+            acc_w += run_w
+        total += acc
+        total_w += acc_w
+        count += hi - lo
+    tl.store(sums_ptr + c * D + cols, total, mask=col_ok)
     if tl.program_id(1) == 0:
-        tl.store(w_sums_ptr + c + tl.arange(0, 1), acc_w)
-        tl.store(counts_ptr + c, hi - lo)  # here, not by three more launches from the host
+        tl.store(w_sums_ptr + c + tl.arange(0, 1), total_w)
+        tl.store(counts_ptr + c, count)  # here, not by more launches from the host
 
 
 @functools.lru_cache(maxsize=16)
-def _label_ids(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """-1 .. k-1 on ``device``: made once, not for every block."""
-    return torch.arange(-1, k, dtype=dtype, device=device)
+def _key_ids(n_keys: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """0 .. n_keys - 1 on ``device``: made once, not for every pass."""
+    return torch.arange(n_keys, dtype=dtype, device=device)
+
+
+def sorted_by_key(labels: torch.Tensor, k: int, block_rows: int):
+    """(order, sorted keys, ends): rows sorted by (block, label) (stable, a block's rows without a
+    label first), their keys ``b * (k + 1) + label + 1`` in that order, and the rows of key i at
+    sorted positions ends[i - 1]:ends[i]; in a few torch operations and no host round trip."""
+    n_keys = max(1, -(-labels.shape[0] // block_rows)) * (k + 1)
+    # the narrowest keys: a radix sort makes one pass per byte (int16: half of int32's)
+    dtype = torch.int16 if n_keys <= 2**15 else torch.int32 if n_keys <= 2**31 else torch.int64
+    key = labels.clamp_min(-1) + 1
+    if n_keys > k + 1:
+        block = torch.arange(labels.shape[0], device=labels.device) // block_rows
+        key = key + block * (k + 1)
+    sorted_key, order = torch.sort(key.to(dtype), stable=True)
+    return order, sorted_key, torch.searchsorted(sorted_key, _key_ids(n_keys, dtype, labels.device), right=True)
 
 
 def sorted_by_label(labels: torch.Tensor, k: int):
-    """(order, sorted keys, bounds): rows sorted by label (stable, rows labelled below 0 first),
-    their labels in that order, and cluster c at sorted positions bounds[c]:bounds[c + 1]; in a
-    few torch operations and no host round trip."""
-    # the narrowest keys that hold -1..k-1: a radix sort makes one pass per byte (int16: half of int32's)
-    key = labels.clamp_min(-1).to(torch.int16 if k < 2**15 else torch.int32)
-    sorted_key, order = torch.sort(key, stable=True)
-    bounds = torch.searchsorted(sorted_key, _label_ids(k, key.dtype, labels.device), right=True)
-    return order, sorted_key, bounds
+    """``sorted_by_key`` of one block: group c at sorted positions ends[c]:ends[c + 1] (rows
+    labelled below 0 first, at :ends[0])."""
+    return sorted_by_key(labels, k, max(1, labels.shape[0]))
 
 
-def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k: int):
-    """(sums (k, D) float64, counts (k,) int64, value sums (k,) float64); labels < 0 take no part."""
+def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k: int,
+                         block_rows: int | None = None):
+    """(sums (k, D) float64, counts (k,) int64, value sums (k,) float64); labels < 0 take no part.
+
+    ``block_rows``: the rows are blocks of that many (a multiple of CHUNK), summed each as alone and
+    added in block order (None: one block)."""
     if x.stride(1) != 1:
         x = x.contiguous()
     n, d = x.shape
+    block_rows = block_rows or triton.cdiv(max(n, 1), CHUNK) * CHUNK
+    if block_rows % CHUNK:
+        raise ValueError(f"block_rows={block_rows} is not a multiple of {CHUNK}")
     block_d = min(MAX_BLOCK_D, max(16, triton.next_power_of_2(d)))
     d_tiles = triton.cdiv(d, block_d)
     values = values.contiguous()
     sums = torch.empty(k, d, dtype=torch.float64, device=x.device)
     w_sums = torch.empty(k, dtype=torch.float64, device=x.device)
     counts = torch.empty(k, dtype=torch.int64, device=x.device)
-    order, keys, bounds = sorted_by_label(labels, k)
     tiles = dict(CHUNK=CHUNK, BLOCK_R=BLOCK_R, BLOCK_D=block_d, STAGES=STAGES)
-    if n <= ROWS_PER_CLUSTER * k:  # no slots: each cluster's program sums its runs from the rows
-        slots, slot_w, from_slots, warps = sums, w_sums, False, WARPS  # (slot arguments left unread)
-    else:
-        chunks = triton.cdiv(n, CHUNK)
-        slots = torch.empty(chunks + k, d, dtype=torch.float64, device=x.device)
-        slot_w = torch.empty(chunks + k, dtype=torch.float64, device=x.device)
-        _chunk_sums_kernel[(chunks, d_tiles)](x, order, keys, values, bounds, slots, slot_w, n, d,
-                                              x.stride(0), num_warps=WARPS, **tiles)
-        from_slots, warps = True, 4
-    _cluster_sums_kernel[(k, d_tiles)](x, order, values, slots, slot_w, bounds, sums, w_sums, counts, d,
-                                       x.stride(0), FROM_SLOTS=from_slots, num_warps=warps, **tiles)
+    # no slots where clusters are small: each cluster's program sums its runs from the rows
+    from_slots = min(n, block_rows) > ROWS_PER_CLUSTER * k
+    slot_bytes = (block_rows // CHUNK + k + 1) * d * 8
+    span = block_rows * (max(1, SLOT_BYTES // slot_bytes) if from_slots else triton.cdiv(max(n, 1), block_rows))
+    for lo in range(0, max(n, 1), span):
+        rows = slice(lo, min(n, lo + span))
+        m = rows.stop - rows.start
+        order, keys, ends = sorted_by_key(labels[rows], k, block_rows)
+        blocks = triton.cdiv(max(m, 1), block_rows)
+        xs, ws = x[rows], values[rows]
+        slots, slot_w = sums, w_sums  # (slot arguments left unread without slots)
+        if from_slots:
+            chunks = triton.cdiv(m, CHUNK)
+            slots = torch.empty(chunks + blocks * (k + 1), d, dtype=torch.float64, device=x.device)
+            slot_w = torch.empty(chunks + blocks * (k + 1), dtype=torch.float64, device=x.device)
+            _chunk_sums_kernel[(chunks, d_tiles)](xs, order, keys, ws, ends, slots, slot_w, m, d, k, x.stride(0),
+                                                  num_warps=WARPS, **tiles)
+        _cluster_sums_kernel[(k, d_tiles)](xs, order, ws, slots, slot_w, ends, sums, w_sums, counts, d, k, blocks,
+                                           x.stride(0), FROM_SLOTS=from_slots, ACCUMULATE=lo > 0,
+                                           num_warps=4 if from_slots else WARPS, **tiles)
     return sums, counts, w_sums
 
 
