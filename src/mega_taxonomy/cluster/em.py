@@ -121,7 +121,8 @@ class InitTask:
 
 def estimate_parameters(p: EMPartial, covariance_type: str, reg_covar: float):
     """(nk, means, covariances) from the sums, as scikit-learn's ``_estimate_gaussian_parameters``:
-    ``nk = sum r + 10 eps``, means ``sum r x / nk``, covariances plus ``reg_covar`` on the diagonal."""
+    ``nk = sum r + 10 eps``, means ``sum r x / nk``, covariances plus ``reg_covar`` on the diagonal
+    (diagonal and spherical variances of at least ``reg_covar``)."""
     nk = p.resp_sum + 10 * np.finfo(np.float64).eps
     means = p.x_sum / nk[:, None]
     d = means.shape[1]
@@ -135,7 +136,9 @@ def estimate_parameters(p: EMPartial, covariance_type: str, reg_covar: float):
         cov = (p.x2_sum - (nk * means.T) @ means) / nk.sum()
         cov.flat[:: d + 1] += reg_covar
     else:
-        cov = p.x2_sum / nk[:, None] - means ** 2 + reg_covar
+        # a variance is never below reg_covar: float32 statistics (the GPU's E-step) can round a
+        # component of nearly equal rows below zero, where scikit-learn's float64 ones give ~0
+        cov = np.maximum(p.x2_sum / nk[:, None] - means ** 2, 0.0) + reg_covar
         if covariance_type == "spherical":
             cov = cov.mean(1)
     return nk, means, cov

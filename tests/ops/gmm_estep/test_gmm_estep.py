@@ -108,3 +108,28 @@ def test_far_rows_keep_finite_statistics():
 def test_unknown_covariance_type():
     with pytest.raises(ValueError, match="covariance_type"):
         gmm_estep(torch.zeros(2, 2, dtype=torch.float64), [1.0], [[0.0, 0.0]], [1.0], "banana")
+
+
+@pytest.mark.parametrize("ctype", ["diag", "spherical"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("n,k,d", [(300, 5, 3), (4500, 70, 20)])  # K past one tile, rows past one split
+def test_triton_estep_matches_float64(ctype, dtype, n, k, d):
+    """The Triton kernels (CPU interpreter here) against the float64 twin, on rows offset far from
+    the origin (the shift keeps the expansion's float32 terms small)."""
+    (weights, means, pc), _ = mixture(ctype, k, d, seed=n + k)
+    rng = np.random.default_rng(n)
+    offset = 50.0
+    x = torch.from_numpy(rng.normal(size=(n, d)) * 2 + means[rng.integers(0, k, n)] + offset)
+    means = means + offset
+    x_in = x.to(dtype)
+    ref = gmm_estep_reference(x_in.double(), weights, means, pc, ctype)
+    got = gmm_estep(x_in, weights, means, pc, ctype, backend="triton")
+    assert got.x_sum.dtype == torch.float64 and got.x2_sum.shape == ref.x2_sum.shape
+    np.testing.assert_allclose(got.log_likelihood.item(), ref.log_likelihood.item(), rtol=1e-5)
+    np.testing.assert_allclose(got.resp_sum.numpy(), ref.resp_sum.numpy(), rtol=1e-4, atol=1e-3)
+    scale = np.abs(ref.x_sum.numpy()).max()
+    np.testing.assert_allclose(got.x_sum.numpy(), ref.x_sum.numpy(), rtol=1e-4, atol=1e-4 * scale)
+    scale2 = np.abs(ref.x2_sum.numpy()).max()
+    np.testing.assert_allclose(got.x2_sum.numpy(), ref.x2_sum.numpy(), rtol=1e-4, atol=1e-4 * scale2)
+    again = gmm_estep(x_in, weights, means, pc, ctype, backend="triton")
+    assert torch.equal(again.x2_sum, got.x2_sum) and torch.equal(again.log_likelihood, got.log_likelihood)

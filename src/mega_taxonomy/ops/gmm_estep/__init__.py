@@ -10,9 +10,13 @@ block's first row (a function of the block only, so the bits never depend on how
 batched), and chunks add up in order in float64. Memory: O(ROW_CHUNK x tile) plus the statistics,
 O(K x D) for diag / spherical, O(K x D^2) for full, O(D^2) for tied; never (n, K).
 
-This slice computes in float64 on every device (the statistics of EM, and scikit-learn's
-numerics); a Triton kernel with float32 / TF32 products and a compiled CPU path are still to
-come. :func:`gmm_estep_reference` is the torch twin: row chunks against all K at once.
+Precision. The torch path computes in float64 on every device (the statistics of EM, and
+scikit-learn's numerics): it runs on the CPU (BLAS products), for float64 rows, and for full and
+tied covariances. Diagonal and spherical mixtures of float32 / float16 / bfloat16 rows on CUDA
+take the Triton kernels of ``gmm_estep/triton.py``: rows shifted by the mixture's mean, products
+in float32 accumulation (3xTF32, float32 accuracy, unless torch allows TF32), sums of a split of
+4,096 rows in float32, the splits added in float64. :func:`gmm_estep_reference` is the torch twin:
+row chunks against all K at once.
 
 Examples
 --------
@@ -32,6 +36,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from ..common import use_triton
 
 __all__ = ["COVARIANCE_TYPES", "EStepStats", "gmm_estep", "gmm_estep_reference", "gmm_log_resp", "gmm_predict",
            "gmm_score_samples", "gmm_stats", "weighted_log_prob"]
@@ -133,7 +139,20 @@ def _add_chunk(stats, x, r, lo, hi, covariance_type):
         stats.x2_sum[lo:hi] += r.T @ (x * x)
 
 
-def gmm_estep(x, weights, means, precisions_cholesky, covariance_type: str, *, tile: int = TILE) -> EStepStats:
+def _estep_triton(x, params, covariance_type) -> EStepStats:
+    """:func:`gmm_estep` of a diagonal or spherical mixture through the Triton kernels."""
+    from .triton import diag_estep_triton
+
+    weights, means, prec_chol = params
+    precisions = prec_chol ** 2 if covariance_type == "diag" else (prec_chol ** 2)[:, None].expand_as(means)
+    shift = weights @ means
+    lse, r, xs, x2s = diag_estep_triton(x, weights, means, precisions, shift)
+    # back to sums of the rows themselves, in float64: sum r x = sum r x' + s sum r, and so on
+    return EStepStats(lse.double().sum(), r, xs + shift * r[:, None], x2s + 2 * shift * xs + shift ** 2 * r[:, None])
+
+
+def gmm_estep(x, weights, means, precisions_cholesky, covariance_type: str, *, tile: int = TILE,
+              backend: str = "auto") -> EStepStats:
     """The E-step statistics of the rows ``x`` (n, D) under a mixture, online over component tiles.
 
     Parameters
@@ -144,6 +163,10 @@ def gmm_estep(x, weights, means, precisions_cholesky, covariance_type: str, *, t
     covariance_type : {"full", "tied", "diag", "spherical"}
     tile : int, default=256
         Components per tile.
+    backend : {"auto", "torch", "triton"}, default="auto"
+        "auto": the Triton kernels for diagonal and spherical mixtures of float32 / half rows on
+        CUDA (up to ``triton.MAX_D`` features), float64 torch otherwise (see the module's notes);
+        "triton" also under ``TRITON_INTERPRET=1`` on the CPU.
 
     Returns
     -------
@@ -151,6 +174,9 @@ def gmm_estep(x, weights, means, precisions_cholesky, covariance_type: str, *, t
         float64 tensors on ``x``'s device.
     """
     params = _params(x, weights, means, precisions_cholesky, covariance_type)
+    if (covariance_type in ("diag", "spherical") and x.shape[0] and x.dtype != torch.float64
+            and x.shape[1] <= 256 and use_triton(x, backend)):
+        return _estep_triton(x, params, covariance_type)
     stats = _stats_like(x, params[1], covariance_type)
     for start in range(0, len(x), ROW_CHUNK):
         xc = x[start:start + ROW_CHUNK].to(torch.float64)

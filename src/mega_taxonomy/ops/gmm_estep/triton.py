@@ -1,0 +1,155 @@
+"""Triton kernels of the E-step of a diagonal (or spherical) Gaussian mixture: every row's
+log-sum-exp over the components, then the statistics, with no (N, K) array in memory.
+
+With the precisions p_k (K, D) = 1 / variances and the means m_k, a row's weighted log density is
+
+    log w_k + log N(x | k) = c_k + x . (m_k p_k) - 0.5 x^2 . p_k,
+    c_k = log w_k - 0.5 (D log 2 pi + sum m_k^2 p_k) + 0.5 sum log p_k,
+
+two products of the rows (x and x^2, D wide) with (D, K) operands. The rows are shifted first
+by ``shift`` (the mixture's mean; the means likewise), which keeps the expansion's terms small:
+the float32 cancellation between them is what turned other GPU mixtures' fits to NaN.
+
+Kernel contract
+  x       : (N, D)  float16 / bfloat16 / float32 rows (row stride ``stride_x``), D <= MAX_D
+  shift   : (D,)    float32, subtracted from every row
+  a, b    : (D, K)  float32: (m_k - shift) p_k and -0.5 p_k, column k for component k
+  c       : (K,)    float32: c_k of the shifted means
+  lse     : (N,)    float32 out (``_lse_kernel``): log sum_k exp(log density), online over tiles
+  r_part  : (S, K)  float32 out (``_stats_kernel``): per split s of the rows, sum r
+  x_part  : (S, K, D), x2_part: (S, K, D) float32 out: sum r (x - shift), sum r (x - shift)^2
+The statistics kernel runs a program per (component tile, row split), which walks its rows and
+keeps its sums in registers: no atomics, so the bits are the same on every run; the S splits
+(a function of N alone) are added in float64 afterwards, in order. Products run on tensor cores
+in float32 accumulation: TF32 where torch allows it (``allow_tf32``), else 3xTF32 (float32
+accuracy, see ``ops.assign``). Half-precision rows are read as they are and computed in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_D = 256  # the rows' tile and the statistics' accumulators stay on chip up to this width
+ROWS_PER_SPLIT = 4096  # rows walked by one statistics program: a 65,536-row block makes 16 splits
+
+
+@triton.jit
+def _log_density(x_ptr, rows, row_ok, stride_x, shift_ptr, dims, dim_ok, a_ptr, b_ptr, c_ptr, comps, comp_ok, K,
+                 TF32: tl.constexpr):
+    """(shifted rows, their squares, (rows, comps) log densities; -inf past K)."""
+    x = tl.load(x_ptr + rows[:, None] * stride_x + dims[None, :], mask=row_ok[:, None] & dim_ok[None, :],
+                other=0.0).to(tl.float32)
+    x = tl.where(dim_ok[None, :], x - tl.load(shift_ptr + dims, mask=dim_ok, other=0.0)[None, :], 0.0)
+    x2 = x * x
+    a = tl.load(a_ptr + dims[:, None] * K + comps[None, :], mask=dim_ok[:, None] & comp_ok[None, :], other=0.0)
+    b = tl.load(b_ptr + dims[:, None] * K + comps[None, :], mask=dim_ok[:, None] & comp_ok[None, :], other=0.0)
+    if TF32:
+        acc = tl.dot(x, a) + tl.dot(x2, b)
+    else:
+        acc = tl.dot(x, a, input_precision="tf32x3") + tl.dot(x2, b, input_precision="tf32x3")
+    c = tl.load(c_ptr + comps, mask=comp_ok, other=0.0)
+    return x, x2, tl.where(comp_ok[None, :], acc + c[None, :], float("-inf"))
+
+
+@triton.jit
+def _lse_kernel(x_ptr, shift_ptr, a_ptr, b_ptr, c_ptr, lse_ptr, N, D, K, stride_x,
+                BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, TF32: tl.constexpr):
+    """A program per tile of rows: the running maximum and sum of exp over component tiles."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < N
+    dims = tl.arange(0, BLOCK_D)
+    dim_ok = dims < D
+    top = tl.full((BLOCK_M,), -1e30, tl.float32)  # finite: exp(top - new_top) never sees inf - inf
+    total = tl.zeros((BLOCK_M,), tl.float32)
+    for c0 in range(0, K, BLOCK_C):
+        comps = c0 + tl.arange(0, BLOCK_C)
+        _, _, lp = _log_density(x_ptr, rows, row_ok, stride_x, shift_ptr, dims, dim_ok, a_ptr, b_ptr, c_ptr, comps,
+                                comps < K, K, TF32)
+        new_top = tl.maximum(top, tl.max(lp, axis=1))
+        total = total * tl.exp(top - new_top) + tl.sum(tl.exp(lp - new_top[:, None]), axis=1)
+        top = new_top
+    tl.store(lse_ptr + rows, top + tl.log(total), mask=row_ok)
+
+
+@triton.jit
+def _stats_kernel(x_ptr, shift_ptr, a_ptr, b_ptr, c_ptr, lse_ptr, r_ptr, xs_ptr, x2s_ptr, N, D, K, stride_x,
+                  ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+                  TF32: tl.constexpr):
+    """A program per (component tile, split of ROWS rows): responsibilities of its rows, their
+    sums, and the products with the rows and their squares, kept in registers until the end."""
+    comps = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    comp_ok = comps < K
+    split = tl.program_id(1).to(tl.int64)
+    dims = tl.arange(0, BLOCK_D)
+    dim_ok = dims < D
+    acc_r = tl.zeros((BLOCK_C,), tl.float32)
+    acc_x = tl.zeros((BLOCK_C, BLOCK_D), tl.float32)
+    acc_x2 = tl.zeros((BLOCK_C, BLOCK_D), tl.float32)
+    for r0 in range(0, ROWS, BLOCK_M):
+        rows = split * ROWS + r0 + tl.arange(0, BLOCK_M)
+        row_ok = rows < N
+        x, x2, lp = _log_density(x_ptr, rows, row_ok, stride_x, shift_ptr, dims, dim_ok, a_ptr, b_ptr, c_ptr,
+                                 comps, comp_ok, K, TF32)
+        lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+        r = tl.where(row_ok[:, None], tl.exp(lp - lse[:, None]), 0.0)
+        acc_r += tl.sum(r, axis=0)
+        rt = tl.trans(r)
+        if TF32:
+            acc_x += tl.dot(rt, x)
+            acc_x2 += tl.dot(rt, x2)
+        else:
+            acc_x += tl.dot(rt, x, input_precision="tf32x3")
+            acc_x2 += tl.dot(rt, x2, input_precision="tf32x3")
+    out = (split * K + comps)[:, None] * D + dims[None, :]
+    ok = comp_ok[:, None] & dim_ok[None, :]
+    tl.store(xs_ptr + out, acc_x, mask=ok)
+    tl.store(x2s_ptr + out, acc_x2, mask=ok)
+    tl.store(r_ptr + split * K + comps, acc_r, mask=comp_ok)
+
+
+def diag_operands(weights, means, precisions, shift):
+    """(a, b, c) of the module's contract, float32 on the means' device, from float64 parameters:
+    ``precisions`` (K, D) are 1 / variances, ``shift`` (D,) the rows' shift."""
+    d = means.shape[1]
+    m = means - shift
+    a = (m * precisions).T.contiguous()
+    b = (-0.5 * precisions).T.contiguous()
+    c = torch.log(weights) - 0.5 * (d * math.log(2 * math.pi) + (m * m * precisions).sum(1)) + 0.5 * torch.log(
+        precisions).sum(1)
+    return a.float(), b.float(), c.float()
+
+
+def _tiles(d: int) -> dict:
+    block_d = max(16, triton.next_power_of_2(d))
+    # the statistics' two (BLOCK_C, BLOCK_D) float32 accumulators: 64 KiB of registers at most
+    return dict(BLOCK_M=64, BLOCK_C=64 if block_d <= 128 else 32, BLOCK_D=block_d)
+
+
+def diag_estep_triton(x: torch.Tensor, weights, means, precisions, shift):
+    """(per-row log-sum-exp (N,) float32, sum r (K,), sum r (x - shift) (K, D), sum r (x - shift)^2
+    (K, D), the three float64, added over the row splits in order) of a diagonal mixture."""
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    n, d = x.shape
+    k = means.shape[0]
+    if d > MAX_D:
+        raise ValueError(f"the Triton E-step takes up to {MAX_D} features, not {d}")
+    a, b, c = diag_operands(weights, means, precisions, shift)
+    shift32 = shift.float().contiguous()
+    tf32 = bool(torch.backends.cuda.matmul.allow_tf32) and x.is_cuda
+    tiles = _tiles(d)
+    lse = torch.empty(n, dtype=torch.float32, device=x.device)
+    _lse_kernel[(triton.cdiv(n, tiles["BLOCK_M"]),)](x, shift32, a, b, c, lse, n, d, k, x.stride(0), TF32=tf32,
+                                                     num_warps=4, **tiles)
+    splits = triton.cdiv(n, ROWS_PER_SPLIT)
+    r_part = torch.empty(splits, k, dtype=torch.float32, device=x.device)
+    x_part = torch.empty(splits, k, d, dtype=torch.float32, device=x.device)
+    x2_part = torch.empty(splits, k, d, dtype=torch.float32, device=x.device)
+    _stats_kernel[(triton.cdiv(k, tiles["BLOCK_C"]), splits)](x, shift32, a, b, c, lse, r_part, x_part, x2_part, n,
+                                                              d, k, x.stride(0), ROWS=ROWS_PER_SPLIT, TF32=tf32,
+                                                              num_warps=8, **tiles)
+    return lse, r_part.double().sum(0), x_part.double().sum(0), x2_part.double().sum(0)
