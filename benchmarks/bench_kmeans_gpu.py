@@ -38,7 +38,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -238,9 +237,6 @@ def measure(n, d, k, dtype, tf32, iters, device, do_sweep):
                        ours_iteration_ms=public, best_peer_iteration_ms=best["iteration_ms"])
     if do_sweep and x.is_cuda:
         summary["assign_sweep_ms"] = sweep(x, c0, case)
-    del x, c0
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
     return case, rows, summary
 
 
@@ -260,6 +256,8 @@ def main():
     results, speedups, per_shape = [], {}, {}
     for n, d, k, dtype, tf32 in shapes:
         case, rows, summary = measure(n, d, k, dtype, tf32, 3 if args.smoke else args.iters, device, args.sweep)
+        if device == "cuda":
+            torch.cuda.empty_cache()  # the shape's tensors are gone with measure's frame
         results += rows
         per_shape[case] = summary
         if "speedup_vs_best_peer" in summary:
