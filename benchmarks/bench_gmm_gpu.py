@@ -1,0 +1,255 @@
+"""Gaussian mixtures on one GPU: our ``GaussianMixture`` (the fused E-step of ``ops/gmm_estep``)
+against torchgmm 0.1.4 and a plain chunked torch E+M step, side by side in one run, on the same
+data and the same initial means; then a streaming fit of 100M rows from host memory.
+
+Cases: diag N=1M, D=128, K=1024 float32, and full D=64, K=256 float32; each with TF32 off (torch's
+default) and on, set for every side (``torch.backends.cuda.matmul.allow_tf32``). Per side:
+``estep_ms`` (one E-step, CUDA-event median), ``iteration_ms`` (one EM iteration, from wall-clock
+calls of M and 1 iterations: (median of 3 of M - median of 3 of 1) / (M - 1)), ``peak_bytes``,
+the final log-likelihood per row and whether every parameter stayed finite; per case the floor:
+the four products of an EM iteration (x A, x^2 B, r^T x, r^T x^2) timed as torch matmuls at the
+same precision. The float64 reference is our own E-step in float64 on the same parameters.
+
+Streaming: 100M x 128 float16 rows in host memory, K=256 diag, two EM iterations; rows/s of a
+pass against the host-to-device copy rate of the same bytes (pinned, measured here).
+
+Peers' wheels (pure Python): torchgmm 0.1.4 with pytorch-lightning, lightning-utilities,
+torchmetrics, anndata, session-info (and what they need that the machine lacks).
+
+    python benchmarks/bench_gmm_gpu.py [--case I ...] [--iters M] [--no-stream] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from mega_taxonomy import GaussianMixture  # noqa: E402
+from mega_taxonomy.ops.gmm_estep import gmm_estep  # noqa: E402
+
+M1 = 1 << 20
+CASES = [(M1, 128, 1024, "diag", False), (M1, 128, 1024, "diag", True), (M1, 64, 256, "full", False),
+         (M1, 64, 256, "full", True)]
+
+
+def wall(fn):
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t, out
+
+
+def per_iteration(fit, iters):
+    one = sorted(wall(lambda: fit(1))[0] for _ in range(3))[1]
+    many = sorted(wall(lambda: fit(iters))[0] for _ in range(3))[1]
+    per = (many - one) / (iters - 1) * 1e3
+    return per if per > 0 else None
+
+
+def events_ms(fn):
+    return triton.testing.do_bench(fn, warmup=10, rep=200, return_mode="median")
+
+
+def peak(fn):
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated(), out
+
+
+def data(n, d, k, seed=0):
+    """Rows from a mixture of k Gaussians of random scales, and k initial means from the rows."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    centres = torch.randn(k, d, device="cuda", generator=g) * 4
+    scales = torch.rand(k, 1, device="cuda", generator=g) * 1.5 + 0.5
+    comp = torch.randint(0, k, (n,), device="cuda", generator=g)
+    x = centres[comp] + torch.randn(n, d, device="cuda", generator=g) * scales[comp]
+    return x, x[torch.randperm(n, device="cuda", generator=g)[:k]].clone()
+
+
+def start(x, means0, ctype):
+    """scikit-learn's parameters of a start from the means alone: uniform weights, the rows' variance."""
+    k, d = means0.shape
+    var = x.double().var(0).mean().item()
+    weights = np.full(k, 1.0 / k)
+    if ctype == "diag":
+        precisions = np.full((k, d), 1.0 / var)
+    else:
+        precisions = np.repeat(np.eye(d)[None] / var, k, 0)
+    return dict(weights_init=weights, means_init=means0.double().cpu().numpy(), precisions_init=precisions)
+
+
+def products_floor(x, k):
+    """ms of the four products of an EM iteration at the current precision (diag's shapes)."""
+    n, d = x.shape
+    a = torch.randn(d, k, device="cuda")
+    chunk = min(n, (1 << 30) // (4 * k))  # (chunk, K) float32 at most 1 GiB
+
+    def four():
+        for lo in range(0, n, chunk):
+            xc = x[lo:lo + chunk]
+            r = xc @ a
+            r2 = (xc * xc) @ a
+            _ = r.T @ xc
+            _ = r2.T @ (xc * xc)
+
+    return events_ms(four)
+
+
+def torch_chunked_em(x, weights, means, variances, iters, chunk=1 << 16):
+    """A plain diag EM in torch: per chunk of rows, log densities (two products), logsumexp,
+    responsibilities, and their products with the rows; M-step in float32."""
+    for _ in range(iters):
+        prec = 1.0 / variances
+        a, b = (means * prec).T, (-0.5 * prec).T
+        c = torch.log(weights) - 0.5 * (x.shape[1] * math.log(2 * math.pi) + (means * means * prec).sum(1)) \
+            + 0.5 * torch.log(prec).sum(1)
+        nk = torch.zeros_like(weights)
+        sx = torch.zeros_like(means)
+        sx2 = torch.zeros_like(means)
+        ll = 0.0
+        for lo in range(0, x.shape[0], chunk):
+            xc = x[lo:lo + chunk]
+            lp = c + xc @ a + (xc * xc) @ b
+            lse = torch.logsumexp(lp, 1)
+            r = torch.exp(lp - lse[:, None])
+            nk += r.sum(0)
+            sx += r.T @ xc
+            sx2 += r.T @ (xc * xc)
+            ll = ll + lse.sum()
+        weights = nk / x.shape[0]
+        means = sx / nk[:, None]
+        variances = sx2 / nk[:, None] - means ** 2 + 1e-6
+    return weights, means, variances, float(ll) / x.shape[0]
+
+
+def ours(case, x, means0, ctype, iters):
+    kw = start(x, means0, ctype)
+    fit = lambda m: GaussianMixture(means0.shape[0], covariance_type=ctype, max_iter=m, tol=0, device="cuda",  # noqa: E731
+                                    **kw).fit(x)
+    fit(1)
+    per = per_iteration(fit, iters)
+    pk, gm = peak(lambda: fit(iters))
+    w, mu, pc = (torch.as_tensor(a, device="cuda") for a in (gm.weights_, gm.means_, gm.precisions_cholesky_))
+    estep = events_ms(lambda: gmm_estep(x, w, mu, pc, ctype))
+    exact = gmm_estep(x.double(), w, mu, pc, ctype).log_likelihood.item() / len(x)
+    finite = all(np.isfinite(a).all() for a in (gm.weights_, gm.means_, gm.covariances_))
+    return {"case": case, "impl": "mega_taxonomy GaussianMixture", "estep_ms": estep, "iteration_ms": per,
+            "peak_bytes": pk, "data_bytes": x.nbytes, "log_likelihood": gm.lower_bound_,
+            "log_likelihood_float64": exact, "finite": finite,
+            "relative_to_float64": abs(gm.lower_bound_ - exact) / abs(exact)}
+
+
+def torchgmm_row(case, x, means0, ctype, iters):
+    try:
+        from torchgmm.bayes import GaussianMixture as TorchGMM
+    except ImportError as exc:
+        return {"case": case, "impl": "torchgmm", "failed": f"not installed: {exc}"}
+    k = means0.shape[0]
+
+    def fit(m):
+        return TorchGMM(k, covariance_type=ctype, init_means=means0, convergence_tolerance=-1.0,
+                        trainer_params=dict(accelerator="gpu", devices=1, max_epochs=m, enable_progress_bar=False,
+                                            enable_model_summary=False)).fit(x)
+
+    try:
+        fit(1)
+        per = per_iteration(fit, iters)
+        pk, model = peak(lambda: fit(iters))
+        params = [p.detach() for p in model.model_.parameters()] + [b for b in model.model_.buffers()]
+        finite = all(bool(torch.isfinite(p).all()) for p in params if p.is_floating_point())
+        return {"case": case, "impl": "torchgmm 0.1.4", "iteration_ms": per, "peak_bytes": pk,
+                "log_likelihood": -float(model.nll_), "finite": finite}
+    except Exception as exc:  # recorded: its failures are part of the comparison
+        return {"case": case, "impl": "torchgmm 0.1.4", "failed": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+def measure(n, d, k, ctype, tf32, iters):
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    case = f"{ctype}_N{n}_D{d}_K{k}_" + ("tf32" if tf32 else "fp32")
+    x, means0 = data(n, d, k)
+    rows = [ours(case, x, means0, ctype, iters), torchgmm_row(case, x, means0, ctype, iters)]
+    if ctype == "diag":
+        w0 = torch.full((k,), 1.0 / k, device="cuda")
+        v0 = torch.full((k, d), x.var(0).mean().item(), device="cuda")
+        fit = lambda m: torch_chunked_em(x, w0, means0, v0, m)  # noqa: E731
+        per = per_iteration(fit, iters)
+        pk, out = peak(lambda: fit(iters))
+        rows.append({"case": case, "impl": "torch chunked E+M", "iteration_ms": per, "peak_bytes": pk,
+                     "log_likelihood": out[3], "finite": bool(all(torch.isfinite(t).all() for t in out[:3]))})
+    floor = products_floor(x, k) if ctype == "diag" else None
+    summary = {"products_floor_ms": floor}
+    ours_ms = rows[0]["iteration_ms"]
+    if floor and ours_ms:
+        summary["iteration_over_floor"] = ours_ms / floor
+    for r in rows[1:]:
+        if ours_ms and r.get("iteration_ms"):
+            summary[f"speedup_vs_{r['impl']}"] = r["iteration_ms"] / ours_ms
+    return rows, summary
+
+
+def streaming(n=100 * M1, d=128, k=256):
+    """rows/s of a pass over host rows (float16) against the pinned host-to-device copy rate."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    host = torch.empty(n, d, dtype=torch.float16)
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(k, d, generator=g) * 4
+    for lo in range(0, n, 1 << 22):
+        hi = min(n, lo + (1 << 22))
+        host[lo:hi] = (centres[torch.randint(0, k, (hi - lo,), generator=g)]
+                       + torch.randn(hi - lo, d, generator=g)).half()
+    pinned = torch.empty(1 << 30, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty_like(pinned, device="cuda")
+    copy_s = sorted(wall(lambda: dev.copy_(pinned, non_blocking=True))[0] for _ in range(3))[1]
+    rate = pinned.nbytes / copy_s
+    kw = start(host[:M1].cuda().float(), centres.cuda(), "diag")
+    passes = []
+    for m in (1, 3):
+        t, _ = wall(lambda m=m: GaussianMixture(k, covariance_type="diag", max_iter=m, tol=0, device="cuda", **kw)
+                    .fit(host))
+        passes.append(t)
+    per_pass = (passes[1] - passes[0]) / 2
+    return {"rows": n, "dim": d, "k": k, "dtype": "float16", "seconds_per_pass": per_pass,
+            "rows_per_second": n / per_pass, "h2d_bytes_per_second": rate,
+            "copy_rate_fraction": host.nbytes / rate / per_pass}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", type=int, action="append", default=None, help="index into CASES")
+    parser.add_argument("--iters", type=int, default=6)
+    parser.add_argument("--no-stream", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    results, speedups, summaries = [], {}, {}
+    for n, d, k, ctype, tf32 in CASES if args.case is None else [CASES[i] for i in args.case]:
+        rows, summary = measure(n, d, k, ctype, tf32, args.iters)
+        results += rows
+        summaries[rows[0]["case"]] = summary
+        speedups.update({f"{rows[0]['case']} {key}": v for key, v in summary.items() if key.startswith("speedup")})
+        print(common.table(rows, ["case", "impl", "estep_ms", "iteration_ms", "peak_bytes", "log_likelihood",
+                                  "finite"]), flush=True)
+        print(summary, flush=True)
+        torch.cuda.empty_cache()
+    params = {"cases": CASES, "iters": args.iters, "per_case": summaries,
+              "streaming": None if args.no_stream else streaming()}
+    print(params["streaming"], flush=True)
+    path = common.write("gmm_gpu", params, results, speedups, "python " + " ".join(sys.argv),
+                        **({"path": Path(args.out)} if args.out else {}))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
