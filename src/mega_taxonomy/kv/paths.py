@@ -51,7 +51,7 @@ def cpu_upsert(b, tiers, op, keys, values, desired, rule, flags=None):
     n_ev = nk.upsert(_np(b.keys), _np(b.digests), _np(b.scores), _np(b.sizes), _np(tiers.fast), _np(tiers.host),
                      tiers.k, b.shift, b.empty, _np(keys), _np(values), _np(desired), rule, flags, op,
                      _np(out_values), _np(slots), _np(ev_k), _np(ev_v), _np(ev_s))
-    return out_values, slots, (ev_k[:n_ev], ev_v[:n_ev], ev_s[:n_ev])
+    return out_values, slots, settle_evicted(b, (ev_k[:n_ev], ev_v[:n_ev], ev_s[:n_ev]), "numba")
 
 
 def cpu_erase(b, keys):
@@ -78,9 +78,28 @@ def round_erase(b, keys, backend):
     return len(slots)
 
 
-def _index_of(sorted_keys, order, keys):
-    """Positions in the unsorted array (``order`` sorts it) of ``keys``, all present."""
-    return order[torch.searchsorted(sorted_keys, keys)]
+def settle_evicted(b, evicted, backend):
+    """The evicted entries as the caller sees them after the batch: a key pushed out and put back
+    later in the same batch is not evicted (it was assigned), and a key pushed out twice is
+    reported once, with its last value."""
+    keys, values, scores = evicted
+    if not len(keys):
+        return evicted
+    keep = ht.lookup(b, keys, backend=backend)[0] < 0 if backend != "numba" else None
+    if keep is None:
+        keep = torch.from_numpy(cpu_lookup_slots(b, keys) < 0)
+    uniq, inverse = torch.unique(keys, return_inverse=True)
+    last = torch.full_like(uniq, -1).scatter_reduce_(0, inverse, torch.arange(len(keys), device=keys.device), "amax")
+    keep &= torch.zeros_like(keep).index_fill_(0, last, True)
+    return keys[keep], values[keep], scores[keep]
+
+
+def cpu_lookup_slots(b, keys):
+    slots, scores = np.empty(len(keys), dtype=np.int64), np.empty(len(keys), dtype=np.int64)
+    empty = np.empty((0, 1), dtype=np.float32)
+    nk.lookup(_np(b.keys), _np(b.digests), _np(b.scores), empty, empty, 0, b.shift, _np(keys), empty, scores, slots,
+              False)
+    return slots
 
 
 def round_upsert(b, tiers, op, keys, values, desired, rule, flags=None, backend="auto"):
@@ -94,12 +113,11 @@ def round_upsert(b, tiers, op, keys, values, desired, rule, flags=None, backend=
     rows = r.first if op == ht.OP_FIND_OR_INSERT else r.last  # the occurrence whose value is written
     evicted = (keys[:0], torch.empty(0, dim, dtype=tiers.fast.dtype, device=keys.device), keys[:0])
     if op == ht.OP_INSERT_AND_EVICT:
-        order = torch.argsort(r.keys)
-        inner = torch.isin(r.evicted_keys, r.keys)  # inserted by this batch, then pushed out
+        inner, index = r.evicted_after_own_round()  # written by this batch, then pushed out
         ev_v = torch.empty(len(r.evicted_keys), dim, dtype=tiers.fast.dtype, device=keys.device)
         ev_v[~inner] = tiers[r.evicted_slots[~inner]]  # read before any write below
         if values is not None:
-            ev_v[inner] = values[rows[_index_of(r.keys[order], order, r.evicted_keys[inner])]]
+            ev_v[inner] = values[rows[index[inner]]]
         refused = r.status == ht.REFUSED
         ref_v = values[rows[refused]] if values is not None else torch.zeros(int(refused.sum()), dim, device=keys.device)
         evicted = (torch.cat([r.evicted_keys, r.keys[refused]]), torch.cat([ev_v, ref_v.to(ev_v.dtype)]),
@@ -111,6 +129,8 @@ def round_upsert(b, tiers, op, keys, values, desired, rule, flags=None, backend=
     elif op != ht.OP_ASSIGN:
         new = keep & (r.status != ht.FOUND)
         tiers[r.slots[new]] = torch.zeros(int(new.sum()), dim, dtype=tiers.fast.dtype, device=keys.device)
+    if op == ht.OP_INSERT_AND_EVICT:
+        evicted = settle_evicted(b, evicted, backend)
     out_values, slots = None, ht.lookup(b, keys, backend=backend)[0]
     if op == ht.OP_FIND_OR_INSERT:
         found = slots >= 0

@@ -169,9 +169,21 @@ class Rounds:
     desired: torch.Tensor  # (u,) combined score operand
     slots: torch.Tensor   # (u,) final slot, -1 when refused, missing, or evicted later in the batch
     status: torch.Tensor  # (u,) FOUND / INSERTED / EVICTED / REFUSED / MISSING
+    rank: torch.Tensor    # (u,) the round of each key
     evicted_keys: torch.Tensor  # (e,) keys pushed out (those inserted earlier in the batch too)
     evicted_scores: torch.Tensor
     evicted_slots: torch.Tensor
+    evicted_rounds: torch.Tensor
+
+    def evicted_after_own_round(self):
+        """(e,) whether an evicted key was written by this batch before it was pushed out (its
+        value is the batch's), and (e,) its index in ``keys`` (-1: not in the batch)."""
+        order = torch.argsort(self.keys)
+        at = torch.searchsorted(self.keys[order], self.evicted_keys).clamp_max(max(len(order) - 1, 0))
+        index = order[at] if len(order) else at
+        inner = (self.keys[index] == self.evicted_keys) if len(order) else torch.zeros_like(at, dtype=torch.bool)
+        index = torch.where(inner, index, -1)
+        return inner & (self.evicted_rounds > self.rank[index.clamp_min(0)]), index
 
 
 def _distinct(keys, desired, rule):
@@ -205,20 +217,21 @@ def upsert_rounds(b: Buckets, keys, desired, rule, *, insert, backend="auto") ->
     run = _round_fn(keys, backend)
     slots = torch.full_like(keys, -1)
     status = torch.full_like(keys, MISSING)
-    ev_k, ev_s, ev_p = [], [], []
+    ev_k, ev_s, ev_p, ev_r = [], [], [], []
     start = 0
-    for count in per_round:
+    for r, count in enumerate(per_round):
         i = by_rank[start:start + count]
         start += count
         s, st, ok, os = run(b, keys[i], bucket[i], digest[i], desired[i], rule, insert)
         slots[i], status[i] = s, st
         e = st == EVICTED
-        ev_k.append(ok[e]), ev_s.append(os[e]), ev_p.append(s[e])
+        ev_k.append(ok[e]), ev_s.append(os[e]), ev_p.append(s[e]), ev_r.append(torch.full_like(s[e], r))
     cat = (lambda parts: torch.cat(parts)) if ev_k else (lambda parts: keys[:0])
-    ev_keys, ev_scores, ev_slots = cat(ev_k), cat(ev_s), cat(ev_p)
-    if len(ev_keys):  # a key inserted in this batch and pushed out later holds no slot
-        slots = torch.where(torch.isin(keys, ev_keys), -1, slots)
-    return Rounds(keys, first, last, desired, slots, status, ev_keys, ev_scores, ev_slots)
+    out = Rounds(keys, first, last, desired, slots, status, rank, cat(ev_k), cat(ev_s), cat(ev_p), cat(ev_r))
+    if len(out.evicted_keys):  # a key written by this batch and pushed out in a later round holds no slot
+        later, index = out.evicted_after_own_round()
+        out.slots[index[later]] = -1
+    return out
 
 
 def _round_fn(keys, backend):
