@@ -13,8 +13,8 @@ BACKENDS = ["numba", "torch"]
 
 
 def table(backend="numba", **kw):
-    args = dict(dim=4, init_capacity=1024, max_capacity=1024, bucket_size=16,
-                evict_strategy=EvictStrategy.CUSTOMIZED)
+    args = {"dim": 4, "init_capacity": 1024, "max_capacity": 1024, "bucket_size": 16,
+                "evict_strategy": EvictStrategy.CUSTOMIZED}
     args.update(kw)
     return HashTable(backend=backend, **args)
 
@@ -37,7 +37,7 @@ def test_insert_and_evict_conserves_keys(backend):
     for _ in range(6):
         keys = torch.from_numpy(rng.choice(50_000, 400, replace=False))
         scores = torch.from_numpy(rng.integers(0, 1 << 40, 400))
-        ek, ev, es = t.insert_and_evict(keys, rows(keys), scores)
+        ek, ev, _es = t.insert_and_evict(keys, rows(keys), scores)
         after = set(contents(t)[0].tolist())
         evicted = ek.tolist()
         assert len(evicted) == len(set(evicted)) and not after & set(evicted)

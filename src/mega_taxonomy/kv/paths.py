@@ -103,7 +103,7 @@ def cpu_lookup_slots(b, keys):
 
 
 def round_upsert(b, tiers, op, keys, values, desired, rule, flags=None, backend="auto"):
-    n, dim = len(keys), tiers.shape[1]
+    _n, dim = len(keys), tiers.shape[1]
     if values is not None:
         values = values.to(device=keys.device, dtype=tiers.fast.dtype)
     if op == ht.OP_ACCUM:

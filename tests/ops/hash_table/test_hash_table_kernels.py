@@ -56,7 +56,7 @@ def test_rounds_triton_equals_torch_and_numba(rule):
 
 
 def test_table_on_triton_matches_numba():
-    kw = dict(dim=3, init_capacity=64, max_capacity=512, bucket_size=16, evict_strategy=EvictStrategy.LFU)
+    kw = {"dim": 3, "init_capacity": 64, "max_capacity": 512, "bucket_size": 16, "evict_strategy": EvictStrategy.LFU}
     tri, ref = HashTable(backend="triton", **kw), HashTable(backend="numba", **kw)
     rng = np.random.default_rng(5)
     for _ in range(3):

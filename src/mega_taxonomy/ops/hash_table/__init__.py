@@ -29,13 +29,50 @@ from dataclasses import dataclass
 
 import torch
 
-from .numba import (HIGH32, LOW32, OP_ACCUM, OP_ASSIGN, OP_FIND_OR_INSERT, OP_INSERT_AND_EVICT,
-                    OP_INSERT_OR_ASSIGN, OP_RESTORE, SCORE_ADD, SCORE_EPOCH_ADD, SCORE_KEEP, SCORE_SET)
+from .numba import (
+    HIGH32,
+    LOW32,
+    OP_ACCUM,
+    OP_ASSIGN,
+    OP_FIND_OR_INSERT,
+    OP_INSERT_AND_EVICT,
+    OP_INSERT_OR_ASSIGN,
+    OP_RESTORE,
+    SCORE_ADD,
+    SCORE_EPOCH_ADD,
+    SCORE_KEEP,
+    SCORE_SET,
+)
 
-__all__ = ["Buckets", "HIGH32", "LOW32", "OP_ACCUM", "OP_ASSIGN", "OP_FIND_OR_INSERT", "OP_INSERT_AND_EVICT",
-           "OP_INSERT_OR_ASSIGN", "OP_RESTORE", "Rounds", "SCORE_ADD", "SCORE_EPOCH_ADD", "SCORE_KEEP", "SCORE_SET",
-           "FOUND", "INSERTED", "EVICTED", "REFUSED", "MISSING", "SIGN", "fmix64", "locate", "lookup",
-           "lookup_reference", "unsigned_key", "upsert_round_reference", "upsert_rounds"]
+__all__ = [
+    "EVICTED",
+    "FOUND",
+    "HIGH32",
+    "INSERTED",
+    "LOW32",
+    "MISSING",
+    "OP_ACCUM",
+    "OP_ASSIGN",
+    "OP_FIND_OR_INSERT",
+    "OP_INSERT_AND_EVICT",
+    "OP_INSERT_OR_ASSIGN",
+    "OP_RESTORE",
+    "REFUSED",
+    "SCORE_ADD",
+    "SCORE_EPOCH_ADD",
+    "SCORE_KEEP",
+    "SCORE_SET",
+    "SIGN",
+    "Buckets",
+    "Rounds",
+    "fmix64",
+    "locate",
+    "lookup",
+    "lookup_reference",
+    "unsigned_key",
+    "upsert_round_reference",
+    "upsert_rounds",
+]
 
 SIGN = -(2**63)
 M1 = 0xFF51AFD7ED558CCD - 2**64  # murmur3 fmix64 constants as int64 bits

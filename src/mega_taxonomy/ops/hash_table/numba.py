@@ -68,7 +68,7 @@ def new_score(old, desired, rule):  # pragma: no cover - compiled
         return old + desired  # wraps modulo 2**64 as uint64 arithmetic does
     if rule == SCORE_EPOCH_ADD:
         low = (old & LOW32) + (desired & LOW32)
-        return (desired & HIGH32) | (low if low < LOW32 else LOW32)
+        return (desired & HIGH32) | (min(LOW32, low))
     return old
 
 
