@@ -8,12 +8,13 @@ __version__ = "0.1.0"
 from .cluster import GaussianMixture, KMeans
 from .errors import ConfigError, DataError, MegaTaxonomyError, StorageError, WorkerError
 from .io import VectorSource
+from .kv import EvictStrategy, HashTable
 from .runtime import LocalRuntime
 from .storage import Store
 from .taxonomy import Balancing, Routing, TaxonomyEngine
 
 __all__ = [
-    "Balancing", "ConfigError", "DataError", "GaussianMixture", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime",
+    "Balancing", "ConfigError", "DataError", "EvictStrategy", "GaussianMixture", "HashTable", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime",
     "Routing", "StorageError", "Store", "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
 ]
 

@@ -85,3 +85,12 @@ def read_paths(table: pa.Table) -> np.ndarray:
     column = table.column("path").combine_chunks()
     width = len(column[0]) if len(column) else 0
     return column.flatten().to_numpy().astype(np.int64).reshape(len(column), width)
+
+
+# A saved HashTable (``kv/persist.py``): every entry's key and score (uint64 bits in int64) and value.
+KV_ARRAYS = ("keys", "values", "scores")
+
+
+def kv_file(name: str) -> str:
+    """``kv/keys.npy``, ``kv/values.npy``, ``kv/scores.npy`` (KV_ARRAYS)."""
+    return f"kv/{name}.npy"

@@ -1,0 +1,159 @@
+"""HashTable on one GPU beside the original (HierarchicalKV, CUDA), in one run.
+
+The original's protocol (``../shared/peers/hierarchicalkv/benchmark/merlin_hashtable_benchmark.cc.cu``):
+batches of 2**20 uint64 keys, float32 values, LRU, capacity 2**27 keys at dim 8 and 32, 2**26 at
+dim 64, load factor 0.50 / 0.75 / 1.00 reached by pre-filling, 60% of a batch's keys present,
+values all in GPU memory (and a hybrid case), B-KV/s = keys per second / 2**30. This script
+builds the original with nvcc (about 2 minutes), runs it, parses its tables, then measures ours
+at the same shapes (CUDA events, median of ``--repeats`` calls per API) and writes
+``benchmarks/results/hashtable_gpu.json`` with a ratio per API (ours / original's B-KV/s: > 1
+means faster).
+
+    python benchmarks/bench_hashtable_gpu.py [--dims 8,64 --load-factors 0.5,0.75 --hybrid]
+    python benchmarks/bench_hashtable_gpu.py --hkv-output saved_hkv_stdout.txt   # original run before
+
+Not run yet: no GPU was lent when it was written; its numbers come from the first GPU session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+
+from mega_taxonomy.kv import EvictStrategy, HashTable
+
+PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "hierarchicalkv"
+BUILD = ("nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 -Iinclude -Ibenchmark "
+         "--expt-relaxed-constexpr benchmark/merlin_hashtable_benchmark.cc.cu -o {out}")
+BATCH = 1 << 20
+APIS = ["insert_or_assign", "find", "find_or_insert", "assign", "find*", "find_or_insert*", "insert_and_evict",
+        "export_batch", "export_batch_if", "contains"]
+
+
+def run_original(peer: Path, workdir: Path) -> str:
+    binary = workdir / "hkv_bench"
+    if not binary.exists():
+        subprocess.run(BUILD.format(out=binary), shell=True, check=True, cwd=peer)
+    return subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout
+
+
+def parse_original(text: str) -> dict:
+    """{(dim, hbm_gb, hmem_gb, load_factor): {api: B-KV/s}} from the original's markdown tables."""
+    out, config, header = {}, None, None
+    for line in text.splitlines():
+        m = re.search(r"dim = (\d+), capacity = (\d+) Million-KV, HBM = (\d+) GB, HMEM = (\d+) GB", line)
+        if m:
+            config = (int(m[1]), int(m[3]), int(m[4]))
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 2 or config is None:
+            continue
+        if cells[0] in ("λ", "\u03bb"):
+            header = cells[1:]
+        elif header and re.fullmatch(r"\d\.\d+", cells[0]):
+            row = out.setdefault((*config, float(cells[0])), {})
+            row.update({api: float(v) for api, v in zip(header, cells[1:]) if re.fullmatch(r"[\d.]+", v)})
+    return out
+
+
+def batch_keys(rng, present: np.ndarray, n: int, hit=0.6):
+    old = present[rng.integers(len(present), size=int(n * hit))]
+    new = rng.integers(2**40, 2**62, size=n - len(old))
+    return torch.from_numpy(rng.permutation(np.concatenate([old, new]))).cuda()
+
+
+def time_call(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def measure_ours(dim, load_factor, hbm_bytes, repeats, seed=0) -> dict:
+    capacity = (1 << 27) if dim <= 32 else (1 << 26)
+    t = HashTable(dim=dim, init_capacity=capacity, max_capacity=capacity, max_hbm_for_vectors=hbm_bytes,
+                  max_load_factor=1.0, evict_strategy=EvictStrategy.LRU, device="cuda")
+    rng = np.random.default_rng(seed)
+    present = rng.choice(2**40, int(capacity * load_factor), replace=False)
+    for i in range(0, len(present), BATCH):
+        k = torch.from_numpy(present[i:i + BATCH]).cuda()
+        t.insert_or_assign(k, torch.ones(len(k), dim, device="cuda"))
+    keys = batch_keys(rng, present, BATCH)
+    values = torch.ones(BATCH, dim, device="cuda")
+    calls = {
+        "insert_or_assign": lambda: t.insert_or_assign(keys, values),
+        "find": lambda: t.find(keys),
+        "find_or_insert": lambda: t.find_or_insert(keys, values),
+        "assign": lambda: t.assign(keys, values),
+        "find*": lambda: t.find_ptr(keys),
+        "find_or_insert*": lambda: t.find_or_insert_ptr(keys, values),
+        "insert_and_evict": lambda: t.insert_and_evict(keys, values),
+        "export_batch": lambda: t.export_batch(BATCH, 0),
+        "export_batch_if": lambda: t.export_batch_if(0, 0, BATCH, 0),
+        "contains": lambda: t.contains(keys),
+    }
+    out = {}
+    for api, fn in calls.items():
+        fn()  # compile, warm up
+        # Inserting calls change the table: like the original, they run on the same keys again
+        # (hits then), so the load factor stays where the pre-fill put it.
+        out[api] = BATCH / time_call(fn, repeats) / 2**30
+    out["real_load_factor"] = t.load_factor()
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dims", default="8,64")
+    p.add_argument("--load-factors", default="0.5,0.75")
+    p.add_argument("--hybrid", action="store_true", help="also dim 64 with 16 GB of values in GPU memory")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--hkv-output", default=None, help="the original's stdout saved earlier (skip building it)")
+    p.add_argument("--workdir", default="/tmp")
+    p.add_argument("--output", default=None)
+    a = p.parse_args()
+    text = Path(a.hkv_output).read_text() if a.hkv_output else run_original(PEER, Path(a.workdir))
+    original = parse_original(text)
+    results, speedups = [], {}
+    cases = [(d, lf, None) for d in map(int, a.dims.split(",")) for lf in map(float, a.load_factors.split(","))]
+    if a.hybrid:
+        cases += [(64, lf, 16 << 30) for lf in map(float, a.load_factors.split(","))]
+    for dim, lf, hbm in cases:
+        capacity = (1 << 27) if dim <= 32 else (1 << 26)
+        hbm_bytes = capacity * dim * 4 if hbm is None else hbm
+        ours = measure_ours(dim, lf, hbm_bytes, a.repeats)
+        hbm_gb, hmem_gb = hbm_bytes >> 30, max(0, (capacity * dim * 4 - hbm_bytes) >> 30)
+        peer = original.get((dim, hbm_gb, hmem_gb, lf), {})
+        case = f"dim{dim}_lf{lf}" + ("_hybrid" if hbm is not None else "")
+        for api in APIS:
+            results.append({"case": f"{case}_{api}", "impl": "mega_taxonomy.HashTable", "bkv_per_s": ours[api],
+                            "load_factor": ours["real_load_factor"]})
+            if api in peer:
+                results.append({"case": f"{case}_{api}", "impl": "HierarchicalKV", "bkv_per_s": peer[api]})
+                speedups[f"{case}_{api}"] = ours[api] / peer[api]
+        torch.cuda.empty_cache()
+    print(common.table(results, ["case", "impl", "bkv_per_s"]))
+    params = {"batch": BATCH, "hit_rate": 0.6, "strategy": "LRU", "value_dtype": "float32",
+              "targets": ">= 1.0 for find, find*, contains, assign; >= 0.7 for inserting and erasing calls",
+              "original_build": BUILD.format(out="hkv_bench"), "original_commit": "ae24eec"}
+    command = "python benchmarks/bench_hashtable_gpu.py " + " ".join(sys.argv[1:])
+    print(common.write("hashtable_gpu", params, results, speedups, command.strip(), a.output))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The hash table's Triton kernels (in the interpreter without a GPU) against the torch twin and
+numba's in-order loop, on small tables."""
+
+import numpy as np
+import pytest
+import torch
+
+from mega_taxonomy.kv import EvictStrategy, HashTable
+from mega_taxonomy.ops import hash_table as ht
+from mega_taxonomy.ops.hash_table import numba as nk
+
+pytest.importorskip("triton")
+
+
+def test_fmix64_matches_numba_and_python():
+    keys = torch.tensor([0, 1, -1, 2**62 + 12345, -(2**63)])
+    mask = 2**64 - 1
+
+    def fmix(k):
+        k &= mask
+        k ^= k >> 33
+        k = (k * 0xFF51AFD7ED558CCD) & mask
+        k ^= k >> 33
+        k = (k * 0xC4CEB9FE1A85EC53) & mask
+        return k ^ (k >> 33)
+
+    expected = [fmix(int(k)) for k in keys]
+    assert (ht.fmix64(keys).numpy().view(np.uint64).tolist()) == expected
+    assert [int(nk.fmix64(int(k))) for k in keys] == expected
+
+
+@pytest.mark.parametrize("rule", [ht.SCORE_SET, ht.SCORE_ADD, ht.SCORE_EPOCH_ADD])
+def test_rounds_triton_equals_torch_and_numba(rule):
+    rng = np.random.default_rng(rule)
+    tables = {name: ht.Buckets.allocate(8, 16, -1) for name in ("torch", "triton", "numba")}
+    for _ in range(3):  # fills 8 x 16 slots past full: evictions and refusals
+        keys = torch.from_numpy(rng.choice(10**6, 60, replace=False))
+        desired = torch.from_numpy(rng.integers(-(2**63), 2**63 - 1, 60))  # all of uint64's range
+        got = {n: ht.upsert_rounds(tables[n], keys, desired, rule, insert=True, backend=n)
+               for n in ("torch", "triton")}
+        b = tables["numba"]
+        empty = np.empty((0, 1), np.float32)
+        nk.upsert(b.keys.numpy(), b.digests.numpy(), b.scores.numpy(), b.sizes.numpy(), empty,
+                  np.zeros((128, 1), np.float32), 0, b.shift, b.empty, keys.numpy(), empty, desired.numpy(), rule,
+                  np.zeros(60, bool), nk.OP_INSERT_OR_ASSIGN, empty, np.empty(60, np.int64), keys.numpy().copy(),
+                  np.zeros((60, 1), np.float32), keys.numpy().copy())
+        for field in ("slots", "status", "evicted_keys", "evicted_scores"):
+            assert torch.equal(getattr(got["torch"], field), getattr(got["triton"], field)), field
+        for name in ("keys", "digests", "scores", "sizes"):
+            assert torch.equal(getattr(tables["torch"], name), getattr(tables["triton"], name)), name
+            assert torch.equal(getattr(tables["torch"], name), getattr(tables["numba"], name)), name
+    probe = torch.cat([keys, torch.arange(50)])
+    for a, b in zip(ht.lookup(tables["torch"], probe, backend="torch"), ht.lookup(tables["torch"], probe,
+                                                                                  backend="triton")):
+        assert torch.equal(a, b)
+
+
+def test_table_on_triton_matches_numba():
+    kw = {"dim": 3, "init_capacity": 64, "max_capacity": 512, "bucket_size": 16, "evict_strategy": EvictStrategy.LFU}
+    tri, ref = HashTable(backend="triton", **kw), HashTable(backend="numba", **kw)
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        keys = torch.from_numpy(rng.choice(400, 100))  # duplicates within the batch
+        values = torch.from_numpy(rng.normal(size=(100, 3)).astype(np.float32))
+        for t in (tri, ref):
+            t.insert_or_assign(keys, values)
+    probe = torch.arange(450)
+    got, want = tri.find(probe), ref.find(probe)
+    assert tri.capacity() == ref.capacity() == 512
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    assert torch.equal(tri.contains(probe), ref.contains(probe))
+    ek, _, _ = tri.insert_and_evict(torch.tensor([1000, 1001]), torch.ones(2, 3))
+    assert len(ek) == 0 and tri.contains(torch.tensor([1000, 1001])).all()
