@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from ..io.device import as_tensor
+from ..io.device import as_tensor, host_arrays_later
 from ..ops import nearest
 from ..ops.gmm_estep import ROW_CHUNK, gmm_estep, gmm_stats
-from ..runtime import Step, Update, iterate
+from ..runtime import Deferred, Step, Update, iterate
 
 PRECISION_ERROR = ("Fitting the mixture model failed because some components have ill-defined empirical "
                    "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
@@ -70,12 +70,22 @@ class EStepState:
 
 
 class EStepTask:
-    """A block's E-step partial under ``state.params``."""
+    """A block's E-step partial under ``state.params``. On a GPU the statistics' copies to the host
+    are queued and the partial finished after the next block's kernels (``runtime.Deferred``):
+    the GPU does not idle while the host waits for a block's sums."""
 
-    def __call__(self, block, state: EStepState, device) -> EMPartial:
+    def __call__(self, block, state: EStepState, device) -> EMPartial | Deferred:
         x = as_tensor(block.vectors, device)
         p = state.params
-        return EMPartial.of(len(x), gmm_estep(x, p.weights, p.means, p.precisions_cholesky, state.covariance_type))
+        stats = gmm_estep(x, p.weights, p.means, p.precisions_cholesky, state.covariance_type)
+        later = host_arrays_later(stats.log_likelihood, stats.resp_sum, stats.x_sum, stats.x2_sum)
+        n_rows = len(x)
+
+        def finish() -> EMPartial:
+            log_likelihood, resp_sum, x_sum, x2_sum = later()
+            return EMPartial(n_rows, float(log_likelihood), resp_sum, x_sum, x2_sum)
+
+        return Deferred(finish) if x.is_cuda else finish()
 
 
 @dataclass(frozen=True)
