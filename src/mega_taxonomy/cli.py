@@ -173,7 +173,7 @@ def gmm():
 @gmm.command("fit")
 @click.argument("uri")
 @click.option("--k", "n_components", type=int, required=True, help="Number of components.")
-@click.option("--storage", required=True, help="Where to write the model (path or URI).")
+@click.option("--storage", required=True, help="Where to write the model and assignments (path or URI).")
 @click.option("--covariance-type", type=click.Choice(["full", "tied", "diag", "spherical"]), default="diag",
               show_default=True)
 @click.option("--max-iter", type=int, default=100, show_default=True)
@@ -190,7 +190,8 @@ def gmm():
 @ray_option
 def gmm_fit(uri, n_components, storage, covariance_type, max_iter, tol, reg_covar, n_init, init_params, seed, device,
             column, id_column, storage_options, ray_address, ray_workers):
-    """Fit a Gaussian mixture on URI by EM; write its weights, means and covariances to --storage."""
+    """Fit a Gaussian mixture on URI by EM; write its weights, means, covariances and every row's
+    component (of highest responsibility) to --storage."""
     from .cluster import GaussianMixture
 
     options = _options(storage_options)
@@ -199,7 +200,7 @@ def gmm_fit(uri, n_components, storage, covariance_type, max_iter, tol, reg_cova
         gm = GaussianMixture(n_components, covariance_type=covariance_type, max_iter=max_iter, tol=tol,
                              reg_covar=reg_covar, n_init=n_init, init_params=init_params, random_state=seed,
                              device=device, runtime=runtime).fit(source)
-    written = gm.save(storage, storage_options=options)
+    written = gm.save(storage, storage_options=options, assignments=source)
     click.echo(f"k={n_components} iterations={gm.n_iter_} converged={gm.converged_} "
                f"lower_bound={gm.lower_bound_:.6g} rows={len(source)}")
     click.echo(f"weights: min={gm.weights_.min():.4g} max={gm.weights_.max():.4g}")

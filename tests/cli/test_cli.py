@@ -57,7 +57,7 @@ def test_kmeans_fit_writes_model_and_assignments(tmp_path):
     assert json.dumps(store.manifest())  # plain JSON
 
 
-def test_gmm_fit_writes_the_model(tmp_path):
+def test_gmm_fit_writes_the_model_and_assignments(tmp_path):
     from mega_taxonomy import GaussianMixture
 
     X = np.random.default_rng(1).normal(size=(500, 4)).astype(np.float32)
@@ -67,7 +67,14 @@ def test_gmm_fit_writes_the_model(tmp_path):
     gm = GaussianMixture.load(str(tmp_path / "gm"))
     same = GaussianMixture(3, covariance_type="diag", random_state=3, device="cpu").fit(X)
     np.testing.assert_array_equal(gm.means_, same.means_)
-    assert Store(str(tmp_path / "gm")).manifest()["kind"] == "gmm"
+    store = Store(str(tmp_path / "gm"))
+    assert store.manifest()["kind"] == "gmm"
+    table = pa.concat_tables([store.get_table(name) for name in store.listdir("assignments")])
+    np.testing.assert_array_equal(table.column("id").to_numpy(), np.arange(500))
+    labels = read_paths(table)[:, 0]
+    np.testing.assert_array_equal(labels, same.predict(X))
+    squared = ((X.astype(np.float64) - same.means_[labels]) ** 2).sum(1)
+    np.testing.assert_allclose(table.column("distance").to_numpy(), squared, rtol=1e-6)
 
 
 def test_demo_runs_on_glove():

@@ -22,7 +22,7 @@ from ..io.device import as_tensor
 from ..ops.gmm_estep import COVARIANCE_TYPES, gmm_log_resp, gmm_predict, gmm_score_samples
 from ..runtime import finished, get_runtime
 from ..storage import Store
-from ..storage.schema import MIXTURE_ARRAYS, level_file
+from ..storage.schema import MIXTURE_ARRAYS, assignments_file, assignments_table, level_file
 from .em import EStepState, EStepTask, MixtureParams, better, em, m_step
 from .gmm_checkpointing import fit_with_checkpoints
 from .gmm_init import covariances_of, initial_params
@@ -320,14 +320,28 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         params["random_state"] = params["random_state"] if isinstance(params["random_state"], Integral) else None
         return params
 
-    def save(self, uri, *, storage_options=None) -> dict:
+    def save(self, uri, *, storage_options=None, assignments=None) -> dict:
         """Write the fitted mixture to a Store: means as ``levels/00/centroids.npy``, the other
-        arrays beside them (``schema.MIXTURE_ARRAYS``). Returns the committed manifest."""
+        arrays beside them (``schema.MIXTURE_ARRAYS``). Returns the committed manifest.
+
+        ``assignments`` (a source, optional): also write every row's ``(id, path=[component],
+        distance)`` under ``assignments/``, as ``KMeans.save`` does: the component of highest
+        responsibility and the squared distance to its mean."""
         check_is_fitted(self)
         store = Store(uri, storage_options=storage_options)
         store.put_array(level_file(0, "centroids"), self.means_)
         for name in MIXTURE_ARRAYS:
             store.put_array(level_file(0, name), getattr(self, name + "_"))
+        if assignments is not None:
+            source = self._source(assignments, reset=False)
+            device = get_runtime(self.runtime, self.device).device
+            means = torch.as_tensor(self.means_, device=device)
+            for block in source.blocks():
+                x = as_tensor(block.vectors, device).to(torch.float64)
+                labels = gmm_predict(x, self.weights_, self.means_, self.precisions_cholesky_, self.covariance_type)
+                dist = ((x - means[labels]) ** 2).sum(1)
+                store.put_table(assignments_file(block.index),
+                                assignments_table(block.ids, labels.cpu().numpy(), dist.cpu().numpy()))
         return store.commit(kind="gmm", params=self._json_params(), status="fitted", n_iter=self.n_iter_,
                             converged=bool(self.converged_), lower_bound=float(self.lower_bound_),
                             n_features_in=self.n_features_in_)
