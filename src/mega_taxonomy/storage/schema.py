@@ -20,9 +20,16 @@ ASSIGNMENTS_SCHEMA = pa.schema([
 MIXTURE_ARRAYS = ("weights", "covariances", "precisions_cholesky")
 
 
+# A taxonomy level's arrays, and those only some levels have: penalty (balance="penalty"),
+# weights and covariances (clusterer="gmm": each node's weight within its parent, and its diagonal
+# variances; the centroids are the means).
+LEVEL_ARRAYS = ("centroids", "parent", "counts", "child_offsets")
+LEVEL_OPTIONAL_ARRAYS = ("penalty", "weights", "covariances")
+
+
 def level_file(level: int, name: str) -> str:
-    """``levels/00/centroids.npy`` and friends (centroids, parent, counts, child_offsets; and
-    penalty for a taxonomy balanced by size-penalised assignment; MIXTURE_ARRAYS for a mixture)."""
+    """``levels/00/centroids.npy`` and friends (LEVEL_ARRAYS and LEVEL_OPTIONAL_ARRAYS of a
+    taxonomy; MIXTURE_ARRAYS beside the means of a saved GaussianMixture)."""
     return f"levels/{level:02d}/{name}.npy"
 
 

@@ -28,6 +28,7 @@ from .levels import branching_list, sample_size_list
 
 BALANCE_MODES = ("split", "penalty")
 ROUTERS = ("exact", "hnsw")
+CLUSTERERS = ("kmeans", "gmm")
 
 
 def check_constraints(constraints: dict, params: dict, caller: str) -> None:
@@ -130,12 +131,18 @@ class FitConfig:
     search_index: bool
     storage_uri: str | None
     storage_options: dict | None = field(default=None, repr=False, compare=False)  # never shown
+    clusterer: str = "kmeans"
 
     def __post_init__(self):
         branching_list(list(self.factors), self.n_levels)
         sample_size_list(self.sample_size, self.n_levels)
         if self.metric not in METRICS:
             raise ConfigError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.clusterer not in CLUSTERERS:
+            raise ConfigError(f"clusterer must be one of {CLUSTERERS}, got {self.clusterer!r}")
+        if self.clusterer == "gmm" and (self.metric != "euclidean" or self.balancing.mode == "penalty"):
+            raise ConfigError("clusterer='gmm' needs metric='euclidean' and no balance='penalty' (rows choose "
+                              "children by responsibility, not by a distance that penalties or cosine could shift)")
 
     @property
     def seed(self) -> int:
@@ -153,4 +160,6 @@ class FitConfig:
                 "tol": self.tol, "metric": self.metric, "random_state": self.random_state, "dtype": self.dtype,
                 "sample_size": sample_size, "min_cluster_size": self.min_cluster_size, "balance": b.mode,
                 "balance_factor": b.factor, "balance_merge": b.merge, "balance_rounds": b.rounds,
-                "balance_strength": b.strength, "input": {"rows": len(source), "dim": source.dim}}
+                "balance_strength": b.strength, "input": {"rows": len(source), "dim": source.dim},
+                # (recorded only where not k-means: stores fitted before it existed resume as they were)
+                **({"clusterer": self.clusterer} if self.clusterer != "kmeans" else {})}

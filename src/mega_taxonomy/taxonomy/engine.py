@@ -19,15 +19,17 @@ from .._estimator import as_source
 from .._sklearn_compat import Interval, StrOptions
 from ..errors import ConfigError, StorageError
 from ..io import VectorSource
+from ..io.device import as_tensor
 from ..ops import METRICS
+from ..ops.gmm_estep.grouped import grouped_responsibilities
 from ..runtime import get_runtime
 from ..storage import Store
 from ..storage.schema import SEARCH_ARRAYS, search_file
-from .config import BALANCE_MODES, ROUTERS, Balancing, FitConfig, Routing, check_constraints, grouped
+from .config import BALANCE_MODES, CLUSTERERS, ROUTERS, Balancing, FitConfig, Routing, check_constraints, grouped
 from .fitting import KIND, FitRun
 from .levels import branching_list
 from .passes import predict
-from .router import Router, route_beam
+from .router import Router, level_offsets, route_beam, route_greedy
 from .sampling import balanced_sample, read_assignments
 from .search import SearchIndex
 from .tree import Tree
@@ -37,7 +39,7 @@ logger = logging.getLogger(__name__)
 # Parameters that change the fitted tree: a store fitted with others is refused, not mixed.
 FIT_PARAMS = ("n_levels", "branching_factor", "max_iter", "tol", "metric", "random_state", "dtype",
               "sample_size", "min_cluster_size", "balance", "balance_factor", "balance_merge", "balance_rounds",
-              "balance_strength")
+              "balance_strength", "clusterer")
 # The flat keywords of each group (engine keyword -> the group's field), and their defaults.
 BALANCE_KEYWORDS = {"balance_factor": "factor", "balance_merge": "merge", "balance_rounds": "rounds",
                     "balance_strength": "strength"}
@@ -105,6 +107,15 @@ class TaxonomyEngine:
         (``levels/NN/penalty.npy``): predict and search route with them.
     balance_strength : float, default=0.5
         Weight of the size penalty (0 < strength < 1; larger is unstable).
+    clusterer : {"kmeans", "gmm"}, default="kmeans"
+        "gmm": each node's children are a Gaussian mixture (diagonal covariances) fitted on the
+        node's rows, all nodes of a level in the same passes: EM started from the level's k-means,
+        rows then going to the child of highest responsibility (``taxonomy/mixture.py``). Each
+        level also stores its nodes' weights within their parent and variances
+        (``levels/NN/weights.npy``, ``covariances.npy``; the centroids are the means); predict,
+        search and the paths route by responsibility, the stored ``distance`` being
+        ``-log(w N(x | node))``; :meth:`predict_proba` gives the responsibilities. Needs
+        ``metric="euclidean"``, and no ``balance="penalty"``.
 
     Attributes
     ----------
@@ -150,6 +161,7 @@ class TaxonomyEngine:
         "balance_merge": [Interval(Real, 0, 1, closed="left")],
         "balance_rounds": [Interval(Integral, 0, None, closed="left")],
         "balance_strength": [Interval(Real, 0, 1, closed="neither")],
+        "clusterer": [StrOptions(set(CLUSTERERS))],
     }
 
     def __init__(self, n_levels=3, branching_factor=16, dim=None, storage_uri=None, *, max_iter=20, tol=1e-4,
@@ -157,7 +169,7 @@ class TaxonomyEngine:
                  min_cluster_size=1, runtime=None, storage_options=None, column=None, id_column=None,
                  batch_size=65_536, members=100, router="exact", hnsw_threshold=4096, hnsw_ef=64,
                  search_index=True, balance=None, balance_factor=2.0, balance_merge=0.1, balance_rounds=3,
-                 balance_strength=0.5):
+                 balance_strength=0.5, clusterer="kmeans"):
         self.n_levels = n_levels
         self.branching_factor = branching_factor
         self.dim = dim
@@ -185,6 +197,7 @@ class TaxonomyEngine:
         self.balance_merge = balance_merge
         self.balance_rounds = balance_rounds
         self.balance_strength = balance_strength
+        self.clusterer = clusterer
 
     # -- parameters ----------------------------------------------------------------------------
     def _validate_params(self):
@@ -213,7 +226,7 @@ class TaxonomyEngine:
                          sample_size=self.sample_size, min_cluster_size=self.min_cluster_size,
                          balancing=self.balancing(), routing=self.routing(), members=self.members,
                          search_index=self.search_index, storage_uri=self.storage_uri,
-                         storage_options=self.storage_options)
+                         storage_options=self.storage_options, clusterer=self.clusterer)
 
     # -- helpers -------------------------------------------------------------------------------
     def _source(self, data) -> VectorSource:
@@ -293,6 +306,34 @@ class TaxonomyEngine:
         out = self._store(output) if output is not None else None
         return predict(self.tree_, self.router_, self._source(input), get_runtime(self.runtime, self.device),
                        beam=beam, out=out, storage_options=self.storage_options, taxonomy_uri=self.storage_uri)
+
+    def predict_proba(self, input, level=0):
+        """Responsibilities of the children of every row's parent at ``level`` (a taxonomy fitted
+        with ``clusterer="gmm"``): float64 (n, branching_factor[level]), column j the parent's
+        j-th child, rows summing to 1 (0 past a parent's children; all 0 for a row whose parent at
+        ``level - 1`` is a leaf). The parents are the rows' greedy paths (:meth:`predict`).
+        Tensor in, tensor out (on its device); otherwise an array."""
+        self._check_fitted()
+        if not 0 <= level < self.tree_.n_levels:
+            raise ValueError(f"level must be in [0, {self.tree_.n_levels}), got {level}")
+        fitted = self.tree_.levels[level]
+        if fitted.covariances is None:
+            raise ConfigError("predict_proba needs a taxonomy fitted with clusterer='gmm'")
+        width = branching_list(self.branching_factor, self.n_levels)[level]
+        device = get_runtime(self.runtime, self.device).device
+        offsets = level_offsets(self.tree_, level)
+        out = []
+        for block in self._source(input).blocks():
+            x = as_tensor(block.vectors, device)
+            if level == 0:
+                groups = torch.zeros(len(x), dtype=torch.int64, device=device)
+            else:
+                parents = route_greedy(x, self.tree_, level, router=self.router_)[0][:, level - 1]
+                groups = torch.where(parents >= 0, parents, len(offsets) - 2)
+            r = grouped_responsibilities(x, groups, offsets, fitted.weights, fitted.centroids, fitted.covariances)
+            out.append(torch.nn.functional.pad(r, (0, max(0, width - r.shape[1])))[:, :width].cpu())
+        proba = torch.cat(out)
+        return proba.to(input.device) if isinstance(input, torch.Tensor) else proba.numpy()
 
     def search(self, queries, k=10, *, beam=8, return_compared=False):
         """The ``k`` fitted rows nearest each query: beam down to the ``beam`` nearest leaves,

@@ -6,7 +6,9 @@ the same data passes, each row compared only with the children of its own parent
 assignment). The number of passes is the sum of the iterations per level plus one assignment
 pass per level (which also samples every node for the next level's seeds), one sampling pass
 and one output pass, whatever the number of nodes (and, in a level where a cluster went empty,
-one pass that finds the farthest rows to refill it: see ``cluster.lloyd``).
+one pass that finds the farthest rows to refill it: see ``cluster.lloyd``). With
+``clusterer="gmm"`` a level's k-means is the start of EM passes, and the level's assignment pass
+gives every row the child of highest responsibility (``mixture.py``).
 
 A :class:`FitRun` takes the fit's parameters as one frozen ``config.FitConfig``, never the
 engine. State lives in a Store through ``storage.Checkpoints`` (one stage a level): every
@@ -34,6 +36,7 @@ from ..storage import Checkpoints, Store
 from ..storage.schema import members_file
 from .config import FitConfig
 from .levels import plan_children, seed_children
+from .mixture import fit_mixtures, start_from_kmeans
 from .passes import OutputState, OutputTask, RouteState, RouteTask, predict
 from .router import Router
 from .search import SearchIndex
@@ -100,7 +103,7 @@ def node_groups(labels: dict, n_nodes: int) -> dict:
 
 
 # What a completed level keeps in its checkpoint folder until the tree is saved.
-LEVEL_ARRAYS = ("centroids", "counts", "parent", "penalty")
+LEVEL_ARRAYS = ("centroids", "counts", "parent", "penalty", "weights", "covariances")
 
 
 class FitRun:
@@ -204,7 +207,8 @@ class FitRun:
         """A completed level, as its run left it in the Store."""
         arrays = self.checkpoints.completed(level, LEVEL_ARRAYS)
         return Level(arrays["centroids"], arrays["parent"], arrays["counts"],
-                     np.zeros(len(arrays["centroids"]) + 1, dtype=np.int64), arrays["penalty"])
+                     np.zeros(len(arrays["centroids"]) + 1, dtype=np.int64), arrays["penalty"], arrays["weights"],
+                     arrays["covariances"])
 
     def start(self):
         """(completed levels, row groups, node samples): what the next level needs. Resuming after
@@ -273,6 +277,8 @@ class FitRun:
                                           dtype=self.dtype, device=self.runtime.device)
         last = level == config.n_levels - 1
         next_sample = None if last else (self.sample_size(level + 1), self.seed + level + 1)
+        keep_labels = not last or self.keep_paths
+        mixture = config.clusterer == "gmm"  # then the k-means passes are the start: no labels, no sample
         iterations = 0
         while True:
             on_iteration = IterationCheckpoint(self.checkpoints, level, balance_round, offsets, self.callback)
@@ -284,8 +290,8 @@ class FitRun:
             # Through the runtime's own entry: a collective runtime runs the level on its workers.
             result = self.runtime.drive(
                 lloyd, self.source, centroids, metric=config.metric, max_iter=max_iter, tol=tol,
-                keep_labels=not last or self.keep_paths, offsets=groups_offsets, groups=groups, start_iter=start_iter,
-                on_iteration=on_iteration, sample=next_sample, penalty=penalty,
+                keep_labels=keep_labels and not mixture, offsets=groups_offsets, groups=groups, start_iter=start_iter,
+                on_iteration=on_iteration, sample=None if mixture else next_sample, penalty=penalty,
                 penalty_strength=config.balancing.strength if penalised else 0.0, desc=f"level {level}")
             self.checkpoints.refresh()  # committed by the hook, maybe elsewhere (a collective fit's rank 0)
             iterations += result.n_iter - start_iter
@@ -299,18 +305,39 @@ class FitRun:
             levels[-1].child_offsets = offsets
         k = len(result.centroids)
         parent = np.full(k, -1) if level == 0 else group_of_centroid(offsets, k)
-        levels.append(Level(result.centroids, parent.astype(np.int64), result.counts.astype(np.int64),
-                            np.zeros(k + 1, dtype=np.int64), penalty))
-        stats = {"n_nodes": k, "iterations": iterations, "inertia": result.inertia, "balance_rounds": balance_round,
-                 "seconds": time.perf_counter() - started, "imbalance": imbalance(result.counts)}
+        fitted = Level(result.centroids, parent.astype(np.int64), result.counts.astype(np.int64),
+                       np.zeros(k + 1, dtype=np.int64), penalty)
+        stats = {"n_nodes": k, "iterations": iterations, "inertia": result.inertia, "balance_rounds": balance_round}
+        labels, sample = result.partial.labels, result.partial.sample
+        if mixture:
+            labels, sample = self.fit_mixtures(level, fitted, result, groups_offsets, groups, keep_labels,
+                                               next_sample, stats)
+        levels.append(fitted)
+        stats.update(seconds=time.perf_counter() - started, imbalance=imbalance(fitted.counts))
         logger.info("level %d: %d nodes, %d iterations, inertia %.6g", level, k, iterations, result.inertia)
         self.complete(level, levels[-1], stats)
         if self.keep_paths:
-            self.level_labels.append(result.partial.labels)
+            self.level_labels.append(labels)
         if last:
             return None, None
-        labels = {b: lab for b, (lab, _) in result.partial.labels.items()}
-        return node_groups(labels, k), result.partial.sample.with_vectors(self.source)
+        return node_groups({b: lab for b, (lab, _) in labels.items()}, k), sample.with_vectors(self.source)
+
+    def fit_mixtures(self, level, fitted: Level, result, groups_offsets, groups, keep_labels, next_sample, stats):
+        """clusterer="gmm": the level's children as mixtures, EM from its k-means (``mixture.py``);
+        ``fitted`` takes their weights, means, variances and the rows' counts by highest
+        responsibility. Returns the assignment's (labels per block, next level's sample)."""
+        k = fitted.n_nodes
+        offsets = np.array([0, k]) if groups_offsets is None else groups_offsets
+        start = start_from_kmeans(result.centroids, result.counts, result.partial.inertia, offsets, self.source.dim)
+        mixtures, assigned, n_iter, lower_bound = fit_mixtures(
+            self.source, self.runtime, start, offsets, groups, max_iter=self.config.max_iter,
+            keep_labels=keep_labels, sample=next_sample, dtype=self.dtype, desc=f"level {level}")
+        fitted.centroids = mixtures.means.astype(self.dtype)
+        fitted.counts = assigned.counts.astype(np.int64)
+        fitted.weights, fitted.covariances = mixtures.weights, mixtures.variances
+        stats.update(em_iterations=n_iter, lower_bound=lower_bound)
+        logger.info("level %d: %d EM iterations, lower bound %.6g", level, n_iter, lower_bound)
+        return assigned.labels, assigned.sample
 
     def fitted_paths(self) -> dict | None:
         """Per block, the (paths, distances) of every row, both (n, n_levels), as greedy routing

@@ -6,7 +6,8 @@ depth; a wider beam gets closer to it. Fitting assigns greedily (beam 1): a row'
 level l is the nearest child of its node at level l-1.
 
 Children are found exactly (grouped assignment, plus each child's penalty on a level balanced
-by size-penalised assignment) or, for nodes whose fan-out reaches
+by size-penalised assignment; on a level of Gaussian mixtures, the children of highest
+responsibility, their "distance" being -log(w N(x | child))) or, for nodes whose fan-out reaches
 ``hnsw_threshold`` (the seed's roadmap: "HNSW-based centroid search for even faster level
 transitions"), through an hnswlib graph over that node's children.
 """
@@ -18,6 +19,7 @@ import torch
 
 from ..cluster.balance import with_penalty
 from ..ops import OperandCache, grouped_nearest, grouped_topk, nearest, topk
+from ..ops.gmm_estep.grouped import grouped_best
 from .tree import Tree
 
 
@@ -63,9 +65,10 @@ class Router:
         return self._on_device[key]
 
     def wide(self, level: int) -> np.ndarray:
-        """Groups of ``level`` answered by HNSW (never on a level with penalties: its graphs
-        would have to index the penalised centroids, which no fit needs yet)."""
-        if self.kind != "hnsw" or self.tree.levels[level].penalty is not None:
+        """Groups of ``level`` answered by HNSW (never on a level with penalties or mixtures: its
+        graphs would have to index penalised centroids, or densities, which no fit needs yet)."""
+        mixed = self.tree.levels[level].penalty is not None or self.tree.levels[level].covariances is not None
+        if self.kind != "hnsw" or mixed:
             return np.zeros(0, dtype=np.int64)
         return np.flatnonzero(np.diff(self._offsets[level]) >= self.threshold)
 
@@ -115,7 +118,11 @@ class Router:
 
     def _exact(self, x, level, groups, c, offsets, k):
         """The same ops as the fit's Lloyd passes for k = 1 (nearest at level 0, grouped below), so
-        routing a fitted row reproduces its assignment bit for bit."""
+        routing a fitted row reproduces its assignment bit for bit; on a level of mixtures, the
+        children of highest responsibility, by the op of the fit's assignment pass."""
+        fitted = self.tree.levels[level]
+        if fitted.covariances is not None:
+            return grouped_best(x, groups, offsets, fitted.weights, fitted.centroids, fitted.covariances, k)
         return with_penalty(lambda x, c, metric: self._nearest_children(x, c, level, groups, offsets, k, metric), x, c,
                             self.tree.levels[level].penalty, self.tree.metric)
 

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..storage.schema import level_file
-
-LEVEL_ARRAYS = ("centroids", "parent", "counts", "child_offsets")
+from ..storage.schema import LEVEL_ARRAYS, level_file
+from ..storage.schema import LEVEL_OPTIONAL_ARRAYS as OPTIONAL_ARRAYS
 
 
 @dataclass
@@ -26,6 +25,11 @@ class Level:
     # (n_nodes,) float64 cost added to each node's distance when rows choose among siblings
     # (balance="penalty"); None: plain nearest centroid.
     penalty: np.ndarray | None = None
+    # clusterer="gmm": each node's weight within its parent (n_nodes,) and diagonal variances
+    # (n_nodes, d), the centroids being the means; rows choose the sibling of highest
+    # responsibility. None: k-means.
+    weights: np.ndarray | None = None
+    covariances: np.ndarray | None = None
 
     @property
     def n_nodes(self) -> int:
@@ -61,20 +65,22 @@ class Tree:
         for i, level in enumerate(self.levels):
             for name in LEVEL_ARRAYS:
                 store.put_array(level_file(i, name), getattr(level, name))
-            if level.penalty is not None:
-                store.put_array(level_file(i, "penalty"), level.penalty)
+            for name in OPTIONAL_ARRAYS:
+                if getattr(level, name) is not None:
+                    store.put_array(level_file(i, name), getattr(level, name))
 
     @classmethod
     def load(cls, store, n_levels: int, metric: str) -> Tree:
         levels = []
         for i in range(n_levels):
             level = Level(*(np.asarray(store.get_array(level_file(i, name))) for name in LEVEL_ARRAYS))
-            level.penalty = optional_array(store, level_file(i, "penalty"))
+            for name in OPTIONAL_ARRAYS:
+                setattr(level, name, optional_array(store, level_file(i, name)))
             levels.append(level)
         return cls(levels, metric)
 
 
 def optional_array(store, name) -> np.ndarray | None:
     """The array ``name`` of ``store``, None when there is none (a level's penalties exist only
-    with ``balance="penalty"``)."""
+    with ``balance="penalty"``, its weights and covariances with ``clusterer="gmm"``)."""
     return np.asarray(store.get_array(name)) if store.listdir(name) else None
