@@ -47,10 +47,16 @@ def view(glove_taxonomy):
     return TaxonomyView(storage, labels=Labels(words_table, "index"))
 
 
-def free_port() -> int:
+def unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port():
+    """A TCP port free on 127.0.0.1 just now."""
+    return unused_port()
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +66,7 @@ def server(view):
 
     from mega_taxonomy.web.server import create_app
 
-    port = free_port()
+    port = unused_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(view), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

@@ -13,6 +13,8 @@ plotly package, nothing from the internet) and JSON about the tree, and nothing 
     its nearest stored members, nearest first, with labels (``limit`` <= 1000).
 ``GET /api/nodes/{key}/treemap?depth=2&limit=40``
     a bounded subtree for a treemap or sunburst (``depth`` <= 3, ``limit`` <= 200 a node).
+``GET /api/ids/{id}``
+    the row of that id: its label and path (404 for an id no row has).
 ``GET /api/search?q=WORD&limit=20``
     rows whose label is (or starts with) WORD, or the row of id WORD, each with its path.
 
@@ -110,6 +112,7 @@ def create_app(view: TaxonomyView, *, host: str = "127.0.0.1") -> Starlette:
         Route("/api/nodes/{key}/members", api(lambda r: view.members(key(r), _int(r, "limit", 20, 1, MAX_MEMBERS)))),
         Route("/api/nodes/{key}/treemap", api(lambda r: view.treemap(
             key(r), _int(r, "depth", 2, 1, MAX_DEPTH), _int(r, "limit", 40, 1, MAX_TREEMAP)))),
+        Route("/api/ids/{id}", api(lambda r: view.locate(r.path_params["id"]))),
         Route("/api/search", api(search)),
     ]
     hosts = ["*"] if host in ("0.0.0.0", "::") else sorted({host, "127.0.0.1", "localhost", "[::1]"})

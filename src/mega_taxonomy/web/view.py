@@ -228,21 +228,31 @@ class TaxonomyView:
 
     # -- search --------------------------------------------------------------------------------
     def search(self, query: str, limit: int) -> dict:
-        """Rows whose label is ``query`` (case-insensitive; then labels starting with it), or the
-        row of id ``query``: each with its path of node keys (from the stored assignments)."""
+        """The row of id ``query`` when it is an integer, then rows whose label is ``query``
+        (case-insensitive), then rows whose label starts with it: each with its path of node keys
+        (from the stored assignments); rows not fitted are left out."""
         query = query.strip()
         ids: list[int] = []
+        if re.fullmatch(r"-?[0-9]{1,18}", query):
+            ids.append(int(query))
         if self.labels is not None:
-            ids = self.labels.find(query, limit)
-        if not ids and re.fullmatch(r"-?[0-9]{1,19}", query):
-            ids = [int(query)]
-        paths = self.paths_of(np.asarray(ids, dtype=np.int64))
-        hits = []
-        labels = self.labels.lookup(np.asarray(ids, dtype=np.int64)) if self.labels is not None else [None] * len(ids)
-        for i, label, path in zip(ids, labels, paths):
-            if path is not None:
-                hits.append({"id": int(i), "label": label, "path": path})
+            ids += [i for i in self.labels.find(query, limit) if i not in ids]
+        ids = np.asarray(ids[:limit], dtype=np.int64)
+        labels = self.labels.lookup(ids) if self.labels is not None else [None] * len(ids)
+        hits = [{"id": int(i), "label": label, "path": path}
+                for i, label, path in zip(ids, labels, self.paths_of(ids)) if path is not None]
         return {"query": query, "hits": hits}
+
+    def locate(self, text: str) -> dict:
+        """The row of id ``text``: its label and path; NotFound if no fitted row has that id."""
+        if not re.fullmatch(r"-?[0-9]{1,18}", text):
+            raise NotFound(f"malformed id {text[:40]!r}: an integer")
+        row_id = int(text)
+        path = self.paths_of(np.asarray([row_id], dtype=np.int64))[0]
+        if path is None:
+            raise NotFound(f"no fitted row has id {row_id}")
+        label = self.labels.lookup([row_id])[0] if self.labels is not None else None
+        return {"id": row_id, "label": label, "path": path}
 
     def paths_of(self, ids: np.ndarray) -> list[list[str] | None]:
         """The path (node keys from level 0 down) of each id, None for an id not fitted."""
