@@ -55,7 +55,7 @@ def get(server, path, method="GET", host=None):
     ("/api/unknown", 404),
 ])
 def test_bad_requests_get_4xx(server, path, status):
-    got, body, headers = get(server, path)
+    got, body, _ = get(server, path)
     assert got == status, body[:200]
     if path.startswith("/api/"):
         assert json.loads(body)["status"] == status
