@@ -112,3 +112,14 @@ def test_refuses_what_is_not_a_finished_taxonomy(tmp_path):
         TaxonomyView(tmp_path / "km")
     with pytest.raises(StorageError, match="found nothing"):
         TaxonomyView(tmp_path / "empty")
+
+
+def test_labels_reach_the_charts_without_markup(glove_taxonomy, tmp_path):
+    """plotly reads tags in text: a label cannot become a link or markup in the treemap."""
+    storage, _, words = glove_taxonomy
+    evil = [f'<a href="javascript:alert({i})">{w}</a>' for i, w in enumerate(words[:3000])]
+    pq.write_table(pa.table({"id": np.arange(3000), "name": evil}), tmp_path / "evil.parquet")
+    view = TaxonomyView(storage, labels=Labels(tmp_path / "evil.parquet", "name"))
+    names = view.treemap("root", depth=2, limit=40)["names"]
+    assert len(names) == 1 + 6 + 24 and not any("<" in n or ">" in n for n in names)
+    assert view.members("0-0", 1)["members"][0]["label"].startswith("<a href")  # JSON keeps the data as it is

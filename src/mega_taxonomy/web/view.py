@@ -179,7 +179,8 @@ class TaxonomyView:
     def _name(self, level: int, node: int) -> str:
         if level < 0:
             return "root"
-        words = self.member_labels(level, node, 3)
+        # plotly reads tags in text (<b>, <a href>): labels are data, so their angle brackets go.
+        words = [w.replace("<", "\u2039").replace(">", "\u203a") for w in self.member_labels(level, node, 3)]
         return f"{level}-{node}" + (f" {', '.join(words)}" if words else "")
 
     # -- members -------------------------------------------------------------------------------
