@@ -123,3 +123,20 @@ def test_labels_reach_the_charts_without_markup(glove_taxonomy, tmp_path):
     names = view.treemap("root", depth=2, limit=40)["names"]
     assert len(names) == 1 + 6 + 24 and not any("<" in n or ">" in n for n in names)
     assert view.members("0-0", 1)["members"][0]["label"].startswith("<a href")  # JSON keeps the data as it is
+
+
+def test_a_taxonomy_on_s3_reads_the_same(view, glove_taxonomy, s3_bucket, tmp_path):
+    import fsspec
+
+    bucket, options = s3_bucket
+    storage, _, words = glove_taxonomy
+    fs = fsspec.filesystem("s3", **options)
+    fs.put(storage + "/", f"{bucket}/tax/", recursive=True)
+    pq.write_table(pa.table({"id": np.arange(3000), "word": words[:3000]}), tmp_path / "words.parquet")
+    fs.put(str(tmp_path / "words.parquet"), f"{bucket}/words.parquet")
+    remote = TaxonomyView(f"{bucket}/tax", labels=Labels(f"{bucket}/words.parquet", "word", storage_options=options),
+                          storage_options=options)
+    assert remote.summary()["levels"] == view.summary()["levels"]
+    assert remote.children("root", 0, 10) == view.children("root", 0, 10)
+    assert remote.members("1-3", 20) == view.members("1-3", 20)
+    assert remote.search("king", 3)["hits"] == view.search("king", 3)["hits"]
