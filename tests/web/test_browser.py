@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -109,3 +110,20 @@ def test_charts_draw_and_screenshot(page, browser, view):
     browser.execute_script("window.scrollTo(0, 0)")
     SCREENSHOT.parent.mkdir(exist_ok=True)
     assert browser.save_screenshot(str(SCREENSHOT)) and SCREENSHOT.stat().st_size > 10_000
+
+
+def test_a_click_in_the_treemap_opens_that_node(page, browser, view):
+    wait_for(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-plots"), "plotly")
+    top = browser.find_element(By.TAG_NAME, "body").get_attribute("data-selected")
+    if top == "root" or top.startswith("1-"):
+        top = rows_under(browser, "root")[0][0]
+        browser.find_element(By.CSS_SELECTOR, f'li[data-key="{top}"] > .row > .name').click()
+    n_children = len(view.tree.children(0, int(top.split("-")[1])))
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chart g.slice")) == 1 + n_children,
+             "the treemap of " + top)
+    box = browser.find_elements(By.CSS_SELECTOR, "#chart g.slice")[1]  # the largest child's box
+    child = box.text.split(" ")[0]
+    ActionChains(browser).move_to_element(box.find_element(By.CSS_SELECTOR, "path.surface")).click().perform()
+    wait_for(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-selected") == child,
+             f"a click on {child!r} to open it")
+    assert int(child.split("-")[1]) in view.tree.children(0, int(top.split("-")[1]))

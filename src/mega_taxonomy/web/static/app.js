@@ -133,12 +133,20 @@ async function drawChart() {
   await Plotly.react(chart, [trace], { margin: { t: 10, l: 0, r: 0, b: 0 } }, { displaylogo: false, responsive: true });
   if (!chart.dataset.bound) {
     chart.dataset.bound = "1";
-    chart.on(`plotly_${state.chart === "treemap" ? "treemap" : "sunburst"}click`, () => false);
-    chart.on("plotly_click", (ev) => {
+    // A click on a box opens that node (the chart re-centres on it); on the node itself, its parent.
+    // Returning false stops plotly's own zoom: the server sends the piece under the new node.
+    const open = (ev) => {
       const id = ev.points?.[0]?.id;
-      if (id && !id.endsWith("/more") && id !== state.selected) getJSON(`/api/nodes/${enc(id)}`).then((n) => reveal(n.path));
+      if (!id || id.endsWith("/more")) return false;
+      getJSON(`/api/nodes/${enc(id)}`).then((n) => {
+        if (id !== state.selected) reveal(n.path);
+        else if (n.parent === "root") select("root");
+        else if (n.parent) getJSON(`/api/nodes/${enc(n.parent)}`).then((p) => reveal(p.path));
+      });
       return false;
-    });
+    };
+    chart.on("plotly_treemapclick", open);
+    chart.on("plotly_sunburstclick", open);
   }
 }
 
