@@ -140,3 +140,19 @@ def test_a_taxonomy_on_s3_reads_the_same(view, glove_taxonomy, s3_bucket, tmp_pa
     assert remote.children("root", 0, 10) == view.children("root", 0, 10)
     assert remote.members("1-3", 20) == view.members("1-3", 20)
     assert remote.search("king", 3)["hits"] == view.search("king", 3)["hits"]
+
+
+def test_a_tree_written_by_hand_through_storage(tmp_path):
+    """A manifest without n_levels: the levels stored are found in order; sizes as written."""
+    from mega_taxonomy.taxonomy.tree import Level, Tree
+
+    store = Store(tmp_path / "t")
+    Tree([Level(np.zeros((2, 1), np.float32), np.array([-1, -1]), np.array([5, 3]), np.array([0, 2, 3])),
+          Level(np.zeros((3, 1), np.float32), np.array([0, 0, 1]), np.array([1, 4, 3]), np.zeros(4, np.int64))]
+         ).save(store)
+    store.commit(kind="taxonomy", params={}, status="done")
+    view = TaxonomyView(tmp_path / "t")
+    assert view.summary()["rows"] == 8 and [lv["nodes"] for lv in view.summary()["levels"]] == [2, 3]
+    assert [c["key"] for c in view.children("0-0", 0, 10)["children"]] == ["1-1", "1-0"]
+    assert view.members("0-0", 5) == {"key": "0-0", "stored": False, "members": []}
+    assert view.search("1", 5)["hits"] == []  # no assignments stored: nothing to find

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import StorageError
 from ..storage import Store
-from ..storage.schema import level_file, members_file
+from ..storage.schema import level_file, members_file, read_paths
 from ..taxonomy.tree import LEVEL_ARRAYS, Level, Tree
 from .labels import Labels
 from .stats import imbalance, size_histogram
@@ -47,8 +47,11 @@ def load_tree(store: Store) -> tuple[Tree, dict]:
         found = "nothing" if manifest is None else f"kind={manifest.get('kind')!r} status={manifest.get('status')!r}"
         raise StorageError(f"{store!r} holds no finished taxonomy (found {found})")
     params = manifest.get("params", {})
-    n_levels = int(params.get("n_levels", 0)) or sum(
-        1 for i in range(64) if store.listdir(level_file(i, "counts")))
+    n_levels = params.get("n_levels")
+    if n_levels is None:  # a manifest written without it: the levels stored, in order
+        n_levels = 0
+        while store.listdir(level_file(n_levels, "counts")):
+            n_levels += 1
     levels = [Level(*(store.get_array(level_file(i, name), mmap=True) for name in LEVEL_ARRAYS))
               for i in range(n_levels)]
     return Tree(levels, params.get("metric", "euclidean")), manifest
@@ -271,8 +274,6 @@ class TaxonomyView:
         """Every fitted row's (id, path), sorted by id; read once, on the first search (12 bytes a
         row and level: 400k GloVe words, 3 levels: 20 MB)."""
         if self._assignments is None:
-            from ..storage.schema import read_paths
-
             ids, paths = [], []
             for name in self.store.listdir("assignments"):
                 if name.endswith(".parquet"):
