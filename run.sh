@@ -40,8 +40,21 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 
+# The browser's tests drive Debian's Chromium headless (Selenium's own downloads cannot work offline).
+# Installed here when missing and we are root; otherwise stop, naming the command: never a silent skip.
+ensure_chromium() {
+    [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && return 0
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        echo "run.sh: installing chromium and chromium-driver (apt-get) for the browser's tests" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+        echo "run.sh: the tests need Debian's Chromium: run 'sudo apt-get install -y chromium chromium-driver'" >&2
+        exit 1
+    fi
+}
+
 case "$cmd" in
     demo) exec "$VENV/bin/mega-taxonomy" demo "$@" ;;
-    test) exec "$PY" -m pytest "$@" ;;
-    bench) name=$1; shift; exec "$PY" "benchmarks/bench_${name}.py" "$@" ;;
+    test) ensure_chromium; exec "$PY" -m pytest "$@" ;;
+    bench) name=$1; shift; [ "$name" = browser ] && ensure_chromium; exec "$PY" "benchmarks/bench_${name}.py" "$@" ;;
 esac

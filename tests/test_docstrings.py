@@ -12,7 +12,8 @@ MODULES = ["mega_taxonomy.cluster.kmeans", "mega_taxonomy.cluster.gmm", "mega_ta
            "mega_taxonomy._estimator", "mega_taxonomy.runtime.iterate",
            "mega_taxonomy.runtime.local", "mega_taxonomy.runtime.collective", "mega_taxonomy.runtime.ray.actors",
            "mega_taxonomy.runtime.ray.schedule", "mega_taxonomy.io.shards", "mega_taxonomy.io.discovery",
-           "mega_taxonomy.kv.table", "mega_taxonomy.ops.hash_table"]
+           "mega_taxonomy.kv.table", "mega_taxonomy.ops.hash_table", "mega_taxonomy.web.stats",
+           "mega_taxonomy.web.labels"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shlex
 import sys
 import traceback
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from . import __version__
 from .errors import ConfigError, DataError, MegaTaxonomyError
+from .web.commands import report, serve
 
 
 def _source(uri, column, id_column, on_invalid="raise", storage_options=None):
@@ -346,16 +348,30 @@ def sample(storage, n, strategy, seed, output, storage_options):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--limit", type=int, default=None, help="Use only the first N words (quick runs).")
-def demo(branching, show, children, n_words, max_iter, seed, device, limit):
+@click.option("--storage", default=None,
+              help="Where the taxonomy is kept (default: mega-taxonomy-demo/<parameters> in this folder); "
+                   "a finished fit there is loaded, not fitted again.")
+def demo(branching, show, children, n_words, max_iter, seed, device, limit, storage):
     """A 3-level taxonomy of the 400k GloVe 6B words, with the words nearest each node."""
-    from .demo import run_demo
+    from .demo import default_storage, glove_files, run_demo
+    from .storage import Store
 
     factors = _branching(branching)
-    summaries, engine, seconds = run_demo(factors, show, children, n_words, max_iter, seed, device, limit)
+    storage = storage or default_storage(factors, max_iter, seed, limit)
+    manifest = Store(storage).manifest()
+    kept = manifest is not None and manifest.get("status") == "done"
+    summaries, engine, seconds = run_demo(factors, show, children, n_words, max_iter, seed, device, limit, storage)
     n = int(engine.tree_.levels[0].counts.sum())
     nodes = " x ".join(str(level.n_nodes) for level in engine.tree_.levels)
-    click.echo(f"taxonomy (cosine) of {n} GloVe words, {nodes} nodes, {engine.stats_['passes']} data passes "
-               f"in {seconds:.1f} s")
+    done = f"loaded from {storage}" if kept else f"in {seconds:.1f} s"
+    click.echo(f"taxonomy (cosine) of {n} GloVe words, {nodes} nodes, {engine.stats_['passes']} data passes {done}")
     for s in summaries:
         indent = "  " * s.level
         click.echo(f"{indent}[{s.level}:{s.node}] {s.size} words: {', '.join(s.words)}")
+    words = glove_files()[1]
+    click.echo(f"kept in {storage}: mega-taxonomy inspect / search / sample work on it; to browse it:")
+    click.echo(f"  mega-taxonomy serve {shlex.quote(storage)} --labels {shlex.quote(str(words))} --label-column index")
+
+
+main.add_command(serve)
+main.add_command(report)

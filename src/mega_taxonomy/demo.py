@@ -6,7 +6,6 @@ VectorSource) and the words as the ``index`` column of ``glove_6B_index.parquet`
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,22 +50,30 @@ def nearest_words(store: Store, level: int, words: np.ndarray, n_words: int) -> 
     return out
 
 
+def default_storage(branching=(32, 8, 8), max_iter=10, random_state=0, limit=None) -> str:
+    """``mega-taxonomy-demo/glove-32x8x8-iter10-seed0`` (``-first20000`` with a limit): one folder per
+    set of parameters, so a demo run again loads its finished fit, and runs of other parameters
+    never meet a store fitted with others (which the engine refuses)."""
+    name = f"glove-{'x'.join(map(str, branching))}-iter{max_iter}-seed{random_state}"
+    return str(Path("mega-taxonomy-demo") / (name + (f"-first{limit}" if limit is not None else "")))
+
+
 def run_demo(branching=(32, 8, 8), show=6, children=3, n_words=8, max_iter=10, random_state=0, device="auto",
              limit=None, storage=None):
-    """Fit the GloVe taxonomy; return (summaries of the top of the tree, engine, seconds)."""
+    """Fit the GloVe taxonomy into ``storage`` (default: :func:`default_storage`), with its search
+    index, and keep it there; return (summaries of the top of the tree, engine, seconds)."""
     vectors, index = glove_files()
     source = as_source(str(vectors))
     words = pq.read_table(index, columns=["index"]).column("index").to_numpy(zero_copy_only=False)
     data = source if limit is None else np.asarray(source.take(np.arange(limit)))
-    with tempfile.TemporaryDirectory() as tmp:
-        storage = storage or str(Path(tmp) / "taxonomy")
-        start = time.perf_counter()
-        engine = TaxonomyEngine(n_levels=len(branching), branching_factor=list(branching), metric="cosine",
-                                max_iter=max_iter, random_state=random_state, device=device,
-                                storage_uri=storage, search_index=False).fit(data)
-        seconds = time.perf_counter() - start
-        store = Store(storage)
-        near = [nearest_words(store, level, words, n_words) for level in range(2)]
+    storage = storage or default_storage(branching, max_iter, random_state, limit)
+    start = time.perf_counter()
+    engine = TaxonomyEngine(n_levels=len(branching), branching_factor=list(branching), metric="cosine",
+                            max_iter=max_iter, random_state=random_state, device=device,
+                            storage_uri=storage).fit(data)
+    seconds = time.perf_counter() - start
+    store = Store(storage)
+    near = [nearest_words(store, level, words, n_words) for level in range(2)]
     tree = engine.tree_
     summaries = []
     top = np.argsort(-tree.levels[0].counts, kind="stable")[:show]  # the largest branches first

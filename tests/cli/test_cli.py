@@ -77,12 +77,29 @@ def test_gmm_fit_writes_the_model_and_assignments(tmp_path):
     np.testing.assert_allclose(table.column("distance").to_numpy(), squared, rtol=1e-6)
 
 
-def test_demo_runs_on_glove():
-    out = run("demo", "--branching", "4,3,2", "--show", "2", "--children", "2", "--words", "5", "--max-iter", "3",
-              "--limit", "20000", "--device", "cpu")
+def test_demo_runs_on_glove(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the demo keeps its taxonomy in a folder of the working directory
+    args = ["demo", "--branching", "4,3,2", "--show", "2", "--children", "2", "--words", "5", "--max-iter", "3",
+            "--limit", "20000", "--device", "cpu"]
+    out = run(*args)
     assert "of 20000 GloVe words, 4 x 12 x 24 nodes" in out
     lines = [line for line in out.splitlines() if line.lstrip().startswith("[")]
     assert len(lines) == 2 + 2 * 2 and all(len(line.split(": ")[1].split(", ")) == 5 for line in lines)
+    # It kept what it fitted, and says how to browse it with the words as labels.
+    storage = "mega-taxonomy-demo/glove-4x3x2-iter3-seed0-first20000"
+    serve = out.splitlines()[-1].split()
+    assert serve[:3] == ["mega-taxonomy", "serve", storage] and serve[-2:] == ["--label-column", "index"]
+    assert pq.read_schema(serve[serve.index("--labels") + 1]).names == ["index"]
+    assert "level 2: 24 nodes" in run("inspect", storage)
+    run("sample", storage, "40", "--output", str(tmp_path / "s.parquet"))
+    assert pq.read_table(tmp_path / "s.parquet").num_rows == 40
+    from mega_taxonomy.demo import glove_files
+
+    np.save(tmp_path / "q.npy", np.load(glove_files()[0], mmap_mode="r")[:3])
+    run("search", storage, str(tmp_path / "q.npy"), "--k", "2", "--output", str(tmp_path / "hits.parquet"))
+    assert pq.read_table(tmp_path / "hits.parquet").column("id").to_pylist()[::2] == [0, 1, 2]
+    # Run again, it loads the kept fit instead of fitting again.
+    assert f"loaded from {storage}" in run(*args)
 
 
 def test_taxonomy_commands(tmp_path):
