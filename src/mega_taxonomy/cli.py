@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shlex
 import sys
@@ -13,6 +12,8 @@ import click
 import numpy as np
 
 from . import __version__
+from .cli_options import options_option
+from .cli_options import storage_options as _options
 from .errors import ConfigError, DataError, MegaTaxonomyError
 from .web.commands import report, serve
 
@@ -23,18 +24,8 @@ def _source(uri, column, id_column, on_invalid="raise", storage_options=None):
     return as_source(uri, column=column, id_column=id_column, on_invalid=on_invalid, storage_options=storage_options)
 
 
-def _options(text):
-    """``--storage-options '{"client_kwargs": ...}'``: fsspec options as JSON (never logged)."""
-    try:
-        return json.loads(text) if text else None
-    except json.JSONDecodeError as exc:  # the message must not echo the text: it may hold credentials
-        raise click.BadParameter(f"not valid JSON ({exc.msg} at character {exc.pos})",
-                                 param_hint="'--storage-options'") from None
-
-
 column_option = click.option("--column", default=None, help="Vector column of parquet files (default: the only one).")
 id_option = click.option("--id-column", default=None, help="Integer id column (default: row ordinals).")
-options_option = click.option("--storage-options", default=None, help="fsspec options as JSON.")
 
 
 def ray_option(command):

@@ -3,32 +3,20 @@ command group by ``cli.py``); starlette, uvicorn and plotly are imported only wh
 
 from __future__ import annotations
 
-import json
-
 import click
 
+from ..cli_options import options_option
+from ..cli_options import storage_options as parse_storage_options
 from ..errors import ConfigError
 from .labels import Labels
 from .view import TaxonomyView
-
-
-def _options(text):
-    """``--storage-options '{...}'``: fsspec options as JSON (never echoed: they may hold credentials)."""
-    try:
-        return json.loads(text) if text else None
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON ({exc.msg} at character {exc.pos})",
-                                 param_hint="'--storage-options'") from None
-
-
-options_option = click.option("--storage-options", default=None, help="fsspec options as JSON.")
 
 
 def _view(storage, labels, label_column, storage_options):
     """The stored taxonomy at STORAGE as the browser and the report see it (``web`` extra)."""
     if (labels is None) != (label_column is None):
         raise click.UsageError("--labels and --label-column go together")
-    options = _options(storage_options)
+    options = parse_storage_options(storage_options)
     table = Labels(labels, label_column, storage_options=options) if labels else None
     return TaxonomyView(storage, labels=table, storage_options=options)
 
