@@ -7,6 +7,7 @@ spread over this process's CPU threads in the order of their leaves).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -192,7 +193,7 @@ class KDTree:
         if return_length:
             counts = np.diff(offsets).reshape(shape)
             return int(counts) if not shape else counts
-        lists = [rows[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+        lists = [rows[a:b].tolist() for a, b in itertools.pairwise(offsets)]
         if not shape:
             return lists[0]
         out = np.empty(len(lists), dtype=object)

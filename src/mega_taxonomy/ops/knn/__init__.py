@@ -99,9 +99,9 @@ def build_tree(points, leafsize: int = 32) -> Tree:
     parts, base = [[c] for c in columns], len(columns[0])
     for (node, _, _), (starts, ends, lefts, rights) in zip(jobs, subtrees):
         # local id t >= 1 becomes base + t - 1; the local root is the top node itself
-        shift = lambda ids: np.where(ids >= 0, ids + base - 1, -1)  # noqa: E731
-        columns[2][node], columns[3][node] = shift(lefts[:1])[0], shift(rights[:1])[0]
-        for part, values in zip(parts, (starts[1:], ends[1:], shift(lefts[1:]), shift(rights[1:]))):
+        lefts, rights = (np.where(ids >= 0, ids + base - 1, -1) for ids in (lefts, rights))
+        columns[2][node], columns[3][node] = lefts[0], rights[0]
+        for part, values in zip(parts, (starts[1:], ends[1:], lefts[1:], rights[1:])):
             part.append(values)
         base += len(starts) - 1
     starts, ends, lefts, rights = (np.concatenate(p) for p in parts)
