@@ -53,6 +53,8 @@ class Tree:
     rights: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
+    dims: np.ndarray
+    splits: np.ndarray
 
     @property
     def n(self) -> int:
@@ -60,7 +62,8 @@ class Tree:
 
     @property
     def arrays(self) -> tuple:
-        return self.pts, self.perm, self.starts, self.ends, self.lefts, self.rights, self.lo, self.hi
+        return (self.pts, self.perm, self.starts, self.ends, self.lefts, self.rights, self.lo, self.hi, self.dims,
+                self.splits)
 
     @property
     def nbytes(self) -> int:
@@ -77,36 +80,37 @@ def build_tree(points, leafsize: int = 32) -> Tree:
     if n == 0:
         empty = np.empty(0, np.int64)
         box = np.empty((0, pts.shape[0]))
-        return Tree(pts, perm, empty, empty, empty, empty, box, box)
+        return Tree(pts, perm, empty, empty, empty, empty, box, box, empty, np.empty(0))
     levels = 0 if n < SPLIT_PARALLEL_ROWS else max(0, math.ceil(math.log2(4 * cpu_threads())))
-    top, jobs = [[], [], [], []], []
+    top, jobs = [[], [], [], [], [], []], []
 
     def split(start, end, depth):
         node = len(top[0])
-        for column, value in zip(top, (start, end, -1, -1)):
+        for column, value in zip(top, (start, end, -1, -1, 0, 0.0)):
             column.append(value)
         if depth == levels or end - start <= leafsize:
             jobs.append((node, start, end))
             return node
-        mid = _build_kernels.split_node(pts, perm, start, end)
+        mid, top[4][node], top[5][node] = _build_kernels.split_node(pts, perm, start, end)
         top[2][node] = split(start, mid, depth + 1)
         top[3][node] = split(mid, end, depth + 1)
         return node
 
     split(0, n, 0)
     subtrees = map_in_threads(lambda job: _build_kernels.build_subtree(pts, perm, job[1], job[2], leafsize), jobs)
-    columns = [np.array(c, np.int64) for c in top]
+    columns = [np.array(c, np.int64) for c in top[:5]] + [np.array(top[5], np.float64)]
     parts, base = [[c] for c in columns], len(columns[0])
-    for (node, _, _), (starts, ends, lefts, rights) in zip(jobs, subtrees):
+    for (node, _, _), (starts, ends, lefts, rights, dims, splits) in zip(jobs, subtrees):
         # local id t >= 1 becomes base + t - 1; the local root is the top node itself
         lefts, rights = (np.where(ids >= 0, ids + base - 1, -1) for ids in (lefts, rights))
-        columns[2][node], columns[3][node] = lefts[0], rights[0]
-        for part, values in zip(parts, (starts[1:], ends[1:], lefts[1:], rights[1:])):
-            part.append(values)
+        for column, values in zip(columns[2:], (lefts, rights, dims, splits)):
+            column[node] = values[0]
+        for part, values in zip(parts, (starts, ends, lefts, rights, dims, splits)):
+            part.append(values[1:])
         base += len(starts) - 1
-    starts, ends, lefts, rights = (np.concatenate(p) for p in parts)
+    starts, ends, lefts, rights, dims, splits = (np.concatenate(p) for p in parts)
     lo, hi = _build_kernels.bounding_boxes(pts, starts, ends, lefts, rights)
-    return Tree(pts, perm, starts, ends, lefts, rights, lo, hi)
+    return Tree(pts, perm, starts, ends, lefts, rights, lo, hi, dims, splits)
 
 
 def _chunks(n: int, threads: int) -> list[tuple[int, int]]:
@@ -138,8 +142,8 @@ def tree_knn(tree: Tree, queries, k: int, p=2, bound=math.inf, boxsize=None, ski
         return out_d, out_i, 0
     perm = None
     if order and q > 1:
-        leaves = np.concatenate(_run(lambda c: _kernels.leaf_of(tree.starts, tree.lo, tree.hi, tree.lefts, tree.rights,
-                                                               queries[c[0]:c[1]], box, code, ORDER_DEPTH), q, workers))
+        leaves = np.concatenate(_run(lambda c: _kernels.leaf_of(tree.starts, tree.lefts, tree.rights, tree.dims,
+                                                               tree.splits, queries[c[0]:c[1]], ORDER_DEPTH), q, workers))
         perm = np.argsort(leaves, kind="stable")
         queries, skip = queries[perm], skip[perm]
 

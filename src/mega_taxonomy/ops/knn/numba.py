@@ -126,12 +126,23 @@ def _heap_sort(hd, hi):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True)
-def knn(pts, perm, starts, ends, lefts, rights, lo, hi, queries, skip, k, p, bound, boxsize,
+def knn(pts, perm, starts, ends, lefts, rights, lo, hi, dims, splits, queries, skip, k, p, bound, boxsize,
         out_d, out_i):  # pragma: no cover - compiled
     """The ``k`` nearest points of every query, within ``bound`` (exclusive, in the kernel's
     distance: squared for p=2). ``skip[j]`` >= 0 leaves that original row out (the query point
-    itself, for all-points kNN). Returns the number of points examined."""
+    itself, for all-points kNN). Returns the number of points examined.
+
+    The descent follows the split planes (one comparison a level) and defers the far child with
+    a cheap bound: the larger of its ancestor's box distance and the query's distance to the
+    plane (every point of the far child lies beyond it; not with periodic boxes, where it may
+    wrap). A deferred child whose cheap bound can still win gets its box distance computed when
+    it is popped. Computing both children's box distances at every level instead took twice as
+    long (100k queries in leaf order, k=10, 1M uniform 3-D points, one thread: 0.41-0.56 s of CPU
+    against 0.20-0.23 s). Seeding the heap with the previous query's
+    neighbours (queries come in leaf order) examined as many points: the descent to the
+    nearest leaf sets as good a bound at once."""
     n = pts.shape[1]
+    periodic = len(boxsize) > 0
     stack_n = np.empty(STACK, np.int64)
     stack_b = np.empty(STACK)
     buf = np.empty(max(1, np.max(ends - starts)))
@@ -149,21 +160,20 @@ def knn(pts, perm, starts, ends, lefts, rights, lo, hi, queries, skip, k, p, bou
             node, b = stack_n[sp], stack_b[sp]
             if b > hd[0] or b >= bound:
                 continue
+            if node != 0:
+                b = _box_distance(q, lo, hi, node, boxsize, p)
+                if b > hd[0] or b >= bound:
+                    continue
             while lefts[node] >= 0:
-                left, right = lefts[node], rights[node]
-                bl = _box_distance(q, lo, hi, left, boxsize, p)
-                br = _box_distance(q, lo, hi, right, boxsize, p)
-                if br < bl:
-                    left, right, bl, br = right, left, br, bl
-                if br <= hd[0] and br < bound:
-                    stack_n[sp], stack_b[sp] = right, br
+                delta = q[dims[node]] - splits[node]
+                near, far = (lefts[node], rights[node]) if delta < 0.0 else (rights[node], lefts[node])
+                fb = b
+                if not periodic:
+                    fb = max(b, delta * delta if p == 2 else abs(delta))
+                if fb <= hd[0] and fb < bound:
+                    stack_n[sp], stack_b[sp] = far, fb
                     sp += 1
-                node = left
-                if bl > hd[0] or bl >= bound:
-                    node = -1
-                    break
-            if node < 0:
-                continue
+                node = near
             s, e = starts[node], ends[node]
             _leaf_distances(q, pts, s, e, buf, boxsize, p)
             examined += e - s
@@ -180,7 +190,7 @@ def knn(pts, perm, starts, ends, lefts, rights, lo, hi, queries, skip, k, p, bou
 
 
 @njit(nogil=True, cache=True)
-def ball(pts, perm, starts, ends, lefts, rights, lo, hi, queries, r, p, boxsize, offsets, out):  # pragma: no cover
+def ball(pts, perm, starts, ends, lefts, rights, lo, hi, dims, splits, queries, r, p, boxsize, offsets, out):  # pragma: no cover
     """Rows within ``r[j]`` (inclusive, kernel distance) of every query. Counting pass when ``out`` is
     empty (counts into ``offsets[j + 1]``), else writes each query's rows at ``out[offsets[j]:]``."""
     stack = np.empty(STACK, np.int64)
@@ -215,23 +225,17 @@ def ball(pts, perm, starts, ends, lefts, rights, lo, hi, queries, r, p, boxsize,
 
 
 @njit(nogil=True, cache=True)
-def leaf_of(starts, lo, hi, lefts, rights, queries, boxsize, p, depth):  # pragma: no cover - compiled
-    """A sort key per query: the first column of the node it descends to (nearest child box at
-    every level, at most ``depth`` levels down). Columns are in kd order, so queries sorted by it
-    walk the same branches one after the other and find them in cache: 100k queries k=10 on 1M
-    uniform 3-D points ran 2.5x faster sorted. Ten levels sort as well as the full depth, at half
-    the cost of the descent."""
+def leaf_of(starts, lefts, rights, dims, splits, queries, depth):  # pragma: no cover - compiled
+    """A sort key per query: the first column of the node it reaches down the split planes, at
+    most ``depth`` levels down. Columns are in kd order, so queries sorted by it walk the same
+    branches one after the other and find them in cache: 100k queries k=10 on 1M uniform 3-D
+    points ran 2.5x faster sorted. Ten levels sort as well as the full depth."""
     out = np.empty(queries.shape[0], np.int64)
     for j in range(queries.shape[0]):
-        q = queries[j]
         node = 0
         level = 0
         while lefts[node] >= 0 and level < depth:
-            left, right = lefts[node], rights[node]
-            if _box_distance(q, lo, hi, right, boxsize, p) < _box_distance(q, lo, hi, left, boxsize, p):
-                node = right
-            else:
-                node = left
+            node = lefts[node] if queries[j, dims[node]] < splits[node] else rights[node]
             level += 1
         out[j] = starts[node]
     return out
