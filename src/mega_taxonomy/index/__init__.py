@@ -2,5 +2,6 @@
 workers (``DistributedKDTree``, PANDA's scheme)."""
 
 from .kdtree import KDTree
+from .panda import DistributedKDTree
 
-__all__ = ["KDTree"]
+__all__ = ["DistributedKDTree", "KDTree"]

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from .._estimator import as_source
-from ..errors import DataError
-from ..ops.knn import build_tree, p_code, tree_ball, tree_knn
+from ..errors import DataError, StorageError
+from ..ops.knn import Tree, build_tree, p_code, tree_ball, tree_knn
+from ..storage import Store
+from ..storage.schema import KDTREE_ARRAYS, kdtree_file
 
 
 def read_points(data):
@@ -32,7 +34,7 @@ def read_points(data):
     return points, np.concatenate([b.ids for b in blocks]).astype(np.int64)
 
 
-def _as_queries(x, dim):
+def as_queries(x, dim):
     """Queries as (q, d) float64 and the leading shape of the answer; a DataError names a bad row."""
     x = np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
     if x.ndim == 0 or x.shape[-1] != dim:
@@ -117,7 +119,7 @@ class KDTree:
         return len(self._tree.starts)
 
     def _queries(self, x):
-        flat, shape = _as_queries(x, self.m)
+        flat, shape = as_queries(x, self.m)
         if self.boxsize is not None:
             flat = np.mod(flat, self.boxsize)
             flat[flat >= self.boxsize] = 0.0  # np.mod of a tiny negative value rounds up to the box side
@@ -171,7 +173,7 @@ class KDTree:
         """Every point's ``k`` nearest other points (itself excluded; a duplicate of it is not):
         (distances (n, k), indices (n, k)). Points are walked in leaf order, so neighbouring
         queries share their branches in cache."""
-        k = _count(k)
+        k = check_k(k)
         tree = self._tree
         queries = tree.pts.T.copy()
         d, i, _ = tree_knn(tree, queries, k, p=p, bound=self._bound(distance_upper_bound, p), boxsize=self.boxsize,
@@ -200,11 +202,43 @@ class KDTree:
         out[:] = lists
         return out.reshape(shape)
 
+    def save(self, uri, *, storage_options=None) -> dict:
+        """Write the tree to a Store (``kdtree/*.npy``, manifest kind "kdtree"): :meth:`load` gives
+        it back without building again. Returns the committed manifest."""
+        store = Store(uri, storage_options=storage_options)
+        tree = self._tree
+        arrays = {"ids": self.ids, **{name: getattr(tree, name) for name in KDTREE_ARRAYS if name != "ids"}}
+        for name in KDTREE_ARRAYS:
+            store.put_array(kdtree_file(name), arrays[name])
+        box = None if self.boxsize is None else self.boxsize.tolist()
+        return store.commit(kind="kdtree", params={"leafsize": self.leafsize, "boxsize": box}, status="built",
+                            n=self.n, dim=self.m)
+
+    @classmethod
+    def load(cls, uri, *, storage_options=None) -> KDTree:
+        """A KDTree written by :meth:`save`."""
+        store = Store(uri, storage_options=storage_options)
+        manifest = store.manifest()
+        if manifest is None or manifest["kind"] != "kdtree":
+            raise StorageError(f"{store!r} holds no kd-tree")
+        arrays = {name: np.asarray(store.get_array(kdtree_file(name))) for name in KDTREE_ARRAYS}
+        self = cls.__new__(cls)
+        self.ids = arrays.pop("ids")
+        self._tree = Tree(**arrays)
+        self.n, self.m = manifest["meta"]["n"], manifest["meta"]["dim"]
+        self.data = np.empty((self.n, self.m))
+        self.data[self._tree.perm] = self._tree.pts.T
+        self.leafsize = manifest["params"]["leafsize"]
+        box = manifest["params"]["boxsize"]
+        self.boxsize = None if box is None else np.asarray(box, np.float64)
+        return self
+
     def __repr__(self):
         return f"KDTree(n={self.n}, m={self.m}, leafsize={self.leafsize}, boxsize={self.boxsize})"
 
 
-def _count(k) -> int:
+def check_k(k) -> int:
+    """``k`` as a positive int (ValueError otherwise)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive int, not {k!r}")
     return int(k)
@@ -213,8 +247,8 @@ def _count(k) -> int:
 def _ranks(k):
     """(1-based ranks, whether the last axis goes): scipy's ``k`` as an int or a list of ranks."""
     if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
-        return list(range(1, _count(k) + 1)), k == 1
-    ranks = [_count(r) for r in k]
+        return list(range(1, check_k(k) + 1)), k == 1
+    ranks = [check_k(r) for r in k]
     if not ranks:
         raise ValueError("k must not be empty")
     return ranks, False
