@@ -72,6 +72,10 @@ def main():
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    from mega_taxonomy.index import DistributedKDTree
+
+    with DistributedKDTree(np.random.default_rng(0).random((5000, 3)), n_workers=2) as warm:  # numba loads its kernels
+        warm.query(np.zeros((10, 3)), k=args.k)
     results = [run(kind, args.n, args.queries, args.workers, args.k) for kind in ("uniform", "clustered")]
     params = {"n": args.n, "queries": args.queries, "n_workers": args.workers, "k": args.k, "dim": 3,
               "runtime": "LocalRuntime (workers in this process, kernels on its CPU threads)",

@@ -7,14 +7,16 @@ __version__ = "0.1.0"
 
 from .cluster import GaussianMixture, KMeans
 from .errors import ConfigError, DataError, MegaTaxonomyError, StorageError, WorkerError
+from .index import DistributedKDTree, KDTree
 from .io import VectorSource
 from .runtime import LocalRuntime
 from .storage import Store
 from .taxonomy import Balancing, Routing, TaxonomyEngine
 
 __all__ = [
-    "Balancing", "ConfigError", "DataError", "GaussianMixture", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime",
-    "Routing", "StorageError", "Store", "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
+    "Balancing", "ConfigError", "DataError", "DistributedKDTree", "GaussianMixture", "KDTree", "KMeans", "LocalRuntime",
+    "MegaTaxonomyError", "RayRuntime", "Routing", "StorageError", "Store", "TaxonomyEngine", "VectorSource",
+    "WorkerError", "__version__",
 ]
 
 

@@ -15,9 +15,13 @@ import torch
 
 from .._estimator import as_source
 from ..errors import DataError, StorageError
-from ..ops.knn import Tree, build_tree, p_code, tree_ball, tree_knn
+from ..ops.knn import GPU_MAX_K, DeviceTree, Tree, build_tree, gpu_knn, p_code, tree_ball, tree_knn
 from ..storage import Store
 from ..storage.schema import KDTREE_ARRAYS, kdtree_file
+
+# From this many queries on, a machine with CUDA answers on the GPU (the bucket scan): below it,
+# the copies and the launch cost more than the CPU threads take.
+GPU_MIN_QUERIES = 1 << 16
 
 
 def read_points(data):
@@ -158,9 +162,16 @@ class KDTree:
         if eps != 0:
             raise ValueError("eps must be 0: KDTree answers exact neighbours only")
         ranks, squeeze = _ranks(k)
+        bound = self._bound(distance_upper_bound, p)
+        on_device = isinstance(x, torch.Tensor) and x.is_cuda and x.ndim >= 1 and x.shape[-1] == self.m
+        if on_device and self._on_gpu(x.numel() // self.m, max(ranks), p):
+            return self._gpu_query(x, ranks, squeeze, bound)  # queries stay on the GPU, and the answers
         flat, shape = self._queries(x)
-        d, i, _ = tree_knn(self._tree, flat, max(ranks), p=p, bound=self._bound(distance_upper_bound, p),
-                           boxsize=self.boxsize, workers=workers)
+        if self._on_gpu(len(flat), max(ranks), p):
+            d, i = gpu_knn(self._on(torch.device("cuda")), torch.as_tensor(flat, device="cuda"), max(ranks), bound)
+            d, i = d.cpu().numpy(), i.cpu().numpy()
+        else:
+            d, i, _ = tree_knn(self._tree, flat, max(ranks), p=p, bound=bound, boxsize=self.boxsize, workers=workers)
         d, i = self._true(d, p)[:, np.asarray(ranks) - 1], i[:, np.asarray(ranks) - 1]
         d, i = d.reshape(shape + (len(ranks),)), i.reshape(shape + (len(ranks),))
         if squeeze:
@@ -168,6 +179,30 @@ class KDTree:
             if not shape:
                 return float(d), int(i)
         return _like(x, d), _like(x, i)
+
+    def _on_gpu(self, n_queries, k, p) -> bool:
+        """The CUDA path: many queries, p=2, no periodic box, k the kernel holds, and a GPU."""
+        return (n_queries >= GPU_MIN_QUERIES and k <= GPU_MAX_K and p_code(p) == 2 and self.boxsize is None
+                and torch.cuda.is_available())
+
+    def _on(self, device) -> DeviceTree:
+        """The tree's arrays on ``device``, copied once and kept for later queries."""
+        if getattr(self, "_device_tree", None) is None or self._device_tree.pts.device != device:
+            self._device_tree = DeviceTree(self._tree, device)
+        return self._device_tree
+
+    def _gpu_query(self, x, ranks, squeeze, bound):
+        """``query`` of a CUDA tensor, checked and answered on its device (tensors back)."""
+        q = x.reshape(-1, self.m)
+        if not bool(torch.isfinite(q).all()):
+            row = int(torch.nonzero(~torch.isfinite(q))[0, 0])
+            raise DataError("query values must be finite", row=row)
+        d, i = gpu_knn(self._on(x.device), q, max(ranks), bound)
+        cols = torch.as_tensor(np.asarray(ranks) - 1, device=x.device)
+        d, i = d.sqrt()[:, cols], i[:, cols]
+        shape = tuple(x.shape[:-1]) + (len(ranks),)
+        d, i = d.reshape(shape), i.reshape(shape)
+        return (d[..., 0], i[..., 0]) if squeeze else (d, i)
 
     def query_self(self, k=1, p=2, distance_upper_bound=math.inf, workers=-1):
         """Every point's ``k`` nearest other points (itself excluded; a duplicate of it is not):

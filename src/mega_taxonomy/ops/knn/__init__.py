@@ -3,7 +3,7 @@
 ``build_tree(points, leafsize)`` gives a :class:`Tree` (compiled CPU build, ``build.py``);
 ``tree_knn`` / ``tree_ball`` query it on this process's CPU threads (``numba.py``);
 ``knn_reference`` is the brute-force torch twin (float64, the tests' oracle); ``leaf_knn`` runs
-the CUDA kernel (``triton.py``) over the tree's leaf buckets. Distances here are in the kernels'
+the CUDA kernel (``triton.py``) over the tree's leaf buckets (``gpu_knn``, ``buckets.py``). Distances here are in the kernels'
 space: squared for ``p=2``; ``index.KDTree`` turns them into scipy's true distances.
 
 Examples
@@ -27,9 +27,11 @@ import torch
 from ...threads import cpu_threads, map_in_threads
 from . import build as _build_kernels
 from . import numba as _kernels
+from .buckets import DeviceTree, bucket_knn
 
 #: scipy's ``p`` -> the kernels' code (0 is Chebyshev, p = inf)
 P_CODES = {1: 1, 2: 2, math.inf: 0}
+GPU_MAX_K = 32  # the Triton kernel keeps at most this many neighbours in registers (triton.MAX_K)
 ORDER_DEPTH = 10  # levels of the descent that orders queries (numba.leaf_of)
 SPLIT_PARALLEL_ROWS = 1 << 16  # below this a build is one subtree: threads would cost more than they give
 
@@ -226,4 +228,13 @@ def _reference_chunk(x, y, skip, k, code, bound, box):
     return values.numpy(), order.numpy()
 
 
-__all__ = ["P_CODES", "Tree", "build_tree", "knn_reference", "p_code", "tree_ball", "tree_knn"]
+def gpu_knn(device_tree, queries: torch.Tensor, k: int, bound=math.inf):
+    """The k nearest rows of every query on CUDA (p=2, no periodic box): the bucket scan of
+    ``buckets.py`` with the Triton kernel; (squared distances, rows) as tensors on the device."""
+    from .triton import bucket_scan_triton  # triton is optional: imported where it is used
+
+    return bucket_knn(device_tree, queries, k, bound=bound, scan=bucket_scan_triton)
+
+
+__all__ = ["GPU_MAX_K", "P_CODES", "DeviceTree", "Tree", "build_tree", "gpu_knn", "knn_reference", "p_code", "tree_ball",
+           "tree_knn"]
