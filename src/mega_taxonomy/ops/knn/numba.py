@@ -228,8 +228,9 @@ def ball(pts, perm, starts, ends, lefts, rights, lo, hi, dims, splits, queries, 
 def leaf_of(starts, lefts, rights, dims, splits, queries, depth):  # pragma: no cover - compiled
     """A sort key per query: the first column of the node it reaches down the split planes, at
     most ``depth`` levels down. Columns are in kd order, so queries sorted by it walk the same
-    branches one after the other and find them in cache: 100k queries k=10 on 1M uniform 3-D
-    points ran 2.5x faster sorted. Ten levels sort as well as the full depth."""
+    branches one after the other and find them in cache: 100k queries k=10 on 1M 3-D points, one
+    thread, took 0.23 s sorted against 0.56-0.63 s unsorted (uniform; clustered 0.20 against
+    0.43-0.53 s). Ten levels sort as well as the full depth (0.24-0.26 s)."""
     out = np.empty(queries.shape[0], np.int64)
     for j in range(queries.shape[0]):
         node = 0

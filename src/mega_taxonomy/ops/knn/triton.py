@@ -12,9 +12,10 @@ Kernel contract
   out_i    : (Q, k)  int64: their rows; equal distances in increasing row; N where missing
 Each program owns BLOCK queries (consecutive: one region of space) and scans its candidate leaves
 LEAF columns at a time (LEAF: the largest leaf, rounded up to a power of two). The running best
-KP (k rounded up to a power of two) per query stay in registers; after each leaf, KP extraction
-steps merge them with the leaf's distances, each step taking the smallest (distance, row) of
-either side, so ties go to the smaller row whichever leaf came first. Q, D, N and the number of
+KP (k rounded up to a power of two) per query stay in registers; after a leaf that can improve
+one of the block's queries, k extraction steps merge them with the leaf's distances, each step
+taking the smallest (distance, row) of either side, so ties go to the smaller row whichever leaf
+came first. Q, D, N and the number of
 leaves are runtime values; program ids are 64-bit. float64 throughout: the answer is exact and
 equals the CPU's. Not tuned on a GPU yet (no GPU was at hand when it was written).
 """
@@ -30,10 +31,31 @@ BIG = 2**62
 
 
 @triton.jit
+def _merge(d, ids, run_d, run_i, slots, BLOCK: tl.constexpr, KP: tl.constexpr, K: tl.constexpr):
+    """The K best (distance, row) of the running entries and a leaf's, smallest first, by K
+    extraction steps (slots K..KP-1 stay empty)."""
+    new_d = tl.full((BLOCK, KP), float("inf"), tl.float64)
+    new_i = tl.full((BLOCK, KP), BIG, tl.int64)
+    for j in tl.static_range(K):
+        m_t = tl.min(d, axis=1)
+        id_t = tl.min(tl.where(d == m_t[:, None], ids, BIG), axis=1)
+        m_r = tl.min(run_d, axis=1)
+        id_r = tl.min(tl.where(run_d == m_r[:, None], run_i, BIG), axis=1)
+        take_run = (m_r < m_t) | ((m_r == m_t) & (id_r < id_t))
+        val = tl.where(take_run, m_r, m_t)
+        idx = tl.where(take_run, id_r, id_t)
+        new_d = tl.where(slots[None, :] == j, val[:, None], new_d)
+        new_i = tl.where(slots[None, :] == j, idx[:, None], new_i)
+        d = tl.where((ids == idx[:, None]) & (~take_run)[:, None], float("inf"), d)
+        run_d = tl.where((run_i == idx[:, None]) & take_run[:, None], float("inf"), run_d)
+    return new_d, new_i
+
+
+@triton.jit
 def _bucket_knn_kernel(
     q_ptr, pts_ptr, perm_ptr, starts_ptr, ends_ptr, offsets_ptr, leaves_ptr, out_d_ptr, out_i_ptr,
-    Q, D, N, k, bound,
-    BLOCK: tl.constexpr, LEAF: tl.constexpr, KP: tl.constexpr,
+    Q, D, N, bound,
+    BLOCK: tl.constexpr, LEAF: tl.constexpr, KP: tl.constexpr, K: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK + tl.arange(0, BLOCK)
@@ -56,24 +78,14 @@ def _bucket_knn_kernel(
             acc += diff * diff
         ids = tl.broadcast_to(tl.load(perm_ptr + cols, mask=col_ok, other=BIG)[None, :], (BLOCK, LEAF))
         d = tl.where(col_ok[None, :] & (acc < bound), acc, float("inf"))
-        new_d = tl.full((BLOCK, KP), float("inf"), tl.float64)
-        new_i = tl.full((BLOCK, KP), BIG, tl.int64)
-        for j in tl.static_range(KP):
-            m_t = tl.min(d, axis=1)
-            id_t = tl.min(tl.where(d == m_t[:, None], ids, BIG), axis=1)
-            m_r = tl.min(run_d, axis=1)
-            id_r = tl.min(tl.where(run_d == m_r[:, None], run_i, BIG), axis=1)
-            take_run = (m_r < m_t) | ((m_r == m_t) & (id_r < id_t))
-            val = tl.where(take_run, m_r, m_t)
-            idx = tl.where(take_run, id_r, id_t)
-            new_d = tl.where(slots[None, :] == j, val[:, None], new_d)
-            new_i = tl.where(slots[None, :] == j, idx[:, None], new_i)
-            d = tl.where((ids == idx[:, None]) & (~take_run)[:, None], float("inf"), d)
-            run_d = tl.where((run_i == idx[:, None]) & take_run[:, None], float("inf"), run_d)
-        run_d, run_i = new_d, new_i
+        # most candidate leaves improve no query's k best: merge only when one may (<=: a tie may
+        # still enter by its smaller row)
+        kth = tl.min(tl.where(slots[None, :] == K - 1, run_d, float("inf")), axis=1)
+        if tl.sum((d <= kth[:, None]).to(tl.int32)) > 0:
+            run_d, run_i = _merge(d, ids, run_d, run_i, slots, BLOCK, KP, K)
     run_i = tl.where(run_d == float("inf"), N, run_i)
-    out = rows[:, None] * k + slots[None, :]
-    mask = row_ok[:, None] & (slots[None, :] < k)
+    out = rows[:, None] * K + slots[None, :]
+    mask = row_ok[:, None] & (slots[None, :] < K)
     tl.store(out_d_ptr + out, run_d, mask=mask)
     tl.store(out_i_ptr + out, run_i, mask=mask)
 
@@ -89,7 +101,7 @@ def bucket_scan_triton(t, q, offsets, leaves, k, bound, block):
         return out_d, out_i
     _bucket_knn_kernel[(n_blocks,)](
         q, t.pts, t.perm, t.starts, t.ends, offsets, leaves, out_d, out_i,
-        len(q), t.dim, t.n, k, float(bound),
-        BLOCK=block, LEAF=triton.next_power_of_2(t.max_leaf), KP=triton.next_power_of_2(k),
+        len(q), t.dim, t.n, float(bound),
+        BLOCK=block, LEAF=triton.next_power_of_2(t.max_leaf), KP=triton.next_power_of_2(k), K=k,
     )
     return out_d, out_i
