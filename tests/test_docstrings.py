@@ -12,7 +12,8 @@ MODULES = ["mega_taxonomy.cluster.kmeans", "mega_taxonomy.cluster.gmm", "mega_ta
            "mega_taxonomy._estimator", "mega_taxonomy.runtime.iterate",
            "mega_taxonomy.runtime.local", "mega_taxonomy.runtime.collective", "mega_taxonomy.runtime.ray.actors",
            "mega_taxonomy.runtime.ray.schedule", "mega_taxonomy.io.shards", "mega_taxonomy.io.discovery",
-           "mega_taxonomy.ops.knn", "mega_taxonomy.index.kdtree"]
+           "mega_taxonomy.ops.knn", "mega_taxonomy.index.kdtree", "mega_taxonomy.index.panda",
+           "mega_taxonomy.index.routing"]
 
 
 @pytest.mark.parametrize("name", MODULES)
