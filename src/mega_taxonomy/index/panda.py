@@ -152,8 +152,9 @@ class DistributedKDTree:
 
     def query(self, x, k=1, distance_upper_bound=math.inf, p=2):
         """The ``k`` nearest points of every query: (distances, global ids), each (q, k), or (q,)
-        for ``k=1``, as ``KDTree.query`` gives them (true distances; inf and ``n`` where missing;
-        ties by the smaller id). Counters of the run in ``counters_``."""
+        for ``k=1``, as ``KDTree.query`` gives them (true distances; inf and ``n`` where missing,
+        so with a source's own id column, tell a missing neighbour by its infinite distance; ties
+        by the smaller id). Counters of the run in ``counters_``."""
         queries, _ = as_queries(x, self.dim)
         k, code = check_k(k), p_code(p)
         bound = float(distance_upper_bound) ** 2 if code == 2 else float(distance_upper_bound)
