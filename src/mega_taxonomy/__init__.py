@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 
 from .cluster import GaussianMixture, KMeans
 from .errors import ConfigError, DataError, MegaTaxonomyError, StorageError, WorkerError
+from .index import DistributedKDTree, KDTree
 from .io import VectorSource
 from .kv import EvictStrategy, HashTable
 from .runtime import LocalRuntime
@@ -14,8 +15,9 @@ from .storage import Store
 from .taxonomy import Balancing, Routing, TaxonomyEngine
 
 __all__ = [
-    "Balancing", "ConfigError", "DataError", "EvictStrategy", "GaussianMixture", "HashTable", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime",
-    "Routing", "StorageError", "Store", "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
+    "Balancing", "ConfigError", "DataError", "DistributedKDTree", "EvictStrategy", "GaussianMixture", "HashTable",
+    "KDTree", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime", "Routing", "StorageError", "Store",
+    "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
 ]
 
 

@@ -10,6 +10,8 @@ Layout
 ``gmm_estep/``       a Gaussian mixture's E-step online over component tiles (no N x K array)
 ``select/``          the n smallest keys per group (under ``partials/``)
 ``hashing/``         hashes of row ids (samples by hash)
+``knn/``             exact kNN in low dimensions: the kd-tree's build and queries (numba), the bucket
+                     scan of its leaves on CUDA (Triton), the brute-force twin
 ``common.py``        what sibling ops share: checks, the centroids as a GEMM operand, tile sizes,
                      the backend choice, the fused-kernel launcher and its ``OperandCache``, the
                      numba helpers of per-cluster sums

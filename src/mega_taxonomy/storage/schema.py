@@ -53,6 +53,16 @@ def search_file(name: str) -> str:
     return f"search/{name}.npy"
 
 
+# A saved KDTree (index/kdtree.py): its points in leaf order, their rows, the source's ids and the
+# node arrays (ops.knn.Tree's fields).
+KDTREE_ARRAYS = ("pts", "perm", "ids", "starts", "ends", "lefts", "rights", "lo", "hi", "dims", "splits")
+
+
+def kdtree_file(name: str) -> str:
+    """``kdtree/pts.npy`` and the other KDTREE_ARRAYS."""
+    return f"kdtree/{name}.npy"
+
+
 def checkpoint_dir(stage: int) -> str:
     """``checkpoints/level-00``: the checkpoints of one stage of a resumable fit (a taxonomy's level;
     a flat k-means has the one stage 0)."""
