@@ -8,12 +8,19 @@ __version__ = "0.1.0"
 from .cluster import GaussianMixture, KMeans
 from .errors import ConfigError, DataError, MegaTaxonomyError, StorageError, WorkerError
 from .io import VectorSource
+from .learn import (
+    FastKMeansClassifier,
+    FastKMeansClusterer,
+    FastKMeansRegressor,
+    FastMultiLabelKMeansClassifier,
+)
 from .runtime import LocalRuntime
 from .storage import Store
 from .taxonomy import Balancing, Routing, TaxonomyEngine
 
 __all__ = [
-    "Balancing", "ConfigError", "DataError", "GaussianMixture", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime",
+    "Balancing", "ConfigError", "DataError", "FastKMeansClassifier", "FastKMeansClusterer", "FastKMeansRegressor",
+    "FastMultiLabelKMeansClassifier", "GaussianMixture", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime",
     "Routing", "StorageError", "Store", "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
 ]
 
