@@ -80,18 +80,26 @@ class PrototypeLearner(BaseEstimator):
         """Seed every group, run Lloyd passes, prune, and export. ``rows, groups, weights``: the
         memberships (numpy)."""
         self._seed(X, rows, groups, mask)
-        stats = None
-        for it in range(max(1, self.max_iter)):
-            shift, stats = self._pass(X, rows, groups, weights, mask)
-            self.n_iter_ = it + 1
-            if it == 0 and self.auto_feature_weights:
-                self._set_feature_weights(stats)
-            if shift <= self.tol * max(stats["spread"], 1e-30):
-                break
+        stats = self._lloyd(X, rows, groups, weights, mask)
+        if self.auto_feature_weights:
+            # From the converged unweighted prototypes (seeds are data rows: their residuals say
+            # nothing yet), then Lloyd again in the weighted space.
+            self._set_feature_weights(stats)
+            stats = self._lloyd(X, rows, groups, weights, mask)
         self._scale_sum, self._scale_mass = stats["dist"], stats["mass"]
         if prune:
             self._protos.prune()
         self._export()
+
+    def _lloyd(self, X, rows, groups, weights, mask):
+        """Lloyd passes until the squared shift is below ``tol`` times the data's variance; the
+        last pass's statistics."""
+        for _ in range(max(1, self.max_iter)):
+            shift, stats = self._pass(X, rows, groups, weights, mask)
+            self.n_iter_ += 1
+            if shift <= self.tol * max(stats["spread"], 1e-30):
+                break
+        return stats
 
     def _seed(self, X, rows, groups, mask):
         """Starting prototypes of every group: k-means++ on up to ``SEED_ROWS`` rows per prototype."""

@@ -23,6 +23,8 @@ from .soft import SOFT_TYPES, soft_weights, trainable_soft_type
 
 __all__ = ["FastKMeansRegressor"]
 
+RIDGE = 1e-2  # of the mean diagonal of W^T W: pulls targets that few rows weigh to their hard means
+
 
 class FastKMeansRegressor(RegressorMixin, PrototypeLearner):
     """Prototype regressor: the targets are cut into ``k_targets`` buckets (k-means on the
@@ -33,16 +35,16 @@ class FastKMeansRegressor(RegressorMixin, PrototypeLearner):
 
     Parameters
     ----------
-    k_targets : int or "auto", default=8
+    k_targets : int or "auto", default="auto"
         Target buckets; "auto": ``round(n ** (1/3))``.
-    k_features : int or "auto", default=8
+    k_features : int or "auto", default="auto"
         Prototypes per bucket; "auto" as the classifier's ``k_init="auto"``.
     target_distance : {"euclidean", "cosine"}, default="euclidean"
         Metric of the bucketing of the (standardized) targets.
     target_assignment : {"hard", "mean", "scaled", "softmax_scaled"}, default="softmax_scaled"
-        "hard": a prototype's target is the mean of its rows' targets; the others: the mean of the
-        targets of the rows weighted by that prototype's share of their soft prediction (the same
-        rule as at inference, so prediction and targets agree).
+        "hard": a prototype's target is the mean of its rows' targets; the others: the targets that
+        make the blend of that rule fit the training targets best (least squares over the rows,
+        with a small ridge towards the hard means).
     soft_type, top_k, temperature, ... :
         As :class:`FastKMeansClassifier` (``top_k`` default 10). Finetuning minimizes the mean
         squared error (in standardized target units); the targets are learned with the prototypes.
@@ -76,7 +78,7 @@ class FastKMeansRegressor(RegressorMixin, PrototypeLearner):
     _y_options: dict = {"y_numeric": True, "multi_output": True}
     _carried = ("prototype_targets_",)
 
-    def __init__(self, k_targets=8, k_features=8, *, target_distance="euclidean", target_assignment="softmax_scaled",
+    def __init__(self, k_targets="auto", k_features="auto", *, target_distance="euclidean", target_assignment="softmax_scaled",
                  metric="euclidean", soft_type="softmax_scaled", top_k=10, temperature=1.0, init_mode="kmeans++",
                  max_iter=10, tol=1e-4, ema_decay=1.0, finetune_epochs=0, learning_rate=None, batch_size=1024,
                  auto_feature_weights=False, diversity_reg=0.0, l2_reg=0.0, use_index=False, device="auto",
@@ -125,6 +127,7 @@ class FastKMeansRegressor(RegressorMixin, PrototypeLearner):
     def _start_targets(self, y):
         """Target scaling and buckets from ``y`` (the whole data, or a stream's first batch)."""
         y = np.asarray(y, dtype=np.float64)
+        self._normal = None  # a stream's least-squares sums of the targets
         self._single_output = y.ndim == 1
         y2 = y.reshape(len(y), -1)
         self.y_mean_ = y2.mean(0)
@@ -161,14 +164,16 @@ class FastKMeansRegressor(RegressorMixin, PrototypeLearner):
         return self
 
     def _fit_targets(self, X, ys):
-        """Every prototype's target: the mean of its rows' (hard), or of the rows weighted by its
-        soft share of their prediction."""
+        """Every prototype's target: the mean of its rows' targets ("hard"), or the targets that
+        fit the soft blend best: least squares ``min |W T - Y|^2`` over the rows, ``W`` (n, P) the
+        rows' soft weights of the inference rule, with a small ridge towards the hard means (for
+        prototypes that no row weighs). ``W^T W`` and ``W^T Y`` add up over batches."""
         p = self._protos.vectors.shape[0]
         dev = self._device()
         hard = torch.zeros(p, ys.shape[1], dtype=torch.float64, device=dev)
-        soft = torch.zeros_like(hard)
         hard_w = torch.zeros(p, dtype=torch.float64, device=dev)
-        soft_w = torch.zeros_like(hard_w)
+        gram = torch.zeros(p, p, dtype=torch.float64, device=dev)
+        rhs = torch.zeros_like(hard)
         buckets = self._buckets(ys)
         for lo, hi, x, _ in batches(X, PASS_BATCH, dev, self._work_dtype()):
             t = torch.as_tensor(ys[lo:hi], device=dev)
@@ -180,12 +185,15 @@ class FastKMeansRegressor(RegressorMixin, PrototypeLearner):
             if self.target_assignment != "hard":
                 d, idx = self._neighbors(x)
                 w = soft_weights(d.double(), self.target_assignment, self.temperature, self.distance_scale_)
-                soft_w.index_add_(0, idx.reshape(-1), w.reshape(-1))
-                soft.index_add_(0, idx.reshape(-1), (w[:, :, None] * t[:, None, :]).reshape(-1, t.shape[1]))
-        targets = torch.where(hard_w[:, None] > 0, hard / hard_w.clamp_min(1)[:, None],
-                              torch.as_tensor(self._bucket_centers, device=dev)[self._protos.groups])
+                dense = torch.zeros(hi - lo, p, dtype=torch.float64, device=dev).scatter_add_(1, idx, w)
+                gram += dense.T @ dense
+                rhs += dense.T @ t
+        centers = torch.as_tensor(self._bucket_centers, device=dev)[self._protos.groups]
+        targets = torch.where(hard_w[:, None] > 0, hard / hard_w.clamp_min(1)[:, None], centers)
         if self.target_assignment != "hard":
-            targets = torch.where(soft_w[:, None] > 1e-12, soft / soft_w.clamp_min(1e-12)[:, None], targets)
+            ridge = RIDGE * max(float(gram.diagonal().mean()), 1e-12)
+            eye = torch.eye(p, dtype=torch.float64, device=dev)
+            targets = torch.linalg.solve(gram + ridge * eye, rhs + ridge * targets)
         self._protos.extra["targets"] = targets
         self._export()
 
@@ -217,19 +225,36 @@ class FastKMeansRegressor(RegressorMixin, PrototypeLearner):
         return self
 
     def _ema_targets(self, X, ys, w, mask):
-        """Targets move as the prototypes did: by the batch's mass over the total mass."""
+        """Targets in a stream: hard means move as the prototypes did (by the batch's mass over
+        the total mass); for a soft ``target_assignment`` the least-squares sums ``W^T W`` and
+        ``W^T Y`` decay by ``ema_decay`` per batch and the targets are solved again (the sums
+        restart when prototypes are added or pruned)."""
         dev = self._device()
         x, m = self._batch_tensor(X, mask)
         _, labels = assign(self._protos, x, torch.as_tensor(self._buckets(ys), device=dev), self.metric,
                            self._weights(), m)
         p = self._protos.vectors.shape[0]
         wt = torch.as_tensor(w, device=dev, dtype=torch.float64)
-        t = torch.as_tensor(ys, device=dev) * wt[:, None]
-        s, _, mass = cluster_stats(t, labels, wt, p)
+        t = torch.as_tensor(ys, device=dev)
+        s, _, mass = cluster_stats(t * wt[:, None], labels, wt, p)
         old = self._protos.extra["targets"]
         step = torch.where(self._protos.mass > 0, mass / self._protos.mass.clamp_min(1e-300), 0.0)[:, None]
         means = torch.where(mass[:, None] > 0, s / mass.clamp_min(1e-300)[:, None], old)
-        self._protos.extra["targets"] = old + step * (means - old)
+        targets = old + step * (means - old)
+        if self.target_assignment != "hard":
+            self._export()  # the searcher of the moved prototypes
+            d, idx = self._neighbors(x, m)
+            soft = soft_weights(d.double(), self.target_assignment, self.temperature, self.distance_scale_)
+            dense = torch.zeros(len(t), p, dtype=torch.float64, device=dev).scatter_add_(1, idx, soft * wt[:, None])
+            gram, rhs = dense.T @ (dense / wt.clamp_min(1e-300)[:, None]), dense.T @ t
+            if getattr(self, "_normal", None) is not None and self._normal[0].shape == gram.shape:
+                gram = self.ema_decay * self._normal[0] + gram
+                rhs = self.ema_decay * self._normal[1] + rhs
+            self._normal = (gram, rhs)
+            ridge = RIDGE * max(float(gram.diagonal().mean()), 1e-12)
+            eye = torch.eye(p, dtype=torch.float64, device=dev)
+            targets = torch.linalg.solve(gram + ridge * eye, rhs + ridge * targets)
+        self._protos.extra["targets"] = targets
         self._export()
 
     # -- finetuning ------------------------------------------------------------------------
