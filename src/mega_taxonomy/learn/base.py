@@ -109,8 +109,8 @@ class PrototypeLearner(BaseEstimator):
         starts = np.concatenate([[0], np.cumsum(sizes)])
         spread = self._global_spread(X, rows, order[: min(len(order), 4096)])
         for g in np.flatnonzero(sizes):
-            limit = self._group_k(g, None)
-            take = order[starts[g]: starts[g] + min(sizes[g], SEED_ROWS * max(1, limit if limit else 1) + 64)]
+            upper = self._k_param() if self._k_param() != "auto" else max(1, int(math.sqrt(sizes[g])))
+            take = order[starts[g]: starts[g] + min(sizes[g], SEED_ROWS * int(upper) + 64)]
             x = next(batches(X, len(take), self._device(), self._work_dtype(), rows=rows[take]))[2]
             k = self._group_k(g, (x, int(sizes[g]), spread))
             self._k_target[int(g)] = k
@@ -121,13 +121,11 @@ class PrototypeLearner(BaseEstimator):
         return float(((x - x.mean(0)) ** 2).sum(1).mean())
 
     def _group_k(self, g, info):
-        """Target prototypes of group ``g``: ``k_init``, or "auto" from ``info = (rows, n, spread)``
-        (``info=None`` asks for an upper bound, None when unknown)."""
+        """Target prototypes of group ``g``: ``k_init``, or "auto" from ``info = (rows, n, spread)``:
+        a sample of the group's rows, its size and the whole data's spread."""
         k = self._k_param()
         if k != "auto":
             return int(k)
-        if info is None:
-            return 8
         x, n, spread = info
         return auto_k(x, spread, limit=max(1, int(math.sqrt(n))), n_total=n)
 

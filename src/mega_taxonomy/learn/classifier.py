@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._sklearn_compat import Interval, StrOptions, _fit_context
 from .base import COMMON_CONSTRAINTS, PrototypeLearner
 from .inputs import check_features, check_mask, like_input, n_rows, require_y
-from .soft import group_logsumexp
+from .soft import binary_proba, group_logsumexp
 
 __all__ = ["FastKMeansClassifier"]
 
@@ -32,7 +32,7 @@ class FastKMeansClassifier(ClassifierMixin, PrototypeLearner):
 
     Parameters
     ----------
-    k_init : int or "auto", default=3
+    k_init : int or "auto", default="auto"
         Prototypes per class; "auto": ``round(r * sqrt(n_c))`` from the class's spread ``r``
         relative to the data's (``prototypes.auto_k``).
     metric : {"euclidean", "cosine", "l1"}, default="euclidean"
@@ -40,7 +40,7 @@ class FastKMeansClassifier(ClassifierMixin, PrototypeLearner):
     soft_type : {"hard", "mean", "scaled", "softmax_scaled"}, default="softmax_scaled"
     top_k : int, default=5
         Prototypes that vote (-1 or 0: all).
-    temperature : float, default=1.0
+    temperature : float, default=0.3
         For "softmax_scaled" (and the finetuning's softmax), in units of the mean distance of a
         row to its prototype.
     init_mode : {"kmeans++", "random"}, default="kmeans++"
@@ -105,7 +105,7 @@ class FastKMeansClassifier(ClassifierMixin, PrototypeLearner):
         "repulsion_factor": [Interval(Real, 0, None, closed="left")],
     }
 
-    def __init__(self, k_init=3, *, metric="euclidean", soft_type="softmax_scaled", top_k=5, temperature=1.0,
+    def __init__(self, k_init="auto", *, metric="euclidean", soft_type="softmax_scaled", top_k=5, temperature=0.3,
                  init_mode="kmeans++", max_iter=10, tol=1e-4, ema_decay=1.0, finetune_epochs=0, learning_rate=None,
                  batch_size=1024, auto_feature_weights=False, diversity_reg=0.0, l2_reg=0.0, negative_sampling=None,
                  repulsion_factor=0.0, use_index=False, device="auto", dtype="float32", random_state=None):
@@ -227,35 +227,37 @@ class FastKMeansClassifier(ClassifierMixin, PrototypeLearner):
         return self.classes_[self.prototype_groups_]
 
     def _proba_tensor(self, X, feature_mask=None):
+        """(proba, decision): the class scores, and for two classes :func:`binary_proba`'s."""
         out = []
         for _, _, w, idx in self._soft(X, feature_mask):
             g = self._protos.groups[idx]
             scores = torch.zeros(w.shape[0], len(self.classes_), dtype=w.dtype, device=w.device)
             out.append(scores.scatter_add_(1, g, w))
-        return torch.cat(out)
+        p = torch.cat(out).double()
+        if len(self.classes_) == 2:
+            return binary_proba(p)
+        return p, p
 
     def predict_proba(self, X, feature_mask=None):
-        """Class probabilities: the soft weights of the ``top_k`` nearest prototypes summed per class."""
+        """Class probabilities: the soft weights of the ``top_k`` nearest prototypes summed per class
+        (for two classes clipped to ``[1e-9, 1 - 1e-9]``)."""
         check_is_fitted(self)
         X, _ = check_features(self, X, reset=False)
-        return like_input(self._proba_tensor(X, feature_mask).double(), X)
+        return like_input(self._proba_tensor(X, feature_mask)[0], X)
 
     def decision_function(self, X, feature_mask=None):
-        """The class scores of :meth:`predict_proba`; for two classes ``p1 - p0`` (positive: the
-        second class)."""
+        """The class probabilities; for two classes ``p1 - 0.5`` (positive: the second class)."""
         check_is_fitted(self)
         X, _ = check_features(self, X, reset=False)
-        p = self._proba_tensor(X, feature_mask).double()
-        if len(self.classes_) == 2:
-            p = p[:, 1] - p[:, 0]
-        return like_input(p, X)
+        return like_input(self._proba_tensor(X, feature_mask)[1], X)
 
     def predict(self, X, feature_mask=None):
         """The class of highest probability."""
         check_is_fitted(self)
         X, _ = check_features(self, X, reset=False)
-        best = self._proba_tensor(X, feature_mask).argmax(1).cpu().numpy()
-        labels = self.classes_[best]
+        p, decision = self._proba_tensor(X, feature_mask)
+        best = (decision > 0).long() if len(self.classes_) == 2 else p.argmax(1)
+        labels = self.classes_[best.cpu().numpy()]
         if isinstance(X, torch.Tensor) and labels.dtype.kind in "iuf":
             return torch.as_tensor(labels, device=X.device)
         return labels

@@ -16,7 +16,7 @@ from .base import PASS_BATCH, PrototypeLearner
 from .classifier import FastKMeansClassifier
 from .distance import exact_distances, pairwise, scale_features
 from .inputs import batches, check_features, check_mask, like_input, n_rows, require_y
-from .soft import group_logsumexp, soft_weights
+from .soft import binary_proba, group_logsumexp, soft_weights
 
 __all__ = ["FastMultiLabelKMeansClassifier", "gap_cut"]
 
@@ -50,7 +50,7 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
 
     Parameters
     ----------
-    k_init : int or "auto", default=3
+    k_init : int or "auto", default="auto"
         Prototypes per tag and side.
     asl_gamma_pos, asl_gamma_neg : float, default=0.0, 1.0
         Focusing exponents of the positive and negative terms of ASL (0, 0: binary cross-entropy).
@@ -87,8 +87,8 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
         "threshold": [Interval(Real, 0, 1, closed="both")],
     }
 
-    def __init__(self, k_init=3, *, asl_gamma_pos=0.0, asl_gamma_neg=1.0, asl_clip=0.05, threshold=0.5,
-                 metric="euclidean", soft_type="softmax_scaled", top_k=5, temperature=1.0, init_mode="kmeans++",
+    def __init__(self, k_init="auto", *, asl_gamma_pos=0.0, asl_gamma_neg=1.0, asl_clip=0.05, threshold=0.5,
+                 metric="euclidean", soft_type="softmax_scaled", top_k=5, temperature=0.3, init_mode="kmeans++",
                  max_iter=10, tol=1e-4, ema_decay=1.0, finetune_epochs=0, learning_rate=None, batch_size=1024,
                  auto_feature_weights=False, diversity_reg=0.0, l2_reg=0.0, use_index=False, device="auto",
                  dtype="float32", random_state=None):
@@ -255,6 +255,8 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
         p = torch.cat(out).double()
         if not self.multilabel_:  # one-vs-rest over labels: a distribution over the classes
             p = p / p.sum(1, keepdim=True).clamp_min(1e-300)
+            if len(self.classes_) == 2:
+                p = binary_proba(p)[0]
         return p
 
     def predict_proba(self, X, feature_mask=None):
@@ -265,13 +267,13 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
 
     def decision_function(self, X, feature_mask=None):
         """(n, n_tags) scores: probability minus ``threshold`` (positive: the tag is predicted);
-        for label input the classifier's (``p1 - p0`` for two classes, else the probabilities)."""
+        for label input the classifier's (``p1 - 0.5`` for two classes, else the probabilities)."""
         check_is_fitted(self)
         X, _ = check_features(self, X, reset=False)
         p = self._proba_tensor(X, feature_mask)
         if self.multilabel_:
             return like_input(p - self.threshold, X)
-        return like_input(p[:, 1] - p[:, 0] if len(self.classes_) == 2 else p, X)
+        return like_input(p[:, 1] - 0.5 if len(self.classes_) == 2 else p, X)
 
     def predict(self, X, strategy="threshold", feature_mask=None):
         """(n, n_tags) indicator: probability above ``threshold`` (``strategy="threshold"``), or
@@ -280,7 +282,8 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
         X, _ = check_features(self, X, reset=False)
         p = self._proba_tensor(X, feature_mask)
         if not self.multilabel_:
-            labels = self.classes_[p.argmax(1).cpu().numpy()]
+            best = (p[:, 1] > 0.5).long() if len(self.classes_) == 2 else p.argmax(1)
+            labels = self.classes_[best.cpu().numpy()]
             if isinstance(X, torch.Tensor) and labels.dtype.kind in "iuf":
                 return torch.as_tensor(labels, device=X.device)
             return labels

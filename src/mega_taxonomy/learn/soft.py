@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["SOFT_TYPES", "group_logsumexp", "soft_weights", "trainable_soft_type"]
+__all__ = ["SOFT_TYPES", "group_logsumexp", "binary_proba", "soft_weights", "trainable_soft_type"]
 
 SOFT_TYPES = ("hard", "mean", "scaled", "softmax_scaled")
 
@@ -66,3 +66,16 @@ def group_logsumexp(z: torch.Tensor, groups: torch.Tensor, n_groups: int) -> tor
     top = torch.where(present, top, torch.zeros_like(top))
     s = torch.zeros_like(top).scatter_add(1, index, torch.exp(z - top.gather(1, index)))
     return torch.where(present, top + torch.log(s.clamp_min(1e-30)), torch.full_like(top, -torch.inf))
+
+
+def binary_proba(scores: torch.Tensor):
+    """(proba (n, 2), decision (n,)) of two-class scores: ``p1`` clipped to ``[1e-9, 1 - 1e-9]``,
+    ``p0 = 1 - p1``, ``decision = p1 - 0.5``. A clip and a shift keep the decision a function of
+    ``p1`` alone that ranks rows as ``p1`` does (far-off rows tie in both), and ``decision > 0``
+    is exactly ``p1 > p0``."""
+    s = scores.double()
+    p1 = (s[:, 1] / (s[:, 0] + s[:, 1]).clamp_min(1e-300)).clamp(BINARY_EPS, 1 - BINARY_EPS)
+    return torch.stack([1 - p1, p1], 1), p1 - 0.5
+
+
+BINARY_EPS = 1e-9
