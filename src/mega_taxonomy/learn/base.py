@@ -108,13 +108,17 @@ class PrototypeLearner(BaseEstimator):
         sizes = np.bincount(groups, minlength=self._protos.n_groups)
         starts = np.concatenate([[0], np.cumsum(sizes)])
         spread = self._global_spread(X, rows, order[: min(len(order), 4096)])
+        seeds, owners = [], []
         for g in np.flatnonzero(sizes):
             upper = self._k_param() if self._k_param() != "auto" else max(1, int(math.sqrt(sizes[g])))
             take = order[starts[g]: starts[g] + min(sizes[g], SEED_ROWS * int(upper) + 64)]
             x = next(batches(X, len(take), self._device(), self._work_dtype(), rows=rows[take]))[2]
             k = self._group_k(g, (x, int(sizes[g]), spread))
             self._k_target[int(g)] = k
-            self._protos.add(seed_group(x, k, self._rng, self.metric, self.init_mode), int(g))
+            seeds.append(seed_group(x, k, self._rng, self.metric, self.init_mode))
+            owners.append(torch.full((seeds[-1].shape[0],), int(g), dtype=torch.int64))
+        if seeds:
+            self._protos.add(torch.cat(seeds), torch.cat(owners).to(self._device()))
 
     def _global_spread(self, X, rows, sample):
         x = next(batches(X, max(1, len(sample)), self._device(), torch.float64, rows=rows[np.sort(sample)]))[2]
@@ -181,15 +185,21 @@ class PrototypeLearner(BaseEstimator):
         x, m = x_all[2], x_all[3]
         counts = self._protos.counts()
         g_t = torch.as_tensor(groups, device=dev)
+        seeds, owners = [], []
+        spread = None
         for g in np.unique(groups):
-            have = int(counts[g])
+            if counts[g]:
+                continue
+            # A group seen for the first time: its prototypes from this batch's rows.
             sel = torch.nonzero(g_t == int(g)).flatten()
-            if int(g) not in self._k_target:
+            if spread is None:
                 spread = float(((x.double() - x.double().mean(0)) ** 2).sum(1).mean())
+            if int(g) not in self._k_target:
                 self._k_target[int(g)] = self._group_k(g, (x[sel], len(sel), spread))
-            missing = self._k_target[int(g)] - have
-            if missing > 0 and have == 0:
-                self._protos.add(seed_group(x[sel], missing, self._rng, self.metric, self.init_mode), int(g))
+            seeds.append(seed_group(x[sel], self._k_target[int(g)], self._rng, self.metric, self.init_mode))
+            owners.append(torch.full((seeds[-1].shape[0],), int(g), dtype=torch.int64))
+        if seeds:
+            self._protos.add(torch.cat(seeds), torch.cat(owners).to(dev))
         w = torch.as_tensor(weights, device=dev, dtype=torch.float64)
         d, labels = assign(self._protos, x, g_t, self.metric, self._weights(), m)
         sums, mass, coord = batch_stats(self._protos, x, labels, w, m)

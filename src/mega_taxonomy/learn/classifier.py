@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._sklearn_compat import Interval, StrOptions, _fit_context
 from .base import COMMON_CONSTRAINTS, PrototypeLearner
 from .inputs import check_features, check_mask, like_input, n_rows, require_y
-from .soft import binary_proba, group_logsumexp
+from .soft import binary_proba, group_logsumexp, top_group
 
 __all__ = ["FastKMeansClassifier"]
 
@@ -255,8 +255,10 @@ class FastKMeansClassifier(ClassifierMixin, PrototypeLearner):
         """The class of highest probability."""
         check_is_fitted(self)
         X, _ = check_features(self, X, reset=False)
-        p, decision = self._proba_tensor(X, feature_mask)
-        best = (decision > 0).long() if len(self.classes_) == 2 else p.argmax(1)
+        if len(self.classes_) == 2:
+            best = (self._proba_tensor(X, feature_mask)[1] > 0).long()
+        else:
+            best = torch.cat([top_group(w, self._protos.groups[idx]) for _, _, w, idx in self._soft(X, feature_mask)])
         labels = self.classes_[best.cpu().numpy()]
         if isinstance(X, torch.Tensor) and labels.dtype.kind in "iuf":
             return torch.as_tensor(labels, device=X.device)

@@ -69,11 +69,13 @@ class Prototypes:
             self.coord_mass = self.coord_mass[idx]
         self.extra = {k: v[idx] for k, v in self.extra.items()}
 
-    def add(self, vectors: torch.Tensor, group: int, extra: dict | None = None) -> None:
-        """Append prototypes of ``group`` (zero mass), keeping the order by group."""
+    def add(self, vectors: torch.Tensor, groups, extra: dict | None = None) -> None:
+        """Append prototypes (zero mass) of ``groups`` (an int for all, or one per vector), keeping
+        the order by group. Seeding many groups: one call with all of them (each call copies)."""
         n = vectors.shape[0]
+        groups = torch.as_tensor(groups, dtype=torch.int64, device=self.groups.device).expand(n)
         self.vectors = torch.cat([self.vectors, vectors.to(self.vectors.dtype)])
-        self.groups = torch.cat([self.groups, torch.full((n,), group, dtype=torch.int64, device=self.groups.device)])
+        self.groups = torch.cat([self.groups, groups])
         self.mass = torch.cat([self.mass, self.mass.new_zeros(n)])
         if self.coord_mass is not None:
             self.coord_mass = torch.cat([self.coord_mass, self.coord_mass.new_zeros(n, self.vectors.shape[1])])
@@ -123,6 +125,8 @@ def auto_k(x: torch.Tensor, global_spread: float, limit: int, n_total: int | Non
 def seed_group(x: torch.Tensor, k: int, rng: np.random.Generator, metric: str, init_mode: str) -> torch.Tensor:
     """``k`` starting prototypes among the rows ``x`` of one group (k-means++ or random rows)."""
     k = min(k, x.shape[0])
+    if k == x.shape[0]:
+        return x
     if init_mode == "random":
         return x[torch.as_tensor(np.sort(rng.choice(x.shape[0], k, replace=False)), device=x.device)]
     seeds = kmeans_plusplus(x.cpu(), k, rng, metric="cosine" if metric == "cosine" else "euclidean")

@@ -46,7 +46,7 @@ class CoarseSearcher:
     """Inverted-file search over the prototypes (approximate: a prototype outside the probed lists
     is missed)."""
 
-    def __init__(self, vectors: torch.Tensor, metric: str, *, n_lists=None, n_probe=8, random_state=0):
+    def __init__(self, vectors: torch.Tensor, metric: str, *, n_lists=None, n_probe=16, random_state=0):
         self.vectors, self.metric, self.n_probe = vectors, metric, n_probe
         p = vectors.shape[0]
         n_lists = n_lists or max(1, int(math.sqrt(p)))
@@ -68,22 +68,28 @@ class CoarseSearcher:
 
     def search(self, x: torch.Tensor, k: int):
         probe = min(self.n_probe, self.centroids.shape[0])
-        _, lists = topk(x, self.centroids, probe, metric=self.km_metric)
-        cand = self.members[lists].reshape(x.shape[0], -1)  # (n, probe * width)
-        valid = cand >= 0
-        c = self.vectors[cand.clamp_min(0)]  # (n, m, D)
-        if self.metric == "euclidean":
-            d = ((x[:, None, :] - c) ** 2).sum(2)
-        elif self.metric == "l1":
-            d = (x[:, None, :] - c).abs().sum(2)
-        else:
-            num = (x[:, None, :] * c).sum(2)
-            den = torch.linalg.vector_norm(x, dim=1)[:, None] * torch.linalg.vector_norm(c, dim=2)
-            d = 1.0 - torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
-        d = torch.where(valid, d, torch.full_like(d, math.inf))
-        k = min(k, d.shape[1])
-        dist, pos = d.topk(k, dim=1, largest=False, sorted=True)
-        return dist, cand.gather(1, pos)
+        _, lists = topk(x, self.centroids, probe, metric=self.km_metric)  # (n, probe)
+        n, width = x.shape[0], self.members.shape[1]
+        dist = torch.full((n, probe, width), math.inf, dtype=x.dtype, device=x.device)
+        # List by list: the rows that probe a list against its prototypes in one product.
+        flat = lists.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.centroids.shape[0]).tolist()
+        start = 0
+        for lst, count in enumerate(counts):
+            if not count:
+                continue
+            pairs = order[start:start + count]
+            start += count
+            members = self.members[lst]
+            members = members[members >= 0]
+            d = pairwise(x[pairs // probe], self.vectors[members], self.metric)
+            dist[pairs // probe, pairs % probe, : len(members)] = d.to(dist.dtype)
+        cand = self.members[lists].reshape(n, -1)
+        dist = dist.reshape(n, -1)
+        k = min(k, dist.shape[1])
+        d, pos = dist.topk(k, dim=1, largest=False, sorted=True)
+        return d, cand.gather(1, pos)
 
 
 def make_searcher(vectors: torch.Tensor, metric: str, use_index, random_state=0):

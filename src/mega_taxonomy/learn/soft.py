@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["SOFT_TYPES", "group_logsumexp", "binary_proba", "soft_weights", "trainable_soft_type"]
+__all__ = ["SOFT_TYPES", "group_logsumexp", "binary_proba", "top_group", "soft_weights", "trainable_soft_type"]
 
 SOFT_TYPES = ("hard", "mean", "scaled", "softmax_scaled")
 
@@ -79,3 +79,15 @@ def binary_proba(scores: torch.Tensor):
 
 
 BINARY_EPS = 1e-9
+
+
+def top_group(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The group of highest summed weight of every row, from its (n, k) weights and groups,
+    lowest group on ties: the argmax of the dense (n, n_groups) scores without forming them (at
+    20k classes they would be 80 KB a row)."""
+    same = g[:, :, None] == g[:, None, :]
+    score = (w[:, None, :] * same).sum(2)  # (n, k): each candidate's group total
+    best = score.max(1, keepdim=True).values
+    # Equal totals are the same sums in another order: compare with a relative margin.
+    tied = score >= best - 1e-12 * best.abs().clamp_min(1e-300)
+    return torch.where(tied, g, torch.full_like(g, torch.iinfo(torch.int64).max)).min(1).values
