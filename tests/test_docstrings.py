@@ -11,7 +11,9 @@ MODULES = ["mega_taxonomy.cluster.kmeans", "mega_taxonomy.cluster.gmm", "mega_ta
            "mega_taxonomy.storage.checkpoint", "mega_taxonomy.taxonomy.config", "mega_taxonomy.io.sources",
            "mega_taxonomy._estimator", "mega_taxonomy.runtime.iterate",
            "mega_taxonomy.runtime.local", "mega_taxonomy.runtime.collective", "mega_taxonomy.runtime.ray.actors",
-           "mega_taxonomy.runtime.ray.schedule", "mega_taxonomy.io.shards", "mega_taxonomy.io.discovery"]
+           "mega_taxonomy.runtime.ray.schedule", "mega_taxonomy.io.shards", "mega_taxonomy.io.discovery",
+           "mega_taxonomy.learn.classifier", "mega_taxonomy.learn.regressor", "mega_taxonomy.learn.multilabel",
+           "mega_taxonomy.learn.clusterer", "mega_taxonomy.learn.distance", "mega_taxonomy.learn.soft"]
 
 
 @pytest.mark.parametrize("name", MODULES)
