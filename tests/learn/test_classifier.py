@@ -161,3 +161,15 @@ def test_auto_k_and_feature_weights():
     informative = clf.feature_weights_[:4].mean()
     assert informative > 2 * clf.feature_weights_[4:].mean()
     assert np.isclose(clf.feature_weights_.mean(), 1.0)
+
+
+def test_half_precision_storage():
+    X, y = data(1500)
+    full = FastKMeansClassifier(k_init=5, device="cpu", random_state=0).fit(X, y)
+    half = FastKMeansClassifier(k_init=5, dtype="float16", device="cpu", random_state=0).fit(X, y)
+    bf16 = FastKMeansClassifier(k_init=5, dtype="bfloat16", device="cpu", random_state=0).fit(X, y)
+    assert half.prototypes_.dtype == np.float16
+    assert half.model_nbytes() < full.model_nbytes() and bf16.model_nbytes() == half.model_nbytes()
+    np.testing.assert_allclose(half.prototypes_, full.prototypes_, rtol=1e-3, atol=1e-3)
+    assert (half.predict(X) == full.predict(X)).mean() > 0.99
+    assert (bf16.predict(X) == full.predict(X)).mean() > 0.97

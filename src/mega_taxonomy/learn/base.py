@@ -20,7 +20,7 @@ from .._sklearn_compat import Interval, StrOptions
 from ..cluster.kmeans import seed_of
 from .distance import LEARN_METRICS, exact_distances, pairwise, scale_features
 from .finetune import adam_epochs, learning_rate_range
-from .inputs import batches, check_features, check_mask, compute_device, n_rows
+from .inputs import batches, check_features, check_mask, compute_device, n_rows, torch_dtype
 from .prototypes import Prototypes, apply_means, assign, auto_k, batch_stats, seed_group
 from .search import LazySearcher
 from .soft import SOFT_TYPES, soft_weights
@@ -338,9 +338,9 @@ class PrototypeLearner(BaseEstimator):
         if mask is None:
             _, idx = self._searcher().search(scale_features(x, fw, self.metric), k)
         else:
-            c = scale_features(self._protos.vectors.to(x.dtype), fw, self.metric)
+            c = scale_features(self._stored.to(x.dtype), fw, self.metric)
             _, idx = pairwise(scale_features(x, fw, self.metric), c, self.metric, mask=mask).topk(k, 1, largest=False)
-        return exact_distances(x, self._protos.vectors, idx, self.metric, fw, mask), idx
+        return exact_distances(x, self._stored, idx, self.metric, fw, mask), idx
 
     def _soft(self, X, feature_mask=None):
         """Per batch ``(lo, hi, weights (n, k), prototype indices (n, k))``."""
@@ -353,9 +353,13 @@ class PrototypeLearner(BaseEstimator):
 
     def _export(self):
         """The fitted attributes from the internal state (numpy, on the host)."""
-        c = scale_features(self._protos.vectors.to(self._work_dtype()), self._weights(), self.metric)
+        # Training keeps float32 (float64) masters; what is stored and searched is rounded to
+        # ``dtype`` (numpy has no bfloat16: prototypes_ holds bfloat16 values in float32 then).
+        stored = self._protos.vectors.detach().to(torch_dtype(self.dtype))
+        self._stored = stored.to(self._work_dtype())
+        c = scale_features(self._stored, self._weights(), self.metric)
         self._search = LazySearcher(c, self.metric, self.use_index, seed_of(self.random_state))
-        self.prototypes_ = self._protos.vectors.detach().cpu().numpy()
+        self.prototypes_ = (stored.float() if self.dtype == "bfloat16" else stored).cpu().numpy()
         self.prototype_groups_ = self._protos.groups.cpu().numpy()
         self.prototype_counts_ = self._protos.mass.cpu().numpy()
 
@@ -366,8 +370,9 @@ class PrototypeLearner(BaseEstimator):
     def model_nbytes(self) -> int:
         """Bytes of the fitted model's arrays (prototypes and what they carry), the model size."""
         check_is_fitted(self)
-        arrays = [self.prototypes_, self.prototype_groups_] + [getattr(self, a) for a in self._carried]
-        return int(sum(a.nbytes for a in arrays if a is not None))
+        arrays = [self.prototype_groups_] + [getattr(self, a) for a in self._carried]
+        value_bytes = torch.tensor([], dtype=torch_dtype(self.dtype)).element_size()
+        return int(self.prototypes_.size * value_bytes + sum(a.nbytes for a in arrays if a is not None))
 
     _carried: tuple = ()
 

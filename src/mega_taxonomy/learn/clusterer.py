@@ -165,7 +165,7 @@ class FastKMeansClusterer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Clu
         check_is_fitted(self)
         X, _ = check_features(self, X, reset=False)
         fw = self._weights()
-        c = scale_features(self._protos.vectors.to(self._work_dtype()), fw, self.metric)
+        c = scale_features(self._stored, fw, self.metric)
         out = [pairwise(scale_features(x, fw, self.metric), c, self.metric)
                for _, _, x, _ in batches(X, PASS_BATCH // 8, self._device(), self._work_dtype())]
         d = torch.cat(out)

@@ -234,7 +234,7 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
         check_is_fitted(self)
         mask = check_mask(feature_mask, X)
         fw = self._weights()
-        c = scale_features(self._protos.vectors.to(self._work_dtype()), fw, self.metric)
+        c = scale_features(self._stored, fw, self.metric)
         members, positive = self._members, self._positive
         k = members.shape[1] if self.top_k in (-1, 0) else min(self.top_k, members.shape[1])
         k = 1 if self.soft_type == "hard" else k
@@ -247,7 +247,7 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
             n, n_tags = slot.shape[0], slot.shape[1]
             idx = members[None].expand(n, -1, -1).gather(2, slot).reshape(n, n_tags * k)
             # Distances again from each row alone: the same bits whatever the batch.
-            dk = exact_distances(x, self._protos.vectors, idx, self.metric, fw, m).reshape(n * n_tags, k)
+            dk = exact_distances(x, self._stored, idx, self.metric, fw, m).reshape(n * n_tags, k)
             idx = idx.reshape(n * n_tags, k)
             wk = soft_weights(dk, self.soft_type, self.temperature, self.distance_scale_)
             share = (wk * positive[idx.clamp_min(0)].to(wk.dtype)).sum(1).reshape(n, n_tags)
