@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import learners_data  # noqa: E402
+import common
+import learners_data
 
 
 def nbytes(model, X_train):

@@ -108,7 +108,7 @@ def test_finetuning_lowers_the_loss_and_range_test_leaves_model():
     assert clf.finetune_history_[-1] < clf.finetune_history_[0]
     clf.finetune(X, y, epochs=30, learning_rate=0.02, early_stopping_rounds=2)
     assert len(clf.finetune_history_) <= 30
-    for options in [dict(negative_sampling=1), dict(repulsion_factor=0.5), dict(diversity_reg=0.1, l2_reg=0.01)]:
+    for options in [{"negative_sampling": 1}, {"repulsion_factor": 0.5}, {"diversity_reg": 0.1, "l2_reg": 0.01}]:
         other = FastKMeansClassifier(k_init=3, device="cpu", random_state=0, finetune_epochs=2, learning_rate=0.02,
                                      **options).fit(X, y)
         assert np.isfinite(other.finetune_history_).all()

@@ -56,7 +56,7 @@ def test_gap_cut():
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_clusterer_against_scikit_learn(metric):
-    X, y = make_blobs(n_samples=3000, centers=6, n_features=8, random_state=2)
+    X, _y = make_blobs(n_samples=3000, centers=6, n_features=8, random_state=2)
     X = X.astype(np.float32)
     ours = FastKMeansClusterer(n_clusters=6, metric=metric, device="cpu", random_state=0).fit(X)
     ref = SkKMeans(n_clusters=6, n_init=10, random_state=0).fit(X)

@@ -20,7 +20,7 @@ def test_coarse_search_probing_every_list_is_exact(metric):
     ref = cdist(x.double().numpy(), protos.double().numpy(), scipy_metric)
     np.testing.assert_array_equal(i.numpy(), np.argsort(ref, 1, kind="stable")[:, :5])
     np.testing.assert_allclose(d.numpy(), np.sort(ref, 1)[:, :5], rtol=1e-4, atol=1e-4)
-    de, ie = ExactSearcher(protos, metric).search(x, 5)
+    _de, ie = ExactSearcher(protos, metric).search(x, 5)
     np.testing.assert_array_equal(ie.numpy(), i.numpy())
 
 
