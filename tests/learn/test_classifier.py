@@ -118,6 +118,9 @@ def test_finetuning_lowers_the_loss_and_range_test_leaves_model():
 def test_gradient_steps_stream():
     X, y = data(2000)
     clf = FastKMeansClassifier(k_init=3, device="cpu", random_state=0, learning_rate=0.02)
+    with pytest.raises(ValueError, match="no prototypes yet"):
+        clf.fit_batch(X[:100], y[:100], gradient_step=True, classes=np.arange(4))
+    clf = FastKMeansClassifier(k_init=3, device="cpu", random_state=0, learning_rate=0.02)
     for lo in range(0, 2000, 500):
         clf.fit_batch(X[lo:lo + 500], y[lo:lo + 500], classes=np.arange(4))
     acc = (clf.predict(X) == y).mean()

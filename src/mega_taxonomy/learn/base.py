@@ -265,6 +265,8 @@ class PrototypeLearner(BaseEstimator):
 
     def _gradient_step(self, x, t, w, mask):
         """One Adam step on one batch, the optimizer's state kept from call to call."""
+        if not self._protos.vectors.shape[0]:
+            raise ValueError("no prototypes yet: stream a batch with gradient_step=False (or fit) first")
         if self._adam is None:
             params = self._trainables()
             self._adam = (params, torch.optim.Adam(list(params.values()), lr=self.learning_rate or 1e-2))
