@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["SOFT_TYPES", "group_logsumexp", "binary_proba", "top_group", "soft_weights", "trainable_soft_type"]
+__all__ = ["SOFT_TYPES", "binary_proba", "group_logsumexp", "soft_weights", "top_group", "trainable_soft_type"]
 
 SOFT_TYPES = ("hard", "mean", "scaled", "softmax_scaled")
 
