@@ -34,7 +34,12 @@ class FastKMeansClassifier(ClassifierMixin, PrototypeLearner):
     ----------
     k_init : int or "auto", default="auto"
         Prototypes per class; "auto": ``round(r * sqrt(n_c))`` from the class's spread ``r``
-        relative to the data's (``prototypes.auto_k``).
+        relative to the data's (``prototypes.auto_k``). A stream (``partial_fit``) decides "auto"
+        on the first batch that holds the class, so it seeds fewer prototypes than ``fit`` on the
+        whole data; give streams an int (on 150k rows of the 600k benchmark set, 15k-row batches:
+        one pass 0.759 with "auto", 0.811 with ``k_init=120``, three passes with
+        ``ema_decay=0.9`` 0.830, against ``fit``'s 0.839). Growing a class's prototypes as its rows
+        come in was tried and dropped: three times the prototypes for the same accuracy.
     metric : {"euclidean", "cosine", "l1"}, default="euclidean"
         Squared L2, ``1 - cos`` or L1.
     soft_type : {"hard", "mean", "scaled", "softmax_scaled"}, default="softmax_scaled"
