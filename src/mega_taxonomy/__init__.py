@@ -10,12 +10,19 @@ from .errors import ConfigError, DataError, MegaTaxonomyError, StorageError, Wor
 from .index import DistributedKDTree, KDTree
 from .io import VectorSource
 from .kv import EvictStrategy, HashTable
+from .learn import (
+    FastKMeansClassifier,
+    FastKMeansClusterer,
+    FastKMeansRegressor,
+    FastMultiLabelKMeansClassifier,
+)
 from .runtime import LocalRuntime
 from .storage import Store
 from .taxonomy import Balancing, Routing, TaxonomyEngine
 
 __all__ = [
-    "Balancing", "ConfigError", "DataError", "DistributedKDTree", "EvictStrategy", "GaussianMixture", "HashTable",
+    "Balancing", "ConfigError", "DataError", "DistributedKDTree", "EvictStrategy", "FastKMeansClassifier",
+    "FastKMeansClusterer", "FastKMeansRegressor", "FastMultiLabelKMeansClassifier", "GaussianMixture", "HashTable",
     "KDTree", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime", "Routing", "StorageError", "Store",
     "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
 ]
