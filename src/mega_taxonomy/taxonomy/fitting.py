@@ -151,15 +151,15 @@ class FitRun:
         if self.callback is not None:
             self.callback(info)
 
-    def train_rows(self, level: int) -> int | None:
-        """Rows drawn per node of the level above ``level`` to train it on a sample, or None
-        (``sampled.train_rows``): by the parameters alone, as a resumed fit must draw them."""
-        return train_rows(self.config, level, self.source.dim * self.dtype.itemsize)
+    def train_rows(self, level: int, parents: int) -> int | None:
+        """Rows drawn per node of the ``parents`` nodes above ``level`` to train it on a sample, or
+        None (``sampled.train_rows``); a resumed fit knows all it depends on."""
+        return train_rows(self.config, level, self.source.dim * self.dtype.itemsize, parents, len(self.source))
 
-    def draw_size(self, level: int) -> int:
+    def draw_size(self, level: int, parents: int) -> int:
         """Rows sampled per node of the level above ``level``: the seeds' sample, or the larger
         training sample, of which the seeds' sample is the prefix (both by lowest hash)."""
-        return max(self.sample_size(level), self.train_rows(level) or 0)
+        return max(self.sample_size(level), self.train_rows(level, parents) or 0)
 
     def sample_size(self, level: int) -> int:
         """Rows sampled per node of the level above ``level`` to seed its children. A function of
@@ -205,22 +205,22 @@ class FitRun:
         if levels:
             for i in range(1, len(levels)):
                 levels[i - 1].child_offsets = offsets_of(np.bincount(levels[i].parent, minlength=levels[i - 1].n_nodes))
-            # (a level trained on a sample needs it again when resumed from a checkpoint)
+            parents = levels[-1].n_nodes  # (a level trained on a sample needs it again after a checkpoint)
             need_sample = len(levels) < config.n_levels and (meta["checkpoint"] is None
-                                                            or self.train_rows(len(levels)) is not None)
-            draw = (self.draw_size(len(levels)), self.seed + len(levels)) if need_sample else None
+                                                            or self.train_rows(len(levels), parents) is not None)
+            draw = (self.draw_size(len(levels), parents), self.seed + len(levels)) if need_sample else None
             routed = runtime.map_reduce(self.source, RouteTask(), RouteState(Tree(levels, config.metric), draw),
                                         desc="resume")
             groups = node_groups(routed.labels, levels[-1].n_nodes)
             sample = None if routed.sample is None else routed.sample.with_vectors(self.source)
         elif meta["checkpoint"] is None:
-            sample = hash_sample(self.source, self.draw_size(0), self.seed, runtime)
+            sample = hash_sample(self.source, self.draw_size(0, 1), self.seed, runtime)
             meta["root"] = {"rows": sample.count, "mean_variance": sample.mean_variance}
             if sample.count < self.factors[0] * config.min_cluster_size:
                 raise ConfigError(f"{sample.count} rows cannot make {self.factors[0]} clusters of at least "
                                   f"{config.min_cluster_size}: lower branching_factor[0] or min_cluster_size")
-        elif self.train_rows(0) is not None:  # resuming level 0, trained on the root's sample
-            sample = hash_sample(self.source, self.draw_size(0), self.seed, runtime)
+        elif self.train_rows(0, 1) is not None:  # resuming level 0, trained on the root's sample
+            sample = hash_sample(self.source, self.draw_size(0, 1), self.seed, runtime)
         return levels, groups, sample
 
     def resumed(self, level, tol):
@@ -253,7 +253,8 @@ class FitRun:
             offsets = offsets_of(n_children)
             levels[-1].child_offsets = offsets
             parent_inertia, parent_rows = meta["levels"][-1]["inertia"], int(levels[-1].counts.sum())
-        training = None if sample is None or self.train_rows(level) is None else TrainingSample.of(
+        above = 1 if level == 0 else levels[-1].n_nodes
+        training = None if sample is None or self.train_rows(level, above) is None else TrainingSample.of(
             sample, n_children, config.max_train_points_per_centroid, self.runtime.device, level,
             parent_rows if level == 0 else rows_under(levels[-1].counts, n_children))
         # scikit-learn's tol: relative to the mean variance of the rows (here: of the parents' nodes)
@@ -265,10 +266,9 @@ class FitRun:
             offsets = offsets if resumed_offsets is None else resumed_offsets
         else:
             with cpu_threads(self.runtime.device):
-                centroids = seed_children(SeedView(sample, self.sample_size(level)), n_children, metric=config.metric, seed=self.seed, level=level,
-                                          dtype=self.dtype, device=self.runtime.device)
+                centroids = seed_children(SeedView(sample, self.sample_size(level)), n_children, metric=config.metric,
+                                          seed=self.seed, level=level, dtype=self.dtype, device=self.runtime.device)
         last = level == config.n_levels - 1
-        next_sample = None if last else (self.draw_size(level + 1), self.seed + level + 1)
         keep_labels = not last or self.keep_paths
         mixture = config.clusterer == "gmm"  # then the k-means passes are the start: no labels, no sample
         iterations = sample_passes = 0
@@ -279,6 +279,8 @@ class FitRun:
             # rows under a leaf go to an empty last group
             groups_offsets = None if offsets is None or level == 0 else np.append(offsets, offsets[-1])
             penalised = config.balancing.mode == "penalty" and balance_round > 0
+            # (balancing may change the level's node count: the next level's sample is drawn for it)
+            next_sample = None if last else (self.draw_size(level + 1, len(centroids)), self.seed + level + 1)
             passes = dict(metric=config.metric, max_iter=max_iter, tol=tol, keep_labels=keep_labels and not mixture,
                           offsets=groups_offsets, groups=groups, start_iter=start_iter, on_iteration=on_iteration,
                           sample=None if mixture else next_sample, desc=f"level {level}")

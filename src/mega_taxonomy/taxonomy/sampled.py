@@ -17,17 +17,17 @@ where this process has it (else on the CPU), so the centroids do not depend on t
 ``reduce_blocks`` either: a tree whose every level was trained on samples is the same bits on
 any runtime of the same device type.
 
-Which levels are trained on samples is decided in two steps, both reproducible on resume: from
-the parameters alone, whether the sample is drawn (within ``_TRAIN_BYTES`` on the driver,
-counting the parents as the most there can be), and, once the sample is there, whether it is
-smaller than the rows under the level (else the level runs today's full-data passes, whose
-result a sample of every row could only reproduce in another order of float64 sums).
+Which levels are trained on samples is decided in two steps, both reproducible on resume: before
+the pass that draws the sample, from the parameters, the input's length and the node count of
+the level above, whether the sample is drawn (within ``_TRAIN_BYTES`` on the driver, and fewer
+rows than the input); and, once the level's nodes are known, whether their children times
+``max_train_points_per_centroid`` are fewer than the rows under the level (else the level runs
+full-data passes: a sample as large as the data would only copy it into memory).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,8 +102,12 @@ class TrainingSample:
     @classmethod
     def of(cls, sample, n_children: np.ndarray, max_points: int, device, level: int,
            rows: int) -> TrainingSample | None:
-        """Per node with children, its first ``children x max_points`` sampled rows; None where
-        they are not fewer than the ``rows`` under the level (it then reads every row)."""
+        """Per node with children, its first ``children x max_points`` sampled rows; None where the
+        level's children x ``max_points`` are not fewer than the ``rows`` under it (FAISS's rule:
+        the level then reads every row; a sample that holds most of a level's rows, its small
+        nodes whole, would copy the data into memory and save little)."""
+        if int(np.sum(n_children)) * max_points >= rows:
+            return None
         if level == 0:  # the root's sample: all rows, one group
             vectors, groups = sample.vectors[:int(n_children[0]) * max_points], None
         else:
@@ -112,8 +116,6 @@ class TrainingSample:
             vectors = np.concatenate(parts)
             labels = np.repeat(nodes, [len(p) for p in parts]).astype(np.int64)
             groups = {b: labels[start:start + BLOCK_ROWS] for b, start in enumerate(range(0, len(labels), BLOCK_ROWS))}
-        if len(vectors) >= rows:
-            return None
         logger.info("level %d: trained on a sample of %d of %d rows", level, len(vectors), rows)
         device = sample_device(device)
         data = np.ascontiguousarray(vectors) if device.type == "cpu" else torch.as_tensor(vectors, device=device)
@@ -134,15 +136,16 @@ class TrainingSample:
         return result, local.passes
 
 
-def train_rows(config, level: int, row_bytes: int) -> int | None:
-    """Rows to draw per node of the level above ``level`` to train it on a sample, for a fit of
-    ``config`` (a ``FitConfig``), or None: mixtures and size-penalised levels read every row in
-    every pass (their sizes and responsibilities are of all rows)."""
+def train_rows(config, level: int, row_bytes: int, parents: int, rows: int) -> int | None:
+    """Rows to draw per node of the ``parents`` nodes above ``level`` to train it on a sample, for
+    a fit of ``config`` (a ``FitConfig``) over ``rows`` rows, or None: where the level's nodes'
+    children times ``max_train_points_per_centroid`` are not fewer than the rows (a sample as big
+    as the data), or past the budget; and for mixtures and size-penalised levels, which read
+    every row in every pass (their sizes and responsibilities are of all rows)."""
     if config.clusterer != "kmeans" or config.balancing.mode == "penalty":
         return None
-    factors = config.factors
-    return train_rows_per_node(config.max_train_points_per_centroid, factors[level], math.prod(factors[:level]),
-                               row_bytes)
+    per_node = train_rows_per_node(config.max_train_points_per_centroid, config.factors[level], parents, row_bytes)
+    return None if per_node is None or parents * per_node >= rows else per_node
 
 
 def rows_under(counts: np.ndarray, n_children: np.ndarray) -> int:
