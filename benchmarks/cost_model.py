@@ -7,7 +7,12 @@ ray_overhead.json: scheduling cost per dispatched item, the driver's float64 add
 fetch per byte, parquet decode rate) and the GPU assignment rate from kmeans_gpu.json (our kernel,
 N=1M, D=1024, K=4096 bf16 on an H100). Everything else is a parameter. See docs/scaling.md.
 
+A level trained on a hash sample (``--max-train-points-per-centroid``, the engine's rule in
+``taxonomy/sampled.py``) reads the data once, in its assignment pass, instead of once per
+iteration; its iterations on the sample in memory (at most 4 GiB) are not counted.
+
     python benchmarks/cost_model.py [--rows 200e9] [--dim 1024] [--branching 1000,1000,100] [--gpus 512]
+    python benchmarks/cost_model.py --max-train-points-per-centroid 0   # every level on every row
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import math
 from pathlib import Path
 
 from mega_taxonomy.taxonomy.fitting import seed_sample_size
+from mega_taxonomy.taxonomy.sampled import train_rows_per_node
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BLOCK_ROWS = 65_536
@@ -31,7 +37,8 @@ def constants() -> dict:
     return {**measured, "gpu_assign_flops_per_second": flops / (row["assign_ms"] / 1e3), "gpu": gpu["machine"]["gpu"]}
 
 
-def model(rows, dim, branching, iterations, gpus, value_bytes, reduce_blocks, read_gbps_per_gpu, fan_in, c):
+def model(rows, dim, branching, iterations, gpus, value_bytes, reduce_blocks, read_gbps_per_gpu, fan_in, c,
+          max_points=None):
     n_blocks = math.ceil(rows / BLOCK_ROWS)
     units = math.ceil(n_blocks / reduce_blocks)
     items = units  # one unit per dispatched item at this scale (units are already >= 1M rows)
@@ -40,6 +47,8 @@ def model(rows, dim, branching, iterations, gpus, value_bytes, reduce_blocks, re
     levels, k_total = [], 1
     for level, b in enumerate(branching):
         seeds = k_total * seed_sample_size(b, k_total, dim * 4) * dim * 4  # every parent's rows, float32
+        train = train_rows_per_node(max_points, b, k_total, dim * 4)  # None: full-data passes
+        sampled = train is not None and k_total * train < rows
         k_total *= b
         compute = 2 * rows * dim * b / (gpus * c["gpu_assign_flops_per_second"])  # grouped: own parent's b children
         partial = k_total * (dim * 8 + 16)  # dense float64 sums + counts + inertia per centroid
@@ -52,9 +61,11 @@ def model(rows, dim, branching, iterations, gpus, value_bytes, reduce_blocks, re
         schedule = items * c["scheduling_seconds_per_item"]
         # the driver hands out items while workers compute: it is a bound only when it is the slowest
         pass_seconds = max(io_seconds, compute, schedule) + driver_tree
-        passes = iterations + 1  # Lloyd iterations, then the assignment pass that samples the next level
+        # Lloyd iterations, then the assignment pass that samples the next level; on a sample: that pass only
+        passes = 1 if sampled else iterations + 1
         levels.append({
-            "level": level, "centroids": k_total, "passes": passes,
+            "level": level, "centroids": k_total, "passes": passes, "trained_on_sample": sampled,
+            "train_sample_bytes": k_total // b * train * dim * 4 if sampled else 0,
             "compute_s_per_pass": compute, "io_s_per_pass": io_seconds, "schedule_s_per_pass": schedule,
             "partial_bytes_per_unit": partial, "traffic_flat_bytes_per_iteration": flat,
             "driver_s_per_iteration_flat": driver_flat,
@@ -65,7 +76,7 @@ def model(rows, dim, branching, iterations, gpus, value_bytes, reduce_blocks, re
     total_passes = 1 + sum(level["passes"] for level in levels) + 1  # + sampling pass, + output pass
     total = (2 * max(io_seconds, levels[-1]["compute_s_per_pass"]) + sum(level["level_seconds"] for level in levels))
     return {"bytes_per_pass": pass_bytes, "blocks": n_blocks, "units": units, "passes": total_passes,
-            "levels": levels, "hours": total / 3600}
+            "read_hours": total_passes * io_seconds / 3600, "levels": levels, "hours": total / 3600}
 
 
 def main():
@@ -79,15 +90,19 @@ def main():
     parser.add_argument("--reduce-blocks", type=int, default=16, help="blocks per unit: 16 = 1M rows")
     parser.add_argument("--read-gbps-per-gpu", type=float, default=2.0, help="storage read rate per GPU")
     parser.add_argument("--fan-in", type=int, default=8)
+    parser.add_argument("--max-train-points-per-centroid", type=int, default=256,
+                        help="TaxonomyEngine's parameter; 0: every level trains on every row")
     args = parser.parse_args()
     c = constants()
     out = model(int(args.rows), args.dim, [int(b) for b in args.branching.split(",")], args.iterations, args.gpus,
-                args.value_bytes, args.reduce_blocks, args.read_gbps_per_gpu, args.fan_in, c)
+                args.value_bytes, args.reduce_blocks, args.read_gbps_per_gpu, args.fan_in, c,
+                args.max_train_points_per_centroid or None)
     print(f"constants: {json.dumps({k: v for k, v in c.items()}, indent=1)}")
     print(f"bytes per pass {out['bytes_per_pass'] / 1e12:.1f} TB, {out['blocks']} blocks, {out['units']} units, "
-          f"{out['passes']} passes, about {out['hours']:.1f} h")
+          f"{out['passes']} passes ({out['read_hours']:.1f} h of reading), about {out['hours']:.1f} h")
     for lv in out["levels"]:
-        print(f"level {lv['level']}: K={lv['centroids']:.3g}, {lv['passes']} passes, per pass "
+        on = f" (trained on a {lv['train_sample_bytes'] / 1e9:.3g} GB sample)" if lv["trained_on_sample"] else ""
+        print(f"level {lv['level']}: K={lv['centroids']:.3g}, {lv['passes']} passes{on}, per pass "
               f"io {lv['io_s_per_pass']:.0f} s, compute {lv['compute_s_per_pass']:.0f} s, scheduling "
               f"{lv['schedule_s_per_pass']:.0f} s; partial {lv['partial_bytes_per_unit'] / 1e9:.3g} GB/unit, "
               f"traffic/iteration flat {lv['traffic_flat_bytes_per_iteration'] / 1e12:.3g} TB "

@@ -178,11 +178,13 @@ def test_errors_keep_their_type_and_stop_the_group(ray_mod, tmp_path):
         runtime.close()
 
 
-def test_collective_taxonomy_is_bit_identical_to_local(ray_mod, X, tmp_path):
+@pytest.mark.parametrize("max_points", [None, 256])
+def test_collective_taxonomy_is_bit_identical_to_local(ray_mod, X, tmp_path, max_points):
     """A taxonomy's levels go through ``runtime.drive``: on a collective runtime every level's
-    Lloyd loop runs on the workers in lockstep, and the tree, the passes counted, the rows'
-    paths and the members are LocalRuntime's bits; rank 0 commits the checkpoints, and none is
-    left once the fit is done."""
+    Lloyd loop runs on the workers in lockstep (None: levels on every row), or, for a level trained
+    on a sample (256 points a child), on the driver, its assignment pass on the workers; the
+    tree, the passes counted, the rows' paths and the members are LocalRuntime's bits; rank 0
+    commits the checkpoints, and none is left once the fit is done."""
     import pyarrow.parquet as pq
 
     from mega_taxonomy.runtime.ray import RayRuntime
@@ -190,7 +192,7 @@ def test_collective_taxonomy_is_bit_identical_to_local(ray_mod, X, tmp_path):
     from mega_taxonomy.taxonomy import TaxonomyEngine
 
     params = dict(n_levels=2, branching_factor=[4, 3], max_iter=3, tol=0, device="cpu", random_state=3, members=5,
-                  search_index=False)
+                  search_index=False, max_train_points_per_centroid=max_points)
     local = TaxonomyEngine(**params, storage_uri=str(tmp_path / "local"), runtime=LocalRuntime("cpu", progress=False))
     local.fit(X)
     events = []
@@ -203,7 +205,7 @@ def test_collective_taxonomy_is_bit_identical_to_local(ray_mod, X, tmp_path):
     for la, lb in zip(local.tree_.levels, remote.tree_.levels, strict=True):
         for name in ("centroids", "parent", "counts", "child_offsets"):
             np.testing.assert_array_equal(getattr(la, name), getattr(lb, name))
-    assert remote.stats_["passes"] == local.stats_["passes"]
+    assert remote.stats_["passes"] == local.stats_["passes"] == (1 + 2 * 4 + 1 if max_points is None else 1 + 2 + 1)
     assert pq.read_table(tmp_path / "ray" / "assignments").equals(pq.read_table(tmp_path / "local" / "assignments"))
     members = Store(str(tmp_path / "ray")).get_table("members/01.parquet")
     assert members.equals(Store(str(tmp_path / "local")).get_table("members/01.parquet"))

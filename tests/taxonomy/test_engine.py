@@ -56,7 +56,7 @@ def test_identical_to_recursive_sklearn_from_the_same_init(monkeypatch):
 
     monkeypatch.setattr(fitting, "seed_children", recording)
     engine = TaxonomyEngine(n_levels=3, branching_factor=[3, 4, 2], dtype="float64", tol=0, max_iter=100,
-                            device="cpu").fit(X)
+                            device="cpu", max_train_points_per_centroid=None).fit(X)  # every row, every pass
     ref_centroids, ref_paths = recursive_reference(X, inits, [3, 4, 2], 100)
     for level in range(3):
         np.testing.assert_allclose(engine.tree_.levels[level].centroids, ref_centroids[level], atol=1e-8)
@@ -67,7 +67,8 @@ def test_passes_do_not_depend_on_the_number_of_nodes():
     X = np.random.default_rng(0).normal(size=(6000, 8)).astype(np.float32)
     passes = {}
     for branching in ([2, 2], [16, 12]):
-        engine = TaxonomyEngine(n_levels=2, branching_factor=branching, max_iter=3, tol=0, device="cpu").fit(X)
+        engine = TaxonomyEngine(n_levels=2, branching_factor=branching, max_iter=3, tol=0, device="cpu",
+                                max_train_points_per_centroid=None).fit(X)  # every level on all rows
         iterations = [level["iterations"] for level in engine.stats_["levels"]]
         assert iterations == [3, 3]
         # one sampling pass, then per level its iterations and one assignment pass
@@ -94,18 +95,21 @@ def test_a_levels_seed_sample_is_kept_within_its_budget(monkeypatch):
 
     monkeypatch.setattr(fitting, "hash_sample", root_sample)
     monkeypatch.setattr(fitting, "lloyd", level)
-    engine = TaxonomyEngine(n_levels=3, branching_factor=4, max_iter=2, device="cpu").fit(X)
+    # (levels trained on every row: a training sample would be drawn instead of the seeds')
+    full = {"max_train_points_per_centroid": None}
+    engine = TaxonomyEngine(n_levels=3, branching_factor=4, max_iter=2, device="cpu", **full).fit(X)
     assert drawn == [1024, 1024, 300, None]  # root and level 1 within budget: the default
     assert engine.tree_.levels[2].n_nodes == 64
     monkeypatch.setattr(fitting, "_SAMPLE_BYTES", row)
     drawn.clear()
-    TaxonomyEngine(n_levels=3, branching_factor=4, max_iter=2, device="cpu").fit(X)
+    TaxonomyEngine(n_levels=3, branching_factor=4, max_iter=2, device="cpu", **full).fit(X)
     assert drawn == [64, 64, 64, None]  # never below 16 a child
     drawn.clear()
-    TaxonomyEngine(n_levels=3, branching_factor=4, max_iter=2, sample_size=40, device="cpu").fit(X)
+    TaxonomyEngine(n_levels=3, branching_factor=4, max_iter=2, sample_size=40, device="cpu", **full).fit(X)
     assert drawn == [40, 40, 40, None]  # a size asked for is drawn as asked
     drawn.clear()
-    TaxonomyEngine(n_levels=3, branching_factor=4, max_iter=2, sample_size=(None, 40, 50), device="cpu").fit(X)
+    TaxonomyEngine(n_levels=3, branching_factor=4, max_iter=2, sample_size=(None, 40, 50), device="cpu",
+                   **full).fit(X)
     assert drawn == [64, 40, 50, None]  # entry l seeds level l (0: the root's sample); None: the default
 
 
@@ -203,7 +207,8 @@ def test_output_pass_takes_the_fitted_paths_with_the_bits_of_routing(monkeypatch
     X = np.concatenate([c + rng.normal(size=(m, 5)) for c, m in zip(centers, sizes)]).astype(np.float32)
     X = X[rng.permutation(len(X))]
     params = dict(n_levels=3, branching_factor=[5, 4, 3], max_iter=6, tol=0, device="cpu", random_state=3,
-                  members=7, min_cluster_size=500, balance=balance)
+                  members=7, min_cluster_size=500, balance=balance,
+                  max_train_points_per_centroid=None)  # (trained on every row: the tree has early leaves)
     taken = []
     original = fitting.FitRun.fitted_paths
     monkeypatch.setattr(fitting.FitRun, "fitted_paths", lambda run: taken.append(original(run)) or taken[-1])

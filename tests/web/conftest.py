@@ -33,8 +33,9 @@ def glove_taxonomy(tmp_path_factory):
     vectors, words_table = glove_files()
     X = np.asarray(as_source(str(vectors)).take(np.arange(N_WORDS)))
     storage = str(tmp_path_factory.mktemp("web") / "glove")
+    # (levels on every row: the tests name nodes and words of this tree)
     TaxonomyEngine(n_levels=2, branching_factor=[6, 4], metric="cosine", max_iter=5, device="cpu",
-                   storage_uri=storage, members=20).fit(X)
+                   storage_uri=storage, members=20, max_train_points_per_centroid=None).fit(X)
     words = pq.read_table(words_table, columns=["index"]).column("index").to_pylist()
     return storage, str(words_table), words
 

@@ -132,12 +132,16 @@ class FitConfig:
     storage_uri: str | None
     storage_options: dict | None = field(default=None, repr=False, compare=False)  # never shown
     clusterer: str = "kmeans"
+    max_train_points_per_centroid: int | None = None  # None: every level reads all rows in every pass
 
     def __post_init__(self):
         branching_list(list(self.factors), self.n_levels)
         sample_size_list(self.sample_size, self.n_levels)
         if self.metric not in METRICS:
             raise ConfigError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        points = self.max_train_points_per_centroid
+        if points is not None and (isinstance(points, bool) or not isinstance(points, Integral) or points < 1):
+            raise ConfigError(f"max_train_points_per_centroid must be None or a positive int, got {points!r}")
         if self.clusterer not in CLUSTERERS:
             raise ConfigError(f"clusterer must be one of {CLUSTERERS}, got {self.clusterer!r}")
         if self.clusterer == "gmm" and (self.metric != "euclidean" or self.balancing.mode == "penalty"):
@@ -162,4 +166,7 @@ class FitConfig:
                 "balance_factor": b.factor, "balance_merge": b.merge, "balance_rounds": b.rounds,
                 "balance_strength": b.strength, "input": {"rows": len(source), "dim": source.dim},
                 # (recorded only where not k-means: stores fitted before it existed resume as they were)
-                **({"clusterer": self.clusterer} if self.clusterer != "kmeans" else {})}
+                **({"clusterer": self.clusterer} if self.clusterer != "kmeans" else {}),
+                # (recorded only where levels may train on samples: None is how every earlier fit ran)
+                **({"max_train_points_per_centroid": self.max_train_points_per_centroid}
+                   if self.max_train_points_per_centroid is not None else {})}

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 # Parameters that change the fitted tree: a store fitted with others is refused, not mixed.
 FIT_PARAMS = ("n_levels", "branching_factor", "max_iter", "tol", "metric", "random_state", "dtype",
               "sample_size", "min_cluster_size", "balance", "balance_factor", "balance_merge", "balance_rounds",
-              "balance_strength", "clusterer")
+              "balance_strength", "clusterer", "max_train_points_per_centroid")
 # The flat keywords of each group (engine keyword -> the group's field), and their defaults.
 BALANCE_KEYWORDS = {"balance_factor": "factor", "balance_merge": "merge", "balance_rounds": "rounds",
                     "balance_strength": "strength"}
@@ -116,6 +116,14 @@ class TaxonomyEngine:
         search and the paths route by responsibility, the stored ``distance`` being
         ``-log(w N(x | node))``; :meth:`predict_proba` gives the responsibilities. Needs
         ``metric="euclidean"``, and no ``balance="penalty"``.
+    max_train_points_per_centroid : int or None, default=256
+        A level whose nodes' children times this many rows are fewer than the rows under it runs
+        its Lloyd iterations on a hash sample of that many rows per child held in memory (FAISS's
+        rule: 256 points per centroid), then one pass over all rows assigns every row
+        (``taxonomy/sampled.py``): its iterations read no data. Levels too wide for that (a sample
+        past 4 GiB, or as large as the data), mixtures and ``balance="penalty"`` read every row
+        in every pass, as all levels do with None. ``stats_`` counts both kinds of passes:
+        ``"passes"`` over the data, ``"sample_passes"`` over samples in memory.
 
     Attributes
     ----------
@@ -162,6 +170,7 @@ class TaxonomyEngine:
         "balance_rounds": [Interval(Integral, 0, None, closed="left")],
         "balance_strength": [Interval(Real, 0, 1, closed="neither")],
         "clusterer": [StrOptions(set(CLUSTERERS))],
+        "max_train_points_per_centroid": [Interval(Integral, 1, None, closed="left"), None],
     }
 
     def __init__(self, n_levels=3, branching_factor=16, dim=None, storage_uri=None, *, max_iter=20, tol=1e-4,
@@ -169,7 +178,7 @@ class TaxonomyEngine:
                  min_cluster_size=1, runtime=None, storage_options=None, column=None, id_column=None,
                  batch_size=65_536, members=100, router="exact", hnsw_threshold=4096, hnsw_ef=64,
                  search_index=True, balance=None, balance_factor=2.0, balance_merge=0.1, balance_rounds=3,
-                 balance_strength=0.5, clusterer="kmeans"):
+                 balance_strength=0.5, clusterer="kmeans", max_train_points_per_centroid=256):
         self.n_levels = n_levels
         self.branching_factor = branching_factor
         self.dim = dim
@@ -198,6 +207,7 @@ class TaxonomyEngine:
         self.balance_rounds = balance_rounds
         self.balance_strength = balance_strength
         self.clusterer = clusterer
+        self.max_train_points_per_centroid = max_train_points_per_centroid
 
     # -- parameters ----------------------------------------------------------------------------
     def _validate_params(self):
@@ -226,7 +236,8 @@ class TaxonomyEngine:
                          sample_size=self.sample_size, min_cluster_size=self.min_cluster_size,
                          balancing=self.balancing(), routing=self.routing(), members=self.members,
                          search_index=self.search_index, storage_uri=self.storage_uri,
-                         storage_options=self.storage_options, clusterer=self.clusterer)
+                         storage_options=self.storage_options, clusterer=self.clusterer,
+                         max_train_points_per_centroid=self.max_train_points_per_centroid)
 
     # -- helpers -------------------------------------------------------------------------------
     def _source(self, data) -> VectorSource:
@@ -277,6 +288,8 @@ class TaxonomyEngine:
         if manifest is None or manifest["kind"] != KIND or manifest["status"] != "done":
             raise StorageError(f"{store!r} holds no finished taxonomy")
         params = {k: v for k, v in manifest["params"].items() if k in FIT_PARAMS}
+        if "max_train_points_per_centroid" not in overrides:  # not recorded: every level read all rows
+            params.setdefault("max_train_points_per_centroid", None)
         engine = cls(storage_uri=storage_uri, storage_options=storage_options, **params, **overrides)
         engine._load_fitted(store, manifest)
         return engine

@@ -22,23 +22,23 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..cluster.balance import imbalance, size_penalty, split_and_merge
 from ..cluster.lloyd import lloyd
 from ..errors import ConfigError
-from ..io.device import host_arrays
 from ..partials import group_of_centroid, hash_sample, offsets_of
 from ..runtime import CountingRuntime, cpu_threads, passes_here_on_cpu
 from ..storage import Checkpoints, Store
 from ..storage.schema import members_file
 from .config import FitConfig
+from .hooks import IterationCheckpoint
 from .levels import plan_children, seed_children
 from .mixture import fit_mixtures, start_from_kmeans
 from .passes import OutputState, OutputTask, RouteState, RouteTask, predict
 from .router import Router
+from .sampled import SeedView, TrainingSample, rows_under, train_rows
 from .search import SearchIndex
 from .tree import Level, Tree
 
@@ -69,31 +69,6 @@ def seed_sample_size(branching: int, parents: int, row_bytes: int) -> int:
 
 def _unbounded_sample_size(branching: int) -> int:
     return max(64 * branching, 1024)
-
-
-@dataclass
-class IterationCheckpoint:
-    """Lloyd's ``on_iteration`` hook in a level: commits the centroids after every iteration (and
-    the penalties of the next pass: a function of the last pass; and a balancing round's offsets:
-    its structure), then tells ``callback``. Picklable: on a collective runtime, the fit's rank 0
-    runs it (``lloyd`` calls it where ``runtime.leader``)."""
-
-    checkpoints: Checkpoints
-    level: int
-    round: int
-    offsets: np.ndarray | None
-    callback: object = None
-
-    def __call__(self, iteration, centroids, shift, penalty=None):
-        if not self.checkpoints.enabled:
-            return
-        fixed = None
-        if self.round:
-            fixed = {"offsets": self.offsets if self.offsets is not None else np.array([0, len(centroids)])}
-        self.checkpoints.save(self.level, iteration, {"centroids": host_arrays(centroids)[0], "penalty": penalty},
-                              round=self.round, fixed=fixed, info={"shift": shift})
-        if self.callback is not None:
-            self.callback({"event": "iteration", "level": self.level, "iteration": iteration, "round": self.round})
 
 
 def node_groups(labels: dict, n_nodes: int) -> dict:
@@ -176,6 +151,16 @@ class FitRun:
         if self.callback is not None:
             self.callback(info)
 
+    def train_rows(self, level: int, parents: int) -> int | None:
+        """Rows drawn per node of the ``parents`` nodes above ``level`` to train it on a sample, or
+        None (``sampled.train_rows``); a resumed fit knows all it depends on."""
+        return train_rows(self.config, level, self.source.dim * self.dtype.itemsize, parents, len(self.source))
+
+    def draw_size(self, level: int, parents: int) -> int:
+        """Rows sampled per node of the level above ``level``: the seeds' sample, or the larger
+        training sample, of which the seeds' sample is the prefix (both by lowest hash)."""
+        return max(self.sample_size(level), self.train_rows(level, parents) or 0)
+
     def sample_size(self, level: int) -> int:
         """Rows sampled per node of the level above ``level`` to seed its children. A function of
         the parameters alone (a resumed fit draws what the first run drew): the parents are
@@ -220,18 +205,22 @@ class FitRun:
         if levels:
             for i in range(1, len(levels)):
                 levels[i - 1].child_offsets = offsets_of(np.bincount(levels[i].parent, minlength=levels[i - 1].n_nodes))
-            need_sample = meta["checkpoint"] is None and len(levels) < config.n_levels
-            draw = (self.sample_size(len(levels)), self.seed + len(levels)) if need_sample else None
+            parents = levels[-1].n_nodes  # (a level trained on a sample needs it again after a checkpoint)
+            need_sample = len(levels) < config.n_levels and (meta["checkpoint"] is None
+                                                            or self.train_rows(len(levels), parents) is not None)
+            draw = (self.draw_size(len(levels), parents), self.seed + len(levels)) if need_sample else None
             routed = runtime.map_reduce(self.source, RouteTask(), RouteState(Tree(levels, config.metric), draw),
                                         desc="resume")
             groups = node_groups(routed.labels, levels[-1].n_nodes)
             sample = None if routed.sample is None else routed.sample.with_vectors(self.source)
         elif meta["checkpoint"] is None:
-            sample = hash_sample(self.source, self.sample_size(0), self.seed, runtime)
+            sample = hash_sample(self.source, self.draw_size(0, 1), self.seed, runtime)
             meta["root"] = {"rows": sample.count, "mean_variance": sample.mean_variance}
             if sample.count < self.factors[0] * config.min_cluster_size:
                 raise ConfigError(f"{sample.count} rows cannot make {self.factors[0]} clusters of at least "
                                   f"{config.min_cluster_size}: lower branching_factor[0] or min_cluster_size")
+        elif self.train_rows(0, 1) is not None:  # resuming level 0, trained on the root's sample
+            sample = hash_sample(self.source, self.draw_size(0, 1), self.seed, runtime)
         return levels, groups, sample
 
     def resumed(self, level, tol):
@@ -264,6 +253,10 @@ class FitRun:
             offsets = offsets_of(n_children)
             levels[-1].child_offsets = offsets
             parent_inertia, parent_rows = meta["levels"][-1]["inertia"], int(levels[-1].counts.sum())
+        above = 1 if level == 0 else levels[-1].n_nodes
+        training = None if sample is None or self.train_rows(level, above) is None else TrainingSample.of(
+            sample, n_children, config.max_train_points_per_centroid, self.runtime.device, level,
+            parent_rows if level == 0 else rows_under(levels[-1].counts, n_children))
         # scikit-learn's tol: relative to the mean variance of the rows (here: of the parents' nodes)
         tol = config.tol * parent_inertia / max(parent_rows * self.source.dim, 1)
         balance_round, penalty, start_iter, max_iter = 0, None, 0, config.max_iter
@@ -273,13 +266,12 @@ class FitRun:
             offsets = offsets if resumed_offsets is None else resumed_offsets
         else:
             with cpu_threads(self.runtime.device):
-                centroids = seed_children(sample, n_children, metric=config.metric, seed=self.seed, level=level,
-                                          dtype=self.dtype, device=self.runtime.device)
+                centroids = seed_children(SeedView(sample, self.sample_size(level)), n_children, metric=config.metric,
+                                          seed=self.seed, level=level, dtype=self.dtype, device=self.runtime.device)
         last = level == config.n_levels - 1
-        next_sample = None if last else (self.sample_size(level + 1), self.seed + level + 1)
         keep_labels = not last or self.keep_paths
         mixture = config.clusterer == "gmm"  # then the k-means passes are the start: no labels, no sample
-        iterations = 0
+        iterations = sample_passes = 0
         while True:
             on_iteration = IterationCheckpoint(self.checkpoints, level, balance_round, offsets, self.callback)
             if start_iter == 0:
@@ -287,12 +279,17 @@ class FitRun:
             # rows under a leaf go to an empty last group
             groups_offsets = None if offsets is None or level == 0 else np.append(offsets, offsets[-1])
             penalised = config.balancing.mode == "penalty" and balance_round > 0
-            # Through the runtime's own entry: a collective runtime runs the level on its workers.
-            result = self.runtime.drive(
-                lloyd, self.source, centroids, metric=config.metric, max_iter=max_iter, tol=tol,
-                keep_labels=keep_labels and not mixture, offsets=groups_offsets, groups=groups, start_iter=start_iter,
-                on_iteration=on_iteration, sample=None if mixture else next_sample, penalty=penalty,
-                penalty_strength=config.balancing.strength if penalised else 0.0, desc=f"level {level}")
+            # (balancing may change the level's node count: the next level's sample is drawn for it)
+            next_sample = None if last else (self.draw_size(level + 1, len(centroids)), self.seed + level + 1)
+            passes = dict(metric=config.metric, max_iter=max_iter, tol=tol, keep_labels=keep_labels and not mixture,
+                          offsets=groups_offsets, groups=groups, start_iter=start_iter, on_iteration=on_iteration,
+                          sample=None if mixture else next_sample, desc=f"level {level}")
+            if training is not None:  # iterations on the sample in memory, then one pass over all rows
+                result, n = training.fit(self.source, self.runtime, centroids, **passes)
+                sample_passes += n
+            else:  # through the runtime's own entry: a collective runtime runs the level on its workers
+                result = self.runtime.drive(lloyd, self.source, centroids, penalty=penalty,
+                                            penalty_strength=config.balancing.strength if penalised else 0.0, **passes)
             self.checkpoints.refresh()  # committed by the hook, maybe elsewhere (a collective fit's rank 0)
             iterations += result.n_iter - start_iter
             penalty = result.penalty
@@ -307,7 +304,9 @@ class FitRun:
         parent = np.full(k, -1) if level == 0 else group_of_centroid(offsets, k)
         fitted = Level(result.centroids, parent.astype(np.int64), result.counts.astype(np.int64),
                        np.zeros(k + 1, dtype=np.int64), penalty)
-        stats = {"n_nodes": k, "iterations": iterations, "inertia": result.inertia, "balance_rounds": balance_round}
+        stats = {"n_nodes": k, "iterations": iterations, "inertia": result.inertia, "balance_rounds": balance_round,
+                 "sample_rows": None if training is None else training.rows, "sample_passes": sample_passes}
+        self.meta["sample_passes"] = self.meta.get("sample_passes", 0) + sample_passes
         labels, sample = result.partial.labels, result.partial.sample
         if mixture:
             labels, sample = self.fit_mixtures(level, fitted, result, groups_offsets, groups, keep_labels,
