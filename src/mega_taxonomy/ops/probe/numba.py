@@ -1,0 +1,145 @@
+"""Compiled CPU kernel (numba) of probe-and-rerank: the k nearest stored rows of every query among
+the rows of the lists it probes.
+
+# Inputs (one chunk of queries q0:q1 per call; chunks run in parallel threads):
+#   q        : (n, d)        float32 / float64, C-contiguous (cosine: rows already normalized)
+#   q_base   : (n,)          same dtype: |q|^2 (euclidean), 1 (cosine), 0 (inner product)
+#   probes   : (n, p) int64  lists probed by every query, -1 for none
+#   offsets  : (L + 1,) int64 CSR: the rows of list l are offsets[l]:offsets[l + 1]
+#   vectors  : (N, d)        same dtype as q, C-contiguous, grouped by list
+#   x_add    : (N,)          same dtype: |x|^2 (euclidean), 0 otherwise
+#   x_scale  : (N,)          same dtype: -2 (euclidean), -1 (inner product), -1/|x| (cosine; 0 for x = 0)
+#   ids      : (N,) int64    the user id of every stored row
+#   floor    : scalar        0 for euclidean (distances through norms can round below 0), -inf else
+#   dedup    : bool          skip a row whose id is already among the query's best (multi-assignment)
+# Outputs (rows q0:q1):
+#   out_d    : (n, k)        q_base + x_add + x_scale * q.x, ascending, inf padding
+#   out_i    : (n, k) int64  ids, -1 padding; equal distances in ascending id
+#
+# The queries of a chunk are grouped by list (a counting sort of their probes), so that each
+# probed list is read from memory once per chunk: every row of the list is multiplied with the
+# group's queries four at a time (the row stays in registers), and each distance goes to its
+# query's bounded max-heap of k (a push only when it beats the k-th best so far). No distance
+# array is written. Products accumulate in the input dtype with reassociation allowed, so the sum
+# over d vectorizes; a row's distance to a query does not depend on the chunk or thread.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_FASTMATH = {"reassoc", "contract"}
+
+
+@njit(inline="always")
+def _push(heap_d, heap_i, r, k, dist, ident, dedup):  # pragma: no cover - compiled
+    """Offer (dist, ident) to row ``r``'s max-heap of k (root: the worst kept). Ties in distance
+    order by id, so that the result does not depend on the order lists are scanned in."""
+    top_d, top_i = heap_d[r, 0], heap_i[r, 0]
+    if dist > top_d or (dist == top_d and ident >= top_i):
+        return
+    if dedup:
+        for s in range(k):
+            if heap_i[r, s] == ident:
+                return
+    # replace the root, sift down
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= k:
+            break
+        other = child + 1
+        if other < k and (heap_d[r, other] > heap_d[r, child]
+                          or (heap_d[r, other] == heap_d[r, child] and heap_i[r, other] > heap_i[r, child])):
+            child = other
+        cd, ci = heap_d[r, child], heap_i[r, child]
+        if cd < dist or (cd == dist and ci < ident):
+            break
+        heap_d[r, pos], heap_i[r, pos] = cd, ci
+        pos = child
+    heap_d[r, pos], heap_i[r, pos] = dist, ident
+
+
+@njit(cache=True, nogil=True, boundscheck=False, fastmath=_FASTMATH)
+def probe_chunk(q, q_base, probes, offsets, vectors, x_add, x_scale, ids, floor, dedup, q0, q1, out_d,
+                out_i):  # pragma: no cover - compiled
+    """Queries q0:q1 (see the module's contract)."""
+    n_lists, nprobe, d, k = offsets.shape[0] - 1, probes.shape[1], q.shape[1], out_d.shape[1]
+    nq = q1 - q0
+    # counting sort of the chunk's probes by list: members[start[l]:start[l + 1]] = its queries
+    start = np.zeros(n_lists + 1, dtype=np.int64)
+    for r in range(q0, q1):
+        for s in range(nprobe):
+            lst = probes[r, s]
+            if lst >= 0:
+                start[lst + 1] += 1
+    for lst in range(n_lists):
+        start[lst + 1] += start[lst]
+    fill = start[:-1].copy()
+    members = np.empty(start[n_lists], dtype=np.int64)
+    for r in range(q0, q1):
+        for s in range(nprobe):
+            lst = probes[r, s]
+            if lst >= 0:
+                members[fill[lst]] = r - q0
+                fill[lst] += 1
+    heap_d = np.full((nq, k), np.inf, dtype=out_d.dtype)
+    heap_i = np.full((nq, k), np.iinfo(np.int64).max, dtype=np.int64)
+    group = np.empty((max(nq, 4), d), dtype=q.dtype)  # the list's queries, side by side
+    base = np.empty(max(nq, 4), dtype=q.dtype)
+    for lst in range(n_lists):
+        m0, m1 = start[lst], start[lst + 1]
+        lo, hi = offsets[lst], offsets[lst + 1]
+        b = m1 - m0
+        if b == 0 or hi == lo:
+            continue
+        for a in range(b):
+            r = q0 + members[m0 + a]
+            base[a] = q_base[r]
+            for t in range(d):
+                group[a, t] = q[r, t]
+        b4 = b - b % 4
+        for j in range(lo, hi):
+            add, scale, ident = x_add[j], x_scale[j], ids[j]
+            for a in range(0, b4, 4):
+                s0 = s1 = s2 = s3 = q_base[0] - q_base[0]
+                for t in range(d):
+                    xt = vectors[j, t]
+                    s0 += xt * group[a, t]
+                    s1 += xt * group[a + 1, t]
+                    s2 += xt * group[a + 2, t]
+                    s3 += xt * group[a + 3, t]
+                _offer(heap_d, heap_i, members[m0 + a], k, base[a] + add + scale * s0, floor, ident, dedup)
+                _offer(heap_d, heap_i, members[m0 + a + 1], k, base[a + 1] + add + scale * s1, floor, ident, dedup)
+                _offer(heap_d, heap_i, members[m0 + a + 2], k, base[a + 2] + add + scale * s2, floor, ident, dedup)
+                _offer(heap_d, heap_i, members[m0 + a + 3], k, base[a + 3] + add + scale * s3, floor, ident, dedup)
+            for a in range(b4, b):
+                s0 = q_base[0] - q_base[0]
+                for t in range(d):
+                    s0 += vectors[j, t] * group[a, t]
+                _offer(heap_d, heap_i, members[m0 + a], k, base[a] + add + scale * s0, floor, ident, dedup)
+    _sorted_out(heap_d, heap_i, q0, out_d, out_i)
+
+
+@njit(inline="always")
+def _offer(heap_d, heap_i, r, k, dist, floor, ident, dedup):  # pragma: no cover - compiled
+    """Squared L2 through norms can round below zero: ``floor`` is 0 there (-inf otherwise)."""
+    _push(heap_d, heap_i, r, k, max(dist, floor), ident, dedup)
+
+
+@njit(cache=True, nogil=True)
+def _sorted_out(heap_d, heap_i, q0, out_d, out_i):  # pragma: no cover - compiled
+    """Each query's heap in ascending (distance, id); unfilled slots as inf / -1."""
+    nq, k = heap_d.shape
+    for r in range(nq):
+        order = np.argsort(heap_i[r])  # ids ascending, then a stable sort by distance
+        dd = heap_d[r][order]
+        ii = heap_i[r][order]
+        order2 = np.argsort(dd, kind="mergesort")
+        for s in range(k):
+            dist, ident = dd[order2[s]], ii[order2[s]]
+            if ident == np.iinfo(np.int64).max:
+                out_d[q0 + r, s], out_i[q0 + r, s] = np.inf, -1
+            else:
+                out_d[q0 + r, s], out_i[q0 + r, s] = dist, ident
