@@ -25,7 +25,8 @@ import math
 
 import numpy as np
 
-from ..threads import map_in_threads
+from ..ops.probe import smallest
+from ..threads import cpu_threads, parallel_map
 
 GMM_COVARIANCES = ("diag", "spherical")
 
@@ -86,25 +87,18 @@ class Quantizer:
         out_s = np.empty((n, m), np.float32)
         out_l = np.empty((n, m), np.int64)
         lse = np.empty(n, np.float64)
-        step = max(1, (1 << 22) // self.nlist)
+        step = max(1, min((1 << 22) // self.nlist, -(-n // (2 * cpu_threads()))))
 
         def work(r0):
             rows = slice(r0, min(r0 + step, n))
             s = self.scores(x[rows])
-            if m < self.nlist:
-                part = np.argpartition(s, m - 1, axis=1)[:, :m]
-            else:
-                part = np.broadcast_to(np.arange(self.nlist), s.shape)
-            top = np.take_along_axis(s, part, 1)
-            order = np.lexsort((part, top), axis=1)  # by score, ties to the lower list
-            out_s[rows] = np.take_along_axis(top, order, 1)
-            out_l[rows] = np.take_along_axis(part, order, 1)
+            out_s[rows], out_l[rows] = smallest(s, m)  # by score, ties to the lower list
             if with_lse:
                 neg = -s.astype(np.float64)
                 peak = neg.max(1, keepdims=True)
                 lse[rows] = peak[:, 0] + np.log(np.exp(neg - peak).sum(1))
 
-        map_in_threads(work, range(0, n, step))
+        parallel_map(work, range(0, n, step))
         return (out_s, out_l, lse) if with_lse else (out_s, out_l)
 
     def assign(self, x: np.ndarray, assignment: str, max_assign: int, threshold: float) -> np.ndarray:

