@@ -91,6 +91,15 @@ def test_kmeans_single_matches_faiss_with_the_same_centroids(indexes):
     assert (i == ref_i).mean() > 0.99
 
 
+def test_empty_like_shares_the_quantizer(indexes):
+    index = indexes["kmeans", "single", "euclidean"]
+    spill = index.empty_like(assignment="multi", threshold=1.3).add(X)
+    assert spill.quantizer_ is index.quantizer_ and spill.ntotal == len(X) and index.ntotal == len(X)
+    assert len(spill.lists_) > len(indexes["kmeans", "multi", "euclidean"].lists_)  # a looser threshold
+    with pytest.raises(ConfigError, match="metric"):
+        index.empty_like(metric="cosine")
+
+
 def test_spilling_rule(indexes):
     index = indexes["kmeans", "multi", "euclidean"]
     scores, best = index.quantizer_.search(X, 2)

@@ -159,6 +159,19 @@ class IVFIndex:
         self.ntotal, self._device_lists = 0, None
         return self
 
+    def empty_like(self, **params) -> IVFIndex:
+        """A new empty index with this one's trained quantizer and ``params`` changed (say
+        ``assignment="multi"``, or another ``threshold``): no training again. The quantizer
+        (kind, metric, nlist) cannot change."""
+        self._check_trained()
+        fixed = {name: params[name] for name in ("nlist", "quantizer", "metric", "covariance_type") if name in params
+                 and params[name] != getattr(self, name)}
+        if fixed:
+            raise ConfigError(f"{sorted(fixed)} belong to the trained quantizer; train a new index to change them")
+        index = type(self)(**{**self.get_params(), **params})
+        index.quantizer_, index.lists_ = self.quantizer_, InvertedLists(self.nlist, self.quantizer_.dim)
+        return index
+
     def _check_trained(self):
         if self.quantizer_ is None:
             raise ConfigError("the index is not trained: call train(X) first (or load a saved index)")
