@@ -42,6 +42,40 @@ def leaf_of_paths(tree: Tree, paths: np.ndarray) -> np.ndarray:
     return out
 
 
+def beam_leaves(q: torch.Tensor, tree: Tree, beam: int) -> np.ndarray:
+    """(n, beam) leaf numbers reached by the beam, nearest first (-1 where fewer), as
+    ``route_beam(q, tree, beam, n_best=beam)`` finds them, with each level's step on the
+    probe-and-rerank op: a level's centroids are CSR lists (the children of each node), the
+    beam's nodes are the probes, and the ``beam`` nearest children come out of the same compiled
+    kernel as the search's re-rank (queries grouped by parent node), not of a per-row loop."""
+    x = q.detach().cpu().numpy()
+    n, numbers = len(x), leaf_numbers(tree)
+    best_d = np.full((n, beam), np.inf)
+    best_leaf = np.full((n, beam), -1, dtype=np.int64)
+    nodes = np.zeros((n, 1), dtype=np.int64)  # the root's children are all of level 0
+    for level_no, level in enumerate(tree.levels):
+        offsets = np.array([0, level.n_nodes]) if level_no == 0 else tree.levels[level_no - 1].child_offsets
+        d, nodes = probe_rerank(x, nodes, offsets, level.centroids, np.arange(level.n_nodes), min(beam, level.n_nodes),
+                                metric=tree.metric, terms=_level_terms(tree, level_no))
+        safe = np.maximum(nodes, 0)
+        is_leaf = (nodes >= 0) & ((level.n_children[safe] == 0) | (level_no == tree.n_levels - 1))
+        pool_d = np.concatenate([best_d, np.where(is_leaf, d, np.inf)], 1)
+        pool_leaf = np.concatenate([best_leaf, np.where(is_leaf, numbers[level_no][safe], -1)], 1)
+        order = np.argsort(pool_d, axis=1, kind="stable")[:, :beam]
+        best_d, best_leaf = np.take_along_axis(pool_d, order, 1), np.take_along_axis(pool_leaf, order, 1)
+        if not (nodes >= 0).any() or is_leaf[nodes >= 0].all():
+            break
+    return np.where(np.isfinite(best_d), best_leaf, -1)
+
+
+def _level_terms(tree: Tree, level_no: int):
+    """The per-centroid terms of ``ops.probe`` of a level, kept on the tree (computed once)."""
+    cache = tree.__dict__.setdefault("_probe_terms", {})
+    if level_no not in cache:
+        cache[level_no] = row_terms(tree.levels[level_no].centroids, tree.metric)
+    return cache[level_no]
+
+
 @dataclass
 class SearchIndex:
     ids: np.ndarray  # (N,) int64, grouped by leaf
@@ -78,8 +112,11 @@ class SearchIndex:
         (``ops.probe``: queries grouped by leaf, each reached leaf scanned once per batch by one
         product, a running top-k), so no per-query work is left in Python.
         """
-        paths, _ = route_beam(q, tree, beam, n_best=beam, router=router)
-        leaves = leaf_of_paths(tree, paths.cpu().numpy())  # (n, beam), -1 where fewer were reached
+        if router.kind == "exact" and all(level.penalty is None for level in tree.levels):
+            leaves = beam_leaves(q, tree, beam)
+        else:  # penalties and HNSW graphs: the router's own walk
+            paths, _ = route_beam(q, tree, beam, n_best=beam, router=router)
+            leaves = leaf_of_paths(tree, paths.cpu().numpy())  # (n, beam), -1 where fewer were reached
         sizes = np.diff(self.offsets)
         compared = np.where(leaves >= 0, sizes[np.maximum(leaves, 0)], 0).sum(1)
         vectors = np.asarray(self.vectors)  # a plain view of a memory map
