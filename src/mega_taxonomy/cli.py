@@ -358,3 +358,9 @@ def demo(branching, show, children, n_words, max_iter, seed, device, limit):
     for s in summaries:
         indent = "  " * s.level
         click.echo(f"{indent}[{s.level}:{s.node}] {s.size} words: {', '.join(s.words)}")
+
+
+# Registered here, defined beside: cli_index does not import this module (no cycle).
+from .cli_index import index  # noqa: E402
+
+main.add_command(index)

@@ -178,7 +178,9 @@ class IVFIndex:
 
     def add(self, X, ids=None):
         """Add vectors (arrays, tensors, paths, URIs or a source, streamed block by block) with
-        ``ids`` (int64, one per row; None: consecutive from ``ntotal``). Returns self."""
+        ``ids`` (int64, one per row; None: the source's id column if it has one, else
+        consecutive from ``ntotal``). Ids should be unique: search returns each id once.
+        Returns self."""
         self._check_trained()
         source = as_source(X, batch_size=self.batch_size)
         if source.dim != self.quantizer_.dim:
@@ -192,7 +194,12 @@ class IVFIndex:
             (v,) = host_arrays(block.vectors)
             v = np.asarray(v, dtype=np.float32)
             lists = self.quantizer_.assign(v, self.assignment, self.max_assign, self.threshold_)
-            block_ids = ids[block.ordinals] if ids is not None else self.ntotal + np.asarray(block.ordinals)
+            if ids is not None:
+                block_ids = ids[block.ordinals]
+            elif source.has_id_column:
+                block_ids = np.asarray(block.ids)
+            else:
+                block_ids = self.ntotal + np.asarray(block.ordinals)
             parts.append((lists, v, block_ids))
             added += len(v)
         self.lists_.extend(parts)
