@@ -187,14 +187,48 @@ def probe_rerank(q, probes, offsets, vectors, ids, k: int, *, metric: str = "euc
         raise ValueError(f"backend must be 'auto', 'numba', 'torch' or 'triton', got {backend!r}")
     is_tensor = isinstance(q, torch.Tensor)
     on_cuda = is_tensor and q.device.type != "cpu"
-    if backend == "triton" or (backend == "auto" and on_cuda and use_triton(q, "auto")):
-        from .triton import probe_rerank_triton
-
-        return probe_rerank_triton(q, probes, offsets, vectors, ids, k, metric=metric, terms=terms, dedup=dedup)
+    if (backend == "triton" or (backend == "auto" and on_cuda and use_triton(q, "auto"))) and k <= PROBE_KERNEL_MAX_K:
+        return _probe_triton(q, probes, offsets, vectors, ids, k, metric, terms, dedup)
     if backend == "torch" or on_cuda:
         return probe_rerank_reference(q, probes, offsets, vectors, ids, k, metric=metric, terms=terms, dedup=dedup)
     d, i = _probe_numba(_np(q), _np(probes), _np(offsets), _np(vectors), _np(ids), k, metric, terms, dedup)
     return (torch.from_numpy(d).to(q.device), torch.from_numpy(i).to(q.device)) if is_tensor else (d, i)
+
+
+PROBE_KERNEL_MAX_K = 16  # triton.MAX_K (not imported here: triton is optional)
+
+
+def _probe_triton(q, probes, offsets, vectors, ids, k, metric, terms, dedup):
+    """The Triton scan (every probed list's best rows of each query), then the twin's merge:
+    candidates ordered by (distance, id), later copies of an id dropped, the first k kept."""
+    from .triton import probe_scan_triton
+
+    device = q.device if isinstance(q, torch.Tensor) else torch.device("cpu")
+    as_t = (lambda a, dtype=None: torch.as_tensor(_np(a) if not isinstance(a, torch.Tensor) else a, device=device,
+                                                  dtype=dtype))
+    q, vectors = as_t(q), as_t(vectors)
+    probes, offsets, ids = as_t(probes, torch.int64), as_t(offsets, torch.int64), as_t(ids, torch.int64)
+    _check(q, probes, offsets, vectors, ids, k, metric)
+    x_add, x_scale = (as_t(t, torch.float32) for t in (terms or row_terms(vectors, metric)))
+    if metric == "cosine":
+        q = q / torch.linalg.vector_norm(q.float(), dim=1, keepdim=True).clamp_min(1e-30).to(q.dtype)
+    q_base = {"euclidean": (q.float() ** 2).sum(1), "cosine": torch.ones(len(q), device=device),
+              "inner_product": torch.zeros(len(q), device=device)}[metric]
+    d, pos = probe_scan_triton(q, q_base, probes, offsets, vectors, x_add, x_scale, k,
+                               0.0 if metric == "euclidean" else -float("inf"))
+    cand = torch.where(pos >= 0, ids[pos.clamp_min(0)], torch.iinfo(torch.int64).max)
+    cand, by_id = cand.sort(dim=1, stable=True)
+    d, by_d = d.gather(1, by_id).sort(dim=1, stable=True)
+    cand = cand.gather(1, by_d)
+    if dedup:
+        d, cand = _first_copies(d, cand)
+    out_d = torch.full((len(q), k), torch.inf, device=device)
+    out_i = torch.full((len(q), k), -1, dtype=torch.int64, device=device)
+    kk = min(k, d.shape[1])
+    found = torch.isfinite(d[:, :kk])
+    out_d[:, :kk] = torch.where(found, d[:, :kk], torch.inf)
+    out_i[:, :kk] = torch.where(found, cand[:, :kk], -1)
+    return out_d, out_i
 
 
 def _probe_numba(q, probes, offsets, vectors, ids, k, metric, terms, dedup):
