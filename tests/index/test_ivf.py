@@ -100,6 +100,16 @@ def test_empty_like_shares_the_quantizer(indexes):
         index.empty_like(metric="cosine")
 
 
+@pytest.mark.parametrize("quantizer", ["kmeans", "gmm"])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "inner_product"])
+def test_the_device_probes_agree_with_the_host_probes(indexes, quantizer, metric):
+    q = indexes[quantizer, "single", metric].quantizer_
+    s, lists = q.search(Q, 4)
+    s_t, lists_t = q.search_torch(torch.from_numpy(Q), 4)
+    np.testing.assert_allclose(s_t.numpy(), s, rtol=1e-4, atol=1e-3)
+    assert (lists_t.numpy() == lists).mean() > 0.98
+
+
 def test_spilling_rule(indexes):
     index = indexes["kmeans", "multi", "euclidean"]
     scores, best = index.quantizer_.search(X, 2)

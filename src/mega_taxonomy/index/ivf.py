@@ -137,8 +137,9 @@ class IVFIndex:
             raise ConfigError(f"train needs at least nlist={self.nlist} rows, got {len(x)}")
         if self.metric == "cosine":
             x = unit_rows(x)
+        fit_device = self.device if str(self.device).startswith("cuda") else "cpu"
         km = KMeans(self.nlist, metric="cosine" if self.metric == "cosine" else "euclidean", max_iter=self.max_iter,
-                    random_state=self.random_state, device="cpu").fit(x)
+                    random_state=self.random_state, device=fit_device).fit(x)
         if self.quantizer == "kmeans":
             self.quantizer_ = Quantizer("kmeans", self.metric, {"centroids": km.cluster_centers_})
         else:
@@ -148,7 +149,7 @@ class IVFIndex:
             gm = GaussianMixture(self.nlist, covariance_type=self.covariance_type, max_iter=self.gmm_iter,
                                  weights_init=weights, means_init=centroids,
                                  precisions_init=cluster_precisions(x, km.labels_, centroids, self.covariance_type),
-                                 random_state=self.random_state, device="cpu", tol=0.0)
+                                 random_state=self.random_state, device=fit_device, tol=0.0)
             import warnings
 
             with warnings.catch_warnings():  # a few EM steps from a k-means start: not converged, by design
@@ -251,30 +252,33 @@ class IVFIndex:
             raise DataError(f"queries of shape {tuple(q.shape)}; the index holds dimension {self.quantizer_.dim}")
         nprobe = min(nprobe, self.nlist)
         cuda = str(self.device).startswith("cuda")
-        q_host = q.detach().cpu().numpy() if is_tensor else q
-        q_host = np.ascontiguousarray(q_host, dtype=np.float32)
-        if not np.isfinite(q_host).all():
-            row = int(np.argmax(~np.isfinite(q_host).all(1)))
-            raise DataError(f"query row {row} is not finite")
-        _, probes = self.quantizer_.search(q_host, nprobe)
-        lists = self.lists_
-        if cuda:
-            qd = torch.as_tensor(q_host, device=self.device)
+        if cuda:  # queries from host or device memory; everything after the copy stays there
+            qd = torch.as_tensor(q, device=self.device)
+            if not torch.isfinite(qd).all():
+                raise DataError(f"query row {int((~torch.isfinite(qd).all(1)).nonzero()[0, 0])} is not finite")
+            probes_d = self.quantizer_.search_torch(qd, nprobe)[1]
             dev = self._on_device()
-            d, i = probe_rerank(qd, torch.as_tensor(probes, device=self.device), dev["offsets"], dev["vectors"],
-                                dev["ids"], k, metric=self.metric, terms=dev["terms"],
-                                dedup=self.assignment == "multi", backend=backend)
-            d, i = d.float().cpu().numpy(), i.cpu().numpy()
+            d, i = probe_rerank(qd.float(), probes_d, dev["offsets"], dev["vectors"], dev["ids"], k, metric=self.metric,
+                                terms=dev["terms"], dedup=self.assignment == "multi", backend=backend)
+            probes, d = probes_d.cpu().numpy(), d.float()
+            n = len(probes)
         else:
-            d, i = probe_rerank(q_host, probes, lists.offsets, lists.vectors, lists.ids, k, metric=self.metric,
-                                terms=lists.terms(self.metric), dedup=self.assignment == "multi",
-                                backend="auto" if backend == "auto" else backend)
-        n = len(q_host)
+            q_host = np.ascontiguousarray(q.detach().cpu().numpy() if is_tensor else q, dtype=np.float32)
+            if not np.isfinite(q_host).all():
+                raise DataError(f"query row {int(np.argmax(~np.isfinite(q_host).all(1)))} is not finite")
+            _, probes = self.quantizer_.search(q_host, nprobe)
+            d, i = probe_rerank(q_host, probes, self.lists_.offsets, self.lists_.vectors, self.lists_.ids, k,
+                                metric=self.metric, terms=self.lists_.terms(self.metric),
+                                dedup=self.assignment == "multi", backend=backend)
+            n = len(q_host)
+        lists = self.lists_
         self.last_stats_ = SearchStats(np.full(n, self.nlist, np.int64), lists.sizes[probes].sum(1),
                                        np.full(n, nprobe, np.int64))
-        d = np.asarray(d, np.float32)
         if is_tensor:
-            d, i = torch.from_numpy(d).to(Q.device), torch.from_numpy(i).to(Q.device)
+            d, i = torch.as_tensor(d, dtype=torch.float32).to(Q.device), torch.as_tensor(i).to(Q.device)
+        else:
+            d, i = (a.cpu().numpy() if isinstance(a, torch.Tensor) else a for a in (d, i))
+            d = np.asarray(d, np.float32)
         return (d, i, self.last_stats_) if return_stats else (d, i)
 
     def _on_device(self) -> dict:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from ..ops.probe import smallest
 from ..threads import cpu_threads, parallel_map
@@ -77,6 +78,23 @@ class Quantizer:
             s += np.einsum("nd,nd->n", x, x, dtype=np.float32)[:, None]
             np.maximum(s, 0, out=s)
         return s
+
+    def search_torch(self, x: torch.Tensor, m: int):
+        """(scores, lists) of the ``m`` best lists of rows on any device (the GPU's search: one
+        product and ``torch.topk`` there, the operand moved once per device)."""
+        key = str(x.device)
+        if getattr(self, "_w_on", None) is None or self._w_on[0] != key:
+            self._w_on = (key, torch.as_tensor(self._w, device=x.device))
+        w = self._w_on[1]
+        x = x.to(torch.float32)
+        if self.metric == "cosine":
+            x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-30)
+        ones = torch.ones(len(x), 1, device=x.device)
+        feats = torch.cat([x * x, x, ones] if self.kind == "gmm" else [x, ones], 1)
+        s = feats @ w.T
+        if self.kind == "kmeans" and self.metric == "euclidean":
+            s = (s + (x * x).sum(1, keepdim=True)).clamp_min(0)
+        return torch.topk(s, min(m, self.nlist), dim=1, largest=False, sorted=True)
 
     def search(self, x: np.ndarray, m: int, *, with_lse: bool = False):
         """(scores (n, m), lists (n, m)) of the ``m`` best lists of every row, best first; and
