@@ -89,6 +89,10 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t
 
 
+def trained(index, x):
+    return index.train(x).add(x)
+
+
 def faiss_ivf(x, nlist, iters, seed):
     import faiss
 
@@ -244,22 +248,22 @@ def main():
         case = f"nlist={nlist}"
         fi, s = timed(faiss_ivf, x, nlist, args.iters, args.seed)
         build.append({"case": case, "impl": "faiss train+add", "seconds": s})
-        km, s = timed(lambda: IVFIndex(nlist, max_iter=args.iters, random_state=args.seed).train(x).add(x))
+        km, s = timed(trained, IVFIndex(nlist, max_iter=args.iters, random_state=args.seed), x)
         build.append({"case": case, "impl": "kmeans-single train+add", "seconds": s, "copies_per_vector": 1.0,
                       "bytes_per_vector": km.bytes_per_vector})
-        spill, s = timed(lambda: km.empty_like(assignment="multi").add(x))
+        spill, s = timed(km.empty_like(assignment="multi").add, x)
         build.append({"case": case, "impl": "kmeans-spill add", "seconds": s,
                       "copies_per_vector": len(spill.lists_) / spill.ntotal, "bytes_per_vector": spill.bytes_per_vector})
         sides = [faiss_side(fi), ivf_side("kmeans-single", km), ivf_side("kmeans-spill", spill)]
         if "gmm" not in skip:
-            gmm, s = timed(lambda: IVFIndex(nlist, quantizer="gmm", max_iter=args.iters, gmm_iter=args.gmm_iters,
-                                            random_state=args.seed).train(x).add(x))
+            gmm, s = timed(trained, IVFIndex(nlist, quantizer="gmm", max_iter=args.iters, gmm_iter=args.gmm_iters,
+                                             random_state=args.seed), x)
             build.append({"case": case, "impl": "gmm-single train+add", "seconds": s})
-            multi, s = timed(lambda: gmm.empty_like(assignment="multi").add(x))
+            multi, s = timed(gmm.empty_like(assignment="multi").add, x)
             build.append({"case": case, "impl": "gmm-multi add", "seconds": s,
                           "copies_per_vector": len(multi.lists_) / multi.ntotal,
                           "bytes_per_vector": multi.bytes_per_vector})
-            loose, s = timed(lambda: gmm.empty_like(assignment="multi", threshold=0.1).add(x))
+            loose, s = timed(gmm.empty_like(assignment="multi", threshold=0.1).add, x)
             build.append({"case": case, "impl": "gmm-multi tau=0.1 add", "seconds": s,
                           "copies_per_vector": len(loose.lists_) / loose.ntotal,
                           "bytes_per_vector": loose.bytes_per_vector})

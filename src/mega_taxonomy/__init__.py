@@ -7,13 +7,14 @@ __version__ = "0.1.0"
 
 from .cluster import GaussianMixture, KMeans
 from .errors import ConfigError, DataError, MegaTaxonomyError, StorageError, WorkerError
+from .index import IVFIndex
 from .io import VectorSource
 from .runtime import LocalRuntime
 from .storage import Store
 from .taxonomy import Balancing, Routing, TaxonomyEngine
 
 __all__ = [
-    "Balancing", "ConfigError", "DataError", "GaussianMixture", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime",
+    "Balancing", "ConfigError", "DataError", "GaussianMixture", "IVFIndex", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime",
     "Routing", "StorageError", "Store", "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
 ]
 

@@ -163,6 +163,7 @@ def test_add_streams_files_with_ids(tmp_path):
     _, i = index.search(Q[:3], 1, nprobe=8)
     assert i[:, 0].tolist() == [len(X) + j for j in range(3)]
     d, i = index.search(torch.from_numpy(X[:2]), 1, nprobe=8)
+    assert isinstance(d, torch.Tensor) and d.dtype == torch.float32
     assert isinstance(i, torch.Tensor) and i[:, 0].tolist() == [5, 6]
 
 

@@ -19,6 +19,7 @@ from ..storage.schema import SEARCH_ARRAYS, search_file
 from .router import Router, route_beam
 from .tree import Tree
 
+
 def leaf_numbers(tree: Tree) -> list[np.ndarray]:
     """Per level, each node's leaf number (leaves numbered level by level), -1 for inner nodes."""
     numbers, start = [], 0
