@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 from .cluster import GaussianMixture, KMeans
 from .errors import ConfigError, DataError, MegaTaxonomyError, StorageError, WorkerError
-from .index import DistributedKDTree, KDTree
+from .index import DistributedKDTree, IVFIndex, KDTree
 from .io import VectorSource
 from .kv import EvictStrategy, HashTable
 from .learn import (
@@ -23,8 +23,8 @@ from .taxonomy import Balancing, Routing, TaxonomyEngine
 __all__ = [
     "Balancing", "ConfigError", "DataError", "DistributedKDTree", "EvictStrategy", "FastKMeansClassifier",
     "FastKMeansClusterer", "FastKMeansRegressor", "FastMultiLabelKMeansClassifier", "GaussianMixture", "HashTable",
-    "KDTree", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime", "Routing", "StorageError", "Store",
-    "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
+    "IVFIndex", "KDTree", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime", "Routing", "StorageError",
+    "Store", "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
 ]
 
 

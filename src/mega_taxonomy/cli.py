@@ -12,20 +12,13 @@ import click
 import numpy as np
 
 from . import __version__
-from .cli_options import options_option
+from .cli_options import column_option, id_option, options_option
+from .cli_options import source as _source
 from .cli_options import storage_options as _options
 from .errors import ConfigError, DataError, MegaTaxonomyError
 from .web.commands import report, serve
 
 
-def _source(uri, column, id_column, on_invalid="raise", storage_options=None):
-    from ._estimator import as_source
-
-    return as_source(uri, column=column, id_column=id_column, on_invalid=on_invalid, storage_options=storage_options)
-
-
-column_option = click.option("--column", default=None, help="Vector column of parquet files (default: the only one).")
-id_option = click.option("--id-column", default=None, help="Integer id column (default: row ordinals).")
 
 
 def ray_option(command):
@@ -156,74 +149,6 @@ def kmeans_fit(uri, n_clusters, storage, max_iter, tol, metric, seed, device, sa
     click.echo(f"k={n_clusters} iterations={km.n_iter_} inertia={km.inertia_:.6g} rows={int(km.counts_.sum())}")
     click.echo(f"cluster sizes: min={km.counts_.min()} median={int(np.median(km.counts_))} max={km.counts_.max()}")
     click.echo(f"wrote {len(written['files'])} files to {storage}")
-
-
-@main.group()
-def knn():
-    """Exact k nearest neighbours of low-dimensional points (a kd-tree)."""
-
-
-@knn.command("build")
-@click.argument("uri")
-@click.option("--storage", required=True, help="Where to write the tree (path or URI).")
-@click.option("--leafsize", type=int, default=32, show_default=True)
-@click.option("--boxsize", default=None, help="Periodic box: one side for every dimension, or one per dimension "
-                                              "(comma-separated).")
-@column_option
-@id_option
-@options_option
-def knn_build(uri, storage, leafsize, boxsize, column, id_column, storage_options):
-    """Build the kd-tree of the points of URI (parquet / npy) and write it to --storage."""
-    import time
-
-    from .index import KDTree
-
-    options = _options(storage_options)
-    try:
-        box = None if boxsize is None else [float(v) for v in boxsize.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"not a number or a list of numbers: {boxsize!r}", param_hint="'--boxsize'") from None
-    if leafsize < 1:
-        raise ConfigError(f"--leafsize must be at least 1, not {leafsize}")
-    start = time.perf_counter()
-    tree = KDTree(_source(uri, column, id_column, storage_options=options), leafsize=leafsize,
-                  boxsize=None if box is None else box[0] if len(box) == 1 else box)
-    seconds = time.perf_counter() - start
-    manifest = tree.save(storage, storage_options=options)
-    click.echo(f"points={tree.n} dim={tree.m} nodes={tree.size} read and built in {seconds:.2f} s")
-    click.echo(f"wrote {len(manifest['files'])} files to {storage}")
-
-
-@knn.command("query")
-@click.argument("storage")
-@click.argument("queries")
-@click.option("--k", type=int, default=10, show_default=True)
-@click.option("--p", "p", type=click.Choice(["1", "2", "inf"]), default="2", show_default=True)
-@click.option("--distance-upper-bound", type=float, default=float("inf"))
-@click.option("--output", required=True, help="Parquet file of (query, rank, id, distance); id -1 where missing.")
-@column_option
-@options_option
-def knn_query(storage, queries, k, p, distance_upper_bound, output, column, storage_options):
-    """The K nearest points of the tree at STORAGE to each point of QUERIES (ids of its source)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from .index import KDTree
-
-    if k < 1:
-        raise ConfigError(f"--k must be at least 1, not {k}")
-    options = _options(storage_options)
-    tree = KDTree.load(storage, storage_options=options)
-    source = _source(queries, column, None, storage_options=options)
-    if source.dim != tree.m:
-        raise DataError(f"queries have {source.dim} dimensions, the tree {tree.m}", file=", ".join(source.uris[:3]))
-    q = np.concatenate([np.asarray(b.vectors, dtype=np.float64) for b in source.blocks()])
-    d, rows = tree.query(q, k=[*range(1, k + 1)], p=float(p), distance_upper_bound=distance_upper_bound)
-    ids = np.append(tree.ids, -1)[rows]
-    table = pa.table({"query": np.repeat(np.arange(len(q)), k), "rank": np.tile(np.arange(k), len(q)),
-                      "id": ids.ravel(), "distance": d.ravel()})
-    pq.write_table(table, output)
-    click.echo(f"{len(q)} queries, k={k}; wrote {output}")
 
 
 @main.group()
@@ -434,3 +359,11 @@ def demo(branching, show, children, n_words, max_iter, seed, device, limit, stor
 
 main.add_command(serve)
 main.add_command(report)
+
+
+# Registered here, defined beside: cli_index and cli_knn do not import this module (no cycle).
+from .cli_index import index  # noqa: E402
+from .cli_knn import knn  # noqa: E402
+
+main.add_command(index)
+main.add_command(knn)

@@ -1,5 +1,6 @@
-"""What the command line's commands share wherever they are defined (``cli.py``, ``web/``): the
-fsspec options of ``--storage-options``, given as JSON."""
+"""What the command line's commands share wherever they are defined (``cli.py``, ``cli_index.py``,
+``cli_knn.py``, ``web/``): the input's columns, the fsspec options of ``--storage-options`` (given
+as JSON), and the input as a source."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ import json
 import click
 
 options_option = click.option("--storage-options", default=None, help="fsspec options as JSON.")
+column_option = click.option("--column", default=None, help="Vector column of parquet files (default: the only one).")
+id_option = click.option("--id-column", default=None, help="Integer id column (default: row ordinals).")
+
+
+def source(uri, column, id_column, on_invalid="raise", storage_options=None):
+    """The input at ``uri`` as a VectorSource (imported when a command runs: ``--help`` stays quick)."""
+    from ._estimator import as_source
+
+    return as_source(uri, column=column, id_column=id_column, on_invalid=on_invalid, storage_options=storage_options)
 
 
 def storage_options(text):

@@ -205,6 +205,11 @@ class VectorSource:
         """``data`` itself if it is a VectorSource (``kw`` are then ignored), else ``cls(data, **kw)``."""
         return data if isinstance(data, VectorSource) else cls(data, **kw)
 
+    @property
+    def has_id_column(self) -> bool:
+        """Whether ids come from a column of the files (else they are the row ordinals)."""
+        return self._id_column is not None
+
     def __len__(self):
         return self._len
 

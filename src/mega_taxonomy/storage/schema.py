@@ -63,6 +63,16 @@ def kdtree_file(name: str) -> str:
     return f"kdtree/{name}.npy"
 
 
+# An IVF index: its coarse quantizer's arrays (k-means: centroids; a Gaussian mixture: weights,
+# means, precisions) and its inverted lists (CSR: the rows of list l are offsets[l]:offsets[l + 1]).
+IVF_LIST_ARRAYS = ("vectors", "ids", "offsets")
+
+
+def ivf_file(part: str, name: str) -> str:
+    """``ivf/quantizer/centroids.npy``, ``ivf/lists/vectors.npy`` and friends."""
+    return f"ivf/{part}/{name}.npy"
+
+
 def checkpoint_dir(stage: int) -> str:
     """``checkpoints/level-00``: the checkpoints of one stage of a resumable fit (a taxonomy's level;
     a flat k-means has the one stage 0)."""

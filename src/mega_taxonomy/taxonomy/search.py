@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..ops import normalize_rows
 from ..io.device import host_arrays
+from ..ops.probe import probe_rerank, row_terms
 from ..storage.schema import SEARCH_ARRAYS, search_file
-from ..threads import parallel_map
 from .router import Router, route_beam
 from .tree import Tree
+
 
 def leaf_numbers(tree: Tree) -> list[np.ndarray]:
     """Per level, each node's leaf number (leaves numbered level by level), -1 for inner nodes."""
@@ -43,6 +43,40 @@ def leaf_of_paths(tree: Tree, paths: np.ndarray) -> np.ndarray:
     return out
 
 
+def beam_leaves(q: torch.Tensor, tree: Tree, beam: int) -> np.ndarray:
+    """(n, beam) leaf numbers reached by the beam, nearest first (-1 where fewer), as
+    ``route_beam(q, tree, beam, n_best=beam)`` finds them, with each level's step on the
+    probe-and-rerank op: a level's centroids are CSR lists (the children of each node), the
+    beam's nodes are the probes, and the ``beam`` nearest children come out of the same compiled
+    kernel as the search's re-rank (queries grouped by parent node), not of a per-row loop."""
+    x = q.detach().cpu().numpy()
+    n, numbers = len(x), leaf_numbers(tree)
+    best_d = np.full((n, beam), np.inf)
+    best_leaf = np.full((n, beam), -1, dtype=np.int64)
+    nodes = np.zeros((n, 1), dtype=np.int64)  # the root's children are all of level 0
+    for level_no, level in enumerate(tree.levels):
+        offsets = np.array([0, level.n_nodes]) if level_no == 0 else tree.levels[level_no - 1].child_offsets
+        d, nodes = probe_rerank(x, nodes, offsets, level.centroids, np.arange(level.n_nodes), min(beam, level.n_nodes),
+                                metric=tree.metric, terms=_level_terms(tree, level_no))
+        safe = np.maximum(nodes, 0)
+        is_leaf = (nodes >= 0) & ((level.n_children[safe] == 0) | (level_no == tree.n_levels - 1))
+        pool_d = np.concatenate([best_d, np.where(is_leaf, d, np.inf)], 1)
+        pool_leaf = np.concatenate([best_leaf, np.where(is_leaf, numbers[level_no][safe], -1)], 1)
+        order = np.argsort(pool_d, axis=1, kind="stable")[:, :beam]
+        best_d, best_leaf = np.take_along_axis(pool_d, order, 1), np.take_along_axis(pool_leaf, order, 1)
+        if not (nodes >= 0).any() or is_leaf[nodes >= 0].all():
+            break
+    return np.where(np.isfinite(best_d), best_leaf, -1)
+
+
+def _level_terms(tree: Tree, level_no: int):
+    """The per-centroid terms of ``ops.probe`` of a level, kept on the tree (computed once)."""
+    cache = tree.__dict__.setdefault("_probe_terms", {})
+    if level_no not in cache:
+        cache[level_no] = row_terms(tree.levels[level_no].centroids, tree.metric)
+    return cache[level_no]
+
+
 @dataclass
 class SearchIndex:
     ids: np.ndarray  # (N,) int64, grouped by leaf
@@ -58,13 +92,6 @@ class SearchIndex:
         (vectors,) = host_arrays(source.take(ordinals[order]))
         return cls(ids[order], np.ascontiguousarray(vectors), np.concatenate([[0], np.cumsum(counts)]))
 
-    def norms(self) -> np.ndarray:
-        """Squared norms of the vectors (computed once)."""
-        if getattr(self, "_norms", None) is None:
-            v = np.asarray(self.vectors)
-            self._norms = np.einsum("nd,nd->n", v, v, dtype=np.float64 if v.dtype == np.float64 else np.float32)
-        return self._norms
-
     def save(self, store) -> None:
         for name in SEARCH_ARRAYS:
             store.put_array(search_file(name), getattr(self, name))
@@ -73,75 +100,28 @@ class SearchIndex:
     def load(cls, store) -> SearchIndex:
         return cls(*(store.get_array(search_file(name), mmap=True) for name in SEARCH_ARRAYS))
 
+    def terms(self, metric: str):
+        """The per-row distance terms of ``ops.probe`` (computed once)."""
+        if getattr(self, "_terms", None) is None or self._terms[0] != metric:
+            self._terms = (metric, row_terms(np.asarray(self.vectors), metric))
+        return self._terms[1]
+
     def search(self, q: torch.Tensor, tree: Tree, router: Router, k: int, beam: int):
         """(distances (n, k), ids (n, k), rows compared (n,)), nearest first, inf / -1 padding.
 
-        Queries are ranked in batches: every query's members are gathered into one padded
-        (queries, members, d) tile, so the re-rank is a few batched products, not a loop over
-        queries (10k GloVe queries at beam 8: 8 s with a per-query loop); batches run in
-        parallel threads.
+        The leaves reached by each query's beam are its probes: the re-rank is the IVF index's
+        (``ops.probe``: queries grouped by leaf, each reached leaf scanned once per batch by one
+        product, a running top-k), so no per-query work is left in Python.
         """
-        paths, _ = route_beam(q, tree, beam, n_best=beam, router=router)
-        leaves = leaf_of_paths(tree, paths.cpu().numpy())
-        lengths = np.where(leaves >= 0, np.diff(self.offsets)[np.maximum(leaves, 0)], 0)  # (n, beam)
-        starts = self.offsets[:-1][np.maximum(leaves, 0)]
-        compared = lengths.sum(1)
-        n = q.shape[0]
-        out_d = np.full((n, k), np.inf, dtype=np.float32)
-        out_i = np.full((n, k), -1, dtype=np.int64)
-        vectors = np.asarray(self.vectors)  # a plain view of a memory map: cheaper to index
-        qs = q.detach().cpu().to(torch.float64 if vectors.dtype == np.float64 else torch.float32)
-        cosine = tree.metric == "cosine"
-        qs = (normalize_rows(qs) if cosine else qs).numpy()
-        q_norms = np.einsum("qd,qd->q", qs, qs)
-        m_norms = self.norms()
-
-        def rank(rows):
-            width = max(int(compared[rows].max()), 1)
-            positions, valid = _padded_members(starts[rows], lengths[rows], width)
-            members = vectors[positions].astype(qs.dtype, copy=False)  # (queries, width, d)
-            dots = np.matmul(members, qs[rows, :, None])[..., 0]
-            if cosine:
-                d = 1.0 - dots / np.maximum(np.sqrt(m_norms[positions]), np.finfo(qs.dtype).tiny)
-            else:
-                d = np.maximum(q_norms[rows, None] - 2.0 * dots + m_norms[positions], 0.0)
-            d[~valid] = np.inf
-            top = np.argsort(d, axis=1, kind="stable")[:, :k]
-            top_d = np.take_along_axis(d, top, 1)
-            found = np.isfinite(top_d)
-            out_d[rows, :top.shape[1]] = np.where(found, top_d, np.inf)
-            out_i[rows, :top.shape[1]] = np.where(found, self.ids[np.take_along_axis(positions, top, 1)], -1)
-
-        parallel_map(rank, _batches(compared, q.shape[1]))
-        return out_d, out_i, compared
-
-
-def _batches(compared: np.ndarray, dim: int, budget: int = 1 << 22) -> list[slice]:
-    """Consecutive queries whose padded (queries, most compared, dim) tile stays under ``budget``
-    values."""
-    out, first, n = [], 0, len(compared)
-    while first < n:
-        width, last = max(int(compared[first]), 1), first + 1
-        while last < n and (last + 1 - first) * max(width, int(compared[last])) * dim <= budget:
-            width = max(width, int(compared[last]))
-            last += 1
-        out.append(slice(first, last))
-        first = last
-    return out
-
-
-def _padded_members(starts: np.ndarray, lengths: np.ndarray, width: int):
-    """(positions, valid), both (queries, width): the rows of each query's leaves side by side,
-    padded (position 0, invalid) to ``width``."""
-    per_query = lengths.sum(1)
-    flat_len = lengths.ravel()
-    # positions of every member, leaf after leaf: start of its leaf + its rank in the leaf
-    rank = np.arange(flat_len.sum()) - np.repeat(np.cumsum(flat_len) - flat_len, flat_len)
-    flat = np.repeat(starts.ravel(), flat_len) + rank
-    query = np.repeat(np.arange(len(per_query)), per_query)
-    slot = np.arange(len(flat)) - np.repeat(np.cumsum(per_query) - per_query, per_query)
-    positions = np.zeros((len(per_query), width), dtype=np.int64)
-    valid = np.zeros((len(per_query), width), dtype=bool)
-    positions[query, slot] = flat
-    valid[query, slot] = True
-    return positions, valid
+        if router.kind == "exact" and all(level.penalty is None for level in tree.levels):
+            leaves = beam_leaves(q, tree, beam)
+        else:  # penalties and HNSW graphs: the router's own walk
+            paths, _ = route_beam(q, tree, beam, n_best=beam, router=router)
+            leaves = leaf_of_paths(tree, paths.cpu().numpy())  # (n, beam), -1 where fewer were reached
+        sizes = np.diff(self.offsets)
+        compared = np.where(leaves >= 0, sizes[np.maximum(leaves, 0)], 0).sum(1)
+        vectors = np.asarray(self.vectors)  # a plain view of a memory map
+        qs = q.detach().cpu().to(torch.float64 if vectors.dtype == np.float64 else torch.float32).numpy()
+        d, ids = probe_rerank(qs, leaves, self.offsets, vectors, np.asarray(self.ids), k, metric=tree.metric,
+                              terms=self.terms(tree.metric))
+        return np.asarray(d, np.float32), ids, compared

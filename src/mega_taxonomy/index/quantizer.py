@@ -1,0 +1,161 @@
+"""Coarse quantizers of an IVF index: k-means centroids or a Gaussian mixture, and how a vector is
+assigned to one list or several (multi-assignment).
+
+Both quantizers score a vector against every list with one matrix product of an augmented
+operand (``features(x) @ W.T``), lower is better:
+
+- k-means: the metric's distance to the centroid (squared L2, ``1 - cos`` with unit centroids
+  from spherical k-means, or ``-<x, c>`` for inner product, as FAISS's IVF probes);
+- GMM ("diag" or "spherical"): ``-log(w_k N(x | mu_k, Sigma_k))``, the negated weighted
+  log-likelihood, so the best list is the component of highest responsibility; the
+  responsibilities themselves are ``exp(-score - logsumexp(-scores))``. Cosine data is
+  normalized before it is fitted and scored.
+
+Multi-assignment (``add``): "single" puts every vector in its best list. "multi" with k-means
+(spilling) adds the next lists, up to ``max_assign`` in all, whose score ``s`` is within
+``threshold`` of the best ``s1``: ``s <= s1 + (threshold - 1) |s1|``, i.e. ``s <= threshold *
+s1`` for non-negative distances (default 1.1). "multi" with a GMM adds the next lists, up to
+``max_assign``, whose responsibility is at least ``threshold`` (the seed's tau; default
+``1 / nlist``). The best list is always kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..ops.probe import smallest
+from ..threads import cpu_threads, parallel_map
+
+GMM_COVARIANCES = ("diag", "spherical")
+
+
+class Quantizer:
+    """Scores of vectors against ``nlist`` lists (see the module's docstring).
+
+    Parameters
+    ----------
+    kind : {"kmeans", "gmm"}
+    metric : {"euclidean", "cosine", "inner_product"}
+    arrays : dict
+        k-means: ``centroids`` (L, d); GMM: ``weights`` (L,), ``means`` (L, d), ``precisions``
+        (L, d) for "diag" or (L,) for "spherical".
+    """
+
+    def __init__(self, kind: str, metric: str, arrays: dict):
+        self.kind, self.metric, self.arrays = kind, metric, {k: np.asarray(v) for k, v in arrays.items()}
+        self.centroids = np.asarray(self.arrays["centroids" if kind == "kmeans" else "means"], dtype=np.float32)
+        self.nlist, self.dim = self.centroids.shape
+        self._w = self._operand().astype(np.float32)
+
+    def _operand(self) -> np.ndarray:
+        c = self.centroids.astype(np.float64)
+        if self.kind == "kmeans":
+            if self.metric == "euclidean":
+                return np.concatenate([-2 * c, (c * c).sum(1, keepdims=True)], 1)
+            if self.metric == "cosine":
+                return np.concatenate([-c, np.ones((self.nlist, 1))], 1)
+            return np.concatenate([-c, np.zeros((self.nlist, 1))], 1)
+        prec = np.asarray(self.arrays["precisions"], dtype=np.float64)
+        w = np.asarray(self.arrays["weights"], dtype=np.float64)
+        prec = np.broadcast_to(prec[:, None] if prec.ndim == 1 else prec, c.shape)
+        const = 0.5 * ((c * c * prec).sum(1) - np.log(prec).sum(1) + self.dim * math.log(2 * math.pi)) - np.log(w)
+        return np.concatenate([0.5 * prec, -c * prec, const[:, None]], 1)
+
+    def _features(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if self.metric == "cosine":
+            x = unit_rows(x)
+        ones = np.ones((len(x), 1), np.float32)
+        return np.concatenate([x * x, x, ones] if self.kind == "gmm" else [x, ones], 1)
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """(n, nlist) float32 scores (lower is better); squared L2 includes ``|x|^2``."""
+        s = self._features(x) @ self._w.T
+        if self.kind == "kmeans" and self.metric == "euclidean":
+            s += np.einsum("nd,nd->n", x, x, dtype=np.float32)[:, None]
+            np.maximum(s, 0, out=s)
+        return s
+
+    def search_torch(self, x: torch.Tensor, m: int):
+        """(scores, lists) of the ``m`` best lists of rows on any device (the GPU's search: one
+        product and ``torch.topk`` there, the operand moved once per device)."""
+        key = str(x.device)
+        if getattr(self, "_w_on", None) is None or self._w_on[0] != key:
+            self._w_on = (key, torch.as_tensor(self._w, device=x.device))
+        w = self._w_on[1]
+        x = x.to(torch.float32)
+        if self.metric == "cosine":
+            x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-30)
+        ones = torch.ones(len(x), 1, device=x.device)
+        feats = torch.cat([x * x, x, ones] if self.kind == "gmm" else [x, ones], 1)
+        s = feats @ w.T
+        if self.kind == "kmeans" and self.metric == "euclidean":
+            s = (s + (x * x).sum(1, keepdim=True)).clamp_min(0)
+        return torch.topk(s, min(m, self.nlist), dim=1, largest=False, sorted=True)
+
+    def search(self, x: np.ndarray, m: int, *, with_lse: bool = False):
+        """(scores (n, m), lists (n, m)) of the ``m`` best lists of every row, best first; and
+        with ``with_lse`` the log-sum-exp of ``-scores`` over all lists (GMM responsibilities).
+        Rows are scored in tiles of at most 2^22 scores, in parallel threads."""
+        x = np.asarray(x, dtype=np.float32)
+        n, m = len(x), min(m, self.nlist)
+        out_s = np.empty((n, m), np.float32)
+        out_l = np.empty((n, m), np.int64)
+        lse = np.empty(n, np.float64)
+        step = max(1, min((1 << 22) // self.nlist, -(-n // (2 * cpu_threads()))))
+
+        def work(r0):
+            rows = slice(r0, min(r0 + step, n))
+            s = self.scores(x[rows])
+            out_s[rows], out_l[rows] = smallest(s, m)  # by score, ties to the lower list
+            if with_lse:
+                neg = -s.astype(np.float64)
+                peak = neg.max(1, keepdims=True)
+                lse[rows] = peak[:, 0] + np.log(np.exp(neg - peak).sum(1))
+
+        parallel_map(work, range(0, n, step))
+        return (out_s, out_l, lse) if with_lse else (out_s, out_l)
+
+    def assign(self, x: np.ndarray, assignment: str, max_assign: int, threshold: float) -> np.ndarray:
+        """(n, max_assign) lists of every row (best first), -1 where a row goes to fewer."""
+        if assignment == "single" or max_assign == 1:
+            return self.search(x, 1)[1]
+        if self.kind == "kmeans":
+            s, lists = self.search(x, max_assign)
+            keep = s <= s[:, :1] + (threshold - 1.0) * np.abs(s[:, :1])
+        else:
+            s, lists, lse = self.search(x, max_assign, with_lse=True)
+            keep = np.exp(-s.astype(np.float64) - lse[:, None]) >= threshold
+        keep[:, 0] = True
+        return np.where(keep, lists, -1)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm; zero rows stay zero."""
+    norm = np.sqrt(np.einsum("nd,nd->n", x, x))
+    return x / np.where(norm > 0, norm, 1).astype(x.dtype)[:, None]
+
+
+def gmm_arrays(gm) -> dict:
+    """A fitted :class:`~mega_taxonomy.cluster.GaussianMixture`'s arrays as the quantizer keeps them."""
+    if gm.covariance_type not in GMM_COVARIANCES:
+        raise ValueError(f"the IVF quantizer takes covariance_type in {GMM_COVARIANCES}, got {gm.covariance_type!r}")
+    return {"weights": gm.weights_, "means": gm.means_, "precisions": np.asarray(gm.precisions_cholesky_) ** 2}
+
+
+def cluster_precisions(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, covariance_type: str,
+                       reg: float = 1e-6) -> np.ndarray:
+    """Per-cluster precisions (diag: (L, d), spherical: (L,)) of the rows around their centroid:
+    the start of the GMM's EM from a k-means fit (an empty or one-row cluster gets the global
+    variance)."""
+    n_lists, d = centroids.shape
+    diff = x.astype(np.float64) - centroids[labels]
+    counts = np.bincount(labels, minlength=n_lists).astype(np.float64)
+    sq = np.zeros((n_lists, d))
+    np.add.at(sq, labels, diff * diff)
+    overall = (diff * diff).mean(0) + reg
+    var = np.where(counts[:, None] > 1, sq / np.maximum(counts, 1)[:, None] + reg, overall)
+    return 1.0 / (var if covariance_type == "diag" else var.mean(1))

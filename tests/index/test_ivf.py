@@ -1,0 +1,206 @@
+"""IVFIndex against float64 brute force, FAISS's IndexIVFFlat, and its own rules of assignment."""
+
+import numpy as np
+import pytest
+import torch
+
+from mega_taxonomy.errors import ConfigError, DataError, StorageError
+from mega_taxonomy.index import IVFIndex
+from mega_taxonomy.ops.gmm_estep import weighted_log_prob
+
+RNG = np.random.default_rng(0)
+# clustered rows, so lists mean something and borders exist
+CENTERS = RNG.normal(scale=4, size=(12, 10))
+X = (CENTERS[RNG.integers(0, 12, 1500)] + RNG.normal(size=(1500, 10))).astype(np.float32)
+Q = (CENTERS[RNG.integers(0, 12, 60)] + RNG.normal(size=(60, 10))).astype(np.float32)
+
+
+def brute_force(q, x, metric, k):
+    q64, x64 = q.astype(np.float64), x.astype(np.float64)
+    if metric == "euclidean":
+        full = ((q64[:, None] - x64[None]) ** 2).sum(-1)
+    elif metric == "cosine":
+        full = 1 - (q64 / np.linalg.norm(q64, axis=1, keepdims=True)) @ (x64 / np.linalg.norm(x64, axis=1,
+                                                                                              keepdims=True)).T
+    else:
+        full = -q64 @ x64.T
+    ids = np.argsort(full, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(full, ids, 1), ids
+
+
+@pytest.fixture(scope="module")
+def indexes():
+    """One trained, filled index per (quantizer, assignment, metric), built once."""
+    out = {}
+    for quantizer in ("kmeans", "gmm"):
+        for assignment in ("single", "multi"):
+            for metric in ("euclidean", "cosine", "inner_product"):
+                index = IVFIndex(16, quantizer=quantizer, assignment=assignment, metric=metric, max_iter=10,
+                                 gmm_iter=3)
+                out[quantizer, assignment, metric] = index.train(X).add(X)
+    return out
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "inner_product"])
+@pytest.mark.parametrize("assignment", ["single", "multi"])
+@pytest.mark.parametrize("quantizer", ["kmeans", "gmm"])
+def test_probing_every_list_is_exact(indexes, quantizer, assignment, metric):
+    index = indexes[quantizer, assignment, metric]
+    d, i, stats = index.search(Q, 10, nprobe=16, return_stats=True)
+    ref_d, ref_i = brute_force(Q, X, metric, 10)
+    np.testing.assert_allclose(d, ref_d, rtol=1e-5, atol=1e-4)
+    assert (i == ref_i).mean() > 0.99
+    assert all(len(set(row)) == len(row) for row in i)  # never a duplicate
+    assert (stats.coarse == 16).all() and (stats.probed == 16).all()
+    assert (stats.fine == len(index.lists_)).all()  # every stored copy compared
+    assert index.ntotal == len(X)
+    if assignment == "multi":
+        assert len(index.lists_) > len(X)  # some rows were stored twice
+    else:
+        assert len(index.lists_) == len(X)
+
+
+@pytest.mark.parametrize("quantizer", ["kmeans", "gmm"])
+def test_few_probes_rank_exactly_within_the_probed_lists(indexes, quantizer):
+    index = indexes[quantizer, "multi", "euclidean"]
+    d, i, stats = index.search(Q, 5, nprobe=2, return_stats=True)
+    _, probes = index.quantizer_.search(Q, 2)
+    lists = index.lists_
+    for r in range(len(Q)):
+        pos = np.concatenate([np.arange(lists.offsets[p], lists.offsets[p + 1]) for p in probes[r]])
+        assert stats.fine[r] == len(pos)
+        cand = np.unique(lists.ids[pos])
+        ref_d, ref_i = brute_force(Q[r:r + 1], X[cand], "euclidean", 5)
+        np.testing.assert_allclose(d[r], ref_d[0], rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(i[r], cand[ref_i[0]])
+
+
+def test_kmeans_single_matches_faiss_with_the_same_centroids(indexes):
+    faiss = pytest.importorskip("faiss")
+    index = indexes["kmeans", "single", "euclidean"]
+    quantizer = faiss.IndexFlatL2(10)
+    fi = faiss.IndexIVFFlat(quantizer, 10, 16)
+    fi.train(index.quantizer_.centroids)  # 16 rows for 16 lists: the centroids themselves
+    quantizer.reset()
+    quantizer.add(index.quantizer_.centroids)
+    fi.add(X)
+    fi.nprobe = 3
+    ref_d, ref_i = fi.search(Q, 10)
+    d, i = index.search(Q, 10, nprobe=3)
+    np.testing.assert_allclose(d, ref_d, rtol=1e-4, atol=1e-3)
+    assert (i == ref_i).mean() > 0.99
+
+
+def test_empty_like_shares_the_quantizer(indexes):
+    index = indexes["kmeans", "single", "euclidean"]
+    spill = index.empty_like(assignment="multi", threshold=1.3).add(X)
+    assert spill.quantizer_ is index.quantizer_ and spill.ntotal == len(X) and index.ntotal == len(X)
+    assert len(spill.lists_) > len(indexes["kmeans", "multi", "euclidean"].lists_)  # a looser threshold
+    with pytest.raises(ConfigError, match="metric"):
+        index.empty_like(metric="cosine")
+
+
+@pytest.mark.parametrize("quantizer", ["kmeans", "gmm"])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "inner_product"])
+def test_the_device_probes_agree_with_the_host_probes(indexes, quantizer, metric):
+    q = indexes[quantizer, "single", metric].quantizer_
+    s, lists = q.search(Q, 4)
+    s_t, lists_t = q.search_torch(torch.from_numpy(Q), 4)
+    np.testing.assert_allclose(s_t.numpy(), s, rtol=1e-4, atol=1e-3)
+    assert (lists_t.numpy() == lists).mean() > 0.98
+
+
+def test_spilling_rule(indexes):
+    index = indexes["kmeans", "multi", "euclidean"]
+    scores, best = index.quantizer_.search(X, 2)
+    spilled = scores[:, 1] <= 1.1 * scores[:, 0]
+    copies = np.bincount(index.lists_.ids, minlength=len(X))
+    np.testing.assert_array_equal(copies, 1 + spilled)
+    labels = index.lists_.labels()
+    for row in np.flatnonzero(spilled)[:20]:
+        assert sorted(labels[index.lists_.ids == row]) == sorted(best[row])
+
+
+def test_gmm_multi_assignment_follows_the_responsibilities(indexes):
+    index = indexes["gmm", "multi", "euclidean"]
+    a = index.quantizer_.arrays
+    lp = weighted_log_prob(torch.from_numpy(X.astype(np.float64)), torch.from_numpy(a["weights"]),
+                           torch.from_numpy(a["means"]), torch.from_numpy(np.sqrt(a["precisions"])), "diag")
+    resp = torch.softmax(lp, 1).numpy()
+    order = np.argsort(-resp, axis=1)
+    expected = 1 + (np.take_along_axis(resp, order[:, 1:2], 1)[:, 0] >= 1 / 16)
+    copies = np.bincount(index.lists_.ids, minlength=len(X))
+    near_edge = np.abs(np.take_along_axis(resp, order[:, 1:2], 1)[:, 0] - 1 / 16) < 1e-4
+    assert (copies == expected)[~near_edge].all()
+    labels = index.lists_.labels()
+    # the best list of every row holds it
+    home = {(int(i), int(l)) for i, l in zip(index.lists_.ids, labels)}
+    assert all((r, int(order[r, 0])) in home for r in range(0, len(X), 7))
+
+
+def test_remove_reconstruct_and_padding():
+    index = IVFIndex(8, assignment="multi", max_iter=5).train(X).add(X[:200], ids=np.arange(200) * 10)
+    np.testing.assert_array_equal(index.reconstruct(30), X[3])
+    np.testing.assert_array_equal(index.reconstruct([0, 1990]), X[[0, 199]])
+    assert index.remove_ids([30, 40, 12345]) == 2
+    assert index.ntotal == 198
+    assert 30 not in index.lists_.ids and 40 not in index.lists_.ids
+    with pytest.raises(KeyError, match="30"):
+        index.reconstruct(30)
+    d, i = index.search(X[3:4], 300, nprobe=8)
+    assert (i >= 0).sum() == 198 and (i[0, 198:] == -1).all() and np.isinf(d[0, 198:]).all()
+    assert 30 not in i
+    assert index.bytes_per_vector > 4 * X.shape[1]
+
+
+def test_add_streams_files_with_ids(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    index = IVFIndex(8, max_iter=5).train(X)
+    index.add(str(path), ids=np.arange(len(X)) + 5)
+    index.add(torch.from_numpy(Q))  # consecutive ids from ntotal
+    assert index.ntotal == len(X) + len(Q)
+    _, i = index.search(Q[:3], 1, nprobe=8)
+    assert i[:, 0].tolist() == [len(X) + j for j in range(3)]
+    d, i = index.search(torch.from_numpy(X[:2]), 1, nprobe=8)
+    assert isinstance(d, torch.Tensor) and d.dtype == torch.float32
+    assert isinstance(i, torch.Tensor) and i[:, 0].tolist() == [5, 6]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_save_load_round_trip(indexes, where, tmp_path, request):
+    index = indexes["gmm", "multi", "cosine"]
+    if where == "s3":
+        bucket, options = request.getfixturevalue("s3_bucket")
+        uri = f"{bucket}/ivf"
+    else:
+        uri, options = str(tmp_path / "ivf"), None
+    index.save(uri, storage_options=options)
+    loaded = IVFIndex.load(uri, storage_options=options)
+    assert loaded.get_params() == index.get_params() and loaded.ntotal == index.ntotal
+    for a, b in zip(loaded.search(Q, 5, nprobe=3), index.search(Q, 5, nprobe=3)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(StorageError, match="no IVF index"):
+        IVFIndex.load(str(tmp_path / "nothing"))
+
+
+def test_bad_input():
+    with pytest.raises(ConfigError, match="quantizer"):
+        IVFIndex(8, quantizer="pq")
+    with pytest.raises(ConfigError, match="metric"):
+        IVFIndex(8, metric="l1")
+    with pytest.raises(ConfigError, match="not trained"):
+        IVFIndex(8).add(X)
+    with pytest.raises(ConfigError, match="at least nlist"):
+        IVFIndex(8).train(X[:5])
+    index = IVFIndex(8, max_iter=5).train(X)
+    with pytest.raises(DataError, match="dimension 3"):
+        index.add(np.zeros((4, 3), np.float32))
+    with pytest.raises(DataError, match="shape"):
+        index.search(np.zeros((4, 3), np.float32))
+    bad = X[:4].copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(DataError, match="row 2"):
+        index.add(bad)
+    with pytest.raises(DataError, match="row 2"):
+        index.search(bad)
