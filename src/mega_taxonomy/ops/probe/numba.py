@@ -33,6 +33,26 @@ _FASTMATH = {"reassoc", "contract"}
 
 
 @njit(inline="always")
+def _sift_down(heap_d, heap_i, size, d, i):  # pragma: no cover - compiled
+    """Put (d, i) at the root of the max-heap ``heap_d[:size]`` (ordered by (distance, id): the
+    root is the worst kept) and sift it down to its place."""
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        other = child + 1
+        if other < size and (heap_d[other] > heap_d[child]
+                             or (heap_d[other] == heap_d[child] and heap_i[other] > heap_i[child])):
+            child = other
+        if heap_d[child] < d or (heap_d[child] == d and heap_i[child] < i):
+            break
+        heap_d[pos], heap_i[pos] = heap_d[child], heap_i[child]
+        pos = child
+    heap_d[pos], heap_i[pos] = d, i
+
+
+@njit(inline="always")
 def _push(heap_d, heap_i, r, k, dist, ident, dedup):  # pragma: no cover - compiled
     """Offer (dist, ident) to row ``r``'s max-heap of k (root: the worst kept). Ties in distance
     order by id, so that the result does not depend on the order lists are scanned in."""
@@ -43,22 +63,7 @@ def _push(heap_d, heap_i, r, k, dist, ident, dedup):  # pragma: no cover - compi
         for s in range(k):
             if heap_i[r, s] == ident:
                 return
-    # replace the root, sift down
-    pos = 0
-    while True:
-        child = 2 * pos + 1
-        if child >= k:
-            break
-        other = child + 1
-        if other < k and (heap_d[r, other] > heap_d[r, child]
-                          or (heap_d[r, other] == heap_d[r, child] and heap_i[r, other] > heap_i[r, child])):
-            child = other
-        cd, ci = heap_d[r, child], heap_i[r, child]
-        if cd < dist or (cd == dist and ci < ident):
-            break
-        heap_d[r, pos], heap_i[r, pos] = cd, ci
-        pos = child
-    heap_d[r, pos], heap_i[r, pos] = dist, ident
+    _sift_down(heap_d[r], heap_i[r], k, dist, ident)  # replaces the root
 
 
 @njit(cache=True, nogil=True, boundscheck=False, fastmath=_FASTMATH)
@@ -134,21 +139,7 @@ def _sorted_out(heap_d, heap_i, q0, out_d, out_i):  # pragma: no cover - compile
                 out_d[q0 + r, s], out_i[q0 + r, s] = np.inf, -1
             else:
                 out_d[q0 + r, s], out_i[q0 + r, s] = top_d, top_i
-            last_d, last_i = heap_d[r, s], heap_i[r, s]
-            pos = 0
-            while True:
-                child = 2 * pos + 1
-                if child >= s:
-                    break
-                other = child + 1
-                if other < s and (heap_d[r, other] > heap_d[r, child]
-                                  or (heap_d[r, other] == heap_d[r, child] and heap_i[r, other] > heap_i[r, child])):
-                    child = other
-                if heap_d[r, child] < last_d or (heap_d[r, child] == last_d and heap_i[r, child] < last_i):
-                    break
-                heap_d[r, pos], heap_i[r, pos] = heap_d[r, child], heap_i[r, child]
-                pos = child
-            heap_d[r, pos], heap_i[r, pos] = last_d, last_i
+            _sift_down(heap_d[r], heap_i[r], s, heap_d[r, s], heap_i[r, s])
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
@@ -166,36 +157,9 @@ def smallest_rows(scores, m, r0, r1, out_v, out_i):  # pragma: no cover - compil
         for c in range(n_cols):
             v = scores[r, c]
             if v < top:  # equal values keep the earlier (lower) column
-                pos = 0
-                while True:
-                    child = 2 * pos + 1
-                    if child >= m:
-                        break
-                    other = child + 1
-                    if other < m and (heap_v[other] > heap_v[child]
-                                      or (heap_v[other] == heap_v[child] and heap_i[other] > heap_i[child])):
-                        child = other
-                    if heap_v[child] < v or (heap_v[child] == v and heap_i[child] < c):
-                        break
-                    heap_v[pos], heap_i[pos] = heap_v[child], heap_i[child]
-                    pos = child
-                heap_v[pos], heap_i[pos] = v, c
+                _sift_down(heap_v, heap_i, m, v, c)
                 top = heap_v[0]
         # pop the heap: largest first, written from the back
         for s in range(m - 1, -1, -1):
             out_v[r, s], out_i[r, s] = heap_v[0], heap_i[0]
-            last_v, last_i = heap_v[s], heap_i[s]
-            pos = 0
-            while True:
-                child = 2 * pos + 1
-                if child >= s:
-                    break
-                other = child + 1
-                if other < s and (heap_v[other] > heap_v[child]
-                                  or (heap_v[other] == heap_v[child] and heap_i[other] > heap_i[child])):
-                    child = other
-                if heap_v[child] < last_v or (heap_v[child] == last_v and heap_i[child] < last_i):
-                    break
-                heap_v[pos], heap_i[pos] = heap_v[child], heap_i[child]
-                pos = child
-            heap_v[pos], heap_i[pos] = last_v, last_i
+            _sift_down(heap_v, heap_i, s, heap_v[s], heap_i[s])
