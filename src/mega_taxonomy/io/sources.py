@@ -341,13 +341,10 @@ class VectorSource:
             yield self._block(index, [(ordinals, ordinals, data[lo:hi])]), False
 
     def whole_block(self):
-        """All rows as one Block (index 0) of an in-memory tensor whose rows are all valid, else
-        None (files, arrays, or a bad row: the caller then takes the blocks one by one, where a bad
-        row raises naming its row, or is skipped, as ``on_invalid`` says).
-
-        For a caller that computes on all blocks at once where the rows are (``io.streaming.resident``:
-        a tensor on a GPU). The rows are checked at the first call, in one read on the tensor's device,
-        and every block is then recorded as checked."""
+        """All rows of an in-memory tensor as one Block (index 0), for a caller that computes on all
+        blocks at once (``io.streaming.resident``); None for files and arrays, or where a row is bad
+        (then :meth:`blocks` raises naming it, or skips it). Checked once, in one read where the
+        rows are; every block is then recorded as checked."""
         data = self._array
         if not isinstance(data, torch.Tensor):
             return None
