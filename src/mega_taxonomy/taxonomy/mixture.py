@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..cluster.em import EMPartial, estimate_parameters
 from ..io.device import as_tensor
 from ..ops.gmm_estep.grouped import grouped_best, grouped_stats
-from ..partials import SamplePartial, block_sample
+from ..partials import SamplePartial, block_sample, group_of_centroid
 from ..runtime import CompositePartial
 
 logger = logging.getLogger(__name__)
@@ -37,19 +38,6 @@ class Mixtures:
     weights: np.ndarray  # (K,)
     means: np.ndarray  # (K, D)
     variances: np.ndarray  # (K, D)
-
-
-@dataclass
-class EStepPartial:
-    n_rows: int
-    log_likelihood: float
-    resp_sum: np.ndarray
-    x_sum: np.ndarray
-    x2_sum: np.ndarray
-
-    def __add__(self, other):
-        return EStepPartial(self.n_rows + other.n_rows, self.log_likelihood + other.log_likelihood,
-                            self.resp_sum + other.resp_sum, self.x_sum + other.x_sum, self.x2_sum + other.x2_sum)
 
 
 @dataclass
@@ -92,7 +80,7 @@ class MixtureTask:
             ll, resp, xs, x2s = (t.cpu().numpy() for t in grouped_stats(x, groups, state.offsets, m.weights,
                                                                          m.means, m.variances))
             scored = int((np.diff(state.offsets)[groups] > 0).sum())  # rows under a leaf: no mixture
-            return EStepPartial(scored, float(ll), resp, xs, x2s)
+            return EMPartial(scored, float(ll), resp, xs, x2s)
         cost, child = grouped_best(x, groups, state.offsets, m.weights, m.means, m.variances)
         labels, cost = child[:, 0].cpu().numpy(), cost[:, 0].cpu().numpy()
         out = AssignPartial(np.bincount(labels[labels >= 0], minlength=len(m.weights)))
@@ -116,16 +104,14 @@ def start_from_kmeans(centroids, counts, inertia, offsets, dim: int) -> Mixtures
 def _within_parent(nk: np.ndarray, offsets) -> np.ndarray:
     """``nk`` normalised to sum 1 over each group's children."""
     offsets = np.asarray(offsets)
-    group = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    group = group_of_centroid(offsets, len(nk))
     return nk / np.bincount(group, weights=nk, minlength=len(offsets) - 1)[group]
 
 
-def m_step(p: EStepPartial, offsets) -> Mixtures:
-    """scikit-learn's diagonal M-step on the sums, weights within each parent; a variance is
-    never below REG_COVAR."""
-    nk = p.resp_sum + 10 * np.finfo(np.float64).eps
-    means = p.x_sum / nk[:, None]
-    variances = np.maximum(p.x2_sum / nk[:, None] - means ** 2, 0.0) + REG_COVAR
+def m_step(p: EMPartial, offsets) -> Mixtures:
+    """GaussianMixture's diagonal M-step (scikit-learn's, a variance never below REG_COVAR) on the
+    sums, the weights within each parent."""
+    nk, means, variances = estimate_parameters(p, "diag", REG_COVAR)
     return Mixtures(_within_parent(nk, offsets), means, variances)
 
 
