@@ -90,6 +90,17 @@ class LloydPartial(CompositePartial):
         return in_block_order(self.labels)
 
 
+def pass_sums(x, labels, dist, state: LloydState, block_rows=None):
+    """(sums, counts, inertia) of a pass's rows (sums None where the pass does not update; rows
+    normalized for cosine); ``block_rows``: of blocks of that many rows at once (see
+    ``ops.update.cluster_stats``)."""
+    k = state.centroids.shape[0]
+    if state.update:
+        return cluster_stats(normalize_rows(x) if state.metric == "cosine" else x, labels, dist, k,
+                             block_rows=block_rows)
+    return (None, *cluster_counts(labels, dist, k, block_rows=block_rows))
+
+
 class LloydTask:
     """Block task of one Lloyd pass (picklable; the centroids travel in the state). ``operands``:
     the centroids prepared for the kernels, kept from block to block (given by the driver, which
@@ -116,6 +127,12 @@ class LloydTask:
             self._cached = (state.centroids, device, torch.as_tensor(state.centroids, device=device))
         return self._cached[2]
 
+    def _nearest(self, x, c, state):
+        """(distance, label) of every row's nearest centroid (one group), size penalties added."""
+        operands = self.operands
+        return with_penalty(lambda x, c, metric: nearest(x, c, metric=metric, cache=operands), x, c, state.penalty,
+                            state.metric)
+
     def whole(self, block, state: LloydState, device) -> LloydPartial | None:
         """The partial of every block of the source at once (``block``: all its rows, on ``device``
         already; see ``runtime.base.BlockTask``): one assignment over all rows, whose labels and
@@ -126,17 +143,9 @@ class LloydTask:
         if (state.offsets is not None or state.far or state.sample is not None or state.track_bounds
                 or state.bounds is not None):
             return None
-        k = state.centroids.shape[0]
         x = block.vectors
-        c = self._centroids(state, x.device)
-        operands = self.operands
-        dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric, cache=operands), x, c,
-                                    state.penalty, state.metric)
-        if state.update:
-            rows = normalize_rows(x) if state.metric == "cosine" else x
-            sums, counts, inertia = cluster_stats(rows, labels, dist, k, block_rows=BLOCK_ROWS)
-        else:
-            sums, (counts, inertia) = None, cluster_counts(labels, dist, k, block_rows=BLOCK_ROWS)
+        dist, labels = self._nearest(x, self._centroids(state, x.device), state)
+        sums, counts, inertia = pass_sums(x, labels, dist, state, block_rows=BLOCK_ROWS)
         if not state.device_sums:
             sums, counts, inertia = host_arrays(sums, counts, inertia)
         partial = LloydPartial(counts, inertia, sums, far_per_group=state.far_per_group)
@@ -164,9 +173,7 @@ class LloydTask:
                 x, groups, c, [0, k] if state.offsets is None else state.offsets, bounds,
                 track=state.track_bounds, stats=True, frozen=frozen)
         elif state.offsets is None:
-            operands = self.operands
-            dist, labels = with_penalty(lambda x, c, metric: nearest(x, c, metric=metric, cache=operands), x, c,
-                                        state.penalty, state.metric)
+            dist, labels = self._nearest(x, c, state)
         else:
             # kept there for the level's next passes; offsets stay on the host: the kernel's launch reads them
             groups = kept_on_device(groups, device)
@@ -177,11 +184,7 @@ class LloydTask:
         # Rows whose parent is a leaf have no children here (label -1): they take no part. On CUDA
         # a sort + segmented reduction (no atomics), on the CPU a compiled loop in row order
         # (ops/update/): the same bits every run.
-        if stats is None and state.update:
-            stats = cluster_stats(normalize_rows(x) if state.metric == "cosine" else x, labels, dist, k)
-        elif stats is None:
-            stats = (None, *cluster_counts(labels, dist, k))
-        sums, counts, inertia = stats
+        sums, counts, inertia = pass_sums(x, labels, dist, state) if stats is None else stats
         far = block_farthest(dist, labels, block.ordinals, groups, state) if state.far else None
         out = {"counts": counts, "inertia": inertia, "sums": sums}
         if x.is_cuda and state.device_sums:  # all stay on the device, added there: no sync per block
