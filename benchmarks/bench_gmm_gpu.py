@@ -24,15 +24,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from gpu_timing import events_ms, peak, per_iteration, wall  # noqa: E402
 
 from mega_taxonomy import GaussianMixture  # noqa: E402
 from mega_taxonomy.ops.gmm_estep import gmm_estep  # noqa: E402
@@ -40,33 +39,6 @@ from mega_taxonomy.ops.gmm_estep import gmm_estep  # noqa: E402
 M1 = 1 << 20
 CASES = [(M1, 128, 1024, "diag", False), (M1, 128, 1024, "diag", True), (M1, 64, 256, "full", False),
          (M1, 64, 256, "full", True)]
-
-
-def wall(fn):
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    out = fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - t, out
-
-
-def per_iteration(fit, iters):
-    one = sorted(wall(lambda: fit(1))[0] for _ in range(3))[1]
-    many = sorted(wall(lambda: fit(iters))[0] for _ in range(3))[1]
-    per = (many - one) / (iters - 1) * 1e3
-    return per if per > 0 else None
-
-
-def events_ms(fn):
-    return triton.testing.do_bench(fn, warmup=10, rep=200, return_mode="median")
-
-
-def peak(fn):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    out = fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated(), out
 
 
 def data(n, d, k, seed=0):
@@ -140,7 +112,7 @@ def ours(case, x, means0, ctype, iters):
     fit = lambda m: GaussianMixture(means0.shape[0], covariance_type=ctype, max_iter=m, tol=0, device="cuda",  # noqa: E731
                                     **kw).fit(x)
     fit(1)
-    per = per_iteration(fit, iters)
+    per = per_iteration(fit, iters)[0]
     pk, gm = peak(lambda: fit(iters))
     w, mu, pc = (torch.as_tensor(a, device="cuda") for a in (gm.weights_, gm.means_, gm.precisions_cholesky_))
     estep = events_ms(lambda: gmm_estep(x, w, mu, pc, ctype))
@@ -166,7 +138,7 @@ def torchgmm_row(case, x, means0, ctype, iters):
 
     try:
         fit(1)
-        per = per_iteration(fit, iters)
+        per = per_iteration(fit, iters)[0]
         pk, model = peak(lambda: fit(iters))
         params = [p.detach() for p in model.model_.parameters()] + [b for b in model.model_.buffers()]
         finite = all(bool(torch.isfinite(p).all()) for p in params if p.is_floating_point())
@@ -185,7 +157,7 @@ def measure(n, d, k, ctype, tf32, iters):
         w0 = torch.full((k,), 1.0 / k, device="cuda")
         v0 = torch.full((k, d), x.var(0).mean().item(), device="cuda")
         fit = lambda m: torch_chunked_em(x, w0, means0, v0, m)  # noqa: E731
-        per = per_iteration(fit, iters)
+        per = per_iteration(fit, iters)[0]
         pk, out = peak(lambda: fit(iters))
         rows.append({"case": case, "impl": "torch chunked E+M", "iteration_ms": per, "peak_bytes": pk,
                      "log_likelihood": out[3], "finite": bool(all(torch.isfinite(t).all() for t in out[:3]))})

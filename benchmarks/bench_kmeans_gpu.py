@@ -35,13 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from gpu_timing import events_ms, peak, per_iteration, wall  # noqa: E402
 
 from mega_taxonomy import KMeans  # noqa: E402
 from mega_taxonomy.ops import nearest  # noqa: E402
@@ -63,53 +63,13 @@ SWEEP = [dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, num_warps=w, num_stages=s, X_RESI
              (128, 64, 128, 8, 1, True, False), (64, 128, 128, 4, 2, True, False)]]
 
 
-def sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def wall(fn, device):
-    sync(device)
-    t = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t
-
-
-def per_iteration(fit, iters, device):
-    """(ms per iteration, seconds of a call of ``iters``): medians of 3 calls of 1 and of
-    ``iters`` iterations, their difference over ``iters - 1``; None when not above 0 (noise)."""
-    one = sorted(wall(lambda: fit(1), device) for _ in range(3))[1]
-    many = sorted(wall(lambda: fit(iters), device) for _ in range(3))[1]
-    per = (many - one) / (iters - 1) * 1e3
-    return (per if per > 0 else None), many
-
-
-def events_ms(fn):
-    """CUDA-event median of a kernel loop."""
-    import triton
-
-    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-
-
-def peak(fn, device):
-    if torch.device(device).type != "cuda":
-        fn()
-        return None
-    sync(device)
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    sync(device)
-    return torch.cuda.max_memory_allocated()
-
-
 def h2d_gbps(nbytes, device):
     """Host-to-device copy rate of ``nbytes`` from pinned memory (GB/s), median of 3."""
     if torch.device(device).type != "cuda":
         return None
     host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
     dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    t = sorted(wall(lambda: dev.copy_(host, non_blocking=True), device) for _ in range(3))[1]
+    t = sorted(wall(lambda: dev.copy_(host, non_blocking=True), device)[0] for _ in range(3))[1]
     return nbytes / t / 1e9
 
 
@@ -164,7 +124,7 @@ def ours(case, x, c0, iters, device):
     fit(x, 2)  # compiles the kernels at these shapes
     per, total = per_iteration(lambda m: fit(x, m), iters, device)
     rows = [row(case, "KMeans.fit (data on GPU)", per, fit_seconds=total,
-                peak_bytes=peak(lambda: fit(x, 2), device), data_bytes=x.nbytes)]
+                peak_bytes=peak(lambda: fit(x, 2), device)[0], data_bytes=x.nbytes)]
     host = x.cpu()
     per_host, total_host = per_iteration(lambda m: fit(host, m), max(3, iters // 3), device)
     rate = h2d_gbps(x.nbytes, device)
