@@ -119,8 +119,10 @@ def grouped_stats(x, groups, offsets, weights, means, variances):
         row_of = torch.nonzero(pick)[:, 0]
         resp, comp = r[pick], comps[pick]
         xc = x[rows].to(torch.float64)[row_of]
-        sums, _, resp_sum = cluster_stats((resp[:, None] * xc).to(dtype), comp, resp, k)
-        sums2, _, _ = cluster_stats((resp[:, None] * xc * xc).to(dtype), comp, resp, k)
-        for i, part in enumerate((lse[has].sum(), resp_sum, sums, sums2)):
+        # r x and r x^2 side by side: one sort by component for both (each column's sums are
+        # those it would have alone)
+        weighted = torch.cat([resp[:, None] * xc, resp[:, None] * xc * xc], 1).to(dtype)
+        both, _, resp_sum = cluster_stats(weighted, comp, resp, k)
+        for i, part in enumerate((lse[has].sum(), resp_sum, both[:, :d], both[:, d:])):
             total[i] = total[i] + part
     return tuple(total)
