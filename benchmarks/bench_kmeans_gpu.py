@@ -97,11 +97,11 @@ def sweep(x, c, case):
     from mega_taxonomy.ops.assign.triton import nearest_triton
 
     c_sq = c.float().pow(2).sum(1)
+    exact = x.dtype == FP32 and not torch.backends.cuda.matmul.allow_tf32  # as the fit decides it
     out = {}
     for cfg in SWEEP:
         if cfg["X_RESIDENT"] and x.shape[1] > cfg["BLOCK_K"]:
             continue
-        exact = x.dtype == FP32 and not torch.backends.cuda.matmul.allow_tf32
         try:
             out[str(cfg)] = events_ms(lambda cfg=cfg: nearest_triton(x, c, c_sq, 2.0, exact=exact, config=cfg))
         except Exception as exc:  # a config over the shared-memory limit, say: recorded, skipped

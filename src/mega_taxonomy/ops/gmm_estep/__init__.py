@@ -45,6 +45,8 @@ __all__ = ["COVARIANCE_TYPES", "EStepStats", "gmm_estep", "gmm_estep_reference",
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 ROW_CHUNK = 4096  # rows per chunk: the (chunk, tile) log densities stay a few MiB
 TILE = 256  # components per tile
+# The widest rows of the Triton kernels (``triton.py``): their row tile and sums stay on chip.
+TRITON_MAX_D = 256
 
 
 @dataclass
@@ -165,7 +167,7 @@ def gmm_estep(x, weights, means, precisions_cholesky, covariance_type: str, *, t
         Components per tile.
     backend : {"auto", "torch", "triton"}, default="auto"
         "auto": the Triton kernels for diagonal and spherical mixtures of float32 / half rows on
-        CUDA (up to ``triton.MAX_D`` features), float64 torch otherwise (see the module's notes);
+        CUDA (up to ``TRITON_MAX_D`` features), float64 torch otherwise (see the module's notes);
         "triton" also under ``TRITON_INTERPRET=1`` on the CPU.
 
     Returns
@@ -175,7 +177,7 @@ def gmm_estep(x, weights, means, precisions_cholesky, covariance_type: str, *, t
     """
     params = _params(x, weights, means, precisions_cholesky, covariance_type)
     if (covariance_type in ("diag", "spherical") and x.shape[0] and x.dtype != torch.float64
-            and x.shape[1] <= 256 and use_triton(x, backend)):
+            and x.shape[1] <= TRITON_MAX_D and use_triton(x, backend)):
         return _estep_triton(x, params, covariance_type)
     stats = _stats_like(x, params[1], covariance_type)
     for start in range(0, len(x), ROW_CHUNK):

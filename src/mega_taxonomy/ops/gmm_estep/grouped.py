@@ -107,8 +107,7 @@ def grouped_stats(x, groups, offsets, weights, means, variances):
     components add nothing) and K is the number of components."""
     k, d = torch.as_tensor(means).shape
     device = x.device
-    total = [torch.zeros((), dtype=torch.float64, device=device), torch.zeros(k, dtype=torch.float64, device=device),
-             torch.zeros(k, d, dtype=torch.float64, device=device), torch.zeros(k, d, dtype=torch.float64, device=device)]
+    total = [torch.zeros(shape, dtype=torch.float64, device=device) for shape in ((), (k,), (k, d), (k, d))]
     # weighted rows in float64 on the CPU; in float32 on CUDA, where the Triton sums need it
     dtype = torch.float64 if device.type == "cpu" else torch.float32
     for rows, lp, comps in _by_chunk(x, groups, offsets, weights, means, variances):

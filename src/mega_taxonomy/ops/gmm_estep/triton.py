@@ -33,7 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_D = 256  # the rows' tile and the statistics' accumulators stay on chip up to this width
+from . import TRITON_MAX_D as MAX_D  # the rows' tile and the statistics' sums stay on chip up to this width
+
 ROWS_PER_SPLIT = 4096  # rows walked by one statistics program: a 65,536-row block makes 16 splits
 
 
