@@ -12,7 +12,7 @@ import click
 import numpy as np
 
 from . import __version__
-from .cli_options import column_option, id_option, options_option
+from .cli_options import column_option, id_option, options_option, write_hits
 from .cli_options import source as _source
 from .cli_options import storage_options as _options
 from .errors import ConfigError, DataError, MegaTaxonomyError
@@ -287,18 +287,13 @@ def predict(storage, input, output, beam, device, column, id_column, storage_opt
 @options_option
 def search(storage, queries, k, beam, output, column, storage_options):
     """The K fitted rows nearest each vector of QUERIES."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from .taxonomy import TaxonomyEngine
 
     engine = TaxonomyEngine.load(storage, storage_options=_options(storage_options))
     source = _source(queries, column, None, storage_options=_options(storage_options))
     q = np.concatenate([np.asarray(b.vectors) for b in source.blocks()])
     d, ids, compared = engine.search(q, k, beam=beam, return_compared=True)
-    table = pa.table({"query": np.repeat(np.arange(len(q)), k), "rank": np.tile(np.arange(k), len(q)),
-                      "id": ids.ravel(), "distance": d.ravel()})
-    pq.write_table(table, output)
+    write_hits(output, d, ids)
     click.echo(f"{len(q)} queries, {compared.mean():.0f} rows compared per query; wrote {output}")
 
 

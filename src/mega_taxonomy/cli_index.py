@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from .cli_options import column_option, id_option, options_option
+from .cli_options import column_option, id_option, options_option, write_hits
 from .cli_options import storage_options as _options
 from .errors import ConfigError
 
@@ -65,9 +65,6 @@ def build(uri, storage, nlist, quantizer, assignment, max_assign, threshold, met
 @options_option
 def search(storage, queries, k, nprobe, output, column, storage_options):
     """The K nearest indexed vectors of each vector of QUERIES."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from ._estimator import as_source
     from .index import IVFIndex
 
@@ -76,8 +73,6 @@ def search(storage, queries, k, nprobe, output, column, storage_options):
     source = as_source(queries, column=column, storage_options=options)
     q = np.concatenate([np.asarray(b.vectors) for b in source.blocks()])
     d, ids, stats = ivf.search(q, k, nprobe, return_stats=True)
-    table = pa.table({"query": np.repeat(np.arange(len(q)), k), "rank": np.tile(np.arange(k), len(q)),
-                      "id": ids.ravel(), "distance": d.ravel()})
-    pq.write_table(table, output)
+    write_hits(output, d, ids)
     click.echo(f"{len(q)} queries, {stats.distances.mean():.0f} distances per query "
                f"({stats.coarse.mean():.0f} coarse + {stats.fine.mean():.0f} fine); wrote {output}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from .cli_options import column_option, id_option, options_option
+from .cli_options import column_option, id_option, options_option, write_hits
 from .cli_options import source as _source
 from .cli_options import storage_options as _options
 from .errors import ConfigError, DataError
@@ -59,9 +59,6 @@ def knn_build(uri, storage, leafsize, boxsize, column, id_column, storage_option
 @options_option
 def knn_query(storage, queries, k, p, distance_upper_bound, output, column, storage_options):
     """The K nearest points of the tree at STORAGE to each point of QUERIES (ids of its source)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from .index import KDTree
 
     if k < 1:
@@ -74,7 +71,5 @@ def knn_query(storage, queries, k, p, distance_upper_bound, output, column, stor
     q = np.concatenate([np.asarray(b.vectors, dtype=np.float64) for b in source.blocks()])
     d, rows = tree.query(q, k=[*range(1, k + 1)], p=float(p), distance_upper_bound=distance_upper_bound)
     ids = np.append(tree.ids, -1)[rows]
-    table = pa.table({"query": np.repeat(np.arange(len(q)), k), "rank": np.tile(np.arange(k), len(q)),
-                      "id": ids.ravel(), "distance": d.ravel()})
-    pq.write_table(table, output)
+    write_hits(output, d, ids)
     click.echo(f"{len(q)} queries, k={k}; wrote {output}")

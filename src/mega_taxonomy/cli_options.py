@@ -1,6 +1,6 @@
 """What the command line's commands share wherever they are defined (``cli.py``, ``cli_index.py``,
 ``cli_knn.py``, ``web/``): the input's columns, the fsspec options of ``--storage-options`` (given
-as JSON), and the input as a source."""
+as JSON), the input as a source, and the answers of a search as a parquet file."""
 
 from __future__ import annotations
 
@@ -27,3 +27,14 @@ def storage_options(text):
     except json.JSONDecodeError as exc:  # the message must not echo the text: it may hold credentials
         raise click.BadParameter(f"not valid JSON ({exc.msg} at character {exc.pos})",
                                  param_hint="'--storage-options'") from None
+
+
+def write_hits(output, distances, ids):
+    """A search's (n, k) answers as one parquet file of rows ``(query, rank, id, distance)``."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n, k = ids.shape
+    pq.write_table(pa.table({"query": np.repeat(np.arange(n), k), "rank": np.tile(np.arange(k), n),
+                             "id": ids.ravel(), "distance": distances.ravel()}), output)
