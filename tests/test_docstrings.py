@@ -14,7 +14,8 @@ MODULES = ["mega_taxonomy.cluster.kmeans", "mega_taxonomy.cluster.gmm", "mega_ta
            "mega_taxonomy.runtime.local", "mega_taxonomy.runtime.collective", "mega_taxonomy.runtime.ray.actors",
            "mega_taxonomy.runtime.ray.schedule", "mega_taxonomy.io.shards", "mega_taxonomy.io.discovery",
            "mega_taxonomy.kv.table", "mega_taxonomy.ops.hash_table", "mega_taxonomy.web.stats",
-           "mega_taxonomy.web.labels", "mega_taxonomy.ops.knn", "mega_taxonomy.index.kdtree",
+           "mega_taxonomy.web.labels", "mega_taxonomy.sizes", "mega_taxonomy.ops.knn",
+           "mega_taxonomy.index.kdtree",
            "mega_taxonomy.index.panda", "mega_taxonomy.index.routing",
            "mega_taxonomy.learn.classifier", "mega_taxonomy.learn.regressor", "mega_taxonomy.learn.multilabel",
            "mega_taxonomy.learn.clusterer", "mega_taxonomy.learn.distance", "mega_taxonomy.learn.soft"]

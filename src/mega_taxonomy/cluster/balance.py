@@ -7,31 +7,9 @@ import numpy as np
 import torch
 
 from ..ops import normalize_rows
+from ..sizes import imbalance  # re-exported: how uneven a partition is
 
-
-def imbalance(counts) -> dict:
-    """Size statistics of a partition.
-
-    Returns
-    -------
-    dict
-        ``max_over_mean`` (1 is perfectly even), ``entropy`` (of the size distribution,
-        normalized to [0, 1]; 1 is even), ``gini`` (0 is even), and min / median / max sizes.
-        Empty clusters count.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    n = len(counts)
-    total = counts.sum()
-    if n == 0 or total == 0:
-        return {"n": n, "min": 0, "median": 0, "max": 0, "max_over_mean": 0.0, "entropy": 0.0, "gini": 0.0}
-    p = counts[counts > 0] / total
-    entropy = float(-(p * np.log(p)).sum() / np.log(n)) if n > 1 else 1.0
-    ranked = np.sort(counts)
-    gini = float((2 * np.arange(1, n + 1) - n - 1) @ ranked / (n * total))
-    return {
-        "n": n, "min": int(ranked[0]), "median": float(np.median(ranked)), "max": int(ranked[-1]),
-        "max_over_mean": float(ranked[-1] / (total / n)), "entropy": entropy, "gini": gini,
-    }
+__all__ = ["imbalance", "size_penalty", "split_and_merge", "with_penalty"]
 
 
 def split_and_merge(centroids: np.ndarray, counts: np.ndarray, inertia: np.ndarray, offsets: np.ndarray | None,

@@ -25,11 +25,12 @@ import time
 
 import numpy as np
 
-from ..cluster.balance import imbalance, size_penalty, split_and_merge
+from ..cluster.balance import size_penalty, split_and_merge
 from ..cluster.lloyd import lloyd
 from ..errors import ConfigError
 from ..partials import group_of_centroid, hash_sample, offsets_of
 from ..runtime import CountingRuntime, cpu_threads, passes_here_on_cpu
+from ..sizes import imbalance
 from ..storage import Checkpoints, Store
 from ..storage.schema import members_file
 from .config import FitConfig

@@ -1,37 +1,15 @@
-"""Size statistics the browser and the report show: imbalance of a set of node sizes and a
-histogram of them on log2 bins.
-
-The same definitions as the fit's own (``inspect`` prints them): max/mean (1 is even), entropy of
-the size distribution normalized to [0, 1] (1 is even) and Gini (0 is even), empty nodes counted.
-They are computed here from the stored counts, so a tree written by any version, or by hand
-through ``storage/``, is shown the same way.
+"""Size statistics the browser and the report show: imbalance of a set of node sizes (the fit's
+own, ``sizes.imbalance``, computed here from the stored counts, so a tree written by any version,
+or by hand through ``storage/``, is shown the same way) and a histogram of them on log2 bins.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..sizes import imbalance  # re-exported for view.py and the report
 
-def imbalance(counts) -> dict:
-    """``{"n", "min", "median", "max", "max_over_mean", "entropy", "gini"}`` of the sizes ``counts``.
-
-    Examples
-    --------
-    >>> imbalance([10, 10, 10, 10])["max_over_mean"], imbalance([10, 10, 10, 10])["gini"]
-    (1.0, 0.0)
-    >>> round(imbalance([1, 1, 1, 97])["max_over_mean"], 2)
-    3.88
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    n, total = len(counts), float(counts.sum())
-    if n == 0 or total == 0:
-        return {"n": n, "min": 0, "median": 0.0, "max": 0, "max_over_mean": 0.0, "entropy": 0.0, "gini": 0.0}
-    p = counts[counts > 0] / total
-    entropy = float(-(p * np.log(p)).sum() / np.log(n)) if n > 1 else 1.0
-    ranked = np.sort(counts)
-    gini = float((2 * np.arange(1, n + 1) - n - 1) @ ranked / (n * total))
-    return {"n": n, "min": int(ranked[0]), "median": float(np.median(ranked)), "max": int(ranked[-1]),
-            "max_over_mean": float(ranked[-1] / (total / n)), "entropy": entropy, "gini": gini}
+__all__ = ["imbalance", "size_histogram"]
 
 
 def size_histogram(counts) -> dict:
