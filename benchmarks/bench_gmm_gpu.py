@@ -206,6 +206,12 @@ def main():
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     results, speedups, summaries = [], {}, {}
+    params = {"cases": CASES, "iters": args.iters, "per_case": summaries, "streaming": None}
+
+    def write():  # after every case, so that a run stopped part-way keeps what it finished
+        return common.write("gmm_gpu", params, results, speedups, "python " + " ".join(sys.argv),
+                            **({"path": Path(args.out)} if args.out else {}))
+
     for n, d, k, ctype, tf32 in CASES if args.case is None else [CASES[i] for i in args.case]:
         rows, summary = measure(n, d, k, ctype, tf32, args.iters)
         results += rows
@@ -215,11 +221,11 @@ def main():
                                   "finite"]), flush=True)
         print(summary, flush=True)
         torch.cuda.empty_cache()
-    params = {"cases": CASES, "iters": args.iters, "per_case": summaries,
-              "streaming": None if args.no_stream else streaming()}
-    print(params["streaming"], flush=True)
-    path = common.write("gmm_gpu", params, results, speedups, "python " + " ".join(sys.argv),
-                        **({"path": Path(args.out)} if args.out else {}))
+        write()
+    if not args.no_stream:
+        params["streaming"] = streaming()
+        print(params["streaming"], flush=True)
+    path = write()
     print(f"wrote {path}")
 
 

@@ -124,10 +124,11 @@ def main():
     p.add_argument("--hybrid", action="store_true", help="also dim 64 with 16 GB of values in GPU memory")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--hkv-output", default=None, help="the original's stdout saved earlier (skip building it)")
+    p.add_argument("--peer", default=str(PEER), help="the original's source tree (../shared/peers/hierarchicalkv)")
     p.add_argument("--workdir", default="/tmp")
     p.add_argument("--output", default=None)
     a = p.parse_args()
-    text = Path(a.hkv_output).read_text() if a.hkv_output else run_original(PEER, Path(a.workdir))
+    text = Path(a.hkv_output).read_text() if a.hkv_output else run_original(Path(a.peer), Path(a.workdir))
     original = parse_original(text)
     results, speedups = [], {}
     cases = [(d, lf, None) for d in map(int, a.dims.split(",")) for lf in map(float, a.load_factors.split(","))]

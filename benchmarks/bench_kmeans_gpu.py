@@ -200,6 +200,15 @@ def measure(n, d, k, dtype, tf32, iters, device, do_sweep):
     return case, rows, summary
 
 
+def write_results(args, shapes, results, speedups, per_shape, device):
+    params = {"shapes": [(n, d, k, str(t), f) for n, d, k, t, f in shapes], "iters": args.iters, "device": device,
+              "per_shape": per_shape, "tf32": "torch.backends.cuda.matmul.allow_tf32, set per shape for every side"}
+    name = "kmeans_gpu" if args.shape is None else "kmeans_gpu_shape" + "_".join(map(str, args.shape))
+    out = args.out or (f"/tmp/{name}_smoke.json" if args.smoke else None)
+    return common.write(name, params, results, speedups, "python " + " ".join(sys.argv),
+                        **({"path": Path(out)} if out else {}))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, action="append", default=None, help="index into SHAPES (repeatable)")
@@ -224,12 +233,8 @@ def main():
             speedups[case] = summary["speedup_vs_best_peer"]
         print(common.table(rows, ["case", "impl", "iteration_ms", "fit_seconds", "copy_rate_fraction"]), flush=True)
         print(json.dumps(summary), flush=True)
-    params = {"shapes": [(n, d, k, str(t), f) for n, d, k, t, f in shapes], "iters": args.iters, "device": device,
-              "per_shape": per_shape, "tf32": "torch.backends.cuda.matmul.allow_tf32, set per shape for every side"}
-    name = "kmeans_gpu" if args.shape is None else "kmeans_gpu_shape" + "_".join(map(str, args.shape))
-    out = args.out or (f"/tmp/{name}_smoke.json" if args.smoke else None)
-    path = common.write(name, params, results, speedups, "python " + " ".join(sys.argv),
-                        **({"path": Path(out)} if out else {}))
+        # Written after every shape, so that a run stopped part-way keeps the shapes it finished.
+        path = write_results(args, shapes, results, speedups, per_shape, device)
     print(f"wrote {path}")
 
 
