@@ -122,6 +122,23 @@ class Store:
         """Write a :class:`pyarrow.Table` as parquet; return its ``{"sha256", "bytes"}``."""
         return self._put(name, lambda f: pq.write_table(table, f))
 
+    def put_row_groups(self, name, schema, tables):
+        """Write parquet whose row groups are the tables of ``tables()`` (a callable, so that a
+        retried write makes them again), written one at a time: a reader can then take one group
+        without the rest (:meth:`open`). Returns ``{"sha256", "bytes"}``."""
+        def serialize(f):
+            # (no dictionary: pyarrow decodes a dictionary-encoded float16 column about 6x slower)
+            with pq.ParquetWriter(f, schema, use_dictionary=False) as writer:
+                for table in tables():
+                    writer.write_table(table, row_group_size=max(len(table), 1))
+        return self._put(name, serialize)
+
+    def open(self, name):
+        """A binary file object of ``name`` for reading part of it (row groups, say); unlike the
+        ``get_*`` methods it is not verified against its checksum, which needs all of its bytes."""
+        self._entry(name)  # raises if it is not there
+        return retry(self._fs.open, self._path(name), "rb", what=f"{self._where}: open {name}")
+
     def get_array(self, name, *, mmap=False):
         """Read a verified array; ``mmap=True`` memory-maps local files (ignored for remote ones)."""
         if mmap and self._local:

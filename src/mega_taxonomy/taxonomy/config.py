@@ -18,8 +18,10 @@ mega_taxonomy.errors.ConfigError: The 'merge' parameter of Balancing must be a f
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from numbers import Integral, Real
+
+import numpy as np
 
 from .._sklearn_compat import InvalidParameterError, Interval, StrOptions, validate_parameter_constraints
 from ..errors import ConfigError
@@ -133,6 +135,7 @@ class FitConfig:
     storage_options: dict | None = field(default=None, repr=False, compare=False)  # never shown
     clusterer: str = "kmeans"
     max_train_points_per_centroid: int | None = None  # None: every level reads all rows in every pass
+    partition_level: int | None = None  # None: every level over all rows (see subtrees.py)
 
     def __post_init__(self):
         branching_list(list(self.factors), self.n_levels)
@@ -147,6 +150,13 @@ class FitConfig:
         if self.clusterer == "gmm" and (self.metric != "euclidean" or self.balancing.mode == "penalty"):
             raise ConfigError("clusterer='gmm' needs metric='euclidean' and no balance='penalty' (rows choose "
                               "children by responsibility, not by a distance that penalties or cosine could shift)")
+        level = self.partition_level
+        if level is not None:
+            if isinstance(level, bool) or not isinstance(level, Integral) or not 1 <= level < self.n_levels:
+                raise ConfigError(f"partition_level must be None or an int in [1, n_levels - 1] = [1, "
+                                  f"{self.n_levels - 1}], got {level!r}")
+            if self.storage_uri is None:
+                raise ConfigError("partition_level needs a storage_uri: the rows' partitions are written there")
 
     @property
     def seed(self) -> int:
@@ -154,6 +164,24 @@ class FitConfig:
 
     def sample_sizes(self) -> list[int | None]:
         return sample_size_list(self.sample_size, self.n_levels)
+
+    def _levels(self, first: int, stop: int, **changes) -> FitConfig:
+        sample_size = self.sample_sizes()[first:stop] if isinstance(self.sample_size, (list, tuple)) else self.sample_size
+        return replace(self, n_levels=stop - first, factors=self.factors[first:stop], sample_size=sample_size,
+                       partition_level=None, search_index=False, **changes)
+
+    def top(self, uri: str) -> FitConfig:
+        """The fit of the levels above ``partition_level``, over all rows, stored under ``uri``."""
+        return self._levels(0, self.partition_level, storage_uri=uri)
+
+    def subtree(self, node: int, n_children: int, uri: str) -> FitConfig:
+        """The fit of the subtree below ``node`` of level ``partition_level - 1``, from its own
+        rows: ``n_children`` children (``levels.plan_children``), then the branching factors below,
+        a random state of its own (from the fit's and the node's), stored under ``uri``."""
+        first = self.partition_level
+        seed = int(np.random.SeedSequence([self.seed, first, node]).generate_state(1, np.uint32)[0])
+        return replace(self._levels(first, self.n_levels, storage_uri=uri, random_state=seed),
+                       factors=(int(n_children),) + self.factors[first + 1:])
 
     def params(self, source) -> dict:
         """The parameters that change the fitted tree (the engine's keywords, flat, as stores have
@@ -169,4 +197,5 @@ class FitConfig:
                 **({"clusterer": self.clusterer} if self.clusterer != "kmeans" else {}),
                 # (recorded only where levels may train on samples: None is how every earlier fit ran)
                 **({"max_train_points_per_centroid": self.max_train_points_per_centroid}
-                   if self.max_train_points_per_centroid is not None else {})}
+                   if self.max_train_points_per_centroid is not None else {}),
+                **({"partition_level": self.partition_level} if self.partition_level is not None else {})}

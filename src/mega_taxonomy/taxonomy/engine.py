@@ -32,6 +32,7 @@ from .passes import predict
 from .router import Router, level_offsets, route_beam, route_greedy
 from .sampling import balanced_sample, read_assignments
 from .search import SearchIndex
+from .subtrees import SubtreeRun
 from .tree import Tree
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 # Parameters that change the fitted tree: a store fitted with others is refused, not mixed.
 FIT_PARAMS = ("n_levels", "branching_factor", "max_iter", "tol", "metric", "random_state", "dtype",
               "sample_size", "min_cluster_size", "balance", "balance_factor", "balance_merge", "balance_rounds",
-              "balance_strength", "clusterer", "max_train_points_per_centroid")
+              "balance_strength", "clusterer", "max_train_points_per_centroid", "partition_level")
 # The flat keywords of each group (engine keyword -> the group's field), and their defaults.
 BALANCE_KEYWORDS = {"balance_factor": "factor", "balance_merge": "merge", "balance_rounds": "rounds",
                     "balance_strength": "strength"}
@@ -124,6 +125,15 @@ class TaxonomyEngine:
         past 4 GiB, or as large as the data), mixtures and ``balance="penalty"`` read every row
         in every pass, as all levels do with None. ``stats_`` counts both kinds of passes:
         ``"passes"`` over the data, ``"sample_passes"`` over samples in memory.
+    partition_level : int or None, default=None
+        Fit the levels from this one down subtree by subtree (``taxonomy/subtrees.py``): the
+        levels above are fitted over all rows, every row is then written once to ``storage_uri``
+        grouped by its node there, and each node's subtree is fitted from its own rows alone, on
+        one worker of the runtime's pool (a subtree larger than a worker's share of the rows:
+        over all workers). No pass below sums across workers, and the driver keeps nothing per
+        row. Needs ``storage_uri``. The tree is the same for any number of workers; it differs
+        from the level-synchronous fit's (None) in its seeds. ``stats_`` adds ``subtrees``,
+        ``largest_partition`` and ``subtree_passes``.
 
     Attributes
     ----------
@@ -171,6 +181,7 @@ class TaxonomyEngine:
         "balance_strength": [Interval(Real, 0, 1, closed="neither")],
         "clusterer": [StrOptions(set(CLUSTERERS))],
         "max_train_points_per_centroid": [Interval(Integral, 1, None, closed="left"), None],
+        "partition_level": [Interval(Integral, 1, None, closed="left"), None],
     }
 
     def __init__(self, n_levels=3, branching_factor=16, dim=None, storage_uri=None, *, max_iter=20, tol=1e-4,
@@ -178,7 +189,8 @@ class TaxonomyEngine:
                  min_cluster_size=1, runtime=None, storage_options=None, column=None, id_column=None,
                  batch_size=65_536, members=100, router="exact", hnsw_threshold=4096, hnsw_ef=64,
                  search_index=True, balance=None, balance_factor=2.0, balance_merge=0.1, balance_rounds=3,
-                 balance_strength=0.5, clusterer="kmeans", max_train_points_per_centroid=256):
+                 balance_strength=0.5, clusterer="kmeans", max_train_points_per_centroid=256,
+                 partition_level=None):
         self.n_levels = n_levels
         self.branching_factor = branching_factor
         self.dim = dim
@@ -208,6 +220,7 @@ class TaxonomyEngine:
         self.balance_strength = balance_strength
         self.clusterer = clusterer
         self.max_train_points_per_centroid = max_train_points_per_centroid
+        self.partition_level = partition_level
 
     # -- parameters ----------------------------------------------------------------------------
     def _validate_params(self):
@@ -237,7 +250,8 @@ class TaxonomyEngine:
                          balancing=self.balancing(), routing=self.routing(), members=self.members,
                          search_index=self.search_index, storage_uri=self.storage_uri,
                          storage_options=self.storage_options, clusterer=self.clusterer,
-                         max_train_points_per_centroid=self.max_train_points_per_centroid)
+                         max_train_points_per_centroid=self.max_train_points_per_centroid,
+                         partition_level=self.partition_level)
 
     # -- helpers -------------------------------------------------------------------------------
     def _source(self, data) -> VectorSource:
@@ -269,7 +283,8 @@ class TaxonomyEngine:
         """
         config = self._config()
         source = self._source(input)
-        run = FitRun(config, source, get_runtime(self.runtime, self.device), callback)
+        fit = FitRun if config.partition_level is None else SubtreeRun
+        run = fit(config, source, get_runtime(self.runtime, self.device), callback)
         self.tree_, self.stats_ = run.run(output)
         self._search = None
         return self

@@ -93,10 +93,14 @@ class FitRun:
     runtime : Runtime
     callback : callable, optional
         ``callback(event)`` after every committed checkpoint and level.
+    outputs : bool, default=True
+        Whether the output pass writes every row's path (and members, the search index) where
+        the fit writes; False for a part of a larger fit (``subtrees.py``), whose paths come from
+        the whole tree.
     """
 
-    def __init__(self, config: FitConfig, source, runtime, callback=None):
-        self.config, self.source, self.callback = config, source, callback
+    def __init__(self, config: FitConfig, source, runtime, callback=None, *, outputs=True):
+        self.config, self.source, self.callback, self.outputs = config, source, callback, outputs
         self.runtime = CountingRuntime(runtime)
         self.store = None if config.storage_uri is None else Store(config.storage_uri,
                                                                     storage_options=config.storage_options)
@@ -109,7 +113,7 @@ class FitRun:
         # Per level fitted in this run, every block's final (labels, distances): the rows' paths,
         # which the output pass would otherwise route again (router.Router._exact). Kept where
         # passes run here on the CPU, within _PATHS_BYTES.
-        self.keep_paths = (passes_here_on_cpu(runtime)
+        self.keep_paths = (outputs and passes_here_on_cpu(runtime)
                            and _PATH_BYTES_PER_ROW * config.n_levels * len(source) <= _PATHS_BYTES)
         self.level_labels = []
 
@@ -129,7 +133,8 @@ class FitRun:
         self.meta.setdefault("levels", [])
         started = time.perf_counter()
         tree = self.fit_levels()
-        self.write_outputs(tree, output, self.fitted_paths())
+        if self.outputs:
+            self.write_outputs(tree, output, self.fitted_paths())
         self.meta["seconds"] = self.meta.get("seconds", 0) + time.perf_counter() - started
         if store is not None:
             tree.save(store)
