@@ -1,5 +1,7 @@
 """Levels trained on samples against levels trained on every row, on the CPU: leaf quality, passes
-over the data, wall time (``TaxonomyEngine(max_train_points_per_centroid=256)`` vs ``None``).
+over the data, wall time (``TaxonomyEngine(max_train_points_per_centroid=256)`` vs ``None``), and
+with ``--sides full,sampled,subtrees`` the levels below the first fitted subtree by subtree
+(``partition_level=1``, on samples too).
 
 Both sides fit the same taxonomy in the same run, each fit in a fresh process (its peak memory is
 its own), with a Store in a temporary folder (checkpoints, tree, assignments, members; no search
@@ -23,6 +25,7 @@ cosine: 1 - cos), in float64, from ``predict`` (the paths the fit assigns); ``ra
 ``speedups`` is sampled / full (below 1: the sampled fit is better).
 
     python benchmarks/bench_taxonomy_sampled_cpu.py [--cases hierarchy,zipf,glove --rounds 3 --iters 10]
+    python benchmarks/bench_taxonomy_sampled_cpu.py --sides full,sampled,subtrees   # taxonomy_subtrees_cpu.json
     python benchmarks/bench_taxonomy_sampled_cpu.py --n 100000 --rounds 1 --out /tmp/sampled_smoke.json
 """
 
@@ -42,7 +45,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
-SIDES = {"full": None, "sampled": 256}
+# The fits compared, as TaxonomyEngine keywords: every level over all rows, levels trained on
+# samples, and (--sides full,sampled,subtrees) the levels below the first fitted subtree by subtree.
+SIDES = {"full": {"max_train_points_per_centroid": None}, "sampled": {"max_train_points_per_centroid": 256},
+         "subtrees": {"max_train_points_per_centroid": 256, "partition_level": 1}}
 
 
 def zipf_mixture(n, d, folder):
@@ -106,8 +112,7 @@ def run_side(spec: dict, side: str, work: Path, threads: int) -> dict:
     torch.set_num_threads(threads)
     engine = TaxonomyEngine(n_levels=len(spec["branching"]), branching_factor=spec["branching"],
                             max_iter=spec["iters"], tol=spec["tol"], metric=spec["metric"], device="cpu",
-                            random_state=0, storage_uri=str(work / "store"), search_index=False,
-                            max_train_points_per_centroid=SIDES[side])
+                            random_state=0, storage_uri=str(work / "store"), search_index=False, **SIDES[side])
     t = time.perf_counter()
     engine.fit(spec["input"])
     seconds = time.perf_counter() - t
@@ -117,12 +122,14 @@ def run_side(spec: dict, side: str, work: Path, threads: int) -> dict:
     x = np.concatenate([np.asarray(b.vectors) for b in source.blocks()])
     levels = [{k: s.get(k) for k in ("n_nodes", "iterations", "seconds", "inertia", "sample_rows", "sample_passes")}
               for s in stats["levels"]]
-    return {"impl": side, "max_train_points_per_centroid": SIDES[side], "seconds": seconds, "peak_bytes": peak,
-            "passes": int(stats["passes"]), "sample_passes": int(stats.get("sample_passes", 0)), "levels": levels,
+    return {"impl": side, **SIDES[side], "seconds": seconds, "peak_bytes": peak,
+            "passes": int(stats["passes"]), "sample_passes": int(stats.get("sample_passes", 0)),
+            "subtree_passes": stats.get("subtree_passes"), "largest_partition": stats.get("largest_partition"),
+            "levels": levels,
             "quality": {"mean_leaf_cost": mean_leaf_cost(engine, x, spec["metric"])}}
 
 
-COLUMNS = ["case", "impl", "seconds", "passes", "sample_passes", "mean_leaf_cost", "peak_bytes"]
+COLUMNS = ["case", "impl", "seconds", "passes", "sample_passes", "subtree_passes", "mean_leaf_cost", "peak_bytes"]
 
 
 def _display(r):
@@ -136,6 +143,7 @@ def main():
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sides", default="full,sampled", help=f"of {','.join(SIDES)}")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/taxonomy_sampled_cpu.json)")
     parser.add_argument("--side", help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -144,15 +152,15 @@ def main():
     if args.side:
         print(json.dumps(run_side(json.loads(args.spec), args.side, Path(args.work), args.threads)))
         return
-    results, speedups = [], {}
+    results, speedups, sides = [], {}, args.sides.split(",")
     for case in args.cases.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "data"
             data.mkdir()
             spec = make_case(case, args, data)
-            runs = {side: [] for side in SIDES}
+            runs = {side: [] for side in sides}
             for round_ in range(args.rounds):
-                order = list(SIDES) if round_ % 2 == 0 else list(SIDES)[::-1]
+                order = sides if round_ % 2 == 0 else sides[::-1]
                 for side in order:
                     child = ["--side", side, "--spec", json.dumps(spec), "--work", str(Path(tmp) / f"{side}-{round_}"),
                              f"--threads={args.threads}"]
@@ -164,15 +172,18 @@ def main():
                 by_side[side] = {**rs[0], "case": case, "seconds": statistics.median(seconds), "all_seconds": seconds,
                                  "params": {k: v for k, v in spec.items() if k != "input"}}
                 results.append(by_side[side])
-        full, sampled = by_side["full"], by_side["sampled"]
-        speedups[f"{case} seconds"] = full["seconds"] / sampled["seconds"]
-        speedups[f"{case} full-data passes"] = full["passes"] / sampled["passes"]
-        speedups[f"{case} leaf cost ratio (sampled / full)"] = (sampled["quality"]["mean_leaf_cost"]
-                                                                 / full["quality"]["mean_leaf_cost"])
+        full = by_side["full"]
+        for side in sides[1:]:
+            ours = by_side[side]
+            speedups[f"{case} seconds ({side})"] = full["seconds"] / ours["seconds"]
+            speedups[f"{case} full-data passes ({side})"] = full["passes"] / ours["passes"]
+            speedups[f"{case} leaf cost ratio ({side} / full)"] = (ours["quality"]["mean_leaf_cost"]
+                                                                  / full["quality"]["mean_leaf_cost"])
     params = {k: v for k, v in vars(args).items() if k not in ("side", "spec", "work", "out")}
     params["notes"] = ("shared 2-core machine, noisy: seconds are medians of alternating rounds; passes and quality "
-                       "are exact; 'full-data passes' and 'seconds' in speedups are full / sampled")
-    path = common.write("taxonomy_sampled_cpu", params, results, speedups, "python " + " ".join(sys.argv),
+                       "are exact; 'full-data passes' and 'seconds' in speedups are full / the side named")
+    name = "taxonomy_subtrees_cpu" if "subtrees" in sides else "taxonomy_sampled_cpu"
+    path = common.write(name, params, results, speedups, "python " + " ".join(sys.argv),
                         path=args.out)
     print(common.table([_display(r) for r in results], COLUMNS))
     print(json.dumps(speedups, indent=1))

@@ -97,15 +97,20 @@ class FitRun:
         Whether the output pass writes every row's path (and members, the search index) where
         the fit writes; False for a part of a larger fit (``subtrees.py``), whose paths come from
         the whole tree.
+    iteration_checkpoints : bool, default=True
+        Whether every iteration is committed, or only completed levels (a part of a larger fit
+        small enough to fit again whole: a subtree).
     """
 
-    def __init__(self, config: FitConfig, source, runtime, callback=None, *, outputs=True):
+    def __init__(self, config: FitConfig, source, runtime, callback=None, *, outputs=True, iteration_checkpoints=True):
         self.config, self.source, self.callback, self.outputs = config, source, callback, outputs
         self.runtime = CountingRuntime(runtime)
         self.store = None if config.storage_uri is None else Store(config.storage_uri,
                                                                     storage_options=config.storage_options)
         self.checkpoints = Checkpoints(self.store, KIND, config.params(source), where="storage_uri")
         self.meta = self.checkpoints.meta
+        # where the iterations' checkpoints go (none: a Checkpoints without a store)
+        self.iterations = self.checkpoints if iteration_checkpoints else Checkpoints(None, KIND, {})
         self.factors = list(config.factors)
         self.dtype = np.dtype(config.dtype)
         self.seed = config.seed
@@ -279,7 +284,7 @@ class FitRun:
         mixture = config.clusterer == "gmm"  # then the k-means passes are the start: no labels, no sample
         iterations = sample_passes = 0
         while True:
-            on_iteration = IterationCheckpoint(self.checkpoints, level, balance_round, offsets, self.callback)
+            on_iteration = IterationCheckpoint(self.iterations, level, balance_round, offsets, self.callback)
             if start_iter == 0:
                 on_iteration(0, centroids, None, penalty)
             # rows under a leaf go to an empty last group
@@ -296,7 +301,8 @@ class FitRun:
             else:  # through the runtime's own entry: a collective runtime runs the level on its workers
                 result = self.runtime.drive(lloyd, self.source, centroids, penalty=penalty,
                                             penalty_strength=config.balancing.strength if penalised else 0.0, **passes)
-            self.checkpoints.refresh()  # committed by the hook, maybe elsewhere (a collective fit's rank 0)
+            if self.iterations is self.checkpoints:  # committed by the hook, maybe elsewhere (a collective fit's rank 0)
+                self.checkpoints.refresh()
             iterations += result.n_iter - start_iter
             penalty = result.penalty
             rebalanced = self.balance(level, balance_round, result, offsets, groups_offsets)

@@ -5,7 +5,7 @@ level, and sums partials of all of a level's nodes over all workers. Below the l
 tree splits across workers, nothing needs that: a node's children depend on its own rows alone.
 So here the levels above ``partition_level`` are fitted over all rows (the top fit), every row
 is written once grouped by its node of the top's last level (``partitions.py``), and each node's
-subtree is an ordinary fit of that node's rows, on one worker, with its own checkpoints: no
+subtree is an ordinary fit of that node's rows, on one worker, with its own store: no
 reduction across workers below the top, no worker needs another's centroids, and the driver
 holds nothing per row. The whole data is read by the top fit (with levels trained on samples: a
 sample draw and one assignment a level), by the partition pass and by the output pass; the
@@ -20,7 +20,9 @@ balancing, in its reference: a subtree's level is balanced within the subtree).
 
 The store holds, while fitting, ``top/`` (the top fit's store), ``partitions/`` and
 ``subtrees/<node>/`` (a store per subtree); all are removed once the whole tree is committed.
-A fit interrupted anywhere resumes from what these hold.
+A fit interrupted anywhere resumes from what these hold: a subtree from its last completed level
+(its iterations are not committed one by one: a subtree is small enough to fit again, and a
+commit per iteration cost more than the arithmetic of its passes on 100k rows).
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ class SubtreeWorker:
         runtime = runtime or LocalRuntime(device=self.device)
         for node, (n_children, uri) in todo.items():
             source = VectorSource(f"{self.uri}/{node_file(node)}", column=VECTOR, id_column=ID, storage_options=options)
-            FitRun(self.config.subtree(node, n_children, uri), source, runtime, outputs=False).run()
+            FitRun(self.config.subtree(node, n_children, uri), source, runtime, outputs=False,
+                   iteration_checkpoints=False).run()
         return written
 
 
