@@ -554,8 +554,8 @@ def test_gaussian_mixture_on_cuda_matches_cpu_and_scikit_learn(ctype):
 @pytest.mark.parametrize("ctype", ["diag", "spherical"])
 def test_gaussian_mixture_of_float32_rows_on_cuda_takes_the_triton_estep(ctype, tf32, monkeypatch):
     """float32 rows on the GPU: the Triton E-step (3xTF32, or TF32 where torch allows it), against
-    scikit-learn's float64 fit from the same start: the lower bound within 1e-4 relative, every
-    variance at least reg_covar, nothing NaN."""
+    scikit-learn's float64 fit from the same start: the lower bound within 1e-4 relative (TF32:
+    3e-3), every variance at least reg_covar, nothing NaN."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -575,6 +575,8 @@ def test_gaussian_mixture_of_float32_rows_on_cuda_takes_the_triton_estep(ctype, 
         ref = SkGaussianMixture(16, covariance_type=ctype, max_iter=10, tol=0, **start).fit(x.astype(np.float64))
         cuda = GaussianMixture(16, covariance_type=ctype, max_iter=10, tol=0, device="cuda", **start).fit(
             torch.from_numpy(x).cuda())
-    np.testing.assert_allclose(cuda.lower_bound_, ref.lower_bound_, rtol=1e-4)
+    # TF32 rounds the rows and their squares to 10 bits before the expanded quadratic form: on
+    # these rows (about 10 from their mixture's mean) the lower bound moved by 1.1e-3 relative
+    np.testing.assert_allclose(cuda.lower_bound_, ref.lower_bound_, rtol=3e-3 if tf32 else 1e-4)
     np.testing.assert_allclose(cuda.means_, ref.means_, rtol=0, atol=1e-3 * (1 + np.abs(ref.means_).max()))
     assert np.isfinite(cuda.covariances_).all() and (cuda.covariances_ >= 1e-6).all()

@@ -268,6 +268,10 @@ class Runtime(abc.ABC):
     def pool(self, factory: Callable[[int], Any], n_workers: int = 1) -> WorkerPool:
         """Start ``n_workers`` stateful workers, worker ``rank`` built by ``factory(rank)``."""
 
+    def release(self) -> None:
+        """Free what the passes' workers hold until the next pass (for a pool to start in their
+        place); nothing to free here."""
+
     #: Whether passes run in this process, states and partials handed over by reference: then a
     #: pass may return per-row state for the next one (Lloyd's bounds) at no transfer cost.
     in_process = False

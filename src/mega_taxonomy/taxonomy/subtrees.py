@@ -110,6 +110,7 @@ class SubtreeRun:
         worker = functools.partial(SubtreeWorker, config=config, uri=self.store.uri, n_blocks=self.source.n_blocks,
                                    device=str(runtime.device) if runtime.in_process else "auto")
         shares = share_out([node for node in jobs if node not in big], counts, workers)
+        runtime.release()  # the passes' workers are idle until the big subtrees: the pool takes their place
         with runtime.pool(worker, workers) as pool:
             written = {}
             for done in pool.broadcast("fit", [{node: jobs[node] for node in share} for share in shares]):

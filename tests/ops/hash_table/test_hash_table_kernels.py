@@ -9,6 +9,8 @@ from mega_taxonomy.kv import EvictStrategy, HashTable
 from mega_taxonomy.ops import hash_table as ht
 from mega_taxonomy.ops.hash_table import numba as nk
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton kernels: compiled there, else interpreted
+
 pytest.importorskip("triton")
 
 
@@ -32,12 +34,14 @@ def test_fmix64_matches_numba_and_python():
 @pytest.mark.parametrize("rule", [ht.SCORE_SET, ht.SCORE_ADD, ht.SCORE_EPOCH_ADD])
 def test_rounds_triton_equals_torch_and_numba(rule):
     rng = np.random.default_rng(rule)
-    tables = {name: ht.Buckets.allocate(8, 16, -1) for name in ("torch", "triton", "numba")}
+    tables = {name: ht.Buckets.allocate(8, 16, -1, device=DEVICE if name == "triton" else "cpu")
+              for name in ("torch", "triton", "numba")}
     for _ in range(3):  # fills 8 x 16 slots past full: evictions and refusals
         keys = torch.from_numpy(rng.choice(10**6, 60, replace=False))
         desired = torch.from_numpy(rng.integers(-(2**63), 2**63 - 1, 60))  # all of uint64's range
-        got = {n: ht.upsert_rounds(tables[n], keys, desired, rule, insert=True, backend=n)
-               for n in ("torch", "triton")}
+        got = {n: ht.upsert_rounds(tables[n], keys.to(tables[n].keys.device), desired.to(tables[n].keys.device), rule,
+                                   insert=True, backend=n) for n in ("torch", "triton")}
+        got["triton"] = type(got["triton"])(**{k: t.cpu() for k, t in vars(got["triton"]).items()})
         b = tables["numba"]
         empty = np.empty((0, 1), np.float32)
         nk.upsert(b.keys.numpy(), b.digests.numpy(), b.scores.numpy(), b.sizes.numpy(), empty,
@@ -47,17 +51,17 @@ def test_rounds_triton_equals_torch_and_numba(rule):
         for field in ("slots", "status", "evicted_keys", "evicted_scores"):
             assert torch.equal(getattr(got["torch"], field), getattr(got["triton"], field)), field
         for name in ("keys", "digests", "scores", "sizes"):
-            assert torch.equal(getattr(tables["torch"], name), getattr(tables["triton"], name)), name
+            assert torch.equal(getattr(tables["torch"], name), getattr(tables["triton"], name).cpu()), name
             assert torch.equal(getattr(tables["torch"], name), getattr(tables["numba"], name)), name
     probe = torch.cat([keys, torch.arange(50)])
-    for a, b in zip(ht.lookup(tables["torch"], probe, backend="torch"), ht.lookup(tables["torch"], probe,
-                                                                                  backend="triton")):
-        assert torch.equal(a, b)
+    for a, b in zip(ht.lookup(tables["torch"], probe, backend="torch"),
+                    ht.lookup(tables["triton"], probe.to(DEVICE), backend="triton")):
+        assert torch.equal(a, b.cpu())
 
 
 def test_table_on_triton_matches_numba():
     kw = {"dim": 3, "init_capacity": 64, "max_capacity": 512, "bucket_size": 16, "evict_strategy": EvictStrategy.LFU}
-    tri, ref = HashTable(backend="triton", **kw), HashTable(backend="numba", **kw)
+    tri, ref = HashTable(backend="triton", device=DEVICE, **kw), HashTable(backend="numba", device="cpu", **kw)
     rng = np.random.default_rng(5)
     for _ in range(3):
         keys = torch.from_numpy(rng.choice(400, 100))  # duplicates within the batch
@@ -68,7 +72,7 @@ def test_table_on_triton_matches_numba():
     got, want = tri.find(probe), ref.find(probe)
     assert tri.capacity() == ref.capacity() == 512
     for a, b in zip(got, want):
-        assert torch.equal(a, b)
-    assert torch.equal(tri.contains(probe), ref.contains(probe))
+        assert torch.equal(a.cpu(), b)
+    assert torch.equal(tri.contains(probe).cpu(), ref.contains(probe))
     ek, _, _ = tri.insert_and_evict(torch.tensor([1000, 1001]), torch.ones(2, 3))
     assert len(ek) == 0 and tri.contains(torch.tensor([1000, 1001])).all()

@@ -30,7 +30,9 @@ def test_kernel_pads_short_lists():
     _, stored, ids, offsets, _ = layout(rng, 12, 4, 6)
     q = rng.normal(size=(3, 4)).astype(np.float32)
     probes = np.array([[0], [-1], [1]])
-    d, i = probe_rerank(q, probes, offsets, stored, ids, 16, backend="triton")
+    d, i = probe_rerank(*(torch.tensor(a, device=DEVICE) for a in (q, probes, offsets, stored, ids)), 16,
+                        backend="triton")
+    d, i = d.cpu(), i.cpu()
     n = np.diff(offsets)[[0, 1]]
     assert (i[0] >= 0).sum() == n[0] and (i[1] == -1).all() and (i[2] >= 0).sum() == n[1]
     assert torch.isinf(d[i < 0]).all()

@@ -114,7 +114,10 @@ def test_blocks_at_once_are_the_bits_of_blocks_one_by_one(backend, per_cluster, 
         part = cluster_stats(x[lo:lo + block], labels[lo:lo + block], values[lo:lo + block], 6, backend=backend)
         total = part if total is None else tuple(a + b for a, b in zip(total, part))
     for a, b in zip(at_once, total):
-        assert torch.equal(a, b)
+        if backend == "torch" and a.is_cuda:  # torch's index_add_ on CUDA adds in no fixed order
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+        else:
+            assert torch.equal(a, b)
     assert not torch.equal(cluster_stats(x, labels, values, 6, backend=backend)[0], at_once[0])  # order matters
 
 

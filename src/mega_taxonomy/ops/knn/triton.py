@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 MAX_K = 32
-BIG = 2**62
+BIG = tl.constexpr(2**62)  # (a plain global is refused by the compiler, not by the interpreter)
 
 
 @triton.jit

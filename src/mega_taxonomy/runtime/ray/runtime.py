@@ -202,6 +202,14 @@ class RayRuntime(Runtime):
         """The process id of every block worker (starting them if needed)."""
         return ray.get([worker.pid.remote() for worker in self._ensure_workers()])
 
+    def release(self) -> None:
+        """Stop the block workers (and a collective group) until the next pass starts them again:
+        their slots go to a pool started after this, such as a taxonomy's subtree fitters."""
+        for worker in self._workers:
+            ray.kill(worker)
+        self._workers = []
+        self._close_group()
+
     def pool(self, factory, n_workers=1):
         """``n_workers`` actors, worker ``rank`` holding ``factory(rank)`` (picklable)."""
         kind, cpus = self._kind(), self.cpus_per_worker
@@ -209,10 +217,7 @@ class RayRuntime(Runtime):
 
     def close(self) -> None:
         """Stop the workers (and the cluster, when :meth:`local` started it)."""
-        for worker in self._workers:
-            ray.kill(worker)
-        self._workers = []
-        self._close_group()
+        self.release()
         self._sources = weakref.WeakKeyDictionary()
         if self._owns_cluster and ray.is_initialized():
             ray.shutdown()
