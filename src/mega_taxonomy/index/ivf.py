@@ -172,8 +172,8 @@ class IVFIndex:
         ``assignment="multi"``, or another ``threshold``): no training again. The quantizer
         (kind, metric, nlist) cannot change."""
         self._check_trained()
-        fixed = {name: params[name] for name in ("nlist", "quantizer", "metric", "covariance_type", "gmm_probe") if name in params
-                 and params[name] != getattr(self, name)}
+        trained = ("nlist", "quantizer", "metric", "covariance_type", "gmm_probe")
+        fixed = {name: params[name] for name in trained if name in params and params[name] != getattr(self, name)}
         if fixed:
             raise ConfigError(f"{sorted(fixed)} belong to the trained quantizer; train a new index to change them")
         index = type(self)(**{**self.get_params(), **params})
