@@ -19,8 +19,10 @@ sweep stops once recall@10 >= 0.99):
 - ``kmeans-single``: ``IVFIndex(nlist, max_iter=--iters)``;
 - ``kmeans-spill``: the same quantizer (``empty_like``), ``assignment="multi"`` (threshold 1.1);
 - ``gmm-single`` / ``gmm-multi``: ``quantizer="gmm"`` (diag, ``--gmm-iters`` EM iterations
-  from the k-means fit); multi with threshold 1/nlist (the default), max_assign 2;
-  ``gmm-multi-tau0.1``: the same with threshold 0.1 (fewer copies);
+  from the k-means fit, probed by the nearest means: ``gmm_probe="mean"``, the default); multi
+  with threshold 1/nlist (the default), max_assign 2; ``gmm-multi-tau0.1``: the same with
+  threshold 0.1 (fewer copies); ``gmm-single-likelihood``: the same mixture probed (and filled)
+  by responsibility, ``gmm_probe="likelihood"``;
 - ``taxonomy`` (once, not per nlist): a ``--branching`` TaxonomyEngine (default 64,16,16)
   and ``engine.search(Q, 10, beam=b)`` for beams 1..256.
 
@@ -230,6 +232,8 @@ def main():
     import faiss
 
     from mega_taxonomy.index import IVFIndex
+    from mega_taxonomy.index.lists import InvertedLists
+    from mega_taxonomy.index.quantizer import Quantizer
     from mega_taxonomy.threads import cpu_threads
 
     faiss.omp_set_num_threads(cpu_threads())
@@ -267,7 +271,14 @@ def main():
             build.append({"case": case, "impl": "gmm-multi tau=0.1 add", "seconds": s,
                           "copies_per_vector": len(loose.lists_) / loose.ntotal,
                           "bytes_per_vector": loose.bytes_per_vector})
-            sides += [ivf_side("gmm-single", gmm), ivf_side("gmm-multi", multi), ivf_side("gmm-multi-tau0.1", loose)]
+            # the same mixture probed by responsibility (gmm_probe="likelihood"), no second fit
+            lik = IVFIndex(nlist, quantizer="gmm", gmm_probe="likelihood", random_state=args.seed)
+            lik.quantizer_ = Quantizer("gmm", "euclidean", gmm.quantizer_.arrays, probe="likelihood")
+            lik.lists_ = InvertedLists(nlist, x.shape[1])
+            _, s = timed(lik.add, x)
+            build.append({"case": case, "impl": "gmm-single-likelihood add", "seconds": s})
+            sides += [ivf_side("gmm-single", gmm), ivf_side("gmm-multi", multi), ivf_side("gmm-multi-tau0.1", loose),
+                      ivf_side("gmm-single-likelihood", lik)]
         print(common.table(build, ["case", "impl", "seconds"]), flush=True)
         sweep(sides, q, truth, case, args.repeats, results)
     if "taxonomy" not in skip:

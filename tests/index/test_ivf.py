@@ -121,21 +121,50 @@ def test_spilling_rule(indexes):
         assert sorted(labels[index.lists_.ids == row]) == sorted(best[row])
 
 
-def test_gmm_multi_assignment_follows_the_responsibilities(indexes):
-    index = indexes["gmm", "multi", "euclidean"]
+def responsibilities(index, x):
     a = index.quantizer_.arrays
-    lp = weighted_log_prob(torch.from_numpy(X.astype(np.float64)), torch.from_numpy(a["weights"]),
+    lp = weighted_log_prob(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(a["weights"]),
                            torch.from_numpy(a["means"]), torch.from_numpy(np.sqrt(a["precisions"])), "diag")
-    resp = torch.softmax(lp, 1).numpy()
-    order = np.argsort(-resp, axis=1)
-    expected = 1 + (np.take_along_axis(resp, order[:, 1:2], 1)[:, 0] >= 1 / 16)
+    return torch.softmax(lp, 1).numpy()
+
+
+def test_gmm_multi_assignment_follows_the_responsibilities(indexes):
+    """gmm_probe="mean": a row's first list is its nearest mean, a second one the list of
+    highest responsibility among the others when that is at least tau = 1/16."""
+    index = indexes["gmm", "multi", "euclidean"]
+    resp = responsibilities(index, X)
+    means = index.quantizer_.arrays["means"]
+    nearest = (((X[:, None].astype(np.float64) - means[None]) ** 2).sum(-1)).argmin(1)
+    others = resp.copy()
+    others[np.arange(len(X)), nearest] = -1
+    second = others.max(1)
     copies = np.bincount(index.lists_.ids, minlength=len(X))
-    near_edge = np.abs(np.take_along_axis(resp, order[:, 1:2], 1)[:, 0] - 1 / 16) < 1e-4
-    assert (copies == expected)[~near_edge].all()
+    near_edge = np.abs(second - 1 / 16) < 1e-4
+    assert ((copies == 1 + (second >= 1 / 16)) | near_edge).all()
+    assert (copies == 2).any() and (copies == 1).any()
     labels = index.lists_.labels()
-    # the best list of every row holds it
     home = {(int(i), int(l)) for i, l in zip(index.lists_.ids, labels)}
-    assert all((r, int(order[r, 0])) in home for r in range(0, len(X), 7))
+    assert all((r, int(nearest[r])) in home for r in range(0, len(X), 7))
+    assert all((r, int(others[r].argmax())) in home for r in np.flatnonzero(second >= 0.07)[:30])
+
+
+def test_gmm_probed_by_likelihood():
+    """gmm_probe="likelihood": lists and probes by responsibility; still exact at nprobe=nlist."""
+    index = IVFIndex(16, quantizer="gmm", gmm_probe="likelihood", assignment="multi", max_iter=10, gmm_iter=3)
+    index.train(X).add(X)
+    resp = responsibilities(index, X)
+    order = np.argsort(-resp, axis=1)
+    second = np.take_along_axis(resp, order[:, 1:2], 1)[:, 0]
+    copies = np.bincount(index.lists_.ids, minlength=len(X))
+    assert ((copies == 1 + (second >= 1 / 16)) | (np.abs(second - 1 / 16) < 1e-4)).all()
+    _, probes = index.quantizer_.search(Q, 3)
+    np.testing.assert_array_equal(probes[:, 0], np.argmax(responsibilities(index, Q), 1))
+    d, i = index.search(Q, 5, nprobe=16)
+    ref_d, ref_i = brute_force(Q, X, "euclidean", 5)
+    np.testing.assert_allclose(d, ref_d, rtol=1e-4, atol=1e-3)
+    assert (i == ref_i).mean() > 0.98  # near-ties may swap
+    with pytest.raises(ConfigError, match="gmm_probe"):
+        index.empty_like(gmm_probe="mean")
 
 
 def test_remove_reconstruct_and_padding():
@@ -189,6 +218,8 @@ def test_bad_input():
         IVFIndex(8, quantizer="pq")
     with pytest.raises(ConfigError, match="metric"):
         IVFIndex(8, metric="l1")
+    with pytest.raises(ConfigError, match="gmm_probe"):
+        IVFIndex(8, quantizer="gmm", gmm_probe="distance")
     with pytest.raises(ConfigError, match="not trained"):
         IVFIndex(8).add(X)
     with pytest.raises(ConfigError, match="at least nlist"):

@@ -17,7 +17,7 @@ from ..ops.probe import PROBE_METRICS, probe_rerank
 from ..storage import Store
 from ..storage.schema import IVF_LIST_ARRAYS, ivf_file
 from .lists import InvertedLists
-from .quantizer import GMM_COVARIANCES, Quantizer, cluster_precisions, gmm_arrays, unit_rows
+from .quantizer import GMM_COVARIANCES, GMM_PROBES, Quantizer, cluster_precisions, gmm_arrays, unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ class IVFIndex:
     nlist : int
         Number of lists (k-means clusters or mixture components).
     quantizer : {"kmeans", "gmm"}, default="kmeans"
-        "gmm" fits a Gaussian mixture (``covariance_type``; EM started from the k-means fit) and
-        probes the components of highest responsibility.
+        "gmm" fits a Gaussian mixture (``covariance_type``; EM started from the k-means fit);
+        ``gmm_probe`` says how its lists are ranked.
     assignment : {"single", "multi"}, default="single"
         "multi": a vector also goes to its next best lists, up to ``max_assign`` in all: with
         k-means when the list's distance is within ``threshold`` times the nearest (spilling:
@@ -60,6 +60,11 @@ class IVFIndex:
     metric : {"euclidean", "cosine", "inner_product"}, default="euclidean"
         Results are ascending squared L2, ``1 - cos`` or ``-<q, x>``.
     covariance_type : {"diag", "spherical"}, default="diag"
+    gmm_probe : {"mean", "likelihood"}, default="mean"
+        GMM: a query probes (and a vector is first stored in) the components of nearest mean,
+        as with k-means, the responsibilities deciding only the extra lists of "multi"; or
+        those of highest responsibility ("likelihood", which needed 4-8x the distances for the
+        same recall on GloVe: see ``index/quantizer.py``).
     max_iter : int, default=20
         Lloyd iterations of the k-means fit.
     gmm_iter : int, default=10
@@ -91,9 +96,10 @@ class IVFIndex:
     """
 
     def __init__(self, nlist, *, quantizer="kmeans", assignment="single", max_assign=2, threshold=None,
-                 metric="euclidean", covariance_type="diag", max_iter=20, gmm_iter=10, random_state=0,
-                 device="cpu", batch_size=65_536):
+                 metric="euclidean", covariance_type="diag", gmm_probe="mean", max_iter=20, gmm_iter=10,
+                 random_state=0, device="cpu", batch_size=65_536):
         self.nlist, self.quantizer, self.assignment = nlist, quantizer, assignment
+        self.gmm_probe = gmm_probe
         self.max_assign, self.threshold, self.metric = max_assign, threshold, metric
         self.covariance_type, self.max_iter, self.gmm_iter = covariance_type, max_iter, gmm_iter
         self.random_state, self.device, self.batch_size = random_state, device, batch_size
@@ -108,7 +114,8 @@ class IVFIndex:
         for name, value, options in (("quantizer", self.quantizer, QUANTIZERS),
                                      ("assignment", self.assignment, ASSIGNMENTS),
                                      ("metric", self.metric, PROBE_METRICS),
-                                     ("covariance_type", self.covariance_type, GMM_COVARIANCES)):
+                                     ("covariance_type", self.covariance_type, GMM_COVARIANCES),
+                                     ("gmm_probe", self.gmm_probe, GMM_PROBES)):
             if value not in options:
                 raise ConfigError(f"{name} must be one of {options}, got {value!r}")
         if self.max_assign < 1:
@@ -155,7 +162,7 @@ class IVFIndex:
             with warnings.catch_warnings():  # a few EM steps from a k-means start: not converged, by design
                 warnings.simplefilter("ignore")
                 gm.fit(x.astype(np.float64))
-            self.quantizer_ = Quantizer("gmm", self.metric, gmm_arrays(gm))
+            self.quantizer_ = Quantizer("gmm", self.metric, gmm_arrays(gm), probe=self.gmm_probe)
         self.lists_ = InvertedLists(self.nlist, x.shape[1])
         self.ntotal, self._device_lists = 0, None
         return self
@@ -165,8 +172,8 @@ class IVFIndex:
         ``assignment="multi"``, or another ``threshold``): no training again. The quantizer
         (kind, metric, nlist) cannot change."""
         self._check_trained()
-        fixed = {name: params[name] for name in ("nlist", "quantizer", "metric", "covariance_type") if name in params
-                 and params[name] != getattr(self, name)}
+        trained = ("nlist", "quantizer", "metric", "covariance_type", "gmm_probe")
+        fixed = {name: params[name] for name in trained if name in params and params[name] != getattr(self, name)}
         if fixed:
             raise ConfigError(f"{sorted(fixed)} belong to the trained quantizer; train a new index to change them")
         index = type(self)(**{**self.get_params(), **params})
@@ -297,7 +304,7 @@ class IVFIndex:
     # -- storage -------------------------------------------------------------------------------
     def get_params(self) -> dict:
         return {name: getattr(self, name) for name in ("nlist", "quantizer", "assignment", "max_assign", "threshold",
-                                                      "metric", "covariance_type", "max_iter", "gmm_iter",
+                                                      "metric", "covariance_type", "gmm_probe", "max_iter", "gmm_iter",
                                                       "random_state", "device", "batch_size")}
 
     def save(self, uri, *, storage_options=None) -> dict:
@@ -318,13 +325,13 @@ class IVFIndex:
         manifest = store.manifest()
         if manifest is None or manifest["kind"] != "ivf":
             raise StorageError(f"{store!r} holds no IVF index")
-        params = dict(manifest["params"])
+        params = {"gmm_probe": "likelihood", **manifest["params"]}  # saved before the choice: likelihood
         if device is not None:
             params["device"] = device
         index = cls(**params)
         meta = manifest["meta"]
         arrays = {name: store.get_array(ivf_file("quantizer", name)) for name in meta["quantizer_arrays"]}
-        index.quantizer_ = Quantizer(index.quantizer, index.metric, arrays)
+        index.quantizer_ = Quantizer(index.quantizer, index.metric, arrays, probe=index.gmm_probe)
         lists = {name: store.get_array(ivf_file("lists", name), mmap=True) for name in IVF_LIST_ARRAYS}
         index.lists_ = InvertedLists(index.nlist, meta["dim"], lists["vectors"], lists["ids"], lists["offsets"])
         index.ntotal = int(meta["ntotal"])

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..io.device import host_arrays
-from ..ops.probe import probe_rerank, row_terms
+from ..ops.probe import merge_sorted, probe_rerank, row_terms
 from ..storage.schema import SEARCH_ARRAYS, search_file
 from .router import Router, route_beam
 from .tree import Tree
@@ -51,7 +51,7 @@ def beam_leaves(q: torch.Tensor, tree: Tree, beam: int) -> np.ndarray:
     kernel as the search's re-rank (queries grouped by parent node), not of a per-row loop."""
     x = q.detach().cpu().numpy()
     n, numbers = len(x), leaf_numbers(tree)
-    best_d = np.full((n, beam), np.inf)
+    best_d = np.full((n, beam), np.inf, dtype=tree.levels[0].centroids.dtype)
     best_leaf = np.full((n, beam), -1, dtype=np.int64)
     nodes = np.zeros((n, 1), dtype=np.int64)  # the root's children are all of level 0
     for level_no, level in enumerate(tree.levels):
@@ -60,10 +60,8 @@ def beam_leaves(q: torch.Tensor, tree: Tree, beam: int) -> np.ndarray:
                                 metric=tree.metric, terms=_level_terms(tree, level_no))
         safe = np.maximum(nodes, 0)
         is_leaf = (nodes >= 0) & ((level.n_children[safe] == 0) | (level_no == tree.n_levels - 1))
-        pool_d = np.concatenate([best_d, np.where(is_leaf, d, np.inf)], 1)
-        pool_leaf = np.concatenate([best_leaf, np.where(is_leaf, numbers[level_no][safe], -1)], 1)
-        order = np.argsort(pool_d, axis=1, kind="stable")[:, :beam]
-        best_d, best_leaf = np.take_along_axis(pool_d, order, 1), np.take_along_axis(pool_leaf, order, 1)
+        if is_leaf.any():  # the level's leaves join the pool (its other nodes go on down)
+            best_d, best_leaf = merge_sorted(best_d, best_leaf, d, np.where(is_leaf, numbers[level_no][safe], -1), beam)
         if not (nodes >= 0).any() or is_leaf[nodes >= 0].all():
             break
     return np.where(np.isfinite(best_d), best_leaf, -1)

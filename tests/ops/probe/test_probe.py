@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mega_taxonomy.ops.probe import probe_rerank, probe_rerank_reference, smallest
+from mega_taxonomy.ops.probe import first_probes, merge_sorted, probe_rerank, probe_rerank_reference, smallest
 
 
 def layout(rng, n, d, n_lists, copies=1):
@@ -66,6 +66,34 @@ def test_matches_brute_force_over_the_probed_lists(metric, copies, backend):
     check_close(d, i, ref_d, ref_i)
     if copies > 1:
         assert all(len(set(row[row >= 0])) == (row >= 0).sum() for row in i)
+
+
+@pytest.mark.parametrize("dedup", [False, True])
+def test_a_wide_heap_scanned_in_two_passes(dedup):
+    """k = 60 over 10 probes of ~40 rows: the kernel scans each query's first probes (nearest
+    first) in one pass over the lists and the rest in a second; the same rows as one pass."""
+    rng = np.random.default_rng(5)
+    _, stored, ids, offsets, _ = layout(rng, 1200, 10, 30, 1 + dedup)
+    q = rng.normal(size=(70, 10)).astype(np.float32)
+    probes = np.stack([rng.choice(30, 10, replace=False) for _ in range(70)])
+    assert 1 < first_probes(probes, offsets, 60) < probes.shape[1]
+    d, i = probe_rerank(q, probes, offsets, stored, ids, 60, dedup=dedup)
+    check_close(d, i, *brute_force(q, stored, ids, offsets, probes, "euclidean", 60))
+
+
+@pytest.mark.parametrize("m", [1, 5, 9])
+def test_merge_sorted_is_a_stable_sort_of_both_rows(m):
+    rng = np.random.default_rng(m)
+    a_d, b_d = (np.sort(rng.integers(0, 6, size=(40, w)), 1).astype(np.float32) for w in (4, 5))  # ties
+    a_i, b_i = rng.integers(0, 100, size=(40, 4)), rng.integers(0, 100, size=(40, 5))
+    b_i[::3, 1] = -1  # left out
+    v, i = merge_sorted(a_d, a_i, b_d, b_i, m)
+    keep_d = np.concatenate([a_d, np.where(b_i >= 0, b_d, np.inf)], 1)
+    keep_i = np.concatenate([a_i, b_i], 1)
+    order = np.argsort(keep_d, axis=1, kind="stable")[:, :m]
+    ref_d, ref_i = np.take_along_axis(keep_d, order, 1), np.take_along_axis(keep_i, order, 1)
+    np.testing.assert_array_equal(v, ref_d)
+    np.testing.assert_array_equal(i, np.where(np.isfinite(ref_d), ref_i, -1))
 
 
 def test_padding_when_fewer_rows_than_k():

@@ -25,7 +25,8 @@ import torch
 from ...threads import cpu_threads, parallel_map
 from ..common import use_triton
 
-__all__ = ["PROBE_METRICS", "probe_rerank", "probe_rerank_reference", "query_terms", "row_terms", "smallest"]
+__all__ = ["PROBE_METRICS", "first_probes", "merge_sorted", "probe_rerank", "probe_rerank_reference", "query_terms",
+           "row_terms", "smallest"]
 
 PROBE_METRICS = ("euclidean", "cosine", "inner_product")
 
@@ -250,12 +251,52 @@ def _probe_numba(q, probes, offsets, vectors, ids, k, metric, terms, dedup):
     # per thread so that an unlucky chunk (long lists) does not leave a core idle.
     n_chunks = max(1, min(2 * cpu_threads(), -(-n // 64)))
     bounds = np.linspace(0, n, n_chunks + 1).astype(np.int64)
+    first = first_probes(probes, offsets, k)
 
     def work(c):
         probe_chunk(qn, np.asarray(q_base, dtype), probes, offsets, vectors, x_add, x_scale, ids, floor, dedup,
-                    bounds[c], bounds[c + 1], out_d, out_i)
+                    first, bounds[c], bounds[c + 1], out_d, out_i)
 
     parallel_map(work, range(n_chunks))
+    return out_d, out_i
+
+
+def first_probes(probes: np.ndarray, offsets: np.ndarray, k: int) -> int:
+    """How many leading probes of each query the CPU kernel scans in its first pass: about enough
+    lists (at their mean probed size) to hold 2k rows, so that the second pass starts with a good
+    k-th best. Probes come nearest first (a quantizer's, a beam's), so these are the near rows;
+    with a heap of k = 128 (the taxonomy's beam) this halves the rows pushed."""
+    if probes.size == 0 or probes.shape[1] == 1:
+        return probes.shape[1] if probes.ndim == 2 else 1
+    sizes = np.diff(offsets)
+    mean = float(sizes[probes[:256].clip(0)].mean()) if len(sizes) else 0.0
+    return int(min(probes.shape[1], max(1, np.ceil(2 * k / max(mean, 1.0)))))
+
+
+def merge_sorted(a_d: np.ndarray, a_i: np.ndarray, b_d: np.ndarray, b_i: np.ndarray, m: int):
+    """(values, labels), both (n, m): the ``m`` first of each row's merge of two ascending rows,
+    ``a``'s entry first where values are equal, entries labelled -1 left out, (inf, -1) padding
+    (a stable sort of the rows side by side, in one linear pass; the taxonomy's beam pools its
+    leaves level by level with it).
+
+    Examples
+    --------
+    >>> v, i = merge_sorted(np.array([[1.0, 3.0]]), np.array([[10, 11]]), np.array([[1.0, 2.0, 5.0]]),
+    ...                     np.array([[20, -1, 22]]), 4)
+    >>> v.tolist(), i.tolist()
+    ([[1.0, 1.0, 3.0, 5.0]], [[10, 20, 11, 22]])
+    """
+    from .numba import merge_rows
+
+    a_d, b_d = np.ascontiguousarray(a_d), np.ascontiguousarray(b_d, dtype=a_d.dtype)
+    a_i, b_i = np.ascontiguousarray(a_i, dtype=np.int64), np.ascontiguousarray(b_i, dtype=np.int64)
+    if a_d.shape != a_i.shape or b_d.shape != b_i.shape or len(a_d) != len(b_d):
+        raise ValueError(f"values and labels must match: a {a_d.shape} / {a_i.shape}, b {b_d.shape} / {b_i.shape}")
+    if not 0 <= m <= a_d.shape[1] + b_d.shape[1]:
+        raise ValueError(f"m={m} is more than the {a_d.shape[1] + b_d.shape[1]} columns of both")
+    out_d = np.empty((len(a_d), m), a_d.dtype)
+    out_i = np.empty((len(a_d), m), np.int64)
+    merge_rows(a_d, a_i, b_d, b_i, out_d, out_i)
     return out_d, out_i
 
 

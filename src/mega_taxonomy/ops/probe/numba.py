@@ -66,43 +66,54 @@ def _push(heap_d, heap_i, r, k, dist, ident, dedup):  # pragma: no cover - compi
     _sift_down(heap_d[r], heap_i[r], k, dist, ident)  # replaces the root
 
 
-@njit(cache=True, nogil=True, boundscheck=False, fastmath=_FASTMATH)
-def probe_chunk(q, q_base, probes, offsets, vectors, x_add, x_scale, ids, floor, dedup, q0, q1, out_d,
-                out_i):  # pragma: no cover - compiled
-    """Queries q0:q1 (see the module's contract)."""
-    n_lists, nprobe, d, k = offsets.shape[0] - 1, probes.shape[1], q.shape[1], out_d.shape[1]
-    nq = q1 - q0
-    # counting sort of the chunk's probes by list: members[start[l]:start[l + 1]] = its queries
-    start = np.zeros(n_lists + 1, dtype=np.int64)
+@njit(cache=True, nogil=True, boundscheck=False)
+def _group_by_list(probes, offsets, first, q0, q1):  # pragma: no cover - compiled
+    """Counting sort of the probes of queries q0:q1 by (pass, list): ``members[start[g]:start[g +
+    1]]`` are the queries (less q0) of group g = list + pass * n_lists, where pass 0 holds each
+    query's ``first`` leading probes and pass 1 the rest. Also the widest group and the longest
+    probed list (the sizes of the scan's buffers)."""
+    n_lists, nprobe = offsets.shape[0] - 1, probes.shape[1]
+    start = np.zeros(2 * n_lists + 1, dtype=np.int64)
     for r in range(q0, q1):
         for s in range(nprobe):
             lst = probes[r, s]
             if lst >= 0:
-                start[lst + 1] += 1
-    for lst in range(n_lists):
-        start[lst + 1] += start[lst]
+                start[lst + (s >= first) * n_lists + 1] += 1
+    for g in range(2 * n_lists):
+        start[g + 1] += start[g]
     fill = start[:-1].copy()
-    members = np.empty(start[n_lists], dtype=np.int64)
+    members = np.empty(start[2 * n_lists], dtype=np.int64)
     for r in range(q0, q1):
         for s in range(nprobe):
             lst = probes[r, s]
             if lst >= 0:
-                members[fill[lst]] = r - q0
-                fill[lst] += 1
-    heap_d = np.full((nq, k), np.inf, dtype=out_d.dtype)
-    heap_i = np.full((nq, k), np.iinfo(np.int64).max, dtype=np.int64)
-    longest = 0
-    for lst in range(n_lists):
-        if start[lst + 1] > start[lst]:
+                g = lst + (s >= first) * n_lists
+                members[fill[g]] = r - q0
+                fill[g] += 1
+    widest, longest = 1, 1
+    for g in range(2 * n_lists):
+        if start[g + 1] > start[g]:
+            lst = g % n_lists
+            widest = max(widest, start[g + 1] - start[g])
             longest = max(longest, offsets[lst + 1] - offsets[lst])
-    widest = 0
-    for lst in range(n_lists):
-        widest = max(widest, start[lst + 1] - start[lst])
-    group = np.empty((max(widest, 1), d), dtype=q.dtype)  # the list's queries, side by side
-    dots = np.empty(max(longest * widest, 1), dtype=q.dtype)
-    for lst in range(n_lists):
-        m0, m1 = start[lst], start[lst + 1]
-        lo, hi = offsets[lst], offsets[lst + 1]
+    return start, members, widest, longest
+
+
+@njit(cache=True, nogil=True, boundscheck=False, fastmath=_FASTMATH)
+def probe_chunk(q, q_base, probes, offsets, vectors, x_add, x_scale, ids, floor, dedup, first, q0, q1, out_d,
+                out_i):  # pragma: no cover - compiled
+    """Queries q0:q1 (see the module's contract). Each query's ``first`` leading probes (its
+    nearest lists) are scanned in a first pass over the lists, the rest in a second: the heaps
+    fill with good rows first, so that the second pass rejects most rows by the k-th best."""
+    n_lists, d, k = offsets.shape[0] - 1, q.shape[1], out_d.shape[1]
+    start, members, widest, longest = _group_by_list(probes, offsets, first, q0, q1)
+    heap_d = np.full((q1 - q0, k), np.inf, dtype=out_d.dtype)
+    heap_i = np.full((q1 - q0, k), np.iinfo(np.int64).max, dtype=np.int64)
+    group = np.empty((widest, d), dtype=q.dtype)  # the list's queries, side by side
+    dots = np.empty(longest * widest, dtype=q.dtype)
+    for g in range(2 * n_lists):
+        m0, m1 = start[g], start[g + 1]
+        lo, hi = offsets[g % n_lists], offsets[g % n_lists + 1]
         b = m1 - m0
         if b == 0 or hi == lo:
             continue
@@ -110,7 +121,7 @@ def probe_chunk(q, q_base, probes, offsets, vectors, x_add, x_scale, ids, floor,
             r = q0 + members[m0 + a]
             for t in range(d):
                 group[a, t] = q[r, t]
-        # one BLAS product per probed list: (its queries, d) x (d, rows)
+        # one BLAS product per probed list and pass: (its queries, d) x (d, rows)
         prod = dots[:(hi - lo) * b].reshape((b, hi - lo))
         np.dot(group[:b], vectors[lo:hi].T, prod)
         for a in range(b):
@@ -163,3 +174,26 @@ def smallest_rows(scores, m, r0, r1, out_v, out_i):  # pragma: no cover - compil
         for s in range(m - 1, -1, -1):
             out_v[r, s], out_i[r, s] = heap_v[0], heap_i[0]
             _sift_down(heap_v, heap_i, s, heap_v[s], heap_i[s])
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def merge_rows(a_d, a_i, b_d, b_i, out_d, out_i):  # pragma: no cover - compiled
+    """Row by row, the first ``out_d.shape[1]`` of the merge of two ascending rows (a's and b's),
+    an equal value taking a's entry first; entries labelled -1 are skipped; (inf, -1) padding."""
+    n, m = out_d.shape
+    wa, wb = a_d.shape[1], b_d.shape[1]
+    for r in range(n):
+        i = j = 0
+        for s in range(m):
+            while i < wa and a_i[r, i] < 0:
+                i += 1
+            while j < wb and b_i[r, j] < 0:
+                j += 1
+            if i < wa and (j >= wb or a_d[r, i] <= b_d[r, j]):
+                out_d[r, s], out_i[r, s] = a_d[r, i], a_i[r, i]
+                i += 1
+            elif j < wb:
+                out_d[r, s], out_i[r, s] = b_d[r, j], b_i[r, j]
+                j += 1
+            else:
+                out_d[r, s], out_i[r, s] = np.inf, -1
