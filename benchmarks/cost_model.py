@@ -4,8 +4,9 @@ seeds' sample, by the engine's own rule).
 
 Its per-item and per-byte constants come from runs measured here (benchmarks/results/
 ray_overhead.json: scheduling cost per dispatched item, the driver's float64 add and object-store
-fetch per byte, parquet decode rate) and the GPU assignment rate from kmeans_gpu.json (our kernel,
-N=1M, D=1024, K=4096 bf16 on an H100). Everything else is a parameter. See docs/scaling.md.
+fetch per byte, parquet decode rate) and the GPU rate from kmeans_gpu.json (a Lloyd iteration of
+our kernels, N=1M, D=1024, K=4096 bf16 on an H200). Everything else is a parameter. See
+docs/scaling.md.
 
 A level trained on a hash sample (``--max-train-points-per-centroid``, the engine's rule in
 ``taxonomy/sampled.py``) reads the data once, in its assignment pass, instead of once per
@@ -13,6 +14,7 @@ iteration; its iterations on the sample in memory (at most 4 GiB) are not counte
 
     python benchmarks/cost_model.py [--rows 200e9] [--dim 1024] [--branching 1000,1000,100] [--gpus 512]
     python benchmarks/cost_model.py --max-train-points-per-centroid 0   # every level on every row
+    python benchmarks/cost_model.py --partition-level 0   # level-synchronous: every level over all rows
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ BLOCK_ROWS = 65_536
 def constants() -> dict:
     measured = json.loads((RESULTS / "ray_overhead.json").read_text())["params"]["constants"]
     gpu = json.loads((RESULTS / "kmeans_gpu.json").read_text())
-    row = next(r for r in gpu["results"] if r["impl"] == "mega_taxonomy" and r["case"].startswith("N1048576_D1024_K4096"))
+    # a whole Lloyd iteration of our kernels (assignment and update) at N=1M, D=1024, K=4096 bf16,
+    # counted as the assignment's 2 N D K: a rate a little below the GEMM's
+    row = next(r for r in gpu["results"] if r["impl"] == "kernels only (ours)"
+               and r["case"] == "N1048576_D1024_K4096_bfloat16")
     flops = 2 * (1 << 20) * 1024 * 4096
-    return {**measured, "gpu_assign_flops_per_second": flops / (row["assign_ms"] / 1e3), "gpu": gpu["machine"]["gpu"]}
+    return {**measured, "gpu_assign_flops_per_second": flops / (row["iteration_ms"] / 1e3), "gpu": gpu["machine"]["gpu"]}
 
 
 def model(rows, dim, branching, iterations, gpus, value_bytes, reduce_blocks, read_gbps_per_gpu, fan_in, c,
@@ -79,6 +84,37 @@ def model(rows, dim, branching, iterations, gpus, value_bytes, reduce_blocks, re
             "read_hours": total_passes * io_seconds / 3600, "levels": levels, "hours": total / 3600}
 
 
+def subtree_model(rows, dim, branching, iterations, gpus, value_bytes, read_gbps_per_gpu, local_gbps_per_gpu,
+                  partition_level, c, max_points=None) -> dict:
+    """``TaxonomyEngine(partition_level=p)`` (``taxonomy/subtrees.py``): the top ``p`` levels over
+    all rows (as :func:`model`), one partition pass (a full read, and each worker writing its
+    share to local disk), then each worker's subtrees from its share alone: a gather (read and
+    write the share again), and per subtree level one local pass if it trains on a sample (the
+    engine's rule, within the subtree) else ``iterations + 1``; no partial crosses workers below
+    the top. Shares are taken as balanced (``largest_partition`` says how far they are not)."""
+    top = model(rows, dim, branching[:partition_level], iterations, gpus, value_bytes, 16, read_gbps_per_gpu, 8, c,
+                max_points)
+    io_seconds = rows * dim * value_bytes / (gpus * read_gbps_per_gpu * 1e9)
+    share_bytes = rows / gpus * dim * value_bytes
+    local_pass = share_bytes / (local_gbps_per_gpu * 1e9)
+    subtree_rows = rows / math.prod(branching[:partition_level])
+    levels, parents = [], 1
+    for level, b in enumerate(branching[partition_level:], start=partition_level):
+        train = train_rows_per_node(max_points, b, parents, dim * 4)
+        sampled = train is not None and parents * train < subtree_rows
+        passes = 1 if sampled else iterations + 1
+        compute = 2 * (rows / gpus) * dim * b / c["gpu_assign_flops_per_second"]
+        levels.append({"level": level, "subtree_parents": parents, "trained_on_sample": sampled, "local_passes": passes,
+                       "local_pass_seconds": max(local_pass, compute), "partial_bytes": parents * b * (dim * 8 + 16)})
+        parents *= b
+    full_passes = top["passes"]  # the top's: its sample, its levels, its output pass (here: the output pass)
+    full_passes += 1  # the partition pass
+    local = 3 * local_pass + sum(lv["local_passes"] * lv["local_pass_seconds"] for lv in levels)  # write, gather
+    seconds = full_passes * io_seconds + local + (top["hours"] * 3600 - top["passes"] * io_seconds)
+    return {"full_passes": full_passes, "read_hours": full_passes * io_seconds / 3600, "local_hours": local / 3600,
+            "share_bytes": share_bytes, "levels": levels, "hours": seconds / 3600, "top": top}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=float, default=200e9)
@@ -92,8 +128,25 @@ def main():
     parser.add_argument("--fan-in", type=int, default=8)
     parser.add_argument("--max-train-points-per-centroid", type=int, default=256,
                         help="TaxonomyEngine's parameter; 0: every level trains on every row")
+    parser.add_argument("--partition-level", type=int, default=1,
+                        help="TaxonomyEngine's parameter; 0: every level over all rows (level-synchronous)")
+    parser.add_argument("--local-gbps-per-gpu", type=float, default=3.0,
+                        help="a worker's local disk, read or write (assumed, not measured: NVMe)")
     args = parser.parse_args()
     c = constants()
+    if args.partition_level:
+        sub = subtree_model(int(args.rows), args.dim, [int(b) for b in args.branching.split(",")], args.iterations,
+                            args.gpus, args.value_bytes, args.read_gbps_per_gpu, args.local_gbps_per_gpu,
+                            args.partition_level, c, args.max_train_points_per_centroid or None)
+        print(f"subtrees from level {args.partition_level}: {sub['full_passes']} full passes "
+              f"({sub['read_hours']:.2f} h of reading), each worker's share {sub['share_bytes'] / 1e9:.0f} GB "
+              f"read and written locally ({sub['local_hours']:.2f} h), about {sub['hours']:.2f} h in all")
+        for lv in sub["levels"]:
+            on = "on a sample" if lv["trained_on_sample"] else "on every row"
+            print(f"  level {lv['level']}: {lv['subtree_parents']:.3g} parents a subtree, {on}, "
+                  f"{lv['local_passes']} local passes of {lv['local_pass_seconds']:.0f} s; a subtree's partial "
+                  f"{lv['partial_bytes'] / 1e9:.3g} GB, on its own worker")
+        return
     out = model(int(args.rows), args.dim, [int(b) for b in args.branching.split(",")], args.iterations, args.gpus,
                 args.value_bytes, args.reduce_blocks, args.read_gbps_per_gpu, args.fan_in, c,
                 args.max_train_points_per_centroid or None)
