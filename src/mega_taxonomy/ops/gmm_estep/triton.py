@@ -124,13 +124,16 @@ def diag_operands(weights, means, precisions, shift):
     return a.float(), b.float(), c.float()
 
 
-def _tiles(d: int) -> dict:
+def _tiles(d: int, stats: bool = False) -> dict:
+    """Tiles of the kernels at ``d`` features. Shared memory bounds them at wide rows: each stage of
+    a loop's software pipeline holds a tile of rows (and squares) and two of operands, and 3xTF32
+    splits every operand in two: at D = 128, the log-sum-exp kernel asked for 320 KiB of an H200's
+    227 with three stages, and the statistics kernel (also the transposed responsibilities) with
+    one. The statistics' two (BLOCK_C, BLOCK_D) float32 accumulators stay in registers."""
     block_d = max(16, triton.next_power_of_2(d))
-    # The statistics' two (BLOCK_C, BLOCK_D) float32 accumulators: 64 KiB of registers at most.
-    # Each stage of the loops' software pipeline holds a tile of rows and two of operands in
-    # shared memory: at D = 128, three stages asked for 320 KiB of an H200's 227.
-    return dict(BLOCK_M=64, BLOCK_C=64 if block_d <= 128 else 32, BLOCK_D=block_d,
-                num_stages=1 if block_d >= 128 else 2)
+    wide = block_d >= 128
+    return dict(BLOCK_M=32 if stats and wide else 64, BLOCK_C=32 if wide and (stats or block_d > 128) else 64,
+                BLOCK_D=block_d, num_stages=1 if wide else 2)
 
 
 def diag_estep_triton(x: torch.Tensor, weights, means, precisions, shift):
@@ -153,7 +156,8 @@ def diag_estep_triton(x: torch.Tensor, weights, means, precisions, shift):
     r_part = torch.empty(splits, k, dtype=torch.float32, device=x.device)
     x_part = torch.empty(splits, k, d, dtype=torch.float32, device=x.device)
     x2_part = torch.empty(splits, k, d, dtype=torch.float32, device=x.device)
-    _stats_kernel[(triton.cdiv(k, tiles["BLOCK_C"]), splits)](x, shift32, a, b, c, lse, r_part, x_part, x2_part, n,
+    stats = _tiles(d, stats=True)
+    _stats_kernel[(triton.cdiv(k, stats["BLOCK_C"]), splits)](x, shift32, a, b, c, lse, r_part, x_part, x2_part, n,
                                                               d, k, x.stride(0), ROWS=ROWS_PER_SPLIT, TF32=tf32,
-                                                              num_warps=8, **tiles)
+                                                              num_warps=8, **stats)
     return lse, r_part.double().sum(0), x_part.double().sum(0), x2_part.double().sum(0)
