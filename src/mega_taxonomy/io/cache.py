@@ -25,27 +25,42 @@ def default_cache_bytes():
 
 
 class BlockCache:
-    """Decoded blocks within a byte budget: the first blocks that fit stay, none is ever evicted.
+    """Decoded blocks within a byte budget: the first blocks that fit stay, none is ever evicted;
+    past the budget, on ``disk`` (a ``disk_cache.DiskCache``) where there is one.
 
     Blocks of in-memory data are views of it: caching them costs only their ordinals, and saves
     validating the same rows again on every pass.
     """
 
-    def __init__(self, budget, views=False):
-        self.budget, self.used, self.views = budget, 0, views
+    def __init__(self, budget, views=False, disk=None):
+        self.budget, self.used, self.views, self.disk = budget, 0, views, disk
         self._blocks = {}
         self._lock = threading.Lock()
 
     def get(self, index):
-        return self._blocks.get(index)
+        block = self._blocks.get(index)
+        if block is None and self.disk is not None:
+            block = self.disk.get(index)
+            if block is not None:
+                self._keep(block)  # (a block another process wrote, while RAM has room)
+        return block
 
     def put(self, block):
+        """Keep ``block`` in RAM if it fits, else on the disk tier if there is one and it fits."""
+        if not self._keep(block) and self.disk is not None:
+            self.disk.put(block)
+
+    def _keep(self, block) -> bool:
         size = (0 if self.views else block.vectors.nbytes) + block.ordinals.nbytes
         size += block.ids.nbytes if block.ids is not block.ordinals else 0
         with self._lock:
-            if block.index not in self._blocks and self.used + size <= self.budget:
+            if block.index in self._blocks:
+                return True
+            if self.used + size <= self.budget:
                 self._blocks[block.index] = block
                 self.used += size
+                return True
+            return False
 
     def take(self, ordinals, keep, dim, dtype):
         """(out, positions left to read): the rows at ``ordinals`` that cached blocks hold, copied

@@ -24,6 +24,7 @@ import torch
 from mega_taxonomy.errors import ConfigError, DataError
 from mega_taxonomy.io import validate
 from mega_taxonomy.io.cache import BlockCache, default_cache_bytes
+from mega_taxonomy.io.disk_cache import DiskCache, source_folder
 from mega_taxonomy.io.discovery import find_files, open_readers
 from mega_taxonomy.io.formats import ArrayReader
 from mega_taxonomy.io.readahead import put_unless, read_ahead
@@ -88,6 +89,14 @@ class VectorSource:
     cache_bytes : int, default=None
         RAM budget for decoded blocks of files, so that repeated passes do not decode again;
         blocks past it are re-read. None: min(25% of RAM, 8 GiB). Arrays are never cached.
+    disk_cache : str or path-like, default=None
+        A local folder for decoded blocks past the RAM budget (``io/disk_cache.py``): after the
+        first read, later passes map them from there instead of reading and decoding their files
+        again (remote files above all). Blocks of this source go to a subfolder named by its
+        files, rows, dim, dtype and column; a folder can be shared by the processes of a node.
+        A file rewritten in place with as many rows is not noticed: clear the folder then.
+    disk_cache_bytes : int, default=None
+        The disk tier's budget; None: half the folder's free space.
 
     Attributes
     ----------
@@ -145,6 +154,8 @@ class VectorSource:
         dim=None,
         storage_options=None,
         cache_bytes=None,
+        disk_cache=None,
+        disk_cache_bytes=None,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive int, not {batch_size!r}")
@@ -160,6 +171,8 @@ class VectorSource:
             dim=dim,
             storage_options=storage_options,
             cache_bytes=cache_bytes,
+            disk_cache=disk_cache,
+            disk_cache_bytes=disk_cache_bytes,
         )
         self._in_memory = isinstance(data, (np.ndarray, torch.Tensor))
         self._array = data if self._in_memory else None  # the in-memory array or tensor itself
@@ -194,7 +207,12 @@ class VectorSource:
                 self.shards += [Shard(reader.uri, lo, hi, start + lo) for lo, hi in zip(cuts[:-1], cuts[1:])]
         self.n_blocks = -(-self._len // BLOCK_ROWS)
         budget = default_cache_bytes() if cache_bytes is None else cache_bytes
-        self._cache = BlockCache(budget, views=self._in_memory)
+        disk = None
+        if disk_cache is not None and not self._in_memory:
+            identity = [self.uris, [int(r.num_rows) for r in self._readers], self.dim, str(self.dtype), column,
+                        id_column, self.on_invalid]
+            disk = DiskCache(source_folder(disk_cache, identity), disk_cache_bytes)
+        self._cache = BlockCache(budget, views=self._in_memory, disk=disk)
         self._skipped = {}
         self._whole = None  # all rows as one block, once checked (whole_block)
         self._lock = threading.Lock()
