@@ -148,7 +148,7 @@ class SubtreeWorker:
             return {}
         store = Store(self.uri, storage_options=options)
         written = gather(store, self.n_blocks, todo)
-        runtime = runtime or LocalRuntime(device=self.device)
+        runtime = runtime or LocalRuntime(device=self.device, progress=False)  # (the whole fit shows progress)
         for node, (n_children, uri) in todo.items():
             source = VectorSource(f"{self.uri}/{node_file(node)}", column=VECTOR, id_column=ID, storage_options=options)
             FitRun(self.config.subtree(node, n_children, uri), source, runtime, outputs=False,
