@@ -30,7 +30,7 @@ from ..ops import grouped_nearest, normalize_rows
 from ..ops.update import cluster_stats
 from .distance import pairwise, scale_features
 
-__all__ = ["Prototypes", "assign", "auto_k", "dispersion_ratio", "split_directions", "k_of_ratio", "seed_group"]
+__all__ = ["Prototypes", "assign", "auto_k", "dispersion_ratio", "k_of_ratio", "seed_group", "split_directions"]
 
 DEAD_SHARE = 0.01  # a prototype with less than this share of its group's mean mass is dead
 
@@ -109,7 +109,6 @@ class Prototypes:
             self.extra["exposure"][parents] = self.extra["exposure"][parents] / 2
         child = self.vectors[parents] + offsets.to(self.vectors.dtype)
         self.vectors[parents] = self.vectors[parents] - offsets.to(self.vectors.dtype)
-        n = len(parents)
         self.vectors = torch.cat([self.vectors, child])
         self.groups = torch.cat([self.groups, self.groups[parents]])
         self.mass = torch.cat([self.mass, self.mass[parents]])
@@ -117,7 +116,6 @@ class Prototypes:
             self.coord_mass = torch.cat([self.coord_mass, self.coord_mass[parents]])
         self.extra = {k: torch.cat([v, v[parents]]) for k, v in self.extra.items()}
         self.take(torch.ones(self.groups.shape[0], dtype=torch.bool, device=self.groups.device))
-        del n
 
     def prune(self) -> int:
         """Drop dead prototypes, never the last of a group: mass below ``DEAD_SHARE`` of their
