@@ -60,8 +60,9 @@ class StreamingSteps:
         """Prototypes of the groups of this batch up to their targets: ``k_init``, or for "auto"
         ``r * sqrt(n)`` with ``r`` the group's dispersion ratio (from its first batch) and ``n``
         its rows seen so far, as ``fit`` decides on all rows. A new group is seeded by k-means++ on
-        its rows; a grown one continues the k-means++ draw from its prototypes (new ones go where
-        rows are served worst); a pruned one grows back."""
+        its rows; a grown one splits its widest prototypes in two along their rows' principal axis
+        (``Prototypes.split``: the halves keep the parent's history, which a new prototype drawn
+        from the batch would not have); a pruned one grows back."""
         counts = self._protos.counts()
         seen = getattr(self, "_seen", None)
         if seen is None:
