@@ -189,17 +189,18 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
         X, y = check_features(self, X, reset=False, y=y, **self._y_options)
         self._outcomes = None
         w = kwargs.get("sample_weight")
-        self._count_outcomes(X, self._indicator(y), None if w is None else self._weights_of(w, n_rows(X)))
+        self._count_outcomes(X, self._indicator(y), None if w is None else self._weights_of(w, n_rows(X)),
+                             kwargs.get("feature_mask"))
         return self
 
-    def _count_outcomes(self, X, y, w=None):
+    def _count_outcomes(self, X, y, w=None, feature_mask=None):
         """Add the outcomes of the rows ``X, y`` under the current model to the counts that
         ``threshold="auto"`` cuts from, and set ``thresholds_``."""
         if self.threshold != "auto" or not self.multilabel_:
             self.thresholds_ = np.full(len(self.classes_), 0.5 if self.threshold == "auto" else float(self.threshold))
             return
         if self._protos.vectors.shape[0]:
-            counts = outcome_counts(self._proba_tensor(X).cpu().numpy(), y, w)
+            counts = outcome_counts(self._proba_tensor(X, feature_mask).cpu().numpy(), y, w)
             self._outcomes = counts if self._outcomes is None else self._outcomes + counts
         if self._outcomes is None:
             self.thresholds_ = np.full(len(self.classes_), 0.5)
@@ -222,10 +223,7 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
         y = self._indicator(y)
         w = self._weights_of(sample_weight, n_rows(X))
         mask = check_mask(feature_mask, X)
-        if feature_mask is None:  # prequential: the batch judged before it is learnt
-            self._count_outcomes(X, y, w)
-        elif not hasattr(self, "thresholds_"):
-            self.thresholds_ = np.full(len(self.classes_), 0.5 if self.threshold == "auto" else float(self.threshold))
+        self._count_outcomes(X, y, w, feature_mask)  # prequential: the batch judged before it is learnt
         if gradient_step:
             x, m = self._batch_tensor(X, mask)
             self._gradient_step(x, self._targets(y), torch.as_tensor(w, device=x.device), m)
