@@ -184,8 +184,8 @@ def split_directions(x: torch.Tensor, existing: torch.Tensor, k: int, metric: st
     sse = torch.where(size >= 2, sse, torch.full_like(sse, -1.0))
     order = torch.argsort(sse, descending=True, stable=True)[:k]
     order = order[sse[order] > 0]
-    # All chosen prototypes at once: their rows, centred, and a power iteration per prototype;
-    # sums per prototype through a one-hot product (index_add_ of float64 rows is slow on CPUs).
+    # All chosen prototypes at once: their rows, centred, and a power iteration per prototype
+    # (sums per prototype as one product with a one-hot matrix: one call, not one per prototype).
     slot = torch.full((existing.shape[0],), -1, dtype=torch.int64, device=x.device)
     slot[order] = torch.arange(len(order), device=x.device)
     rows = torch.nonzero(slot[near] >= 0).flatten()
