@@ -69,6 +69,8 @@ def models(task, seed):
                                                                                          random_state=seed),
                 "FastMultiLabelKMeansClassifier+finetune": lambda: FastMultiLabelKMeansClassifier(
                     finetune_epochs=10, device="cpu", random_state=seed),
+                "FastMultiLabelKMeansClassifier(threshold=0.5)": lambda: FastMultiLabelKMeansClassifier(
+                    threshold=0.5, device="cpu", random_state=seed),
                 "KNeighborsClassifier": KNeighborsClassifier,
                 "OneVsRest(LogisticRegression)": lambda: OneVsRestClassifier(LogisticRegression(max_iter=2000))}
     return {"FastKMeansRegressor": lambda: FastKMeansRegressor(device="cpu", random_state=seed),
@@ -245,6 +247,9 @@ def index_part(repeats, quick):
         results.append({"case": f"many_class_{n_classes}", "impl": name, "seconds": med, "fit_seconds": fit_seconds,
                         "model_bytes": nbytes(model, a), "quality": {"accuracy": float((pred == yb).mean())},
                         "projection_seconds": project_seconds})
+        searcher = model._searcher() if hasattr(model, "_searcher") else None
+        if searcher is not None and hasattr(searcher, "n_probe"):  # the calibrated probes
+            results[-1].update(n_probe=int(searcher.n_probe), n_lists=int(searcher.index.nlist))
         print(results[-1], flush=True)
     return results
 

@@ -17,7 +17,8 @@ from mega_taxonomy.learn.multilabel import gap_cut
 def test_multilabel_probability_is_positive_share_per_tag():
     X, Y = make_multilabel_classification(n_samples=800, n_features=10, n_classes=5, random_state=0)
     X = X.astype(np.float32)
-    clf = FastMultiLabelKMeansClassifier(k_init=3, soft_type="mean", top_k=3, device="cpu", random_state=0).fit(X, Y)
+    clf = FastMultiLabelKMeansClassifier(k_init=3, soft_type="mean", top_k=3, threshold=0.5, device="cpu",
+                                         random_state=0).fit(X, Y)
     d = cdist(X[:100].astype(np.float64), clf.prototypes_.astype(np.float64), "sqeuclidean")
     tags = clf.prototype_groups_ // 2
     positive = clf.prototype_groups_ % 2 == 1

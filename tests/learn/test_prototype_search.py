@@ -40,3 +40,22 @@ def test_index_path_in_a_classifier_with_many_classes():
 def test_index_search_needs_a_metric_the_index_knows():
     with pytest.raises(ConfigError, match="use_index"):
         IndexSearcher(torch.zeros(10, 2), "l1")
+
+
+def test_index_probes_are_the_fewest_reaching_the_recall_target():
+    from mega_taxonomy.learn.search import CALIBRATION_ROWS, RECALL_TARGET
+
+    rng = np.random.default_rng(2)
+    protos = rng.normal(size=(900, 12)).astype(np.float32)  # all of them sampled
+    searcher = IndexSearcher(torch.as_tensor(protos), "euclidean", random_state=0)
+    assert 1 <= searcher.n_probe <= searcher.index.nlist and CALIBRATION_ROWS >= len(protos)
+    d = cdist(protos.astype(np.float64), protos.astype(np.float64), "sqeuclidean")
+    np.fill_diagonal(d, np.inf)
+    truth = d.argmin(1)  # the nearest other prototype, float64 brute force
+
+    def recall(n_probe):
+        found = searcher.index.search(protos, 2, nprobe=n_probe)[1]
+        return ((found[:, 0] == truth) | (found[:, 1] == truth)).mean()
+
+    assert recall(searcher.n_probe) >= RECALL_TARGET
+    assert searcher.n_probe == 1 or recall(searcher.n_probe - 1) < RECALL_TARGET

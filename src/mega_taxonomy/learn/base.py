@@ -1,7 +1,7 @@
 """What the four prototype estimators share: parameters, the fit (seeding, Lloyd passes, pruning,
 feature weights, finetuning), the streaming step, and the top-k search at inference time.
 
-A subclass says how targets become group memberships (``_memberships``), how many prototypes a
+The streaming step lives in ``streaming.py`` (a mixin of this base). A subclass says how targets become group memberships (``_memberships``), how many prototypes a
 group gets (``_group_k``), its finetuning loss (``_loss``) and what a fit leaves beside the
 prototypes (``_after_fit``).
 """
@@ -24,6 +24,7 @@ from .inputs import batches, check_features, check_mask, compute_device, n_rows,
 from .prototypes import Prototypes, apply_means, assign, auto_k, batch_stats, seed_group
 from .search import LazySearcher
 from .soft import SOFT_TYPES, soft_weights
+from .streaming import StreamingSteps
 
 __all__ = ["COMMON_CONSTRAINTS", "PrototypeLearner"]
 
@@ -52,7 +53,7 @@ COMMON_CONSTRAINTS = {
 }
 
 
-class PrototypeLearner(BaseEstimator):
+class PrototypeLearner(StreamingSteps, BaseEstimator):
     """Base of the prototype estimators (not public: use the four estimators)."""
 
     # -- set-up ----------------------------------------------------------------------------
@@ -70,7 +71,9 @@ class PrototypeLearner(BaseEstimator):
         self._rng = np.random.default_rng(seed_of(self.random_state))
         self._protos = Prototypes.empty(self.n_features_in_, n_groups, self._device(), self._work_dtype())
         self._scale_sum, self._scale_mass = 0.0, 0.0
-        self._k_target = {}
+        self._k_target = {}  # group -> prototypes that fit gave it
+        self._k_ratio = {}  # group -> dispersion ratio (a stream with k_init "auto")
+        self._seen = None  # rows seen per group by a stream
         self._adam = None
         self.feature_weights_ = None
         self.n_iter_ = 0
@@ -176,41 +179,6 @@ class PrototypeLearner(BaseEstimator):
         mean = float(w.mean())
         w = w / mean if mean > 0 else torch.ones_like(w)
         self.feature_weights_ = w.cpu().numpy().astype(np.float64)
-
-    # -- streaming -------------------------------------------------------------------------
-    def _ema_step(self, X, rows, groups, weights, mask=None, prune=True):
-        """Grow missing prototypes from this batch, then move every prototype by EMA."""
-        dev = self._device()
-        x_all = next(batches(X, max(1, len(rows)), dev, self._work_dtype(), mask=mask, rows=rows))
-        x, m = x_all[2], x_all[3]
-        counts = self._protos.counts()
-        g_t = torch.as_tensor(groups, device=dev)
-        seeds, owners = [], []
-        spread = None
-        for g in np.unique(groups):
-            if counts[g]:
-                continue
-            # A group seen for the first time: its prototypes from this batch's rows.
-            sel = torch.nonzero(g_t == int(g)).flatten()
-            if spread is None:
-                spread = float(((x.double() - x.double().mean(0)) ** 2).sum(1).mean())
-            if int(g) not in self._k_target:
-                self._k_target[int(g)] = self._group_k(g, (x[sel], len(sel), spread))
-            seeds.append(seed_group(x[sel], self._k_target[int(g)], self._rng, self.metric, self.init_mode))
-            owners.append(torch.full((seeds[-1].shape[0],), int(g), dtype=torch.int64))
-        if seeds:
-            self._protos.add(torch.cat(seeds), torch.cat(owners).to(dev))
-        w = torch.as_tensor(weights, device=dev, dtype=torch.float64)
-        d, labels = assign(self._protos, x, g_t, self.metric, self._weights(), m)
-        sums, mass, coord = batch_stats(self._protos, x, labels, w, m)
-        apply_means(self._protos, sums, mass, coord, self.metric, decay=self.ema_decay)
-        ok = labels >= 0
-        self._scale_sum += float((d[ok].double() * w[ok]).sum())
-        self._scale_mass += float(w[ok].sum())
-        if prune:
-            self._protos.prune()
-        self._adam = None
-        self._export()
 
     # -- finetuning ------------------------------------------------------------------------
     def _trainables(self):

@@ -27,19 +27,19 @@ class FastKMeansClassifier(ClassifierMixin, PrototypeLearner):
     assignment op), prunes dead prototypes and, with ``finetune_epochs``, moves the prototypes
     with Adam on the cross-entropy of a softmax over all prototypes (plus a GLVQ repulsion term).
     ``partial_fit`` / ``fit_batch`` stream: new classes get prototypes from their first batch,
-    every prototype moves by EMA towards its rows. Prediction soft-votes over the ``top_k``
+    classes grow as their rows come in, and a few Lloyd iterations of each batch move the
+    prototypes from their running means. Prediction soft-votes over the ``top_k``
     nearest prototypes (``soft_type``).
 
     Parameters
     ----------
     k_init : int or "auto", default="auto"
         Prototypes per class; "auto": ``round(r * sqrt(n_c))`` from the class's spread ``r``
-        relative to the data's (``prototypes.auto_k``). A stream (``partial_fit``) decides "auto"
-        on the first batch that holds the class, so it seeds fewer prototypes than ``fit`` on the
-        whole data; give streams an int (on 150k rows of the 600k benchmark set, 15k-row batches:
-        one pass 0.759 with "auto", 0.811 with ``k_init=120``, three passes with
-        ``ema_decay=0.9`` 0.830, against ``fit``'s 0.839). Growing a class's prototypes as its rows
-        come in was tried and dropped: three times the prototypes for the same accuracy.
+        relative to the data's (``prototypes.auto_k``). A stream (``partial_fit``) takes ``r`` from
+        the first batch that holds the class and grows the class to ``r * sqrt(rows seen)`` by
+        splitting its widest prototypes, so it ends with about the prototypes ``fit`` makes
+        (``learn/streaming.py``; the 600k benchmark set, 50k-row batches: 0.855 with 2190
+        prototypes against ``fit``'s 0.871 with 2228).
     metric : {"euclidean", "cosine", "l1"}, default="euclidean"
         Squared L2, ``1 - cos`` or L1.
     soft_type : {"hard", "mean", "scaled", "softmax_scaled"}, default="softmax_scaled"
@@ -73,8 +73,8 @@ class FastKMeansClassifier(ClassifierMixin, PrototypeLearner):
         Weight of the GLVQ term ``(d+ - d-) / (d+ + d-)`` (nearest own-class vs other-class
         prototype) in the finetuning loss: it pushes the nearest wrong prototype away.
     use_index : bool or "auto", default=False
-        Search the prototypes through an inverted file (``learn/search.py``); "auto": from 20,000
-        prototypes.
+        Search the prototypes through an inverted file (``learn/search.py``; its probes calibrated
+        to find 90% of the nearest prototypes); "auto": from 20,000 prototypes.
     device : str, default="auto"
     dtype : {"float32", "float64", "float16", "bfloat16"}, default="float32"
         Storage of the prototypes (arithmetic in float32, float64 for "float64").

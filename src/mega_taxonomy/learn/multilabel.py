@@ -11,12 +11,13 @@ from sklearn.base import ClassifierMixin, MultiOutputMixin
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from .._sklearn_compat import Interval, _fit_context
+from .._sklearn_compat import Interval, StrOptions, _fit_context
 from .base import PASS_BATCH, PrototypeLearner
 from .classifier import FastKMeansClassifier
 from .distance import exact_distances, pairwise, scale_features
 from .inputs import batches, check_features, check_mask, like_input, n_rows, require_y
 from .soft import binary_proba, group_logsumexp, soft_weights
+from .thresholds import micro_f1_thresholds, outcome_counts
 
 __all__ = ["FastMultiLabelKMeansClassifier", "gap_cut"]
 
@@ -56,8 +57,11 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
         Focusing exponents of the positive and negative terms of ASL (0, 0: binary cross-entropy).
     asl_clip : float, default=0.05
         Probability margin under which a negative is dropped from the loss.
-    threshold : float, default=0.5
-        Tag decision for ``predict(X)``; ``predict(X, strategy="gap")`` needs none.
+    threshold : float or "auto", default="auto"
+        Tag decision for ``predict(X)``: probability above it. "auto": a cut per tag
+        (``thresholds_``) maximizing the micro F1 of the training rows (``fit``), or of every
+        streamed batch before it is learnt (``partial_fit``); see ``learn/thresholds.py``.
+        ``predict(X, strategy="gap")`` needs none.
     The other parameters are :class:`FastKMeansClassifier`'s.
 
     Attributes
@@ -67,6 +71,8 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
     prototypes_ : ndarray of shape (n_prototypes, n_features)
     prototype_groups_ : ndarray of shape (n_prototypes,)
         ``2 * tag + (1 if positive side)``.
+    thresholds_ : ndarray of shape (n_tags,)
+        The cut of every tag (``threshold``, or chosen for "auto").
 
     Examples
     --------
@@ -84,10 +90,10 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
         "asl_gamma_pos": [Interval(Real, 0, None, closed="left")],
         "asl_gamma_neg": [Interval(Real, 0, None, closed="left")],
         "asl_clip": [Interval(Real, 0, 1, closed="left")],
-        "threshold": [Interval(Real, 0, 1, closed="both")],
+        "threshold": [Interval(Real, 0, 1, closed="both"), StrOptions({"auto"})],
     }
 
-    def __init__(self, k_init="auto", *, asl_gamma_pos=0.0, asl_gamma_neg=1.0, asl_clip=0.05, threshold=0.5,
+    def __init__(self, k_init="auto", *, asl_gamma_pos=0.0, asl_gamma_neg=1.0, asl_clip=0.05, threshold="auto",
                  metric="euclidean", soft_type="softmax_scaled", top_k=5, temperature=0.3, init_mode="kmeans++",
                  max_iter=10, tol=1e-4, ema_decay=1.0, finetune_epochs=0, learning_rate=None, batch_size=1024,
                  auto_feature_weights=False, diversity_reg=0.0, l2_reg=0.0, use_index=False, device="auto",
@@ -169,8 +175,37 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
         self._fit_prototypes(X, rows, groups, np.ones(len(rows)))
         self._build_members()
         if self.finetune_epochs:
-            self.finetune(X, y, epochs=self.finetune_epochs)
+            self.finetune(X, y, epochs=self.finetune_epochs)  # cuts the thresholds after it
+        else:
+            self._outcomes = None
+            self._count_outcomes(X, y)
         return self
+
+    def finetune(self, X, y, **kwargs):
+        """:meth:`PrototypeLearner.finetune <mega_taxonomy.learn.base.PrototypeLearner.finetune>`,
+        then for ``threshold="auto"`` the cuts again on ``X, y`` (the model they were cut for is
+        gone)."""
+        super().finetune(X, y, **kwargs)
+        X, y = check_features(self, X, reset=False, y=y, **self._y_options)
+        self._outcomes = None
+        w = kwargs.get("sample_weight")
+        self._count_outcomes(X, self._indicator(y), None if w is None else self._weights_of(w, n_rows(X)),
+                             kwargs.get("feature_mask"))
+        return self
+
+    def _count_outcomes(self, X, y, w=None, feature_mask=None):
+        """Add the outcomes of the rows ``X, y`` under the current model to the counts that
+        ``threshold="auto"`` cuts from, and set ``thresholds_``."""
+        if self.threshold != "auto" or not self.multilabel_:
+            self.thresholds_ = np.full(len(self.classes_), 0.5 if self.threshold == "auto" else float(self.threshold))
+            return
+        if self._protos.vectors.shape[0]:
+            counts = outcome_counts(self._proba_tensor(X, feature_mask).cpu().numpy(), y, w)
+            self._outcomes = counts if self._outcomes is None else self._outcomes + counts
+        if self._outcomes is None:
+            self.thresholds_ = np.full(len(self.classes_), 0.5)
+        else:
+            self.thresholds_ = micro_f1_thresholds(self._outcomes)
 
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One streaming step (:meth:`fit_batch` without gradient); ``classes`` for label input."""
@@ -184,9 +219,11 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
         X, y = check_features(self, X, reset=first, y=y, **self._y_options)
         if first:
             self._start(y, classes)
+            self._outcomes = None
         y = self._indicator(y)
         w = self._weights_of(sample_weight, n_rows(X))
         mask = check_mask(feature_mask, X)
+        self._count_outcomes(X, y, w, feature_mask)  # prequential: the batch judged before it is learnt
         if gradient_step:
             x, m = self._batch_tensor(X, mask)
             self._gradient_step(x, self._targets(y), torch.as_tensor(w, device=x.device), m)
@@ -259,28 +296,41 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
                 p = binary_proba(p)[0]
         return p
 
+    def _tag_proba(self, X, feature_mask=None):
+        """(probabilities, cut): the tags' shares, and the cut above which a tag is predicted.
+        With ``threshold="auto"`` each share is mapped piecewise linearly so that its tag's cut
+        lands on 0.5 (0 and 1 stay): the probabilities then agree with ``predict`` (rounded, they
+        are its answer) and rank the rows of a tag as the shares do."""
+        p = self._proba_tensor(X, feature_mask)
+        if not self.multilabel_ or self.threshold != "auto":
+            return p, (0.5 if not self.multilabel_ else float(self.threshold))
+        c = torch.as_tensor(self.thresholds_, dtype=p.dtype, device=p.device)
+        return torch.where(p <= c, 0.5 * p / c, 0.5 + 0.5 * (p - c) / (1 - c)), 0.5
+
     def predict_proba(self, X, feature_mask=None):
-        """(n, n_tags) probability of every tag (for label input: of every class, rows summing to 1)."""
+        """(n, n_tags) probability of every tag (for label input: of every class, rows summing to
+        1); with ``threshold="auto"`` rescaled so that 0.5 is each tag's cut."""
         check_is_fitted(self)
         X, _ = check_features(self, X, reset=False)
-        return like_input(self._proba_tensor(X, feature_mask), X)
+        return like_input(self._tag_proba(X, feature_mask)[0], X)
 
     def decision_function(self, X, feature_mask=None):
-        """(n, n_tags) scores: probability minus ``threshold`` (positive: the tag is predicted);
-        for label input the classifier's (``p1 - 0.5`` for two classes, else the probabilities)."""
+        """(n, n_tags) scores: probability minus the cut (positive: the tag is predicted); for
+        label input the classifier's (``p1 - 0.5`` for two classes, else the probabilities)."""
         check_is_fitted(self)
         X, _ = check_features(self, X, reset=False)
-        p = self._proba_tensor(X, feature_mask)
+        p, cut = self._tag_proba(X, feature_mask)
         if self.multilabel_:
-            return like_input(p - self.threshold, X)
+            return like_input(p - cut, X)
         return like_input(p[:, 1] - 0.5 if len(self.classes_) == 2 else p, X)
 
     def predict(self, X, strategy="threshold", feature_mask=None):
-        """(n, n_tags) indicator: probability above ``threshold`` (``strategy="threshold"``), or
-        above each row's largest probability gap (``strategy="gap"``, :func:`gap_cut`)."""
+        """(n, n_tags) indicator: probability above the cut (``strategy="threshold"``: 0.5 of
+        :meth:`predict_proba`), or above each row's largest probability gap (``strategy="gap"``,
+        :func:`gap_cut`)."""
         check_is_fitted(self)
         X, _ = check_features(self, X, reset=False)
-        p = self._proba_tensor(X, feature_mask)
+        p, cut = self._tag_proba(X, feature_mask)
         if not self.multilabel_:
             best = (p[:, 1] > 0.5).long() if len(self.classes_) == 2 else p.argmax(1)
             labels = self.classes_[best.cpu().numpy()]
@@ -290,7 +340,7 @@ class FastMultiLabelKMeansClassifier(MultiOutputMixin, ClassifierMixin, Prototyp
         if strategy == "gap":
             out = torch.as_tensor(gap_cut(p.cpu().numpy()))
         elif strategy == "threshold":
-            out = (p > self.threshold).long()
+            out = (p > cut).long()
         else:
             raise ValueError(f"strategy must be 'threshold' or 'gap', got {strategy!r}")
         return like_input(out, X)

@@ -30,7 +30,7 @@ from ..ops import grouped_nearest, normalize_rows
 from ..ops.update import cluster_stats
 from .distance import pairwise, scale_features
 
-__all__ = ["Prototypes", "assign", "auto_k", "seed_group"]
+__all__ = ["Prototypes", "assign", "auto_k", "dispersion_ratio", "k_of_ratio", "seed_group", "split_directions"]
 
 DEAD_SHARE = 0.01  # a prototype with less than this share of its group's mean mass is dead
 
@@ -84,15 +84,53 @@ class Prototypes:
             self.extra[k] = torch.cat([v, new.to(v.dtype)])
         self.take(torch.ones(self.groups.shape[0], dtype=torch.bool, device=self.groups.device))
 
+    def update_exposure(self, before, w, row_groups, decay) -> None:
+        """Streaming: ``extra["exposure"]``, the mass each prototype would hold had its group's
+        rows been shared equally among the group's prototypes since it was born (decaying as the
+        mass does). ``before``: the exposure before this batch (None: the mass before it, as for
+        prototypes that ``fit`` made); ``w, row_groups``: the batch's weights and groups."""
+        if before is None or before.shape != self.mass.shape:
+            before = self.mass.clone()  # the mass after the batch: fair by construction
+        group_mass = torch.zeros(self.n_groups, dtype=torch.float64, device=self.mass.device)
+        group_mass.index_add_(0, row_groups, w.double())
+        share = group_mass / torch.bincount(self.groups, minlength=self.n_groups).clamp_min(1)
+        self.extra["exposure"] = decay * before + share[self.groups]
+
+    def split(self, parents: torch.Tensor, offsets: torch.Tensor) -> None:
+        """Split the prototypes ``parents`` in two: the parent moves by ``-offset``, a child at
+        ``+offset`` takes half its mass (and a copy of what it carries), so the rows it held are
+        shared by the two."""
+        if not len(parents):
+            return
+        self.mass[parents] = self.mass[parents] / 2
+        if self.coord_mass is not None:
+            self.coord_mass[parents] = self.coord_mass[parents] / 2
+        if "exposure" in self.extra:
+            self.extra["exposure"][parents] = self.extra["exposure"][parents] / 2
+        child = self.vectors[parents] + offsets.to(self.vectors.dtype)
+        self.vectors[parents] = self.vectors[parents] - offsets.to(self.vectors.dtype)
+        self.vectors = torch.cat([self.vectors, child])
+        self.groups = torch.cat([self.groups, self.groups[parents]])
+        self.mass = torch.cat([self.mass, self.mass[parents]])
+        if self.coord_mass is not None:
+            self.coord_mass = torch.cat([self.coord_mass, self.coord_mass[parents]])
+        self.extra = {k: torch.cat([v, v[parents]]) for k, v in self.extra.items()}
+        self.take(torch.ones(self.groups.shape[0], dtype=torch.bool, device=self.groups.device))
+
     def prune(self) -> int:
-        """Drop dead prototypes (mass below ``DEAD_SHARE`` of their group's mean), never the last
-        of a group. Returns how many were dropped."""
+        """Drop dead prototypes, never the last of a group: mass below ``DEAD_SHARE`` of their
+        group's mean, or in a stream (``extra["exposure"]``) below ``DEAD_SHARE`` of their
+        exposure, so that a prototype grown late is judged on the rows it could have had. Returns
+        how many were dropped."""
         if not self.groups.numel():
             return 0
-        total = torch.zeros(self.n_groups, dtype=torch.float64, device=self.mass.device).index_add_(0, self.groups,
-                                                                                                  self.mass)
-        mean = total / torch.bincount(self.groups, minlength=self.n_groups).clamp_min(1)
-        dead = self.mass < DEAD_SHARE * mean[self.groups]
+        if "exposure" in self.extra:
+            dead = self.mass < DEAD_SHARE * self.extra["exposure"]
+        else:
+            total = torch.zeros(self.n_groups, dtype=torch.float64, device=self.mass.device)
+            total.index_add_(0, self.groups, self.mass)
+            mean = total / torch.bincount(self.groups, minlength=self.n_groups).clamp_min(1)
+            dead = self.mass < DEAD_SHARE * mean[self.groups]
         # The heaviest prototype of every group survives.
         heaviest = torch.full((self.n_groups,), -1.0, dtype=torch.float64, device=self.mass.device)
         heaviest = heaviest.scatter_reduce(0, self.groups, self.mass, "amax")
@@ -110,16 +148,56 @@ class Prototypes:
         return n_dead
 
 
-def auto_k(x: torch.Tensor, global_spread: float, limit: int, n_total: int | None = None) -> int:
-    """Prototypes for one group from its dispersion: ``round(r * sqrt(n))`` with ``r`` the group's
-    mean squared distance to its mean (estimated on the rows ``x``) over the whole data's, ``n``
-    the group's rows (``n_total``, else ``len(x)``), within ``[1, limit]``. A tight group (r ~ 0)
-    gets one prototype; a group as spread as the whole data gets ``sqrt(n)``."""
+def dispersion_ratio(x: torch.Tensor, global_spread: float) -> float:
+    """A group's mean squared distance to its mean (estimated on its rows ``x``) over the whole
+    data's, within ``[0, 1]``."""
     x = x.double()
     spread = float(((x - x.mean(0)) ** 2).sum(1).mean())
-    ratio = 0.0 if global_spread <= 0 else min(1.0, spread / global_spread)
+    return 0.0 if global_spread <= 0 else min(1.0, spread / global_spread)
+
+
+def auto_k(x: torch.Tensor, global_spread: float, limit: int, n_total: int | None = None) -> int:
+    """Prototypes for one group from its dispersion: ``round(r * sqrt(n))`` with ``r`` the group's
+    :func:`dispersion_ratio`, ``n`` the group's rows (``n_total``, else ``len(x)``), within
+    ``[1, limit]``. A tight group (r ~ 0) gets one prototype; a group as spread as the whole data
+    gets ``sqrt(n)``."""
     n = x.shape[0] if n_total is None else n_total
+    return k_of_ratio(dispersion_ratio(x, global_spread), n, limit)
+
+
+def k_of_ratio(ratio: float, n: float, limit: int) -> int:
+    """``round(ratio * sqrt(n))`` within ``[1, limit]``."""
     return int(min(limit, max(1, round(ratio * math.sqrt(n)))))
+
+
+def split_directions(x: torch.Tensor, existing: torch.Tensor, k: int, metric: str, steps: int = 8):
+    """Where to split a group's prototypes to get ``k`` more, from its rows ``x``: the ``k`` whose
+    rows lie widest (largest sum of squared distances) and, for each, the offset
+    ``sqrt(2 lambda / pi) v`` along the first principal axis ``v`` (variance ``lambda``) of its
+    rows: the two halves' means of a Gaussian cut through its centre, as bisecting k-means splits.
+    Returns (indices into ``existing``, offsets (k, D)); fewer where prototypes hold < 2 rows."""
+    kind = "cosine" if metric == "cosine" else "euclidean"
+    xd, cd = x.double(), existing.double()
+    d, near = pairwise(xd, cd, kind).clamp_min(0).min(1)
+    sse = torch.zeros(existing.shape[0], dtype=torch.float64, device=x.device).index_add_(0, near, d)
+    size = torch.bincount(near, minlength=existing.shape[0])
+    sse = torch.where(size >= 2, sse, torch.full_like(sse, -1.0))
+    order = torch.argsort(sse, descending=True, stable=True)[:k]
+    order = order[sse[order] > 0]
+    # All chosen prototypes at once: their rows, centred, and a power iteration per prototype
+    # (sums per prototype as one product with a one-hot matrix: one call, not one per prototype).
+    slot = torch.full((existing.shape[0],), -1, dtype=torch.int64, device=x.device)
+    slot[order] = torch.arange(len(order), device=x.device)
+    rows = torch.nonzero(slot[near] >= 0).flatten()
+    owner = slot[near[rows]]
+    onehot = (owner[None, :] == torch.arange(len(order), device=x.device)[:, None]).double()
+    r = xd[rows] - cd[order][owner]
+    v = onehot @ (r * r) + 1e-12  # start from the per-feature variances
+    for _ in range(steps):
+        v = onehot @ (r * (r * v[owner]).sum(1, keepdim=True))
+        v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min(1e-300)
+    lam = (onehot @ ((r * v[owner]).sum(1) ** 2)) / size[order].double()
+    return order, (v * (2.0 * lam / math.pi).sqrt()[:, None]).to(existing.dtype)
 
 
 def seed_group(x: torch.Tensor, k: int, rng: np.random.Generator, metric: str, init_mode: str) -> torch.Tensor:
