@@ -216,12 +216,14 @@ def _branching(text):
 @click.option("--no-search-index", is_flag=True, help="Do not keep the vectors grouped by leaf for search.")
 @click.option("--balance", type=click.Choice(["split", "penalty"]), default=None,
               help="Even out node sizes: split big nodes and merge tiny ones, or size-penalised assignment.")
+@click.option("--partition-level", type=int, default=None,
+              help="Fit the levels from this one down subtree by subtree, from rows written once by node.")
 @column_option
 @id_option
 @options_option
 @ray_option
 def fit(input, storage, n_levels, branching, max_iter, tol, metric, seed, device, min_cluster_size, output,
-        no_search_index, balance, column, id_column, storage_options, ray_address, ray_workers):
+        no_search_index, balance, partition_level, column, id_column, storage_options, ray_address, ray_workers):
     """Fit a taxonomy on INPUT (resumes an interrupted fit with the same arguments)."""
     from .taxonomy import TaxonomyEngine
 
@@ -231,7 +233,8 @@ def fit(input, storage, n_levels, branching, max_iter, tol, metric, seed, device
                                 storage_uri=storage, max_iter=max_iter, tol=tol, metric=metric, random_state=seed,
                                 device=device, min_cluster_size=min_cluster_size, column=column,
                                 id_column=id_column, storage_options=_options(storage_options),
-                                search_index=not no_search_index, balance=balance, runtime=runtime)
+                                search_index=not no_search_index, balance=balance, partition_level=partition_level,
+                                runtime=runtime)
         engine.fit(input, output=output)
     _echo_inspect(engine)
 

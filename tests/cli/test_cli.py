@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from mega_taxonomy import KMeans, __version__
+from mega_taxonomy import KMeans, TaxonomyEngine, __version__
 from mega_taxonomy.cli import main
 from mega_taxonomy.storage import Store
 from mega_taxonomy.storage.schema import read_paths
@@ -131,3 +131,18 @@ def test_fit_with_balance_stores_penalties(tmp_path):
               "--balance", "penalty")
     assert "level 0: 5 nodes" in out
     assert (tmp_path / "tax" / "levels" / "00" / "penalty.npy").exists()
+
+
+def test_fit_by_subtrees(tmp_path):
+    """``--partition-level 1``: the levels below the first fitted subtree by subtree; the paths
+    written follow the tree, as ``predict`` routes them."""
+    X = np.random.default_rng(4).normal(size=(3000, 4)).astype(np.float32)
+    uri = write_vectors(tmp_path / "data", X)
+    storage = str(tmp_path / "tax")
+    out = run("fit", uri, "--storage", storage, "--levels", "2", "--branching", "3,4", "--device", "cpu",
+              "--partition-level", "1", "--output", str(tmp_path / "out"))
+    assert "level 0: 3 nodes" in out and "level 1: 12 nodes" in out
+    store = Store(str(tmp_path / "out"))
+    table = pa.concat_tables([store.get_table(name) for name in store.listdir("assignments")])
+    order = np.argsort(table.column("id").to_numpy())
+    np.testing.assert_array_equal(read_paths(table)[order], TaxonomyEngine.load(storage).predict(X))
