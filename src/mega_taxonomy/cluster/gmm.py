@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._estimator import as_source
 from .._sklearn_compat import Interval, StrOptions, _fit_context
-from ..errors import ConfigError, StorageError
+from ..errors import ConfigError
 from ..io.device import as_tensor
 from ..ops.gmm_estep import COVARIANCE_TYPES, gmm_log_resp, gmm_predict, gmm_score_samples
 from ..runtime import finished, get_runtime
@@ -350,9 +350,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def load(cls, uri, *, storage_options=None) -> GaussianMixture:
         """A fitted GaussianMixture from a Store written by :meth:`save`."""
         store = Store(uri, storage_options=storage_options)
-        manifest = store.manifest()
-        if manifest is None or manifest["kind"] != "gmm":
-            raise StorageError(f"{store!r} holds no Gaussian mixture")
+        manifest = store.manifest_of("gmm", "Gaussian mixture")
         gm = cls(**manifest["params"])
         arrays = {name: np.asarray(store.get_array(level_file(0, name))) for name in MIXTURE_ARRAYS}
         gm._set(MixtureParams(arrays["weights"], np.asarray(store.get_array(level_file(0, "centroids"))),

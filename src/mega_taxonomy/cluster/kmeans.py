@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._estimator import as_source, is_source_like
 from .._sklearn_compat import Interval, StrOptions, _fit_context
-from ..errors import ConfigError, StorageError
+from ..errors import ConfigError
 from ..ops import METRICS, compute_dtype, distances
 from ..io.device import as_tensor, host_arrays
 from ..partials import hash_sample
@@ -360,9 +360,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
     def load(cls, uri, *, storage_options=None) -> KMeans:
         """A fitted KMeans from a Store written by :meth:`save`."""
         store = Store(uri, storage_options=storage_options)
-        manifest = store.manifest()
-        if manifest is None or manifest["kind"] != "kmeans":
-            raise StorageError(f"{store!r} holds no k-means model")
+        manifest = store.manifest_of("kmeans", "k-means model")
         params = {k: v for k, v in manifest["params"].items() if k != "init"}
         km = cls(**params)
         km.cluster_centers_ = np.asarray(store.get_array(level_file(0, "centroids")))

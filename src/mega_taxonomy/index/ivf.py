@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .._estimator import as_source
-from ..errors import ConfigError, DataError, StorageError
+from ..errors import ConfigError, DataError
 from ..io.device import host_arrays
 from ..ops.probe import PROBE_METRICS, probe_rerank
 from ..storage import Store
@@ -322,9 +322,7 @@ class IVFIndex:
     def load(cls, uri, *, storage_options=None, device=None) -> IVFIndex:
         """An index written by :meth:`save` (local files are memory-mapped)."""
         store = Store(uri, storage_options=storage_options)
-        manifest = store.manifest()
-        if manifest is None or manifest["kind"] != "ivf":
-            raise StorageError(f"{store!r} holds no IVF index")
+        manifest = store.manifest_of("ivf", "IVF index")
         params = {"gmm_probe": "likelihood", **manifest["params"]}  # saved before the choice: likelihood
         if device is not None:
             params["device"] = device

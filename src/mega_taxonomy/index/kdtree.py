@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .._estimator import as_source
-from ..errors import DataError, StorageError
+from ..errors import DataError
 from ..ops.knn import GPU_MAX_K, DeviceTree, Tree, build_tree, gpu_knn, p_code, tree_ball, tree_knn
 from ..storage import Store
 from ..storage.schema import KDTREE_ARRAYS, kdtree_file
@@ -253,9 +253,7 @@ class KDTree:
     def load(cls, uri, *, storage_options=None) -> KDTree:
         """A KDTree written by :meth:`save`."""
         store = Store(uri, storage_options=storage_options)
-        manifest = store.manifest()
-        if manifest is None or manifest["kind"] != "kdtree":
-            raise StorageError(f"{store!r} holds no kd-tree")
+        manifest = store.manifest_of("kdtree", "kd-tree")
         arrays = {name: np.asarray(store.get_array(kdtree_file(name))) for name in KDTREE_ARRAYS}
         self = cls.__new__(cls)
         self.ids = arrays.pop("ids")

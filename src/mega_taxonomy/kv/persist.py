@@ -37,9 +37,7 @@ def save(table, uri, storage_options=None) -> dict:
 
 def load(table, uri, storage_options=None) -> int:
     store = Store(uri, storage_options=storage_options)
-    manifest = store.manifest()
-    if manifest is None or manifest["kind"] != KIND:
-        raise StorageError(f"{store!r} holds no hash table")
+    manifest = store.manifest_of(KIND, "hash table")
     params = manifest["params"]
     for name in ("dim", "reserved_key_start_bit"):
         if params[name] != getattr(table, name):

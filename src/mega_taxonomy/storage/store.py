@@ -111,6 +111,14 @@ class Store:
             self._manifest, self._loaded = self._parse(text), True
         return copy.deepcopy(self._manifest)
 
+    def manifest_of(self, kind, what, *, status=None):
+        """The committed manifest, of ``kind`` (and ``status`` where given); StorageError naming
+        ``what`` a loader expected when the store holds nothing, or something else."""
+        manifest = self.manifest()
+        if manifest is None or manifest["kind"] != kind or (status is not None and manifest["status"] != status):
+            raise StorageError(f"{self!r} holds no {what}")
+        return manifest
+
     def put_array(self, name, array):
         """Write ``array`` (C or Fortran order) as ``.npy``; return its ``{"sha256", "bytes"}``."""
         array = np.asarray(array)

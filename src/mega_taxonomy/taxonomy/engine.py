@@ -17,7 +17,7 @@ import torch
 
 from .._estimator import as_source
 from .._sklearn_compat import Interval, StrOptions
-from ..errors import ConfigError, StorageError
+from ..errors import ConfigError
 from ..io import VectorSource
 from ..io.device import as_tensor
 from ..ops import METRICS
@@ -299,9 +299,7 @@ class TaxonomyEngine:
     def load(cls, storage_uri, *, storage_options=None, **overrides) -> TaxonomyEngine:
         """A fitted engine from its Store."""
         store = Store(storage_uri, storage_options=storage_options)
-        manifest = store.manifest()
-        if manifest is None or manifest["kind"] != KIND or manifest["status"] != "done":
-            raise StorageError(f"{store!r} holds no finished taxonomy")
+        manifest = store.manifest_of(KIND, "finished taxonomy", status="done")
         params = {k: v for k, v in manifest["params"].items() if k in FIT_PARAMS}
         if "max_train_points_per_centroid" not in overrides:  # not recorded: every level read all rows
             params.setdefault("max_train_points_per_centroid", None)
