@@ -44,21 +44,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
+from study_seed_sample import zipf_rows
 
 # The fits compared, as TaxonomyEngine keywords: every level over all rows, levels trained on
 # samples, and (--sides full,sampled,subtrees) the levels below the first fitted subtree by subtree.
 SIDES = {"full": {"max_train_points_per_centroid": None}, "sampled": {"max_train_points_per_centroid": 256},
          "subtrees": {"max_train_points_per_centroid": 256, "partition_level": 1}}
-
-
-def zipf_mixture(n, d, folder):
-    rng = np.random.default_rng(7)
-    top = rng.normal(size=(16, d)) * 30
-    mid = np.repeat(top, 16, 0) + rng.normal(size=(256, d)) * 8
-    leaf = np.repeat(mid, 16, 0) + rng.normal(size=(4096, d)) * 2.5
-    weights = 1.0 / np.arange(1, 4097) ** 0.8
-    labels = rng.choice(4096, size=n, p=rng.permutation(weights / weights.sum()))
-    np.save(folder / "zipf.npy", (leaf[labels] + rng.normal(size=(n, d))).astype(np.float32))
 
 
 def make_case(case, args, folder: Path) -> dict:
@@ -70,7 +61,7 @@ def make_case(case, args, folder: Path) -> dict:
         return {"input": str(folder / "part-*.parquet"), "branching": [16, 16, 16], "iters": args.iters, "tol": 0.0,
                 "metric": "euclidean"}
     if case == "zipf":
-        zipf_mixture(args.n, 64, folder)
+        np.save(folder / "zipf.npy", zipf_rows(args.n, 64))
         return {"input": str(folder / "zipf.npy"), "branching": [16, 16, 16], "iters": args.iters, "tol": 0.0,
                 "metric": "euclidean"}
     if case == "glove":

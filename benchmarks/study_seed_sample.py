@@ -33,14 +33,19 @@ def glove():
     return VectorSource(str(path)), x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30), "cosine"
 
 
-def zipf_mixture(n=300_000, d=32):
+def zipf_rows(n, d) -> np.ndarray:
+    """``n`` float32 rows of 4,096 Gaussians grouped 16 x 16 x 16, their sizes a Zipf law (0.8)."""
     rng = np.random.default_rng(7)
     top = rng.normal(size=(16, d)) * 30
     mid = np.repeat(top, 16, 0) + rng.normal(size=(256, d)) * 8
     leaf = np.repeat(mid, 16, 0) + rng.normal(size=(4096, d)) * 2.5
     weights = 1.0 / np.arange(1, 4097) ** 0.8
     labels = rng.choice(4096, size=n, p=rng.permutation(weights / weights.sum()))
-    x = (leaf[labels] + rng.normal(size=(n, d))).astype(np.float32)
+    return (leaf[labels] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def zipf_mixture(n=300_000, d=32):
+    x = zipf_rows(n, d)
     return x, x.astype(np.float64), "euclidean"
 
 
