@@ -86,6 +86,7 @@ def main():
     p.add_argument("--from", dest="source", choices=["host", "device"], default="host")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--out", default=None, help="where the JSON goes (default benchmarks/results/ivf_gpu.json)")
     args = p.parse_args()
     from mega_taxonomy.index import IVFIndex
 
@@ -118,18 +119,23 @@ def main():
                 ids, s = timed_search(cpu, q, nprobe, args.batch, None, 1)
                 results.append({"case": "search", "impl": f"{name} cpu", "nprobe": nprobe, "seconds": s,
                                 "qps": len(q) / s, "recall_at_10": recall_at_k(ids, truth), "distances": 0.0})
+        write(results, args, n, nlist, len(sample))
+
+
+def write(results, args, n, nlist, train):
+    """The JSON so far: written after each quantizer, so that a run stopped part-way keeps what it finished."""
     curves = {}
     for r in results:
         if r["case"] == "search":
             curves.setdefault(r["impl"], []).append(r)
     at = {impl: at_recall(rows) for impl, rows in curves.items()}
     speedups = {f"{impl} qps@0.9 / brute force": v["qps"] / results[0]["qps"] for impl, v in at.items() if v}
-    params = {"n": n, "dim": 128, "queries": len(q), "batch": args.batch, "nlist": nlist, "train": len(sample),
-              "from": args.source, "smoke": args.smoke, "at_recall_0.9": at}
+    params = {"n": n, "dim": 128, "queries": args.queries if not args.smoke else 1000, "batch": args.batch,
+              "nlist": nlist, "train": train, "from": args.source, "smoke": args.smoke, "at_recall_0.9": at}
+    path = args.out or (Path(tempfile.gettempdir()) / "ivf_gpu_smoke.json" if args.smoke else None)
     path = common.write("ivf_gpu", params, results, speedups, "python benchmarks/bench_ivf_gpu.py " +
-                        " ".join(sys.argv[1:]), path=Path(tempfile.gettempdir()) / "ivf_gpu_smoke.json"
-                        if args.smoke else None)
-    print(speedups, f"wrote {path}")
+                        " ".join(sys.argv[1:]), path=path)
+    print(speedups, f"wrote {path}", flush=True)
 
 
 def save_to_temp(index):
