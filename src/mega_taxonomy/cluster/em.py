@@ -74,10 +74,26 @@ class EStepTask:
     are queued and the partial finished after the next block's kernels (``runtime.Deferred``):
     the GPU does not idle while the host waits for a block's sums."""
 
+    def __init__(self):
+        self._moved = None  # (state, device, its parameters there)
+
+    def __reduce__(self):  # a task sent to a worker moves its own parameters
+        return EStepTask, ()
+
+    def _params_on(self, state: EStepState, device: torch.device) -> tuple:
+        """The parameters on ``device`` in float64, moved once per pass rather than per block: a
+        block's copy from host memory waits for the GPU's queue, which then idles while the host
+        prepares the next block."""
+        if self._moved is None or self._moved[0] is not state or self._moved[1] != device:
+            p = state.params
+            moved = tuple(torch.as_tensor(a, dtype=torch.float64, device=device)
+                          for a in (p.weights, p.means, p.precisions_cholesky))
+            self._moved = (state, device, moved)
+        return self._moved[2]
+
     def __call__(self, block, state: EStepState, device) -> EMPartial | Deferred:
         x = as_tensor(block.vectors, device)
-        p = state.params
-        stats = gmm_estep(x, p.weights, p.means, p.precisions_cholesky, state.covariance_type)
+        stats = gmm_estep(x, *self._params_on(state, x.device), state.covariance_type)
         later = host_arrays_later(stats.log_likelihood, stats.resp_sum, stats.x_sum, stats.x2_sum)
         n_rows = len(x)
 

@@ -111,12 +111,17 @@ def test_unknown_covariance_type():
         gmm_estep(torch.zeros(2, 2, dtype=torch.float64), [1.0], [[0.0, 0.0]], [1.0], "banana")
 
 
+FLOAT32_METHODS = [("fused", "triton"), ("products", "triton"), ("products", "torch")]
+
+
+@pytest.mark.parametrize("method,backend", FLOAT32_METHODS)
 @pytest.mark.parametrize("ctype", ["diag", "spherical"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("n,k,d", [(300, 5, 3), (4500, 70, 20)])  # K past one tile, rows past one split
-def test_triton_estep_matches_float64(ctype, dtype, n, k, d):
-    """The Triton kernels (CPU interpreter here) against the float64 twin, on rows offset far from
-    the origin (the shift keeps the expansion's float32 terms small)."""
+def test_float32_methods_match_float64(method, backend, ctype, dtype, n, k, d):
+    """The float32 methods (Triton kernels in the CPU interpreter here, and the products' torch
+    twin) against the float64 twin, on rows offset far from the origin (the shift keeps the
+    expansion's float32 terms small)."""
     (weights, means, pc), _ = mixture(ctype, k, d, seed=n + k)
     rng = np.random.default_rng(n)
     offset = 50.0
@@ -124,7 +129,8 @@ def test_triton_estep_matches_float64(ctype, dtype, n, k, d):
     means = means + offset
     x_in = x.to(dtype)
     ref = gmm_estep_reference(x_in.double(), weights, means, pc, ctype)
-    got = gmm_estep(x_in.to(DEVICE), weights, means, pc, ctype, backend="triton")
+    run = lambda: gmm_estep(x_in.to(DEVICE), weights, means, pc, ctype, method=method, backend=backend)  # noqa: E731
+    got = run()
     assert got.x_sum.dtype == torch.float64 and got.x2_sum.shape == ref.x2_sum.shape
     got = type(got)(**{name: t.cpu() for name, t in vars(got).items()})
     np.testing.assert_allclose(got.log_likelihood.item(), ref.log_likelihood.item(), rtol=1e-5)
@@ -133,5 +139,45 @@ def test_triton_estep_matches_float64(ctype, dtype, n, k, d):
     np.testing.assert_allclose(got.x_sum.numpy(), ref.x_sum.numpy(), rtol=1e-4, atol=1e-4 * scale)
     scale2 = np.abs(ref.x2_sum.numpy()).max()
     np.testing.assert_allclose(got.x2_sum.numpy(), ref.x2_sum.numpy(), rtol=1e-4, atol=1e-4 * scale2)
-    again = gmm_estep(x_in.to(DEVICE), weights, means, pc, ctype, backend="triton")
+    again = run()
     assert torch.equal(again.x2_sum.cpu(), got.x2_sum) and torch.equal(again.log_likelihood.cpu(), got.log_likelihood)
+
+
+@pytest.mark.parametrize("k", [7, 5000])  # one tile of a row, and rows wider than RESP_TILE (two sweeps)
+def test_responsibilities_kernel_matches_torch(k):
+    """``_resp_kernel`` (interpreted here) against torch's logsumexp and exp, rows past one program."""
+    from mega_taxonomy.ops.gmm_estep.products import responsibilities_
+
+    logp = torch.from_numpy(np.random.default_rng(k).normal(size=(37, k)) * 30).float().to(DEVICE)
+    want = logp.clone()
+    want_lse = responsibilities_(want, backend="torch")
+    got = logp.clone()
+    lse = responsibilities_(got, backend="triton")
+    torch.testing.assert_close(lse, want_lse, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got.sum(1), torch.ones(37, device=DEVICE), rtol=1e-5, atol=1e-5)
+
+
+def test_products_chunks_depend_on_the_block_alone():
+    """Chunks counted from the block's first row: a block split across chunks sums, in float64,
+    to the same statistics as its float64 twin; and K past one chunk's width."""
+    from mega_taxonomy.ops.gmm_estep import products
+
+    (weights, means, pc), _ = mixture("diag", 3, 4, seed=9)
+    x = torch.from_numpy(np.random.default_rng(9).normal(size=(products.chunk_rows(3) + 300, 4)) * 2)
+    got = gmm_estep(x.float(), weights, means, pc, "diag", method="products", backend="torch")
+    ref = gmm_estep_reference(x.float().double(), weights, means, pc, "diag")
+    np.testing.assert_allclose(got.x2_sum.numpy(), ref.x2_sum.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(got.log_likelihood.item(), ref.log_likelihood.item(), rtol=1e-6)
+
+
+def test_methods_refuse_what_they_do_not_take():
+    (weights, means, pc), _ = mixture("full", 2, 3, seed=1)
+    x = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match="method='products' takes float32"):
+        gmm_estep(x, weights, means, pc, "full", method="products")
+    with pytest.raises(ValueError, match="method must be one of"):
+        gmm_estep(x, weights, means, pc, "full", method="fast")
+    (weights, means, pc), _ = mixture("diag", 2, 3, seed=1)
+    with pytest.raises(ValueError, match="method='fused' runs Triton kernels"):
+        gmm_estep(x.cpu(), weights, means, pc, "diag", method="fused", backend="torch")

@@ -10,13 +10,15 @@ block's first row (a function of the block only, so the bits never depend on how
 batched), and chunks add up in order in float64. Memory: O(ROW_CHUNK x tile) plus the statistics,
 O(K x D) for diag / spherical, O(K x D^2) for full, O(D^2) for tied; never (n, K).
 
-Precision. The torch path computes in float64 on every device (the statistics of EM, and
-scikit-learn's numerics): it runs on the CPU (BLAS products), for float64 rows, and for full and
-tied covariances. Diagonal and spherical mixtures of float32 / float16 / bfloat16 rows on CUDA
-take the Triton kernels of ``gmm_estep/triton.py``: rows shifted by the mixture's mean, products
-in float32 accumulation (3xTF32, float32 accuracy, unless torch allows TF32), sums of a split of
-4,096 rows in float32, the splits added in float64. :func:`gmm_estep_reference` is the torch twin:
-row chunks against all K at once.
+Three methods (``method=``). "float64": torch in float64 on every device (the statistics of EM,
+and scikit-learn's numerics), online over component tiles as above; the CPU's method, and that of
+float64 rows and of full and tied covariances. For diagonal and spherical mixtures of float32 /
+float16 / bfloat16 rows, rows shifted by the mixture's mean and products in float32 accumulation
+(TF32 where torch allows it): "products" (``gmm_estep/products.py``, CUDA's default) keeps a chunk
+of rows' (chunk, K) log densities between two dense products, a bounded 64 MiB; "fused"
+(``gmm_estep/triton.py``) never writes them, recomputing them in a second sweep (3xTF32 for float32
+accuracy), memory O(K x D). Both add their chunks' float32 sums in float64, in order.
+:func:`gmm_estep_reference` is the torch twin: row chunks against all K at once.
 
 Examples
 --------
@@ -39,7 +41,7 @@ import torch
 
 from ..common import use_triton
 
-__all__ = ["COVARIANCE_TYPES", "EStepStats", "gmm_estep", "gmm_estep_reference", "gmm_log_resp", "gmm_predict",
+__all__ = ["COVARIANCE_TYPES", "METHODS", "EStepStats", "gmm_estep", "gmm_estep_reference", "gmm_log_resp", "gmm_predict",
            "gmm_score_samples", "gmm_stats", "weighted_log_prob"]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -141,34 +143,67 @@ def _add_chunk(stats, x, r, lo, hi, covariance_type):
         stats.x2_sum[lo:hi] += r.T @ (x * x)
 
 
-def _estep_triton(x, params, covariance_type) -> EStepStats:
-    """:func:`gmm_estep` of a diagonal or spherical mixture through the Triton kernels."""
-    from .triton import diag_estep_triton
-
+def _estep_float32(x, params, covariance_type, method, backend) -> EStepStats:
+    """:func:`gmm_estep` of a diagonal or spherical mixture in float32 products: ``products.py``
+    or the fused kernels of ``triton.py``."""
     weights, means, prec_chol = params
     precisions = prec_chol ** 2 if covariance_type == "diag" else (prec_chol ** 2)[:, None].expand_as(means)
     shift = weights @ means
-    lse, r, xs, x2s = diag_estep_triton(x, weights, means, precisions, shift)
+    if method == "products":
+        from .products import diag_estep_products, diag_operands
+
+        log_likelihood, r, xs, x2s = diag_estep_products(x, *diag_operands(weights, means, precisions, shift),
+                                                         shift.float(), backend)
+    else:
+        from .triton import diag_estep_triton
+
+        lse, r, xs, x2s = diag_estep_triton(x, weights, means, precisions, shift)
+        log_likelihood = lse.double().sum()
     # back to sums of the rows themselves, in float64: sum r x = sum r x' + s sum r, and so on
-    return EStepStats(lse.double().sum(), r, xs + shift * r[:, None], x2s + 2 * shift * xs + shift ** 2 * r[:, None])
+    return EStepStats(log_likelihood, r, xs + shift * r[:, None], x2s + 2 * shift * xs + shift ** 2 * r[:, None])
+
+
+METHODS = ("auto", "float64", "products", "fused")
+
+
+def _method(x, covariance_type: str, method: str, backend: str) -> str:
+    """The E-step's method for these rows (see :func:`gmm_estep`)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    float32_ok = covariance_type in ("diag", "spherical") and x.dtype != torch.float64
+    if method == "auto":
+        return "products" if float32_ok and x.is_cuda and backend != "torch" else "float64"
+    if method != "float64" and not float32_ok:
+        raise ValueError(f"method={method!r} takes float32 / half rows of a diag or spherical mixture, not "
+                         f"{x.dtype} rows of a {covariance_type} one")
+    if method == "fused" and not (x.shape[1] <= TRITON_MAX_D and use_triton(x, backend)):
+        raise ValueError(f"method='fused' runs Triton kernels (CUDA, or backend='triton') on up to {TRITON_MAX_D} "
+                         f"features: not {x.shape[1]} features on {x.device} with backend={backend!r}")
+    return method
 
 
 def gmm_estep(x, weights, means, precisions_cholesky, covariance_type: str, *, tile: int = TILE,
-              backend: str = "auto") -> EStepStats:
-    """The E-step statistics of the rows ``x`` (n, D) under a mixture, online over component tiles.
+              method: str = "auto", backend: str = "auto") -> EStepStats:
+    """The E-step statistics of the rows ``x`` (n, D) under a mixture, never an (n, K) array.
 
     Parameters
     ----------
     x : tensor of shape (n, D)
     weights, means, precisions_cholesky : array-like or tensor
-        As scikit-learn's ``GaussianMixture`` stores them (see the module's notes).
+        As scikit-learn's ``GaussianMixture`` stores them (see the module's notes). Tensors
+        already on ``x``'s device in float64 are used as they are (no copy per call).
     covariance_type : {"full", "tied", "diag", "spherical"}
     tile : int, default=256
-        Components per tile.
+        Components per tile of the float64 method.
+    method : {"auto", "float64", "products", "fused"}, default="auto"
+        "float64": torch in float64, online over component tiles (the CPU's, scikit-learn's
+        numerics). "products": float32 products per chunk of rows (``products.py``; memory
+        O(chunk x K), bounded). "fused": the Triton kernels of ``triton.py`` (memory O(K x D),
+        up to ``TRITON_MAX_D`` features). The last two take diag / spherical mixtures of float32
+        or half rows. "auto": "products" for those on CUDA, "float64" otherwise.
     backend : {"auto", "torch", "triton"}, default="auto"
-        "auto": the Triton kernels for diagonal and spherical mixtures of float32 / half rows on
-        CUDA (up to ``TRITON_MAX_D`` features), float64 torch otherwise (see the module's notes);
-        "triton" also under ``TRITON_INTERPRET=1`` on the CPU.
+        Of the Triton kernels inside a method: "triton" also under ``TRITON_INTERPRET=1`` on the
+        CPU; "torch" runs the products method's torch twin (and makes "auto" choose float64).
 
     Returns
     -------
@@ -176,9 +211,9 @@ def gmm_estep(x, weights, means, precisions_cholesky, covariance_type: str, *, t
         float64 tensors on ``x``'s device.
     """
     params = _params(x, weights, means, precisions_cholesky, covariance_type)
-    if (covariance_type in ("diag", "spherical") and x.shape[0] and x.dtype != torch.float64
-            and x.shape[1] <= TRITON_MAX_D and use_triton(x, backend)):
-        return _estep_triton(x, params, covariance_type)
+    method = _method(x, covariance_type, method, backend) if len(x) else "float64"
+    if method != "float64":
+        return _estep_float32(x, params, covariance_type, method, backend)
     stats = _stats_like(x, params[1], covariance_type)
     for start in range(0, len(x), ROW_CHUNK):
         xc = x[start:start + ROW_CHUNK].to(torch.float64)

@@ -27,13 +27,12 @@ accuracy, see ``ops.assign``). Half-precision rows are read as they are and comp
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 from . import TRITON_MAX_D as MAX_D  # the rows' tile and the statistics' sums stay on chip up to this width
+from .products import diag_operands
 
 ROWS_PER_SPLIT = 4096  # rows walked by one statistics program: a 65,536-row block makes 16 splits
 
@@ -112,16 +111,52 @@ def _stats_kernel(x_ptr, shift_ptr, a_ptr, b_ptr, c_ptr, lse_ptr, r_ptr, xs_ptr,
     tl.store(r_ptr + split * K + comps, acc_r, mask=comp_ok)
 
 
-def diag_operands(weights, means, precisions, shift):
-    """(a, b, c) of the module's contract, float32 on the means' device, from float64 parameters:
-    ``precisions`` (K, D) are 1 / variances, ``shift`` (D,) the rows' shift."""
-    d = means.shape[1]
-    m = means - shift
-    a = (m * precisions).T.contiguous()
-    b = (-0.5 * precisions).T.contiguous()
-    c = torch.log(weights) - 0.5 * (d * math.log(2 * math.pi) + (m * m * precisions).sum(1)) + 0.5 * torch.log(
-        precisions).sum(1)
-    return a.float(), b.float(), c.float()
+@triton.jit
+def _resp_kernel(l_ptr, lse_ptr, N, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr):
+    """A program per BLOCK_R rows of L (N, K): each row's log-sum-exp, and exp(L - lse) over L. A
+    row of up to BLOCK_K components is read once; wider ones twice (an online sweep, then exp)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < N
+    cols = tl.arange(0, BLOCK_K)
+    if ONE_TILE:
+        ok = row_ok[:, None] & (cols < K)[None, :]
+        ptrs = l_ptr + rows[:, None] * K + cols[None, :]
+        v = tl.load(ptrs, mask=ok, other=float("-inf"))
+        top = tl.max(v, axis=1)
+        e = tl.exp(v - top[:, None])
+        total = tl.sum(e, axis=1)
+        tl.store(ptrs, e / total[:, None], mask=ok)
+        tl.store(lse_ptr + rows, top + tl.log(total), mask=row_ok)
+    else:
+        top = tl.full((BLOCK_R,), -1e30, tl.float32)  # finite: exp(top - new_top) never sees inf - inf
+        total = tl.zeros((BLOCK_R,), tl.float32)
+        for c0 in range(0, K, BLOCK_K):
+            ok = row_ok[:, None] & (c0 + cols < K)[None, :]
+            v = tl.load(l_ptr + rows[:, None] * K + c0 + cols[None, :], mask=ok, other=float("-inf"))
+            new_top = tl.maximum(top, tl.max(v, axis=1))
+            total = total * tl.exp(top - new_top) + tl.sum(tl.exp(v - new_top[:, None]), axis=1)
+            top = new_top
+        lse = top + tl.log(total)
+        for c0 in range(0, K, BLOCK_K):
+            ok = row_ok[:, None] & (c0 + cols < K)[None, :]
+            ptrs = l_ptr + rows[:, None] * K + c0 + cols[None, :]
+            tl.store(ptrs, tl.exp(tl.load(ptrs, mask=ok, other=0.0) - lse[:, None]), mask=ok)
+        tl.store(lse_ptr + rows, lse, mask=row_ok)
+
+
+RESP_TILE = 4096  # elements of L per program: a row of up to 4,096 components is read once
+
+
+def responsibilities_triton_(logp: torch.Tensor) -> torch.Tensor:
+    """``products.responsibilities_`` through ``_resp_kernel``: lse (C,), exp(L - lse) over L."""
+    n, k = logp.shape
+    assert logp.is_contiguous() and logp.dtype == torch.float32
+    block_k = min(triton.next_power_of_2(k), RESP_TILE)
+    block_r = RESP_TILE // block_k
+    lse = torch.empty(n, dtype=torch.float32, device=logp.device)
+    _resp_kernel[(triton.cdiv(n, block_r),)](logp, lse, n, k, BLOCK_R=block_r, BLOCK_K=block_k,
+                                             ONE_TILE=k <= block_k, num_warps=8)
+    return lse
 
 
 def _tiles(d: int, stats: bool = False) -> dict:
