@@ -134,6 +134,10 @@ def main():
     cases = [(d, lf, None) for d in map(int, a.dims.split(",")) for lf in map(float, a.load_factors.split(","))]
     if a.hybrid:
         cases += [(64, lf, 16 << 30) for lf in map(float, a.load_factors.split(","))]
+    params = {"batch": BATCH, "hit_rate": 0.6, "strategy": "LRU", "value_dtype": "float32",
+              "targets": ">= 1.0 for find, find*, contains, assign; >= 0.7 for inserting and erasing calls",
+              "original_build": BUILD.format(out="hkv_bench"), "original_commit": "ae24eec"}
+    command = "python benchmarks/bench_hashtable_gpu.py " + " ".join(sys.argv[1:])
     for dim, lf, hbm in cases:
         capacity = (1 << 27) if dim <= 32 else (1 << 26)
         hbm_bytes = capacity * dim * 4 if hbm is None else hbm
@@ -148,12 +152,9 @@ def main():
                 results.append({"case": f"{case}_{api}", "impl": "HierarchicalKV", "bkv_per_s": peer[api]})
                 speedups[f"{case}_{api}"] = ours[api] / peer[api]
         torch.cuda.empty_cache()
-    print(common.table(results, ["case", "impl", "bkv_per_s"]))
-    params = {"batch": BATCH, "hit_rate": 0.6, "strategy": "LRU", "value_dtype": "float32",
-              "targets": ">= 1.0 for find, find*, contains, assign; >= 0.7 for inserting and erasing calls",
-              "original_build": BUILD.format(out="hkv_bench"), "original_commit": "ae24eec"}
-    command = "python benchmarks/bench_hashtable_gpu.py " + " ".join(sys.argv[1:])
-    print(common.write("hashtable_gpu", params, results, speedups, command.strip(), a.output))
+        # after every case, so that a run stopped part-way keeps what it finished
+        print(common.table([r for r in results if r["case"].startswith(case + "_")], ["case", "impl", "bkv_per_s"]))
+        print(common.write("hashtable_gpu", params, results, speedups, command.strip(), a.output), flush=True)
 
 
 if __name__ == "__main__":
