@@ -129,7 +129,9 @@ def test_float32_methods_match_float64(method, backend, ctype, dtype, n, k, d):
     means = means + offset
     x_in = x.to(dtype)
     ref = gmm_estep_reference(x_in.double(), weights, means, pc, ctype)
-    run = lambda: gmm_estep(x_in.to(DEVICE), weights, means, pc, ctype, method=method, backend=backend)  # noqa: E731
+    def run():
+        return gmm_estep(x_in.to(DEVICE), weights, means, pc, ctype, method=method, backend=backend)
+
     got = run()
     assert got.x_sum.dtype == torch.float64 and got.x2_sum.shape == ref.x2_sum.shape
     got = type(got)(**{name: t.cpu() for name, t in vars(got).items()})
