@@ -132,7 +132,7 @@ def test_passes_launched_ahead_are_the_passes_one_by_one(sums, stop):
     """Each pass launched before the counts of the one before came back (``look_ahead``) runs on
     the centroids the loop then takes: the same fit, the same iterations reported, and every pass
     of the loop one by one among its passes, in order. One pass at most is wasted: the one ahead
-    of convergence, or of a cluster gone empty (no pass is launched ahead after that)."""
+    of convergence; none ahead of the first pass, where clusters empty (nor after a cluster went empty)."""
     from mega_taxonomy.cluster.lloyd import lloyd
     from mega_taxonomy.io import VectorSource
 
@@ -163,12 +163,12 @@ def test_passes_launched_ahead_are_the_passes_one_by_one(sums, stop):
     assert one_by_one.n_iter < 100 if stop == "tol" else one_by_one.n_iter == 6
     remaining = iter(passes_ahead)
     assert all(p in remaining for p in passes)  # in order
-    assert len(passes_ahead) - len(passes) == (0 if stop == "max_iter" else 1)
-    if stop == "empty":  # the first pass emptied a cluster: the pass ahead of it was the only one
+    assert len(passes_ahead) - len(passes) == (1 if stop == "tol" else 0)
+    if stop == "empty":  # the first pass emptied a cluster: none was launched ahead of it, nor since
         assert passes[1][0] == "lloyd 1 far"
-        assert (launched_ahead - launched).tolist() == [1] * one_by_one.n_iter
-    else:  # one pass ahead at every iteration but the last (of max_iter)
-        assert (launched_ahead - launched).tolist() == [1] * (one_by_one.n_iter - 1) + [int(stop == "tol")]
+        assert (launched_ahead - launched).tolist() == [0] * one_by_one.n_iter
+    else:  # one pass ahead at every iteration but the first and the last (of max_iter)
+        assert (launched_ahead - launched).tolist() == [0] + [1] * (one_by_one.n_iter - 2) + [int(stop == "tol")]
 
 
 def test_no_pass_ahead_where_the_next_depends_on_the_counts():

@@ -479,8 +479,8 @@ def test_lloyd_on_the_device_refills_empty_clusters_as_on_the_cpu():
 @pytest.mark.parametrize("stop", ["max_iter", "tol", "empty"])
 def test_lloyd_passes_launched_ahead_on_the_gpu_are_the_passes_one_by_one(stop):
     """On a GPU each pass is launched before the counts of the one before are back (look_ahead,
-    on by default): the bits of passes one by one, with a pass ahead at every iteration until a
-    cluster goes empty."""
+    on by default): the bits of passes one by one, with a pass ahead at every iteration after the
+    first until a cluster goes empty."""
     from mega_taxonomy.cluster.lloyd import lloyd
     from mega_taxonomy.runtime import LocalRuntime
 
@@ -512,11 +512,11 @@ def test_lloyd_passes_launched_ahead_on_the_gpu_are_the_passes_one_by_one(stop):
     assert np.array_equal(looked_ahead.centroids, one_by_one.centroids)
     assert np.array_equal(looked_ahead.counts, one_by_one.counts)
     assert (looked_ahead.n_iter, looked_ahead.inertia) == (one_by_one.n_iter, one_by_one.inertia)
-    if stop == "empty":  # the pass ahead of the first, and its far pass; none ahead since
-        assert ahead == [2] * one_by_one.n_iter
-    else:  # and ahead of the last, unless it was the last allowed
+    if stop == "empty":  # the far pass of the first; none ahead of the first, nor since
+        assert ahead == [1] * one_by_one.n_iter
+    else:  # none ahead of the first; ahead of the last, unless it was the last allowed
         n_iter = one_by_one.n_iter
-        assert ahead == [1] * (n_iter - 1) + [int(n_iter < settings["max_iter"])] and n_iter > 2
+        assert ahead == [0] + [1] * (n_iter - 2) + [int(n_iter < settings["max_iter"])] and n_iter > 2
 
 
 @pytest.mark.parametrize("ctype", ["full", "tied", "diag", "spherical"])

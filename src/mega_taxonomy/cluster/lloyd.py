@@ -116,8 +116,11 @@ class Lloyd:
             else:
                 queued = (queued[0].numpy(), queued[1])
         counts_later = host_arrays_later(partial.counts, partial.inertia, None if queued is None else queued[1])
-        # Once a cluster went empty, it may again: the passes ahead would be wasted.
-        ahead = (queued is not None and self.looking_ahead and not self.far
+        # Not ahead of a fit's first pass: clusters empty mostly there (seeds drawn from a sample,
+        # copies among them), and the pass ahead was then wasted (an H200's pinned taxonomy fit lost
+        # a pass at levels 1 and 2, 0.74 s, to save a host turn of milliseconds). Once a cluster
+        # went empty, it may again: no pass ahead for the rest of the fit.
+        ahead = (queued is not None and self.looking_ahead and not self.far and self.partial is not None
                  and (self.look_ahead or isinstance(queued[0], torch.Tensor)))
         return Step(LloydStep(partial, queued, counts_later), queued[0] if ahead else None)
 
@@ -202,9 +205,9 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         When > 0, every pass's penalties follow from the sizes of the pass before
         (``cluster.balance.size_penalty``); the result holds the last ones.
     look_ahead : bool, optional
-        Launch every pass before the counts of the one before are back, on the centroids of its
-        update (which stands unless a cluster went empty: the pass ahead is then dropped, and no
-        pass is launched ahead in the rest of the fit). The same passes, the same bits; the GPU
+        Launch every pass after the first before the counts of the one before are back, on the
+        centroids of its update (which stands unless a cluster went empty: the pass ahead is then
+        dropped, and no pass is launched ahead in the rest of the fit). The same passes, the same bits; the GPU
         then never idles while the host turns one pass into the next (H200, 2 workers, N = 1M:
         see ``benchmarks/results/ray_gpu.json``). None (default): where the update is queued on a
         GPU; True: also on the host (a pass is wasted at the end; for tests); False: never. Not
