@@ -160,13 +160,19 @@ def test_responsibilities_kernel_matches_torch(k):
     torch.testing.assert_close(got.sum(1), torch.ones(37, device=DEVICE), rtol=1e-5, atol=1e-5)
 
 
-def test_products_chunks_depend_on_the_block_alone():
-    """Chunks counted from the block's first row: a block split across chunks sums, in float64,
-    to the same statistics as its float64 twin; and K past one chunk's width."""
+@pytest.mark.parametrize("launch_elements", [None, 2048])
+def test_products_chunks_depend_on_the_block_alone(launch_elements, monkeypatch):
+    """Chunks counted from the block's first row: a block of three whole chunks (in one launch, a
+    batched product; or, with launches of 2,048 elements, in launches of one chunk of 512 rows)
+    and a part sums, in float64, to the statistics of its float64 twin."""
     from mega_taxonomy.ops.gmm_estep import products
 
+    if launch_elements:
+        monkeypatch.setattr(products, "LAUNCH_ELEMENTS", launch_elements)
     (weights, means, pc), _ = mixture("diag", 3, 4, seed=9)
-    x = torch.from_numpy(np.random.default_rng(9).normal(size=(products.chunk_rows(3) + 300, 4)) * 2)
+    launches = -(-(3 * products.chunk_rows(3) + 300) // products.launch_rows(3, 4))
+    assert (launches, products.chunk_rows(3)) == ((1, 8192) if launch_elements is None else (4, 512))
+    x = torch.from_numpy(np.random.default_rng(9).normal(size=(3 * products.chunk_rows(3) + 300, 4)) * 2)
     got = gmm_estep(x.float(), weights, means, pc, "diag", method="products", backend="torch")
     ref = gmm_estep_reference(x.float().double(), weights, means, pc, "diag")
     np.testing.assert_allclose(got.x2_sum.numpy(), ref.x2_sum.numpy(), rtol=1e-5)

@@ -12,11 +12,15 @@ The two products are exactly the four of an EM iteration's floor (``benchmarks/b
 at torch's precision (TF32 where ``allow_tf32``), and the pass between them reads L once and writes
 it once (``_resp_kernel``; ``torch.logsumexp`` and ``exp`` would take about four times the traffic).
 The fused kernels of ``triton.py`` recompute L in a second sweep instead of keeping it, three
-products instead of two, on smaller tiles than cuBLAS's. Memory: the chunk's L and F, at most
-``CHUNK_ELEMENTS`` float32 for L (64 MiB; 32 MiB at K = 1,024): bounded, independent of N.
+products instead of two, on smaller tiles than cuBLAS's. On an H200 at N = 1M, D = 128, K = 1,024 in
+exact float32 (TF32 off), one chunk per launch took 36.6 ms an E-step against the fused kernels'
+66.4 and the floor's 25.7; with TF32 it was bound by the host's launches (31.6 ms against a floor of
+7.7), hence many chunks per launch: the chunks' statistics as one batched product.
 
-Chunks are counted from the block's first row and their sums (float32 inside a chunk: cuBLAS's
-accumulation) added in float64 in order, so the bits depend on the block alone.
+Memory: a launch's L and F, each at most ``LAUNCH_ELEMENTS`` float32 (256 MiB): bounded,
+independent of N. Chunks of at most ``CHUNK_ROWS`` rows are counted from the block's first row, and
+their sums (float32 inside a chunk: cuBLAS's accumulation) added in float64, so the bits depend on
+the block alone.
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ import torch
 
 from ..common import use_triton
 
-CHUNK_ELEMENTS = 1 << 24  # of a chunk's (C, K) log densities
 # A chunk's sums are float32 over its rows (0.5% off at 5M rows in a test): at most this many
 # rows, as the fused kernels' splits of 4,096.
-CHUNK_MAX_ROWS = 8192
+CHUNK_ROWS = 8192
+LAUNCH_ELEMENTS = 1 << 26  # of a launch's (rows, K) log densities, and of its (rows, 2D + 1) operand
 
 
 def diag_operands(weights, means, precisions, shift):
@@ -46,8 +50,15 @@ def diag_operands(weights, means, precisions, shift):
 
 
 def chunk_rows(k: int) -> int:
-    """Rows per chunk at ``k`` components: a multiple of 256 (whole tiles of the products)."""
-    return min(CHUNK_MAX_ROWS, max(256, (CHUNK_ELEMENTS // k) // 256 * 256))
+    """Rows per chunk at ``k`` components: a multiple of 256 (whole tiles of the products), fewer
+    than ``CHUNK_ROWS`` where a chunk's (rows, K) densities would pass ``LAUNCH_ELEMENTS``."""
+    return min(CHUNK_ROWS, max(256, (LAUNCH_ELEMENTS // k) // 256 * 256))
+
+
+def launch_rows(k: int, d: int) -> int:
+    """Rows per launch: whole chunks, as many as ``LAUNCH_ELEMENTS`` allows for L and F."""
+    rows = chunk_rows(k)
+    return rows * max(1, LAUNCH_ELEMENTS // (rows * max(k, 2 * d + 1)))
 
 
 def responsibilities_(logp: torch.Tensor, backend: str = "auto") -> torch.Tensor:
@@ -73,11 +84,16 @@ def diag_estep_products(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: to
     rows = chunk_rows(k)
     total = torch.zeros(2 * d + 1, k, dtype=torch.float64, device=x.device)
     log_likelihood = torch.zeros((), dtype=torch.float64, device=x.device)
-    for lo in range(0, n, rows):
-        xc = x[lo:lo + rows].float() - shift
-        f = torch.cat([xc, xc * xc, xc.new_ones(len(xc), 1)], 1)  # (C, 2D + 1)
+    for lo in range(0, n, launch_rows(k, d)):
+        xc = x[lo:lo + launch_rows(k, d)].float() - shift
+        f = torch.cat([xc, xc * xc, xc.new_ones(len(xc), 1)], 1)  # (m, 2D + 1)
         logp = torch.addmm(c, f[:, :2 * d], w)
         lse = responsibilities_(logp, backend)
         log_likelihood += lse.double().sum()
-        total += (f.T @ logp).double()  # (2D + 1, K): the products' operands in the layout cuBLAS takes as is
+        whole = len(xc) // rows * rows
+        if whole:  # (2D + 1, K) per chunk, in one batched product: operands in the layout cuBLAS takes as is
+            per_chunk = torch.bmm(f[:whole].view(-1, rows, 2 * d + 1).transpose(1, 2), logp[:whole].view(-1, rows, k))
+            total += per_chunk.double().sum(0)
+        if whole < len(xc):
+            total += (f[whole:].T @ logp[whole:]).double()
     return log_likelihood, total[2 * d], total[:d].T, total[d:2 * d].T
