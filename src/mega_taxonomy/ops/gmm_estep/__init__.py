@@ -14,8 +14,8 @@ Three methods (``method=``). "float64": torch in float64 on every device (the st
 and scikit-learn's numerics), online over component tiles as above; the CPU's method, and that of
 float64 rows and of full and tied covariances. For diagonal and spherical mixtures of float32 /
 float16 / bfloat16 rows, rows shifted by the mixture's mean and products in float32 accumulation
-(TF32 where torch allows it): "products" (``gmm_estep/products.py``, CUDA's default) keeps a chunk
-of rows' (rows, K) log densities between two dense products, a bounded 256 MiB; "fused"
+(TF32 where torch allows it): "products" (``gmm_estep/products.py``, CUDA's default) keeps many
+rows' (rows, K) log densities between two dense products, a bounded 256 MiB; "fused"
 (``gmm_estep/triton.py``) never writes them, recomputing them in a second sweep (3xTF32 for float32
 accuracy), memory O(K x D). Both add their chunks' float32 sums in float64, in order.
 :func:`gmm_estep_reference` is the torch twin: row chunks against all K at once.
