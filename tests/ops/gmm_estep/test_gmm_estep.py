@@ -179,13 +179,38 @@ def test_products_chunks_depend_on_the_block_alone(launch_elements, monkeypatch)
     np.testing.assert_allclose(got.log_likelihood.item(), ref.log_likelihood.item(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("ctype", ["full", "tied"])
+@pytest.mark.parametrize("launch_elements", [None, 4096])  # one launch; launches of one chunk of 256 rows
+def test_float64_products_match_the_float64_method(ctype, launch_elements, monkeypatch):
+    """Full and tied mixtures in float64 products (the quadratic form expanded over the upper
+    triangle of x x^T, or the shared precision's term as a column) against the float64 twin and
+    scipy's densities, on rows offset far from the origin; chunks and launches crossed."""
+    from mega_taxonomy.ops.gmm_estep import products
+
+    if launch_elements:
+        monkeypatch.setattr(products, "LAUNCH_ELEMENTS", launch_elements)
+    params, full = mixture(ctype, 5, 4, seed=11)
+    rng = np.random.default_rng(11)
+    offset = 30.0
+    x = rng.normal(size=(1100, 4)) * 2 + params[1][rng.integers(0, 5, 1100)] + offset
+    params = (params[0], params[1] + offset, params[2])
+    _, lse, r = brute(x, params[0], params[1], full)
+    got = gmm_estep(torch.from_numpy(x), *params, ctype, method="products")
+    x2 = np.einsum("nk,ni,nj->kij", r, x, x) if ctype == "full" else x.T @ x
+    for value, want in zip([got.log_likelihood, got.resp_sum, got.x_sum, got.x2_sum], [lse.sum(), r.sum(0), r.T @ x, x2]):
+        assert value.dtype == torch.float64 and value.shape == np.shape(want)
+        np.testing.assert_allclose(value.numpy(), want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+
+
 def test_methods_refuse_what_they_do_not_take():
-    (weights, means, pc), _ = mixture("full", 2, 3, seed=1)
+    (weights, means, pc), _ = mixture("diag", 2, 3, seed=1)
     x = torch.zeros(4, 3)
     with pytest.raises(ValueError, match="method='products' takes float32"):
-        gmm_estep(x, weights, means, pc, "full", method="products")
+        gmm_estep(x.double(), weights, means, pc, "diag", method="products")
     with pytest.raises(ValueError, match="method must be one of"):
-        gmm_estep(x, weights, means, pc, "full", method="fast")
-    (weights, means, pc), _ = mixture("diag", 2, 3, seed=1)
+        gmm_estep(x, weights, means, pc, "diag", method="fast")
     with pytest.raises(ValueError, match="method='fused' runs Triton kernels"):
         gmm_estep(x.cpu(), weights, means, pc, "diag", method="fused", backend="torch")
+    (weights, means, pc), _ = mixture("full", 2, 130, seed=1)
+    with pytest.raises(ValueError, match="full ones of up to 128 features"):
+        gmm_estep(torch.zeros(4, 130), weights, means, pc, "full", method="products")

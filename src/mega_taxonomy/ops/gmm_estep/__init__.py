@@ -11,13 +11,15 @@ batched), and chunks add up in order in float64. Memory: O(ROW_CHUNK x tile) plu
 O(K x D) for diag / spherical, O(K x D^2) for full, O(D^2) for tied; never (n, K).
 
 Three methods (``method=``). "float64": torch in float64 on every device (the statistics of EM,
-and scikit-learn's numerics), online over component tiles as above; the CPU's method, and that of
-float64 rows and of full and tied covariances. For diagonal and spherical mixtures of float32 /
-float16 / bfloat16 rows, rows shifted by the mixture's mean and products in float32 accumulation
-(TF32 where torch allows it): "products" (``gmm_estep/products.py``, CUDA's default) keeps many
-rows' (rows, K) log densities between two dense products, a bounded 256 MiB; "fused"
-(``gmm_estep/triton.py``) never writes them, recomputing them in a second sweep (3xTF32 for float32
-accuracy), memory O(K x D). Both add their chunks' float32 sums in float64, in order.
+and scikit-learn's numerics), online over component tiles as above; the CPU's method for diagonal
+and spherical mixtures, and that of full ones wider than ``PRODUCTS_MAX_FULL_D``. "products"
+(``gmm_estep/products.py``) keeps many rows' (rows, K) log densities between two dense products, a
+bounded 256 MiB (float32): in float64 for full and tied mixtures on every device (the quadratic form expanded
+over x x^T; 2.3x and 10x the float64 method's speed on a CPU), and in float32 for diagonal and
+spherical mixtures of float32 / float16 / bfloat16 rows on CUDA (rows shifted by the mixture's
+mean, TF32 where torch allows it). "fused" (``gmm_estep/triton.py``) never writes the densities,
+recomputing them in a second sweep (3xTF32 for float32 accuracy), memory O(K x D). Each adds its
+chunks' sums in float64, in order.
 :func:`gmm_estep_reference` is the torch twin: row chunks against all K at once.
 
 Examples
@@ -143,17 +145,20 @@ def _add_chunk(stats, x, r, lo, hi, covariance_type):
         stats.x2_sum[lo:hi] += r.T @ (x * x)
 
 
-def _estep_float32(x, params, covariance_type, method, backend) -> EStepStats:
-    """:func:`gmm_estep` of a diagonal or spherical mixture in float32 products: ``products.py``
-    or the fused kernels of ``triton.py``."""
-    weights, means, prec_chol = params
-    precisions = prec_chol ** 2 if covariance_type == "diag" else (prec_chol ** 2)[:, None].expand_as(means)
-    shift = weights @ means
-    if method == "products":
-        from .products import diag_estep_products, diag_operands
+def _estep_products(x, params, covariance_type, method, backend) -> EStepStats:
+    """:func:`gmm_estep` in products (``products.py``; diag and spherical in float32 unless
+    ``method="fused"``: the kernels of ``triton.py``), the sums back to those of the rows."""
+    from . import products
 
-        log_likelihood, r, xs, x2s = diag_estep_products(x, *diag_operands(weights, means, precisions, shift),
-                                                         shift.float(), backend)
+    weights, means, prec_chol = params
+    shift = weights @ means
+    if covariance_type in ("full", "tied"):
+        estep = products.full_estep_products if covariance_type == "full" else products.tied_estep_products
+        return EStepStats(*estep(x, weights, means, prec_chol, shift, backend))
+    precisions = prec_chol ** 2 if covariance_type == "diag" else (prec_chol ** 2)[:, None].expand_as(means)
+    if method == "products":
+        log_likelihood, r, xs, x2s = products.diag_estep_products(
+            x, *products.diag_operands(weights, means, precisions, shift), shift.float(), backend)
     else:
         from .triton import diag_estep_triton
 
@@ -164,6 +169,9 @@ def _estep_float32(x, params, covariance_type, method, backend) -> EStepStats:
 
 
 METHODS = ("auto", "float64", "products", "fused")
+# Full covariances in products up to this width: F's D (D + 1) / 2 columns of x x^T grow past the
+# D^2 a row costs a component in the float64 method's per-component products
+PRODUCTS_MAX_FULL_D = 128
 
 
 def _method(x, covariance_type: str, method: str, backend: str) -> str:
@@ -171,14 +179,18 @@ def _method(x, covariance_type: str, method: str, backend: str) -> str:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     float32_ok = covariance_type in ("diag", "spherical") and x.dtype != torch.float64
-    if method == "auto":
-        return "products" if float32_ok and x.is_cuda and backend != "torch" else "float64"
-    if method != "float64" and not float32_ok:
-        raise ValueError(f"method={method!r} takes float32 / half rows of a diag or spherical mixture, not "
-                         f"{x.dtype} rows of a {covariance_type} one")
-    if method == "fused" and not (x.shape[1] <= TRITON_MAX_D and use_triton(x, backend)):
-        raise ValueError(f"method='fused' runs Triton kernels (CUDA, or backend='triton') on up to {TRITON_MAX_D} "
-                         f"features: not {x.shape[1]} features on {x.device} with backend={backend!r}")
+    float64_ok = covariance_type == "tied" or (covariance_type == "full" and x.shape[1] <= PRODUCTS_MAX_FULL_D)
+    products_ok = float32_ok or float64_ok
+    if method == "auto":  # float64 products on every device: 2.3x (full) and 10x (tied) the CPU's tiles
+        return "products" if float64_ok or (float32_ok and x.is_cuda and backend != "torch") else "float64"
+    if method == "products" and not products_ok:
+        raise ValueError(f"method='products' takes float32 / half rows of a diag or spherical mixture, tied "
+                         f"mixtures and full ones of up to {PRODUCTS_MAX_FULL_D} features: not {x.dtype} rows "
+                         f"of a {covariance_type} one of {x.shape[1]}")
+    if method == "fused" and not (float32_ok and x.shape[1] <= TRITON_MAX_D and use_triton(x, backend)):
+        raise ValueError(f"method='fused' runs Triton kernels (CUDA, or backend='triton') on float32 / half rows "
+                         f"of a diag or spherical mixture of up to {TRITON_MAX_D} features: not {x.dtype} rows of "
+                         f"a {covariance_type} one of {x.shape[1]} on {x.device} with backend={backend!r}")
     return method
 
 
@@ -197,10 +209,12 @@ def gmm_estep(x, weights, means, precisions_cholesky, covariance_type: str, *, t
         Components per tile of the float64 method.
     method : {"auto", "float64", "products", "fused"}, default="auto"
         "float64": torch in float64, online over component tiles (the CPU's, scikit-learn's
-        numerics). "products": float32 products per chunk of rows (``products.py``; memory
-        O(chunk x K), bounded). "fused": the Triton kernels of ``triton.py`` (memory O(K x D),
-        up to ``TRITON_MAX_D`` features). The last two take diag / spherical mixtures of float32
-        or half rows. "auto": "products" for those on CUDA, "float64" otherwise.
+        numerics). "products": two dense products per launch of rows (``products.py``; memory
+        O(rows x K), bounded): float32 for diag / spherical mixtures of float32 or half rows,
+        float64 for tied ones and full ones of up to ``PRODUCTS_MAX_FULL_D`` features. "fused":
+        the Triton kernels of ``triton.py`` (memory O(K x D), diag / spherical of float32 or half
+        rows, up to ``TRITON_MAX_D`` features). "auto": "products" in float64 where it applies,
+        in float32 on CUDA, "float64" otherwise.
     backend : {"auto", "torch", "triton"}, default="auto"
         Of the Triton kernels inside a method: "triton" also under ``TRITON_INTERPRET=1`` on the
         CPU; "torch" runs the products method's torch twin (and makes "auto" choose float64).
@@ -213,7 +227,7 @@ def gmm_estep(x, weights, means, precisions_cholesky, covariance_type: str, *, t
     params = _params(x, weights, means, precisions_cholesky, covariance_type)
     method = _method(x, covariance_type, method, backend) if len(x) else "float64"
     if method != "float64":
-        return _estep_float32(x, params, covariance_type, method, backend)
+        return _estep_products(x, params, covariance_type, method, backend)
     stats = _stats_like(x, params[1], covariance_type)
     for start in range(0, len(x), ROW_CHUNK):
         xc = x[start:start + ROW_CHUNK].to(torch.float64)

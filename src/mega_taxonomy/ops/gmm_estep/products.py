@@ -1,12 +1,16 @@
-"""The E-step of a diagonal (or spherical) mixture as two dense products per chunk of rows, with
-one pass over the chunk's log densities between them: the GPU's fastest path (cuBLAS products).
+"""The E-step as two dense products per launch of rows, with one pass over the rows' log densities
+between them: the GPU's fastest path (cuBLAS products), and the CPU's for full and tied mixtures.
 
-Per chunk of C rows, shifted by the mixture's mean as in ``triton.py`` (the same a, b, c operands),
-with F = [x, x^2, 1] (C, 2D + 1) and W = [a; b] (2D, K):
+A diagonal (or spherical) mixture, in float32: rows shifted by the mixture's mean as in
+``triton.py`` (the same a, b, c operands), F = [x, x^2, 1] (rows, 2D + 1) and W = [a; b] (2D, K):
 
-    L = c + F[:, :2D] @ W      (C, K) log densities: the products x A and x^2 B as one
+    L = c + F[:, :2D] @ W      (rows, K) log densities: the products x A and x^2 B as one
     lse, R = exp(L - lse)      every row's log-sum-exp, and its responsibilities written over L
-    S = R^T @ F                (K, 2D + 1): sum r x, sum r x^2 and sum r, as one product
+    S = R^T @ F                per chunk (K, 2D + 1): sum r x, sum r x^2 and sum r, as one product
+
+Full and tied mixtures take the same two products in float64 with other columns of F (the upper
+triangle of x x^T, or the shared precision's quadratic term): :func:`full_estep_products`,
+:func:`tied_estep_products`.
 
 The two products are exactly the four of an EM iteration's floor (``benchmarks/bench_gmm_gpu.py``),
 at torch's precision (TF32 where ``allow_tf32``), and the pass between them reads L once and writes
@@ -17,10 +21,10 @@ exact float32 (TF32 off), one chunk per launch took 36.6 ms an E-step against th
 66.4 and the floor's 25.7; with TF32 it was bound by the host's launches (31.6 ms against a floor of
 7.7), hence many chunks per launch: the chunks' statistics as one batched product.
 
-Memory: a launch's L and F, each at most ``LAUNCH_ELEMENTS`` float32 (256 MiB): bounded,
-independent of N. Chunks of at most ``CHUNK_ROWS`` rows are counted from the block's first row, and
-their sums (float32 inside a chunk: cuBLAS's accumulation) added in float64, so the bits depend on
-the block alone.
+Memory: a launch's L and F, each at most ``LAUNCH_ELEMENTS`` elements (256 MiB in float32, 512 in
+float64): bounded, independent of N. Chunks of at most ``CHUNK_ROWS`` rows are counted from the
+block's first row, and their sums (in the products' precision inside a chunk) added in float64, so
+the bits depend on the block alone.
 """
 
 from __future__ import annotations
@@ -49,22 +53,23 @@ def diag_operands(weights, means, precisions, shift):
     return a.float(), b.float(), c.float()
 
 
-def chunk_rows(k: int) -> int:
+def chunk_rows(k: int, width: int = 0) -> int:
     """Rows per chunk at ``k`` components: a multiple of 256 (whole tiles of the products), fewer
-    than ``CHUNK_ROWS`` where a chunk's (rows, K) densities would pass ``LAUNCH_ELEMENTS``."""
-    return min(CHUNK_ROWS, max(256, (LAUNCH_ELEMENTS // k) // 256 * 256))
+    than ``CHUNK_ROWS`` where a chunk's L (rows, K) or F (rows, ``width``) would pass
+    ``LAUNCH_ELEMENTS``."""
+    return min(CHUNK_ROWS, max(256, (LAUNCH_ELEMENTS // max(k, width)) // 256 * 256))
 
 
-def launch_rows(k: int, d: int) -> int:
+def launch_rows(k: int, width: int) -> int:
     """Rows per launch: whole chunks, as many as ``LAUNCH_ELEMENTS`` allows for L and F."""
-    rows = chunk_rows(k)
-    return rows * max(1, LAUNCH_ELEMENTS // (rows * max(k, 2 * d + 1)))
+    rows = chunk_rows(k, width)
+    return rows * max(1, LAUNCH_ELEMENTS // (rows * max(k, width)))
 
 
 def responsibilities_(logp: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """Every row's log-sum-exp of ``logp`` (C, K) float32, and ``exp(logp - lse)`` written over
-    ``logp``. Returns lse (C,)."""
-    if use_triton(logp, backend):
+    """Every row's log-sum-exp of ``logp`` (C, K), and ``exp(logp - lse)`` written over ``logp``
+    (the Triton pass for float32 on CUDA). Returns lse (C,)."""
+    if logp.dtype == torch.float32 and use_triton(logp, backend):
         from .triton import responsibilities_triton_
 
         return responsibilities_triton_(logp)
@@ -73,27 +78,105 @@ def responsibilities_(logp: torch.Tensor, backend: str = "auto") -> torch.Tensor
     return lse
 
 
+def estep_products(x: torch.Tensor, features, w: torch.Tensor, c: torch.Tensor, backend: str = "auto"):
+    """(sum of the rows' log-sum-exp, S (P + 1, K)), float64, of the rows ``x`` (n, D): per launch,
+    F = ``features(rows)`` (m, P + 1) whose last column is ones, L = c + F[:, :P] @ w (w (P, K),
+    c (K,)), the responsibilities over L, and S = sum over chunks of F^T R, every chunk's sums in
+    the products' precision, added in float64."""
+    n = len(x)
+    k, p = len(c), w.shape[0]
+    rows, per_launch = chunk_rows(k, p + 1), launch_rows(k, p + 1)
+    total = torch.zeros(p + 1, k, dtype=torch.float64, device=x.device)
+    log_likelihood = torch.zeros((), dtype=torch.float64, device=x.device)
+    for lo in range(0, n, per_launch):
+        f = features(x[lo:lo + per_launch])
+        logp = torch.addmm(c, f[:, :p], w)
+        lse = responsibilities_(logp, backend)
+        log_likelihood += lse.double().sum()
+        whole = len(f) // rows * rows
+        if whole:  # (P + 1, K) per chunk, in one batched product: operands in the layout cuBLAS takes as is
+            per_chunk = torch.bmm(f[:whole].view(-1, rows, p + 1).transpose(1, 2), logp[:whole].view(-1, rows, k))
+            total += per_chunk.double().sum(0)
+        if whole < len(f):
+            total += (f[whole:].T @ logp[whole:]).double()
+    return log_likelihood, total
+
+
 def diag_estep_products(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, shift: torch.Tensor,
                         backend: str = "auto"):
     """(sum of the rows' log-sum-exp, sum r (K,), sum r (x - shift) (K, D), sum r (x - shift)^2
-    (K, D)), float64, of the rows ``x`` (n, D) under the operands of ``triton.diag_operands``
-    (float32: a, b (D, K), c (K,)) and ``shift`` (D,) float32."""
-    n, d = x.shape
-    k = c.shape[0]
-    w = torch.cat([a, b])  # (2D, K)
-    rows = chunk_rows(k)
-    total = torch.zeros(2 * d + 1, k, dtype=torch.float64, device=x.device)
-    log_likelihood = torch.zeros((), dtype=torch.float64, device=x.device)
-    for lo in range(0, n, launch_rows(k, d)):
-        xc = x[lo:lo + launch_rows(k, d)].float() - shift
-        f = torch.cat([xc, xc * xc, xc.new_ones(len(xc), 1)], 1)  # (m, 2D + 1)
-        logp = torch.addmm(c, f[:, :2 * d], w)
-        lse = responsibilities_(logp, backend)
-        log_likelihood += lse.double().sum()
-        whole = len(xc) // rows * rows
-        if whole:  # (2D + 1, K) per chunk, in one batched product: operands in the layout cuBLAS takes as is
-            per_chunk = torch.bmm(f[:whole].view(-1, rows, 2 * d + 1).transpose(1, 2), logp[:whole].view(-1, rows, k))
-            total += per_chunk.double().sum(0)
-        if whole < len(xc):
-            total += (f[whole:].T @ logp[whole:]).double()
+    (K, D)), float64, of the rows ``x`` (n, D) under the operands of :func:`diag_operands`
+    (float32: a, b (D, K), c (K,)) and ``shift`` (D,) float32: F = [x', x'^2, 1]."""
+    d = x.shape[1]
+
+    def features(rows):
+        xs = rows.float() - shift
+        return torch.cat([xs, xs * xs, xs.new_ones(len(xs), 1)], 1)
+
+    log_likelihood, total = estep_products(x, features, torch.cat([a, b]), c, backend)
     return log_likelihood, total[2 * d], total[:d].T, total[d:2 * d].T
+
+
+def _upper(d: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices of the upper triangle of a (d, d) matrix, diagonal included."""
+    return torch.triu_indices(d, d, device=device).unbind()
+
+
+def full_estep_products(x: torch.Tensor, weights, means, prec_chol, shift, backend: str = "auto"):
+    """The E-step of a full-covariance mixture in float64 products: with x' = x - shift and each
+    component's precision P_k = U_k U_k^T, ``(x' - m_k)^T P_k (x' - m_k)`` expands into
+    ``x'^T P_k x' - 2 x'^T P_k m_k + m_k^T P_k m_k``, so F = [x', the upper triangle of x' x'^T, 1]
+    (D + D(D+1)/2 + 1 columns) and one product gives every component's log density, and another
+    the sums r x' and r x'x'^T. Returns (sum of lse, sum r, sum r x (K, D), sum r x x^T (K, D, D)),
+    float64, of the rows themselves."""
+    d = x.shape[1]
+    i, j = _upper(d, x.device)
+    m = means - shift
+    precisions = prec_chol @ prec_chol.transpose(1, 2)  # (K, D, D)
+    pm = torch.einsum("kij,kj->ki", precisions, m)
+    quadratic = precisions[:, i, j] * torch.where(i == j, -0.5, -1.0)  # off-diagonal terms appear twice
+    w = torch.cat([pm.T, quadratic.T])  # (D + T, K)
+    c = (torch.log(weights) - 0.5 * (d * math.log(2 * math.pi) + (m * pm).sum(1))
+         + torch.log(torch.diagonal(prec_chol, dim1=1, dim2=2)).sum(1))
+
+    def features(rows):
+        xs = rows.double() - shift
+        return torch.cat([xs, xs[:, i] * xs[:, j], xs.new_ones(len(xs), 1)], 1)
+
+    log_likelihood, total = estep_products(x, features, w, c, backend)
+    r, xs = total[-1], total[:d].T
+    second = torch.zeros(len(r), d, d, dtype=torch.float64, device=x.device)
+    second[:, i, j] = total[d:-1].T
+    second[:, j, i] = total[d:-1].T
+    # back to the rows themselves: sum r x x^T = S' + S_x' s^T + s S_x'^T + (sum r) s s^T
+    cross = xs[:, :, None] * shift[None, None, :]
+    second += cross + cross.transpose(1, 2) + r[:, None, None] * torch.outer(shift, shift)
+    return log_likelihood, r, xs + r[:, None] * shift, second
+
+
+def tied_estep_products(x: torch.Tensor, weights, means, prec_chol, shift, backend: str = "auto"):
+    """The E-step of a tied mixture in float64 products: the shared precision's quadratic term
+    ``-0.5 x'^T P x'`` is the same for every component, a column of F whose weight is one in every
+    component; F = [x', -0.5 |x' U|^2, 1]. Returns (sum of lse, sum r, sum r x (K, D), X^T X
+    (D, D)), float64, of the rows themselves."""
+    d = x.shape[1]
+    m = means - shift
+    precision = prec_chol @ prec_chol.T
+    pm = m @ precision  # (K, D)
+    w = torch.cat([pm.T, torch.ones(1, len(m), dtype=torch.float64, device=x.device)])  # (D + 1, K)
+    c = (torch.log(weights) - 0.5 * (d * math.log(2 * math.pi) + (m * pm).sum(1))
+         + torch.log(torch.diagonal(prec_chol)).sum())
+    gram = torch.zeros(d, d, dtype=torch.float64, device=x.device)
+    column = torch.zeros(d, dtype=torch.float64, device=x.device)
+
+    def features(rows):
+        xs = rows.double() - shift
+        gram.add_(xs.T @ xs)
+        column.add_(xs.sum(0))
+        y = xs @ prec_chol
+        return torch.cat([xs, -0.5 * (y * y).sum(1, keepdim=True), xs.new_ones(len(xs), 1)], 1)
+
+    log_likelihood, total = estep_products(x, features, w, c, backend)
+    r, xs = total[-1], total[:d].T
+    gram += torch.outer(column, shift) + torch.outer(shift, column) + len(x) * torch.outer(shift, shift)
+    return log_likelihood, r, xs + r[:, None] * shift, gram
