@@ -5,8 +5,10 @@
 - ``round_*``: the round scheme of ``ops.hash_table.upsert_rounds`` (Triton on CUDA, the torch twin
   elsewhere): slots first, then values moved by slot through ``TieredValues``.
 
-Both return per input key the final slot (-1: absent), and for ``insert_and_evict`` the evicted
-(keys, values, scores): entries pushed out, then new keys refused by a full bucket.
+Both return per input key the final slot (-1: absent; the round scheme only for
+``find_or_insert``, whose callers use them, and None otherwise: a lookup of the whole batch
+saved), and for ``insert_and_evict`` the evicted (keys, values, scores): entries pushed out, then
+new keys refused by a full bucket.
 """
 
 from __future__ import annotations
@@ -131,8 +133,9 @@ def round_upsert(b, tiers, op, keys, values, desired, rule, flags=None, backend=
         tiers[r.slots[new]] = torch.zeros(int(new.sum()), dim, dtype=tiers.fast.dtype, device=keys.device)
     if op == ht.OP_INSERT_AND_EVICT:
         evicted = settle_evicted(b, evicted, backend)
-    out_values, slots = None, ht.lookup(b, keys, backend=backend)[0]
+    out_values = slots = None
     if op == ht.OP_FIND_OR_INSERT:
+        slots = ht.lookup(b, keys, backend=backend)[0]
         found = slots >= 0
         out_values = tiers[slots.clamp_min(0)]
         if values is not None:
@@ -163,4 +166,4 @@ def _round_accum(b, tiers, keys, values, desired, rule, flags, backend):
         slots = ht.lookup(b, keys[accum], backend=backend)[0]
         ok = slots >= 0
         tiers.index_add_(slots[ok], values[accum][ok])
-    return None, ht.lookup(b, keys, backend=backend)[0], None
+    return None, None, None
