@@ -146,7 +146,7 @@ def _first_copies(d, cand):
 
 
 def probe_rerank(q, probes, offsets, vectors, ids, k: int, *, metric: str = "euclidean", terms=None,
-                 dedup: bool = False, backend: str = "auto"):
+                 dedup: bool = False, backend: str = "auto", layout: str = "auto"):
     """The ``k`` nearest stored rows of every query among the lists it probes, exactly ranked.
 
     Parameters
@@ -168,6 +168,10 @@ def probe_rerank(q, probes, offsets, vectors, ids, k: int, *, metric: str = "euc
     dedup : bool, default=False
         An id stored in several lists (multi-assignment) is returned once.
     backend : {"auto", "numba", "torch", "triton"}
+    layout : {"auto", "query", "list"}, default="auto"
+        Of the Triton scan (``probe/triton.py``): one program per (query, probed list), or per tile
+        of a list's queries (each list read once for them, tensor-core products). "auto": "list"
+        where the lists are probed ``LIST_MAJOR_MIN_PAIRS`` times each on average.
 
     Returns
     -------
@@ -186,10 +190,12 @@ def probe_rerank(q, probes, offsets, vectors, ids, k: int, *, metric: str = "euc
     """
     if backend not in ("auto", "numba", "torch", "triton"):
         raise ValueError(f"backend must be 'auto', 'numba', 'torch' or 'triton', got {backend!r}")
+    if layout not in ("auto", "query", "list"):
+        raise ValueError(f"layout must be 'auto', 'query' or 'list', got {layout!r}")
     is_tensor = isinstance(q, torch.Tensor)
     on_cuda = is_tensor and q.device.type != "cpu"
     if (backend == "triton" or (backend == "auto" and on_cuda and use_triton(q, "auto"))) and k <= PROBE_KERNEL_MAX_K:
-        return _probe_triton(q, probes, offsets, vectors, ids, k, metric, terms, dedup)
+        return _probe_triton(q, probes, offsets, vectors, ids, k, metric, terms, dedup, layout)
     if backend == "torch" or on_cuda:
         return probe_rerank_reference(q, probes, offsets, vectors, ids, k, metric=metric, terms=terms, dedup=dedup)
     d, i = _probe_numba(_np(q), _np(probes), _np(offsets), _np(vectors), _np(ids), k, metric, terms, dedup)
@@ -197,12 +203,15 @@ def probe_rerank(q, probes, offsets, vectors, ids, k: int, *, metric: str = "euc
 
 
 PROBE_KERNEL_MAX_K = 16  # triton.MAX_K (not imported here: triton is optional)
+# Probes per list (on average over the lists) from which the list-major scan is chosen: a tile of
+# its 64 queries then holds a few on average. A first choice, not yet measured against the other.
+LIST_MAJOR_MIN_PAIRS = 16
 
 
-def _probe_triton(q, probes, offsets, vectors, ids, k, metric, terms, dedup):
+def _probe_triton(q, probes, offsets, vectors, ids, k, metric, terms, dedup, layout="auto"):
     """The Triton scan (every probed list's best rows of each query), then the twin's merge:
     candidates ordered by (distance, id), later copies of an id dropped, the first k kept."""
-    from .triton import probe_scan_triton
+    from .triton import probe_scan_list_triton, probe_scan_triton
 
     device = q.device if isinstance(q, torch.Tensor) else torch.device("cpu")
     as_t = (lambda a, dtype=None: torch.as_tensor(_np(a) if not isinstance(a, torch.Tensor) else a, device=device,
@@ -215,8 +224,10 @@ def _probe_triton(q, probes, offsets, vectors, ids, k, metric, terms, dedup):
         q = q / torch.linalg.vector_norm(q.float(), dim=1, keepdim=True).clamp_min(1e-30).to(q.dtype)
     q_base = {"euclidean": (q.float() ** 2).sum(1), "cosine": torch.ones(len(q), device=device),
               "inner_product": torch.zeros(len(q), device=device)}[metric]
-    d, pos = probe_scan_triton(q, q_base, probes, offsets, vectors, x_add, x_scale, k,
-                               0.0 if metric == "euclidean" else -float("inf"))
+    if layout == "auto":
+        layout = "list" if probes.numel() >= LIST_MAJOR_MIN_PAIRS * (len(offsets) - 1) else "query"
+    scan = probe_scan_list_triton if layout == "list" else probe_scan_triton
+    d, pos = scan(q, q_base, probes, offsets, vectors, x_add, x_scale, k, 0.0 if metric == "euclidean" else -float("inf"))
     cand = torch.where(pos >= 0, ids[pos.clamp_min(0)], torch.iinfo(torch.int64).max)
     cand, by_id = cand.sort(dim=1, stable=True)
     d, by_d = d.gather(1, by_id).sort(dim=1, stable=True)
