@@ -207,11 +207,12 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
     look_ahead : bool, optional
         Launch every pass after the first before the counts of the one before are back, on the
         centroids of its update (which stands unless a cluster went empty: the pass ahead is then
-        dropped, and no pass is launched ahead in the rest of the fit). The same passes, the same bits; the GPU
-        then never idles while the host turns one pass into the next (H200, 2 workers, N = 1M:
-        see ``benchmarks/results/ray_gpu.json``). None (default): where the update is queued on a
-        GPU; True: also on the host (a pass is wasted at the end; for tests); False: never. Not
-        with penalties that follow the sizes, nor with bounds (their passes depend on the last).
+        dropped, and no pass is launched ahead in the rest of the fit). The same passes, the same
+        bits; the GPU then never idles while the host turns one pass into the next (H200, 2
+        workers, N = 1M: see ``benchmarks/results/ray_gpu.json``). None (default): where the
+        update is queued on a GPU; True: also on the host (a pass is wasted at the end; for
+        tests); False: never. Not with penalties that follow the sizes, nor with bounds (their
+        passes depend on the last).
     """
     if not isinstance(centroids, torch.Tensor):  # a tensor stays where it is (on the pass's device)
         centroids = np.ascontiguousarray(centroids)

@@ -197,7 +197,8 @@ def test_float64_products_match_the_float64_method(ctype, launch_elements, monke
     _, lse, r = brute(x, params[0], params[1], full)
     got = gmm_estep(torch.from_numpy(x), *params, ctype, method="products")
     x2 = np.einsum("nk,ni,nj->kij", r, x, x) if ctype == "full" else x.T @ x
-    for value, want in zip([got.log_likelihood, got.resp_sum, got.x_sum, got.x2_sum], [lse.sum(), r.sum(0), r.T @ x, x2]):
+    expected = [lse.sum(), r.sum(0), r.T @ x, x2]
+    for value, want in zip([got.log_likelihood, got.resp_sum, got.x_sum, got.x2_sum], expected):
         assert value.dtype == torch.float64 and value.shape == np.shape(want)
         np.testing.assert_allclose(value.numpy(), want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
 

@@ -57,8 +57,9 @@ def test_list_major_scan_crosses_row_tiles_and_query_tiles():
     q_base = (q_t.float() ** 2).sum(1)
     x_add = (stored_t.float() ** 2).sum(1)
     x_scale = torch.full_like(x_add, -2.0)
-    by_query = probe_triton.probe_scan_triton(q_t, q_base, probes_t, offsets_t, stored_t, x_add, x_scale, 8, 0.0)
-    by_list = probe_triton.probe_scan_list_triton(q_t, q_base, probes_t, offsets_t, stored_t, x_add, x_scale, 8, 0.0)
+    scan_args = (q_t, q_base, probes_t, offsets_t, stored_t, x_add, x_scale, 8, 0.0)
+    by_query = probe_triton.probe_scan_triton(*scan_args)
+    by_list = probe_triton.probe_scan_list_triton(*scan_args)
     assert torch.equal(by_list[1], by_query[1])  # the same rows, in the same order
     torch.testing.assert_close(by_list[0], by_query[0], rtol=1e-5, atol=1e-4)
     d, i = probe_rerank(*args, torch.tensor(ids, device=DEVICE), 8, backend="triton", layout="list")

@@ -44,8 +44,8 @@ import torch
 
 from ..common import use_triton
 
-__all__ = ["COVARIANCE_TYPES", "METHODS", "EStepStats", "gmm_estep", "gmm_estep_reference", "gmm_log_resp", "gmm_predict",
-           "gmm_score_samples", "gmm_stats", "weighted_log_prob"]
+__all__ = ["COVARIANCE_TYPES", "METHODS", "EStepStats", "gmm_estep", "gmm_estep_reference", "gmm_log_resp",
+           "gmm_predict", "gmm_score_samples", "gmm_stats", "weighted_log_prob"]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 ROW_CHUNK = 4096  # rows per chunk: the (chunk, tile) log densities stay a few MiB

@@ -23,6 +23,10 @@ keeps its sums in registers: no atomics, so the bits are the same on every run; 
 (a function of N alone) are added in float64 afterwards, in order. Products run on tensor cores
 in float32 accumulation: TF32 where torch allows it (``allow_tf32``), else 3xTF32 (float32
 accuracy, see ``ops.assign``). Half-precision rows are read as they are and computed in float32.
+
+Also here, for the products method (``products.py``): ``_resp_kernel``, every row's log-sum-exp
+of a (rows, K) float32 array of log densities and the responsibilities written over it, in one
+read and one write.
 """
 
 from __future__ import annotations

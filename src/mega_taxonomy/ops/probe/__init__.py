@@ -227,7 +227,8 @@ def _probe_triton(q, probes, offsets, vectors, ids, k, metric, terms, dedup, lay
     if layout == "auto":
         layout = "list" if probes.numel() >= LIST_MAJOR_MIN_PAIRS * (len(offsets) - 1) else "query"
     scan = probe_scan_list_triton if layout == "list" else probe_scan_triton
-    d, pos = scan(q, q_base, probes, offsets, vectors, x_add, x_scale, k, 0.0 if metric == "euclidean" else -float("inf"))
+    floor = 0.0 if metric == "euclidean" else -float("inf")
+    d, pos = scan(q, q_base, probes, offsets, vectors, x_add, x_scale, k, floor)
     cand = torch.where(pos >= 0, ids[pos.clamp_min(0)], torch.iinfo(torch.int64).max)
     cand, by_id = cand.sort(dim=1, stable=True)
     d, by_d = d.gather(1, by_id).sort(dim=1, stable=True)

@@ -222,9 +222,9 @@ def probe_scan_list_triton(q, q_base, probes, offsets, vectors, x_add, x_scale, 
     block_d = min(128, max(16, triton.next_power_of_2(q.shape[1])))
     tf32 = bool(torch.backends.cuda.matmul.allow_tf32) or q.dtype != torch.float32
     if len(tile_list):
-        _list_kernel[(len(tile_list),)](q, q_base.float().contiguous(), pair_q, pair_s, tile_list, tile_start, tile_end,
-                                        offsets.contiguous(), vectors, x_add.float().contiguous(),
-                                        x_scale.float().contiguous(), out_d, out_p, p, q.shape[1], q.stride(0),
-                                        vectors.stride(0), float(floor), KP=kp, BLOCK_Q=block_q, BLOCK_N=block_n,
-                                        BLOCK_D=block_d, TF32=tf32, num_warps=4)
+        _list_kernel[(len(tile_list),)](
+            q, q_base.float().contiguous(), pair_q, pair_s, tile_list, tile_start, tile_end, offsets.contiguous(),
+            vectors, x_add.float().contiguous(), x_scale.float().contiguous(), out_d, out_p, p, q.shape[1],
+            q.stride(0), vectors.stride(0), float(floor), KP=kp, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
+            TF32=tf32, num_warps=4)
     return out_d.reshape(n, p * kp), out_p.reshape(n, p * kp)
