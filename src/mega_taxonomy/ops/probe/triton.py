@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..topk.triton import merge_running
+
 MAX_K = 16
 
 
@@ -149,22 +151,8 @@ def _list_kernel(
         dist = tl.where(ok[None, :] & q_ok[:, None], tl.maximum(dist, floor), float("inf"))
         # the merge only where a distance beats its query's KP-th best so far
         if tl.sum((dist < tl.max(run_d, axis=1)[:, None]).to(tl.int32)) > 0:
-            new_d = tl.full((BLOCK_Q, KP), float("inf"), tl.float32)
-            new_p = tl.full((BLOCK_Q, KP), -1, tl.int64)
-            for j in tl.static_range(KP):
-                m_t, p_t = tl.min(dist, axis=1, return_indices=True)
-                m_r, p_r = tl.min(run_d, axis=1, return_indices=True)
-                i_r = tl.sum(tl.where(slots[None, :] == p_r[:, None], run_p, 0), axis=1)
-                take_run = m_r <= m_t  # running entries come from lower rows: they win ties
-                val = tl.where(take_run, m_r, m_t)
-                pos = tl.where(take_run, i_r, p_t.to(tl.int64) + n0)
-                pos = tl.where(val < float("inf"), pos, -1)
-                new_d = tl.where(slots[None, :] == j, val[:, None], new_d)
-                new_p = tl.where(slots[None, :] == j, pos[:, None], new_p)
-                run_d = tl.where((slots[None, :] == p_r[:, None]) & take_run[:, None], float("inf"), run_d)
-                dist = tl.where((lanes[None, :] == p_t[:, None]) & ~take_run[:, None], float("inf"), dist)
-            run_d = new_d
-            run_p = new_p
+            run_d, run_p = merge_running(run_d, run_p, dist, n0, KP, BLOCK_N)
+    run_p = tl.where(run_d < float("inf"), run_p, -1)
     out = (qi[:, None] * P + si[:, None]) * KP + slots[None, :]
     tl.store(out_d_ptr + out, run_d, mask=q_ok[:, None])
     tl.store(out_p_ptr + out, run_p, mask=q_ok[:, None])

@@ -25,6 +25,29 @@ MAX_K = 16
 
 
 @triton.jit
+def merge_running(run_d, run_i, d, n0, KP: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The KP smallest, ascending, of each row's running values ``run_d`` (rows, KP) with their
+    indices ``run_i``, and of a tile's values ``d`` (rows, BLOCK_N) at indices n0 + column: KP
+    extraction steps, one reduction each for a value and its position. Running entries come from
+    earlier, lower indices: they win ties, and a tile's ties go to its lowest column."""
+    slots = tl.arange(0, KP)
+    new_d = tl.full(run_d.shape, float("inf"), tl.float32)
+    new_i = tl.full(run_i.shape, -1, tl.int64)
+    for j in tl.static_range(KP):
+        m_t, p_t = tl.min(d, axis=1, return_indices=True)
+        m_r, p_r = tl.min(run_d, axis=1, return_indices=True)
+        i_r = tl.sum(tl.where(slots[None, :] == p_r[:, None], run_i, 0), axis=1)
+        take_run = m_r <= m_t
+        val = tl.where(take_run, m_r, m_t)
+        idx = tl.where(take_run, i_r, p_t.to(tl.int64) + n0)
+        new_d = tl.where(slots[None, :] == j, val[:, None], new_d)
+        new_i = tl.where(slots[None, :] == j, idx[:, None], new_i)
+        run_d = tl.where(take_run[:, None] & (slots[None, :] == p_r[:, None]), float("inf"), run_d)
+        d = tl.where((~take_run)[:, None] & (tl.arange(0, BLOCK_N)[None, :] == p_t[:, None]), float("inf"), d)
+    return new_d, new_i
+
+
+@triton.jit
 def _topk_kernel(
     x_ptr,  # *T [N, D]
     c_ptr,  # *T [K, D]
@@ -47,22 +70,7 @@ def _topk_kernel(
         col_ok = cols < K
         d = distance_tile(x_ptr, rows, row_ok, stride_x, c_ptr, cols, col_ok, stride_c, bias_ptr, alpha, D,
                           BLOCK_M, BLOCK_N, BLOCK_K, EXACT)
-        new_d = tl.full((BLOCK_M, KP), float("inf"), tl.float32)
-        new_i = tl.full((BLOCK_M, KP), -1, tl.int64)
-        for j in tl.static_range(KP):
-            # one reduction each for the value and its position (ties to the lowest position)
-            m_t, p_t = tl.min(d, axis=1, return_indices=True)
-            m_r, p_r = tl.min(run_d, axis=1, return_indices=True)
-            i_r = tl.sum(tl.where(slots[None, :] == p_r[:, None], run_i, 0), axis=1)
-            take_run = m_r <= m_t  # running entries have lower indices: they win ties
-            val = tl.where(take_run, m_r, m_t)
-            idx = tl.where(take_run, i_r, p_t.to(tl.int64) + n0)
-            new_d = tl.where(slots[None, :] == j, val[:, None], new_d)
-            new_i = tl.where(slots[None, :] == j, idx[:, None], new_i)
-            run_d = tl.where(take_run[:, None] & (slots[None, :] == p_r[:, None]), float("inf"), run_d)
-            d = tl.where((~take_run)[:, None] & (tl.arange(0, BLOCK_N)[None, :] == p_t[:, None]), float("inf"), d)
-        run_d = new_d
-        run_i = new_i
+        run_d, run_i = merge_running(run_d, run_i, d, n0, KP, BLOCK_N)
     out = rows[:, None] * k + slots[None, :]
     ok = row_ok[:, None] & (slots[None, :] < k)
     tl.store(out_d_ptr + out, run_d, mask=ok)
