@@ -18,6 +18,8 @@ sweep stops once recall@10 >= 0.99):
 - ``faiss``: ``IndexIVFFlat`` (flat L2 quantizer; k-means ``niter=--iters``, trained on every row);
 - ``kmeans-single``: ``IVFIndex(nlist, max_iter=--iters)``;
 - ``kmeans-spill``: the same quantizer (``empty_like``), ``assignment="multi"`` (threshold 1.1);
+- ``kmeans-soar``: the same quantizer, ``assignment="soar"`` (every vector in two lists, the
+  second by SOAR's orthogonality-amplified residual, lambda 1);
 - ``gmm-single`` / ``gmm-multi``: ``quantizer="gmm"`` (diag, ``--gmm-iters`` EM iterations
   from the k-means fit, probed by the nearest means: ``gmm_probe="mean"``, the default); multi
   with threshold 1/nlist (the default), max_assign 2; ``gmm-multi-tau0.1``: the same with
@@ -258,7 +260,11 @@ def main():
         spill, s = timed(km.empty_like(assignment="multi").add, x)
         build.append({"case": case, "impl": "kmeans-spill add", "seconds": s,
                       "copies_per_vector": len(spill.lists_) / spill.ntotal, "bytes_per_vector": spill.bytes_per_vector})
-        sides = [faiss_side(fi), ivf_side("kmeans-single", km), ivf_side("kmeans-spill", spill)]
+        soar, s = timed(km.empty_like(assignment="soar").add, x)
+        build.append({"case": case, "impl": "kmeans-soar add", "seconds": s,
+                      "copies_per_vector": len(soar.lists_) / soar.ntotal, "bytes_per_vector": soar.bytes_per_vector})
+        sides = [faiss_side(fi), ivf_side("kmeans-single", km), ivf_side("kmeans-spill", spill),
+                 ivf_side("kmeans-soar", soar)]
         if "gmm" not in skip:
             gmm, s = timed(trained, IVFIndex(nlist, quantizer="gmm", max_iter=args.iters, gmm_iter=args.gmm_iters,
                                              random_state=args.seed), x)

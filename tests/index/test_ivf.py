@@ -121,6 +121,41 @@ def test_spilling_rule(indexes):
         assert sorted(labels[index.lists_.ids == row]) == sorted(best[row])
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "inner_product"])
+def test_soar_rule_against_float64(indexes, metric):
+    """assignment="soar": every row in its nearest list and in the other list of least
+    |x - c|^2 + lambda <r, x - c>^2 / |r|^2 (all 16 lists are candidates here), scored in float64;
+    exact at nprobe = nlist, each id once; and not the plain next-nearest list everywhere."""
+    index = indexes["kmeans", "single", metric].empty_like(assignment="soar").add(X)
+    x, c = X.astype(np.float64), index.quantizer_.centroids.astype(np.float64)
+    if metric == "cosine":
+        x, c = x / np.linalg.norm(x, axis=1, keepdims=True), c / np.linalg.norm(c, axis=1, keepdims=True)
+    first = index.quantizer_.search(X, 1)[1][:, 0]
+    r = x - c[first]
+    diff = x[:, None, :] - c[None]
+    loss = (diff ** 2).sum(-1) + np.einsum("nd,nkd->nk", r, diff) ** 2 / (r ** 2).sum(1, keepdims=True)
+    loss[np.arange(len(X)), first] = np.inf
+    second = loss.argmin(1)
+    ordered = np.sort(loss, 1)
+    clear = ordered[:, 1] - ordered[:, 0] > 1e-4 * (1 + ordered[:, 0])  # no float32 near-tie
+    labels = index.lists_.labels()
+    home = {(int(i), int(lst)) for i, lst in zip(index.lists_.ids, labels)}
+    assert np.bincount(index.lists_.ids, minlength=len(X)).tolist() == [2] * len(X)
+    assert all((r_, int(first[r_])) in home for r_ in range(len(X)))
+    assert all((r_, int(second[r_])) in home for r_ in np.flatnonzero(clear))
+    next_nearest = index.quantizer_.search(X, 2)[1][:, 1]
+    assert (second != next_nearest).mean() > 0.05  # SOAR's second list is not plain spilling's
+    d, i = index.search(Q, 10, nprobe=16)
+    ref_d, ref_i = brute_force(Q, X, metric, 10)
+    np.testing.assert_allclose(d, ref_d, rtol=1e-5, atol=1e-4)
+    assert all(len(set(row)) == len(row) for row in i)
+
+
+def test_soar_takes_kmeans_lists_only():
+    with pytest.raises(ConfigError, match="soar"):
+        IVFIndex(16, quantizer="gmm", assignment="soar")
+
+
 def responsibilities(index, x):
     a = index.quantizer_.arrays
     lp = weighted_log_prob(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(a["weights"]),

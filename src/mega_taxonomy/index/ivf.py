@@ -22,7 +22,7 @@ from .quantizer import GMM_COVARIANCES, GMM_PROBES, Quantizer, cluster_precision
 logger = logging.getLogger(__name__)
 
 QUANTIZERS = ("kmeans", "gmm")
-ASSIGNMENTS = ("single", "multi")
+ASSIGNMENTS = ("single", "multi", "soar")
 
 
 @dataclass
@@ -53,10 +53,12 @@ class IVFIndex:
         "multi": a vector also goes to its next best lists, up to ``max_assign`` in all: with
         k-means when the list's distance is within ``threshold`` times the nearest (spilling:
         ``d <= d1 + (threshold - 1) |d1|``); with a GMM when its responsibility is at least
-        ``threshold``. Search returns each id once.
+        ``threshold``. "soar" (k-means): every vector in its nearest list and in a second one
+        whose residual is nearly orthogonal to the first's (``index/quantizer.py``). Search
+        returns each id once.
     max_assign : int, default=2
     threshold : float or None, default=None
-        None: ``1 / nlist`` for the GMM, 1.1 for spilling.
+        None: ``1 / nlist`` for the GMM, 1.1 for spilling, 1 for SOAR's lambda.
     metric : {"euclidean", "cosine", "inner_product"}, default="euclidean"
         Results are ascending squared L2, ``1 - cos`` or ``-<q, x>``.
     covariance_type : {"diag", "spherical"}, default="diag"
@@ -120,12 +122,16 @@ class IVFIndex:
                 raise ConfigError(f"{name} must be one of {options}, got {value!r}")
         if self.max_assign < 1:
             raise ConfigError(f"max_assign must be at least 1, got {self.max_assign}")
+        if self.assignment == "soar" and self.quantizer != "kmeans":
+            raise ConfigError(f"assignment='soar' spills k-means lists, not those of quantizer={self.quantizer!r}")
 
     @property
     def threshold_(self) -> float:
         """The threshold in use (the documented default when ``threshold`` is None)."""
         if self.threshold is not None:
             return float(self.threshold)
+        if self.assignment == "soar":
+            return 1.0
         return 1.0 / self.nlist if self.quantizer == "gmm" else 1.1
 
     @property
@@ -266,7 +272,7 @@ class IVFIndex:
             probes_d = self.quantizer_.search_torch(qd, nprobe)[1]
             dev = self._on_device()
             d, i = probe_rerank(qd.float(), probes_d, dev["offsets"], dev["vectors"], dev["ids"], k, metric=self.metric,
-                                terms=dev["terms"], dedup=self.assignment == "multi", backend=backend)
+                                terms=dev["terms"], dedup=self.assignment != "single", backend=backend)
             probes, d = probes_d.cpu().numpy(), d.float()
             n = len(probes)
         else:
@@ -276,7 +282,7 @@ class IVFIndex:
             _, probes = self.quantizer_.search(q_host, nprobe)
             d, i = probe_rerank(q_host, probes, self.lists_.offsets, self.lists_.vectors, self.lists_.ids, k,
                                 metric=self.metric, terms=self.lists_.terms(self.metric),
-                                dedup=self.assignment == "multi", backend=backend)
+                                dedup=self.assignment != "single", backend=backend)
             n = len(q_host)
         lists = self.lists_
         self.last_stats_ = SearchStats(np.full(n, self.nlist, np.int64), lists.sizes[probes].sum(1),

@@ -22,6 +22,15 @@ Multi-assignment (``add``): "single" puts every vector in its best list. "multi"
 s1`` for non-negative distances (default 1.1). "multi" with a GMM adds the next lists, up to
 ``max_assign``, whose responsibility is at least ``threshold`` (the seed's tau; default
 ``1 / nlist``), by responsibility. The first list (the probe rule's best) is always kept.
+
+"soar" (k-means, after ScaNN's SOAR: Sun et al., "SOAR: Improved Indexing for Approximate
+Nearest Neighbor Search", NeurIPS 2023) stores every vector twice: in its nearest list, with
+residual r = x - c1, and in the list c (among the ``SOAR_CANDIDATES`` nearest) of least
+``|x - c|^2 + lambda <r, x - c>^2 / |r|^2`` (``threshold`` = lambda, default 1). A query whose
+nearest-list probe misses x is one whose direction from x lies along r; the second list is
+chosen so that its residual is nearly orthogonal to r, where plain spilling picks the next
+nearest list, whose residual tends to point the same way and so fails for the same queries.
+Cosine rows and centroids are unit vectors here; inner product takes the rows as they are.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from ..ops.probe import smallest
 from ..threads import cpu_threads, parallel_map
 
 GMM_COVARIANCES = ("diag", "spherical")
+SOAR_CANDIDATES = 32  # lists scored for a vector's second list: the nearest ones (the loss grows with |x - c|^2)
 GMM_PROBES = ("mean", "likelihood")
 
 
@@ -141,6 +151,8 @@ class Quantizer:
         """(n, max_assign) lists of every row (best first), -1 where a row goes to fewer."""
         if assignment == "single" or max_assign == 1:
             return self.search(x, 1)[1]
+        if assignment == "soar":
+            return self._soar(x, threshold)
         if self.kind == "kmeans":
             s, lists = self.search(x, max_assign)
             keep = s <= s[:, :1] + (threshold - 1.0) * np.abs(s[:, :1])
@@ -156,6 +168,28 @@ class Quantizer:
         extra = np.where(keep & (lists != first), lists, -1)
         extra = np.take_along_axis(extra, np.argsort(extra < 0, axis=1, kind="stable"), 1)[:, :max_assign - 1]
         return np.concatenate([first, extra], 1)
+
+    def _soar(self, x: np.ndarray, lam: float) -> np.ndarray:
+        """(n, 2): every row's nearest list and its SOAR spill (see the module's docstring)."""
+        x = np.asarray(x, dtype=np.float32)
+        c = unit_rows(self.centroids) if self.metric == "cosine" else self.centroids
+        out = np.empty((len(x), 2), np.int64)
+        m = min(SOAR_CANDIDATES, self.nlist)
+        step = max(1, min((1 << 22) // max(m * self.dim, 1), -(-len(x) // (2 * cpu_threads()))))
+
+        def work(r0):
+            rows = slice(r0, min(r0 + step, len(x)))
+            xs = unit_rows(x[rows]) if self.metric == "cosine" else x[rows]
+            lists = self.search(xs, m)[1]
+            residual = xs - c[lists[:, 0]]  # r
+            others = xs[:, None, :] - c[lists[:, 1:]]  # x - c for the other candidates
+            along = np.einsum("nd,nmd->nm", residual, others) ** 2 / np.maximum(
+                np.einsum("nd,nd->n", residual, residual), 1e-30)[:, None]
+            loss = np.einsum("nmd,nmd->nm", others, others) + lam * along
+            out[rows, 0] = lists[:, 0]
+            out[rows, 1] = lists[np.arange(len(xs)), 1 + np.argmin(loss, 1)] if m > 1 else -1
+        parallel_map(work, range(0, len(x), step))
+        return out
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
