@@ -19,7 +19,9 @@ sweep stops once recall@10 >= 0.99):
 - ``kmeans-single``: ``IVFIndex(nlist, max_iter=--iters)``;
 - ``kmeans-spill``: the same quantizer (``empty_like``), ``assignment="multi"`` (threshold 1.1);
 - ``kmeans-soar``: the same quantizer, ``assignment="soar"`` (every vector in two lists, the
-  second by SOAR's orthogonality-amplified residual, lambda 1);
+  second by SOAR's orthogonality-amplified residual, lambda 1); ``kmeans-soar-grouped``: the same
+  lists searched through the grouped coarse search (``coarse_probe`` = max(4, nprobe / 2) of
+  about sqrt(nlist) groups), its coarse distances counted as it makes them;
 - ``gmm-single`` / ``gmm-multi``: ``quantizer="gmm"`` (diag, ``--gmm-iters`` EM iterations
   from the k-means fit, probed by the nearest means: ``gmm_probe="mean"``, the default); multi
   with threshold 1/nlist (the default), max_assign 2; ``gmm-multi-tau0.1``: the same with
@@ -126,6 +128,23 @@ def ivf_side(name, index):
         return float(index.lists_.sizes[probes].sum(1).mean())
 
     return Side(name, search, fine, lambda q, nprobe: float(index.nlist))
+
+
+def grouped_side(name, index):
+    """An IVFIndex searched through its grouped coarse search, ``coarse_probe`` = max(4, nprobe / 2)
+    groups: its coarse and fine distances as the search counts them."""
+    def at(nprobe):
+        index.coarse_probe = max(4, nprobe // 2)
+        return index
+
+    def search(q, nprobe):
+        return at(nprobe).search(q, K, nprobe)[1]
+
+    def stats(q, nprobe):
+        return at(nprobe).search(q, 1, nprobe, return_stats=True)[2]
+
+    return Side(name, search, lambda q, nprobe: float(stats(q, nprobe).fine.mean()),
+                lambda q, nprobe: float(stats(q, nprobe).coarse.mean()))
 
 
 def faiss_side(index):
@@ -263,8 +282,11 @@ def main():
         soar, s = timed(km.empty_like(assignment="soar").add, x)
         build.append({"case": case, "impl": "kmeans-soar add", "seconds": s,
                       "copies_per_vector": len(soar.lists_) / soar.ntotal, "bytes_per_vector": soar.bytes_per_vector})
+        grouped = soar.empty_like(coarse_probe=4)
+        grouped.lists_ = soar.lists_  # the same lists, searched through the grouped coarse search
+        grouped.ntotal = soar.ntotal
         sides = [faiss_side(fi), ivf_side("kmeans-single", km), ivf_side("kmeans-spill", spill),
-                 ivf_side("kmeans-soar", soar)]
+                 ivf_side("kmeans-soar", soar), grouped_side("kmeans-soar-grouped", grouped)]
         if "gmm" not in skip:
             gmm, s = timed(trained, IVFIndex(nlist, quantizer="gmm", max_iter=args.iters, gmm_iter=args.gmm_iters,
                                              random_state=args.seed), x)

@@ -6,6 +6,7 @@ import torch
 
 from mega_taxonomy.errors import ConfigError, DataError, StorageError
 from mega_taxonomy.index import IVFIndex
+from mega_taxonomy.index.quantizer import Quantizer
 from mega_taxonomy.ops.gmm_estep import weighted_log_prob
 
 RNG = np.random.default_rng(0)
@@ -149,6 +150,33 @@ def test_soar_rule_against_float64(indexes, metric):
     ref_d, ref_i = brute_force(Q, X, metric, 10)
     np.testing.assert_allclose(d, ref_d, rtol=1e-5, atol=1e-4)
     assert all(len(set(row)) == len(row) for row in i)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_grouped_coarse_search(indexes, metric, tmp_path):
+    """coarse_probe: the lists grouped under about sqrt(nlist) centroids; probing every group gives
+    the flat search's probes and answers, fewer groups probe only the lists of the groups nearest
+    (scored exactly among them) and count the groups plus those lists as coarse distances; the
+    groups are saved with the index."""
+    flat = indexes["kmeans", "single", metric]
+    grouped = flat.empty_like(coarse_probe=4).add(X)
+    q = grouped.quantizer_
+    d, i, stats = grouped.search(Q, 10, nprobe=3, return_stats=True)
+    group_of, centroids = q.arrays["group_of"], q.arrays["group_centroids"]
+    assert len(centroids) == 4 and sorted(set(group_of.tolist())) == [0, 1, 2, 3]  # sqrt(16) groups
+    everything = q.search_grouped(Q, 3, 4)
+    np.testing.assert_array_equal(everything[1], q.search(Q, 3)[1])
+    assert (everything[2] == 4 + 16).all()
+    _, probes, coarse = q.search_grouped(Q, 3, 1)
+    nearest_group = Quantizer("kmeans", metric, {"centroids": centroids}).search(Q, 1)[1][:, 0]
+    assert all(set(group_of[row[row >= 0]]) == {g} for row, g in zip(probes, nearest_group))
+    np.testing.assert_array_equal(coarse, 4 + np.bincount(group_of, minlength=4)[nearest_group])
+    ref = flat.search(Q, 10, nprobe=3)
+    np.testing.assert_array_equal(i, ref[1])  # all 4 groups probed: the flat answers
+    assert (stats.coarse == 20).all()
+    grouped.save(tmp_path / "g")
+    again = IVFIndex.load(tmp_path / "g")
+    assert again.coarse_probe == 4 and np.array_equal(again.quantizer_.arrays["group_of"], group_of)
 
 
 def test_soar_takes_kmeans_lists_only():

@@ -57,6 +57,12 @@ class IVFIndex:
         whose residual is nearly orthogonal to the first's (``index/quantizer.py``). Search
         returns each id once.
     max_assign : int, default=2
+    coarse_probe : int or None, default=None
+        None: a query is scored against every list (FAISS's flat coarse quantizer). An int: the
+        lists grouped under about sqrt(nlist) centroids (a k-means of the lists' centroids, made
+        once and saved with the index), a query scores the groups and then the lists of its
+        ``coarse_probe`` nearest groups only (``Quantizer.search_grouped``): fewer coarse
+        distances, a little less recall per probe.
     threshold : float or None, default=None
         None: ``1 / nlist`` for the GMM, 1.1 for spilling, 1 for SOAR's lambda.
     metric : {"euclidean", "cosine", "inner_product"}, default="euclidean"
@@ -97,10 +103,11 @@ class IVFIndex:
     ([0, 1, 2], 2000)
     """
 
-    def __init__(self, nlist, *, quantizer="kmeans", assignment="single", max_assign=2, threshold=None,
-                 metric="euclidean", covariance_type="diag", gmm_probe="mean", max_iter=20, gmm_iter=10,
-                 random_state=0, device="cpu", batch_size=65_536):
+    def __init__(self, nlist, *, quantizer="kmeans", assignment="single", max_assign=2, coarse_probe=None,
+                 threshold=None, metric="euclidean", covariance_type="diag", gmm_probe="mean", max_iter=20,
+                 gmm_iter=10, random_state=0, device="cpu", batch_size=65_536):
         self.nlist, self.quantizer, self.assignment = nlist, quantizer, assignment
+        self.coarse_probe = coarse_probe
         self.gmm_probe = gmm_probe
         self.max_assign, self.threshold, self.metric = max_assign, threshold, metric
         self.covariance_type, self.max_iter, self.gmm_iter = covariance_type, max_iter, gmm_iter
@@ -122,6 +129,9 @@ class IVFIndex:
                 raise ConfigError(f"{name} must be one of {options}, got {value!r}")
         if self.max_assign < 1:
             raise ConfigError(f"max_assign must be at least 1, got {self.max_assign}")
+        if self.coarse_probe is not None and (not isinstance(self.coarse_probe, (int, np.integer))
+                                              or self.coarse_probe < 1):
+            raise ConfigError(f"coarse_probe must be None or a positive int, got {self.coarse_probe!r}")
         if self.assignment == "soar" and self.quantizer != "kmeans":
             raise ConfigError(f"assignment='soar' spills k-means lists, not those of quantizer={self.quantizer!r}")
 
@@ -265,11 +275,16 @@ class IVFIndex:
             raise DataError(f"queries of shape {tuple(q.shape)}; the index holds dimension {self.quantizer_.dim}")
         nprobe = min(nprobe, self.nlist)
         cuda = str(self.device).startswith("cuda")
+        coarse = np.full(len(q), self.nlist, np.int64)
         if cuda:  # queries from host or device memory; everything after the copy stays there
             qd = torch.as_tensor(q, device=self.device)
             if not torch.isfinite(qd).all():
                 raise DataError(f"query row {int((~torch.isfinite(qd).all(1)).nonzero()[0, 0])} is not finite")
-            probes_d = self.quantizer_.search_torch(qd, nprobe)[1]
+            if self.coarse_probe is None:
+                probes_d = self.quantizer_.search_torch(qd, nprobe)[1]
+            else:  # the grouped search on the host (a few hundred scores a query), the probes moved
+                probes, coarse = self._probes(qd.float().cpu().numpy(), nprobe)
+                probes_d = torch.as_tensor(probes, device=self.device)
             dev = self._on_device()
             d, i = probe_rerank(qd.float(), probes_d, dev["offsets"], dev["vectors"], dev["ids"], k, metric=self.metric,
                                 terms=dev["terms"], dedup=self.assignment != "single", backend=backend)
@@ -279,20 +294,42 @@ class IVFIndex:
             q_host = np.ascontiguousarray(q.detach().cpu().numpy() if is_tensor else q, dtype=np.float32)
             if not np.isfinite(q_host).all():
                 raise DataError(f"query row {int(np.argmax(~np.isfinite(q_host).all(1)))} is not finite")
-            _, probes = self.quantizer_.search(q_host, nprobe)
+            probes, coarse = self._probes(q_host, nprobe)
             d, i = probe_rerank(q_host, probes, self.lists_.offsets, self.lists_.vectors, self.lists_.ids, k,
                                 metric=self.metric, terms=self.lists_.terms(self.metric),
                                 dedup=self.assignment != "single", backend=backend)
             n = len(q_host)
         lists = self.lists_
-        self.last_stats_ = SearchStats(np.full(n, self.nlist, np.int64), lists.sizes[probes].sum(1),
-                                       np.full(n, nprobe, np.int64))
+        self.last_stats_ = SearchStats(coarse, np.where(probes >= 0, lists.sizes[np.maximum(probes, 0)], 0).sum(1),
+                                       (probes >= 0).sum(1))
         if is_tensor:
             d, i = torch.as_tensor(d, dtype=torch.float32).to(Q.device), torch.as_tensor(i).to(Q.device)
         else:
             d, i = (a.cpu().numpy() if isinstance(a, torch.Tensor) else a for a in (d, i))
             d = np.asarray(d, np.float32)
         return (d, i, self.last_stats_) if return_stats else (d, i)
+
+    def _probes(self, q: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """(probes (n, nprobe), coarse distances (n,)) of host queries: flat, or grouped."""
+        if self.coarse_probe is None:
+            return self.quantizer_.search(q, nprobe)[1], np.full(len(q), self.nlist, np.int64)
+        if "group_of" not in self.quantizer_.arrays:
+            self._group_lists()
+        _, probes, coarse = self.quantizer_.search_grouped(q, nprobe, self.coarse_probe)
+        return probes, coarse
+
+    def _group_lists(self):
+        """The lists' centroids grouped by a k-means of them (about sqrt(nlist) groups), kept in
+        the quantizer's arrays (saved with the index)."""
+        from ..cluster import KMeans
+
+        q = self.quantizer_
+        c = unit_rows(q.centroids) if self.metric == "cosine" else q.centroids
+        n_groups = max(1, min(self.nlist, round(self.nlist ** 0.5)))
+        km = KMeans(n_groups, metric="cosine" if self.metric == "cosine" else "euclidean", max_iter=20,
+                    random_state=self.random_state).fit(c)
+        q.arrays["group_centroids"] = np.asarray(km.cluster_centers_, dtype=np.float32)
+        q.arrays["group_of"] = np.asarray(km.labels_, dtype=np.int64)
 
     def _on_device(self) -> dict:
         """The lists on ``device``, copied once per change."""
@@ -309,9 +346,9 @@ class IVFIndex:
 
     # -- storage -------------------------------------------------------------------------------
     def get_params(self) -> dict:
-        return {name: getattr(self, name) for name in ("nlist", "quantizer", "assignment", "max_assign", "threshold",
-                                                      "metric", "covariance_type", "gmm_probe", "max_iter", "gmm_iter",
-                                                      "random_state", "device", "batch_size")}
+        return {name: getattr(self, name) for name in ("nlist", "quantizer", "assignment", "max_assign", "coarse_probe",
+                                                      "threshold", "metric", "covariance_type", "gmm_probe",
+                                                      "max_iter", "gmm_iter", "random_state", "device", "batch_size")}
 
     def save(self, uri, *, storage_options=None) -> dict:
         """Write the index to a Store (local path or fsspec URI; npy arrays, no pickle)."""

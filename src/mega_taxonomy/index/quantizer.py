@@ -31,6 +31,15 @@ nearest-list probe misses x is one whose direction from x lies along r; the seco
 chosen so that its residual is nearly orthogonal to r, where plain spilling picks the next
 nearest list, whose residual tends to point the same way and so fails for the same queries.
 Cosine rows and centroids are unit vectors here; inner product takes the rows as they are.
+
+Grouped coarse search (``search_grouped``): the lists' centroids (or means) grouped under
+``group_centroids`` (about sqrt(nlist), from a k-means of the centroids: ``group_of`` is each
+list's group), a row is scored against the groups, then against the lists of its
+``groups_probed`` nearest groups only; the best of those are its probes. Its coarse distances are
+the groups plus the lists of the groups probed, where the flat search scores every list (FAISS's
+``IndexIVFFlat`` with its flat quantizer): at nlist 4096 that was 4,096 of the 10.5k distances a
+GloVe query needed at recall 0.90 (``benchmarks/results/ivf_soar.json``). A list whose group is not
+probed is missed even when it is among the nearest: recall per probe drops a little.
 """
 
 from __future__ import annotations
@@ -123,6 +132,50 @@ class Quantizer:
         if self.by_distance and self.metric == "euclidean":
             s = (s + (x * x).sum(1, keepdim=True)).clamp_min(0)
         return torch.topk(s, min(m, self.nlist), dim=1, largest=False, sorted=True)
+
+    def search_grouped(self, x: np.ndarray, m: int, groups_probed: int):
+        """(scores (n, m), lists (n, m), coarse distances (n,)) of the ``m`` best lists of every
+        row among the lists of its ``groups_probed`` nearest groups (see the module's docstring;
+        the distance rule only), best first, -1 / inf where those lists number fewer than m."""
+        if not self.by_distance:
+            raise ValueError("a grouped coarse search ranks lists by distance: not a GMM probed by likelihood")
+        x = np.asarray(x, dtype=np.float32)
+        group_of = self.arrays["group_of"]
+        groups = Quantizer("kmeans", self.metric, {"centroids": self.arrays["group_centroids"]})
+        n_groups = groups.nlist
+        s = min(groups_probed, n_groups)
+        members = np.argsort(group_of, kind="stable")  # lists in group order
+        sizes = np.bincount(group_of, minlength=n_groups)
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        width = int(sizes.max()) * s
+        n = len(x)
+        out_s = np.full((n, m), np.inf, np.float32)
+        out_l = np.full((n, m), -1, np.int64)
+        coarse = np.empty(n, np.int64)
+        step = max(1, min((1 << 22) // max(width * (self.dim + 1), 1), -(-n // (2 * cpu_threads()))))
+        slot = np.arange(int(sizes.max()))
+
+        def work(r0):
+            rows = slice(r0, min(r0 + step, n))
+            _, near = groups.search(x[rows], s)  # (r, s) groups, nearest first
+            count = sizes[near]
+            coarse[rows] = n_groups + count.sum(1)
+            at = starts[near][:, :, None] + slot[None, None, :]  # (r, s, widest group)
+            cand = np.where(slot[None, None, :] < count[:, :, None], members[np.minimum(at, len(members) - 1)], -1)
+            cand = cand.reshape(len(near), -1)
+            feats = self._features(x[rows], True)
+            score = np.einsum("nd,ncd->nc", feats, self._w[np.maximum(cand, 0)])
+            if self.metric == "euclidean":
+                score += np.einsum("nd,nd->n", x[rows], x[rows], dtype=np.float32)[:, None]
+                np.maximum(score, 0, out=score)
+            score[cand < 0] = np.inf
+            best_s, best = smallest(score, min(m, score.shape[1]))
+            out_s[rows, :best.shape[1]] = best_s
+            found = np.isfinite(best_s)  # fewer lists than m in the groups probed: padding
+            out_l[rows, :best.shape[1]] = np.where(found, np.take_along_axis(cand, np.where(found, best, 0), 1), -1)
+
+        parallel_map(work, range(0, n, step))
+        return out_s, out_l, coarse
 
     def search(self, x: np.ndarray, m: int, *, with_lse: bool = False, likelihood: bool = False):
         """(scores (n, m), lists (n, m)) of the ``m`` best lists of every row, best first; and
