@@ -20,7 +20,7 @@ sweep stops once recall@10 >= 0.99):
 - ``kmeans-spill``: the same quantizer (``empty_like``), ``assignment="multi"`` (threshold 1.1);
 - ``kmeans-soar``: the same quantizer, ``assignment="soar"`` (every vector in two lists, the
   second by SOAR's orthogonality-amplified residual, lambda 1); ``kmeans-soar-grouped``: the same
-  lists searched through the grouped coarse search (``coarse_probe`` = max(4, nprobe / 2) of
+  lists searched through the grouped coarse search (``coarse_probe`` = max(4, nprobe / 3) of
   about sqrt(nlist) groups), its coarse distances counted as it makes them;
 - ``gmm-single`` / ``gmm-multi``: ``quantizer="gmm"`` (diag, ``--gmm-iters`` EM iterations
   from the k-means fit, probed by the nearest means: ``gmm_probe="mean"``, the default); multi
@@ -131,10 +131,10 @@ def ivf_side(name, index):
 
 
 def grouped_side(name, index):
-    """An IVFIndex searched through its grouped coarse search, ``coarse_probe`` = max(4, nprobe / 2)
+    """An IVFIndex searched through its grouped coarse search, ``coarse_probe`` = max(4, nprobe / 3)
     groups: its coarse and fine distances as the search counts them."""
     def at(nprobe):
-        index.coarse_probe = max(4, nprobe // 2)
+        index.coarse_probe = max(4, nprobe // 3)
         return index
 
     def search(q, nprobe):
