@@ -1,9 +1,9 @@
 """What the four prototype estimators share: parameters, the fit (seeding, Lloyd passes, pruning,
 feature weights, finetuning), the streaming step, and the top-k search at inference time.
 
-The streaming step lives in ``streaming.py`` (a mixin of this base). A subclass says how targets become group memberships (``_memberships``), how many prototypes a
-group gets (``_group_k``), its finetuning loss (``_loss``) and what a fit leaves beside the
-prototypes (``_after_fit``).
+The streaming step lives in ``streaming.py`` (a mixin of this base). A subclass says how targets
+become group memberships (``_memberships``), how many prototypes a group gets (``_group_k``), its
+finetuning loss (``_loss``) and what a fit leaves beside the prototypes (``_after_fit``).
 """
 
 from __future__ import annotations

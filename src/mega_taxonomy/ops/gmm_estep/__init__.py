@@ -218,7 +218,8 @@ def gmm_estep(x, weights, means, precisions_cholesky, covariance_type: str, *, t
         in float32 on CUDA, "float64" otherwise.
     backend : {"auto", "torch", "triton"}, default="auto"
         Of the Triton kernels inside a method: "triton" also under ``TRITON_INTERPRET=1`` on the
-        CPU; "torch" runs the products method's torch twin (and makes "auto" choose float64).
+        CPU; "torch" runs the products method's torch twin (and makes "auto" choose float64 for
+        diag / spherical mixtures; tied and full ones take float64 products either way).
 
     Returns
     -------

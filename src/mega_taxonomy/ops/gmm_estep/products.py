@@ -179,7 +179,7 @@ def tied_estep_products(x: torch.Tensor, weights, means, prec_chol, shift, backe
 
     def features(rows):
         xs = rows.double() - shift
-        gram.add_(xs.T @ xs)
+        gram.add_(xs.T @ xs)  # X'^T X and the rows' sum, taken while a launch's rows are at hand
         column.add_(xs.sum(0))
         y = xs @ prec_chol
         return torch.cat([xs, -0.5 * (y * y).sum(1, keepdim=True), xs.new_ones(len(xs), 1)], 1)
