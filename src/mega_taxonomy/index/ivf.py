@@ -289,7 +289,6 @@ class IVFIndex:
             d, i = probe_rerank(qd.float(), probes_d, dev["offsets"], dev["vectors"], dev["ids"], k, metric=self.metric,
                                 terms=dev["terms"], dedup=self.assignment != "single", backend=backend)
             probes, d = probes_d.cpu().numpy(), d.float()
-            n = len(probes)
         else:
             q_host = np.ascontiguousarray(q.detach().cpu().numpy() if is_tensor else q, dtype=np.float32)
             if not np.isfinite(q_host).all():
@@ -298,7 +297,6 @@ class IVFIndex:
             d, i = probe_rerank(q_host, probes, self.lists_.offsets, self.lists_.vectors, self.lists_.ids, k,
                                 metric=self.metric, terms=self.lists_.terms(self.metric),
                                 dedup=self.assignment != "single", backend=backend)
-            n = len(q_host)
         lists = self.lists_
         self.last_stats_ = SearchStats(coarse, np.where(probes >= 0, lists.sizes[np.maximum(probes, 0)], 0).sum(1),
                                        (probes >= 0).sum(1))
