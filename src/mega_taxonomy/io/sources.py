@@ -24,8 +24,8 @@ import torch
 from mega_taxonomy.errors import ConfigError, DataError
 from mega_taxonomy.io import validate
 from mega_taxonomy.io.cache import BlockCache, default_cache_bytes
-from mega_taxonomy.io.disk_cache import DiskCache, source_folder
 from mega_taxonomy.io.discovery import find_files, open_readers
+from mega_taxonomy.io.disk_cache import DiskCache, source_folder
 from mega_taxonomy.io.formats import ArrayReader
 from mega_taxonomy.io.readahead import put_unless, read_ahead
 from mega_taxonomy.io.shards import (
