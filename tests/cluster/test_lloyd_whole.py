@@ -9,7 +9,7 @@ from mega_taxonomy import KMeans
 from mega_taxonomy.cluster.lloyd_pass import LloydState, LloydTask
 from mega_taxonomy.errors import DataError
 from mega_taxonomy.io import BLOCK_ROWS, VectorSource
-from mega_taxonomy.runtime import LocalRuntime, local
+from mega_taxonomy.runtime import LocalRuntime, local, settled
 
 
 def rows(n=2 * BLOCK_ROWS + 1000, d=6, seed=0):
@@ -42,7 +42,7 @@ def test_whole_pass_is_the_blocks_one_by_one(update, keep_labels, penalty):
     c = x[:: x.shape[0] // 11][:11].numpy()
     state = LloydState(c, update=update, keep_labels=keep_labels,
                        penalty=np.linspace(0, 3, 11) if penalty else None)
-    whole = LloydTask().whole(source.whole_block(), state, torch.device("cpu"))
+    whole = settled(LloydTask().whole(source.whole_block(), state, torch.device("cpu")))
     by_blocks = LocalRuntime("cpu", progress=False).map_reduce(source, LloydTask(), state)
     np.testing.assert_array_equal(whole.counts.numpy() if torch.is_tensor(whole.counts) else whole.counts,
                                   by_blocks.counts)

@@ -193,6 +193,7 @@ def test_kmeans_on_a_device_tensor_is_kmeans_on_host_rows(dtype):
 
 @pytest.mark.parametrize("dtype,k", [(torch.bfloat16, 4096), (torch.float32, 1024), (torch.float16, 16)])
 def test_sums_of_many_blocks_at_once_are_the_blocks_one_by_one(dtype, k):
+    from mega_taxonomy.ops.exact import ExactSum
     from mega_taxonomy.ops.update import cluster_stats
 
     g = torch.Generator(device="cuda").manual_seed(12)
@@ -200,11 +201,14 @@ def test_sums_of_many_blocks_at_once_are_the_blocks_one_by_one(dtype, k):
     x = (torch.randn(n, 96, device="cuda", generator=g) * 10).to(dtype)
     labels = torch.randint(-1, k, (n,), device="cuda", generator=g)
     values = torch.rand(n, device="cuda", generator=g)
-    at_once = cluster_stats(x, labels, values, k, block_rows=block)
+    exact = cluster_stats(x, labels, values, k, block_rows=block)  # the blocks' sums added exactly
+    at_once = (exact[0].value(), exact[1], exact[2].value())
     total = None
-    for lo in range(0, n, block):
-        part = cluster_stats(x[lo:lo + block], labels[lo:lo + block], values[lo:lo + block], k)
+    for lo in reversed(range(0, n, block)):  # in any order
+        sums, counts, w = cluster_stats(x[lo:lo + block], labels[lo:lo + block], values[lo:lo + block], k)
+        part = (ExactSum.of(sums), counts, ExactSum.of(w))
         total = part if total is None else tuple(a + b for a, b in zip(total, part))
+    total = (total[0].value(), total[1], total[2].value())
     for a, b in zip(at_once, total):
         assert torch.equal(a, b)
 
@@ -580,3 +584,18 @@ def test_gaussian_mixture_of_float32_rows_on_cuda_takes_the_triton_estep(ctype, 
     np.testing.assert_allclose(cuda.lower_bound_, ref.lower_bound_, rtol=3e-3 if tf32 else 1e-4)
     np.testing.assert_allclose(cuda.means_, ref.means_, rtol=0, atol=1e-3 * (1 + np.abs(ref.means_).max()))
     assert np.isfinite(cuda.covariances_).all() and (cuda.covariances_ >= 1e-6).all()
+
+
+def test_exact_sums_on_the_gpu_are_the_bits_of_the_twin():
+    """The Triton kernel adds float64 values into exact sums integer for integer as the torch twin."""
+    from mega_taxonomy.ops.exact import ExactSum
+
+    g = torch.Generator().manual_seed(21)
+    parts = [torch.randn(4096, 33, generator=g, dtype=torch.float64) * torch.exp2(
+        torch.randint(-80, 80, (4096, 33), generator=g).double()) for _ in range(5)]
+    on_gpu, on_cpu = ExactSum.of(parts[0].cuda()), ExactSum.of(parts[0])
+    for part in parts[1:]:
+        on_gpu += ExactSum.of(part.cuda())
+        on_cpu += ExactSum.of(part)
+    assert torch.equal(on_gpu.tops.cpu(), on_cpu.tops) and torch.equal(on_gpu.digits.cpu(), on_cpu.digits)
+    assert torch.equal(on_gpu.value().cpu(), on_cpu.value())

@@ -24,7 +24,8 @@ from scipy import linalg
 from ..io.device import as_tensor, host_arrays_later
 from ..ops import nearest
 from ..ops.gmm_estep import ROW_CHUNK, gmm_estep, gmm_stats
-from ..runtime import Deferred, Step, Update, iterate
+from ..ops.exact import ExactSum
+from ..runtime import CompositePartial, Deferred, Step, Update, iterate
 
 PRECISION_ERROR = ("Fitting the mixture model failed because some components have ill-defined empirical "
                    "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
@@ -43,24 +44,32 @@ class MixtureParams:
 
 
 @dataclass
-class EMPartial:
-    """The additive E-step statistics of some blocks (float64; see ``ops.gmm_estep.EStepStats``)."""
+class EMPartial(CompositePartial):
+    """The additive E-step statistics of some blocks (float64; see ``ops.gmm_estep.EStepStats``):
+    exact sums (``ops.exact.ExactSum``) while they are added, plain values once a pass is over
+    (``runtime.settled``)."""
 
     n_rows: int
-    log_likelihood: float
-    resp_sum: np.ndarray
-    x_sum: np.ndarray
-    x2_sum: np.ndarray
+    log_likelihood: float | ExactSum
+    resp_sum: np.ndarray | ExactSum
+    x_sum: np.ndarray | ExactSum
+    x2_sum: np.ndarray | ExactSum
 
-    def __add__(self, other) -> EMPartial:
-        return EMPartial(self.n_rows + other.n_rows, self.log_likelihood + other.log_likelihood,
-                         self.resp_sum + other.resp_sum, self.x_sum + other.x_sum, self.x2_sum + other.x2_sum)
+    def _plus(self, other, add) -> EMPartial:
+        return EMPartial(self.n_rows + other.n_rows, add(self.log_likelihood, other.log_likelihood),
+                         add(self.resp_sum, other.resp_sum), add(self.x_sum, other.x_sum),
+                         add(self.x2_sum, other.x2_sum))
+
+    @classmethod
+    def exact(cls, n_rows, log_likelihood, resp_sum, x_sum, x2_sum) -> EMPartial:
+        """A block's partial from float64 values (a float and host arrays), its sums made exact."""
+        return cls(n_rows, *(ExactSum.of(v) for v in (float(log_likelihood), resp_sum, x_sum, x2_sum)))
 
     @classmethod
     def of(cls, n_rows, stats) -> EMPartial:
         """From the op's tensors (copied to host numpy float64)."""
-        return cls(n_rows, float(stats.log_likelihood), stats.resp_sum.cpu().numpy(), stats.x_sum.cpu().numpy(),
-                   stats.x2_sum.cpu().numpy())
+        return cls.exact(n_rows, stats.log_likelihood, stats.resp_sum.cpu().numpy(), stats.x_sum.cpu().numpy(),
+                         stats.x2_sum.cpu().numpy())
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,7 @@ class EStepTask:
 
         def finish() -> EMPartial:
             log_likelihood, resp_sum, x_sum, x2_sum = later()
-            return EMPartial(n_rows, float(log_likelihood), resp_sum, x_sum, x2_sum)
+            return EMPartial.exact(n_rows, log_likelihood, resp_sum, x_sum, x2_sum)
 
         return Deferred(finish) if x.is_cuda else finish()
 

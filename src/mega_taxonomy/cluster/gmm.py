@@ -20,7 +20,7 @@ from .._sklearn_compat import Interval, StrOptions, _fit_context
 from ..errors import ConfigError
 from ..io.device import as_tensor
 from ..ops.gmm_estep import COVARIANCE_TYPES, gmm_log_resp, gmm_predict, gmm_score_samples
-from ..runtime import finished, get_runtime
+from ..runtime import finished, get_runtime, settled
 from ..storage import Store
 from ..storage.schema import MIXTURE_ARRAYS, assignments_file, assignments_table, level_file
 from .em import EStepState, EStepTask, MixtureParams, better, em, m_step
@@ -228,9 +228,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             self.converged_, self.n_iter_, self.lower_bounds_ = False, 0, []
         totals = getattr(self, "totals_", None)
         for block in source.blocks():
-            step = finished(EStepTask()(block, EStepState(self._params(), self.covariance_type), runtime.device))
-            totals = step if totals is None else totals + step
-            self._set(m_step(totals, self.covariance_type, self.reg_covar))
+            exact = finished(EStepTask()(block, EStepState(self._params(), self.covariance_type), runtime.device))
+            totals = exact if totals is None else totals + exact
+            step = settled(exact)
+            self._set(m_step(settled(totals), self.covariance_type, self.reg_covar))
             self.lower_bound_ = step.log_likelihood / step.n_rows
             self.n_steps_ = getattr(self, "n_steps_", 0) + 1
         self.totals_ = totals

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..ops import METRICS, compute_dtype, distances
 from ..io.device import as_tensor, host_arrays
 from ..partials import hash_sample
-from ..runtime import cpu_threads, finished, get_runtime
+from ..runtime import cpu_threads, finished, get_runtime, settled
 from ..storage import Store
 from ..storage.schema import assignments_file, assignments_table, level_file
 from .checkpointing import open_checkpoints, resume, save_iteration
@@ -261,7 +261,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         task = LloydTask()
         for block in source.blocks():
             state = LloydState(self.cluster_centers_, self.metric, update=True)
-            p = finished(task(block, state, runtime.device))
+            p = settled(finished(task(block, state, runtime.device)))
             counts = self.counts_ + p.counts
             grown = p.counts > 0
             centroids = self.cluster_centers_.astype(np.float64)

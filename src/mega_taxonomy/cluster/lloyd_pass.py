@@ -18,6 +18,7 @@ import torch
 from ..ops import OperandCache, grouped_nearest, nearest, normalize_rows
 from ..io import BLOCK_ROWS
 from ..io.device import HostCopy, as_tensor, host_arrays, kept_on_device
+from ..ops.exact import ExactSum
 from ..ops.grouped_assign import grouped_nearest_bounded
 from ..ops.update import cluster_counts, cluster_stats
 from ..runtime import CompositePartial, Deferred, in_block_order
@@ -56,9 +57,11 @@ class LloydState:
 class LloydPartial(CompositePartial):
     """Per-centroid statistics of some blocks."""
 
+    # Float sums are exact (ExactSum) while the runtime adds the blocks' partials, in whatever order
+    # and grouping it likes; a pass gives them back as float64 arrays (``runtime.settled``).
     counts: np.ndarray  # (K,) int64
-    inertia: np.ndarray  # (K,) float64: sum of distances to the assigned centroid
-    sums: np.ndarray | None = None  # (K, d) float64 sum of assigned rows (normalized for cosine)
+    inertia: np.ndarray | ExactSum  # (K,) float64: sum of distances to the assigned centroid
+    sums: np.ndarray | ExactSum | None = None  # (K, d) float64 sum of assigned rows (normalized for cosine)
     far: BestPerGroup | FarthestPerGroup | None = None  # farthest rows: columns "distance", "ordinal", "label", "group"
     far_per_group: int = MAX_FAR_ROWS
     labels: dict = field(default_factory=dict)  # block index -> (labels, distances), when kept
@@ -66,13 +69,13 @@ class LloydPartial(CompositePartial):
     bounds: dict = field(default_factory=dict)  # block index -> (labels, lower bounds, distances), when tracked
 
     def _plus(self, other, add) -> LloydPartial:
-        out = LloydPartial(self.counts + other.counts, self.inertia + other.inertia,
+        out = LloydPartial(self.counts + other.counts, add(self.inertia, other.inertia),
                            far_per_group=self.far_per_group, labels={**self.labels, **other.labels},
                            bounds={**self.bounds, **other.bounds})
         if self.sample is not None:
             out.sample = add(self.sample, other.sample)
         if self.sums is not None:
-            out.sums = self.sums + other.sums
+            out.sums = add(self.sums, other.sums)
         if self.far is not None:
             out.far = add(self.far, other.far)
         return out
@@ -145,9 +148,10 @@ class LloydTask:
             return None
         x = block.vectors
         dist, labels = self._nearest(x, self._centroids(state, x.device), state)
-        sums, counts, inertia = pass_sums(x, labels, dist, state, block_rows=BLOCK_ROWS)
-        if not state.device_sums:
-            sums, counts, inertia = host_arrays(sums, counts, inertia)
+        sums, counts, inertia = pass_sums(x, labels, dist, state, block_rows=BLOCK_ROWS)  # exact sums
+        if not state.device_sums:  # the whole pass: rounded now, nothing more is added to it
+            inertia, counts, *sums = host_arrays(inertia.value(), counts, *([] if sums is None else [sums.value()]))
+            inertia, sums = ExactSum.of(inertia), ExactSum.of(sums[0]) if sums else None
         partial = LloydPartial(counts, inertia, sums, far_per_group=state.far_per_group)
         if state.keep_labels:
             partial.labels = {block.index: (labels, dist)}
@@ -198,8 +202,8 @@ class LloydTask:
 
         def finish(arrived: dict) -> LloydPartial:
             values = {**out, **arrived}
-            sums = values["sums"] if state.update else None
-            partial = LloydPartial(values["counts"], values["inertia"], sums, far=far,
+            sums = ExactSum.of(values["sums"]) if state.update else None
+            partial = LloydPartial(values["counts"], ExactSum.of(values["inertia"]), sums, far=far,
                                    far_per_group=state.far_per_group)
             if state.keep_labels:
                 partial.labels = {block.index: (values["labels"], values["dist"])}

@@ -7,6 +7,7 @@ Layout
 ``grouped_assign/``  nearest / top-k child of each row's own group (a taxonomy level)
 ``topk/``            the k nearest centroids
 ``update/``          per-cluster sums, counts and inertia; centroids from sums
+``exact/``           exact sums of float64 partials (any order, tree or all-reduce: the same bits)
 ``gmm_estep/``       a Gaussian mixture's E-step online over component tiles (no N x K array)
 ``select/``          the n smallest keys per group (under ``partials/``)
 ``hashing/``         hashes of row ids (samples by hash)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..io.device import host_arrays
+from ..ops.exact import ExactSum
 from ..ops.hashing import hash_ids
 from ..ops.update import column_moments
 from ..runtime import CompositePartial
@@ -31,13 +32,14 @@ class SamplePartial(CompositePartial):
     size: int
     rows: BestPerGroup
     count: int
-    total: np.ndarray | torch.Tensor  # float64 sum of rows (on the GPU that summed them, until read)
-    total_sq: np.ndarray | torch.Tensor  # float64 sum of squared rows
+    # exact sums while partials are added, float64 once the pass is over (``runtime.settled``)
+    total: np.ndarray | torch.Tensor | ExactSum  # float64 sum of rows (on the GPU that summed them, until read)
+    total_sq: np.ndarray | torch.Tensor | ExactSum  # float64 sum of squared rows
     _vectors: np.ndarray | None = None
 
     def _plus(self, other, add) -> SamplePartial:
         return SamplePartial(self.size, add(self.rows, other.rows), self.count + other.count,
-                             self.total + other.total, self.total_sq + other.total_sq)
+                             add(self.total, other.total), add(self.total_sq, other.total_sq))
 
     def with_vectors(self, source) -> SamplePartial:
         """Read the sampled rows' vectors from ``source`` (the one the pass ran over)."""
@@ -67,7 +69,8 @@ class SamplePartial(CompositePartial):
     @property
     def mean_variance(self) -> float:
         """Mean over dimensions of the per-dimension variance of all rows (scikit-learn's tol scale)."""
-        total, total_sq = (t.cpu().numpy() if isinstance(t, torch.Tensor) else t for t in (self.total, self.total_sq))
+        total, total_sq = (t.value() if isinstance(t, ExactSum) else t for t in (self.total, self.total_sq))
+        total, total_sq = (t.cpu().numpy() if isinstance(t, torch.Tensor) else t for t in (total, total_sq))
         mean = total / self.count
         return float(np.mean(np.maximum(total_sq / self.count - mean * mean, 0.0)))
 
@@ -98,7 +101,8 @@ def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, 
             x = (x if x.dtype in (torch.float32, torch.float64) else x.float()).numpy()
         total, total_sq = column_moments(x if x.dtype in (np.float32, np.float64) else x.astype(np.float32))
     rows = {"hash": hashes, "ordinal": block.ordinals, "group": groups}
-    return SamplePartial(size, BestPerGroup(size, rows, key="hash"), len(hashes), total, total_sq)
+    return SamplePartial(size, BestPerGroup(size, rows, key="hash"), len(hashes), ExactSum.of(total),
+                         ExactSum.of(total_sq))
 
 
 @dataclass(frozen=True)

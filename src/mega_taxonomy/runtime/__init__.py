@@ -4,6 +4,7 @@ from .base import (
     BlockTask,
     CompositePartial,
     Deferred,
+    ExactPart,
     OrderedReducer,
     Partial,
     Runtime,
@@ -12,6 +13,7 @@ from .base import (
     fold,
     in_block_order,
     passes_here_on_cpu,
+    settled,
     units,
 )
 from .counting import CountingRuntime
@@ -19,10 +21,10 @@ from .iterate import Client, Step, Update, iterate
 from .local import LocalPool, LocalRuntime, cpu_threads, resolve_device
 
 __all__ = [
-    "BlockTask", "Client", "CompositePartial", "CountingRuntime", "Deferred", "LocalPool", "LocalRuntime",
+    "BlockTask", "Client", "CompositePartial", "CountingRuntime", "Deferred", "ExactPart", "LocalPool", "LocalRuntime",
     "OrderedReducer", "Partial", "RayPool", "RayRuntime", "Runtime", "Step", "Update", "WorkerPool",
     "cpu_threads", "finished", "fold", "in_block_order", "iterate", "passes_here_on_cpu", "resolve_device",
-    "units",
+    "settled", "units",
 ]
 
 

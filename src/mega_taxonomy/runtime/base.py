@@ -1,17 +1,18 @@
 """Where work runs: the Runtime protocol shared by LocalRuntime and RayRuntime.
 
 Everything that passes over data is a map-reduce of additive partial statistics (DESIGN.md,
-"The central loop"). A task maps one Block to a Partial; the runtime adds the partials up in
-block order. Because blocks are fixed ranges of global row ordinals and the sum runs in block
-order, the result does not depend on how files are cut into shards, how many workers ran, or
-which one finished first.
+"The central loop"). A task maps one Block (a fixed range of global row ordinals) to a Partial,
+computed in a fixed order within the block; the runtime adds the partials up. Every float sum
+in a partial is exact while partials are added (:class:`ExactPart`, ``ops.exact.ExactSum``),
+and the rest is counts, selections and per-block outputs, whose sums do not depend on order
+either. So the result does not depend on how files are cut into shards, how many workers ran,
+which one finished first, or how blocks were grouped: a worker adds up all the blocks it was
+given and sends one partial, and ranks all-reduce theirs.
 
-Blocks are summed in groups of ``reduce_blocks`` consecutive blocks (a *unit*: what a remote
-worker computes and sends back as one partial), then units in order: ``(p0 + p1) + (p2 + p3)``
-for groups of two. With ``reduce_blocks=1`` that is the plain running sum. A larger group divides
-the partial-sum traffic of a remote runtime by as much (what matters when partials are big: 4096
-x 1024 float64 sums are 32 MiB per block); the bits then depend on ``reduce_blocks``, never on
-the number of workers or the order they finish in.
+Blocks are grouped in *units* of ``reduce_blocks`` consecutive blocks: what a collective rank's
+share and a remote runtime's dispatched items are made of. The runtimes still add partials in
+block order (unit order, item order), which changes nothing in the result, keeps per-block
+outputs (labels) in order, and holds only the partials ahead of the first missing one.
 
 The second shape of distributed work is a pool of stateful workers (each holding part of the
 data or an index and answering requests): PANDA's kd-tree and batch serving use it.
@@ -20,6 +21,7 @@ data or an index and answering requests): PANDA's kd-tree and batch serving use 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import operator
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -54,9 +56,9 @@ class BlockTask(Protocol[P]):
 
     A task may also offer ``task.whole(block, state, device)``: the partial of a block that holds
     every block of the source (rows on the device already, ``io.streaming.resident``), equal to
-    the bit to the sum of the blocks' partials in block order, or None where ``state`` needs the
-    blocks one by one. LocalRuntime then makes the pass in that one call, with no host work per
-    block (with ``reduce_blocks=1``, whose sum it reproduces)."""
+    the bit to the sum of the blocks' partials (its float sums exact: :class:`ExactPart`), or None
+    where ``state`` needs the blocks one by one. LocalRuntime then makes the pass in that one
+    call, with no host work per block."""
 
     def __call__(self, block, state, device) -> P | Deferred:  # pragma: no cover - protocol
         ...
@@ -72,6 +74,61 @@ class Deferred:
 
     def __init__(self, finish: Callable[[], Any]):
         self.finish = finish
+
+
+class ExactPart(abc.ABC):
+    """A part of a partial whose sum does not depend on the order of the additions (an exact sum:
+    ``ops.exact.ExactSum``). Runtimes may then add such parts in any order or grouping, and ranks
+    may sum them by one ``all_reduce`` instead of gathering every partial
+    (:class:`~mega_taxonomy.runtime.collective.CollectiveRuntime`); :func:`settled` reads them as
+    plain arrays once a pass is over."""
+
+    @abc.abstractmethod
+    def value(self):
+        """The sum as a plain value (a float64 array, tensor or float)."""
+
+    @property
+    @abc.abstractmethod
+    def device(self) -> torch.device:
+        """Where the sum is held (parts on the host and on a GPU are reduced by different groups)."""
+
+    @abc.abstractmethod
+    def spec(self) -> tuple:
+        """What :meth:`from_spec` needs to make an empty sum of the same kind (small, picklable)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_spec(cls, spec: tuple, device) -> ExactPart:
+        """An empty sum of ``spec`` on ``device``: what a rank without partials adds."""
+
+    @classmethod
+    @abc.abstractmethod
+    def all_reduce(cls, parts: list, group=None) -> list:
+        """The sums over every rank of ``torch.distributed``'s ``group`` of ``parts`` (the same
+        kinds and shapes in the same order on every rank), in as few collectives as it takes."""
+
+
+def replaced(partial, kind: type, fn):
+    """A copy of ``partial`` with every instance of ``kind`` in its fields (and its fields'
+    fields, for fields that are dataclasses) replaced by ``fn(instance)``, in field order;
+    ``partial`` itself where it holds none."""
+    if isinstance(partial, kind):
+        return fn(partial)
+    if not dataclasses.is_dataclass(partial) or isinstance(partial, type):
+        return partial
+    changes = {}
+    for field in dataclasses.fields(partial):
+        value = getattr(partial, field.name)
+        new = replaced(value, kind, fn)
+        if new is not value:
+            changes[field.name] = new
+    return dataclasses.replace(partial, **changes) if changes else partial
+
+
+def settled(partial):
+    """``partial`` with every :class:`ExactPart` in it read as a plain value (a copy): what a pass
+    gives back once its partials are all added."""
+    return replaced(partial, ExactPart, lambda part: part.value())
 
 
 def finished(result):

@@ -23,6 +23,7 @@ import ipaddress
 import math
 import os
 import pickle
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ import torch.distributed as dist
 
 from ..errors import ConfigError
 from ..io.streaming import stream
-from .base import Runtime, block_partials, fold, reduce_units, units
+from .base import ExactPart, Runtime, add_to, block_partials, fold, replaced, settled, units
 from .local import cpu_threads
 from ..io.transfer import join_tensors, split_tensors
 
@@ -111,6 +112,17 @@ def all_gather_bytes(data: bytes, world: int, capacity: int, group=None) -> tupl
     return [got[rank, 8:8 + n].tobytes() for rank, n in enumerate(lengths)], following
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """Where an exact sum sat in a rank's partial while the rest of it was gathered."""
+
+    kind: type
+    spec: tuple
+
+    def empty(self, device):
+        return self.kind.from_spec(self.spec, device)
+
+
 def share(n_units: int, rank: int, world: int) -> range:
     """The units of ``rank``: a contiguous run, the first ``n_units % world`` ranks one more.
 
@@ -161,28 +173,34 @@ class CollectiveRuntime(Runtime):
         if not unit_ranges:
             raise ValueError(f"{source!r} has no blocks")
         mine = share(len(unit_ranges), self.rank, self.world)
-        partials = []
+        total = None
         if len(mine):
             start, stop = unit_ranges[mine.start].start, unit_ranges[mine.stop - 1].stop
             with cpu_threads(self._device):
+                # float sums are exact (ExactPart): this rank's blocks add up in any grouping
                 pairs = block_partials(task, stream(source, self._device, start, stop), state, self._device)
-                partials = list(reduce_units(pairs, source.n_blocks, self.reduce_blocks))
-        return fold(self._exchange(partials))
+                total = fold(partial for _, partial in pairs)
+        return settled(self._exchange(total))
 
-    def _exchange(self, partials: list) -> list:
-        """Every unit's partial, in unit order, from the partials of this rank's units.
+    def _exchange(self, total):
+        """The sum of every rank's ``total`` (None: a rank without units), the same on every rank.
 
-        Two collectives whatever the partials hold: the pickled rest of the partials (with the
-        shapes of their device tensors) is gathered over ``objects`` (:func:`all_gather_bytes`;
-        a third collective when it outgrew the last pass's), and the device tensors' bytes, end
-        to end in one buffer per rank, by one ``all_gather``. With a gloo ``objects`` group the
-        first runs on the CPUs while the GPUs still finish the pass.
+        The exact sums in it (:class:`ExactPart`: every float sum of a pass) are summed by
+        ``all_reduce`` (two collectives: the tops' maximum, then the digits' sum), so each rank
+        receives one partial's worth of them whatever the number of ranks. The rest (counts,
+        selections, per-row labels) is gathered: pickled over ``objects``
+        (:func:`all_gather_bytes`; a second collective when it outgrew the last pass's), its
+        device tensors end to end in one buffer per rank by one ``all_gather``, then added in
+        rank order. With a gloo ``objects`` group the first runs on the CPUs while the GPUs still
+        finish the pass.
         """
         if self.world == 1:
-            return partials
-        split = [split_tensors(p) for p in partials]
-        buffer, specs = _pack([t for _, tensors in split for t in tensors], self._device)
-        mine = ([packed for packed, _ in split], [len(tensors) for _, tensors in split], specs, buffer.numel())
+            return total
+        parts = []
+        rest = replaced(total, ExactPart, lambda part: parts.append(part) or _Slot(type(part), part.spec()))
+        packed, tensors = split_tensors(rest)
+        buffer, specs = _pack(tensors, self._device)
+        mine = (total is not None, packed, specs, buffer.numel())
         gathered, self._capacity = all_gather_bytes(pickle.dumps(mine, protocol=5), self.world, self._capacity,
                                                     self.objects)  # arrays in band
         gathered = [pickle.loads(g) for g in gathered]
@@ -191,13 +209,31 @@ class CollectiveRuntime(Runtime):
         if capacity:  # padded to the largest rank's buffer (a copy only where it is shorter)
             short = capacity - buffer.numel()
             dist.all_gather_into_tensor(buffers, torch.nn.functional.pad(buffer, (0, short)) if short else buffer)
-        out = []
-        for rank, (packs, counts, rank_specs, _) in enumerate(gathered):
-            if rank == self.rank:
-                out += partials
-                continue
-            tensors = iter(_unpack(buffers[rank], rank_specs))
-            out += [join_tensors(packed, [next(tensors) for _ in range(n)]) for packed, n in zip(packs, counts)]
+        rests = [rest if rank == self.rank else join_tensors(rank_packed, _unpack(buffers[rank], rank_specs))
+                 for rank, (present, rank_packed, rank_specs, _) in enumerate(gathered) if present]
+        if not rests:
+            return None
+        if total is None:  # no units here: empty sums of the same kinds, as the ranks with units hold
+            replaced(rests[0], _Slot, lambda slot: parts.append(slot.empty(self._device)) or slot)
+        sums = iter(self._all_reduce(parts))
+        out = None
+        for rest in rests:  # in rank order; the ranks' sums go into the first, empty ones into the others
+            filled = replaced(rest, _Slot, (lambda slot: next(sums)) if out is None else
+                              (lambda slot: slot.empty(self._device)))
+            out = filled if out is None else add_to(out, filled)
+        return out
+
+    def _all_reduce(self, parts: list) -> list:
+        """Every rank's ``parts`` summed, by their own ``all_reduce``: those on the host over the
+        ``objects`` group (gloo), those on the device over the default one (NCCL on GPUs)."""
+        out = list(parts)
+        for on_host in (True, False):
+            indices = [i for i, part in enumerate(parts) if (part.device.type == "cpu") == on_host]
+            if indices:
+                kind = type(parts[indices[0]])
+                group = self.objects if on_host else None
+                for i, part in zip(indices, kind.all_reduce([parts[i] for i in indices], group)):
+                    out[i] = part
         return out
 
     def pool(self, factory, n_workers=1):

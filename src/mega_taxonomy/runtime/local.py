@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io.streaming import resident, stream
-from .base import Runtime, WorkerPool, block_partials, fold, reduce_units, units
+from .base import Runtime, WorkerPool, block_partials, fold, reduce_units, settled, units
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class LocalRuntime(Runtime):
     def map_reduce(self, source, task, state, *, desc=None):
         whole = self._whole(source, task, state)
         if whole is not None:
-            return whole
+            return settled(whole)
         # On CUDA, host blocks are copied ahead on a side stream through pinned buffers (io/streaming.py).
         blocks = tqdm(
             stream(source, self._device), total=source.n_blocks, desc=desc, unit="block",
@@ -110,12 +110,12 @@ class LocalRuntime(Runtime):
                                       self.reduce_blocks))
         if total is None:
             raise ValueError(f"{source!r} has no blocks")
-        return total
+        return settled(total)
 
     def _whole(self, source, task, state):
         """The pass in one call of ``task.whole`` (see ``BlockTask``), where the task offers it and
         the rows are on this runtime's GPU already; else None."""
-        if self.reduce_blocks != 1 or not hasattr(task, "whole"):
+        if not hasattr(task, "whole"):
             return None
         block = resident(source, self._device)
         return None if block is None else task.whole(block, state, self._device)

@@ -80,7 +80,7 @@ class MixtureTask:
             ll, resp, xs, x2s = (t.cpu().numpy() for t in grouped_stats(x, groups, state.offsets, m.weights,
                                                                          m.means, m.variances))
             scored = int((np.diff(state.offsets)[groups] > 0).sum())  # rows under a leaf: no mixture
-            return EMPartial(scored, float(ll), resp, xs, x2s)
+            return EMPartial.exact(scored, ll, resp, xs, x2s)
         cost, child = grouped_best(x, groups, state.offsets, m.weights, m.means, m.variances)
         labels, cost = child[:, 0].cpu().numpy(), cost[:, 0].cpu().numpy()
         out = AssignPartial(np.bincount(labels[labels >= 0], minlength=len(m.weights)))

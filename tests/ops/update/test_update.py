@@ -8,6 +8,7 @@ import pytest
 import torch
 from kernel_checks import DEVICE
 
+from mega_taxonomy.ops.exact import ExactSum
 from mega_taxonomy.ops.update import cluster_counts, cluster_stats, cluster_stats_reference
 
 
@@ -96,8 +97,8 @@ def test_one_program_per_cluster_gives_the_bits_of_chunks_and_combine(monkeypatc
 @pytest.mark.parametrize("backend", ["triton", "torch", "auto"])
 @pytest.mark.parametrize("per_cluster,slot_bytes", [(0, 1 << 28), (0, 1), (1000, 1 << 28)])
 def test_blocks_at_once_are_the_bits_of_blocks_one_by_one(backend, per_cluster, slot_bytes, monkeypatch):
-    """``block_rows``: the statistics of every block alone, added in block order, to the bit; with
-    slots or one program per cluster, in one launch or one launch per block (``SLOT_BYTES``)."""
+    """``block_rows``: the statistics of every block alone, added exactly (``ExactSum``), to the bit;
+    with slots or one program per cluster, in one launch or one launch per block (``SLOT_BYTES``)."""
     from mega_taxonomy.ops.update import triton as update_triton
 
     monkeypatch.setattr(update_triton, "ROWS_PER_CLUSTER", per_cluster)
@@ -108,11 +109,14 @@ def test_blocks_at_once_are_the_bits_of_blocks_one_by_one(backend, per_cluster, 
     labels = torch.randint(-1, 6, (n,), generator=g)
     labels[100:700] = 3  # a cluster across a block boundary, over several chunks
     labels, values = labels.to(DEVICE), (torch.rand(n, generator=g) * 1e6).to(DEVICE)
-    at_once = cluster_stats(x, labels, values, 6, backend=backend, block_rows=block)
+    exact = cluster_stats(x, labels, values, 6, backend=backend, block_rows=block)
+    at_once = (exact[0].value(), exact[1], exact[2].value())
     total = None
     for lo in range(0, n, block):
         part = cluster_stats(x[lo:lo + block], labels[lo:lo + block], values[lo:lo + block], 6, backend=backend)
+        part = (ExactSum.of(part[0]), part[1], ExactSum.of(part[2]))
         total = part if total is None else tuple(a + b for a, b in zip(total, part))
+    total = (total[0].value(), total[1], total[2].value())
     if backend == "torch" and x.is_cuda:
         # torch's index_add_ on CUDA adds a chunk's rows in float32 in no fixed order: equal up to
         # the bound of any order's rounding, n eps32 sum |x| (these rows span 1e-10 to 1e10)
@@ -123,7 +127,12 @@ def test_blocks_at_once_are_the_bits_of_blocks_one_by_one(backend, per_cluster, 
     else:
         for a, b in zip(at_once, total):
             assert torch.equal(a, b)
-    assert not torch.equal(cluster_stats(x, labels, values, 6, backend=backend)[0], at_once[0])  # order matters
+    assert not torch.equal(cluster_stats(x, labels, values, 6, backend=backend)[0], at_once[0])  # blocks matter
+    backwards = None  # and their order does not
+    for lo in reversed(range(0, n, block)):
+        part = cluster_stats(x[lo:lo + block], labels[lo:lo + block], values[lo:lo + block], 6, backend=backend)
+        backwards = ExactSum.of(part[0]) if backwards is None else backwards + ExactSum.of(part[0])
+    assert torch.equal(backwards.value(), total[0])
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from ..common import normalize_rows, use_triton
+from ..exact import ExactSum
 from .numba import cluster_stats_numba, column_moments
 
 __all__ = ["centroids_from_sums", "cluster_counts", "cluster_stats", "cluster_stats_reference", "cluster_sums",
@@ -76,18 +77,18 @@ def cluster_stats(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k
         "auto": the Triton kernels on CUDA, the numba kernel on the CPU, the twin elsewhere.
     block_rows : int, optional
         The rows are consecutive blocks of that many (the last may be shorter): the result is
-        the statistics of each block alone added in block order, ``((s0 + s1) + s2) + ...``, to
-        the bit, as a runtime adds the partials of blocks computed one by one; on CUDA in one
-        sort and two launches for all of them. A multiple of 256 (``update.triton.CHUNK``).
+        the statistics of each block alone added exactly (``ops.exact.ExactSum``), the bits of a
+        runtime adding the partials of blocks computed one by one; on CUDA in one sort and two
+        launches for all of them. A multiple of 256 (``update.triton.CHUNK``).
 
     Returns
     -------
-    sums : (k, d) float64
+    sums : (k, d) float64 (with ``block_rows``: an ExactSum)
         Every row is added in float64: on CUDA in a fixed order of the rows sorted by cluster
         (stable; a sum per lane of rows, then a fixed tree over the lanes), on the CPU in row
         order.
     counts : (k,) int64
-    value_sums : (k,) float64
+    value_sums : (k,) float64 (with ``block_rows``: an ExactSum)
     """
     if x.ndim != 2 or labels.shape != (x.shape[0],) or values.shape != (x.shape[0],):
         raise ValueError(f"x {tuple(x.shape)}, labels {tuple(labels.shape)} and values {tuple(values.shape)} "
@@ -99,13 +100,14 @@ def cluster_stats(x: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, k
         from .triton import cluster_stats_triton
 
         return cluster_stats_triton(x.detach(), labels, values.detach(), k, block_rows)
-    if block_rows is not None and x.shape[0] > block_rows:
-        total = None
-        for lo in range(0, x.shape[0], block_rows):
+    if block_rows is not None:
+        sums, counts, value_sums = ExactSum.zeros((k, x.shape[1]), x.device), 0, ExactSum.zeros((k,), x.device)
+        for lo in range(0, max(x.shape[0], 1), block_rows):
             rows = slice(lo, lo + block_rows)
             part = cluster_stats(x[rows], labels[rows], values[rows], k, backend=backend)
-            total = part if total is None else tuple(a + b for a, b in zip(total, part))
-        return total
+            sums += ExactSum.of(part[0])
+            counts, value_sums = counts + part[1], value_sums + ExactSum.of(part[2])
+        return sums, counts, value_sums
     if x.device.type == "cpu" and backend == "auto":
         x = x.detach() if x.dtype in (torch.float32, torch.float64) else x.detach().float()
         values = values.detach()

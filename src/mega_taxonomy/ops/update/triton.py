@@ -35,6 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..exact import DIGITS, EMPTY_TOP, NONFINITE_TOP, ExactSum
+from ..exact.triton import exact_add
+
 # Sorted positions per chunk: enough work per program to hide the index loads, few enough
 # chunks that one big cluster still spreads over many programs.
 CHUNK = 256
@@ -55,6 +58,8 @@ ROWS_PER_CLUSTER = 32
 # The slots of the blocks summed in one launch: at most this many bytes (blocks beyond go to the
 # next launch, which adds to the totals: the same bits).
 SLOT_BYTES = 1 << 28
+_EMPTY_TOP = tl.constexpr(EMPTY_TOP)
+_NONFINITE_TOP = tl.constexpr(NONFINITE_TOP)
 
 
 @triton.jit
@@ -109,23 +114,45 @@ def _cluster_sums_kernel(
     slot_ptr,  # *f64 [S, D]: read when FROM_SLOTS
     slot_w_ptr,  # *f64 [S]
     ends_ptr,  # *i64 [NB * (K + 1)]
-    sums_ptr,  # *f64 [K, D]
-    w_sums_ptr,  # *f64 [K]
+    sums_ptr,  # *f64 [K, D]; EXACT: *i64 [4, K, D], the exact sums' tops, then their three digits
+    w_sums_ptr,  # *f64 [K]; EXACT: *i64 [4, K]
     counts_ptr,  # *i64 [K]
     D, K, NB, stride_x,
     CHUNK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
-    FROM_SLOTS: tl.constexpr, ACCUMULATE: tl.constexpr,
+    FROM_SLOTS: tl.constexpr, ACCUMULATE: tl.constexpr, EXACT: tl.constexpr,
 ):
     """A program per cluster: block by block, its runs chunk by chunk, in order, read from the slots
     the chunk kernel filled (FROM_SLOTS: the combine), or summed here from the rows, with no (S, D)
     buffer; each block's sum then added to the total (ACCUMULATE: the totals of blocks before, in
-    the outputs). The same additions in the same order either way: the same bits."""
+    the outputs): in float64, in block order, or (EXACT) exactly, as ``ops.exact.ExactSum`` adds
+    the blocks' partials. The same additions in the same order either way: the same bits."""
     c = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
+    plane = K * D  # EXACT: the planes of tops and digits
+    if EXACT:
+        if ACCUMULATE:
+            top = tl.load(sums_ptr + c * D + cols, mask=col_ok, other=_EMPTY_TOP)
+            d0 = tl.load(sums_ptr + plane + c * D + cols, mask=col_ok, other=0)
+            d1 = tl.load(sums_ptr + 2 * plane + c * D + cols, mask=col_ok, other=0)
+            d2 = tl.load(sums_ptr + 3 * plane + c * D + cols, mask=col_ok, other=0)
+            top_w = tl.load(w_sums_ptr + c + tl.arange(0, 1))
+            w0 = tl.load(w_sums_ptr + K + c + tl.arange(0, 1))
+            w1 = tl.load(w_sums_ptr + 2 * K + c + tl.arange(0, 1))
+            w2 = tl.load(w_sums_ptr + 3 * K + c + tl.arange(0, 1))
+        else:
+            top = tl.full((BLOCK_D,), _EMPTY_TOP, tl.int64)
+            d0 = tl.zeros((BLOCK_D,), tl.int64)
+            d1 = tl.zeros((BLOCK_D,), tl.int64)
+            d2 = tl.zeros((BLOCK_D,), tl.int64)
+            top_w = tl.full((1,), _EMPTY_TOP, tl.int64)
+            w0 = tl.zeros((1,), tl.int64)
+            w1 = tl.zeros((1,), tl.int64)
+            w2 = tl.zeros((1,), tl.int64)
     if ACCUMULATE:
-        total = tl.load(sums_ptr + c * D + cols, mask=col_ok, other=0.0)
-        total_w = tl.load(w_sums_ptr + c + tl.arange(0, 1))
+        if not EXACT:
+            total = tl.load(sums_ptr + c * D + cols, mask=col_ok, other=0.0)
+            total_w = tl.load(w_sums_ptr + c + tl.arange(0, 1))
         count = tl.load(counts_ptr + c)
     else:
         # 0.0 + s is s to the bit: sums start at +0.0 and a float64 sum of them is never -0.0
@@ -148,12 +175,28 @@ def _cluster_sums_kernel(
                                      BLOCK_R, BLOCK_D, STAGES)
             acc += run
             acc_w += run_w
-        total += acc
-        total_w += acc_w
+        if EXACT:
+            top, d0, d1, d2 = exact_add(top, d0, d1, d2, acc, _EMPTY_TOP, _NONFINITE_TOP)
+            top_w, w0, w1, w2 = exact_add(top_w, w0, w1, w2, acc_w, _EMPTY_TOP, _NONFINITE_TOP)
+        else:
+            total += acc
+            total_w += acc_w
         count += hi - lo
-    tl.store(sums_ptr + c * D + cols, total, mask=col_ok)
+    if EXACT:
+        tl.store(sums_ptr + c * D + cols, top, mask=col_ok)
+        tl.store(sums_ptr + plane + c * D + cols, d0, mask=col_ok)
+        tl.store(sums_ptr + 2 * plane + c * D + cols, d1, mask=col_ok)
+        tl.store(sums_ptr + 3 * plane + c * D + cols, d2, mask=col_ok)
+    else:
+        tl.store(sums_ptr + c * D + cols, total, mask=col_ok)
     if tl.program_id(1) == 0:
-        tl.store(w_sums_ptr + c + tl.arange(0, 1), total_w)
+        if EXACT:
+            tl.store(w_sums_ptr + c + tl.arange(0, 1), top_w)
+            tl.store(w_sums_ptr + K + c + tl.arange(0, 1), w0)
+            tl.store(w_sums_ptr + 2 * K + c + tl.arange(0, 1), w1)
+            tl.store(w_sums_ptr + 3 * K + c + tl.arange(0, 1), w2)
+        else:
+            tl.store(w_sums_ptr + c + tl.arange(0, 1), total_w)
         tl.store(counts_ptr + c, count)  # here, not by more launches from the host
 
 
@@ -188,19 +231,22 @@ def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Te
                          block_rows: int | None = None):
     """(sums (k, D) float64, counts (k,) int64, value sums (k,) float64); labels < 0 take no part.
 
-    ``block_rows``: the rows are blocks of that many (a multiple of CHUNK), summed each as alone and
-    added in block order (None: one block)."""
+    ``block_rows``: the rows are blocks of that many (a multiple of CHUNK), summed each as alone, and
+    the sums and value sums are then the blocks' added exactly (``ExactSum``s; None: one block)."""
     if x.stride(1) != 1:
         x = x.contiguous()
     n, d = x.shape
+    exact = block_rows is not None
     block_rows = block_rows or triton.cdiv(max(n, 1), CHUNK) * CHUNK
     if block_rows % CHUNK:
         raise ValueError(f"block_rows={block_rows} is not a multiple of {CHUNK}")
     block_d = min(MAX_BLOCK_D, max(16, triton.next_power_of_2(d)))
     d_tiles = triton.cdiv(d, block_d)
     values = values.contiguous()
-    sums = torch.empty(k, d, dtype=torch.float64, device=x.device)
-    w_sums = torch.empty(k, dtype=torch.float64, device=x.device)
+    # EXACT: the tops of the exact sums, then their digits, one plane each
+    sums = torch.empty(1 + DIGITS if exact else 1, k, d, dtype=torch.int64 if exact else torch.float64,
+                       device=x.device)
+    w_sums = torch.empty(1 + DIGITS if exact else 1, k, dtype=sums.dtype, device=x.device)
     counts = torch.empty(k, dtype=torch.int64, device=x.device)
     tiles = dict(CHUNK=CHUNK, BLOCK_R=BLOCK_R, BLOCK_D=block_d, STAGES=STAGES)
     # no slots where clusters are small: each cluster's program sums its runs from the rows
@@ -221,9 +267,11 @@ def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Te
             _chunk_sums_kernel[(chunks, d_tiles)](xs, order, keys, ws, ends, slots, slot_w, m, d, k, x.stride(0),
                                                   num_warps=WARPS, **tiles)
         _cluster_sums_kernel[(k, d_tiles)](xs, order, ws, slots, slot_w, ends, sums, w_sums, counts, d, k, blocks,
-                                           x.stride(0), FROM_SLOTS=from_slots, ACCUMULATE=lo > 0,
+                                           x.stride(0), FROM_SLOTS=from_slots, ACCUMULATE=lo > 0, EXACT=exact,
                                            num_warps=4 if from_slots else WARPS, **tiles)
-    return sums, counts, w_sums
+    if exact:
+        return ExactSum(sums[0], sums[1:]), counts, ExactSum(w_sums[0], w_sums[1:])
+    return sums[0], counts, w_sums[0]
 
 
 @triton.jit

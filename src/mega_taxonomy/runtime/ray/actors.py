@@ -20,7 +20,7 @@ from ray import exceptions as ray_errors
 
 from ...storage.retry import retries, retry
 from ...threads import set_cpu_threads
-from ..base import block_partials, reduce_units
+from ..base import block_partials, fold
 from ..collective import CollectiveRuntime, join_group
 from ..local import cpu_threads
 from ...io.transfer import to_host
@@ -112,10 +112,11 @@ class BlockWorker(Worker):
         self._sources.move_to_end(token)
         return self._sources[token]
 
-    def run(self, token, source_box, pass_id, state_box, task, start, stop, n_blocks, reduce_blocks):
-        """Partials of the units of blocks [start, stop): a list, in unit order, and the number of
-        transient errors retried. ``*_box`` are one-element lists of ObjectRefs, so that Ray hands
-        over the refs (resolved here once per worker) instead of the objects at every call."""
+    def run(self, token, source_box, pass_id, state_box, task, start, stop):
+        """The partial of blocks [start, stop), their sum (its float sums exact, so any grouping
+        gives the same bits), and the number of transient errors retried. ``*_box`` are
+        one-element lists of ObjectRefs, so that Ray hands over the refs (resolved here once per
+        worker) instead of the objects at every call."""
         source = self._source(token, source_box)
         if self._pass != pass_id:
             self._pass, self._state = None, None  # drop the previous state before fetching this one
@@ -125,12 +126,11 @@ class BlockWorker(Worker):
 
         def compute():
             blocks = source.blocks(start, stop)
-            pairs = block_partials(task, blocks, state, self.device)
-            return list(reduce_units(pairs, n_blocks, reduce_blocks))
+            return fold(partial for _, partial in block_partials(task, blocks, state, self.device))
 
         with cpu_threads(self.device):
-            partials = retry(compute, what=f"blocks [{start}, {stop}) of {source!r}")
-        return to_host(partials), retries() - before
+            partial = retry(compute, what=f"blocks [{start}, {stop}) of {source!r}")
+        return to_host(partial), retries() - before
 
 
 class CollectiveWorker(Worker):

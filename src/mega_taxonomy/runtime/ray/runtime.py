@@ -3,10 +3,10 @@
 Why the driver holds all the bookkeeping: the actors (``actors.py``) only compute what they are
 handed, so a worker that dies takes nothing with it but its queued items. The driver hands out
 runs of units to whichever worker is free (``in_flight`` items queued per worker, affinity to the
-worker that cached them in the last pass: ``schedule.py``), adds the returned partials in unit
-order (``OrderedReducer``: the same bits as a LocalRuntime with the same ``reduce_blocks``, for
-any number of workers or order of finishing), and replaces a dead actor, running its items
-again elsewhere while counting each unit once. Collective drivers are started and awaited
+worker that cached them in the last pass: ``schedule.py``), adds the partial each item returns
+(``OrderedReducer``; its float sums exact, so the bits of a LocalRuntime for any number of
+workers, ``reduce_blocks`` or order of finishing), and replaces a dead actor, running its items
+again elsewhere while counting each item once. Collective drivers are started and awaited
 through ``collective.py``; large state arrays are spilled to a Store through ``state.py``.
 """
 
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ...errors import ConfigError, WorkerError
 from ...io.shards import BLOCK_ROWS, SHARD_ROWS
 from ...storage import Store
-from ..base import OrderedReducer, Runtime, units
+from ..base import OrderedReducer, Runtime, settled, units
 from ...io.transfer import to_host
 from .actors import LOST, RemoteBlockWorker, RemoteCollectiveWorker, RemotePoolWorker, ray_get
 from .collective import await_group, form_group
@@ -52,9 +52,9 @@ class RayRuntime(Runtime):
         None: 1 when the cluster has GPUs, else 0 (CPU workers).
     cpus_per_worker : float, default=1
     reduce_blocks : int, default=1
-        Blocks a worker adds up before sending a partial (see ``runtime.base``): the partial-sum
-        traffic per pass is ``n_blocks / reduce_blocks`` partials. Results equal a LocalRuntime's
-        with the same value.
+        Blocks per unit (see ``runtime.base``): items are runs of units, and a worker sends one
+        partial per item, so the partial-sum traffic per pass is one partial per item. Results
+        do not depend on it (the float sums are exact).
     in_flight : int, default=2
         Items queued per worker, so that a worker never waits for the driver between items.
     dispatch_units : int, optional
@@ -316,7 +316,7 @@ class RayRuntime(Runtime):
         started = time.perf_counter()
         items = self._items(len(unit_ranges))
         schedule = Schedule(len(items), n_workers, previous=entry["owner"])
-        reducer = OrderedReducer(len(unit_ranges))
+        reducer = OrderedReducer(len(items))
         lost = collections.Counter()  # item -> times its worker died
         generation = [0] * n_workers  # bumped when a slot's actor is replaced
         load = [0] * n_workers  # items queued on each slot's current actor
@@ -330,8 +330,7 @@ class RayRuntime(Runtime):
                     return
                 first, last = unit_ranges[items[item][0]], unit_ranges[items[item][-1]]
                 ref = self._workers[slot].run.remote(
-                    entry["token"], [entry["ref"]], pass_id, [state_ref], task, first.start, last.stop,
-                    source.n_blocks, self.reduce_blocks)
+                    entry["token"], [entry["ref"]], pass_id, [state_ref], task, first.start, last.stop)
                 pending[ref] = (slot, generation[slot], item)
                 load[slot] += 1
 
@@ -347,7 +346,7 @@ class RayRuntime(Runtime):
                 if current:
                     load[slot] -= 1
                 try:
-                    partials, n_retried = ray_get(ref)
+                    partial, n_retried = ray_get(ref)
                 except LOST as exc:
                     lost[item] += 1
                     if lost[item] >= self.max_attempts:
@@ -366,8 +365,7 @@ class RayRuntime(Runtime):
                         submit(other)
                     continue
                 retried += n_retried
-                for unit, partial in zip(items[item], partials):
-                    reducer.add(unit, partial)
+                reducer.add(item, partial)
                 schedule.done(item, slot)
                 bar.update(sum(len(unit_ranges[u]) for u in items[item]))
                 submit(slot)
@@ -377,4 +375,4 @@ class RayRuntime(Runtime):
             logger.warning("%s: workers retried %d transient storage errors", desc or "pass", retried)
         logger.debug("%s: %d units in %d items on %d workers, %.3f s", desc or "pass", len(unit_ranges),
                      len(items), n_workers, time.perf_counter() - started)
-        return reducer.result()
+        return settled(reducer.result())

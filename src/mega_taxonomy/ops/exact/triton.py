@@ -1,0 +1,87 @@
+"""Triton kernel of ``ExactSum``: float64 values added into exact sums in one pass.
+
+Kernel contract
+  tops   : (N,)    int64 in and out: each element's top digit
+  digits : (3, N)  int64 in and out: its digits top, top - 1, top - 2 (plane i at i * N)
+  values : (N,)    float64: added
+The arithmetic is ``accumulate_reference``'s, integer for integer (the same bits); ``exact_add``
+is the same step for a tile of a kernel that sums blocks (``update/triton.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import DIGIT_BITS, DIGITS, EMPTY_TOP, NONFINITE_TOP
+
+BLOCK = 1024
+
+
+@triton.jit
+def _digit(mantissa, low, top, i: tl.constexpr):
+    """Digit ``top - i`` of mantissa * 2^low (unsigned)."""
+    shift = low - 32 * (top - i)
+    up = tl.minimum(tl.maximum(shift, 0), 32)
+    left = (mantissa & ((tl.full(shift.shape, 1, tl.int64) << (32 - up)) - 1)) << up
+    right = (mantissa >> tl.minimum(tl.maximum(-shift, 0), 63)) & 0xFFFFFFFF
+    return tl.where(shift >= 0, left, right)
+
+
+@triton.jit
+def _moved(d0, d1, d2, shift):
+    """The digits moved ``shift`` (>= 0) positions down; those that fall off dropped."""
+    n0 = tl.where(shift == 0, d0, 0)
+    n1 = tl.where(shift == 0, d1, 0) + tl.where(shift == 1, d0, 0)
+    n2 = tl.where(shift == 0, d2, 0) + tl.where(shift == 1, d1, 0) + tl.where(shift == 2, d0, 0)
+    return n0, n1, n2
+
+
+@triton.jit
+def exact_add(top, d0, d1, d2, value, EMPTY: tl.constexpr, NONFINITE: tl.constexpr):
+    """(top, d0, d1, d2) of an exact sum plus the float64 ``value`` (tiles of the same shape)."""
+    bits = value.to(tl.int64, bitcast=True)
+    exponent = (bits >> 52) & 0x7FF
+    value_top = (tl.maximum(exponent, 1) - 1023) >> 5
+    value_top = tl.where((bits & 0x7FFFFFFFFFFFFFFF) == 0, EMPTY, value_top)
+    value_top = tl.where(exponent == 0x7FF, NONFINITE, value_top)
+    new = tl.maximum(top, value_top)
+    d0, d1, d2 = _moved(d0, d1, d2, new - top)
+    normal = exponent > 0
+    mantissa = bits & 0xFFFFFFFFFFFFF
+    mantissa = tl.where(normal, mantissa | 0x10000000000000, mantissa)
+    low = tl.where(normal, exponent - 1075, -1074)
+    sign = tl.where(bits < 0, -1, 1)
+    d0 += sign * _digit(mantissa, low, new, 0)
+    d1 += sign * _digit(mantissa, low, new, 1)
+    d2 += sign * _digit(mantissa, low, new, 2)
+    return new, d0, d1, d2
+
+
+@triton.jit
+def _accumulate_kernel(tops_ptr, digits_ptr, values_ptr, N, EMPTY: tl.constexpr, NONFINITE: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < N
+    top = tl.load(tops_ptr + i, mask=ok, other=EMPTY)
+    d0 = tl.load(digits_ptr + i, mask=ok, other=0)
+    d1 = tl.load(digits_ptr + N + i, mask=ok, other=0)
+    d2 = tl.load(digits_ptr + 2 * N + i, mask=ok, other=0)
+    value = tl.load(values_ptr + i, mask=ok, other=0.0)
+    top, d0, d1, d2 = exact_add(top, d0, d1, d2, value, EMPTY, NONFINITE)
+    tl.store(tops_ptr + i, top, mask=ok)
+    tl.store(digits_ptr + i, d0, mask=ok)
+    tl.store(digits_ptr + N + i, d1, mask=ok)
+    tl.store(digits_ptr + 2 * N + i, d2, mask=ok)
+
+
+def accumulate_triton(tops: torch.Tensor, digits: torch.Tensor, values: torch.Tensor):
+    """``accumulate_reference`` in one kernel, in place (where ``tops`` and ``digits`` are contiguous)."""
+    assert DIGITS == 3 and DIGIT_BITS == 32  # the kernel's unrolled digits
+    tops, digits = tops.contiguous(), digits.contiguous()
+    n = tops.numel()
+    if n:
+        _accumulate_kernel[(triton.cdiv(n, BLOCK),)](tops, digits, values.contiguous(), n, EMPTY=EMPTY_TOP,
+                                                     NONFINITE=NONFINITE_TOP, BLOCK=BLOCK)
+    return tops, digits
