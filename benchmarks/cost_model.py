@@ -1,6 +1,6 @@
 """A cost model of a taxonomy fit on a Ray cluster: bytes and time per pass, passes per level,
-partial-sum traffic per iteration (flat and with a tree reduction), driver memory (and the
-seeds' sample, by the engine's own rule).
+partial-sum traffic per iteration (flat, with a tree reduction, and the collective runtime's
+all-reduce of exact partials), driver memory (and the seeds' sample, by the engine's own rule).
 
 Its per-item and per-byte constants come from runs measured here (benchmarks/results/
 ray_overhead.json: scheduling cost per dispatched item, the driver's float64 add and object-store
@@ -42,8 +42,12 @@ def constants() -> dict:
     return {**measured, "gpu_assign_flops_per_second": flops / (row["iteration_ms"] / 1e3), "gpu": gpu["machine"]["gpu"]}
 
 
+# An exact partial (ops/exact): each float64 sum held as a top and three int64 digits
+EXACT_BYTES = 32
+
+
 def model(rows, dim, branching, iterations, gpus, value_bytes, reduce_blocks, read_gbps_per_gpu, fan_in, c,
-          max_points=None):
+          max_points=None, allreduce_gbps_per_gpu=25.0, gpu_memory_bytes=141e9):
     n_blocks = math.ceil(rows / BLOCK_ROWS)
     units = math.ceil(n_blocks / reduce_blocks)
     items = units  # one unit per dispatched item at this scale (units are already >= 1M rows)
@@ -64,8 +68,15 @@ def model(rows, dim, branching, iterations, gpus, value_bytes, reduce_blocks, re
         driver_tree = math.ceil(math.log(max(gpus, 2), fan_in)) * tree_driver * (
             c["partial_fetch_seconds_per_byte"] + c["reduce_add_seconds_per_byte"])
         schedule = items * c["scheduling_seconds_per_item"]
+        # RayRuntime(collective=True): every rank adds its units, then one ring all-reduce of the
+        # exact partial (the digits and tops: 2 (W - 1) / W of it through each GPU's link), where
+        # it fits a GPU three times (the partial, the collective's buffer, the aligned digits)
+        exact = k_total * (dim + 1) * EXACT_BYTES + k_total * 8
+        allreduce_bytes = 2 * (gpus - 1) / gpus * exact
+        allreduce = allreduce_bytes / (allreduce_gbps_per_gpu * 1e9)
+        fits = 3 * exact <= gpu_memory_bytes
         # the driver hands out items while workers compute: it is a bound only when it is the slowest
-        pass_seconds = max(io_seconds, compute, schedule) + driver_tree
+        pass_seconds = max(io_seconds, compute, schedule) + (allreduce if fits else driver_tree)
         # Lloyd iterations, then the assignment pass that samples the next level; on a sample: that pass only
         passes = 1 if sampled else iterations + 1
         levels.append({
@@ -75,6 +86,8 @@ def model(rows, dim, branching, iterations, gpus, value_bytes, reduce_blocks, re
             "partial_bytes_per_unit": partial, "traffic_flat_bytes_per_iteration": flat,
             "driver_s_per_iteration_flat": driver_flat,
             "traffic_tree_bytes_per_iteration": gpus * partial, "driver_s_per_iteration_tree": driver_tree,
+            "exact_partial_bytes": exact, "allreduce_bytes_per_gpu_per_iteration": allreduce_bytes,
+            "allreduce_s_per_iteration": allreduce, "allreduce_fits_gpu": fits,
             "driver_memory_bytes": k_total * dim * 4 * 2 + 2 * partial, "seed_sample_bytes": seeds,
             "pass_seconds": pass_seconds, "level_seconds": passes * pass_seconds,
         })
@@ -132,6 +145,8 @@ def main():
                         help="TaxonomyEngine's parameter; 0: every level over all rows (level-synchronous)")
     parser.add_argument("--local-gbps-per-gpu", type=float, default=3.0,
                         help="a worker's local disk, read or write (assumed, not measured: NVMe)")
+    parser.add_argument("--allreduce-gbps-per-gpu", type=float, default=25.0,
+                        help="each GPU's link in a ring all-reduce (assumed: 200 Gbit/s InfiniBand a GPU)")
     args = parser.parse_args()
     c = constants()
     if args.partition_level:
@@ -149,7 +164,7 @@ def main():
         return
     out = model(int(args.rows), args.dim, [int(b) for b in args.branching.split(",")], args.iterations, args.gpus,
                 args.value_bytes, args.reduce_blocks, args.read_gbps_per_gpu, args.fan_in, c,
-                args.max_train_points_per_centroid or None)
+                args.max_train_points_per_centroid or None, args.allreduce_gbps_per_gpu)
     print(f"constants: {json.dumps({k: v for k, v in c.items()}, indent=1)}")
     print(f"bytes per pass {out['bytes_per_pass'] / 1e12:.1f} TB, {out['blocks']} blocks, {out['units']} units, "
           f"{out['passes']} passes ({out['read_hours']:.1f} h of reading), about {out['hours']:.1f} h")
@@ -160,7 +175,9 @@ def main():
               f"{lv['schedule_s_per_pass']:.0f} s; partial {lv['partial_bytes_per_unit'] / 1e9:.3g} GB/unit, "
               f"traffic/iteration flat {lv['traffic_flat_bytes_per_iteration'] / 1e12:.3g} TB "
               f"({lv['driver_s_per_iteration_flat']:.3g} s on the driver), tree "
-              f"{lv['traffic_tree_bytes_per_iteration'] / 1e12:.3g} TB ({lv['driver_s_per_iteration_tree']:.3g} s); "
+              f"{lv['traffic_tree_bytes_per_iteration'] / 1e12:.3g} TB ({lv['driver_s_per_iteration_tree']:.3g} s), "
+              f"exact all-reduce {lv['allreduce_bytes_per_gpu_per_iteration'] / 1e9:.3g} GB a GPU "
+              f"({lv['allreduce_s_per_iteration']:.3g} s{'' if lv['allreduce_fits_gpu'] else ', does not fit a GPU'}); "
               f"driver memory {lv['driver_memory_bytes'] / 1e9:.3g} GB, and {lv['seed_sample_bytes'] / 1e9:.3g} GB "
               "for the seeds' sample")
 
