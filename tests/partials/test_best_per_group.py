@@ -43,6 +43,24 @@ def test_any_merge_schedule_selects_the_brute_force_rows(monkeypatch, largest):
         np.testing.assert_array_equal(result["ordinal"], expected)
 
 
+def test_sparse_group_ids_select_the_same_rows_without_an_index_as_long_as_their_span():
+    """Rows over group ids far apart (a block's rows among a deep level's 1e8 nodes): the same
+    rows as brute force through pickling and merges, and what crosses processes is the rows,
+    not an index over the ids' span (once 1.3 GB for a block of 1M rows over 1e8 nodes)."""
+    rng = np.random.default_rng(3)
+    m, n = 4000, 2
+    key, ordinal = rng.random(m), rng.permutation(m)
+    group = rng.integers(0, 500, m) * 10_000  # 500 groups over a span of 5e6 ids
+    parts = [BestPerGroup(n, {"key": k, "ordinal": o, "group": g}).compact()
+             for k, o, g in zip(*(np.split(a, 4) for a in (key, ordinal, group)))]
+    shipped = [pickle.loads(pickle.dumps(p)) for p in parts]
+    assert all(len(pickle.dumps(p)) < 50 * m for p in parts)
+    total = shipped[0]
+    for p in shipped[1:]:
+        total += p
+    np.testing.assert_array_equal(total["ordinal"], brute_force(key, ordinal, group, n, False))
+
+
 @pytest.mark.parametrize("largest", [False, True])
 def test_rows_after_a_full_groups_worst_are_dropped_as_they_arrive(largest):
     """Once a selection filled a group, later rows that come after its worst kept row (by key,

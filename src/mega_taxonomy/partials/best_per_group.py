@@ -32,6 +32,10 @@ _UNSELECTED_ROWS = 1 << 16
 # for groups with fewer rows) are at most this many times the rows it holds.
 TABLE_SLOTS_PER_ROW = 2
 
+# Group ids spanning more than this many times the rows of a selection: no index of its worst
+# kept rows (see ``_worst_kept``).
+SPARSE_SPAN = 4
+
 
 class BestPerGroup:
     """A mergeable table of the ``n`` rows of smallest ``key`` per ``group`` (equal keys by the
@@ -96,15 +100,19 @@ class BestPerGroup:
     def _worst_kept(self):
         """Of a selection (one part, ordered by group, then key), the last row of every full
         group: ``(first, full, key, ordinal)``, the last three indexed by group id - ``first``
-        (a lookup per row, not a search: the group ids of a level are dense)."""
+        (a lookup per row, not a search: the group ids of a level are dense). None where the
+        groups are sparse among their ids (a block's rows over a deep level's 1e8 nodes): there
+        the index would be larger than the rows, and few groups are full."""
         part = self._parts[0]
         groups, keys = part[self.group], self._keys(part)
         if not len(groups):
             return None
-        ends = np.flatnonzero(np.r_[groups[1:] != groups[:-1], True])
-        last = ends[np.diff(np.r_[-1, ends]) == self.n]
         first = int(groups[0])
         span = int(groups[-1]) - first + 1
+        if span > SPARSE_SPAN * len(groups):
+            return None
+        ends = np.flatnonzero(np.r_[groups[1:] != groups[:-1], True])
+        last = ends[np.diff(np.r_[-1, ends]) == self.n]
         full = np.zeros(span, dtype=bool)
         key = np.zeros(span, dtype=keys.dtype)
         ordinal = np.zeros(span, dtype=np.int64)
@@ -125,7 +133,10 @@ class BestPerGroup:
         block whose groups all keep every row."""
         if self._table is None and self._selected is None and self._rows:
             groups = np.concatenate([p[self.group] for p in self._parts])
-            kept = int(np.minimum(np.bincount(groups - groups.min()), self.n).sum())
+            low, span = groups.min(), groups.max() - groups.min() + 1
+            counts = np.bincount(groups - low) if span <= SPARSE_SPAN * len(groups) else np.unique(
+                groups, return_counts=True)[1]  # (not a bincount as long as the ids' span)
+            kept = int(np.minimum(counts, self.n).sum())
             if 2 * kept <= len(groups):
                 self.selected()
         self._checked = self._rows
@@ -193,8 +204,14 @@ class BestPerGroup:
         return BestPerGroup(self.n, self._table.columns(), key=self.key, group=self.group, largest=self.largest,
                             selected=True)
 
-    def __getstate__(self):  # what crosses processes is the selection, never a pending union or a table
-        return self._as_parts().selected().__dict__
+    def __getstate__(self):
+        """What crosses processes is the selection, never a pending union or a table, nor the
+        worst kept rows' index (rebuilt on arrival: it is as long as the groups' id span)."""
+        return {**self._as_parts().selected().__dict__, "_cut": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._cut = self._worst_kept()
 
 
 def _union(a, b):
