@@ -14,7 +14,9 @@ assigning, selecting within an item) is not the driver's and is not timed.
 
 Passes (a full read each; ``docs/scaling.md``):
 
-- ``sample``: the root's hash sample, 256 rows a child: each item keeps its 256,000 lowest hashes
+- ``sample``: the root's hash sample, 256 rows a child: each item sends its rows below
+  ``hash_sample``'s bound (about 5); ``sample without a bound``: its 256,000 lowest hashes, as
+  before that bound
 - ``level 0 assign``: the root level's one pass over every row (counts and exact inertia, K=1000)
 - ``partition``: rows written per node (counts, and a checksum entry per block file)
 - ``output``: paths and members: per level, the ``members=100`` rows nearest each node among
@@ -41,6 +43,7 @@ from mega_taxonomy.cluster.lloyd_pass import LloydPartial
 from mega_taxonomy.io.transfer import to_host
 from mega_taxonomy.ops.exact import ExactSum
 from mega_taxonomy.partials import BestPerGroup, SamplePartial
+from mega_taxonomy.partials.sampling import hash_bound
 from mega_taxonomy.runtime import OrderedReducer
 from mega_taxonomy.taxonomy.partitions import PartitionPartial
 from mega_taxonomy.taxonomy.passes import MembersPartial
@@ -52,11 +55,14 @@ MEMBERS, TRAIN_POINTS = 100, 256
 READ_SECONDS_PER_PASS = ROWS * DIM * 2 / (GPUS * 2e9)  # bf16 at 2 GB/s a GPU: the cost model's parameter
 
 
-def sample_item(rng, item):
-    """The root sample's partial of an item: its 256,000 lowest hashes (one group), moments of D columns."""
+def sample_item(rng, item, bound=True):
+    """The root sample's partial of an item: its rows of hash below ``hash_sample``'s bound
+    (``bound=False``: its 256,000 lowest), one group, moments of D columns."""
     size = TRAIN_POINTS * BRANCHING[0]
-    rows = {"hash": rng.integers(0, 2**63, ITEM_ROWS, dtype=np.int64).view(np.uint64),
-            "ordinal": item * ITEM_ROWS + np.arange(ITEM_ROWS), "group": np.zeros(ITEM_ROWS, np.int64)}
+    hashes = rng.integers(0, 2**64, ITEM_ROWS, dtype=np.uint64)
+    keep = hashes <= np.uint64(hash_bound(size, int(ROWS))) if bound else slice(None)
+    ordinals = item * ITEM_ROWS + np.arange(ITEM_ROWS)
+    rows = {"hash": hashes[keep], "ordinal": ordinals[keep], "group": np.zeros(ITEM_ROWS, np.int64)[keep]}
     return SamplePartial(size, BestPerGroup(size, rows, key="hash").selected(), ITEM_ROWS,
                          ExactSum.of(rng.normal(size=D)), ExactSum.of(rng.normal(size=D)))
 
@@ -87,7 +93,8 @@ def output_item(rng, item):
     return MembersPartial(MEMBERS, levels, ITEM_ROWS, files)
 
 
-PASSES = {"sample": sample_item, "level 0 assign": assign_item, "partition": partition_item, "output": output_item}
+PASSES = {"sample": sample_item, "sample without a bound": lambda rng, item: sample_item(rng, item, bound=False),
+          "level 0 assign": assign_item, "partition": partition_item, "output": output_item}
 
 
 def replay(make, items: int, warmup: int) -> dict:

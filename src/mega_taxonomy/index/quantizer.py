@@ -136,7 +136,13 @@ class Quantizer:
     def search_grouped(self, x: np.ndarray, m: int, groups_probed: int):
         """(scores (n, m), lists (n, m), coarse distances (n,)) of the ``m`` best lists of every
         row among the lists of its ``groups_probed`` nearest groups (see the module's docstring;
-        the distance rule only), best first, -1 / inf where those lists number fewer than m."""
+        the distance rule only), best first, -1 / inf where those lists number fewer than m.
+
+        Group-major: the rows of a tile are sorted by the groups they probe, and each group's
+        lists are scored against all its rows at once, one product a group, into each row's
+        candidates end to end (nearest group first); then the m best of every row. Gathering each
+        row's candidate centroids instead moved s x group size x (d + 1) floats a row (1.6 MB at
+        nlist 8192, s = 42) and bounded the search at 0.6x FAISS's queries/s."""
         if not self.by_distance:
             raise ValueError("a grouped coarse search ranks lists by distance: not a GMM probed by likelihood")
         x = np.asarray(x, dtype=np.float32)
@@ -147,32 +153,36 @@ class Quantizer:
         members = np.argsort(group_of, kind="stable")  # lists in group order
         sizes = np.bincount(group_of, minlength=n_groups)
         starts = np.concatenate([[0], np.cumsum(sizes)])
-        width = int(sizes.max()) * s
         n = len(x)
         out_s = np.full((n, m), np.inf, np.float32)
         out_l = np.full((n, m), -1, np.int64)
         coarse = np.empty(n, np.int64)
-        step = max(1, min((1 << 22) // max(width * (self.dim + 1), 1), -(-n // (2 * cpu_threads()))))
-        slot = np.arange(int(sizes.max()))
+        step = max(1, min((1 << 23) // max(int(np.sort(sizes)[-s:].sum()), 1), -(-n // (2 * cpu_threads()))))
 
         def work(r0):
             rows = slice(r0, min(r0 + step, n))
             _, near = groups.search(x[rows], s)  # (r, s) groups, nearest first
             count = sizes[near]
             coarse[rows] = n_groups + count.sum(1)
-            at = starts[near][:, :, None] + slot[None, None, :]  # (r, s, widest group)
-            cand = np.where(slot[None, None, :] < count[:, :, None], members[np.minimum(at, len(members) - 1)], -1)
-            cand = cand.reshape(len(near), -1)
+            at = np.cumsum(count, 1) - count  # where each probed group's lists start among the row's candidates
+            score = np.full((len(near), max(int(count.sum(1).max()), m)), np.inf, np.float32)
+            lists = np.full(score.shape, -1, np.int64)
             feats = self._features(x[rows], True)
-            score = np.einsum("nd,ncd->nc", feats, self._w[np.maximum(cand, 0)])
+            pairs = np.argsort(near, axis=None, kind="stable")  # (row, slot) pairs by group
+            cuts = np.searchsorted(near.ravel()[pairs], np.arange(n_groups + 1))
+            for g in np.flatnonzero(np.diff(cuts)):
+                row, slot = np.divmod(pairs[cuts[g]:cuts[g + 1]], s)
+                mine = members[starts[g]:starts[g + 1]]
+                cols = at[row, slot][:, None] + np.arange(len(mine))
+                score[row[:, None], cols] = feats[row] @ self._w[mine].T
+                lists[row[:, None], cols] = mine
             if self.metric == "euclidean":
                 score += np.einsum("nd,nd->n", x[rows], x[rows], dtype=np.float32)[:, None]
                 np.maximum(score, 0, out=score)
-            score[cand < 0] = np.inf
-            best_s, best = smallest(score, min(m, score.shape[1]))
-            out_s[rows, :best.shape[1]] = best_s
+            best_s, best = smallest(score, m)
+            out_s[rows] = best_s
             found = np.isfinite(best_s)  # fewer lists than m in the groups probed: padding
-            out_l[rows, :best.shape[1]] = np.where(found, np.take_along_axis(cand, np.where(found, best, 0), 1), -1)
+            out_l[rows] = np.where(found, np.take_along_axis(lists, np.where(found, best, 0), 1), -1)
 
         parallel_map(work, range(0, n, step))
         return out_s, out_l, coarse

@@ -80,16 +80,22 @@ class SamplePartial(CompositePartial):
         return self.vectors[lo:hi]
 
 
-def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, moments: bool = True) -> SamplePartial:
+def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, moments: bool = True,
+                 below: int | None = None) -> SamplePartial:
     """The sample partial of one block (``groups``: the group of each of its rows; ``moments``:
     also sum the rows and their squares, else zeros). Its rows are selected when partials merge,
     or before the partial crosses a process (``BestPerGroup.__getstate__``), not here: once the
     merged partial has full groups, most of a block's rows are dropped by one compiled pass
     against its worst kept rows, where a selection here ran a heap pass over all of them (a
-    root sample of 16384 rows: 1.4 ms a block of 65536 rows against 5.5 ms on this machine)."""
+    root sample of 16384 rows: 1.4 ms a block of 65536 rows against 5.5 ms on this machine).
+    ``below``: only rows of hash at most this are candidates (see :func:`hash_sample`)."""
     x = block.vectors
     hashes = hash_ids(block.ids, seed)
     groups = np.zeros(len(hashes), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    ordinals = block.ordinals
+    if below is not None:
+        keep = hashes <= np.uint64(below)
+        hashes, ordinals, groups = hashes[keep], ordinals[keep], groups[keep]
     total = total_sq = np.zeros(x.shape[1])
     if moments and isinstance(x, torch.Tensor) and x.is_cuda:
         # summed and added up on the device, read once at the end: a copy back per block waited
@@ -100,21 +106,44 @@ def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, 
         if isinstance(x, torch.Tensor):
             x = (x if x.dtype in (torch.float32, torch.float64) else x.float()).numpy()
         total, total_sq = column_moments(x if x.dtype in (np.float32, np.float64) else x.astype(np.float32))
-    rows = {"hash": hashes, "ordinal": block.ordinals, "group": groups}
-    return SamplePartial(size, BestPerGroup(size, rows, key="hash"), len(hashes), ExactSum.of(total),
+    rows = {"hash": hashes, "ordinal": ordinals, "group": groups}
+    return SamplePartial(size, BestPerGroup(size, rows, key="hash"), len(block.ordinals), ExactSum.of(total),
                          ExactSum.of(total_sq))
 
 
 @dataclass(frozen=True)
 class SampleTask:
-    """Block task of :class:`SamplePartial` over all rows: ``state`` is ``(size, seed)``."""
+    """Block task of :class:`SamplePartial` over all rows: ``state`` is ``(size, seed)`` or
+    ``(size, seed, below)``."""
 
     def __call__(self, block, state, device) -> SamplePartial:
-        size, seed = state
-        return block_sample(block, size, seed)
+        size, seed, *below = state
+        return block_sample(block, size, seed, below=below[0] if below else None)
+
+
+# Candidates a pass keeps, as a multiple of the sample's size expected below the hash bound.
+CANDIDATES_PER_ROW = 4
+
+
+def hash_bound(size: int, n_rows: int) -> int | None:
+    """A hash below which about ``CANDIDATES_PER_ROW * size`` of ``n_rows`` rows fall (hashes are
+    uniform): the rows above it are dropped where they are read. None where that is every row."""
+    fraction = CANDIDATES_PER_ROW * size / max(n_rows, 1)
+    return None if fraction >= 0.5 else int(fraction * 2.0**64)
 
 
 def hash_sample(source, size: int, seed: int, runtime) -> SamplePartial:
     """One pass over ``source``: the ``size`` rows of lowest hash(seed, id), in hash order,
-    and the moments of the data."""
+    and the moments of the data.
+
+    Only rows of hash below :func:`hash_bound` travel: about 4 times the sample, where every
+    dispatched item sent its own ``size`` lowest (at 200B rows, 190,735 items of 256,000 rows
+    each: 1.2 TB to the driver; ``benchmarks/bench_control_traffic.py``). Where fewer than
+    ``size`` rows fall below it (for 4 x 1,000 expected, a chance under 1e-500), the pass runs
+    again without it. Either way the sample is the same rows."""
+    below = hash_bound(size, len(source))
+    if below is not None:
+        sample = runtime.map_reduce(source, SampleTask(), (size, seed, below), desc="sample")
+        if len(sample.rows) >= size:
+            return sample.with_vectors(source)
     return runtime.map_reduce(source, SampleTask(), (size, seed), desc="sample").with_vectors(source)
