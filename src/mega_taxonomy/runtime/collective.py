@@ -123,6 +123,18 @@ class _Slot:
         return self.kind.from_spec(self.spec, device)
 
 
+def _taken_out(partial, kind=ExactPart):
+    """(``partial`` with each instance of ``kind`` in it replaced by a :class:`_Slot`, those
+    instances in order)."""
+    taken = []
+
+    def take(part):
+        taken.append(part)
+        return part if isinstance(part, _Slot) else _Slot(type(part), part.spec())
+
+    return replaced(partial, kind, take), taken
+
+
 def share(n_units: int, rank: int, world: int) -> range:
     """The units of ``rank``: a contiguous run, the first ``n_units % world`` ranks one more.
 
@@ -196,8 +208,7 @@ class CollectiveRuntime(Runtime):
         """
         if self.world == 1:
             return total
-        parts = []
-        rest = replaced(total, ExactPart, lambda part: parts.append(part) or _Slot(type(part), part.spec()))
+        rest, parts = _taken_out(total)
         packed, tensors = split_tensors(rest)
         buffer, specs = _pack(tensors, self._device)
         mine = (total is not None, packed, specs, buffer.numel())
@@ -213,14 +224,13 @@ class CollectiveRuntime(Runtime):
                  for rank, (present, rank_packed, rank_specs, _) in enumerate(gathered) if present]
         if not rests:
             return None
-        if total is None:  # no units here: empty sums of the same kinds, as the ranks with units hold
-            replaced(rests[0], _Slot, lambda slot: parts.append(slot.empty(self._device)) or slot)
+        if total is None:  # no units here: empty sums of the kinds that the ranks with units hold
+            parts = [slot.empty(self._device) for slot in _taken_out(rests[0], _Slot)[1]]
         sums = iter(self._all_reduce(parts))
-        out = None
-        for rest in rests:  # in rank order; the ranks' sums go into the first, empty ones into the others
-            filled = replaced(rest, _Slot, (lambda slot: next(sums)) if out is None else
-                              (lambda slot: slot.empty(self._device)))
-            out = filled if out is None else add_to(out, filled)
+        # in rank order: the ranks' sums go into the first rest, empty ones into the others
+        out = replaced(rests[0], _Slot, lambda slot: next(sums))
+        for rest in rests[1:]:
+            out = add_to(out, replaced(rest, _Slot, lambda slot: slot.empty(self._device)))
         return out
 
     def _all_reduce(self, parts: list) -> list:
