@@ -39,7 +39,12 @@ def constants() -> dict:
     row = next(r for r in gpu["results"] if r["impl"] == "kernels only (ours)"
                and r["case"] == "N1048576_D1024_K4096_bfloat16")
     flops = 2 * (1 << 20) * 1024 * 4096
-    return {**measured, "gpu_assign_flops_per_second": flops / (row["iteration_ms"] / 1e3), "gpu": gpu["machine"]["gpu"]}
+    out = {**measured, "gpu_assign_flops_per_second": flops / (row["iteration_ms"] / 1e3), "gpu": gpu["machine"]["gpu"]}
+    traffic = RESULTS / "control_traffic.json"  # the driver's time per dispatched item of 1M rows, per full pass
+    if traffic.exists():
+        out["driver_s_per_item"] = {r["case"]: r["driver_s_per_item"] for r in json.loads(traffic.read_text())["results"]
+                                    if r["case"] in ("sample", "level 0 assign", "partition", "output")}
+    return out
 
 
 # An exact partial (ops/exact): each float64 sum held as a top and three int64 digits
@@ -123,9 +128,14 @@ def subtree_model(rows, dim, branching, iterations, gpus, value_bytes, read_gbps
     full_passes = top["passes"]  # the top's: its sample, its levels, its output pass (here: the output pass)
     full_passes += 1  # the partition pass
     local = 3 * local_pass + sum(lv["local_passes"] * lv["local_pass_seconds"] for lv in levels)  # write, gather
-    seconds = full_passes * io_seconds + local + (top["hours"] * 3600 - top["passes"] * io_seconds)
+    # the driver's time taking every item's partial, where it outlasts the pass's reading
+    # (control_traffic.json: measured here for this plan's shape, scaled by its items)
+    driver = {name: s * (rows / BLOCK_ROWS / 16) for name, s in c.get("driver_s_per_item", {}).items()}
+    over = sum(max(0.0, s - io_seconds) for s in driver.values())
+    seconds = full_passes * io_seconds + local + over + (top["hours"] * 3600 - top["passes"] * io_seconds)
     return {"full_passes": full_passes, "read_hours": full_passes * io_seconds / 3600, "local_hours": local / 3600,
-            "share_bytes": share_bytes, "levels": levels, "hours": seconds / 3600, "top": top}
+            "share_bytes": share_bytes, "levels": levels, "driver_s_per_pass": driver,
+            "driver_hours_beyond_reading": over / 3600, "hours": seconds / 3600, "top": top}
 
 
 def main():
@@ -155,7 +165,10 @@ def main():
                             args.partition_level, c, args.max_train_points_per_centroid or None)
         print(f"subtrees from level {args.partition_level}: {sub['full_passes']} full passes "
               f"({sub['read_hours']:.2f} h of reading), each worker's share {sub['share_bytes'] / 1e9:.0f} GB "
-              f"read and written locally ({sub['local_hours']:.2f} h), about {sub['hours']:.2f} h in all")
+              f"read and written locally ({sub['local_hours']:.2f} h), the driver beyond the reading "
+              f"{sub['driver_hours_beyond_reading']:.2f} h, about {sub['hours']:.2f} h in all")
+        print("  driver per full pass: " + ", ".join(f"{name} {s:.3g} s" for name, s in sub["driver_s_per_pass"].items())
+              + f" (reading {sub['top']['levels'][0]['io_s_per_pass']:.0f} s)")
         for lv in sub["levels"]:
             on = "on a sample" if lv["trained_on_sample"] else "on every row"
             print(f"  level {lv['level']}: {lv['subtree_parents']:.3g} parents a subtree, {on}, "
