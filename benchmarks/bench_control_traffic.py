@@ -19,8 +19,9 @@ Passes (a full read each; ``docs/scaling.md``):
   before that bound
 - ``level 0 assign``: the root level's one pass over every row (counts and exact inertia, K=1000)
 - ``partition``: rows written per node (counts, and a checksum entry per block file)
-- ``output``: paths and members: per level, the ``members=100`` rows nearest each node among
-  the item's rows (levels of 1e3, 1e6 and 1e8 nodes)
+- ``output``: paths and members: the ``members=100`` rows nearest each node of level 0 (1e3
+  nodes) among the item's rows; the levels below are the subtrees' (``taxonomy/subtrees.py``);
+  ``output with every level's members``: also levels of 1e6 and 1e8 nodes, as before that
 
     python benchmarks/bench_control_traffic.py [--items 24]
 """
@@ -50,7 +51,7 @@ from mega_taxonomy.taxonomy.passes import MembersPartial
 ROWS, DIM, GPUS, BRANCHING = 200e9, 1024, 512, (1000, 1000, 100)
 ITEM_ROWS = 1 << 20  # reduce_blocks=16 blocks of 65,536 rows: one unit an item at this scale
 D = 16  # of the vectors in partials here
-MEMBERS, TRAIN_POINTS = 100, 256
+MEMBERS, TRAIN_POINTS, PARTITION_LEVEL = 100, 256, 1
 READ_SECONDS_PER_PASS = ROWS * DIM * 2 / (GPUS * 2e9)  # bf16 at 2 GB/s a GPU: the cost model's parameter
 
 
@@ -78,11 +79,13 @@ def partition_item(rng, item):
     return PartitionPartial(rng.integers(0, 2000, BRANCHING[0]), files)
 
 
-def output_item(rng, item):
-    """Per level, the members' selection of an item's rows (each row's node at that level)."""
+def output_item(rng, item, member_levels=PARTITION_LEVEL):
+    """Per level whose members the output pass selects (those above ``partition_level``: the
+    subtrees' workers select the others), the members' selection of an item's rows (each row's
+    node at that level)."""
     levels, nodes = [], 1
     ordinals = item * ITEM_ROWS + np.arange(ITEM_ROWS)
-    for b in BRANCHING:
+    for b in BRANCHING[:member_levels]:
         nodes *= b
         columns = {"node": rng.integers(0, nodes, ITEM_ROWS), "distance": rng.random(ITEM_ROWS).astype(np.float32),
                    "ordinal": ordinals, "id": ordinals}
@@ -93,7 +96,8 @@ def output_item(rng, item):
 
 
 PASSES = {"sample": sample_item, "sample without a bound": lambda rng, item: sample_item(rng, item, bound=False),
-          "level 0 assign": assign_item, "partition": partition_item, "output": output_item}
+          "level 0 assign": assign_item, "partition": partition_item, "output": output_item,
+          "output with every level's members": lambda rng, item: output_item(rng, item, len(BRANCHING))}
 
 
 def replay(make, items: int, warmup: int) -> dict:
@@ -123,7 +127,7 @@ def main():
     n_items = int(np.ceil(ROWS / ITEM_ROWS))
     results = []
     for name in args.passes.split(","):
-        big = name == "output"  # 60 MB an item: fewer
+        big = name.startswith("output with")  # 60 MB an item: fewer
         row = replay(PASSES[name], args.items // 4 if big else args.items, args.warmup // 4 if big else args.warmup)
         row.update(case=name, impl="ours", items_per_pass=n_items,
                    traffic_bytes_per_pass=row["item_bytes"] * n_items,
@@ -134,6 +138,7 @@ def main():
         print(common.table([row], ["case", "item_bytes", "driver_s_per_item", "traffic_bytes_per_pass",
                                    "driver_s_per_pass", "read_s_per_pass", "running_total_bytes"]), flush=True)
     params = {"rows": ROWS, "dim": DIM, "gpus": GPUS, "branching": list(BRANCHING), "item_rows": ITEM_ROWS,
+              "partition_level": PARTITION_LEVEL,
               "partial_dim": D, "members": MEMBERS, "max_train_points_per_centroid": TRAIN_POINTS,
               "items_replayed": args.items, "warmup": args.warmup,
               "read_rate": "2 GB/s a GPU, bf16 (a parameter of the cost model, not measured)"}

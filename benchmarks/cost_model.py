@@ -107,9 +107,10 @@ def subtree_model(rows, dim, branching, iterations, gpus, value_bytes, read_gbps
     """``TaxonomyEngine(partition_level=p)`` (``taxonomy/subtrees.py``): the top ``p`` levels over
     all rows (as :func:`model`), one partition pass (a full read, and each worker writing its
     share to local disk), then each worker's subtrees from its share alone: a gather (read and
-    write the share again), and per subtree level one local pass if it trains on a sample (the
-    engine's rule, within the subtree) else ``iterations + 1``; no partial crosses workers below
-    the top. Shares are taken as balanced (``largest_partition`` says how far they are not)."""
+    write the share again), per subtree level one local pass if it trains on a sample (the
+    engine's rule, within the subtree) else ``iterations + 1``, and one more for the subtrees'
+    members; no partial crosses workers below the top. Shares are taken as balanced
+    (``largest_partition`` says how far they are not)."""
     top = model(rows, dim, branching[:partition_level], iterations, gpus, value_bytes, 16, read_gbps_per_gpu, 8, c,
                 max_points)
     io_seconds = rows * dim * value_bytes / (gpus * read_gbps_per_gpu * 1e9)
@@ -127,7 +128,8 @@ def subtree_model(rows, dim, branching, iterations, gpus, value_bytes, read_gbps
         parents *= b
     full_passes = top["passes"]  # the top's: its sample, its levels, its output pass (here: the output pass)
     full_passes += 1  # the partition pass
-    local = 3 * local_pass + sum(lv["local_passes"] * lv["local_pass_seconds"] for lv in levels)  # write, gather
+    # write, gather (read, write), the subtrees' members (a read), and their levels' passes
+    local = 4 * local_pass + sum(lv["local_passes"] * lv["local_pass_seconds"] for lv in levels)
     # the driver's time taking every item's partial, where it outlasts the pass's reading
     # (control_traffic.json: measured here for this plan's shape, scaled by its items)
     driver = {name: s * (rows / BLOCK_ROWS / 16) for name, s in c.get("driver_s_per_item", {}).items()}

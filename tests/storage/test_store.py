@@ -112,6 +112,15 @@ def test_table_round_trip(new_store):
     assert ids.column_names == ["id"] and ids["id"].to_pylist() == [3, 1, 2]
 
 
+def test_tables_written_one_after_the_other_read_as_one(new_store):
+    store = new_store()
+    parts = (table().slice(i, 1) for i in range(3))  # a generator: one table held at a time
+    entry = store.put_tables("members/level-0.parquet", parts, table().schema)
+    assert entry["bytes"] > 0
+    store.commit(kind="test", params={}, status="done")
+    assert new_store().get_table("members/level-0.parquet").equals(table())
+
+
 def test_manifest_content(new_store, raw):
     store = new_store()
     assert not store.exists() and store.manifest() is None

@@ -11,6 +11,7 @@ from mega_taxonomy import TaxonomyEngine
 from mega_taxonomy.errors import ConfigError
 from mega_taxonomy.io import BLOCK_ROWS
 from mega_taxonomy.storage import Store
+from mega_taxonomy.storage.schema import members_file
 from mega_taxonomy.taxonomy import fitting
 from mega_taxonomy.taxonomy.sampling import read_assignments
 from mega_taxonomy.taxonomy.subtrees import share_out
@@ -62,6 +63,26 @@ def test_tree_is_stitched_from_the_subtrees_and_paths_follow_it(fitted, rows):
     assert not (where / "store" / "top").exists()
 
 
+def test_members_below_the_top_are_selected_by_the_subtrees(fitted, rows):
+    """The top level's members come from the output pass, the others from the workers that fitted
+    the subtrees (over their own rows, renumbered as stitched): the same rows as an output pass
+    over every row through the whole tree would keep, nearest first."""
+    from mega_taxonomy.io import VectorSource
+    from mega_taxonomy.runtime import LocalRuntime
+    from mega_taxonomy.taxonomy.passes import OutputState, OutputTask
+
+    engine, where = fitted
+    store = Store(str(where / "store"))
+    everything = LocalRuntime("cpu", progress=False).map_reduce(VectorSource(rows), OutputTask(),
+                                                                OutputState(engine.tree_, (), 5))
+    for level in range(3):
+        got, expected = store.get_table(members_file(level)), everything.table(level)
+        assert got.num_rows == expected.num_rows == 5 * engine.tree_.levels[level].n_nodes
+        for column in ("node", "id"):
+            np.testing.assert_array_equal(got[column].to_numpy(), expected[column].to_numpy())
+        np.testing.assert_allclose(got["distance"].to_numpy(), expected["distance"].to_numpy(), rtol=1e-5)
+
+
 def test_each_subtree_is_the_fit_of_its_node_rows(fitted, rows, tmp_path):
     """A subtree is an ordinary fit of its node's rows (in row order, with their ids, which its
     samples hash): fitted here on its own from a parquet file of those rows, it has the same bits."""
@@ -111,6 +132,9 @@ def test_a_fit_stopped_in_its_subtrees_resumes_to_the_same_bits(fitted, rows, tm
         np.testing.assert_array_equal(mine.centroids, theirs.centroids)
         np.testing.assert_array_equal(mine.counts, theirs.counts)
     np.testing.assert_array_equal(paths_of(tmp_path / "out")[0], paths_of(where / "out")[0])
+    for level in range(3):
+        assert Store(str(tmp_path / "store")).get_table(members_file(level)).equals(
+            Store(str(where / "store")).get_table(members_file(level)))
     loaded = TaxonomyEngine.load(str(tmp_path / "store"))
     np.testing.assert_array_equal(loaded.predict(rows[:100]), engine.predict(rows[:100]))
 
@@ -134,7 +158,8 @@ def ray_mod(ray_cluster):
 
 def test_subtrees_on_ray_workers_give_the_same_tree(ray_mod, fitted, rows, tmp_path):
     """Three Ray workers share the subtrees (the largest, over a third of the rows, goes through
-    the whole runtime): the tree and the paths of the fit in this process, bit for bit."""
+    the whole runtime): the tree, the paths and the members of the fit in this process, bit for
+    bit."""
     from mega_taxonomy.runtime.ray import RayRuntime
 
     engine, where = fitted
@@ -149,3 +174,6 @@ def test_subtrees_on_ray_workers_give_the_same_tree(ray_mod, fitted, rows, tmp_p
         np.testing.assert_array_equal(mine.centroids, theirs.centroids)
         np.testing.assert_array_equal(mine.parent, theirs.parent)
     np.testing.assert_array_equal(paths_of(tmp_path / "out")[0], paths_of(where / "out")[0])
+    for level in range(3):
+        assert Store(str(tmp_path / "store")).get_table(members_file(level)).equals(
+            Store(str(where / "store")).get_table(members_file(level)))

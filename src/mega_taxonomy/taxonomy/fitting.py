@@ -93,10 +93,11 @@ class FitRun:
     runtime : Runtime
     callback : callable, optional
         ``callback(event)`` after every committed checkpoint and level.
-    outputs : bool, default=True
+    outputs : bool or "members", default=True
         Whether the output pass writes every row's path (and members, the search index) where
-        the fit writes; False for a part of a larger fit (``subtrees.py``), whose paths come from
-        the whole tree.
+        the fit writes; "members": the members only, for a subtree of a larger fit
+        (``subtrees.py``), whose paths come from the whole tree and whose members are selected
+        where its rows are; False: nothing.
     iteration_checkpoints : bool, default=True
         Whether every iteration is committed, or only completed levels (a part of a larger fit
         small enough to fit again whole: a subtree).
@@ -389,24 +390,27 @@ class FitRun:
         self.event(event="level", level=level, iteration=stats["iterations"], round=stats["balance_rounds"])
 
     # -- outputs -------------------------------------------------------------------------------
-    def write_outputs(self, tree, output, paths=None):
+    def write_outputs(self, tree, output, paths=None, member_levels=None):
         """The output pass: assignments to the store (and ``output``), and members per node
-        (``paths``: every block's fitted paths, see :meth:`fitted_paths`; None: routed)."""
+        (``paths``: every block's fitted paths, see :meth:`fitted_paths`; None: routed) of the
+        first ``member_levels`` levels (None: all)."""
         config, store = self.config, self.store
         out = None if output is None else self.out_store(output)
         receivers = {s.uri: s for s in (store, out) if s is not None}
         if not receivers:
             return
-        build_index = store is not None and config.search_index
-        targets = tuple((uri, config.storage_options) for uri in receivers)
-        state = OutputState(tree, targets, config.members, leaves=build_index, paths=paths)
+        members_only = self.outputs == "members"
+        build_index = store is not None and config.search_index and not members_only
+        targets = () if members_only else tuple((uri, config.storage_options) for uri in receivers)
+        state = OutputState(tree, targets, config.members, leaves=build_index, paths=paths,
+                            member_levels=member_levels)
         result = self.runtime.map_reduce(self.source, OutputTask(), state, desc="assignments")
         if build_index:
             SearchIndex.build(tree, *result.leaf_rows(), self.source).save(store)
         for (uri, name), entry in result.files.items():
             receivers[uri].record(name, entry)
         if store is not None:
-            for level in range(config.n_levels):
+            for level in range(len(result.levels)):
                 store.put_table(members_file(level), result.table(level))
         if out is not None:
             out.commit(kind="assignments", params={"taxonomy": config.storage_uri}, status="done", rows=result.rows)

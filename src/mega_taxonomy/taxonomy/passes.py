@@ -82,10 +82,12 @@ class MembersPartial(CompositePartial):
         """Every row's (ordinal, id, leaf number), in block order."""
         return in_block_order(self.leaves)
 
+    SCHEMA = pa.schema([("node", pa.int32()), ("id", pa.int64()), ("distance", pa.float32())])
+
     def table(self, level: int) -> pa.Table:
         m = self.levels[level]
         return pa.table({"node": m["node"].astype(np.int32), "id": m["id"].astype(np.int64),
-                         "distance": m["distance"].astype(np.float32)})
+                         "distance": m["distance"].astype(np.float32)}, schema=self.SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class OutputState:
     members: int
     leaves: bool = False  # keep each row's leaf, to build the search index
     paths: dict | None = None  # block index -> (paths, distances) of the fit (None: route every row)
+    member_levels: int | None = None  # the levels whose members are kept (the first ones; None: all)
 
 
 class OutputTask(_Routing):
@@ -123,7 +126,7 @@ class OutputTask(_Routing):
         with ThreadPoolExecutor(1, thread_name_prefix="mega-taxonomy-write") as writer:
             written = writer.submit(write)
             levels = []
-            for level in range(state.tree.n_levels):
+            for level in range(min(state.tree.n_levels, state.member_levels or state.tree.n_levels)):
                 on = paths[:, level] >= 0
                 members = {"node": paths[on, level], "distance": dists[on, level],
                            "ordinal": block.ordinals[on], "id": block.ids[on]}

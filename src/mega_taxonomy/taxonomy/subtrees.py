@@ -33,15 +33,18 @@ import time
 
 import fsspec
 import numpy as np
+import pyarrow.compute as pc
 
 from ..io import VectorSource
 from ..partials import offsets_of
 from ..runtime import LocalRuntime
 from ..sizes import imbalance
 from ..storage import Store
+from ..storage.schema import members_file
 from .fitting import FitRun
 from .levels import plan_children
 from .partitions import ID, VECTOR, PartitionState, PartitionTask, gather, node_file
+from .passes import MembersPartial
 from .tree import Level, Tree
 
 logger = logging.getLogger(__name__)
@@ -70,7 +73,8 @@ class SubtreeRun:
         counts = self.partition(top)
         subtrees, metas = self.fit_subtrees(counts)
         tree = stitch(top, subtrees, config.n_levels)
-        whole.write_outputs(tree, output)
+        whole.write_outputs(tree, output, member_levels=config.partition_level)
+        self.write_members(subtrees)
         meta = whole.meta
         meta["levels"] = top_meta["levels"] + subtree_levels(tree, metas, config.partition_level)
         meta["passes"] = meta.get("passes", 0) + top_meta["passes"]
@@ -84,6 +88,27 @@ class SubtreeRun:
         for folder in ("top", "subtrees", "partitions"):  # (the partitions' files went with the commit)
             remove(self.uri(folder), config.storage_options)
         return tree, meta
+
+    def write_members(self, subtrees: dict) -> None:
+        """The members of the levels from ``partition_level`` down: each subtree's own, selected
+        by the worker that fitted it over its node's rows (``SubtreeWorker``), their nodes
+        renumbered as :func:`stitch` numbers them, subtree after subtree. The driver only copies
+        them: no item of the output pass sends a row for these levels (at the 200B plan they were
+        62 MB an item, 219 times the pass's reading: ``bench_control_traffic.py``)."""
+        owners = sorted(subtrees)
+
+        def renumbered(depth):  # one subtree's table at a time: a level's members may not fit memory
+            start = 0
+            for node in owners:
+                table = Store(self.uri("subtrees", f"{node:08d}"),
+                              storage_options=self.config.storage_options).get_table(members_file(depth))
+                yield table.set_column(0, "node", pc.add(table["node"], np.int32(start)))
+                start += subtrees[node].levels[depth].n_nodes
+
+        for depth in range(self.config.n_levels - self.config.partition_level):
+            if owners:
+                self.store.put_tables(members_file(self.config.partition_level + depth), renumbered(depth),
+                                      MembersPartial.SCHEMA)
 
     def partition(self, top: Tree) -> np.ndarray:
         """The partition pass (once: a resumed fit finds its counts in the manifest); returns the
@@ -151,7 +176,8 @@ class SubtreeWorker:
         runtime = runtime or LocalRuntime(device=self.device, progress=False)  # (the whole fit shows progress)
         for node, (n_children, uri) in todo.items():
             source = VectorSource(f"{self.uri}/{node_file(node)}", column=VECTOR, id_column=ID, storage_options=options)
-            FitRun(self.config.subtree(node, n_children, uri), source, runtime, outputs=False,
+            # its members too (outputs="members"): selected here, where the node's rows are
+            FitRun(self.config.subtree(node, n_children, uri), source, runtime, outputs="members",
                    iteration_checkpoints=False).run()
         return written
 
