@@ -149,9 +149,10 @@ class LloydTask:
         x = block.vectors
         dist, labels = self._nearest(x, self._centroids(state, x.device), state)
         sums, counts, inertia = pass_sums(x, labels, dist, state, block_rows=BLOCK_ROWS)  # exact sums
-        if not state.device_sums:  # the whole pass: rounded now, nothing more is added to it
-            inertia, counts, *sums = host_arrays(inertia.value(), counts, *([] if sums is None else [sums.value()]))
-            inertia, sums = ExactSum.of(inertia), ExactSum.of(sums[0]) if sums else None
+        if not state.device_sums:  # the whole pass, read on the host: rounded now, nothing more is added to it
+            (counts,) = host_arrays(counts)
+            inertia = ExactSum.of(host_arrays(inertia.value())[0])
+            sums = None if sums is None else ExactSum.of(host_arrays(sums.value())[0])
         partial = LloydPartial(counts, inertia, sums, far_per_group=state.far_per_group)
         if state.keep_labels:
             partial.labels = {block.index: (labels, dist)}

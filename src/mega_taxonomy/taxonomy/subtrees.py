@@ -94,7 +94,7 @@ class SubtreeRun:
         by the worker that fitted it over its node's rows (``SubtreeWorker``), their nodes
         renumbered as :func:`stitch` numbers them, subtree after subtree. The driver only copies
         them: no item of the output pass sends a row for these levels (at the 200B plan they were
-        62 MB an item, 219 times the pass's reading: ``bench_control_traffic.py``)."""
+        62 MB an item, about 190 times the pass's reading: ``bench_control_traffic.py``)."""
         owners = sorted(subtrees)
 
         def renumbered(depth):  # one subtree's table at a time: a level's members may not fit memory
@@ -105,10 +105,9 @@ class SubtreeRun:
                 yield table.set_column(0, "node", pc.add(table["node"], np.int32(start)))
                 start += subtrees[node].levels[depth].n_nodes
 
-        for depth in range(self.config.n_levels - self.config.partition_level):
-            if owners:
-                self.store.put_tables(members_file(self.config.partition_level + depth), renumbered(depth),
-                                      MembersPartial.SCHEMA)
+        for depth in range(self.config.n_levels - self.config.partition_level):  # (no subtree: an empty file)
+            self.store.put_tables(members_file(self.config.partition_level + depth), renumbered(depth),
+                                  MembersPartial.SCHEMA)
 
     def partition(self, top: Tree) -> np.ndarray:
         """The partition pass (once: a resumed fit finds its counts in the manifest); returns the
