@@ -21,11 +21,14 @@ BLOCK = 1024
 
 @triton.jit
 def _digit(mantissa, low, top, i: tl.constexpr):
-    """Digit ``top - i`` of mantissa * 2^low (unsigned)."""
+    """Digit ``top - i`` of mantissa * 2^low (unsigned). No 32-bit mask literal: Triton would type
+    0xFFFFFFFF as uint32; the low 32 bits of v are v - ((v >> 32) << 32) for v >= 0."""
     shift = low - 32 * (top - i)
     up = tl.minimum(tl.maximum(shift, 0), 32)
-    left = (mantissa & ((tl.full(shift.shape, 1, tl.int64) << (32 - up)) - 1)) << up
-    right = (mantissa >> tl.minimum(tl.maximum(-shift, 0), 63)) & 0xFFFFFFFF
+    kept = mantissa >> (32 - up)  # the mantissa's bits that would land past the digit
+    left = (mantissa - (kept << (32 - up))) << up
+    right = mantissa >> tl.minimum(tl.maximum(-shift, 0), 63)
+    right = right - ((right >> 32) << 32)
     return tl.where(shift >= 0, left, right)
 
 
