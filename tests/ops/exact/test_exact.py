@@ -4,7 +4,6 @@ the Triton kernel equal to the torch twin integer for integer, and the float64 r
 rounding of that integer."""
 
 import math
-import random
 from fractions import Fraction
 
 import numpy as np
