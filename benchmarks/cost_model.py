@@ -42,7 +42,8 @@ def constants() -> dict:
     out = {**measured, "gpu_assign_flops_per_second": flops / (row["iteration_ms"] / 1e3), "gpu": gpu["machine"]["gpu"]}
     traffic = RESULTS / "control_traffic.json"  # the driver's time per dispatched item of 1M rows, per full pass
     if traffic.exists():
-        out["driver_s_per_item"] = {r["case"]: r["driver_s_per_item"] for r in json.loads(traffic.read_text())["results"]
+        rows = json.loads(traffic.read_text())["results"]
+        out["driver_s_per_item"] = {r["case"]: r["driver_s_per_item"] for r in rows
                                     if r["case"] in ("sample", "level 0 assign", "partition", "output")}
     return out
 
@@ -169,8 +170,8 @@ def main():
               f"({sub['read_hours']:.2f} h of reading), each worker's share {sub['share_bytes'] / 1e9:.0f} GB "
               f"read and written locally ({sub['local_hours']:.2f} h), the driver beyond the reading "
               f"{sub['driver_hours_beyond_reading']:.2f} h, about {sub['hours']:.2f} h in all")
-        print("  driver per full pass: " + ", ".join(f"{name} {s:.3g} s" for name, s in sub["driver_s_per_pass"].items())
-              + f" (reading {sub['top']['levels'][0]['io_s_per_pass']:.0f} s)")
+        passes = ", ".join(f"{name} {s:.3g} s" for name, s in sub["driver_s_per_pass"].items())
+        print(f"  driver per full pass: {passes} (reading {sub['top']['levels'][0]['io_s_per_pass']:.0f} s)")
         for lv in sub["levels"]:
             on = "on a sample" if lv["trained_on_sample"] else "on every row"
             print(f"  level {lv['level']}: {lv['subtree_parents']:.3g} parents a subtree, {on}, "
