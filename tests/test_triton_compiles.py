@@ -1,51 +1,58 @@
-"""The Triton kernels of the exact sums compile for the GPUs they run on (sm_90: H100 / H200),
-ahead of time, on a machine without one: Triton's CPU interpreter, which the kernel tests use
-here, runs them as numpy and accepts code that the compiler refuses. In a process of its own:
-this one's kernels were made for the interpreter (``TRITON_INTERPRET=1``, tests/ops/conftest.py)."""
+"""Every Triton kernel launch of the kernel tests compiles for the GPUs it runs on (sm_90: H100 /
+H200), ahead of time, on a machine without one. Without a GPU those tests run the kernels in
+Triton's CPU interpreter, which runs them as numpy and accepts code that the compiler refuses
+(and where a GPU is lent, its time is short). Two processes of their own: ``tests/ops`` again
+under the interpreter, recording each launch's signature and constexprs
+(``triton_aot/record_launches.py``), then ``triton.compile`` of each for sm_90, with no
+interpreter (this process's kernels were made for it)."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.timeout(600)
+
+HERE = Path(__file__).resolve().parent
 
 COMPILE = """
-import inspect, itertools, sys
+import importlib, json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from mega_taxonomy.ops.exact import triton as exact
-from mega_taxonomy.ops.update import triton as update
 
 target = GPUTarget("cuda", 90, 32)
-
-def compiled(fn, signature, constexprs):
-    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target)
-    return len(kernel.asm["cubin"])
-
-print("accumulate", compiled(exact._accumulate_kernel,
-      {"tops_ptr": "*i64", "digits_ptr": "*i64", "values_ptr": "*fp64", "N": "i32", "EMPTY": "constexpr",
-       "NONFINITE": "constexpr", "BLOCK": "constexpr"}, {"EMPTY": -64, "NONFINITE": 64, "BLOCK": 1024}))
-names = list(inspect.signature(update._cluster_sums_kernel.fn).parameters)
-for exact_mode, slots, accumulate in itertools.product((True, False), repeat=3):
-    sums = "*i64" if exact_mode else "*fp64"
-    signature = {"x_ptr": "*fp32", "order_ptr": "*i64", "w_ptr": "*fp32", "slot_ptr": "*fp64",
-                 "slot_w_ptr": "*fp64", "ends_ptr": "*i64", "sums_ptr": sums, "w_sums_ptr": sums,
-                 "counts_ptr": "*i64", "D": "i32", "K": "i32", "NB": "i32", "stride_x": "i32"}
-    constexprs = {"CHUNK": update.CHUNK, "BLOCK_R": update.BLOCK_R, "BLOCK_D": 128, "STAGES": update.STAGES,
-                  "FROM_SLOTS": slots, "ACCUMULATE": accumulate, "EXACT": exact_mode}
-    signature.update({name: "constexpr" for name in constexprs})
-    assert set(signature) == set(names), set(names) ^ set(signature)
-    print("cluster_sums", exact_mode, slots, accumulate, compiled(update._cluster_sums_kernel, signature, constexprs))
+for module, name, signature, constexprs, options in json.load(open(sys.argv[1])):
+    fn = getattr(importlib.import_module(module), name)
+    try:
+        kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target,
+                                options=options)
+        print(json.dumps(["ok", name, len(kernel.asm["cubin"])]))
+    except Exception as exc:
+        print(json.dumps(["failed", name, constexprs, f"{type(exc).__name__}: {str(exc)[:1500]}"]))
 """
 
 
-def test_exact_sum_kernels_compile_for_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=240)
+def test_every_kernel_launch_of_the_kernel_tests_compiles_for_sm90(tmp_path):
+    launches = tmp_path / "launches.json"
+    env = {**os.environ, "TRITON_LAUNCHES": str(launches),
+           "PYTHONPATH": os.pathsep.join([str(HERE / "triton_aot"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("TRITON_INTERPRET", None)  # tests/ops/conftest.py sets it where there is no GPU
+    ran = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "record_launches",
+                          str(HERE / "ops"), "-x"], env=env, capture_output=True, text=True, timeout=540)
+    assert ran.returncode == 0, ran.stdout[-3000:]
+    recorded = json.loads(launches.read_text())
+    kernels = {name for _, name, *_ in recorded}
+    # the kernels of the exact sums, the list-major probe scan and the E-step's products among them
+    assert {"_accumulate_kernel", "_cluster_sums_kernel", "_list_kernel", "_resp_kernel"} <= kernels
+    done = subprocess.run([sys.executable, "-c", COMPILE, str(launches)], env=env, capture_output=True, text=True,
+                          timeout=540)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.split("\n")
-    assert len([line for line in lines if line.startswith("cluster_sums")]) == 8
-    assert all(int(line.rsplit(" ", 1)[1]) > 0 for line in lines if line)  # a cubin each
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
+    failed = [r for r in results if r[0] != "ok"]
+    assert len(results) == len(recorded) and not failed, failed[:3]
+    assert all(size > 0 for _, _, size in results)  # a cubin each
