@@ -69,8 +69,7 @@ class SamplePartial(CompositePartial):
     @property
     def mean_variance(self) -> float:
         """Mean over dimensions of the per-dimension variance of all rows (scikit-learn's tol scale)."""
-        total, total_sq = (t.value() if isinstance(t, ExactSum) else t for t in (self.total, self.total_sq))
-        total, total_sq = (t.cpu().numpy() if isinstance(t, torch.Tensor) else t for t in (total, total_sq))
+        total, total_sq = (t.cpu().numpy() if isinstance(t, torch.Tensor) else t for t in (self.total, self.total_sq))
         mean = total / self.count
         return float(np.mean(np.maximum(total_sq / self.count - mean * mean, 0.0)))
 
