@@ -8,8 +8,9 @@ Two ways to run a batch:
   values too (``kv/`` calls them directly on the CPU).
 - Rounds (this module): the distinct keys of a batch, in the order of their first occurrence,
   are ranked within their bucket; round r handles every bucket's r-th key at once, so no two
-  keys of a round touch the same bucket and a round needs no locks or atomics. A round is
-  ``upsert_round`` on CUDA (Triton, ``triton.py``) or its torch twin ``upsert_round_reference``.
+  keys of a round touch the same bucket and a round needs no locks or atomics. The torch twin
+  runs the rounds one after the other (``upsert_round_reference``); on CUDA one Triton launch
+  runs them all (``triton.py``: a program owns whole buckets and takes their keys in round order).
   The result equals the in-order loop's whenever no key of the batch is refused (then every
   distinct key goes in at its first occurrence with its combined score, as the loop would put it).
 
@@ -249,31 +250,37 @@ def upsert_rounds(b: Buckets, keys, desired, rule, *, insert, backend="auto") ->
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(bucket)
     rank[by_bucket] = torch.arange(len(keys), device=keys.device) - starts[bucket[by_bucket]]
-    by_rank = torch.argsort(rank, stable=True)
-    per_round = torch.bincount(rank, minlength=1).tolist() if len(keys) else []
-    run = _round_fn(keys, backend)
-    slots = torch.full_like(keys, -1)
-    status = torch.full_like(keys, MISSING)
-    ev_k, ev_s, ev_p, ev_r = [], [], [], []
-    start = 0
-    for r, count in enumerate(per_round):
-        i = by_rank[start:start + count]
-        start += count
-        s, st, ok, os = run(b, keys[i], bucket[i], digest[i], desired[i], rule, insert)
-        slots[i], status[i] = s, st
-        e = st == EVICTED
-        ev_k.append(ok[e]), ev_s.append(os[e]), ev_p.append(s[e]), ev_r.append(torch.full_like(s[e], r))
-    cat = (lambda parts: torch.cat(parts)) if ev_k else (lambda parts: keys[:0])
-    out = Rounds(keys, first, last, desired, slots, status, rank, cat(ev_k), cat(ev_s), cat(ev_p), cat(ev_r))
+    if backend == "triton" or (backend == "auto" and keys.is_cuda):
+        from .triton import upsert_buckets_triton
+
+        slots, status, old_keys, old_scores = upsert_buckets_triton(b, keys, digest, desired, by_bucket, starts,
+                                                                    counts, rule, insert)
+        at = torch.nonzero(status == EVICTED)[:, 0]
+        at = at[torch.argsort(rank[at] * len(keys) + at)]  # round by round, as the rounds list them
+        evicted = (old_keys[at], old_scores[at], slots[at], rank[at])
+    else:
+        slots, status, evicted = _rounds_reference(b, keys, bucket, digest, desired, rank, rule, insert)
+    out = Rounds(keys, first, last, desired, slots, status, rank, *evicted)
     if len(out.evicted_keys):  # a key written by this batch and pushed out in a later round holds no slot
         later, index = out.evicted_after_own_round()
         out.slots[index[later]] = -1
     return out
 
 
-def _round_fn(keys, backend):
-    if backend == "triton" or (backend == "auto" and keys.is_cuda):
-        from .triton import upsert_round_triton
-
-        return upsert_round_triton
-    return upsert_round_reference
+def _rounds_reference(b, keys, bucket, digest, desired, rank, rule, insert):
+    """The rounds one after the other through ``upsert_round_reference``: (slots, status, evicted
+    (keys, scores, slots, rounds))."""
+    by_rank = torch.argsort(rank, stable=True)
+    per_round = torch.bincount(rank, minlength=1).tolist() if len(keys) else []
+    slots = torch.full_like(keys, -1)
+    status = torch.full_like(keys, MISSING)
+    ev_k, ev_s, ev_p, ev_r = [keys[:0]], [keys[:0]], [keys[:0]], [keys[:0]]
+    start = 0
+    for r, count in enumerate(per_round):
+        i = by_rank[start:start + count]
+        start += count
+        s, st, ok, os = upsert_round_reference(b, keys[i], bucket[i], digest[i], desired[i], rule, insert)
+        slots[i], status[i] = s, st
+        e = st == EVICTED
+        ev_k.append(ok[e]), ev_s.append(os[e]), ev_p.append(s[e]), ev_r.append(torch.full_like(s[e], r))
+    return slots, status, tuple(torch.cat(parts) for parts in (ev_k, ev_s, ev_p, ev_r))

@@ -8,9 +8,9 @@ Kernel contract
   keys    : (n,) int64      the batch (reserved keys were refused by the caller)
 A program takes BLOCK keys and loads, for each, its bucket's bs digest bytes as one row of a
 (BLOCK, bs) tile: one 128-byte line per key at bs = 128, as the original reads. Keys are loaded
-only where digests match. ``_upsert_round`` gets keys that lie in distinct buckets (one round of
-``ops.hash_table.upsert_rounds``), so its reads and writes of a bucket never race and it needs
-no atomics. n, nb are runtime values; bs is a constexpr (a power of two); program ids are 64-bit.
+only where digests match. ``_upsert_buckets`` runs every round of ``ops.hash_table.upsert_rounds``
+in one launch: a program owns whole buckets and applies each one's keys in order, so no two
+programs touch a bucket and it needs no atomics. n, nb are runtime values; bs is a constexpr (a power of two); program ids are 64-bit.
 Values are not touched here: the caller gathers and scatters them by slot (``kv/tiers.py``), so
 the same kernels serve values in GPU memory and in pinned host memory.
 """
@@ -34,6 +34,8 @@ LOW32 = 0xFFFFFFFF
 HIGH32 = -(2**32)
 # Keys per program: a (BLOCK, bs) tile of digest bytes, 4 KB at bs = 128. Not tuned on a GPU yet.
 BLOCK = 32
+# Buckets per program of the upsert: their keys, digests and scores are held in registers.
+BUCKETS = 8
 
 
 @triton.jit
@@ -62,60 +64,69 @@ def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, n, nb_mask, m1, m
 
 
 @triton.jit
-def _upsert_round(tkeys, tdig, tscores, sizes, keys, buckets, digests, desired, out_slots, out_status,
-                  out_old_keys, out_old_scores, n, empty, empty_digest, sign, low32, high32,
-                  RULE: tl.constexpr, INSERT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < n
-    k = tl.load(keys + offs, mask=m, other=0)
-    b = tl.load(buckets + offs, mask=m, other=0)
-    d = tl.load(digests + offs, mask=m, other=0)
-    des = tl.load(desired + offs, mask=m, other=0)
+def _upsert_buckets(tkeys, tdig, tscores, sizes, keys, digests, desired, by_bucket, starts, counts, out_slots,
+                    out_status, out_old_keys, out_old_scores, nb, empty, sign, low32, high32,
+                    RULE: tl.constexpr, INSERT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    count = tl.load(counts + b, mask=b < nb, other=0)
+    first = tl.load(starts + b, mask=count > 0, other=0)
     cols = tl.arange(0, BS)
     base = b[:, None] * BS + cols[None, :]
-    m2 = m[:, None]
-    dg = tl.load(tdig + base, mask=m2, other=0)
-    cand = (dg == d[:, None]) & m2
-    hit = cand & (tl.load(tkeys + base, mask=cand, other=0) == k[:, None])
-    hpos = tl.min(tl.where(hit, cols[None, :], BS), axis=1)
-    fcand = (dg == empty_digest) & m2
-    free = fcand & (tl.load(tkeys + base, mask=fcand, other=0) == empty)
-    fpos = tl.min(tl.where(free, cols[None, :], BS), axis=1)
-    sc = tl.load(tscores + base, mask=m2, other=0) ^ sign
-    low = tl.min(sc, axis=1)
-    lpos = tl.min(tl.where(sc == low[:, None], cols[None, :], BS), axis=1)
-    found = hpos < BS
-    has_free = fpos < BS
-    pos = tl.where(found, hpos, tl.where(has_free, fpos, lpos))
-    admit = has_free | ((des ^ sign) >= low)
-    if INSERT:
-        put = (hpos >= BS) & admit
-        status = tl.where(found, _FOUND, tl.where(admit, tl.where(has_free, _INSERTED, _EVICTED), _REFUSED))
-    else:
-        put = hpos < 0  # never
-        status = tl.where(found, _FOUND, _MISSING)
-    slot = b * BS + pos
-    old_k = tl.load(tkeys + slot, mask=m, other=0)
-    old_s = tl.load(tscores + slot, mask=m, other=0)
-    if RULE == _SET:
-        new = des
-    elif RULE == _ADD:
-        new = old_s + des
-    elif RULE == _EPOCH_ADD:
-        new = (des & high32) | tl.minimum((old_s & low32) + (des & low32), low32)
-    else:
-        new = old_s
-    score = tl.where(found, new, des)
-    write = (found | put) & m
-    tl.store(tkeys + slot, k, mask=write)
-    tl.store(tdig + slot, d, mask=write)
-    tl.store(tscores + slot, score, mask=write)
-    grow = put & has_free & m
-    tl.store(sizes + b, tl.load(sizes + b, mask=grow, other=0) + 1, mask=grow)
-    tl.store(out_slots + offs, tl.where(write, slot, -1), mask=m)
-    tl.store(out_status + offs, status.to(tl.int64), mask=m)
-    tl.store(out_old_keys + offs, old_k, mask=m)
-    tl.store(out_old_scores + offs, old_s, mask=m)
+    m2 = (count > 0)[:, None]
+    # the buckets' slots, loaded once and kept current in registers: a bucket's r-th key sees what
+    # its earlier keys wrote without reading global memory back (no ordering between threads needed)
+    tk = tl.load(tkeys + base, mask=m2, other=0)
+    td = tl.load(tdig + base, mask=m2, other=0)
+    ts = tl.load(tscores + base, mask=m2, other=0) ^ sign  # unsigned order
+    grown = tl.zeros((BLOCK,), tl.int32)
+    for r in range(tl.max(count, axis=0)):
+        live = r < count
+        i = tl.load(by_bucket + first + r, mask=live, other=0)
+        k = tl.load(keys + i, mask=live, other=0)
+        d = tl.load(digests + i, mask=live, other=0)
+        des = tl.load(desired + i, mask=live, other=0)
+        hit = (td == d[:, None]) & (tk == k[:, None]) & live[:, None]
+        hpos = tl.min(tl.where(hit, cols[None, :], BS), axis=1)
+        fpos = tl.min(tl.where(tk == empty, cols[None, :], BS), axis=1)
+        low = tl.min(ts, axis=1)
+        lpos = tl.min(tl.where(ts == low[:, None], cols[None, :], BS), axis=1)
+        found = hpos < BS
+        has_free = fpos < BS
+        pos = tl.where(found, hpos, tl.where(has_free, fpos, lpos))
+        admit = has_free | ((des ^ sign) >= low)
+        if INSERT:
+            put = (~found) & admit & live
+            status = tl.where(found, _FOUND, tl.where(admit, tl.where(has_free, _INSERTED, _EVICTED), _REFUSED))
+        else:
+            put = found & (~live)  # never
+            status = tl.where(found, _FOUND, _MISSING)
+        at = cols[None, :] == pos[:, None]
+        old_k = tl.sum(tl.where(at, tk, 0), axis=1)
+        old_s = tl.sum(tl.where(at, ts, 0), axis=1) ^ sign
+        if RULE == _SET:
+            new = des
+        elif RULE == _ADD:
+            new = old_s + des
+        elif RULE == _EPOCH_ADD:
+            new = (des & high32) | tl.minimum((old_s & low32) + (des & low32), low32)
+        else:
+            new = old_s
+        score = tl.where(found, new, des)
+        write = (found | put) & live
+        at = at & write[:, None]
+        tk = tl.where(at, k[:, None], tk)
+        td = tl.where(at, d[:, None], td)
+        ts = tl.where(at, (score ^ sign)[:, None], ts)
+        slot = b * BS + pos
+        tl.store(tkeys + slot, k, mask=write)
+        tl.store(tdig + slot, d, mask=write)
+        tl.store(tscores + slot, score, mask=write)
+        grown += (put & has_free).to(tl.int32)
+        tl.store(out_slots + i, tl.where(write, slot, -1), mask=live)
+        tl.store(out_status + i, status.to(tl.int64), mask=live)
+        tl.store(out_old_keys + i, old_k, mask=live)
+        tl.store(out_old_scores + i, old_s, mask=live)
+    tl.store(sizes + b, tl.load(sizes + b, mask=grown > 0, other=0) + grown, mask=grown > 0)
 
 
 def lookup_triton(b, keys: torch.Tensor):
@@ -131,16 +142,19 @@ def lookup_triton(b, keys: torch.Tensor):
     return slots, scores
 
 
-def upsert_round_triton(b, keys, bucket, digest, desired, rule, insert):
-    """One round of ``upsert_rounds`` (keys in distinct buckets); see ``upsert_round_reference``."""
-    n = len(keys)
+def upsert_buckets_triton(b, keys, digest, desired, by_bucket, starts, counts, rule, insert):
+    """Every round of ``upsert_rounds`` in one launch: a program takes BLOCK buckets and applies
+    each bucket's keys in their order (``by_bucket[starts[j]:starts[j] + counts[j]]`` are bucket
+    j's, in first-occurrence order), as the rounds would one after the other; returns (slots,
+    status, old_keys, old_scores) per key, as ``upsert_round_reference`` does per round."""
+    n, nb = len(keys), b.keys.shape[0]
     out = [torch.empty(n, dtype=torch.int64, device=keys.device) for _ in range(4)]
     if n:
-        _upsert_round[(triton.cdiv(n, BLOCK),)](
-            b.keys, b.digests, b.scores, b.sizes, keys.contiguous(), bucket.contiguous(), digest.contiguous(),
-            desired.contiguous(), *out, n, b.empty, b.empty_digest, SIGN, LOW32, HIGH32,
-            RULE=rule, INSERT=bool(insert), BS=b.keys.shape[1], BLOCK=BLOCK)
+        _upsert_buckets[(triton.cdiv(nb, BUCKETS),)](
+            b.keys, b.digests, b.scores, b.sizes, keys.contiguous(), digest.contiguous(), desired.contiguous(),
+            by_bucket.contiguous(), starts.contiguous(), counts.contiguous(), *out, nb, b.empty, SIGN, LOW32, HIGH32,
+            RULE=rule, INSERT=bool(insert), BS=b.keys.shape[1], BLOCK=BUCKETS)
     return tuple(out)
 
 
-__all__ = ["lookup_triton", "upsert_round_triton"]
+__all__ = ["lookup_triton", "upsert_buckets_triton"]
