@@ -85,7 +85,19 @@ def time_call(fn, repeats):
     return statistics.median(times)
 
 
-def measure_ours(dim, load_factor, hbm_bytes, repeats, seed=0) -> dict:
+def profile(api, fn, rows=8):
+    """Where one call's time goes: its heaviest operations by GPU time, and its host time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    print(f"-- {api}")
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=48))
+
+
+def measure_ours(dim, load_factor, hbm_bytes, repeats, seed=0, profiled=False) -> dict:
     capacity = (1 << 27) if dim <= 32 else (1 << 26)
     t = HashTable(dim=dim, init_capacity=capacity, max_capacity=capacity, max_hbm_for_vectors=hbm_bytes,
                   max_load_factor=1.0, evict_strategy=EvictStrategy.LRU, device="cuda")
@@ -114,6 +126,8 @@ def measure_ours(dim, load_factor, hbm_bytes, repeats, seed=0) -> dict:
         # Inserting calls change the table: like the original, they run on the same keys again
         # (hits then), so the load factor stays where the pre-fill put it.
         out[api] = BATCH / time_call(fn, repeats) / 2**30
+        if profiled:
+            profile(api, fn)
     out["real_load_factor"] = t.load_factor()
     return out
 
@@ -128,6 +142,7 @@ def main():
     p.add_argument("--peer", default=str(PEER), help="the original's source tree (../shared/peers/hierarchicalkv)")
     p.add_argument("--workdir", default="/tmp")
     p.add_argument("--output", default=None)
+    p.add_argument("--profile", action="store_true", help="print where each call's time goes (the first case)")
     a = p.parse_args()
     text = Path(a.hkv_output).read_text() if a.hkv_output else run_original(Path(a.peer), Path(a.workdir))
     original = parse_original(text)
@@ -142,7 +157,7 @@ def main():
     for dim, lf, hbm in cases:
         capacity = (1 << 27) if dim <= 32 else (1 << 26)
         hbm_bytes = capacity * dim * 4 if hbm is None else hbm
-        ours = measure_ours(dim, lf, hbm_bytes, a.repeats)
+        ours = measure_ours(dim, lf, hbm_bytes, a.repeats, profiled=a.profile and not results)
         hbm_gb, hmem_gb = hbm_bytes >> 30, max(0, (capacity * dim * 4 - hbm_bytes) >> 30)
         peer = original.get((dim, hbm_gb, hmem_gb, lf), {})
         case = f"dim{dim}_lf{lf}" + ("_hybrid" if hbm is not None else "")
