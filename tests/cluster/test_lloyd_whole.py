@@ -84,3 +84,94 @@ def test_a_bad_row_of_a_whole_tensor_is_named_as_block_by_block(whole_on_cpu):
     with pytest.raises(DataError, match="4321"):
         KMeans(3, init=x[:3].numpy(), max_iter=2, tol=0, device="cpu").fit(x)
     assert whole_on_cpu == [False]
+
+
+@pytest.fixture
+def runs_on_cpu(monkeypatch):
+    """LocalRuntime takes host rows by runs of 2 blocks on the CPU too (there, only on a GPU);
+    the passes made so are counted."""
+    taken = []
+
+    def run_blocks(source, device):
+        size = 2 if getattr(source, "_array", None) is not None else None
+        taken.append(size is not None)
+        return size
+
+    monkeypatch.setattr(local, "run_blocks", run_blocks)
+    return taken
+
+
+@pytest.mark.parametrize("device_sums", [False, True])
+@pytest.mark.parametrize("update,keep_labels", [(True, True), (False, True), (True, False)])
+def test_runs_of_blocks_add_up_to_the_blocks_one_by_one(update, keep_labels, device_sums):
+    x = rows(5 * BLOCK_ROWS + 77)
+    source = VectorSource(x)
+    c = x[:: x.shape[0] // 11][:11].numpy()
+    state = LloydState(c, update=update, keep_labels=keep_labels, device_sums=device_sums)
+    runs = [source.unchecked_run(start, min(start + 2, source.n_blocks))[0] for start in range(0, source.n_blocks, 2)]
+    assert [run.index for run in runs] == [0, 2, 4] and sum(len(run.ordinals) for run in runs) == len(x)
+    total = None
+    for run in runs:
+        part = LloydTask().whole(run, state, torch.device("cpu"), part=True)
+        total = part if total is None else total + part
+    total = settled(total)
+    by_blocks = LocalRuntime("cpu", progress=False).map_reduce(source, LloydTask(), state)
+    np.testing.assert_array_equal(np.asarray(total.counts), by_blocks.counts)
+    for name in ("inertia", "sums") if update else ("inertia",):
+        a, b = getattr(total, name), getattr(by_blocks, name)
+        assert np.array_equal(np.asarray(a), np.asarray(b)), name
+        assert device_sums or type(a) is type(b), name  # read on the host: arrays, as block by block
+    if keep_labels:
+        for a, b in zip(total.ordered_labels(), by_blocks.ordered_labels()):
+            np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_a_run_is_its_blocks_rows_in_place_and_knows_what_was_checked():
+    x = rows(3 * BLOCK_ROWS + 5).numpy()
+    source = VectorSource(x)
+    run, checked = source.unchecked_run(1, 3)
+    assert run.index == 1 and not checked and np.shares_memory(run.vectors, x)
+    np.testing.assert_array_equal(run.ordinals, np.arange(BLOCK_ROWS, 3 * BLOCK_ROWS))
+    source.mark_run_checked(1, 3)
+    assert source.unchecked_run(1, 3)[1] and not source.unchecked_run(0, 2)[1]
+    assert [checked for _, checked in source.unchecked_blocks()] == [False, True, True, False]
+    x[5, 1] = np.nan
+    skipping = VectorSource(x, on_invalid="skip")
+    list(skipping.blocks(0, 1))  # validated: block 0 lost a row
+    assert skipping.unchecked_run(0, 2) is None and skipping.unchecked_run(1, 3) is not None
+
+
+def test_kmeans_by_runs_is_kmeans_block_by_block(runs_on_cpu, monkeypatch):
+    x = rows(4 * BLOCK_ROWS + 300, seed=2).float().numpy()
+    init = x[:: x.shape[0] // 9][:9]
+    runs, whole = [], LloydTask.whole
+
+    def counted(self, block, state, device, part=False):
+        out = whole(self, block, state, device, part)
+        runs.append((block.index, len(block.ordinals), out is not None))
+        return out
+
+    monkeypatch.setattr(LloydTask, "whole", counted)
+    # cosine: on the CPU, euclidean passes keep Hamerly's bounds, which need the blocks one by one
+    by_runs = KMeans(9, init=init, max_iter=4, tol=0, metric="cosine", device="cpu").fit(x)
+    assert runs_on_cpu and all(runs_on_cpu)
+    # 4 Lloyd passes and the labels' pass, each in runs of 2 blocks (the last one short)
+    assert runs == [(0, 2 * BLOCK_ROWS, True), (2, 2 * BLOCK_ROWS, True), (4, 300, True)] * 5
+    runs_on_cpu.clear()
+    local.run_blocks = lambda source, device: None  # the fixture's monkeypatch restores it
+    by_blocks = KMeans(9, init=init, max_iter=4, tol=0, metric="cosine", device="cpu").fit(x)
+    np.testing.assert_array_equal(by_runs.cluster_centers_, by_blocks.cluster_centers_)
+    np.testing.assert_array_equal(by_runs.labels_, by_blocks.labels_)
+    assert by_runs.inertia_ == by_blocks.inertia_
+
+
+def test_a_bad_row_in_a_run_is_named_or_skipped_as_block_by_block(runs_on_cpu):
+    x = rows(3 * BLOCK_ROWS + 9, seed=3).float().numpy()
+    x[BLOCK_ROWS + 17, 4] = np.inf
+    with pytest.raises(DataError, match=f"row {BLOCK_ROWS + 17}"):
+        KMeans(3, init=x[:3], max_iter=2, tol=0, device="cpu").fit(x)
+    skipped = KMeans(3, init=x[:3], max_iter=2, tol=0, device="cpu").fit(VectorSource(x, on_invalid="skip"))
+    local.run_blocks = lambda source, device: None
+    want = KMeans(3, init=x[:3], max_iter=2, tol=0, device="cpu").fit(VectorSource(x, on_invalid="skip"))
+    np.testing.assert_array_equal(skipped.cluster_centers_, want.cluster_centers_)
+    assert skipped.inertia_ == want.inertia_

@@ -180,7 +180,7 @@ def test_fp32_kernel_is_float64_except_near_ties():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kmeans_on_a_device_tensor_is_kmeans_on_host_rows(dtype):
     """A tensor on the GPU is computed on whole (``LloydTask.whole``: one assignment, per-block sums
-    added in order in one launch); rows in host memory stream block by block: the same bits."""
+    added in order in one launch); rows in host memory go a run of blocks at a time: the same bits."""
     x, _ = clustered(200_000, 48, 40, seed=11)  # 4 blocks, the last short
     xt = torch.from_numpy(x).to(dtype)
     init = xt[:40].float().numpy()
@@ -189,6 +189,40 @@ def test_kmeans_on_a_device_tensor_is_kmeans_on_host_rows(dtype):
     assert np.array_equal(on_gpu.cluster_centers_, from_host.cluster_centers_)
     np.testing.assert_array_equal(on_gpu.labels_, from_host.labels_)
     assert on_gpu.inertia_ == from_host.inertia_ and on_gpu.n_iter_ == from_host.n_iter_
+
+
+@pytest.mark.parametrize("data", ["numpy", "pinned tensor"])
+def test_host_rows_by_runs_are_the_blocks_one_by_one(data, monkeypatch):
+    """Rows in host memory go to the GPU a run of blocks at a time (``io.streaming.stream_runs``),
+    each run one ``LloydTask.whole`` call: the bits of the blocks streamed one by one."""
+    from mega_taxonomy.io import BLOCK_ROWS, streaming
+    from mega_taxonomy.runtime import local
+
+    x, _ = clustered(5 * BLOCK_ROWS + 123, 40, 32, seed=12)
+    rows = x if data == "numpy" else torch.from_numpy(x).pin_memory()
+    monkeypatch.setattr(streaming, "RUN_BYTES", 2 * BLOCK_ROWS * 32 * 4)  # runs of 2 blocks, the last short
+    by_runs = KMeans(40, init=x[:40], tol=0, max_iter=4, device="cuda").fit(rows)
+    monkeypatch.setattr(local, "run_blocks", lambda source, device: None)
+    by_blocks = KMeans(40, init=x[:40], tol=0, max_iter=4, device="cuda").fit(rows)
+    assert np.array_equal(by_runs.cluster_centers_, by_blocks.cluster_centers_)
+    np.testing.assert_array_equal(by_runs.labels_, by_blocks.labels_)
+    assert by_runs.inertia_ == by_blocks.inertia_
+
+
+def test_a_bad_row_of_a_run_is_named_or_skipped_as_block_by_block(monkeypatch):
+    from mega_taxonomy.errors import DataError
+    from mega_taxonomy.io import BLOCK_ROWS, streaming
+    from mega_taxonomy.runtime import local
+
+    x, _ = clustered(4 * BLOCK_ROWS + 9, 8, 16, seed=13)
+    x[2 * BLOCK_ROWS + 17, 4] = np.nan
+    monkeypatch.setattr(streaming, "RUN_BYTES", 2 * BLOCK_ROWS * 16 * 4)
+    with pytest.raises(DataError, match=f"row {2 * BLOCK_ROWS + 17}"):
+        KMeans(8, init=x[:8], tol=0, max_iter=2, device="cuda").fit(x)
+    skipped = KMeans(8, init=x[:8], tol=0, max_iter=2, device="cuda").fit(VectorSource(x, on_invalid="skip"))
+    monkeypatch.setattr(local, "run_blocks", lambda source, device: None)
+    want = KMeans(8, init=x[:8], tol=0, max_iter=2, device="cuda").fit(VectorSource(x, on_invalid="skip"))
+    assert np.array_equal(skipped.cluster_centers_, want.cluster_centers_) and skipped.inertia_ == want.inertia_
 
 
 @pytest.mark.parametrize("dtype,k", [(torch.bfloat16, 4096), (torch.float32, 1024), (torch.float16, 16)])

@@ -136,23 +136,28 @@ class LloydTask:
         return with_penalty(lambda x, c, metric: nearest(x, c, metric=metric, cache=operands), x, c, state.penalty,
                             state.metric)
 
-    def whole(self, block, state: LloydState, device) -> LloydPartial | None:
+    def whole(self, block, state: LloydState, device, part=False) -> LloydPartial | None:
         """The partial of every block of the source at once (``block``: all its rows, on ``device``
-        already; see ``runtime.base.BlockTask``): one assignment over all rows, whose labels and
-        distances are those of the blocks one by one (a row's do not depend on its neighbours),
-        and sums per block added in block order on the device (``cluster_stats(block_rows=)``), the
-        bits of the blocks' partials added by the runtime. Labels stay on the device. None for
-        what needs the blocks one by one: groups, the farthest rows, samples, bounds."""
+        already; see ``runtime.base.BlockTask``), or of a run of them (``part``: other runs' are
+        added to it): one assignment over all rows, whose labels and distances are those of the
+        blocks one by one (a row's do not depend on its neighbours), and each block's sums added
+        exactly (``cluster_stats(block_rows=)``): the bits of the blocks' partials added by the
+        runtime. Labels stay on the device. None for what needs the blocks one by one: groups,
+        the farthest rows, samples, bounds."""
         if (state.offsets is not None or state.far or state.sample is not None or state.track_bounds
                 or state.bounds is not None):
             return None
         x = block.vectors
         dist, labels = self._nearest(x, self._centroids(state, x.device), state)
         sums, counts, inertia = pass_sums(x, labels, dist, state, block_rows=BLOCK_ROWS)  # exact sums
-        if not state.device_sums:  # the whole pass, read on the host: rounded now, nothing more is added to it
+        if not state.device_sums:  # read on the host once the pass is over
             (counts,) = host_arrays(counts)
-            inertia = ExactSum.of(host_arrays(inertia.value())[0])
-            sums = None if sums is None else ExactSum.of(host_arrays(sums.value())[0])
+            if part:  # more runs are added to it: exact still, its digits left where they are
+                inertia = inertia.as_kind("numpy")
+                sums = None if sums is None else sums.as_kind("numpy")
+            else:  # the whole pass: rounded now, nothing more is added to it
+                inertia = ExactSum.of(host_arrays(inertia.value())[0])
+                sums = None if sums is None else ExactSum.of(host_arrays(sums.value())[0])
         partial = LloydPartial(counts, inertia, sums, far_per_group=state.far_per_group)
         if state.keep_labels:
             partial.labels = {block.index: (labels, dist)}

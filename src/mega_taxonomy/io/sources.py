@@ -380,6 +380,33 @@ class VectorSource:
         """Record that ``block`` (of :meth:`unchecked_blocks`) holds only valid rows."""
         self._cache.put(block)
 
+    def unchecked_run(self, start, stop):
+        """``(block, checked)``: the in-memory rows of blocks [start, stop) as one Block (index
+        ``start``, its rows as they lie in memory, not copied), ``checked`` whether every one of the
+        blocks was validated (:meth:`mark_run_checked` records it); None for files, or where
+        validation dropped rows of one of the blocks (``on_invalid="skip"``): those go block by block.
+        For a pass that computes many blocks at once (``io.streaming.stream_runs``)."""
+        data = self._array
+        if data is None:
+            return None
+        start, stop = self._block_range(start, stop)
+        checked = True
+        for index in range(start, stop):
+            block = self._cache.get(index)
+            if block is None:
+                checked = False
+            elif len(block.ordinals) != min((index + 1) * BLOCK_ROWS, self._len) - index * BLOCK_ROWS:
+                return None
+        lo, hi = start * BLOCK_ROWS, min(stop * BLOCK_ROWS, self._len)
+        ordinals = np.arange(lo, hi)
+        return Block(start, ordinals, ordinals, data[lo:hi]), checked
+
+    def mark_run_checked(self, start, stop):
+        """Record that the rows of blocks [start, stop) (of :meth:`unchecked_run`) are all valid."""
+        for block, checked in self.unchecked_blocks(start, stop):
+            if not checked:
+                self.mark_checked(block)
+
     def id_blocks(self, start=0, stop=None):
         """Yield (block index, ordinals, ids) for the blocks [start, stop), reading only the id column.
 

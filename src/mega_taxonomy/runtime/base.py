@@ -54,11 +54,13 @@ class BlockTask(Protocol[P]):
     """A picklable callable computing the Partial of one block: ``task(block, state, device)``,
     or a :class:`Deferred` that gives it.
 
-    A task may also offer ``task.whole(block, state, device)``: the partial of a block that holds
-    every block of the source (rows on the device already, ``io.streaming.resident``), equal to
-    the bit to the sum of the blocks' partials (its float sums exact: :class:`ExactPart`), or None
-    where ``state`` needs the blocks one by one. LocalRuntime then makes the pass in that one
-    call, with no host work per block."""
+    A task may also offer ``task.whole(block, state, device, part=False)``: the partial of a block
+    that holds every block of the source (rows on the device already, ``io.streaming.resident``),
+    or, with ``part``, a run of consecutive blocks (``io.streaming.stream_runs``: rows in host
+    memory, copied to the device a run at a time), equal to the bit to the sum of the blocks'
+    partials (its float sums exact: :class:`ExactPart`), or None where ``state`` needs the blocks
+    one by one. LocalRuntime then makes the pass in that one call, or one call a run, with no
+    host work per block."""
 
     def __call__(self, block, state, device) -> P | Deferred:  # pragma: no cover - protocol
         ...
@@ -182,7 +184,16 @@ def in_block_order(parts: dict) -> tuple:
     """``{block index: (array, array, ...)}`` joined field by field in block order: how partials
     that keep per-row outputs (labels, paths) give them back in input order."""
     blocks = sorted(parts)
-    return tuple(np.concatenate([parts[b][i] for b in blocks]) for i in range(len(parts[blocks[0]])))
+    return tuple(_joined([parts[b][i] for b in blocks]) for i in range(len(parts[blocks[0]])))
+
+
+def _joined(arrays: list):
+    """Arrays end to end: a tensor on the device of the first tensor among them (a pass by runs
+    keeps a run's labels on the GPU), else a numpy array."""
+    device = next((a.device for a in arrays if isinstance(a, torch.Tensor)), None)
+    if device is None:
+        return np.concatenate(arrays)
+    return torch.cat([torch.as_tensor(a, device=device) for a in arrays])
 
 
 def units(n_blocks: int, reduce_blocks: int = 1) -> list[range]:

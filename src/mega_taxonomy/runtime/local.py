@@ -8,8 +8,8 @@ import logging
 import torch
 from tqdm.auto import tqdm
 
-from ..io.streaming import resident, stream
-from .base import Runtime, WorkerPool, block_partials, fold, reduce_units, settled, units
+from ..io.streaming import resident, run_blocks, stream, stream_runs
+from .base import Runtime, WorkerPool, add_to, block_partials, fold, reduce_units, settled, units
 
 logger = logging.getLogger(__name__)
 
@@ -114,11 +114,32 @@ class LocalRuntime(Runtime):
 
     def _whole(self, source, task, state):
         """The pass in one call of ``task.whole`` (see ``BlockTask``), where the task offers it and
-        the rows are on this runtime's GPU already; else None."""
+        the rows are on this runtime's GPU already; in a call per run of blocks where they are in
+        host memory and this runtime is on a GPU; else None."""
         if not hasattr(task, "whole"):
             return None
         block = resident(source, self._device)
-        return None if block is None else task.whole(block, state, self._device)
+        if block is not None:
+            return task.whole(block, state, self._device)
+        size = run_blocks(source, self._device)
+        return None if size is None else self._by_runs(source, task, state, size)
+
+    def _by_runs(self, source, task, state, size):
+        """The pass over runs of ``size`` blocks (``io.streaming.stream_runs``), each one call of
+        ``task.whole(run, ..., part=True)``; a run with an invalid row goes block by block. The sum
+        of the runs' partials is that of the blocks' (exact sums). None where the task needs the
+        blocks one by one (its first run says so)."""
+        total = None
+        for start, stop, run in stream_runs(source, self._device, size):
+            if run is None:
+                blocks = stream(source, self._device, start, stop)
+                part = fold(partial for _, partial in block_partials(task, blocks, state, self._device))
+            else:
+                part = task.whole(run, state, self._device, part=True)
+                if part is None:
+                    return None
+            total = part if total is None else add_to(total, part)
+        return total
 
     def pool(self, factory, n_workers=1):
         return LocalPool(factory(rank) for rank in range(n_workers))

@@ -217,6 +217,13 @@ class ExactSum(ExactPart):
     def __reduce__(self):
         return _rebuilt, (self.tops, self.digits, self._values, self._kind)
 
+    def as_kind(self, kind: str) -> ExactSum:
+        """The same sum (its arrays shared, not copied), which :meth:`value` gives back as ``kind``:
+        "numpy", "tensor" or "float"."""
+        out = ExactSum(self.tops, self.digits, kind)
+        out._values = self._values
+        return out
+
     def copy(self) -> ExactSum:
         out = ExactSum(None if self.tops is None else self.tops.clone(),
                        None if self.digits is None else self.digits.clone(), self._kind)
