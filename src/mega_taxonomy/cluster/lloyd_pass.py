@@ -136,6 +136,12 @@ class LloydTask:
         return with_penalty(lambda x, c, metric: nearest(x, c, metric=metric, cache=operands), x, c, state.penalty,
                             state.metric)
 
+    @staticmethod
+    def takes_whole(state: LloydState) -> bool:
+        """Whether :meth:`whole` computes this pass: not what needs the blocks one by one."""
+        return not (state.offsets is not None or state.far or state.sample is not None or state.track_bounds
+                    or state.bounds is not None)
+
     def whole(self, block, state: LloydState, device, part=False) -> LloydPartial | None:
         """The partial of every block of the source at once (``block``: all its rows, on ``device``
         already; see ``runtime.base.BlockTask``), or of a run of them (``part``: other runs' are
@@ -144,8 +150,7 @@ class LloydTask:
         exactly (``cluster_stats(block_rows=)``): the bits of the blocks' partials added by the
         runtime. Labels stay on the device. None for what needs the blocks one by one: groups,
         the farthest rows, samples, bounds."""
-        if (state.offsets is not None or state.far or state.sample is not None or state.track_bounds
-                or state.bounds is not None):
+        if not self.takes_whole(state):
             return None
         x = block.vectors
         dist, labels = self._nearest(x, self._centroids(state, x.device), state)

@@ -115,7 +115,7 @@ def stream_runs(source, device, size: int, *, depth: int = 2):
         stop = min(start + size, source.n_blocks)
         run = source.unchecked_run(start, stop)
         if run is None:
-            return start, stop, None, None, None, None
+            return start, stop, None, None, (None, None), None
         block, checked = run
         host, buf = _host_tensor(block.vectors), None
         if not host.is_pinned():  # a pinned tensor is copied from in place

@@ -59,8 +59,8 @@ class BlockTask(Protocol[P]):
     or, with ``part``, a run of consecutive blocks (``io.streaming.stream_runs``: rows in host
     memory, copied to the device a run at a time), equal to the bit to the sum of the blocks'
     partials (its float sums exact: :class:`ExactPart`), or None where ``state`` needs the blocks
-    one by one. LocalRuntime then makes the pass in that one call, or one call a run, with no
-    host work per block."""
+    one by one, which ``task.takes_whole(state)`` tells beforehand. LocalRuntime then makes the
+    pass in that one call, or one call a run, with no host work per block."""
 
     def __call__(self, block, state, device) -> P | Deferred:  # pragma: no cover - protocol
         ...
