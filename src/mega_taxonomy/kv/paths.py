@@ -64,10 +64,8 @@ def cpu_erase(b, keys):
 def round_lookup(b, tiers, keys, copy_values, backend):
     slots, scores = ht.lookup(b, keys, backend=backend)
     values = None
-    if copy_values:
-        found = slots >= 0
-        values = tiers[slots.clamp_min(0)]
-        values[~found] = 0
+    if copy_values:  # zeros where missing, without a boolean index (a sync on the GPU)
+        values = tiers[slots.clamp_min(0)].masked_fill_((slots < 0)[:, None], 0)
     return values, slots, scores
 
 
@@ -136,12 +134,9 @@ def round_upsert(b, tiers, op, keys, values, desired, rule, flags=None, backend=
     out_values = slots = None
     if op == ht.OP_FIND_OR_INSERT:
         slots = ht.lookup(b, keys, backend=backend)[0]
-        found = slots >= 0
+        missing = (slots < 0)[:, None]
         out_values = tiers[slots.clamp_min(0)]
-        if values is not None:
-            out_values[~found] = values[~found]
-        else:
-            out_values[~found] = 0
+        out_values = out_values.masked_fill_(missing, 0) if values is None else torch.where(missing, values, out_values)
     return out_values, slots, evicted
 
 
