@@ -10,7 +10,8 @@ A program takes BLOCK keys and loads, for each, its bucket's bs digest bytes as 
 (BLOCK, bs) tile: one 128-byte line per key at bs = 128, as the original reads. Keys are loaded
 only where digests match. ``_upsert_buckets`` runs every round of ``ops.hash_table.upsert_rounds``
 in one launch: a program owns whole buckets and applies each one's keys in order, so no two
-programs touch a bucket and it needs no atomics. n, nb are runtime values; bs is a constexpr (a power of two); program ids are 64-bit.
+programs touch a bucket and it needs no atomics. n, nb are runtime values; bs is a constexpr (a
+power of two); program ids are 64-bit.
 Values are not touched here: the caller gathers and scatters them by slot (``kv/tiers.py``), so
 the same kernels serve values in GPU memory and in pinned host memory.
 """
