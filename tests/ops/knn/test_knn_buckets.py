@@ -43,3 +43,17 @@ def test_ties_bound_and_k_over_n(scan):
         ref_d, ref_i = knn_reference(x, q, k, bound=bound)
         np.testing.assert_array_equal(got_i.cpu().numpy(), ref_i)
         np.testing.assert_allclose(got_d.cpu().numpy(), ref_d)
+
+
+@pytest.mark.parametrize("k", [1, 10, 16])
+def test_the_kernels_bag_keeps_the_k_best_through_ties(k):
+    """Many equal distances (points on a small grid, duplicated): the kernel's bag, filled a point
+    at a time and put in order at the end, gives the twin's rows, ties to the smaller row."""
+    rng = np.random.default_rng(k)
+    x = rng.integers(0, 3, size=(150, 3)).astype(np.float64)
+    q = np.concatenate([rng.integers(0, 3, size=(20, 3)) + 0.5, x[:10]])
+    tree = DeviceTree(build_tree(x, leafsize=8), DEVICE)
+    got_d, got_i = bucket_knn(tree, torch.as_tensor(q, device=DEVICE), k, scan=_scan("triton"), block=8)
+    ref_d, ref_i = knn_reference(x, q, k)
+    np.testing.assert_array_equal(got_i.cpu().numpy(), ref_i)
+    np.testing.assert_allclose(got_d.cpu().numpy(), ref_d)

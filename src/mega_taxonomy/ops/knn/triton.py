@@ -11,10 +11,11 @@ Kernel contract
   out_d    : (Q, k)  float64: the k smallest squared distances below ``bound``, ascending
   out_i    : (Q, k)  int64: their rows; equal distances in increasing row; N where missing
 Each program owns BLOCK queries (consecutive: one region of space) and scans its candidate leaves
-LEAF columns at a time (LEAF: the largest leaf, rounded up to a power of two). The running best
-KP (k rounded up to a power of two) per query stay in registers; after a leaf that can improve
-one of the block's queries, k extraction steps merge them with the leaf's distances, each step
-taking the smallest (distance, row) of either side, so ties go to the smaller row whichever leaf
+LEAF columns at a time (LEAF: the largest leaf, rounded up to a power of two). Each query's k best
+so far stay in registers as a bag (KP slots, k rounded up to a power of two) with its worst entry
+by (distance, row): a leaf's point that beats it takes its slot, one point a step, as many steps
+as the block's row with the most such points needs (a leaf that improves no row: none); the bag
+is put in (distance, row) order once, at the end, so ties go to the smaller row whichever leaf
 came first. Q, D, N and the number of
 leaves are runtime values; program ids are 64-bit. float64 throughout: the answer is exact and
 equals the CPU's. Not tuned on a GPU yet (no GPU was at hand when it was written).
@@ -31,24 +32,12 @@ BIG = tl.constexpr(2**62)  # (a plain global is refused by the compiler, not by 
 
 
 @triton.jit
-def _merge(d, ids, run_d, run_i, slots, BLOCK: tl.constexpr, KP: tl.constexpr, K: tl.constexpr):
-    """The K best (distance, row) of the running entries and a leaf's, smallest first, by K
-    extraction steps (slots K..KP-1 stay empty)."""
-    new_d = tl.full((BLOCK, KP), float("inf"), tl.float64)
-    new_i = tl.full((BLOCK, KP), BIG, tl.int64)
-    for j in tl.static_range(K):
-        m_t = tl.min(d, axis=1)
-        id_t = tl.min(tl.where(d == m_t[:, None], ids, BIG), axis=1)
-        m_r = tl.min(run_d, axis=1)
-        id_r = tl.min(tl.where(run_d == m_r[:, None], run_i, BIG), axis=1)
-        take_run = (m_r < m_t) | ((m_r == m_t) & (id_r < id_t))
-        val = tl.where(take_run, m_r, m_t)
-        idx = tl.where(take_run, id_r, id_t)
-        new_d = tl.where(slots[None, :] == j, val[:, None], new_d)
-        new_i = tl.where(slots[None, :] == j, idx[:, None], new_i)
-        d = tl.where((ids == idx[:, None]) & (~take_run)[:, None], float("inf"), d)
-        run_d = tl.where((run_i == idx[:, None]) & take_run[:, None], float("inf"), run_d)
-    return new_d, new_i
+def _worst(run_d, run_i, slots, K: tl.constexpr):
+    """Per row, the worst (distance, row) kept: the largest in that order among slots < K."""
+    kept = slots[None, :] < K
+    worst_d = tl.max(tl.where(kept, run_d, -float("inf")), axis=1)
+    worst_i = tl.max(tl.where(kept & (run_d == worst_d[:, None]), run_i, -1), axis=1)
+    return worst_d, worst_i
 
 
 @triton.jit
@@ -62,8 +51,11 @@ def _bucket_knn_kernel(
     row_ok = rows < Q
     slots = tl.arange(0, KP)
     lanes = tl.arange(0, LEAF)
+    # each row's K best so far, in no order (a bag): empty slots are (inf, BIG + slot), distinct, so
+    # that the worst is one slot; slots K..KP-1 never take part
     run_d = tl.full((BLOCK, KP), float("inf"), tl.float64)
-    run_i = tl.full((BLOCK, KP), BIG, tl.int64)
+    run_i = tl.broadcast_to((slots.to(tl.int64) + BIG)[None, :], (BLOCK, KP))
+    worst_d, worst_i = _worst(run_d, run_i, slots, K)
     first = tl.load(offsets_ptr + pid)
     last = tl.load(offsets_ptr + pid + 1)
     for t in range(first, last):
@@ -78,16 +70,36 @@ def _bucket_knn_kernel(
             acc += diff * diff
         ids = tl.broadcast_to(tl.load(perm_ptr + cols, mask=col_ok, other=BIG)[None, :], (BLOCK, LEAF))
         d = tl.where(col_ok[None, :] & (acc < bound), acc, float("inf"))
-        # most candidate leaves improve no query's k best: merge only when one may (<=: a tie may
-        # still enter by its smaller row)
-        kth = tl.min(tl.where(slots[None, :] == K - 1, run_d, float("inf")), axis=1)
-        if tl.sum((d <= kth[:, None]).to(tl.int32)) > 0:
-            run_d, run_i = _merge(d, ids, run_d, run_i, slots, BLOCK, KP, K)
-    run_i = tl.where(run_d == float("inf"), N, run_i)
+        # the leaf's points that beat a row's worst kept: most leaves have none for any row, and
+        # a few rows a few (a step each, for the block's most: not K steps a leaf)
+        enter = row_ok[:, None] & (d < float("inf")) & (
+            (d < worst_d[:, None]) | ((d == worst_d[:, None]) & (ids < worst_i[:, None])))
+        for _ in range(tl.max(tl.sum(enter.to(tl.int32), axis=1), axis=0)):
+            cand = tl.where(enter, d, float("inf"))
+            m = tl.min(cand, axis=1)
+            mi = tl.min(tl.where(enter & (cand == m[:, None]), ids, BIG), axis=1)
+            # still better than the worst, which the row's earlier steps may have lowered
+            better = (mi < BIG) & ((m < worst_d) | ((m == worst_d) & (mi < worst_i)))
+            swap = better[:, None] & (run_d == worst_d[:, None]) & (run_i == worst_i[:, None])
+            run_d = tl.where(swap, m[:, None], run_d)
+            run_i = tl.where(swap, mi[:, None], run_i)
+            enter = enter & (ids != mi[:, None])
+            worst_d, worst_i = _worst(run_d, run_i, slots, K)
+    # the bag in order, by (distance, row): K extraction steps, once per block of queries
     out = rows[:, None] * K + slots[None, :]
     mask = row_ok[:, None] & (slots[None, :] < K)
-    tl.store(out_d_ptr + out, run_d, mask=mask)
-    tl.store(out_i_ptr + out, run_i, mask=mask)
+    sorted_d = tl.full((BLOCK, KP), float("inf"), tl.float64)
+    sorted_i = tl.full((BLOCK, KP), BIG, tl.int64)
+    live = slots[None, :] < K
+    for j in tl.static_range(K):
+        m = tl.min(tl.where(live, run_d, float("inf")), axis=1)
+        mi = tl.min(tl.where(live & (run_d == m[:, None]), run_i, BIG + KP), axis=1)  # above every slot's
+        sorted_d = tl.where(slots[None, :] == j, m[:, None], sorted_d)
+        sorted_i = tl.where(slots[None, :] == j, mi[:, None], sorted_i)
+        live = live & (run_i != mi[:, None])
+    sorted_i = tl.where(sorted_i >= BIG, N, sorted_i)
+    tl.store(out_d_ptr + out, sorted_d, mask=mask)
+    tl.store(out_i_ptr + out, sorted_i, mask=mask)
 
 
 def bucket_scan_triton(t, q, offsets, leaves, k, bound, block):
