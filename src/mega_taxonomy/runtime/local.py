@@ -122,13 +122,14 @@ class LocalRuntime(Runtime):
         if block is not None:
             return task.whole(block, state, self._device)
         size = run_blocks(source, self._device)
-        return None if size is None else self._by_runs(source, task, state, size)
+        if size is None or not task.takes_whole(state):
+            return None
+        return self._by_runs(source, task, state, size)
 
     def _by_runs(self, source, task, state, size):
         """The pass over runs of ``size`` blocks (``io.streaming.stream_runs``), each one call of
         ``task.whole(run, ..., part=True)``; a run with an invalid row goes block by block. The sum
-        of the runs' partials is that of the blocks' (exact sums). None where the task needs the
-        blocks one by one (its first run says so)."""
+        of the runs' partials is that of the blocks' (exact sums)."""
         total = None
         for start, stop, run in stream_runs(source, self._device, size):
             if run is None:
@@ -136,8 +137,6 @@ class LocalRuntime(Runtime):
                 part = fold(partial for _, partial in block_partials(task, blocks, state, self._device))
             else:
                 part = task.whole(run, state, self._device, part=True)
-                if part is None:
-                    return None
             total = part if total is None else add_to(total, part)
         return total
 
