@@ -14,7 +14,9 @@ just before computing on it. Here:
   twice, by the check and by the copy, and the first pass ran at 0.6 of the copy rate;
 - a tensor already on the device is neither staged nor copied: its blocks are read in the
   caller's thread, their rows checked on the side stream as copied rows are, ahead of their turn;
-  or, for tasks that compute many blocks at once, it is taken whole (``resident``).
+  or, for tasks that compute many blocks at once, it is taken whole (``resident``);
+- for such tasks, rows in host memory go a run of many blocks at a time (``stream_runs``), so
+  that a pass's host work is per run, not per block.
 
 Blocks keep their index, ordinals and ids; only ``vectors`` becomes a tensor on the device, with
 the same values, so results are the same bits as with synchronous copies.
