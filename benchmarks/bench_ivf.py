@@ -328,8 +328,8 @@ def main():
     at, speedups = summarize(results)
     params = {"data": "GloVe 6B 50d" if args.data == "glove" else f"mixture {len(x)} x 128, 4096 components",
               "train_rows": len(x), "queries": len(q), "dim": x.shape[1], "k": K, "nlists": nlists,
-              "iters": args.iters, "gmm_iters": args.gmm_iters, "branching": args.branching, "taxonomy_timed_with_faiss_nlist": fastest,
-              "threads": cpu_threads(),
+              "iters": args.iters, "gmm_iters": args.gmm_iters, "branching": args.branching,
+              "taxonomy_timed_with_faiss_nlist": fastest, "threads": cpu_threads(),
               "repeats": args.repeats, "seed": args.seed, "quick": args.quick, "build": build, "at_recall_0.9": at,
               "load_average_end": list(os.getloadavg()), "total_seconds": time.perf_counter() - t_start,
               "peak_bytes": common.peak_rss_bytes(),

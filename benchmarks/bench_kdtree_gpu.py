@@ -6,8 +6,8 @@ the CPU first and its arrays copied to the GPU by a warm-up query; the queries a
 and the answers stay on the GPU). The figure is the median of ``--repeats``; the answers of a
 sample of queries are checked against cKDTree's (same rows, same distances). ``phases`` times
 the bucket scan's steps one by one (each ended by a synchronize), with the candidate leaves per
-block of queries: where the time goes. The issue's
-reference: cKDTree on an H100 machine's cores answered 100k queries over 1M points in 45.5 ms.
+block of queries: where the time goes. The issue's reference: cKDTree on an H100 machine's
+cores answered 100k queries over 1M points in 45.5 ms.
 
     python benchmarks/bench_kdtree_gpu.py [--n 10000000 --queries 10000000 --k 10 --repeats 3]
 """
