@@ -130,16 +130,6 @@ class Store:
         """Write a :class:`pyarrow.Table` as parquet; return its ``{"sha256", "bytes"}``."""
         return self._put(name, lambda f: pq.write_table(table, f))
 
-    def put_tables(self, name, tables, schema):
-        """Write tables of one ``schema`` end to end as one parquet file (each a row group or
-        more), holding one at a time: ``tables`` may be a generator. Return its ``{"sha256", "bytes"}``."""
-        def write(f):
-            with pq.ParquetWriter(f, schema) as writer:
-                for table in tables:
-                    writer.write_table(table)
-
-        return self._put(name, write)
-
     def put_row_groups(self, name, schema, tables):
         """Write parquet whose row groups are the tables of ``tables()`` (a callable, so that a
         retried write makes them again), written one at a time: a reader can then take one group

@@ -106,8 +106,8 @@ class SubtreeRun:
                 start += subtrees[node].levels[depth].n_nodes
 
         for depth in range(self.config.n_levels - self.config.partition_level):  # (no subtree: an empty file)
-            self.store.put_tables(members_file(self.config.partition_level + depth), renumbered(depth),
-                                  MembersPartial.SCHEMA)
+            self.store.put_row_groups(members_file(self.config.partition_level + depth), MembersPartial.SCHEMA,
+                                      lambda depth=depth: renumbered(depth))
 
     def partition(self, top: Tree) -> np.ndarray:
         """The partition pass (once: a resumed fit finds its counts in the manifest); returns the
