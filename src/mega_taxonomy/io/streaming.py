@@ -114,31 +114,28 @@ def stream_runs(source, device, size: int, *, depth: int = 2):
     in_flight = collections.deque()
 
     def send(start):
+        """(start, stop, what _sent gives for the run, or None where it goes block by block)."""
         stop = min(start + size, source.n_blocks)
         run = source.unchecked_run(start, stop)
         if run is None:
-            return start, stop, None, None, (None, None), None
+            return start, stop, None
         block, checked = run
         host, buf = _host_tensor(block.vectors), None
         if not host.is_pinned():  # a pinned tensor is copied from in place
             buf, host = staging.stage(host.contiguous(), done, parallel=True)
-        _, dev, event, _, finite = _sent((block, host, buf, checked), device, copy_stream)
-        return start, stop, block, dev, (event, buf), finite
+        return start, stop, _sent((block, host, buf, checked), device, copy_stream)
 
     try:
         starts = collections.deque(range(0, source.n_blocks, size))
         while starts or in_flight:
             while starts and len(in_flight) < depth:
                 in_flight.append(send(starts.popleft()))
-            start, stop, block, dev, (event, buf), finite = in_flight.popleft()
-            if block is None:
+            start, stop, sent = in_flight.popleft()
+            if sent is None:
                 yield start, stop, None
                 continue
-            compute = torch.cuda.current_stream(device)
-            compute.wait_event(event)
-            dev.record_stream(compute)
-            if buf is not None:
-                staging.free.put((buf, event))
+            block, dev, event, buf, finite = sent
+            _take_over(dev, event, buf, staging, device)
             if finite is not None:
                 event.synchronize()
                 if not bool(finite):
@@ -254,11 +251,7 @@ def stream(source, device, start: int = 0, stop: int | None = None, *, depth: in
                 in_flight.append(_sent(item, device, copy_stream))
             block, dev, event, buf, finite = in_flight.popleft()
             if event is not None:
-                compute = torch.cuda.current_stream(device)
-                compute.wait_event(event)
-                dev.record_stream(compute)  # the allocator must not reuse it before compute is done
-                if buf is not None:
-                    staging.free.put((buf, event))
+                _take_over(dev, event, buf, staging, device)
             if finite is not None:
                 event.synchronize()
                 block, dev = _checked_on_device(source, block, dev, finite)
@@ -267,6 +260,17 @@ def stream(source, device, start: int = 0, stop: int | None = None, *, depth: in
         done.set()
         for thread in threads:
             thread.join(timeout=10)
+
+
+def _take_over(dev, event, buf, staging, device):
+    """Rows copied on the side stream (``event``: done) handed to the compute stream: it waits
+    for the copy, the allocator keeps ``dev`` until compute is done with it, and the staging
+    buffer the copy read from goes back to be reused."""
+    compute = torch.cuda.current_stream(device)
+    compute.wait_event(event)
+    dev.record_stream(compute)
+    if buf is not None:
+        staging.free.put((buf, event))
 
 
 def _sent(item, device, copy_stream):
