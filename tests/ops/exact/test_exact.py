@@ -137,13 +137,15 @@ def test_triton_kernel_equals_the_twin():
     pytest.importorskip("triton")
     from mega_taxonomy.ops.exact.triton import accumulate_triton
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled there, else interpreted (tests/ops/conftest.py)
     rng = np.random.default_rng(3)
-    tops = torch.full((1500,), EMPTY_TOP, dtype=torch.int64)
-    digits = torch.zeros(DIGITS, 1500, dtype=torch.int64)
+    tops = torch.full((1500,), EMPTY_TOP, dtype=torch.int64, device=device)
+    digits = torch.zeros(DIGITS, 1500, dtype=torch.int64, device=device)
     ref = (tops.clone(), digits.clone())
     for _ in range(4):
         x = torch.from_numpy(values(rng, 1500))
         x[:3] = torch.tensor([np.inf, np.nan, -0.0], dtype=torch.float64)
+        x = x.to(device)
         ref = accumulate_reference(*ref, x)
         tops, digits = accumulate_triton(tops, digits, x)
         assert torch.equal(tops, ref[0]) and torch.equal(digits, ref[1])

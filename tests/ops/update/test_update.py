@@ -3,6 +3,8 @@
 Without a GPU the Triton kernels run in Triton's CPU interpreter (conftest.py).
 """
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -111,11 +113,11 @@ def test_blocks_at_once_are_the_bits_of_blocks_one_by_one(backend, per_cluster, 
     labels, values = labels.to(DEVICE), (torch.rand(n, generator=g) * 1e6).to(DEVICE)
     exact = cluster_stats(x, labels, values, 6, backend=backend, block_rows=block)
     at_once = (exact[0].value(), exact[1], exact[2].value())
-    total = None
+    parts = []
     for lo in range(0, n, block):
         part = cluster_stats(x[lo:lo + block], labels[lo:lo + block], values[lo:lo + block], 6, backend=backend)
-        part = (ExactSum.of(part[0]), part[1], ExactSum.of(part[2]))
-        total = part if total is None else tuple(a + b for a, b in zip(total, part))
+        parts.append((ExactSum.of(part[0]), part[1], ExactSum.of(part[2])))
+    total = functools.reduce(lambda a, b: tuple(u + v for u, v in zip(a, b)), parts)
     total = (total[0].value(), total[1], total[2].value())
     if backend == "torch" and x.is_cuda:
         # torch's index_add_ on CUDA adds a chunk's rows in float32 in no fixed order: equal up to
@@ -128,10 +130,9 @@ def test_blocks_at_once_are_the_bits_of_blocks_one_by_one(backend, per_cluster, 
         for a, b in zip(at_once, total):
             assert torch.equal(a, b)
     assert not torch.equal(cluster_stats(x, labels, values, 6, backend=backend)[0], at_once[0])  # blocks matter
-    backwards = None  # and their order does not
-    for lo in reversed(range(0, n, block)):
-        part = cluster_stats(x[lo:lo + block], labels[lo:lo + block], values[lo:lo + block], 6, backend=backend)
-        backwards = ExactSum.of(part[0]) if backwards is None else backwards + ExactSum.of(part[0])
+    # and their order does not: the same blocks' sums (torch on CUDA computes a block differently
+    # each time), added last to first
+    backwards = functools.reduce(lambda a, b: a + b, [part[0] for part in reversed(parts)])
     assert torch.equal(backwards.value(), total[0])
 
 
