@@ -13,6 +13,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mega_taxonomy import KMeans
+from mega_taxonomy._estimator import as_source
 from mega_taxonomy.errors import ConfigError, DataError
 from mega_taxonomy.io import VectorSource
 
@@ -148,12 +149,17 @@ def test_torch_in_torch_out():
     np.testing.assert_allclose(km.transform(t).numpy(), km.transform(X), rtol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, np.float16])
 def test_half_tensors_fit_as_their_float32_values(dtype):
-    """Half tensors are served as they are (half the bytes a pass) and computed in float32, so
-    their fit is that of their float32 values, bit for bit."""
-    half = torch.from_numpy(blobs(n=2000, k=6, d=8)[0]).to(dtype)
-    ours = KMeans(6, random_state=0, device="cpu").fit(half)
+    """Half tensors and float16 arrays are served as they are (half the bytes a pass) and computed
+    in float32, so their fit is that of their float32 values, bit for bit."""
+    if dtype is np.float16:
+        x = blobs(n=2000, k=6, d=8)[0].astype(np.float16)
+        assert as_source(x, KMeans(6))._array is x  # not converted
+        half = torch.from_numpy(x)
+    else:
+        half = torch.from_numpy(blobs(n=2000, k=6, d=8)[0]).to(dtype)
+    ours = KMeans(6, random_state=0, device="cpu").fit(half.numpy() if dtype is np.float16 else half)
     ref = KMeans(6, random_state=0, device="cpu").fit(half.float())
     np.testing.assert_array_equal(ours.cluster_centers_, ref.cluster_centers_)
     np.testing.assert_array_equal(ours.labels_, ref.labels_)
