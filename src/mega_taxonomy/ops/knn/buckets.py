@@ -105,19 +105,26 @@ def candidates(t: DeviceTree, q: torch.Tensor, bounds: torch.Tensor, block: int 
     radius = bp.view(n_blocks, block).amax(1)
     blocks = torch.arange(n_blocks, device=q.device)
     nodes = torch.zeros(n_blocks, dtype=torch.int64, device=q.device)
-    found_b, found_n = [], []
+    found_b, found_n, found_gap = [], [], []
     while len(nodes):
         gap = torch.clamp(torch.maximum(t.lo[nodes] - qhi[blocks], qlo[blocks] - t.hi[nodes]), min=0)
-        keep = (gap * gap).sum(1) <= radius[blocks]
-        blocks, nodes = blocks[keep], nodes[keep]
+        gap = (gap * gap).sum(1)
+        keep = gap <= radius[blocks]
+        blocks, nodes, gap = blocks[keep], nodes[keep], gap[keep]
         leaf = t.lefts[nodes] < 0
         found_b.append(blocks[leaf])
         found_n.append(nodes[leaf])
+        found_gap.append(gap[leaf])
         inner_b, inner_n = blocks[~leaf], nodes[~leaf]
         blocks = torch.cat([inner_b, inner_b])
         nodes = torch.cat([t.lefts[inner_n], t.rights[inner_n]])
-    found_b, found_n = torch.cat(found_b), torch.cat(found_n)
-    order = torch.argsort(found_b * (t.lefts.numel() + 1) + found_n)
+    found_b, found_n, found_gap = torch.cat(found_b), torch.cat(found_n), torch.cat(found_gap)
+    # a block's leaves nearest first (by the gap between the boxes, then by node): the k best are
+    # near their final values after the first leaves, so later ones improve few rows (or none,
+    # and the kernel skips them by their box)
+    order = torch.argsort(found_n)
+    order = order[torch.argsort(found_gap[order], stable=True)]
+    order = order[torch.argsort(found_b[order], stable=True)]
     found_b, found_n = found_b[order], found_n[order]
     offsets = torch.zeros(n_blocks + 1, dtype=torch.int64, device=q.device)
     offsets[1:] = torch.cumsum(torch.bincount(found_b, minlength=n_blocks), 0)

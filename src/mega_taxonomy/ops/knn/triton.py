@@ -6,19 +6,20 @@ Kernel contract
   pts      : (D, N)  float64, row-major (one row a dimension)  -> the tree's points in leaf order
   perm     : (N,)    int64: each column's original row
   starts, ends : (M,) int64: node columns [start, end)
+  lo, hi   : (M, D)  float64: each node's box
   offsets  : (n_blocks + 1,) int64; leaves : (L,) int64: block b's candidate leaves are
-             leaves[offsets[b]:offsets[b + 1]]
+             leaves[offsets[b]:offsets[b + 1]], nearest first (``buckets.candidates``)
   out_d    : (Q, k)  float64: the k smallest squared distances below ``bound``, ascending
   out_i    : (Q, k)  int64: their rows; equal distances in increasing row; N where missing
 Each program owns BLOCK queries (consecutive: one region of space) and scans its candidate leaves
 LEAF columns at a time (LEAF: the largest leaf, rounded up to a power of two). Each query's k best
 so far stay in registers as a bag (KP slots, k rounded up to a power of two) with its worst entry
 by (distance, row): a leaf's point that beats it takes its slot, one point a step, as many steps
-as the block's row with the most such points needs (a leaf that improves no row: none); the bag
-is put in (distance, row) order once, at the end, so ties go to the smaller row whichever leaf
-came first. Q, D, N and the number of
-leaves are runtime values; program ids are 64-bit. float64 throughout: the answer is exact and
-equals the CPU's. Not tuned on a GPU yet (no GPU was at hand when it was written).
+as the block's row with the most such points needs (a leaf that improves no row: none); a leaf
+whose box is farther from every row than the row's worst is skipped unread. The bag is put in
+(distance, row) order once, at the end, so ties go to the smaller row whichever leaf came first.
+Q, D, N and the number of leaves are runtime values; program ids are 64-bit. float64 throughout:
+the answer is exact and equals the CPU's.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _worst(run_d, run_i, slots, K: tl.constexpr):
 
 @triton.jit
 def _bucket_knn_kernel(
-    q_ptr, pts_ptr, perm_ptr, starts_ptr, ends_ptr, offsets_ptr, leaves_ptr, out_d_ptr, out_i_ptr,
+    q_ptr, pts_ptr, perm_ptr, starts_ptr, ends_ptr, lo_ptr, hi_ptr, offsets_ptr, leaves_ptr, out_d_ptr, out_i_ptr,
     Q, D, N, bound,
     BLOCK: tl.constexpr, LEAF: tl.constexpr, KP: tl.constexpr, K: tl.constexpr,
 ):
@@ -60,31 +61,40 @@ def _bucket_knn_kernel(
     last = tl.load(offsets_ptr + pid + 1)
     for t in range(first, last):
         node = tl.load(leaves_ptr + t)
-        cols = tl.load(starts_ptr + node) + lanes
-        col_ok = cols < tl.load(ends_ptr + node)
-        acc = tl.zeros((BLOCK, LEAF), tl.float64)
+        # the leaf's box against each row's worst kept: a leaf farther from every row than its
+        # worst is skipped, points unread (leaves come nearest first, so most later ones are)
+        box = tl.zeros((BLOCK,), tl.float64)
         for a in range(D):
             qa = tl.load(q_ptr + rows * D + a, mask=row_ok, other=0.0)
-            pa = tl.load(pts_ptr + a * N + cols, mask=col_ok, other=0.0)
-            diff = qa[:, None] - pa[None, :]
-            acc += diff * diff
-        ids = tl.broadcast_to(tl.load(perm_ptr + cols, mask=col_ok, other=BIG)[None, :], (BLOCK, LEAF))
-        d = tl.where(col_ok[None, :] & (acc < bound), acc, float("inf"))
-        # the leaf's points that beat a row's worst kept: most leaves have none for any row, and
-        # a few rows a few (a step each, for the block's most: not K steps a leaf)
-        enter = row_ok[:, None] & (d < float("inf")) & (
-            (d < worst_d[:, None]) | ((d == worst_d[:, None]) & (ids < worst_i[:, None])))
-        for _ in range(tl.max(tl.sum(enter.to(tl.int32), axis=1), axis=0)):
-            cand = tl.where(enter, d, float("inf"))
-            m = tl.min(cand, axis=1)
-            mi = tl.min(tl.where(enter & (cand == m[:, None]), ids, BIG), axis=1)
-            # still better than the worst, which the row's earlier steps may have lowered
-            better = (mi < BIG) & ((m < worst_d) | ((m == worst_d) & (mi < worst_i)))
-            swap = better[:, None] & (run_d == worst_d[:, None]) & (run_i == worst_i[:, None])
-            run_d = tl.where(swap, m[:, None], run_d)
-            run_i = tl.where(swap, mi[:, None], run_i)
-            enter = enter & (ids != mi[:, None])
-            worst_d, worst_i = _worst(run_d, run_i, slots, K)
+            gap = tl.maximum(tl.load(lo_ptr + node * D + a) - qa, qa - tl.load(hi_ptr + node * D + a))
+            gap = tl.maximum(gap, 0.0)
+            box += gap * gap
+        if tl.sum((row_ok & (box <= worst_d)).to(tl.int32), axis=0) > 0:
+            cols = tl.load(starts_ptr + node) + lanes
+            col_ok = cols < tl.load(ends_ptr + node)
+            acc = tl.zeros((BLOCK, LEAF), tl.float64)
+            for a in range(D):
+                qa = tl.load(q_ptr + rows * D + a, mask=row_ok, other=0.0)
+                pa = tl.load(pts_ptr + a * N + cols, mask=col_ok, other=0.0)
+                diff = qa[:, None] - pa[None, :]
+                acc += diff * diff
+            ids = tl.broadcast_to(tl.load(perm_ptr + cols, mask=col_ok, other=BIG)[None, :], (BLOCK, LEAF))
+            d = tl.where(col_ok[None, :] & (acc < bound), acc, float("inf"))
+            # the leaf's points that beat a row's worst kept: most leaves have none for any row,
+            # and a few rows a few (a step each, for the block's most: not K steps a leaf)
+            enter = row_ok[:, None] & (d < float("inf")) & (
+                (d < worst_d[:, None]) | ((d == worst_d[:, None]) & (ids < worst_i[:, None])))
+            for _ in range(tl.max(tl.sum(enter.to(tl.int32), axis=1), axis=0)):
+                cand = tl.where(enter, d, float("inf"))
+                m = tl.min(cand, axis=1)
+                mi = tl.min(tl.where(enter & (cand == m[:, None]), ids, BIG), axis=1)
+                # still better than the worst, which the row's earlier steps may have lowered
+                better = (mi < BIG) & ((m < worst_d) | ((m == worst_d) & (mi < worst_i)))
+                swap = better[:, None] & (run_d == worst_d[:, None]) & (run_i == worst_i[:, None])
+                run_d = tl.where(swap, m[:, None], run_d)
+                run_i = tl.where(swap, mi[:, None], run_i)
+                enter = enter & (ids != mi[:, None])
+                worst_d, worst_i = _worst(run_d, run_i, slots, K)
     # the bag in order, by (distance, row): K extraction steps, once per block of queries
     out = rows[:, None] * K + slots[None, :]
     mask = row_ok[:, None] & (slots[None, :] < K)
@@ -112,7 +122,7 @@ def bucket_scan_triton(t, q, offsets, leaves, k, bound, block):
     if n_blocks == 0:
         return out_d, out_i
     _bucket_knn_kernel[(n_blocks,)](
-        q, t.pts, t.perm, t.starts, t.ends, offsets, leaves, out_d, out_i,
+        q, t.pts, t.perm, t.starts, t.ends, t.lo, t.hi, offsets, leaves, out_d, out_i,
         len(q), t.dim, t.n, float(bound),
         BLOCK=block, LEAF=triton.next_power_of_2(t.max_leaf), KP=triton.next_power_of_2(k), K=k,
     )
