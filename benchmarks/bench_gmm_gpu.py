@@ -33,12 +33,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from gpu_timing import events_ms, peak, per_iteration, wall  # noqa: E402
+from gpu_timing import events_ms, peak, per_iteration, profile, wall  # noqa: E402
 
 from mega_taxonomy import GaussianMixture  # noqa: E402
 from mega_taxonomy.ops.gmm_estep import gmm_estep  # noqa: E402
 
 M1 = 1 << 20
+PROFILE = False
 CASES = [(M1, 128, 1024, "diag", False), (M1, 128, 1024, "diag", True), (M1, 64, 256, "full", False),
          (M1, 64, 256, "full", True)]
 
@@ -120,6 +121,8 @@ def ours(case, x, means0, ctype, iters):
     # the E-step of the public fit (its default method) and, on the same final parameters, each
     # float32 method's log-likelihood against the float64 E-step's
     estep = events_ms(lambda: gmm_estep(x, w, mu, pc, ctype))
+    if PROFILE:
+        profile(f"{case}: a fit of one iteration", lambda: fit(1), rows=14)
     exact = gmm_estep(x.double(), w, mu, pc, ctype).log_likelihood.item() / len(x)
     row = {"case": case, "impl": "mega_taxonomy GaussianMixture", "estep_ms": estep, "iteration_ms": per,
            "peak_bytes": pk, "data_bytes": x.nbytes, "log_likelihood": gm.lower_bound_,
@@ -212,8 +215,11 @@ def main():
     parser.add_argument("--case", type=int, action="append", default=None, help="index into CASES")
     parser.add_argument("--iters", type=int, default=6)
     parser.add_argument("--no-stream", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="print where a fit of one iteration spends its time")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     results, speedups, summaries = [], {}, {}
     params = {"cases": CASES, "iters": args.iters, "per_case": summaries, "streaming": None}
 

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
+from gpu_timing import profile
 
 from mega_taxonomy.kv import EvictStrategy, HashTable
 
@@ -83,18 +84,6 @@ def time_call(fn, repeats):
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     return statistics.median(times)
-
-
-def profile(api, fn, rows=8):
-    """Where one call's time goes: its heaviest operations by GPU time, and its host time."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    print(f"-- {api}")
-    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=48))
 
 
 def measure_ours(dim, load_factor, hbm_bytes, repeats, seed=0, profiled=False) -> dict:

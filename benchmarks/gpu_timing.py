@@ -49,3 +49,15 @@ def peak(fn, device="cuda"):
     out = fn()
     sync(device)
     return torch.cuda.max_memory_allocated(), out
+
+
+def profile(title, fn, rows=8):
+    """Where one call's time goes: its heaviest operations by GPU time, and its host time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    print(f"-- {title}")
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=48))

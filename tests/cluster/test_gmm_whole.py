@@ -4,6 +4,7 @@ host rows by runs of blocks), checked on the CPU against the blocks one by one: 
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from mega_taxonomy.cluster import GaussianMixture
 from mega_taxonomy.cluster.em import EStepState, EStepTask
@@ -25,7 +26,7 @@ def rows(n=2 * BLOCK_ROWS + 1000, d=5, seed=0):
 def a_state(x, ctype):
     """The parameters of a mixture after one iteration on the first rows."""
     gm = GaussianMixture(4, covariance_type=ctype, max_iter=1, tol=0, random_state=0, device="cpu")
-    with pytest.warns(Warning):  # not converged in one iteration
+    with pytest.warns(ConvergenceWarning):  # not converged in one iteration
         gm.fit(x[:3000].numpy())
     return EStepState(gm._params(), ctype)
 
@@ -50,21 +51,21 @@ def test_whole_pass_and_runs_are_the_blocks_one_by_one(ctype):
     assert_same_partial(settled(parts[0] + parts[1]), by_blocks)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_gaussian_mixture_on_a_whole_tensor_and_by_runs_is_the_blocks_one_by_one(whole_on_cpu, monkeypatch):
     x = rows(3 * BLOCK_ROWS + 500, seed=1)
-    fit = lambda data: GaussianMixture(4, covariance_type="diag", max_iter=5, tol=0, random_state=0,  # noqa: E731
-                                       device="cpu").fit(data)
-    with pytest.warns(Warning):
-        whole = fit(x)
+
+    def fit(data):
+        return GaussianMixture(4, covariance_type="diag", max_iter=5, tol=0, random_state=0, device="cpu").fit(data)
+
+    whole = fit(x)
     assert len(whole_on_cpu) >= 5 and all(whole_on_cpu)
     taken = []
     monkeypatch.setattr(local, "run_blocks", lambda source, device: taken.append(2) or 2)
-    with pytest.warns(Warning):
-        by_runs = fit(x.numpy())  # an array: never whole, by runs of 2 blocks here
+    by_runs = fit(x.numpy())  # an array: never whole, by runs of 2 blocks here
     assert len(taken) >= 5
     monkeypatch.setattr(local, "run_blocks", lambda source, device: None)
-    with pytest.warns(Warning):
-        by_blocks = fit(x.numpy())
+    by_blocks = fit(x.numpy())
     for got in (whole, by_runs):
         for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
             np.testing.assert_array_equal(getattr(got, name), getattr(by_blocks, name), err_msg=name)

@@ -24,8 +24,8 @@ from scipy import linalg
 from ..io import BLOCK_ROWS
 from ..io.device import as_tensor, host_arrays, host_arrays_later
 from ..ops import nearest
-from ..ops.gmm_estep import ROW_CHUNK, gmm_estep, gmm_stats
 from ..ops.exact import ExactSum
+from ..ops.gmm_estep import ROW_CHUNK, gmm_estep, gmm_stats
 from ..runtime import CompositePartial, Deferred, Step, Update, iterate
 
 PRECISION_ERROR = ("Fitting the mixture model failed because some components have ill-defined empirical "
