@@ -33,12 +33,10 @@ import warnings
 import numpy as np
 import torch
 
-from ..threads import cpu_threads, map_in_threads
 from .readahead import put_unless
 from .shards import BLOCK_ROWS, Block
 
 RUN_BYTES = 256 << 20  # rows of a run (stream_runs)
-_PIECE_BYTES = 8 << 20  # the least a thread copies of a staged run
 
 
 def _host_tensor(vectors) -> torch.Tensor:
@@ -57,7 +55,7 @@ class _Staging:
         for _ in range(count):
             self.free.put((None, None))
 
-    def stage(self, host: torch.Tensor, stop: threading.Event, parallel: bool = False):
+    def stage(self, host: torch.Tensor, stop: threading.Event):
         while True:
             try:
                 buf, event = self.free.get(timeout=0.1)
@@ -70,11 +68,9 @@ class _Staging:
         if buf is None or buf.numel() < host.numel() or buf.dtype != host.dtype:
             buf = torch.empty(max(host.numel(), 1), dtype=host.dtype, pin_memory=True)
         view = buf[: host.numel()].view(host.shape)
-        if parallel and host.nbytes >= 2 * _PIECE_BYTES:
-            pieces = max(1, min(cpu_threads(), host.nbytes // _PIECE_BYTES))
-            map_in_threads(lambda pair: pair[0].copy_(pair[1]), list(zip(view.chunk(pieces), host.chunk(pieces))))
-        else:
-            view.copy_(host)
+        # one copy_: torch splits a large one over its own threads (an H200's host: 40 GB/s for a
+        # run of 256 MiB; split again over our threads, 24-32 GB/s)
+        view.copy_(host)
         return buf, view
 
 
@@ -101,8 +97,7 @@ def stream_runs(source, device, size: int, *, depth: int = 2):
 
     Why runs: a block of 65,536 rows of 128 float16 is 16 MiB, a third of a millisecond of copy,
     against about 1 ms of host work for the task of a block; a pass that computes many blocks
-    at once (``BlockTask.whole``) does that work once a run. The staging copy into pinned memory
-    is split over the CPU threads, as one thread copies pageable memory below the link's rate.
+    at once (``BlockTask.whole``) does that work once a run.
     """
     device = _indexed(device)
     if device.type != "cuda":
@@ -122,7 +117,7 @@ def stream_runs(source, device, size: int, *, depth: int = 2):
         block, checked = run
         host, buf = _host_tensor(block.vectors), None
         if not host.is_pinned():  # a pinned tensor is copied from in place
-            buf, host = staging.stage(host.contiguous(), done, parallel=True)
+            buf, host = staging.stage(host.contiguous(), done)
         return start, stop, _sent((block, host, buf, checked), device, copy_stream)
 
     try:
