@@ -129,8 +129,12 @@ class EStepTask:
         sums = None
         for lo in range(0, len(x), BLOCK_ROWS):
             stats = gmm_estep(x[lo:lo + BLOCK_ROWS], *params, state.covariance_type)
-            blocks = [ExactSum.of(v) for v in (stats.log_likelihood, stats.resp_sum, stats.x_sum, stats.x2_sum)]
-            sums = blocks if sums is None else [total + one for total, one in zip(sums, blocks)]
+            block_sums = [ExactSum.of(v) for v in (stats.log_likelihood, stats.resp_sum, stats.x_sum, stats.x2_sum)]
+            if sums is None:
+                sums = block_sums
+                continue
+            for total, one in zip(sums, block_sums):
+                total += one
         kinds = ("float", "numpy", "numpy", "numpy")
         if part:  # more runs are added to it: exact still, read on the host once the pass is over
             sums = [total.as_kind(kind) for total, kind in zip(sums, kinds)]
