@@ -8,7 +8,7 @@ default) and on, set for every side (``torch.backends.cuda.matmul.allow_tf32``).
 calls of M and 1 iterations: (median of 3 of M - median of 3 of 1) / (M - 1)), ``peak_bytes``,
 the final log-likelihood per row and whether every parameter stayed finite; per case the floor:
 the four products of an EM iteration (x A, x^2 B, r^T x, r^T x^2) timed as torch matmuls at the
-same precision, and with TF32 on also as 3xTF32 products (ours multiplies so there: float32's accuracy). The float64 reference is our own E-step in float64 on the same parameters: ours
+same precision. The float64 reference is our own E-step in float64 on the same parameters: ours
 also times each float32 E-step method (``estep_ms_products``, ``estep_ms_fused``) and states its
 log-likelihood's distance from the float64 one on the fit's final parameters.
 
@@ -37,7 +37,6 @@ from gpu_timing import events_ms, peak, per_iteration, profile, wall  # noqa: E4
 
 from mega_taxonomy import GaussianMixture  # noqa: E402
 from mega_taxonomy.ops.gmm_estep import gmm_estep  # noqa: E402
-from mega_taxonomy.ops.gmm_estep.products import matmul  # noqa: E402
 
 M1 = 1 << 20
 PROFILE = False
@@ -67,9 +66,8 @@ def start(x, means0, ctype):
     return dict(weights_init=weights, means_init=means0.double().cpu().numpy(), precisions_init=precisions)
 
 
-def products_floor(x, k, mm=torch.matmul):
-    """ms of the four products of an EM iteration at the current precision (diag's shapes), each
-    by ``mm`` (``products.matmul``: in three TF32 products where TF32 is on)."""
+def products_floor(x, k):
+    """ms of the four products of an EM iteration at the current precision (diag's shapes)."""
     n, d = x.shape
     a = torch.randn(d, k, device="cuda")
     chunk = min(n, (1 << 30) // (4 * k))  # (chunk, K) float32 at most 1 GiB
@@ -77,10 +75,10 @@ def products_floor(x, k, mm=torch.matmul):
     def four():
         for lo in range(0, n, chunk):
             xc = x[lo:lo + chunk]
-            r = mm(xc, a)
-            r2 = mm(xc * xc, a)
-            _ = mm(r.T, xc)
-            _ = mm(r2.T, xc * xc)
+            r = xc @ a
+            r2 = (xc * xc) @ a
+            _ = r.T @ xc
+            _ = r2.T @ (xc * xc)
 
     return events_ms(four)
 
@@ -180,9 +178,6 @@ def measure(n, d, k, ctype, tf32, iters):
     ours_ms = rows[0]["iteration_ms"]
     if floor and ours_ms:
         summary["iteration_over_floor"] = ours_ms / floor
-    if floor and tf32:  # ours multiplies in 3xTF32 there (float32's accuracy): its floor at that precision
-        summary["products_floor_3xtf32_ms"] = products_floor(x, k, matmul)
-        summary["iteration_over_3xtf32_floor"] = ours_ms / summary["products_floor_3xtf32_ms"]
     for r in rows[1:]:
         if ours_ms and r.get("iteration_ms"):
             summary[f"speedup_vs_{r['impl']}"] = r["iteration_ms"] / ours_ms
