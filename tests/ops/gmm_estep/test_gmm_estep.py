@@ -160,27 +160,6 @@ def test_responsibilities_kernel_matches_torch(k):
     torch.testing.assert_close(got.sum(1), torch.ones(37, device=DEVICE), rtol=1e-5, atol=1e-5)
 
 
-def test_3xtf32_products_are_float32_products():
-    """``products.matmul`` in three parts (its TF32 path, here in exact float32 on the CPU): the hi
-    parts hold 10 mantissa bits and hi + lo is the operand exactly, so the product is float32's
-    up to the left-out lo x lo (2^-22 relative), also for transposed and batched operands."""
-    from mega_taxonomy.ops.gmm_estep.products import matmul, tf32_split
-
-    rng = np.random.default_rng(5)
-    a = torch.from_numpy(rng.normal(size=(4, 300, 64)) * 50).float()
-    b = torch.from_numpy(rng.normal(size=(4, 64, 70))).float()
-    hi, lo = tf32_split(a)
-    assert torch.equal(hi + lo, a) and torch.equal(hi, hi.view(torch.int32).bitwise_and(~0x1FFF).view(torch.float32))
-    assert bool((lo.abs() <= a.abs() * 2.0 ** -10).all())
-    exact = a.double() @ b.double()
-    scale = a.double().abs() @ b.double().abs()  # the size of the terms: float32's error is relative to it
-    for x, y, want, size in ((a, b, exact, scale), (a[0].T.contiguous().T, b[0], exact[0], scale[0]),
-                             (a.transpose(1, 2).contiguous().transpose(1, 2), b, exact, scale)):
-        got = matmul(x, y, three=True).double()
-        assert float(((got - want).abs() / size).max()) < 1e-5
-        assert torch.allclose(got, (x @ y).double(), rtol=0, atol=float(size.max()) * 1e-5)
-
-
 @pytest.mark.parametrize("launch_elements", [None, 2048])
 def test_products_chunks_depend_on_the_block_alone(launch_elements, monkeypatch):
     """Chunks counted from the block's first row: a block of three whole chunks (in one launch, a

@@ -14,8 +14,7 @@ triangle of x x^T, or the shared precision's quadratic term): :func:`full_estep_
 :func:`tied_estep_products`.
 
 The two products are exactly the four of an EM iteration's floor (``benchmarks/bench_gmm_gpu.py``),
-at float32's accuracy: exact float32, or where torch allows TF32, three TF32 products each
-(:func:`matmul`, 3xTF32), and the pass between them reads L once and writes
+at torch's precision (TF32 where ``allow_tf32``), and the pass between them reads L once and writes
 it once (``_resp_kernel``; ``torch.logsumexp`` and ``exp`` would take about four times the traffic).
 The fused kernels of ``triton.py`` recompute L in a second sweep instead of keeping it, three
 products instead of two, on smaller tiles than cuBLAS's. On an H200 at N = 1M, D = 128, K = 1,024 in
@@ -24,7 +23,7 @@ exact float32 (TF32 off), one chunk per launch took 36.6 ms an E-step against th
 7.7), hence many chunks per launch: the chunks' statistics as one batched product.
 
 Memory: a launch's L and F, each at most ``LAUNCH_ELEMENTS`` elements (256 MiB in float32, 512 in
-float64; with 3xTF32 their hi and lo parts too): bounded, independent of N. Chunks of at most ``CHUNK_ROWS`` rows are counted from the
+float64): bounded, independent of N. Chunks of at most ``CHUNK_ROWS`` rows are counted from the
 block's first row, and their sums (in the products' precision inside a chunk) added in float64, so
 the bits depend on the block alone.
 """
@@ -80,30 +79,6 @@ def responsibilities_(logp: torch.Tensor, backend: str = "auto") -> torch.Tensor
     return lse
 
 
-def tf32_split(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 ``a`` as hi + lo, exactly: hi its top 10 mantissa bits (exact in TF32), lo the rest."""
-    hi = (a.view(torch.int32) & ~0x1FFF).view(torch.float32)
-    return hi, a - hi
-
-
-def matmul(a: torch.Tensor, b: torch.Tensor, three: bool | None = None) -> torch.Tensor:
-    """``a @ b`` at float32's accuracy: where torch multiplies float32 in TF32 on CUDA (``three``
-    None: ``torch.backends.cuda.matmul.allow_tf32``), as three TF32 products of the operands' hi
-    and lo parts (3xTF32; lo x lo, below float32's precision, left out). One TF32 product gave
-    log-likelihoods 3e-2 off float64's (H200, 1M x 128, K = 1,024): the log densities are sums
-    of large terms that cancel, and the statistics' second moments are centred afterwards."""
-    if three is None:
-        three = a.is_cuda and a.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    if not three:
-        return a @ b
-    a_hi, a_lo = tf32_split(a)
-    b_hi, b_lo = tf32_split(b)
-    out = a_hi @ b_lo
-    out += a_lo @ b_hi
-    out += a_hi @ b_hi
-    return out
-
-
 def estep_products(x: torch.Tensor, features, w: torch.Tensor, c: torch.Tensor, backend: str = "auto"):
     """(sum of the rows' log-sum-exp, S (P + 1, K)), float64, of the rows ``x`` (n, D): per launch,
     F = ``features(rows)`` (m, P + 1 + pad) whose column P is ones (and any after it zeros),
@@ -118,16 +93,15 @@ def estep_products(x: torch.Tensor, features, w: torch.Tensor, c: torch.Tensor, 
         f = features(x[lo:lo + per_launch])
         if total is None:
             total = torch.zeros(f.shape[1], k, dtype=torch.float64, device=x.device)
-        logp = matmul(f[:, :p], w)
-        logp += c
+        logp = torch.addmm(c, f[:, :p], w)
         lse = responsibilities_(logp, backend)
         log_likelihood += lse.double().sum()
         whole = len(f) // rows * rows
         if whole:  # (P + 1, K) per chunk, in one batched product: operands in the layout cuBLAS takes as is
-            per_chunk = matmul(f[:whole].view(-1, rows, f.shape[1]).transpose(1, 2), logp[:whole].view(-1, rows, k))
+            per_chunk = torch.bmm(f[:whole].view(-1, rows, f.shape[1]).transpose(1, 2), logp[:whole].view(-1, rows, k))
             total += per_chunk.double().sum(0)
         if whole < len(f):
-            total += matmul(f[whole:].T, logp[whole:]).double()
+            total += (f[whole:].T @ logp[whole:]).double()
     if total is None:  # no rows
         total = torch.zeros(p + 1, k, dtype=torch.float64, device=x.device)
     return log_likelihood, total[:p + 1]
