@@ -87,24 +87,20 @@ def estep_products(x: torch.Tensor, features, w: torch.Tensor, c: torch.Tensor, 
     n = len(x)
     k, p = len(c), w.shape[0]
     rows, per_launch = chunk_rows(k, p + 1), launch_rows(k, p + 1)
-    total = None
+    total = torch.zeros(p + 1, k, dtype=torch.float64, device=x.device)
     log_likelihood = torch.zeros((), dtype=torch.float64, device=x.device)
     for lo in range(0, n, per_launch):
         f = features(x[lo:lo + per_launch])
-        if total is None:
-            total = torch.zeros(f.shape[1], k, dtype=torch.float64, device=x.device)
         logp = torch.addmm(c, f[:, :p], w)
         lse = responsibilities_(logp, backend)
         log_likelihood += lse.double().sum()
         whole = len(f) // rows * rows
-        if whole:  # (P + 1, K) per chunk, in one batched product: operands in the layout cuBLAS takes as is
+        if whole:  # per chunk, in one batched product: operands in the layout cuBLAS takes as is (padding included)
             per_chunk = torch.bmm(f[:whole].view(-1, rows, f.shape[1]).transpose(1, 2), logp[:whole].view(-1, rows, k))
-            total += per_chunk.double().sum(0)
+            total += per_chunk[:, :p + 1].double().sum(0)
         if whole < len(f):
-            total += (f[whole:].T @ logp[whole:]).double()
-    if total is None:  # no rows
-        total = torch.zeros(p + 1, k, dtype=torch.float64, device=x.device)
-    return log_likelihood, total[:p + 1]
+            total += (f[whole:, :p + 1].T @ logp[whole:]).double()
+    return log_likelihood, total
 
 
 def diag_estep_products(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, shift: torch.Tensor,
