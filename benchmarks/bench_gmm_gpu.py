@@ -39,7 +39,6 @@ from mega_taxonomy import GaussianMixture  # noqa: E402
 from mega_taxonomy.ops.gmm_estep import gmm_estep  # noqa: E402
 
 M1 = 1 << 20
-PROFILE = False
 CASES = [(M1, 128, 1024, "diag", False), (M1, 128, 1024, "diag", True), (M1, 64, 256, "full", False),
          (M1, 64, 256, "full", True)]
 
@@ -110,7 +109,7 @@ def torch_chunked_em(x, weights, means, variances, iters, chunk=1 << 16):
     return weights, means, variances, float(ll) / x.shape[0]
 
 
-def ours(case, x, means0, ctype, iters):
+def ours(case, x, means0, ctype, iters, profiled=False):
     kw = start(x, means0, ctype)
     fit = lambda m: GaussianMixture(means0.shape[0], covariance_type=ctype, max_iter=m, tol=0, device="cuda",  # noqa: E731
                                     **kw).fit(x)
@@ -121,7 +120,7 @@ def ours(case, x, means0, ctype, iters):
     # the E-step of the public fit (its default method) and, on the same final parameters, each
     # float32 method's log-likelihood against the float64 E-step's
     estep = events_ms(lambda: gmm_estep(x, w, mu, pc, ctype))
-    if PROFILE:
+    if profiled:
         profile(f"{case}: a fit of one iteration", lambda: fit(1), rows=14)
     exact = gmm_estep(x.double(), w, mu, pc, ctype).log_likelihood.item() / len(x)
     row = {"case": case, "impl": "mega_taxonomy GaussianMixture", "estep_ms": estep, "iteration_ms": per,
@@ -160,11 +159,11 @@ def torchgmm_row(case, x, means0, ctype, iters):
         return {"case": case, "impl": "torchgmm 0.1.4", "failed": f"{type(exc).__name__}: {str(exc)[:300]}"}
 
 
-def measure(n, d, k, ctype, tf32, iters):
+def measure(n, d, k, ctype, tf32, iters, profiled=False):
     torch.backends.cuda.matmul.allow_tf32 = tf32
     case = f"{ctype}_N{n}_D{d}_K{k}_" + ("tf32" if tf32 else "fp32")
     x, means0 = data(n, d, k)
-    rows = [ours(case, x, means0, ctype, iters), torchgmm_row(case, x, means0, ctype, iters)]
+    rows = [ours(case, x, means0, ctype, iters, profiled), torchgmm_row(case, x, means0, ctype, iters)]
     if ctype == "diag":
         w0 = torch.full((k,), 1.0 / k, device="cuda")
         v0 = torch.full((k, d), x.var(0).mean().item(), device="cuda")
@@ -218,8 +217,6 @@ def main():
     parser.add_argument("--profile", action="store_true", help="print where a fit of one iteration spends its time")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    global PROFILE
-    PROFILE = args.profile
     results, speedups, summaries = [], {}, {}
     params = {"cases": CASES, "iters": args.iters, "per_case": summaries, "streaming": None}
 
@@ -228,7 +225,7 @@ def main():
                             **({"path": Path(args.out)} if args.out else {}))
 
     for n, d, k, ctype, tf32 in CASES if args.case is None else [CASES[i] for i in args.case]:
-        rows, summary = measure(n, d, k, ctype, tf32, args.iters)
+        rows, summary = measure(n, d, k, ctype, tf32, args.iters, args.profile)
         results += rows
         summaries[rows[0]["case"]] = summary
         speedups.update({f"{rows[0]['case']} {key}": v for key, v in summary.items() if key.startswith("speedup")})
