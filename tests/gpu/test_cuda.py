@@ -334,6 +334,33 @@ def test_farthest_rows_on_the_device_are_the_host_selection():
         np.testing.assert_array_equal(partial.far[name], ref[name])
 
 
+def test_a_passs_sample_on_the_device_is_the_host_draw():
+    """A grouped pass that draws the next level's sample selects it on the GPU (LowestPerGroup):
+    the same rows, in the same order, as the host's draw from the same pass's labels."""
+    from mega_taxonomy.cluster.lloyd_pass import LloydState, LloydTask
+    from mega_taxonomy.partials import LowestPerGroup, block_sample
+    from mega_taxonomy.runtime import LocalRuntime
+
+    x, _ = clustered(300_000, 64, 32, seed=12)
+    n_groups, per = 8, 6
+    offsets = np.concatenate([np.arange(0, n_groups * per, per), [n_groups * per]])
+    offsets[-2] = offsets[-1]  # the last group is a leaf: its rows have no cluster (label -1)
+    groups = np.random.default_rng(1).integers(0, n_groups, len(x))
+    source = VectorSource(torch.from_numpy(x))  # host rows, streamed block by block
+    blocks = {b.index: groups[b.ordinals] for b in source.blocks()}
+    state = LloydState(x[:offsets[-1]].copy(), update=False, keep_labels=True, offsets=offsets, groups=blocks,
+                       sample=(700, 3))
+    partial = LocalRuntime("cuda", progress=False).map_reduce(source, LloydTask(), state)
+    assert isinstance(partial.sample.rows, LowestPerGroup)
+    labels, _ = partial.ordered_labels()
+    assert (labels == -1).any()
+    block = type("Block", (), {"ids": np.arange(len(x)), "ordinals": np.arange(len(x)), "vectors": x})
+    ref = block_sample(block, 700, 3, groups=labels, moments=False)
+    for name in ("hashes", "ordinals", "groups"):
+        np.testing.assert_array_equal(getattr(partial.sample, name), getattr(ref, name))
+    assert partial.sample.count == len(x)
+
+
 def test_sample_moments_stay_on_the_device_until_read():
     """A sample pass over device blocks adds their float64 moments there (no copy back per
     block); the mean variance read at the end is the float64 one of all the rows, and the

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..ops import OperandCache, grouped_nearest, nearest, normalize_rows
 from ..io import BLOCK_ROWS
 from ..io.device import HostCopy, as_tensor, host_arrays, kept_on_device
+from ..ops import OperandCache, grouped_nearest, nearest, normalize_rows
 from ..ops.exact import ExactSum
 from ..ops.grouped_assign import grouped_nearest_bounded
 from ..ops.update import cluster_counts, cluster_stats
+from ..partials import BestPerGroup, FarthestPerGroup, SamplePartial, block_sample, device_block_sample
 from ..runtime import CompositePartial, Deferred, in_block_order
 from .balance import with_penalty
-from ..partials import BestPerGroup, FarthestPerGroup, SamplePartial, block_sample
 from .relocate import MAX_FAR_ROWS, block_farthest
 
 
@@ -206,7 +206,9 @@ class LloydTask:
             outgoing = {}
         else:
             outgoing = {name: t for name, t in out.items() if t is not None}
-        if state.keep_labels or state.sample is not None:
+        # On a GPU the sample is selected there (where its tables fit): the labels stay
+        sample = None if state.sample is None or not x.is_cuda else device_block_sample(block, *state.sample, labels, k)
+        if state.keep_labels or (state.sample is not None and sample is None):
             outgoing["labels"] = labels
         if state.keep_labels:
             outgoing["dist"] = dist
@@ -220,7 +222,9 @@ class LloydTask:
                 partial.labels = {block.index: (values["labels"], values["dist"])}
             if state.track_bounds:
                 partial.bounds = {block.index: (labels.numpy(), lower, dist.numpy())}
-            if state.sample is not None:
+            if sample is not None:
+                partial.sample = sample
+            elif state.sample is not None:
                 size, seed = state.sample
                 # Rows without a cluster (under a leaf) fall in group -1, which nobody reads.
                 partial.sample = block_sample(block, size, seed, groups=values["labels"], moments=False)

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..io.device import host_arrays
+from ..io.device import host_arrays, to_device
 from ..ops.exact import ExactSum
 from ..ops.hashing import hash_ids
 from ..ops.update import column_moments
 from ..runtime import CompositePartial
 from .best_per_group import BestPerGroup
+from .lowest import LowestPerGroup
 
 
 @dataclass
@@ -108,6 +109,19 @@ def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, 
     rows = {"hash": hashes, "ordinal": ordinals, "group": groups}
     return SamplePartial(size, BestPerGroup(size, rows, key="hash"), len(block.ordinals), ExactSum.of(total),
                          ExactSum.of(total_sq))
+
+
+def device_block_sample(block, size: int, seed: int, groups: torch.Tensor, n_groups: int) -> SamplePartial | None:
+    """:func:`block_sample`'s partial without moments, its rows selected where ``groups`` (on a
+    GPU; in [0, n_groups) or -1) are, and kept there (:class:`LowestPerGroup`): the pass's
+    driver then neither copies the groups out nor selects. None where its tables would not fit."""
+    if not LowestPerGroup.fits(n_groups, size):
+        return None
+    hashes = to_device(hash_ids(block.ids, seed).view(np.int64), groups.device)
+    ordinals = to_device(np.asarray(block.ordinals, dtype=np.int64), groups.device)
+    rows = LowestPerGroup.of_block(hashes, ordinals, groups.long(), n_groups, size)
+    zeros = np.zeros(block.vectors.shape[1])
+    return SamplePartial(size, rows, len(block.ordinals), ExactSum.of(zeros), ExactSum.of(zeros))
 
 
 @dataclass(frozen=True)
