@@ -62,6 +62,10 @@ def cpu_erase(b, keys):
 
 
 def round_lookup(b, tiers, keys, copy_values, backend):
+    one = tiers.single() if copy_values else None
+    if one is not None and one.device == keys.device:  # the values read with the slots
+        slots, scores, values = ht.lookup_values(b, keys, one, backend=backend)
+        return values, slots, scores
     slots, scores = ht.lookup(b, keys, backend=backend)
     values = None
     if copy_values:  # zeros where missing, without a boolean index (a sync on the GPU)

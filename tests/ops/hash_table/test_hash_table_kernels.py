@@ -59,6 +59,25 @@ def test_rounds_triton_equals_torch_and_numba(rule):
         assert torch.equal(a, b.cpu())
 
 
+@pytest.mark.parametrize("dim", [1, 8, 5])
+def test_lookup_with_values_reads_the_rows_of_the_found_keys(dim):
+    """The fused lookup (Triton: values read in the lookup's launch) against the twin: rows of
+    the found keys, zeros for the missing, slots and scores as ``lookup``'s."""
+    rng = np.random.default_rng(dim)
+    b = ht.Buckets.allocate(8, 16, -1, device=DEVICE)
+    keys = torch.from_numpy(rng.choice(10**6, 90, replace=False)).to(DEVICE)
+    ht.upsert_rounds(b, keys, torch.arange(90, device=DEVICE), ht.SCORE_SET, insert=True, backend="triton")
+    values = torch.from_numpy(rng.normal(size=(8 * 16, dim)).astype(np.float32)).to(DEVICE)
+    probe = torch.cat([keys[::2], torch.arange(30, device=DEVICE)])
+    slots, scores, rows = ht.lookup_values(b, probe, values, backend="triton")
+    on_host = ht.Buckets(*(t.cpu() for t in (b.keys, b.digests, b.scores, b.sizes)), b.empty)
+    ref = ht.lookup_values(on_host, probe.cpu(), values.cpu(), backend="torch")
+    assert 40 <= int((slots >= 0).sum()) <= 45 and bool((rows[slots < 0] == 0).all())  # 30 keys never inserted
+    for got, want in zip((slots, scores, rows), ref):
+        assert torch.equal(got.cpu(), want)
+    assert torch.equal(torch.stack(ht.lookup(b, probe, backend="triton")), torch.stack((slots, scores)))
+
+
 def test_table_on_triton_matches_numba():
     kw = {"dim": 3, "init_capacity": 64, "max_capacity": 512, "bucket_size": 16, "evict_strategy": EvictStrategy.LFU}
     tri, ref = HashTable(backend="triton", device=DEVICE, **kw), HashTable(backend="numba", device="cpu", **kw)

@@ -70,6 +70,7 @@ __all__ = [
     "locate",
     "lookup",
     "lookup_reference",
+    "lookup_values",
     "unsigned_key",
     "upsert_round_reference",
     "upsert_rounds",
@@ -153,11 +154,26 @@ def lookup_reference(b: Buckets, keys: torch.Tensor):
 
 def lookup(b: Buckets, keys: torch.Tensor, backend: str = "auto"):
     """(slots, scores) of ``keys``: Triton on CUDA (or ``backend="triton"``), else the torch twin."""
-    if backend == "triton" or (backend == "auto" and keys.is_cuda):
+    if _triton(keys, backend):
         from .triton import lookup_triton
 
         return lookup_triton(b, keys)
     return lookup_reference(b, keys)
+
+
+def lookup_values(b: Buckets, keys: torch.Tensor, values: torch.Tensor, backend: str = "auto"):
+    """(slots, scores, rows): :func:`lookup`, and the keys' rows of ``values`` (slots, dim) on the
+    keys' device, zeros where a key is missing; in the lookup's launch on CUDA."""
+    if _triton(keys, backend):
+        from .triton import lookup_triton
+
+        return lookup_triton(b, keys, values)
+    slots, scores = lookup_reference(b, keys)
+    return slots, scores, values[slots.clamp_min(0)].masked_fill_((slots < 0)[:, None], 0)
+
+
+def _triton(keys, backend) -> bool:
+    return backend == "triton" or (backend == "auto" and keys.is_cuda)
 
 
 def new_score(old, desired, rule):
