@@ -63,12 +63,14 @@ def test_lowest_per_group_adds_to_host_selections_and_pickles_as_one():
     np.testing.assert_array_equal(total["hash"], ref["hash"])
 
 
-def test_device_block_sample_is_the_host_draw():
-    """The partial a GPU pass makes of a block (its rows selected where the labels are) against
-    block_sample's of the same block; where the tables would not fit, None (the host draws)."""
+@pytest.mark.parametrize("ids", ["an id column", "the ordinals", "ordinals with gaps"])
+def test_device_block_sample_is_the_host_draw(ids):
+    """The partial a GPU pass makes of a block (rows hashed and selected where the labels are)
+    against block_sample's of the same block; where the tables would not fit, None (the host draws)."""
     rng = np.random.default_rng(2)
-    ids = rng.permutation(10**6)[:5000]
-    block = SimpleNamespace(ids=ids, ordinals=np.arange(7000, 12000), vectors=np.zeros((5000, 3), np.float32))
+    ordinals = np.arange(7000, 12000) if ids != "ordinals with gaps" else np.sort(rng.choice(9000, 5000, replace=False))
+    block = SimpleNamespace(ids=rng.permutation(10**6)[:5000] if ids == "an id column" else ordinals.copy(),
+                            ordinals=ordinals, vectors=np.zeros((5000, 3), np.float32))
     labels = rng.integers(-1, 9, size=5000)
     host = block_sample(block, 30, 11, groups=labels, moments=False)
     device = device_block_sample(block, 30, 11, torch.from_numpy(labels), 9)

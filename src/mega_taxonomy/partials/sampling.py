@@ -16,7 +16,7 @@ import torch
 
 from ..io.device import host_arrays, to_device
 from ..ops.exact import ExactSum
-from ..ops.hashing import hash_ids
+from ..ops.hashing import hash_ids, hash_ids_torch
 from ..ops.update import column_moments
 from ..runtime import CompositePartial
 from .best_per_group import BestPerGroup
@@ -117,11 +117,21 @@ def device_block_sample(block, size: int, seed: int, groups: torch.Tensor, n_gro
     driver then neither copies the groups out nor selects. None where its tables would not fit."""
     if not LowestPerGroup.fits(n_groups, size):
         return None
-    hashes = to_device(hash_ids(block.ids, seed).view(np.int64), groups.device)
-    ordinals = to_device(np.asarray(block.ordinals, dtype=np.int64), groups.device)
-    rows = LowestPerGroup.of_block(hashes, ordinals, groups.long(), n_groups, size)
+    ordinals, ids = _ids_on(block, groups.device)
+    rows = LowestPerGroup.of_block(hash_ids_torch(ids, seed), ordinals, groups.long(), n_groups, size)
     zeros = np.zeros(block.vectors.shape[1])
     return SamplePartial(size, rows, len(block.ordinals), ExactSum.of(zeros), ExactSum.of(zeros))
+
+
+def _ids_on(block, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's (ordinals, ids) on ``device``: made there where the ordinals are a range and the
+    ids are the ordinals (no id column, no row skipped: two copies a block saved), else copied."""
+    o = np.asarray(block.ordinals)
+    if len(o) and int(o[-1]) - int(o[0]) + 1 == len(o) and (block.ids is o or np.array_equal(block.ids, o)):
+        ordinals = torch.arange(int(o[0]), int(o[-1]) + 1, device=device)
+        return ordinals, ordinals
+    ordinals = to_device(o.astype(np.int64), device)
+    return ordinals, ordinals if block.ids is o else to_device(np.asarray(block.ids, dtype=np.int64), device)
 
 
 @dataclass(frozen=True)

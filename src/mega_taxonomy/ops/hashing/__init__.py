@@ -3,16 +3,18 @@
 ``hash_ids`` is the dispatcher, a compiled loop on the CPU (numba, ``hashing/numba.py``): one
 pass, no temporaries. Its numpy twin, ``hash_ids_reference``, makes five arrays of the block's
 size: 0.14 ms a block of 65536 ids on the development machine against 0.02 ms, paid once per
-block in every pass that draws a sample.
+block in every pass that draws a sample. ``hash_ids_torch`` computes the same bits on a tensor's
+device: a GPU pass that selects its sample there (``partials.lowest``) hashes there too.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .numba import GOLDEN, MIX_1, MIX_2, splitmix64
 
-__all__ = ["hash_ids", "hash_ids_reference"]
+__all__ = ["hash_ids", "hash_ids_reference", "hash_ids_torch"]
 
 
 def hash_ids(ids: np.ndarray, seed: int) -> np.ndarray:
@@ -32,3 +34,24 @@ def hash_ids_reference(ids: np.ndarray, seed: int) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * MIX_1
         z = (z ^ (z >> np.uint64(27))) * MIX_2
         return z ^ (z >> np.uint64(31))
+
+
+def _int64(x) -> int:
+    """The int64 whose bits are the uint64 ``x``."""
+    return int(x) - (1 << 64) if int(x) >= 1 << 63 else int(x)
+
+
+def _srl(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bits (torch's ``>>`` is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def hash_ids_torch(ids: torch.Tensor, seed: int) -> torch.Tensor:
+    """:func:`hash_ids` on a tensor's device: the int64 bits of the same uint64 hashes (int64
+    products wrap as uint64's do)."""
+    with np.errstate(over="ignore"):
+        offset = _int64(np.uint64(seed + 1) * GOLDEN)
+    z = ids.to(torch.int64) + offset
+    z = (z ^ _srl(z, 30)) * _int64(MIX_1)
+    z = (z ^ _srl(z, 27)) * _int64(MIX_2)
+    return z ^ _srl(z, 31)
