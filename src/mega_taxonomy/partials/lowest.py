@@ -2,15 +2,16 @@
 
 A pass that draws the next taxonomy level's hash sample (``sampling.py``) keeps, per cluster, the
 rows of lowest hash(seed, id). On the host, :class:`~mega_taxonomy.partials.best_per_group.BestPerGroup`
-collects every block's rows and selects among them; on a GPU that meant copying each block's labels
-out and selecting on the driver thread, which bound the pass: in the pinned GPU benchmark's shape
-(4M x 1024 float16 rows, 256 clusters, 4,096 rows kept per cluster, an H100), 0.40 of the copy
-rate where the same pass without the sample ran at 0.96. Here the selection is
-``FarthestPerGroup``'s fixed-size table, ``n`` slots per group, that stays where it was computed:
-a block's rows are ranked within their group by sorts, tables merge by sorts a few blocks at a
-time, and nothing is read back until the pass is over. Same rows in the same order as
-``BestPerGroup(n, ..., key="hash")``: lowest hash first, equal hashes by ordinal; rows without a
-cluster (label -1) in group -1, first.
+collects every block's rows and selects among them; on a GPU that means copying each block's labels
+out and selecting on the driver thread. Here the selection is ``FarthestPerGroup``'s fixed-size
+table, ``n`` slots per group, that stays where it was computed: a block's rows are ranked within
+their group by sorts, tables merge by sorts a few blocks at a time, and nothing is read back until
+the pass is over. Same rows in the same order as ``BestPerGroup(n, ..., key="hash")``: lowest hash
+first, equal hashes by ordinal; rows without a cluster (label -1) in group -1, first.
+
+Measured on an H100 (4M x 1024 float16 pinned rows, 256 clusters, 4,096 rows kept per cluster): the
+pass ran at 0.40 of the copy rate with the host's selection, 0.43 with this one, 0.96 without a
+sample. What else binds it is not found yet (docs/benchmarks.md, ``taxonomy_gpu``, pinned).
 
 Tables are (groups + 1) x n dense: the draw takes this path where that is at most
 ``MAX_SLOTS`` (a partial of 64 MiB), else the host's.
