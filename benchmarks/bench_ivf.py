@@ -170,10 +170,10 @@ def taxonomy_side(engine):
     return Side("taxonomy", search, fine, lambda q, beam: count_centroids(engine, q, beam))
 
 
-def sweep(sides, q, truth, case, repeats, results):
-    """Every side at nprobe 1..256 (until recall >= STOP), timed in turns."""
+def sweep(sides, q, truth, case, repeats, results, nprobes=NPROBES):
+    """Every side at each of ``nprobes`` (until recall >= STOP), timed in turns."""
     live = {s.name: s for s in sides}
-    for nprobe in NPROBES:
+    for nprobe in nprobes:
         if not live:
             break
         seconds = {name: [] for name in live}
@@ -245,11 +245,14 @@ def main():
     p.add_argument("--gmm-iters", type=int, default=5)
     p.add_argument("--branching", default="64,16,16")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--nprobes", default=",".join(map(str, NPROBES)),
+                   help="nprobe values swept (the synthetic set at nlist 4096 needs 512 for recall 0.90)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", default="", help="comma-separated sides to leave out (gmm, taxonomy)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    nprobes = tuple(int(v) for v in args.nprobes.split(","))
 
     import faiss
 
@@ -310,7 +313,7 @@ def main():
             sides += [ivf_side("gmm-single", gmm), ivf_side("gmm-multi", multi), ivf_side("gmm-multi-tau0.1", loose),
                       ivf_side("gmm-single-likelihood", lik)]
         print(common.table(build, ["case", "impl", "seconds"]), flush=True)
-        sweep(sides, q, truth, case, args.repeats, results)
+        sweep(sides, q, truth, case, args.repeats, results, nprobes)
         faiss_indexes[nlist] = fi
         faiss_curve = at_recall([r for r in results if r["case"] == case and r["impl"] == "faiss"])
         if faiss_curve:
@@ -324,7 +327,7 @@ def main():
             # timed in turns with FAISS at the nlist of its best queries/s, as the IVF sides are
             fastest = max(faiss_at, key=lambda nlist: faiss_at[nlist]["qps"]) if faiss_at else None
             sides = [faiss_side(faiss_indexes[fastest])] if fastest else []
-            sweep(sides + [taxonomy_side(engine)], q, truth, "taxonomy", args.repeats, results)
+            sweep(sides + [taxonomy_side(engine)], q, truth, "taxonomy", args.repeats, results, nprobes)
     at, speedups = summarize(results)
     params = {"data": "GloVe 6B 50d" if args.data == "glove" else f"mixture {len(x)} x 128, 4096 components",
               "train_rows": len(x), "queries": len(q), "dim": x.shape[1], "k": K, "nlists": nlists,
