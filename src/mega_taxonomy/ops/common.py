@@ -25,6 +25,16 @@ METRICS = ("euclidean", "cosine")
 TILE_ELEMENTS = 1 << 22
 
 
+def shift_right_logical(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bits (torch's ``>>`` is arithmetic): the hashes' uint64 shifts."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def int64_bits(x) -> int:
+    """The int64 whose bits are the uint64 ``x``."""
+    return int(x) - (1 << 64) if int(x) >= 1 << 63 else int(x)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; every other input is computed in float32 (fp32 accumulation)."""
     return torch.float64 if dtype == torch.float64 else torch.float32

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..common import shift_right_logical
 from .numba import (
     HIGH32,
     LOW32,
@@ -118,18 +119,13 @@ def unsigned_key(x: torch.Tensor) -> torch.Tensor:
     return x ^ SIGN
 
 
-def _srl(x, s):
-    """Logical right shift of int64 bits (torch's ``>>`` is arithmetic)."""
-    return (x >> s) & ((1 << (64 - s)) - 1)
-
-
 def fmix64(keys: torch.Tensor) -> torch.Tensor:
     """murmur3's 64-bit finalizer on int64 bits (multiplication wraps as uint64's does)."""
-    k = keys ^ _srl(keys, 33)
+    k = keys ^ shift_right_logical(keys, 33)
     k = k * M1
-    k = k ^ _srl(k, 33)
+    k = k ^ shift_right_logical(k, 33)
     k = k * M2
-    return k ^ _srl(k, 33)
+    return k ^ shift_right_logical(k, 33)
 
 
 def locate(keys: torch.Tensor, n_buckets: int, bucket_size: int):
@@ -137,7 +133,7 @@ def locate(keys: torch.Tensor, n_buckets: int, bucket_size: int):
     bits 32..39."""
     h = fmix64(keys)
     shift = bucket_size.bit_length() - 1
-    return _srl(h, shift) & (n_buckets - 1), (_srl(h, 32) & 0xFF).to(torch.uint8)
+    return shift_right_logical(h, shift) & (n_buckets - 1), (shift_right_logical(h, 32) & 0xFF).to(torch.uint8)
 
 
 def lookup_reference(b: Buckets, keys: torch.Tensor):

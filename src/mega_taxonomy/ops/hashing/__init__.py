@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..common import int64_bits, shift_right_logical
 from .numba import GOLDEN, MIX_1, MIX_2, splitmix64
 
 __all__ = ["hash_ids", "hash_ids_reference", "hash_ids_torch"]
@@ -36,22 +37,12 @@ def hash_ids_reference(ids: np.ndarray, seed: int) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _int64(x) -> int:
-    """The int64 whose bits are the uint64 ``x``."""
-    return int(x) - (1 << 64) if int(x) >= 1 << 63 else int(x)
-
-
-def _srl(z: torch.Tensor, s: int) -> torch.Tensor:
-    """Logical right shift of int64 bits (torch's ``>>`` is arithmetic)."""
-    return (z >> s) & ((1 << (64 - s)) - 1)
-
-
 def hash_ids_torch(ids: torch.Tensor, seed: int) -> torch.Tensor:
     """:func:`hash_ids` on a tensor's device: the int64 bits of the same uint64 hashes (int64
     products wrap as uint64's do)."""
     with np.errstate(over="ignore"):
-        offset = _int64(np.uint64(seed + 1) * GOLDEN)
+        offset = int64_bits(np.uint64(seed + 1) * GOLDEN)
     z = ids.to(torch.int64) + offset
-    z = (z ^ _srl(z, 30)) * _int64(MIX_1)
-    z = (z ^ _srl(z, 27)) * _int64(MIX_2)
-    return z ^ _srl(z, 31)
+    z = (z ^ shift_right_logical(z, 30)) * int64_bits(MIX_1)
+    z = (z ^ shift_right_logical(z, 27)) * int64_bits(MIX_2)
+    return z ^ shift_right_logical(z, 31)
