@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .groups import group_tables, lowest_in_rows
+
 _EMPTY = float("-inf")  # the distance of a slot no row holds: sorts after every row
 
 
@@ -59,15 +61,7 @@ class FarthestPerGroup:
             order = torch.sort(-d, stable=True).indices  # equal distances keep the ordinals' order
             g, by_group = torch.sort(torch.where(valid, groups, n_groups)[order], stable=True)
             order = order[by_group]
-        rank = torch.arange(len(order), device=d.device) - torch.searchsorted(g, g)
-        # Rows past the n-th of their group all go to one spare slot, dropped: no sync to count them.
-        slot = torch.where((rank < n) & (g < n_groups), g * n + rank, n_groups * n)
-
-        def table(values, fill):
-            out = torch.full((n_groups * n + 1,), fill, dtype=values.dtype, device=d.device)
-            out[slot] = values[order]
-            return out[:-1].view(n_groups, n)
-
+        table = group_tables(order, g, n_groups, n)  # rows without a cluster (group n_groups) dropped
         return cls(table(d, _EMPTY), table(ordinals, -1), table(labels, -1))
 
     def __add__(self, other: FarthestPerGroup) -> FarthestPerGroup:
@@ -79,11 +73,9 @@ class FarthestPerGroup:
     def selected(self) -> FarthestPerGroup:
         """The tables cut to the ``n`` farthest candidates of each group, in order."""
         distance, ordinal, label = (torch.as_tensor(t) for t in (self.distance, self.ordinal, self.label))
-        # By ordinal, then stably by distance, largest first: the tie rule whatever the order of
-        # the operands. Empty slots end last; their order does not matter, they are never read.
-        order = torch.sort(ordinal, dim=1).indices
-        by_distance = torch.sort(-torch.gather(distance, 1, order), dim=1, stable=True).indices[:, :self.n]
-        order = torch.gather(order, 1, by_distance)
+        # Largest distance first, equal ones by ordinal. Empty slots end last; their order does
+        # not matter, they are never read.
+        order = lowest_in_rows(-distance, ordinal, self.n)
         return FarthestPerGroup(*(torch.gather(t, 1, order) for t in (distance, ordinal, label)))
 
     def __getitem__(self, column: str) -> np.ndarray:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .best_per_group import BestPerGroup
+from .groups import group_tables, lowest_in_rows
 
 SIGN = -(2**63)  # hash ^ SIGN: int64 whose signed order is the hashes' unsigned order
 _EMPTY = torch.iinfo(torch.int64).max  # the key and ordinal of a slot no row holds: after every row
@@ -58,17 +59,8 @@ class LowestPerGroup:
         order = torch.sort(key, stable=True).indices
         g, by_group = torch.sort(torch.where(groups >= 0, groups, n_groups)[order], stable=True)
         order = order[by_group]
-        rank = torch.arange(len(order), device=key.device) - torch.searchsorted(g, g)
-        # Rows past the n-th of their group all go to one spare slot, dropped: no sync to count them.
-        width = (n_groups + 1) * n
-        slot = torch.where(rank < n, g * n + rank, width)
-
-        def table(values):
-            out = torch.full((width + 1,), _EMPTY, dtype=torch.int64, device=key.device)
-            out[slot] = values[order]
-            return out[:-1].view(n_groups + 1, n)
-
-        return cls(table(key), table(ordinals), n)
+        table = group_tables(order, g, n_groups + 1, n)  # group -1's rows in the last table row
+        return cls(table(key, _EMPTY), table(ordinals, _EMPTY), n)
 
     def __add__(self, other):
         if not isinstance(other, LowestPerGroup):
@@ -78,10 +70,7 @@ class LowestPerGroup:
 
     def selected(self) -> LowestPerGroup:
         """The tables cut to the ``n`` lowest candidates of each group, in order."""
-        # By ordinal, then stably by key: the tie rule whatever the order of the operands.
-        order = torch.sort(self.ordinal, dim=1).indices
-        by_key = torch.sort(torch.gather(self.key, 1, order), dim=1, stable=True).indices[:, :self.n]
-        order = torch.gather(order, 1, by_key)
+        order = lowest_in_rows(self.key, self.ordinal, self.n)
         return LowestPerGroup(torch.gather(self.key, 1, order), torch.gather(self.ordinal, 1, order), self.n)
 
     def columns(self) -> dict:
