@@ -20,21 +20,6 @@ def rows(n=2 * BLOCK_ROWS + 1000, d=6, seed=0):
         3 * torch.randn(n, 1, generator=g))
 
 
-@pytest.fixture
-def whole_on_cpu(monkeypatch):
-    """LocalRuntime takes the whole-source path on the CPU too (there, only for a GPU's tensors);
-    the passes made so are counted."""
-    taken = []
-
-    def resident(source, device):
-        block = source.whole_block()
-        taken.append(block is not None)
-        return block
-
-    monkeypatch.setattr(local, "resident", resident)
-    return taken
-
-
 @pytest.mark.parametrize("update,keep_labels,penalty", [(True, True, False), (False, True, True), (True, False, False)])
 def test_whole_pass_is_the_blocks_one_by_one(update, keep_labels, penalty):
     x = rows()
@@ -84,21 +69,6 @@ def test_a_bad_row_of_a_whole_tensor_is_named_as_block_by_block(whole_on_cpu):
     with pytest.raises(DataError, match="4321"):
         KMeans(3, init=x[:3].numpy(), max_iter=2, tol=0, device="cpu").fit(x)
     assert whole_on_cpu == [False]
-
-
-@pytest.fixture
-def runs_on_cpu(monkeypatch):
-    """LocalRuntime takes host rows by runs of 2 blocks on the CPU too (there, only on a GPU);
-    the passes made so are counted."""
-    taken = []
-
-    def run_blocks(source, device):
-        size = 2 if getattr(source, "_array", None) is not None else None
-        taken.append(size is not None)
-        return size
-
-    monkeypatch.setattr(local, "run_blocks", run_blocks)
-    return taken
 
 
 @pytest.mark.parametrize("device_sums", [False, True])

@@ -209,6 +209,32 @@ def test_host_rows_by_runs_are_the_blocks_one_by_one(data, monkeypatch):
     assert by_runs.inertia_ == by_blocks.inertia_
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("ctype", ["diag", "full"])
+def test_gaussian_mixture_on_the_gpu_whole_or_by_runs_is_the_blocks_one_by_one(ctype, monkeypatch):
+    """The E-step of a tensor on the GPU in one call, and of host rows by runs
+    (``EStepTask.whole``): the bits of the blocks streamed one by one."""
+    from mega_taxonomy import GaussianMixture
+    from mega_taxonomy.io import BLOCK_ROWS, streaming
+    from mega_taxonomy.runtime import local
+
+    x, _ = clustered(3 * BLOCK_ROWS + 77, 12, 16, seed=14)
+    monkeypatch.setattr(streaming, "RUN_BYTES", 2 * BLOCK_ROWS * 16 * 4)  # runs of 2 blocks, the last short
+
+    def fit(rows):
+        return GaussianMixture(12, covariance_type=ctype, means_init=x[:12], max_iter=4, tol=0,
+                               device="cuda").fit(rows)
+
+    fits = [fit(torch.from_numpy(x).cuda()), fit(x)]
+    monkeypatch.setattr(local, "run_blocks", lambda source, device: None)
+    monkeypatch.setattr(local, "resident", lambda source, device: None)
+    want = fit(x)
+    for got in fits:
+        for name in ("weights_", "means_", "covariances_"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+        assert got.lower_bound_ == want.lower_bound_
+
+
 def test_a_bad_row_of_a_run_is_named_or_skipped_as_block_by_block(monkeypatch):
     from mega_taxonomy.errors import DataError
     from mega_taxonomy.io import BLOCK_ROWS, streaming

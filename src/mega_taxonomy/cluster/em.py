@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from ..io.device import as_tensor, host_arrays_later
+from ..io import BLOCK_ROWS
+from ..io.device import as_tensor, host_arrays, host_arrays_later
 from ..ops import nearest
 from ..ops.exact import ExactSum
 from ..ops.gmm_estep import ROW_CHUNK, gmm_estep, gmm_stats
@@ -111,6 +112,36 @@ class EStepTask:
             return EMPartial.exact(n_rows, log_likelihood, resp_sum, x_sum, x2_sum)
 
         return Deferred(finish) if x.is_cuda else finish()
+
+    @staticmethod
+    def takes_whole(state: EStepState) -> bool:
+        """Whether :meth:`whole` computes this pass: always (an E-step needs no block alone)."""
+        return True
+
+    def whole(self, block, state: EStepState, device, part=False) -> EMPartial:
+        """The partial of every block of the source at once (``block``: all its rows, on ``device``
+        already; see ``runtime.base.BlockTask``), or of a run of them (``part``: other runs' are
+        added to it): each block's E-step as :meth:`__call__` computes it, the blocks' sums added
+        exactly where they are, and one copy to the host at the end, not one wait per block: the
+        bits of the blocks' partials added by the runtime."""
+        x = block.vectors
+        params = self._params_on(state, x.device)
+        sums = None
+        for lo in range(0, len(x), BLOCK_ROWS):
+            stats = gmm_estep(x[lo:lo + BLOCK_ROWS], *params, state.covariance_type)
+            block_sums = [ExactSum.of(v) for v in (stats.log_likelihood, stats.resp_sum, stats.x_sum, stats.x2_sum)]
+            if sums is None:
+                sums = block_sums
+                continue
+            for total, one in zip(sums, block_sums):
+                total += one
+        kinds = ("float", "numpy", "numpy", "numpy")
+        if part:  # more runs are added to it: exact still, read on the host once the pass is over
+            sums = [total.as_kind(kind) for total, kind in zip(sums, kinds)]
+        else:  # the whole pass: rounded now, as the runtime rounds the blocks' total
+            values = host_arrays(*(total.value() for total in sums))
+            sums = [ExactSum.of(float(values[0]))] + [ExactSum.of(v) for v in values[1:]]
+        return EMPartial(len(x), *sums)
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,8 @@ class LocalRuntime(Runtime):
         return self._device
 
     def map_reduce(self, source, task, state, *, desc=None):
-        whole = self._whole(source, task, state)
+        with cpu_threads(self._device):  # as the blocks' tasks: a CPU product's bits depend on torch's threads
+            whole = self._whole(source, task, state)
         if whole is not None:
             return settled(whole)
         # On CUDA, host blocks are copied ahead on a side stream through pinned buffers (io/streaming.py).

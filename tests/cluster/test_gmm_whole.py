@@ -1,0 +1,72 @@
+"""The E-step over every block at once (``EStepTask.whole``: a tensor on the runtime's GPU, or
+host rows by runs of blocks), checked on the CPU against the blocks one by one: the same bits."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from mega_taxonomy.cluster import GaussianMixture
+from mega_taxonomy.cluster.em import EStepState, EStepTask
+from mega_taxonomy.io import BLOCK_ROWS, VectorSource
+from mega_taxonomy.runtime import LocalRuntime, local, settled
+from mega_taxonomy.runtime.local import cpu_threads
+
+FIELDS = ("n_rows", "log_likelihood", "resp_sum", "x_sum", "x2_sum")
+
+
+def rows(n=2 * BLOCK_ROWS + 1000, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(4, d, generator=g, dtype=torch.float64) * 3
+    # scales far apart: float64 sums whose bits depend on the order of the additions
+    return (centres[torch.randint(0, 4, (n,), generator=g)] + torch.randn(n, d, generator=g, dtype=torch.float64)
+            ) * torch.exp(torch.randn(n, 1, generator=g, dtype=torch.float64))
+
+
+def a_state(x, ctype):
+    """The parameters of a mixture after one iteration on the first rows."""
+    gm = GaussianMixture(4, covariance_type=ctype, max_iter=1, tol=0, random_state=0, device="cpu")
+    with pytest.warns(ConvergenceWarning):  # not converged in one iteration
+        gm.fit(x[:3000].numpy())
+    return EStepState(gm._params(), ctype)
+
+
+def assert_same_partial(got, want):
+    for name in FIELDS:
+        a, b = getattr(got, name), getattr(want, name)
+        assert type(a) is type(b) and np.array_equal(a, b), name
+
+
+@pytest.mark.parametrize("ctype", ["diag", "spherical", "full", "tied"])
+def test_whole_pass_and_runs_are_the_blocks_one_by_one(ctype):
+    x = rows()
+    source = VectorSource(x)
+    state = a_state(x, ctype)
+    by_blocks = LocalRuntime("cpu", progress=False).map_reduce(source, EStepTask(), state)
+    assert source.n_blocks == 3 and by_blocks.n_rows == len(x)
+    with cpu_threads("cpu"):  # as the runtime runs the blocks: a CPU product's bits depend on torch's threads
+        assert_same_partial(settled(EStepTask().whole(source.whole_block(), state, torch.device("cpu"))), by_blocks)
+        runs = [source.unchecked_run(0, 2)[0], source.unchecked_run(2, 3)[0]]
+        parts = [EStepTask().whole(run, state, torch.device("cpu"), part=True) for run in runs]
+    assert_same_partial(settled(parts[0] + parts[1]), by_blocks)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_gaussian_mixture_on_a_whole_tensor_and_by_runs_is_the_blocks_one_by_one(whole_on_cpu, monkeypatch):
+    x = rows(3 * BLOCK_ROWS + 500, seed=1)
+
+    def fit(data):
+        return GaussianMixture(4, covariance_type="diag", max_iter=5, tol=0, random_state=0, device="cpu").fit(data)
+
+    whole = fit(x)
+    assert len(whole_on_cpu) >= 5 and all(whole_on_cpu)
+    taken = []
+    monkeypatch.setattr(local, "run_blocks", lambda source, device: taken.append(2) or 2)
+    by_runs = fit(x.numpy())  # an array: never whole, by runs of 2 blocks here
+    assert len(taken) >= 5
+    monkeypatch.setattr(local, "run_blocks", lambda source, device: None)
+    by_blocks = fit(x.numpy())
+    for got in (whole, by_runs):
+        for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(by_blocks, name), err_msg=name)
+        assert got.lower_bound_ == by_blocks.lower_bound_ and got.n_iter_ == by_blocks.n_iter_
