@@ -85,25 +85,26 @@ class EStepTask:
     the GPU does not idle while the host waits for a block's sums."""
 
     def __init__(self):
-        self._moved = None  # (state, device, its parameters there)
+        self._moved = None  # (state, device, its parameters there, the E-step's operands made of them)
 
     def __reduce__(self):  # a task sent to a worker moves its own parameters
         return EStepTask, ()
 
-    def _params_on(self, state: EStepState, device: torch.device) -> tuple:
-        """The parameters on ``device`` in float64, moved once per pass rather than per block: a
-        block's copy from host memory waits for the GPU's queue, which then idles while the host
-        prepares the next block."""
-        if self._moved is None or self._moved[0] is not state or self._moved[1] != device:
+    def _estep(self, x, state: EStepState):
+        """``gmm_estep`` of rows ``x`` under ``state.params``, moved to ``x``'s device in float64 and
+        prepared for the products once per pass rather than per block: a block's copy from host
+        memory waits for the GPU's queue, which then idles while the host prepares the next block."""
+        if self._moved is None or self._moved[0] is not state or self._moved[1] != x.device:
             p = state.params
-            moved = tuple(torch.as_tensor(a, dtype=torch.float64, device=device)
+            moved = tuple(torch.as_tensor(a, dtype=torch.float64, device=x.device)
                           for a in (p.weights, p.means, p.precisions_cholesky))
-            self._moved = (state, device, moved)
-        return self._moved[2]
+            self._moved = (state, x.device, moved, {})
+        _, _, params, prepared = self._moved
+        return gmm_estep(x, *params, state.covariance_type, prepared=prepared)
 
     def __call__(self, block, state: EStepState, device) -> EMPartial | Deferred:
         x = as_tensor(block.vectors, device)
-        stats = gmm_estep(x, *self._params_on(state, x.device), state.covariance_type)
+        stats = self._estep(x, state)
         later = host_arrays_later(stats.log_likelihood, stats.resp_sum, stats.x_sum, stats.x2_sum)
         n_rows = len(x)
 
@@ -125,22 +126,23 @@ class EStepTask:
         exactly where they are, and one copy to the host at the end, not one wait per block: the
         bits of the blocks' partials added by the runtime."""
         x = block.vectors
-        params = self._params_on(state, x.device)
-        sums = None
+        total = shapes = None
         for lo in range(0, len(x), BLOCK_ROWS):
-            stats = gmm_estep(x[lo:lo + BLOCK_ROWS], *params, state.covariance_type)
-            block_sums = [ExactSum.of(v) for v in (stats.log_likelihood, stats.resp_sum, stats.x_sum, stats.x2_sum)]
-            if sums is None:
-                sums = block_sums
-                continue
-            for total, one in zip(sums, block_sums):
+            stats = self._estep(x[lo:lo + BLOCK_ROWS], state)
+            fields = (stats.log_likelihood, stats.resp_sum, stats.x_sum, stats.x2_sum)
+            one = ExactSum.of(torch.cat([v.reshape(-1) for v in fields]))  # one exact add a block, not four
+            if total is None:
+                total, shapes = one, [v.shape for v in fields]
+            else:
                 total += one
         kinds = ("float", "numpy", "numpy", "numpy")
         if part:  # more runs are added to it: exact still, read on the host once the pass is over
-            sums = [total.as_kind(kind) for total, kind in zip(sums, kinds)]
+            sums = total.split(shapes, kinds)
         else:  # the whole pass: rounded now, as the runtime rounds the blocks' total
-            values = host_arrays(*(total.value() for total in sums))
-            sums = [ExactSum.of(float(values[0]))] + [ExactSum.of(v) for v in values[1:]]
+            (flat,) = host_arrays(total.value())
+            cuts = np.cumsum([math.prod(shape) for shape in shapes])[:-1]
+            sums = [ExactSum.of(float(values[0]) if kind == "float" else values.reshape(shape))
+                    for values, shape, kind in zip(np.split(flat, cuts), shapes, kinds)]
         return EMPartial(len(x), *sums)
 
 

@@ -104,6 +104,25 @@ def test_cancellation_and_scalars_and_kinds():
         tensor + ExactSum.of(torch.ones(2, dtype=torch.float64))
 
 
+def test_a_sum_of_pieces_end_to_end_splits_into_the_sums_of_the_pieces():
+    rng = np.random.default_rng(5)
+    shapes, kinds = [(), (3,), (2, 4)], ["float", "numpy", "numpy"]
+    blocks = [[values(rng, math.prod(shape), spread=40).reshape(shape) for shape in shapes] for _ in range(4)]
+    flat = [ExactSum.of(np.concatenate([np.ravel(v) for v in block])) for block in blocks]
+    pieces = sum(flat[1:], flat[0]).split(shapes, kinds)
+    for i, (piece, kind) in enumerate(zip(pieces, kinds)):
+        alone = ExactSum.of(blocks[0][i])
+        for block in blocks[1:]:
+            alone += ExactSum.of(block[i])
+        assert piece.value() == alone.value() if kind == "float" else np.array_equal(piece.value(), alone.value())
+        assert type(piece.value()) is (float if kind == "float" else np.ndarray)
+    more = ExactSum.of(np.arange(12.0)).split(shapes, kinds)  # pieces still add, exactly
+    total = pieces[2] + more[2]
+    np.testing.assert_array_equal(total.value(), alone.value() + np.arange(4.0, 12.0).reshape(2, 4))
+    with pytest.raises(ValueError, match="do not cut"):
+        ExactSum.of(np.zeros(5)).split([(3,)], ["numpy"])
+
+
 def test_infinities_and_nan_read_nan():
     total = ExactSum.of(np.array([1.0, np.inf, np.nan, 2.0])) + ExactSum.of(np.array([np.inf, 1.0, 1.0, 3.0]))
     out = total.value()

@@ -32,6 +32,8 @@ True
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -222,6 +224,21 @@ class ExactSum(ExactPart):
         "numpy", "tensor" or "float"."""
         out = ExactSum(self.tops, self.digits, kind)
         out._values = self._values
+        return out
+
+    def split(self, shapes, kinds) -> list[ExactSum]:
+        """A one-dimensional sum cut into the exact sums of its consecutive pieces, of ``shapes``
+        (in order), each read back (:meth:`value`) as its entry of ``kinds``: sums that were added
+        end to end, one add for them all."""
+        self.materialize()
+        out, at = [], 0
+        for shape, kind in zip(shapes, kinds):
+            size = math.prod(shape)
+            out.append(ExactSum(self.tops[at:at + size].reshape(shape),
+                                self.digits[:, at:at + size].reshape(DIGITS, *shape), kind))
+            at += size
+        if at != self.shape[0]:
+            raise ValueError(f"pieces of {at} values do not cut a sum of {self.shape[0]}")
         return out
 
     def copy(self) -> ExactSum:

@@ -146,20 +146,24 @@ def _add_chunk(stats, x, r, lo, hi, covariance_type):
         stats.x2_sum[lo:hi] += r.T @ (x * x)
 
 
-def _estep_products(x, params, covariance_type, method, backend) -> EStepStats:
+def _estep_products(x, params, covariance_type, method, backend, prepared: dict) -> EStepStats:
     """:func:`gmm_estep` in products (``products.py``; diag and spherical in float32 unless
-    ``method="fused"``: the kernels of ``triton.py``), the sums back to those of the rows."""
+    ``method="fused"``: the kernels of ``triton.py``), the sums back to those of the rows.
+    ``prepared``: the operands made from the parameters alone, kept from call to call."""
     from . import products
 
     weights, means, prec_chol = params
-    shift = weights @ means
+    if "shift" not in prepared:
+        prepared["shift"] = weights @ means
+    shift = prepared["shift"]
     if covariance_type in ("full", "tied"):
         estep = products.full_estep_products if covariance_type == "full" else products.tied_estep_products
         return EStepStats(*estep(x, weights, means, prec_chol, shift, backend))
     precisions = prec_chol ** 2 if covariance_type == "diag" else (prec_chol ** 2)[:, None].expand_as(means)
     if method == "products":
-        log_likelihood, r, xs, x2s = products.diag_estep_products(
-            x, *products.diag_operands(weights, means, precisions, shift), shift.float(), backend)
+        if "diag" not in prepared:  # a dozen small launches, once a pass rather than once a block
+            prepared["diag"] = (*products.diag_operands(weights, means, precisions, shift), shift.float())
+        log_likelihood, r, xs, x2s = products.diag_estep_products(x, *prepared["diag"], backend)
     else:
         from .triton import diag_estep_triton
 
@@ -196,7 +200,7 @@ def _method(x, covariance_type: str, method: str, backend: str) -> str:
 
 
 def gmm_estep(x, weights, means, precisions_cholesky, covariance_type: str, *, tile: int = TILE,
-              method: str = "auto", backend: str = "auto") -> EStepStats:
+              method: str = "auto", backend: str = "auto", prepared: dict | None = None) -> EStepStats:
     """The E-step statistics of the rows ``x`` (n, D) under a mixture, never an (n, K) array.
 
     Parameters
@@ -220,6 +224,10 @@ def gmm_estep(x, weights, means, precisions_cholesky, covariance_type: str, *, t
         Of the Triton kernels inside a method: "triton" also under ``TRITON_INTERPRET=1`` on the
         CPU; "torch" runs the products method's torch twin (and makes "auto" choose float64 for
         diag / spherical mixtures; tied and full ones take float64 products either way).
+    prepared : dict, optional
+        Kept by a caller that calls again with the same parameter tensors (a pass's blocks):
+        the operands the products make from the parameters alone are made at the first call and
+        kept there. A new dict for new parameters.
 
     Returns
     -------
@@ -229,7 +237,7 @@ def gmm_estep(x, weights, means, precisions_cholesky, covariance_type: str, *, t
     params = _params(x, weights, means, precisions_cholesky, covariance_type)
     method = _method(x, covariance_type, method, backend) if len(x) else "float64"
     if method != "float64":
-        return _estep_products(x, params, covariance_type, method, backend)
+        return _estep_products(x, params, covariance_type, method, backend, {} if prepared is None else prepared)
     stats = _stats_like(x, params[1], covariance_type)
     for start in range(0, len(x), ROW_CHUNK):
         xc = x[start:start + ROW_CHUNK].to(torch.float64)
