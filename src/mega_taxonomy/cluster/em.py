@@ -80,9 +80,10 @@ class EStepState:
 
 
 class EStepTask:
-    """A block's E-step partial under ``state.params``. On a GPU the statistics' copies to the host
-    are queued and the partial finished after the next block's kernels (``runtime.Deferred``):
-    the GPU does not idle while the host waits for a block's sums."""
+    """A block's E-step partial under ``state.params`` (:meth:`__call__`: on a GPU the statistics'
+    copies to the host are queued and the partial finished after the next block's kernels,
+    ``runtime.Deferred``), or a whole pass's or a run of blocks' in one call (:meth:`whole`: the
+    blocks' sums added on the device, one copy at the end), which ``LocalRuntime`` takes on a GPU."""
 
     def __init__(self):
         self._moved = None  # (state, device, its parameters there, the E-step's operands made of them)
