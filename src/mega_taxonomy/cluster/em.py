@@ -137,13 +137,10 @@ class EStepTask:
             else:
                 total += one
         kinds = ("float", "numpy", "numpy", "numpy")
-        if part:  # more runs are added to it: exact still, read on the host once the pass is over
-            sums = total.split(shapes, kinds)
-        else:  # the whole pass: rounded now, as the runtime rounds the blocks' total
-            (flat,) = host_arrays(total.value())
-            cuts = np.cumsum([math.prod(shape) for shape in shapes])[:-1]
-            sums = [ExactSum.of(float(values[0]) if kind == "float" else values.reshape(shape))
-                    for values, shape, kind in zip(np.split(flat, cuts), shapes, kinds)]
+        sums = total.split(shapes, kinds)  # part: more runs are added to it, exact still, read once the pass is over
+        if not part:  # the whole pass: rounded now, as the runtime rounds the blocks' total, in one copy
+            values = host_arrays(*(piece.as_kind("tensor").value() for piece in sums))
+            sums = [ExactSum.of(float(v) if kind == "float" else v) for v, kind in zip(values, kinds)]
         return EMPartial(len(x), *sums)
 
 
