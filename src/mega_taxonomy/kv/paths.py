@@ -2,13 +2,13 @@
 
 - ``cpu_*``: numba's in-order loops (``ops/hash_table/numba.py``) over host memory: keys, scores
   and values are updated in one pass, duplicates of a key take effect one after the other.
-- ``round_*``: the round scheme of ``ops.hash_table.upsert_rounds`` (Triton on CUDA, the torch twin
-  elsewhere): slots first, then values moved by slot through ``TieredValues``.
+- ``tensor_*``: ``ops.hash_table.upsert`` and ``lookup`` (Triton on CUDA, the torch twin
+  elsewhere), the same loop bucket by bucket: values in GPU memory move in the kernels' launches,
+  others (pinned host memory, the twin's) by slot through ``TieredValues``, round by round.
 
-Both return per input key the final slot (-1: absent; the round scheme only for
-``find_or_insert``, whose callers use them, and None otherwise: a lookup of the whole batch
-saved), and for ``insert_and_evict`` the evicted (keys, values, scores): entries pushed out, then
-new keys refused by a full bucket.
+Both return per input key the slot it was found in or written to (-1: absent or refused), and
+for ``insert_and_evict`` the evicted (keys, values, scores): entries pushed out and new keys
+refused by a full bucket, in the batch's order.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from mega_taxonomy.ops import hash_table as ht
 from mega_taxonomy.ops.hash_table import numba as nk
 
-__all__ = ["cpu_erase", "cpu_lookup", "cpu_upsert", "numba_dtype", "round_erase", "round_lookup", "round_upsert"]
+__all__ = ["cpu_erase", "cpu_lookup", "cpu_upsert", "numba_dtype", "tensor_erase", "tensor_lookup", "tensor_upsert"]
 
 
 def numba_dtype(dtype) -> bool:
@@ -61,7 +61,7 @@ def cpu_erase(b, keys):
                         _np(keys)))
 
 
-def round_lookup(b, tiers, keys, copy_values, backend):
+def tensor_lookup(b, tiers, keys, copy_values, backend):
     one = tiers.single() if copy_values else None
     if one is not None and one.device == keys.device:  # the values read with the slots
         slots, scores, values = ht.lookup_values(b, keys, one, backend=backend)
@@ -73,7 +73,7 @@ def round_lookup(b, tiers, keys, copy_values, backend):
     return values, slots, scores
 
 
-def round_erase(b, keys, backend):
+def tensor_erase(b, keys, backend):
     slots, _ = ht.lookup(b, torch.unique(keys), backend=backend)
     slots = slots[slots >= 0]
     bs = b.keys.shape[1]
@@ -106,63 +106,47 @@ def cpu_lookup_slots(b, keys):
     return slots
 
 
-def round_upsert(b, tiers, op, keys, values, desired, rule, flags=None, backend="auto"):
-    _n, dim = len(keys), tiers.shape[1]
+def tensor_upsert(b, tiers, op, keys, values, desired, rule, flags=None, backend="auto"):
+    dim, dtype = tiers.shape[1], tiers.fast.dtype
     if values is not None:
-        values = values.to(device=keys.device, dtype=tiers.fast.dtype)
-    if op == ht.OP_ACCUM:
-        return _round_accum(b, tiers, keys, values, desired, rule, flags, backend)
-    insert = op != ht.OP_ASSIGN
-    r = ht.upsert_rounds(b, keys, desired, rule, insert=insert, backend=backend)
-    rows = r.first if op == ht.OP_FIND_OR_INSERT else r.last  # the occurrence whose value is written
-    evicted = (keys[:0], torch.empty(0, dim, dtype=tiers.fast.dtype, device=keys.device), keys[:0])
+        values = values.to(device=keys.device, dtype=dtype).contiguous()
+    one = tiers.single()
+    storage = one if one is not None and one.device == keys.device else None
+    u = ht.upsert(b, keys, desired, rule, op, flags, values, storage, backend)
+    if u.rank is None:  # the values moved in the launch
+        ev_values, out_values = u.ev_values, u.out_values
+    else:
+        ev_values, out_values = _move_values(tiers, op, u, values, flags, dim, dtype)
+    evicted = (keys[:0], torch.empty(0, dim, dtype=dtype, device=keys.device), keys[:0])
     if op == ht.OP_INSERT_AND_EVICT:
-        inner, index = r.evicted_after_own_round()  # written by this batch, then pushed out
-        ev_v = torch.empty(len(r.evicted_keys), dim, dtype=tiers.fast.dtype, device=keys.device)
-        ev_v[~inner] = tiers[r.evicted_slots[~inner]]  # read before any write below
-        if values is not None:
-            ev_v[inner] = values[rows[index[inner]]]
-        refused = r.status == ht.REFUSED
-        ref_v = values[rows[refused]] if values is not None else torch.zeros(int(refused.sum()), dim, device=keys.device)
-        evicted = (torch.cat([r.evicted_keys, r.keys[refused]]), torch.cat([ev_v, ref_v.to(ev_v.dtype)]),
-                   torch.cat([r.evicted_scores, r.desired[refused]]))
-    keep = r.slots >= 0
-    write = keep & (r.status != ht.FOUND) if op == ht.OP_FIND_OR_INSERT else keep
-    if values is not None:
-        tiers[r.slots[write]] = values[rows[write]]
-    elif op != ht.OP_ASSIGN:
-        new = keep & (r.status != ht.FOUND)
-        tiers[r.slots[new]] = torch.zeros(int(new.sum()), dim, dtype=tiers.fast.dtype, device=keys.device)
-    if op == ht.OP_INSERT_AND_EVICT:
-        evicted = settle_evicted(b, evicted, backend)
-    out_values = slots = None
-    if op == ht.OP_FIND_OR_INSERT:
-        slots = ht.lookup(b, keys, backend=backend)[0]
-        missing = (slots < 0)[:, None]
-        out_values = tiers[slots.clamp_min(0)]
-        out_values = out_values.masked_fill_(missing, 0) if values is None else torch.where(missing, values, out_values)
-    return out_values, slots, evicted
+        e = (u.status == ht.EVICTED) | (u.status == ht.REFUSED)
+        evicted = settle_evicted(b, (u.ev_keys[e], ev_values[e], u.ev_scores[e]), backend)
+    return out_values, u.slots, evicted
 
 
-def _round_accum(b, tiers, keys, values, desired, rule, flags, backend):
-    """accum_or_assign in rounds, as the in-order loop means it: an assign-flagged occurrence inserts
-    a missing key (the first one does), an accum-flagged one adds to a key present by then."""
-    flags = flags.to(device=keys.device, dtype=torch.bool)
-    idx = torch.arange(len(keys), device=keys.device)
-    present = ht.lookup(b, keys, backend=backend)[0] >= 0
-    assign = ~flags & ~present
-    first_assign = torch.full_like(keys, len(keys))
-    if bool(assign.any()):
-        r = ht.upsert_rounds(b, keys[assign], desired[assign], rule, insert=True, backend=backend)
-        put = r.slots >= 0
-        tiers[r.slots[put]] = values[assign][r.first[put]]
-        uniq, inverse = torch.unique(keys, return_inverse=True)
-        firsts = torch.full_like(uniq, len(keys)).scatter_reduce_(0, inverse[assign], idx[assign], "amin")
-        first_assign = firsts[inverse]
-    accum = flags & (present | (idx > first_assign))
-    if bool(accum.any()):
-        ht.upsert_rounds(b, keys[accum], desired[accum], rule, insert=False, backend=backend)
-        slots = ht.lookup(b, keys[accum], backend=backend)[0]
-        ok = slots >= 0
-        tiers.index_add_(slots[ok], values[accum][ok])
-    return None, None, None
+def _move_values(tiers, op, u, values, flags, dim, dtype):
+    """The value rows of ``ht.upsert``'s outcome ``u``, round by round as the keys went (no two
+    occurrences of a round share a slot, and a later round sees an earlier one's writes):
+    (insert_and_evict's evicted rows, find_or_insert's results), None for other ops."""
+    n, device = len(u.slots), u.slots.device
+    ev_values = torch.zeros(n if op == ht.OP_INSERT_AND_EVICT else 0, dim, dtype=dtype, device=device)
+    out_values = torch.zeros(n, dim, dtype=dtype, device=device) if op == ht.OP_FIND_OR_INSERT else None
+    update, _ = ht.intents(op, flags, n, device)
+    found = u.status == ht.FOUND
+    put = (u.status == ht.INSERTED) | (u.status == ht.EVICTED)
+    for i in ht.rounds(u.rank):
+        s, f, p = u.slots[i], found[i, None], put[i, None]
+        old = tiers[s.clamp_min(0)]
+        given = values[i] if values is not None else torch.zeros_like(old)
+        if op == ht.OP_INSERT_AND_EVICT:
+            ev_values[i] = torch.where((u.status[i] == ht.EVICTED)[:, None], old, given)
+        if op == ht.OP_FIND_OR_INSERT:  # a hit's row is read, not written
+            new, write = torch.where(f, old, given), p
+            out_values[i] = new
+        else:
+            upd = f & update[i, None]
+            new = torch.where(upd, old + given, given) if op == ht.OP_ACCUM else given
+            write = p | upd
+        write = write[:, 0]
+        tiers[s[write]] = new[write]
+    return ev_values, out_values

@@ -10,9 +10,9 @@ new key is refused. When the load factor would pass ``max_load_factor`` the capa
 
 Batches: on the CPU, numba's loops take the keys in order, so a key repeated in a batch is
 assigned by its last occurrence, and ``accum_or_assign`` adds every accum-flagged occurrence. On
-CUDA the distinct keys go in rounds (``ops.hash_table``): the same outcome unless a bucket of
-the batch refuses keys. Calls on one table are serialised by a lock (CPU threads); the GPU path
-runs in order on the current stream.
+CUDA the same loop runs bucket by bucket in one launch (``ops.hash_table.upsert``; keys of
+different buckets never meet): the same outcome, bit for bit. Calls on one table are serialised
+by a lock (CPU threads); the GPU path runs in order on the current stream.
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ class HashTable:
 
     def _allocate(self, n_buckets):
         self._b = ht.Buckets.allocate(n_buckets, self.bucket_size, self._empty, self.device)
+        self._size_bound = 0  # at least the size (``_grow_for``)
         self._v = TieredValues(n_buckets, self.bucket_size, self.dim, self.value_dtype, self.device,
                                self.max_hbm_for_vectors)
 
@@ -125,7 +126,7 @@ class HashTable:
                                            and paths.numba_dtype(self.value_dtype))
 
     @property
-    def _round_backend(self):
+    def _tensor_backend(self):
         return "auto" if self.backend in ("auto", "numba") else self.backend
 
     @property
@@ -150,15 +151,21 @@ class HashTable:
 
     # -- inputs ---------------------------------------------------------------------------------
 
+    def _bits(self, keys):
+        return as_bits(keys, len(keys) if hasattr(keys, "__len__") else 1, self.device, "keys").contiguous()
+
     def check_keys(self, keys):
         """``keys`` as contiguous int64 bits on the table's device; ValueError naming a reserved key."""
-        keys = as_bits(keys, len(keys) if hasattr(keys, "__len__") else 1, self.device, "keys")
+        keys = self._bits(keys)
+        self._refuse_reserved(keys)
+        return keys
+
+    def _refuse_reserved(self, keys):
         bad = (keys & self._mask) == self._reserved
         if bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
             raise ValueError(f"keys: row {i}: key {int(keys[i]) % 2**64:#x} is reserved by the table "
                              f"(reserved_key_start_bit={self.reserved_key_start_bit}); choose another key or start bit")
-        return keys.contiguous()
 
     def _values(self, values, n, name="values"):
         if values is None:
@@ -183,7 +190,7 @@ class HashTable:
                                                  global_epoch=global_epoch)
             if self._numba:
                 return paths.cpu_upsert(self._b, self._v, op, keys, values, desired, rule, flags)
-            return paths.round_upsert(self._b, self._v, op, keys, values, desired, rule, flags, self._round_backend)
+            return paths.tensor_upsert(self._b, self._v, op, keys, values, desired, rule, flags, self._tensor_backend)
 
     def insert_or_assign(self, keys, values, scores=None, *, global_epoch=None) -> None:
         """Insert missing keys and assign present ones (a full bucket evicts its lowest score)."""
@@ -220,11 +227,19 @@ class HashTable:
         self._upsert(ht.OP_ACCUM, keys, values, scores, global_epoch, flags.to(self.device))
 
     def _grow_for(self, n):
-        target = self.capacity()
-        while (self.size() + n) > self.max_load_factor * target and target < self._max_buckets * self.bucket_size:
+        """Double the capacity until ``n`` more keys keep the load factor, up to ``max_capacity``.
+        The size is read from the device only when the host's bound on it (the size last read,
+        plus every key offered since) would pass the load factor: a read is a wait on the GPU."""
+        target, largest = self.capacity(), self._max_buckets * self.bucket_size
+        if target == largest:
+            return
+        if self._size_bound + n > self.max_load_factor * target:
+            self._size_bound = self.size()
+        while self._size_bound + n > self.max_load_factor * target and target < largest:
             target *= 2
         if target > self.capacity():
             self._rehash(target // self.bucket_size)
+        self._size_bound += n
 
     def _rehash(self, n_buckets):
         keys, values, scores = self._export_slots(torch.arange(self.capacity(), device=self.device))
@@ -233,11 +248,12 @@ class HashTable:
 
     def restore(self, keys, values, scores):
         """Put distinct entries back with their scores as they are (rehash, load)."""
+        self._size_bound += len(keys)
         if self._numba:
             paths.cpu_upsert(self._b, self._v, ht.OP_RESTORE, keys, values, scores, ht.SCORE_SET)
         else:
-            paths.round_upsert(self._b, self._v, ht.OP_INSERT_OR_ASSIGN, keys, values, scores, ht.SCORE_SET,
-                               backend=self._round_backend)
+            paths.tensor_upsert(self._b, self._v, ht.OP_RESTORE, keys, values, scores, ht.SCORE_SET,
+                                backend=self._tensor_backend)
 
     def reserve(self, capacity: int) -> None:
         """Grow to at least ``capacity`` slots (up to ``max_capacity``), placing every entry again."""
@@ -249,10 +265,15 @@ class HashTable:
     # -- lookups --------------------------------------------------------------------------------
 
     def _lookup(self, keys, copy_values):
-        keys = self.check_keys(keys)
+        keys = self._bits(keys)
         if self._numba:
-            return paths.cpu_lookup(self._b, self._v, keys, copy_values)
-        return paths.round_lookup(self._b, self._v, keys, copy_values, self._round_backend)
+            out = paths.cpu_lookup(self._b, self._v, keys, copy_values)
+        else:
+            out = paths.tensor_lookup(self._b, self._v, keys, copy_values, self._tensor_backend)
+        # checked after the lookup, which changes nothing: on the GPU the check's wait then comes
+        # after the lookup's launch, not between the call's start and its kernel
+        self._refuse_reserved(keys)
+        return out
 
     def find(self, keys):
         """(values, founds, scores): zeros where a key is missing."""
@@ -276,7 +297,7 @@ class HashTable:
             keys = self.check_keys(keys)
             if self._numba:
                 return paths.cpu_erase(self._b, keys)
-            return paths.round_erase(self._b, keys, self._round_backend)
+            return paths.tensor_erase(self._b, keys, self._tensor_backend)
 
     def clear(self) -> None:
         with self._lock:

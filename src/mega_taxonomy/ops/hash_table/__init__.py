@@ -2,26 +2,24 @@
 batched lookups and upserts over it (HierarchicalKV's layout; values live with the caller,
 ``kv/tiers.py``).
 
-Two ways to run a batch:
+Two ways to run a batch, both meaning what the same calls one key at a time would:
 
 - ``numba.py``: compiled CPU loops that take the keys one at a time, in order, and move the
   values too (``kv/`` calls them directly on the CPU).
-- Rounds (this module): the distinct keys of a batch, in the order of their first occurrence,
-  are ranked within their bucket; round r handles every bucket's r-th key at once, so no two
-  keys of a round touch the same bucket and a round needs no locks or atomics. The torch twin
-  runs the rounds one after the other (``upsert_round_reference``); on CUDA one Triton launch
-  runs them all (``triton.py``: a program owns whole buckets and takes their keys in round order).
-  The result equals the in-order loop's whenever no key of the batch is refused (then every
-  distinct key goes in at its first occurrence with its combined score, as the loop would put it).
+- :func:`upsert` (this module): keys of different buckets never meet, so only the order within
+  each bucket matters. The occurrences are grouped by bucket in the batch's order; on CUDA one
+  Triton launch runs numba's loop bucket by bucket (``triton.py``: a program owns whole buckets),
+  with the values when they are in GPU memory. The torch twin runs rounds: round r applies every
+  bucket's r-th occurrence at once (no two of them share a bucket).
 
 Examples
 --------
 >>> import torch
 >>> b = Buckets.allocate(n_buckets=2, bucket_size=4, empty=-1)
->>> r = upsert_rounds(b, torch.tensor([5, 9, 5]), torch.tensor([1, 2, 3]), SCORE_ADD, insert=True,
-...                   backend="torch")
->>> r.keys.tolist(), r.status.tolist(), lookup(b, torch.tensor([9, 5, 7]), backend="torch")[1].tolist()
-([5, 9], [1, 1], [2, 4, 0])
+>>> u = upsert(b, torch.tensor([5, 9, 5]), torch.tensor([1, 2, 3]), SCORE_ADD, OP_INSERT_OR_ASSIGN,
+...            backend="torch")
+>>> u.status.tolist(), lookup(b, torch.tensor([9, 5, 7]), backend="torch")[1].tolist()
+([1, 1, 0], [2, 4, 0])
 """
 
 from __future__ import annotations
@@ -66,15 +64,18 @@ __all__ = [
     "SCORE_SET",
     "SIGN",
     "Buckets",
-    "Rounds",
+    "Upserted",
     "fmix64",
+    "intents",
     "locate",
     "lookup",
     "lookup_reference",
     "lookup_values",
+    "rounds",
     "unsigned_key",
+    "upsert",
     "upsert_round_reference",
-    "upsert_rounds",
+    "uses_triton",
 ]
 
 SIGN = -(2**63)
@@ -150,7 +151,7 @@ def lookup_reference(b: Buckets, keys: torch.Tensor):
 
 def lookup(b: Buckets, keys: torch.Tensor, backend: str = "auto"):
     """(slots, scores) of ``keys``: Triton on CUDA (or ``backend="triton"``), else the torch twin."""
-    if _triton(keys, backend):
+    if uses_triton(keys, backend):
         from .triton import lookup_triton
 
         return lookup_triton(b, keys)
@@ -160,7 +161,7 @@ def lookup(b: Buckets, keys: torch.Tensor, backend: str = "auto"):
 def lookup_values(b: Buckets, keys: torch.Tensor, values: torch.Tensor, backend: str = "auto"):
     """(slots, scores, rows): :func:`lookup`, and the keys' rows of ``values`` (slots, dim) on the
     keys' device, zeros where a key is missing; in the lookup's launch on CUDA."""
-    if _triton(keys, backend):
+    if uses_triton(keys, backend):
         from .triton import lookup_triton
 
         return lookup_triton(b, keys, values)
@@ -168,7 +169,8 @@ def lookup_values(b: Buckets, keys: torch.Tensor, values: torch.Tensor, backend:
     return slots, scores, values[slots.clamp_min(0)].masked_fill_((slots < 0)[:, None], 0)
 
 
-def _triton(keys, backend) -> bool:
+def uses_triton(keys, backend) -> bool:
+    """Whether ``backend`` runs the Triton kernels for ``keys``: "triton", or "auto" on CUDA."""
     return backend == "triton" or (backend == "auto" and keys.is_cuda)
 
 
@@ -182,9 +184,12 @@ def new_score(old, desired, rule):
     return old
 
 
-def upsert_round_reference(b: Buckets, keys, bucket, digest, desired, rule, insert):
-    """Torch twin of one round: ``keys`` lie in distinct buckets. Returns (slots, status, old_keys,
-    old_scores): the slot each key ends in (-1: refused or missing) and what it evicted."""
+def upsert_round_reference(b: Buckets, keys, bucket, digest, desired, rule, update, may_insert):
+    """Torch twin of one round: ``keys`` lie in distinct buckets; a found key's score follows
+    ``rule`` where ``update``, a missing key is inserted where ``may_insert`` (a full bucket evicts
+    its lowest score, or refuses a key scored below it). Returns (slots, status, old_keys,
+    old_scores): the slot each key was found in or written to (-1: missing or refused), and the
+    entry at that position before the round (the evicted one for EVICTED)."""
     bs = b.keys.shape[1]
     rows_k, rows_s = b.keys[bucket], b.scores[bucket]
     hit = (b.digests[bucket] == digest[:, None]) & (rows_k == keys[:, None])
@@ -193,106 +198,90 @@ def upsert_round_reference(b: Buckets, keys, bucket, digest, desired, rule, inse
     has_free = free.any(1)
     low, low_at = unsigned_key(rows_s).min(1)  # the first position of the lowest score
     pos = torch.where(found, hit.to(torch.int8).argmax(1), torch.where(has_free, free.to(torch.int8).argmax(1), low_at))
-    admit = has_free | (unsigned_key(desired) >= low)
-    put = ~found & admit & insert
-    if insert:
-        status = torch.where(found, FOUND, torch.where(admit, torch.where(has_free, INSERTED, EVICTED), REFUSED))
-    else:
-        status = torch.where(found, FOUND, MISSING)
+    inserting = ~found & may_insert
+    put = inserting & (has_free | (unsigned_key(desired) >= low))
+    status = torch.where(found, FOUND, torch.where(put, torch.where(has_free, INSERTED, EVICTED),
+                                                   torch.where(inserting, REFUSED, MISSING)))
     old_keys, old_scores = rows_k.gather(1, pos[:, None])[:, 0], rows_s.gather(1, pos[:, None])[:, 0]
     score = torch.where(found, new_score(old_scores, desired, rule), desired)
-    write = found | put
+    write = (found & update) | put
     bw, pw = bucket[write], pos[write]
     b.keys[bw, pw], b.digests[bw, pw], b.scores[bw, pw] = keys[write], digest[write], score[write]
     b.sizes.index_add_(0, bucket[put & has_free], torch.ones_like(bucket[put & has_free], dtype=torch.int32))
-    slots = torch.where(write, bucket * bs + pos, -1)
-    return slots, status, old_keys, old_scores
+    return torch.where(found | put, bucket * bs + pos, -1), status, old_keys, old_scores
 
 
 @dataclass
-class Rounds:
-    """The outcome of a batch, per distinct key (in the order of first occurrence)."""
+class Upserted:
+    """What a batch did, per occurrence, in the batch's order."""
 
-    keys: torch.Tensor    # (u,) distinct keys
-    first: torch.Tensor   # (u,) index of each one's first occurrence in the batch
-    last: torch.Tensor    # (u,) index of its last occurrence
-    desired: torch.Tensor  # (u,) combined score operand
-    slots: torch.Tensor   # (u,) final slot, -1 when refused, missing, or evicted later in the batch
-    status: torch.Tensor  # (u,) FOUND / INSERTED / EVICTED / REFUSED / MISSING
-    rank: torch.Tensor    # (u,) the round of each key
-    evicted_keys: torch.Tensor  # (e,) keys pushed out (those inserted earlier in the batch too)
-    evicted_scores: torch.Tensor
-    evicted_slots: torch.Tensor
-    evicted_rounds: torch.Tensor
-
-    def evicted_after_own_round(self):
-        """(e,) whether an evicted key was written by this batch before it was pushed out (its
-        value is the batch's), and (e,) its index in ``keys`` (-1: not in the batch)."""
-        order = torch.argsort(self.keys)
-        at = torch.searchsorted(self.keys[order], self.evicted_keys).clamp_max(max(len(order) - 1, 0))
-        index = order[at] if len(order) else at
-        inner = (self.keys[index] == self.evicted_keys) if len(order) else torch.zeros_like(at, dtype=torch.bool)
-        index = torch.where(inner, index, -1)
-        return inner & (self.evicted_rounds > self.rank[index.clamp_min(0)]), index
+    slots: torch.Tensor      # (n,) the slot the key was found in or written to; -1: missing or refused
+    status: torch.Tensor     # (n,) FOUND / INSERTED / EVICTED / REFUSED / MISSING
+    ev_keys: torch.Tensor    # (n,) EVICTED: the entry pushed out; REFUSED: the key itself; else 0
+    ev_scores: torch.Tensor  # (n,) their scores
+    rank: torch.Tensor | None  # (n,) the occurrence's place among its bucket's (values not moved)
+    ev_values: torch.Tensor | None = None  # values moved: insert_and_evict's rows of ev_keys (n, dim)
+    out_values: torch.Tensor | None = None  # values moved: find_or_insert's results (n, dim)
 
 
-def _distinct(keys, desired, rule):
-    uniq, inverse = torch.unique(keys, return_inverse=True)
-    idx = torch.arange(len(keys), device=keys.device)
-    first = torch.full_like(uniq, len(keys)).scatter_reduce_(0, inverse, idx, "amin")
-    last = torch.full_like(uniq, -1).scatter_reduce_(0, inverse, idx, "amax")
-    if rule == SCORE_ADD:
-        combined = torch.zeros_like(uniq).index_add_(0, inverse, desired)
-    elif rule == SCORE_EPOCH_ADD:
-        low = torch.zeros_like(uniq).index_add_(0, inverse, desired & LOW32).clamp_max(int(LOW32))
-        combined = (desired[last] & HIGH32) | low
-    else:
-        combined = desired[last]
-    order = torch.argsort(first)
-    return uniq[order], first[order], last[order], combined[order]
+def intents(op: int, flags, n: int, device):
+    """(update, may_insert) per occurrence: whether a found key takes ``op``'s score and value,
+    and whether a missing one is inserted (numba's ``upsert``)."""
+    yes = torch.ones(n, dtype=torch.bool, device=device)
+    if op == OP_ACCUM:
+        flags = flags.to(device=device, dtype=torch.bool)
+        return flags, ~flags
+    if op == OP_RESTORE:
+        return ~yes, yes
+    if op == OP_ASSIGN:
+        return yes, ~yes
+    return yes, yes
 
 
-def upsert_rounds(b: Buckets, keys, desired, rule, *, insert, backend="auto") -> Rounds:
-    """Apply a batch in rounds (module docstring): find or insert each distinct key, scores by ``rule``."""
-    keys, first, last, desired = _distinct(keys, desired, rule)
+def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage=None, backend="auto") -> Upserted:
+    """Apply ``op`` (``OP_*``) to every occurrence of ``keys`` as numba's loop does (module
+    docstring), scores by ``rule`` from ``desired``. ``storage``: the value rows by slot, on the
+    keys' device; given on the Triton path, the values (``values`` (n, dim), or None) move in its
+    launch, else the caller moves them (``Upserted.rank`` gives the rounds)."""
+    n = len(keys)
     nb, bs = b.keys.shape
     bucket, digest = locate(keys, nb, bs)
-    by_bucket = torch.argsort(bucket, stable=True)  # stable: first-occurrence order within a bucket
+    order = torch.argsort(bucket, stable=True)  # stable: the batch's order within a bucket
     counts = torch.bincount(bucket, minlength=nb)
     starts = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(bucket)
-    rank[by_bucket] = torch.arange(len(keys), device=keys.device) - starts[bucket[by_bucket]]
-    if backend == "triton" or (backend == "auto" and keys.is_cuda):
-        from .triton import upsert_buckets_triton
+    if uses_triton(keys, backend) and (storage is None or storage.device == keys.device):
+        from .triton import upsert_triton
 
-        slots, status, old_keys, old_scores = upsert_buckets_triton(b, keys, digest, desired, by_bucket, starts,
-                                                                    counts, rule, insert)
-        at = torch.nonzero(status == EVICTED)[:, 0]
-        at = at[torch.argsort(rank[at] * len(keys) + at)]  # round by round, as the rounds list them
-        evicted = (old_keys[at], old_scores[at], slots[at], rank[at])
-    else:
-        slots, status, evicted = _rounds_reference(b, keys, bucket, digest, desired, rank, rule, insert)
-    out = Rounds(keys, first, last, desired, slots, status, rank, *evicted)
-    if len(out.evicted_keys):  # a key written by this batch and pushed out in a later round holds no slot
-        later, index = out.evicted_after_own_round()
-        out.slots[index[later]] = -1
-    return out
-
-
-def _rounds_reference(b, keys, bucket, digest, desired, rank, rule, insert):
-    """The rounds one after the other through ``upsert_round_reference``: (slots, status, evicted
-    (keys, scores, slots, rounds))."""
-    by_rank = torch.argsort(rank, stable=True)
-    per_round = torch.bincount(rank, minlength=1).tolist() if len(keys) else []
+        flags = None if flags is None else flags.to(torch.int8)
+        slots, status, ev_k, ev_s, ev_v, out_v = upsert_triton(b, keys, desired, rule, op, flags, order, starts,
+                                                               counts, values, storage)
+        if storage is not None:
+            return Upserted(slots, status, ev_k, ev_s, None, ev_v, out_v)
+        return Upserted(slots, status, ev_k, ev_s, _ranks(bucket, order, starts))
+    rank = _ranks(bucket, order, starts)
+    update, may_insert = intents(op, flags, n, keys.device)
     slots = torch.full_like(keys, -1)
     status = torch.full_like(keys, MISSING)
-    ev_k, ev_s, ev_p, ev_r = [keys[:0]], [keys[:0]], [keys[:0]], [keys[:0]]
-    start = 0
-    for r, count in enumerate(per_round):
-        i = by_rank[start:start + count]
-        start += count
-        s, st, ok, os = upsert_round_reference(b, keys[i], bucket[i], digest[i], desired[i], rule, insert)
+    ev_k, ev_s = torch.zeros_like(keys), torch.zeros_like(keys)
+    for i in rounds(rank):
+        s, st, ok, os = upsert_round_reference(b, keys[i], bucket[i], digest[i], desired[i], rule, update[i],
+                                               may_insert[i])
         slots[i], status[i] = s, st
-        e = st == EVICTED
-        ev_k.append(ok[e]), ev_s.append(os[e]), ev_p.append(s[e]), ev_r.append(torch.full_like(s[e], r))
-    return slots, status, tuple(torch.cat(parts) for parts in (ev_k, ev_s, ev_p, ev_r))
+        ev_k[i] = torch.where(st == EVICTED, ok, torch.where(st == REFUSED, keys[i], 0))
+        ev_s[i] = torch.where(st == EVICTED, os, torch.where(st == REFUSED, desired[i], 0))
+    return Upserted(slots, status, ev_k, ev_s, rank)
+
+
+def _ranks(bucket, order, starts):
+    rank = torch.empty_like(bucket)
+    rank[order] = torch.arange(len(bucket), device=bucket.device) - starts[bucket[order]]
+    return rank
+
+
+def rounds(rank: torch.Tensor):
+    """The occurrences of each round, round after round: round r holds every bucket's r-th."""
+    by_rank = torch.argsort(rank, stable=True)
+    start = 0
+    for count in torch.bincount(rank).tolist() if len(rank) else []:
+        yield by_rank[start:start + count]
+        start += count

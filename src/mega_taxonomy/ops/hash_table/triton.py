@@ -6,14 +6,14 @@ Kernel contract
   tscores : (nb, bs) int64  scores' bits, compared as uint64 through ``x ^ SIGN``
   sizes   : (nb,) int32     occupied slots per bucket
   keys    : (n,) int64      the batch (reserved keys were refused by the caller)
-A program takes BLOCK keys and loads, for each, its bucket's bs digest bytes as one row of a
-(BLOCK, bs) tile: one 128-byte line per key at bs = 128, as the original reads. Keys are loaded
-only where digests match. ``_upsert_buckets`` runs every round of ``ops.hash_table.upsert_rounds``
-in one launch: a program owns whole buckets and applies each one's keys in order, so no two
-programs touch a bucket and it needs no atomics. n, nb are runtime values; bs is a constexpr (a
-power of two); program ids are 64-bit.
-Values are not touched here: the caller gathers and scatters them by slot (``kv/tiers.py``), so
-the same kernels serve values in GPU memory and in pinned host memory.
+A lookup program takes BLOCK keys and loads, for each, its bucket's bs digest bytes as one row of
+a (BLOCK, bs) tile: one 128-byte line per key at bs = 128, as the original reads. Keys are loaded
+only where digests match. ``_upsert_in_order`` runs numba's in-order loop bucket by bucket in one
+launch: a program owns whole buckets and applies each one's occurrences in the batch's order, so
+no two programs touch a bucket and it needs no atomics; a batch means what it means on the CPU.
+n, nb are runtime values; bs is a constexpr (a power of two); program ids are 64-bit.
+Values in GPU memory move in the same launches (``vals`` / ``storage``, by slot); values in
+pinned host memory are moved by the caller afterwards, by slot (``kv/paths.py``).
 """
 
 from __future__ import annotations
@@ -22,21 +22,43 @@ import torch
 import triton
 import triton.language as tl
 
-from . import EVICTED, FOUND, INSERTED, MISSING, REFUSED, SCORE_ADD, SCORE_EPOCH_ADD, SCORE_SET, SIGN
+from . import (
+    EVICTED,
+    FOUND,
+    INSERTED,
+    MISSING,
+    OP_ACCUM,
+    OP_ASSIGN,
+    OP_FIND_OR_INSERT,
+    OP_INSERT_AND_EVICT,
+    OP_RESTORE,
+    REFUSED,
+    SCORE_ADD,
+    SCORE_EPOCH_ADD,
+    SCORE_SET,
+    SIGN,
+)
 
 # Triton reads module globals inside kernels only as constexprs.
 _FOUND, _INSERTED, _EVICTED = tl.constexpr(FOUND), tl.constexpr(INSERTED), tl.constexpr(EVICTED)
 _REFUSED, _MISSING = tl.constexpr(REFUSED), tl.constexpr(MISSING)
 _SET, _ADD, _EPOCH_ADD = tl.constexpr(SCORE_SET), tl.constexpr(SCORE_ADD), tl.constexpr(SCORE_EPOCH_ADD)
+_ACCUM, _ASSIGN, _RESTORE = tl.constexpr(OP_ACCUM), tl.constexpr(OP_ASSIGN), tl.constexpr(OP_RESTORE)
+_FIND_OR_INSERT, _INSERT_AND_EVICT = tl.constexpr(OP_FIND_OR_INSERT), tl.constexpr(OP_INSERT_AND_EVICT)
 
 M1 = 0xFF51AFD7ED558CCD  # passed as arguments: Triton types ints >= 2**63 as uint64
 M2 = 0xC4CEB9FE1A85EC53
 LOW32 = 0xFFFFFFFF
 HIGH32 = -(2**32)
-# Keys per program: a (BLOCK, bs) tile of digest bytes, 4 KB at bs = 128. Not tuned on a GPU yet.
+# The lookup's kernel ("bytes": ``_lookup``, "words": ``_lookup_words``), keys per program and
+# warps per program. Not tuned on a GPU yet.
+LOOKUP = "bytes"
 BLOCK = 32
-# Buckets per program of the upsert: their keys, digests and scores are held in registers.
+LOOKUP_WARPS = 4
+# Buckets per program of the upsert: their keys and digests (and scores where read) are held in
+# registers; a program loops as often as its busiest bucket has occurrences.
 BUCKETS = 8
+UPSERT_WARPS = 4
 
 
 @triton.jit
@@ -70,42 +92,119 @@ def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, d
 
 
 @triton.jit
-def _upsert_buckets(tkeys, tdig, tscores, sizes, keys, digests, desired, by_bucket, starts, counts, out_slots,
-                    out_status, out_old_keys, out_old_scores, nb, empty, sign, low32, high32,
-                    RULE: tl.constexpr, INSERT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr):
+def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out_vals, dim, n, nb_mask, m1, m2,
+                  SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
+                  COPY: tl.constexpr):
+    """``_lookup`` reading a bucket's digests as BS / 4 words of 4 bytes: the bytes equal to the
+    key's digest marked in place (the exact zero-byte test, on the word XOR the digest repeated),
+    then the keys read at the marked bytes, first to last, only until the key is found."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    k = tl.load(keys + offs, mask=m, other=0)
+    h = k.to(tl.uint64, bitcast=True)
+    h = h ^ (h >> 33)
+    h = h * m1
+    h = h ^ (h >> 33)
+    h = h * m2
+    h = h ^ (h >> 33)
+    bucket = (h >> SHIFT).to(tl.int64) & nb_mask
+    digest = ((h >> 32) & 0xFF).to(tl.int64)
+    W: tl.constexpr = BS // 4
+    cols = tl.arange(0, W)
+    # int32 words whose sums wrap: the test's bits are those of its usual uint32 form
+    words = tl.load(twords + bucket[:, None] * W + cols[None, :], mask=m[:, None], other=0)
+    x = words ^ (digest * 0x01010101).to(tl.int32)[:, None]
+    marks = (((x & 0x7F7F7F7F) + 0x7F7F7F7F) | x | 0x7F7F7F7F) ^ -1  # bit 7 of every zero byte
+    pos = tl.full((BLOCK,), BS, tl.int64)
+    todo = m
+    while tl.max(todo.to(tl.int32), axis=0) > 0:
+        w = tl.min(tl.where(marks != 0, cols[None, :], W), axis=1)
+        todo = todo & (w < W)
+        word = tl.sum(tl.where(cols[None, :] == w[:, None], marks, 0), axis=1)
+        low = word & (0 - word)  # the first marked byte's bit
+        byte = tl.where(low == 0x80, 0, tl.where(low == 0x8000, 1, tl.where(low == 0x800000, 2, 3)))
+        at = w.to(tl.int64) * 4 + byte
+        hit = todo & (tl.load(tkeys + bucket * BS + at, mask=todo, other=0) == k)
+        pos = tl.where(hit, at, pos)
+        todo = todo & ~hit
+        marks = tl.where(cols[None, :] == w[:, None], marks ^ low[:, None], marks)
+    found = (pos < BS) & m
+    slot = bucket * BS + pos
+    tl.store(out_slots + offs, tl.where(found, slot, -1), mask=m)
+    tl.store(out_scores + offs, tl.load(tscores + slot, mask=found, other=0), mask=m)
+    if COPY:
+        d = tl.arange(0, DIM)
+        row_ok = (d < dim)[None, :]
+        v = tl.load(vals + slot[:, None] * dim + d[None, :], mask=found[:, None] & row_ok, other=0)
+        tl.store(out_vals + offs[:, None] * dim + d[None, :], v, mask=m[:, None] & row_ok)
+
+
+@triton.jit
+def _upsert_in_order(tkeys, tdig, tscores, sizes, keys, desired, flags, order, starts, counts, values, storage,
+                     out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, nb, dim, empty, m1, m2,
+                     sign, low32, high32, OP: tl.constexpr, RULE: tl.constexpr, SHIFT: tl.constexpr,
+                     BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr, HAS_VALUES: tl.constexpr,
+                     MOVE_VALUES: tl.constexpr):
+    """numba's ``upsert`` loop, bucket by bucket: a program owns BLOCK buckets and takes each one's
+    occurrences in the batch's order (``order[starts[j]:starts[j] + counts[j]]`` are bucket j's),
+    so no two programs touch a bucket and no atomics are needed. A bucket's keys and digests are
+    loaded once and kept current in registers; its scores only where they are read (a bucket that
+    may fill up in this batch, or a rule that adds to the old score). With MOVE_VALUES the value
+    rows (``storage``, by slot) move in the same launch, each bucket's by one lane of the tile in
+    order: a later occurrence's write lands after an earlier one's."""
     b = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     count = tl.load(counts + b, mask=b < nb, other=0)
     first = tl.load(starts + b, mask=count > 0, other=0)
+    size = tl.load(sizes + b, mask=count > 0, other=0)
     cols = tl.arange(0, BS)
     base = b[:, None] * BS + cols[None, :]
-    m2 = (count > 0)[:, None]
-    # the buckets' slots, loaded once and kept current in registers: a bucket's r-th key sees what
-    # its earlier keys wrote without reading global memory back (no ordering between threads needed)
-    tk = tl.load(tkeys + base, mask=m2, other=0)
-    td = tl.load(tdig + base, mask=m2, other=0)
-    ts = tl.load(tscores + base, mask=m2, other=0) ^ sign  # unsigned order
+    act = (count > 0)[:, None]
+    tk = tl.load(tkeys + base, mask=act, other=0)
+    td = tl.load(tdig + base, mask=act, other=0)
+    if RULE == _ADD or RULE == _EPOCH_ADD:
+        read_scores = count > 0
+    else:
+        read_scores = (count > 0) & (size + count > BS)
+    ts = tl.load(tscores + base, mask=read_scores[:, None], other=0) ^ sign  # unsigned order
+    d_cols = tl.arange(0, DIM)
+    d_ok = (d_cols < dim)[None, :]
     grown = tl.zeros((BLOCK,), tl.int32)
     for r in range(tl.max(count, axis=0)):
         live = r < count
-        i = tl.load(by_bucket + first + r, mask=live, other=0)
+        i = tl.load(order + first + r, mask=live, other=0)
         k = tl.load(keys + i, mask=live, other=0)
-        d = tl.load(digests + i, mask=live, other=0)
         des = tl.load(desired + i, mask=live, other=0)
-        hit = (td == d[:, None]) & (tk == k[:, None]) & live[:, None]
-        hpos = tl.min(tl.where(hit, cols[None, :], BS), axis=1)
+        h = k.to(tl.uint64, bitcast=True)
+        h = h ^ (h >> 33)
+        h = h * m1
+        h = h ^ (h >> 33)
+        h = h * m2
+        h = h ^ (h >> 33)
+        d = ((h >> 32) & 0xFF).to(tl.uint8)
+        hpos = tl.min(tl.where((td == d[:, None]) & (tk == k[:, None]), cols[None, :], BS), axis=1)
+        found = (hpos < BS) & live
+        if OP == _ACCUM:
+            flag = tl.load(flags + i, mask=live, other=0) != 0
+            update = found & flag
+            may_insert = live & ~found & ~flag
+        elif OP == _RESTORE:
+            update = tl.zeros((BLOCK,), tl.int1)
+            may_insert = live & ~found
+        elif OP == _ASSIGN:
+            update = found
+            may_insert = tl.zeros((BLOCK,), tl.int1)
+        else:
+            update = found
+            may_insert = live & ~found
+        has_free = size + grown < BS
         fpos = tl.min(tl.where(tk == empty, cols[None, :], BS), axis=1)
         low = tl.min(ts, axis=1)
         lpos = tl.min(tl.where(ts == low[:, None], cols[None, :], BS), axis=1)
-        found = hpos < BS
-        has_free = fpos < BS
-        pos = tl.where(found, hpos, tl.where(has_free, fpos, lpos))
         admit = has_free | ((des ^ sign) >= low)
-        if INSERT:
-            put = (~found) & admit & live
-            status = tl.where(found, _FOUND, tl.where(admit, tl.where(has_free, _INSERTED, _EVICTED), _REFUSED))
-        else:
-            put = found & (~live)  # never
-            status = tl.where(found, _FOUND, _MISSING)
+        put = may_insert & admit
+        evict = put & ~has_free
+        refused = may_insert & ~admit
+        pos = tl.where(found, hpos, tl.where(has_free, fpos, lpos))
         at = cols[None, :] == pos[:, None]
         old_k = tl.sum(tl.where(at, tk, 0), axis=1)
         old_s = tl.sum(tl.where(at, ts, 0), axis=1) ^ sign
@@ -118,21 +217,43 @@ def _upsert_buckets(tkeys, tdig, tscores, sizes, keys, digests, desired, by_buck
         else:
             new = old_s
         score = tl.where(found, new, des)
-        write = (found | put) & live
+        write = update | put
         at = at & write[:, None]
         tk = tl.where(at, k[:, None], tk)
         td = tl.where(at, d[:, None], td)
         ts = tl.where(at, (score ^ sign)[:, None], ts)
         slot = b * BS + pos
-        tl.store(tkeys + slot, k, mask=write)
-        tl.store(tdig + slot, d, mask=write)
+        tl.store(tkeys + slot, k, mask=put)
+        tl.store(tdig + slot, d, mask=put)
         tl.store(tscores + slot, score, mask=write)
         grown += (put & has_free).to(tl.int32)
-        tl.store(out_slots + i, tl.where(write, slot, -1), mask=live)
+        status = tl.where(found, _FOUND, tl.where(put, tl.where(evict, _EVICTED, _INSERTED),
+                                                  tl.where(refused, _REFUSED, _MISSING)))
+        tl.store(out_slots + i, tl.where(found | put, slot, -1), mask=live)
         tl.store(out_status + i, status.to(tl.int64), mask=live)
-        tl.store(out_old_keys + i, old_k, mask=live)
-        tl.store(out_old_scores + i, old_s, mask=live)
-    tl.store(sizes + b, tl.load(sizes + b, mask=grown > 0, other=0) + grown, mask=grown > 0)
+        tl.store(ev_keys + i, tl.where(evict, old_k, k), mask=evict | refused)
+        tl.store(ev_scores + i, tl.where(evict, old_s, des), mask=evict | refused)
+        if MOVE_VALUES:
+            row = storage + slot[:, None] * dim + d_cols[None, :]
+            at_i = i[:, None] * dim + d_cols[None, :]
+            old = tl.load(row, mask=(found | evict)[:, None] & d_ok, other=0)
+            if HAS_VALUES:
+                given = tl.load(values + at_i, mask=live[:, None] & d_ok, other=0)
+            else:
+                given = tl.zeros_like(old)
+            if OP == _INSERT_AND_EVICT:
+                tl.store(ev_values + at_i, tl.where(evict[:, None], old, given), mask=(evict | refused)[:, None] & d_ok)
+            if OP == _FIND_OR_INSERT:  # a hit's row is read, not written
+                new_row = tl.where(found[:, None], old, given)
+                tl.store(out_values + at_i, new_row, mask=live[:, None] & d_ok)
+                tl.store(row, new_row, mask=put[:, None] & d_ok)
+            else:
+                if OP == _ACCUM:
+                    new_row = tl.where(update[:, None], old + given, given)
+                else:
+                    new_row = given
+                tl.store(row, new_row, mask=(put | update)[:, None] & d_ok)
+    tl.store(sizes + b, size + grown, mask=grown > 0)
 
 
 def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None):
@@ -149,26 +270,38 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None):
     dim = values.shape[1] if copy else 1
     found = torch.empty(n if copy else 0, dim, dtype=values.dtype if copy else torch.float32, device=keys.device)
     if n:
-        _lookup[(triton.cdiv(n, BLOCK),)](b.keys, b.digests, b.scores, keys, slots, scores,
-                                           values.contiguous() if copy else slots, found if copy else slots, dim, n,
-                                           nb - 1, M1, M2, SHIFT=b.shift, BS=bs, BLOCK=BLOCK,
-                                           DIM=triton.next_power_of_2(dim), COPY=copy)
+        words = LOOKUP == "words"
+        kernel, digests = (_lookup_words, b.digests.view(torch.int32)) if words else (_lookup, b.digests)
+        kernel[(triton.cdiv(n, BLOCK),)](b.keys, digests, b.scores, keys, slots, scores,
+                                         values.contiguous() if copy else slots, found if copy else slots, dim, n,
+                                         nb - 1, M1, M2, SHIFT=b.shift, BS=bs, BLOCK=BLOCK,
+                                         DIM=triton.next_power_of_2(dim), COPY=copy, num_warps=LOOKUP_WARPS)
     return (slots, scores, found) if copy else (slots, scores)
 
 
-def upsert_buckets_triton(b, keys, digest, desired, by_bucket, starts, counts, rule, insert):
-    """Every round of ``upsert_rounds`` in one launch: a program takes BLOCK buckets and applies
-    each bucket's keys in their order (``by_bucket[starts[j]:starts[j] + counts[j]]`` are bucket
-    j's, in first-occurrence order), as the rounds would one after the other; returns (slots,
-    status, old_keys, old_scores) per key, as ``upsert_round_reference`` does per round."""
-    n, nb = len(keys), b.keys.shape[0]
-    out = [torch.empty(n, dtype=torch.int64, device=keys.device) for _ in range(4)]
+def upsert_triton(b, keys, desired, rule, op, flags, order, starts, counts, values=None, storage=None):
+    """numba's ``upsert`` loop on the GPU, bucket by bucket (``_upsert_in_order``): ``order``,
+    ``starts``, ``counts`` group the occurrences by bucket in the batch's order. Returns per
+    occurrence (slots, status, ev_keys, ev_scores) and, when ``storage`` (slots, dim) on the keys'
+    device is given (values then move in the launch), (ev_values, out_values): insert_and_evict's
+    evicted rows and find_or_insert's results, empty for other ops."""
+    n, (nb, bs) = len(keys), b.keys.shape
+    dev = keys.device
+    out = [torch.empty(n, dtype=torch.int64, device=dev) for _ in range(2)]
+    ev = [torch.zeros(n, dtype=torch.int64, device=dev) for _ in range(2)]
+    move = storage is not None
+    dim = storage.shape[1] if move else 1
+    dtype = storage.dtype if move else torch.float32
+    ev_values = torch.zeros(n if move and op == OP_INSERT_AND_EVICT else 0, dim, dtype=dtype, device=dev)
+    out_values = torch.zeros(n if move and op == OP_FIND_OR_INSERT else 0, dim, dtype=dtype, device=dev)
     if n:
-        _upsert_buckets[(triton.cdiv(nb, BUCKETS),)](
-            b.keys, b.digests, b.scores, b.sizes, keys.contiguous(), digest.contiguous(), desired.contiguous(),
-            by_bucket.contiguous(), starts.contiguous(), counts.contiguous(), *out, nb, b.empty, SIGN, LOW32, HIGH32,
-            RULE=rule, INSERT=bool(insert), BS=b.keys.shape[1], BLOCK=BUCKETS)
-    return tuple(out)
+        _upsert_in_order[(triton.cdiv(nb, BUCKETS),)](
+            b.keys, b.digests, b.scores, b.sizes, keys, desired, keys if flags is None else flags, order, starts,
+            counts, keys if values is None else values, storage if move else keys, *out, *ev,
+            ev_values if len(ev_values) else keys, out_values if len(out_values) else keys, nb, dim, b.empty, M1,
+            M2, SIGN, LOW32, HIGH32, OP=op, RULE=rule, SHIFT=b.shift, BS=bs, BLOCK=BUCKETS,
+            DIM=triton.next_power_of_2(dim), HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=UPSERT_WARPS)
+    return (*out, *ev, ev_values, out_values)
 
 
-__all__ = ["lookup_triton", "upsert_buckets_triton"]
+__all__ = ["lookup_triton", "upsert_triton"]
