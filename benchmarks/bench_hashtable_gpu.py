@@ -4,7 +4,10 @@ The original's protocol (``../shared/peers/hierarchicalkv/benchmark/merlin_hasht
 batches of 2**20 uint64 keys, float32 values, LRU, capacity 2**27 keys at dim 8 and 32, 2**26 at
 dim 64, load factor 0.50 / 0.75 / 1.00 reached by pre-filling, 60% of a batch's keys present,
 values all in GPU memory (and a hybrid case), B-KV/s = keys per second / 2**30. This script
-builds the original with nvcc (about 2 minutes), runs it, parses its tables, then measures ours
+builds the original with nvcc (about 2 minutes): its benchmark's functions, driven by a main of
+the same calls for the chosen dims and load factors (``original_source``; its own main runs
+every dim at three load factors, then hybrid tables, for many minutes). It runs it, parses its
+tables, then measures ours
 at the same shapes (CUDA events, median of ``--repeats`` calls per API) and writes
 ``benchmarks/results/hashtable_gpu.json`` with a ratio per API (ours / original's B-KV/s: > 1
 means faster).
@@ -12,8 +15,8 @@ means faster).
     python benchmarks/bench_hashtable_gpu.py [--dims 8,64 --load-factors 0.5,0.75 --hybrid]
     python benchmarks/bench_hashtable_gpu.py --hkv-output saved_hkv_stdout.txt   # original run before
 
-The original's run can take minutes (its hybrid cases pin tens of GB of host memory): give its
-saved stdout with ``--hkv-output`` to measure ours alone.
+Its stdout is kept beside (``--workdir``/hkv_stdout.txt); give it with ``--hkv-output`` to
+measure ours alone.
 """
 
 from __future__ import annotations
@@ -42,10 +45,49 @@ APIS = ["insert_or_assign", "find", "find_or_insert", "assign", "find*", "find_o
         "export_batch", "export_batch_if", "contains"]
 
 
-def run_original(peer: Path, workdir: Path) -> str:
+# The original's pure-HBM configurations: dim -> (capacity, GB of values in GPU memory).
+ORIGINAL_CASES = {8: (1 << 27, 4), 32: (1 << 27, 16), 64: (1 << 26, 16)}
+
+
+def original_source(peer: Path, dims, load_factors) -> str:
+    """The original's benchmark with a main of the same calls for ``dims`` and ``load_factors``
+    only (its own main runs every dim at 0.5, 0.75 and 1.0, then hybrid tables of tens of GB)."""
+    text = (peer / "benchmark" / "merlin_hashtable_benchmark.cc.cu").read_text()
+    lfs = ", ".join(f"{lf:.2f}f" for lf in load_factors)
+    calls = []
+    for dim in dims:
+        capacity, hbm = ORIGINAL_CASES[dim]
+        calls.append(f"""
+    std::cout << "\\n* dim = {dim}, capacity = {capacity >> 20} Million-KV, HBM = {hbm} GB, HMEM = 0 GB\\n";
+    print_title_a();
+    test_main(apis_a, {dim}, {capacity}UL, key_num_per_op, {hbm}, 1.0f, false, {{{lfs}}});
+    print_title_b();
+    test_main(apis_b, {dim}, {capacity}UL, key_num_per_op, {hbm}, 1.0f, false, {{{lfs}}});""")
+    main = """
+int main() {
+  size_t key_num_per_op = 1 * 1024 * 1024UL;
+  std::vector<API_Select> apis_a{API_Select::insert_or_assign, API_Select::find, API_Select::find_or_insert,
+                                 API_Select::assign, API_Select::find_ptr, API_Select::find_or_insert_ptr,
+                                 API_Select::insert_and_evict};
+  std::vector<API_Select> apis_b{API_Select::export_batch, API_Select::export_batch_if, API_Select::contains};
+  test_mode = Test_Mode::pure_hbm;
+  try {""" + "".join(calls) + """
+    CUDA_CHECK(cudaDeviceSynchronize());
+  } catch (const nv::merlin::CudaException& e) {
+    std::cerr << e.what() << std::endl;
+  }
+  return 0;
+}
+"""
+    return text[:text.index("int main() {")] + main
+
+
+def run_original(peer: Path, workdir: Path, dims, load_factors) -> str:
+    source = peer / "benchmark" / "selected_benchmark.cc.cu"
+    source.write_text(original_source(peer, dims, load_factors))
     binary = workdir / "hkv_bench"
-    if not binary.exists():
-        subprocess.run(BUILD.format(out=binary), shell=True, check=True, cwd=peer)
+    subprocess.run(BUILD.format(out=binary).replace("merlin_hashtable_benchmark", "selected_benchmark"), shell=True,
+                   check=True, cwd=peer)
     return subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout
 
 
@@ -133,10 +175,15 @@ def main():
     p.add_argument("--output", default=None)
     p.add_argument("--profile", action="store_true", help="print where each call's time goes (the first case)")
     a = p.parse_args()
-    text = Path(a.hkv_output).read_text() if a.hkv_output else run_original(Path(a.peer), Path(a.workdir))
+    dims, load_factors = [int(d) for d in a.dims.split(",")], [float(lf) for lf in a.load_factors.split(",")]
+    if a.hkv_output:
+        text = Path(a.hkv_output).read_text()
+    else:
+        text = run_original(Path(a.peer), Path(a.workdir), dims, load_factors)
+        Path(a.workdir, "hkv_stdout.txt").write_text(text)
     original = parse_original(text)
     results, speedups = [], {}
-    cases = [(d, lf, None) for d in map(int, a.dims.split(",")) for lf in map(float, a.load_factors.split(","))]
+    cases = [(d, lf, None) for d in dims for lf in load_factors]
     if a.hybrid:
         cases += [(64, lf, 16 << 30) for lf in map(float, a.load_factors.split(","))]
     params = {"batch": BATCH, "hit_rate": 0.6, "strategy": "LRU", "value_dtype": "float32",

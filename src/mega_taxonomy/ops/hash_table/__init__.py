@@ -99,6 +99,8 @@ class Buckets:
     def allocate(cls, n_buckets, bucket_size, empty, device="cpu"):
         if n_buckets & (n_buckets - 1) or bucket_size & (bucket_size - 1):
             raise ValueError(f"buckets ({n_buckets}) and bucket_size ({bucket_size}) must be powers of two")
+        if n_buckets > 2**31:  # bucket ids are sorted as int32 (``upsert``)
+            raise ValueError(f"at most 2**31 buckets, not {n_buckets}")
         shape = (n_buckets, bucket_size)
         digest = int(locate(torch.tensor([empty]), 1, 1)[1])
         return cls(torch.full(shape, empty, dtype=torch.int64, device=device),
@@ -246,7 +248,8 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
     n = len(keys)
     nb, bs = b.keys.shape
     bucket, digest = locate(keys, nb, bs)
-    order = torch.argsort(bucket, stable=True)  # stable: the batch's order within a bucket
+    # stable: the batch's order within a bucket; int32 bucket ids sort in half the radix passes
+    order = torch.argsort(bucket.to(torch.int32), stable=True)
     counts = torch.bincount(bucket, minlength=nb)
     starts = torch.cumsum(counts, 0) - counts
     if uses_triton(keys, backend) and (storage is None or storage.device == keys.device):
