@@ -12,7 +12,7 @@ at the same shapes (CUDA events, median of ``--repeats`` calls per API) and writ
 ``benchmarks/results/hashtable_gpu.json`` with a ratio per API (ours / original's B-KV/s: > 1
 means faster).
 
-    python benchmarks/bench_hashtable_gpu.py [--dims 8,64 --load-factors 0.5,0.75 --hybrid]
+    python benchmarks/bench_hashtable_gpu.py [--dims 8,64 --load-factors 0.5,0.75 --tune --hybrid]
     python benchmarks/bench_hashtable_gpu.py --hkv-output saved_hkv_stdout.txt   # original run before
 
 Its stdout is kept beside (``--workdir``/hkv_stdout.txt); give it with ``--hkv-output`` to
@@ -36,6 +36,7 @@ import common
 from gpu_timing import profile
 
 from mega_taxonomy.kv import EvictStrategy, HashTable
+from mega_taxonomy.ops.hash_table import triton as kernels
 
 PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "hierarchicalkv"
 BUILD = ("nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 -Iinclude -Ibenchmark "
@@ -86,8 +87,9 @@ def run_original(peer: Path, workdir: Path, dims, load_factors) -> str:
     source = peer / "benchmark" / "selected_benchmark.cc.cu"
     source.write_text(original_source(peer, dims, load_factors))
     binary = workdir / "hkv_bench"
-    subprocess.run(BUILD.format(out=binary).replace("merlin_hashtable_benchmark", "selected_benchmark"), shell=True,
-                   check=True, cwd=peer)
+    if not binary.exists():  # built ahead by ``--build-only`` (nvcc works on the CPU while the GPU is busy)
+        subprocess.run(BUILD.format(out=binary).replace("merlin_hashtable_benchmark", "selected_benchmark"),
+                       shell=True, check=True, cwd=peer)
     return subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout
 
 
@@ -128,7 +130,33 @@ def time_call(fn, repeats):
     return statistics.median(times)
 
 
-def measure_ours(dim, load_factor, hbm_bytes, repeats, seed=0, profiled=False) -> dict:
+# Launch configurations of our kernels tried by ``--tune`` (module constants of ops/hash_table/triton.py).
+LOOKUPS = [(kind, block, warps) for kind in ("bytes", "words") for block in (16, 32, 64) for warps in (2, 4)]
+UPSERTS = [(buckets, warps) for buckets in (2, 4, 8) for warps in (2, 4)]
+
+
+def tune(t, keys, values, repeats) -> dict:
+    """The fastest lookup and upsert configurations through the public calls (find* and
+    insert_or_assign, on the case's table and keys), set in the module; every time kept."""
+    tried = {"lookup": {}, "upsert": {}}
+    for kind, block, warps in LOOKUPS:
+        kernels.LOOKUP, kernels.BLOCK, kernels.LOOKUP_WARPS = kind, block, warps
+        t.find_ptr(keys)
+        tried["lookup"][f"{kind} block {block} warps {warps}"] = BATCH / time_call(lambda: t.find_ptr(keys),
+                                                                                 repeats) / 2**30
+    for buckets, warps in UPSERTS:
+        kernels.BUCKETS, kernels.UPSERT_WARPS = buckets, warps
+        t.insert_or_assign(keys, values)
+        tried["upsert"][f"buckets {buckets} warps {warps}"] = BATCH / time_call(
+            lambda: t.insert_or_assign(keys, values), repeats) / 2**30
+    best_lookup = max(zip(tried["lookup"].values(), LOOKUPS))[1]
+    best_upsert = max(zip(tried["upsert"].values(), UPSERTS))[1]
+    kernels.LOOKUP, kernels.BLOCK, kernels.LOOKUP_WARPS = best_lookup
+    kernels.BUCKETS, kernels.UPSERT_WARPS = best_upsert
+    return {"bkv_per_s": tried, "chosen": {"lookup": best_lookup, "upsert": best_upsert}}
+
+
+def measure_ours(dim, load_factor, hbm_bytes, repeats, seed=0, profiled=False, tuned=None) -> dict:
     capacity = (1 << 27) if dim <= 32 else (1 << 26)
     t = HashTable(dim=dim, init_capacity=capacity, max_capacity=capacity, max_hbm_for_vectors=hbm_bytes,
                   max_load_factor=1.0, evict_strategy=EvictStrategy.LRU, device="cuda")
@@ -139,6 +167,8 @@ def measure_ours(dim, load_factor, hbm_bytes, repeats, seed=0, profiled=False) -
         t.insert_or_assign(k, torch.ones(len(k), dim, device="cuda"))
     keys = batch_keys(rng, present, BATCH)
     values = torch.ones(BATCH, dim, device="cuda")
+    if tuned is not None:
+        tuned.update(tune(t, keys, values, repeats))
     calls = {
         "insert_or_assign": lambda: t.insert_or_assign(keys, values),
         "find": lambda: t.find(keys),
@@ -174,8 +204,17 @@ def main():
     p.add_argument("--workdir", default="/tmp")
     p.add_argument("--output", default=None)
     p.add_argument("--profile", action="store_true", help="print where each call's time goes (the first case)")
+    p.add_argument("--tune", action="store_true", help="choose our kernels' launch configurations on the first case")
+    p.add_argument("--build-only", action="store_true", help="build the original into --workdir and stop")
     a = p.parse_args()
     dims, load_factors = [int(d) for d in a.dims.split(",")], [float(lf) for lf in a.load_factors.split(",")]
+    if a.build_only:
+        source = Path(a.peer) / "benchmark" / "selected_benchmark.cc.cu"
+        source.write_text(original_source(Path(a.peer), dims, load_factors))
+        subprocess.run(BUILD.format(out=Path(a.workdir) / "hkv_bench").replace("merlin_hashtable_benchmark",
+                                                                              "selected_benchmark"),
+                       shell=True, check=True, cwd=a.peer)
+        return
     if a.hkv_output:
         text = Path(a.hkv_output).read_text()
     else:
@@ -189,11 +228,17 @@ def main():
     params = {"batch": BATCH, "hit_rate": 0.6, "strategy": "LRU", "value_dtype": "float32",
               "targets": ">= 1.0 for find, find*, contains, assign; >= 0.7 for inserting and erasing calls",
               "original_build": BUILD.format(out="hkv_bench"), "original_commit": "ae24eec"}
+    params["launch"] = {"lookup": (kernels.LOOKUP, kernels.BLOCK, kernels.LOOKUP_WARPS),
+                        "upsert": (kernels.BUCKETS, kernels.UPSERT_WARPS)}
     command = "python benchmarks/bench_hashtable_gpu.py " + " ".join(sys.argv[1:])
     for dim, lf, hbm in cases:
         capacity = (1 << 27) if dim <= 32 else (1 << 26)
         hbm_bytes = capacity * dim * 4 if hbm is None else hbm
-        ours = measure_ours(dim, lf, hbm_bytes, a.repeats, profiled=a.profile and not results)
+        tuned = {} if a.tune and not results else None
+        ours = measure_ours(dim, lf, hbm_bytes, a.repeats, profiled=a.profile and not results, tuned=tuned)
+        if tuned:
+            params["tuning"] = {"case": f"dim{dim}_lf{lf}", **tuned}
+            params["launch"] = tuned["chosen"]
         hbm_gb, hmem_gb = hbm_bytes >> 30, max(0, (capacity * dim * 4 - hbm_bytes) >> 30)
         peer = original.get((dim, hbm_gb, hmem_gb, lf), {})
         case = f"dim{dim}_lf{lf}" + ("_hybrid" if hbm is not None else "")
