@@ -242,7 +242,7 @@ class HashTable:
         self._size_bound += n
 
     def _rehash(self, n_buckets):
-        keys, values, scores = self._export_slots(torch.arange(self.capacity(), device=self.device))
+        keys, values, scores = self._export_range(0, self.capacity())
         self._allocate(n_buckets)
         self.restore(keys, values, scores)
 
@@ -305,13 +305,18 @@ class HashTable:
 
     # -- scans ----------------------------------------------------------------------------------
 
-    def _export_slots(self, slots, where=None):
-        keys, scores = self._b.keys.view(-1)[slots], self._b.scores.view(-1)[slots]
+    def _export_range(self, start, stop, where=None):
+        """(keys, values, scores) of the occupied slots ``start .. stop - 1`` that ``where`` keeps:
+        slices of the slot arrays, then one gather of the kept ones."""
+        stop = min(stop, self.capacity())
+        keys, scores = self._b.keys.view(-1)[start:stop], self._b.scores.view(-1)[start:stop]
         keep = keys != self._empty
         if where is not None:
             keep &= where(keys, scores)
-        slots = slots[keep]
-        return keys[keep], self._v[slots], scores[keep]
+        at = keep.nonzero()[:, 0]
+        one = self._v.single()
+        values = one[start:stop][at.to(one.device)].to(self.device) if one is not None else self._v[at + start]
+        return keys[at], values, scores[at]
 
     @staticmethod
     def _predicate(pattern, threshold, predicate):
@@ -323,14 +328,13 @@ class HashTable:
     def export_batch(self, n: int, offset: int = 0):
         """(keys, values, scores) of the occupied slots among slots ``offset .. offset + n - 1``."""
         with self._lock:
-            return self._export_slots(torch.arange(offset, min(offset + n, self.capacity()), device=self.device))
+            return self._export_range(offset, offset + n)
 
     def export_batch_if(self, pattern, threshold, n: int, offset: int = 0, *, predicate=None):
         """:meth:`export_batch` of the entries that match: by default ``key & pattern == pattern`` and
         score >= ``threshold`` (uint64); or ``predicate(keys, scores, pattern, threshold) -> bool mask``."""
         with self._lock:
-            slots = torch.arange(offset, min(offset + n, self.capacity()), device=self.device)
-            return self._export_slots(slots, self._predicate(pattern, threshold, predicate))
+            return self._export_range(offset, offset + n, self._predicate(pattern, threshold, predicate))
 
     def erase_if(self, pattern, threshold, *, predicate=None) -> int:
         """Remove the entries that match (see :meth:`export_batch_if`); return how many."""
