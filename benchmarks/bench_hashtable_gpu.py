@@ -138,22 +138,27 @@ UPSERTS = [(buckets, warps) for buckets in (2, 4, 8) for warps in (2, 4)]
 def tune(t, keys, values, repeats) -> dict:
     """The fastest lookup and upsert configurations through the public calls (find* and
     insert_or_assign, on the case's table and keys), set in the module; every time kept."""
-    tried = {"lookup": {}, "upsert": {}}
+    tried, failed = {"lookup": {}, "upsert": {}}, {}
+
+    def rate(kind, config, fn):
+        try:
+            fn()
+            tried[kind][config] = BATCH / time_call(fn, repeats) / 2**30
+        except Exception as exc:  # noqa: BLE001 - a configuration that fails to compile is reported, not chosen
+            failed[config] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            tried[kind][config] = 0.0
+
     for kind, block, warps in LOOKUPS:
         kernels.LOOKUP, kernels.BLOCK, kernels.LOOKUP_WARPS = kind, block, warps
-        t.find_ptr(keys)
-        tried["lookup"][f"{kind} block {block} warps {warps}"] = BATCH / time_call(lambda: t.find_ptr(keys),
-                                                                                 repeats) / 2**30
+        rate("lookup", f"{kind} block {block} warps {warps}", lambda: t.find_ptr(keys))
     for buckets, warps in UPSERTS:
         kernels.BUCKETS, kernels.UPSERT_WARPS = buckets, warps
-        t.insert_or_assign(keys, values)
-        tried["upsert"][f"buckets {buckets} warps {warps}"] = BATCH / time_call(
-            lambda: t.insert_or_assign(keys, values), repeats) / 2**30
+        rate("upsert", f"buckets {buckets} warps {warps}", lambda: t.insert_or_assign(keys, values))
     best_lookup = max(zip(tried["lookup"].values(), LOOKUPS))[1]
     best_upsert = max(zip(tried["upsert"].values(), UPSERTS))[1]
     kernels.LOOKUP, kernels.BLOCK, kernels.LOOKUP_WARPS = best_lookup
     kernels.BUCKETS, kernels.UPSERT_WARPS = best_upsert
-    return {"bkv_per_s": tried, "chosen": {"lookup": best_lookup, "upsert": best_upsert}}
+    return {"bkv_per_s": tried, "failed": failed, "chosen": {"lookup": best_lookup, "upsert": best_upsert}}
 
 
 def measure_ours(dim, load_factor, hbm_bytes, repeats, seed=0, profiled=False, tuned=None) -> dict:
