@@ -93,10 +93,15 @@ def test_upsert_on_triton_and_the_twin_is_numbas_loop(op, rule):
         assert torch.equal(a, b.cpu())
 
 
+@pytest.mark.parametrize("kernel", ["bytes", "words"])
 @pytest.mark.parametrize("dim", [1, 8, 5])
-def test_lookup_with_values_reads_the_rows_of_the_found_keys(dim):
-    """The fused lookup (Triton: values read in the lookup's launch) against the twin: rows of
-    the found keys, zeros for the missing, slots and scores as ``lookup``'s."""
+def test_lookup_with_values_reads_the_rows_of_the_found_keys(dim, kernel, monkeypatch):
+    """The fused lookup (Triton: values read in the lookup's launch; digests compared a byte or
+    a 4-byte word at a time) against the twin: rows of the found keys, zeros for the missing,
+    slots and scores as ``lookup``'s."""
+    from mega_taxonomy.ops.hash_table import triton as kernels
+
+    monkeypatch.setattr(kernels, "LOOKUP", kernel)
     rng = np.random.default_rng(dim)
     b = ht.Buckets.allocate(8, 16, -1, device=DEVICE)
     keys = torch.from_numpy(rng.choice(10**6, 90, replace=False)).to(DEVICE)
@@ -110,6 +115,30 @@ def test_lookup_with_values_reads_the_rows_of_the_found_keys(dim):
     for got, want in zip((slots, scores, rows), ref):
         assert torch.equal(got.cpu(), want)
     assert torch.equal(torch.stack(ht.lookup(b, probe, backend="triton")), torch.stack((slots, scores)))
+
+
+@pytest.mark.parametrize("kernel", ["bytes", "words"])
+def test_lookups_where_every_digest_collides(kernel, monkeypatch):
+    """Keys chosen to share one digest byte: every slot of a bucket is a candidate, so a lookup
+    compares keys until the match (or all of them, for a missing key), as the twin finds."""
+    from mega_taxonomy.ops.hash_table import triton as kernels
+
+    monkeypatch.setattr(kernels, "LOOKUP", kernel)
+    pool = torch.arange(1, 300_000)
+    _, digest = ht.locate(pool, 4, 32)
+    same = pool[digest == 7]
+    keys, absent = same[:4 * 32 - 8], same[4 * 32:4 * 32 + 40]
+    b = ht.Buckets.allocate(4, 32, -1, device=DEVICE)
+    ht.upsert(b, keys.to(DEVICE), torch.arange(len(keys), device=DEVICE), ht.SCORE_SET, ht.OP_INSERT_OR_ASSIGN,
+              backend="triton")
+    assert int(b.sizes.sum()) < len(keys)  # full buckets pushed some out
+    probe = torch.cat([keys, absent])
+    on_host = ht.Buckets(*(t.cpu() for t in (b.keys, b.digests, b.scores, b.sizes)), b.empty)
+    want = ht.lookup(on_host, probe, backend="torch")
+    got = ht.lookup(b, probe.to(DEVICE), backend="triton")
+    assert int((want[0] >= 0).sum()) == int(b.sizes.sum())
+    for a, w in zip(got, want):
+        assert torch.equal(a.cpu(), w)
 
 
 @pytest.mark.parametrize("fast_positions", [16, 4, 0])
