@@ -62,33 +62,52 @@ UPSERT_WARPS = 4
 
 
 @triton.jit
-def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, dim, n, nb_mask, m1, m2,
-            SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr, COPY: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < n
-    k = tl.load(keys + offs, mask=m, other=0)
+def _fmix64(k, m1, m2):
+    """murmur3's 64-bit finalizer of int64 keys, as uint64 (``ops.hash_table.fmix64``)."""
     h = k.to(tl.uint64, bitcast=True)
     h = h ^ (h >> 33)
     h = h * m1
     h = h ^ (h >> 33)
     h = h * m2
-    h = h ^ (h >> 33)
-    bucket = (h >> SHIFT).to(tl.int64) & nb_mask
-    digest = ((h >> 32) & 0xFF).to(tl.uint8)
+    return h ^ (h >> 33)
+
+
+@triton.jit
+def _program_keys(keys, n, nb_mask, m1, m2, SHIFT: tl.constexpr, BLOCK: tl.constexpr):
+    """A lookup program's BLOCK keys: (offsets, in range, keys, buckets, digests as int64)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    k = tl.load(keys + offs, mask=m, other=0)
+    h = _fmix64(k, m1, m2)
+    return offs, m, k, (h >> SHIFT).to(tl.int64) & nb_mask, ((h >> 32) & 0xFF).to(tl.int64)
+
+
+@triton.jit
+def _store_found(offs, m, slot, found, tscores, out_slots, out_scores, vals, out_vals, dim, DIM: tl.constexpr,
+                 COPY: tl.constexpr):
+    """A lookup's outputs: slots (-1 where missing), scores and, with COPY, the found keys' value
+    rows (dim of them a row), zeros for the missing."""
+    found = found & m
+    tl.store(out_slots + offs, tl.where(found, slot, -1), mask=m)
+    tl.store(out_scores + offs, tl.load(tscores + slot, mask=found, other=0), mask=m)
+    if COPY:
+        d = tl.arange(0, DIM)
+        row_ok = (d < dim)[None, :]
+        v = tl.load(vals + slot[:, None] * dim + d[None, :], mask=found[:, None] & row_ok, other=0)
+        tl.store(out_vals + offs[:, None] * dim + d[None, :], v, mask=m[:, None] & row_ok)
+
+
+@triton.jit
+def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, dim, n, nb_mask, m1, m2,
+            SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr, COPY: tl.constexpr):
+    offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
+    digest = digest.to(tl.uint8)
     cols = tl.arange(0, BS)
     base = bucket[:, None] * BS + cols[None, :]
     cand = (tl.load(tdig + base, mask=m[:, None], other=0) == digest[:, None]) & m[:, None]
     hit = cand & (tl.load(tkeys + base, mask=cand, other=0) == k[:, None])
     pos = tl.min(tl.where(hit, cols[None, :], BS), axis=1)
-    found = (pos < BS) & m
-    slot = bucket * BS + pos
-    tl.store(out_slots + offs, tl.where(found, slot, -1), mask=m)
-    tl.store(out_scores + offs, tl.load(tscores + slot, mask=found, other=0), mask=m)
-    if COPY:  # the found keys' values (dim of them a row), zeros for the missing
-        d = tl.arange(0, DIM)
-        row_ok = (d < dim)[None, :]
-        v = tl.load(vals + slot[:, None] * dim + d[None, :], mask=found[:, None] & row_ok, other=0)
-        tl.store(out_vals + offs[:, None] * dim + d[None, :], v, mask=m[:, None] & row_ok)
+    _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, dim, DIM, COPY)
 
 
 @triton.jit
@@ -98,17 +117,7 @@ def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out
     """``_lookup`` reading a bucket's digests as BS / 4 words of 4 bytes: the bytes equal to the
     key's digest marked in place (the exact zero-byte test, on the word XOR the digest repeated),
     then the keys read at the marked bytes, first to last, only until the key is found."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < n
-    k = tl.load(keys + offs, mask=m, other=0)
-    h = k.to(tl.uint64, bitcast=True)
-    h = h ^ (h >> 33)
-    h = h * m1
-    h = h ^ (h >> 33)
-    h = h * m2
-    h = h ^ (h >> 33)
-    bucket = (h >> SHIFT).to(tl.int64) & nb_mask
-    digest = ((h >> 32) & 0xFF).to(tl.int64)
+    offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
     W: tl.constexpr = BS // 4
     cols = tl.arange(0, W)
     # int32 words whose sums wrap: the test's bits are those of its usual uint32 form
@@ -128,15 +137,7 @@ def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out
         pos = tl.where(hit, at, pos)
         todo = todo & ~hit
         marks = tl.where(cols[None, :] == w[:, None], marks ^ low[:, None], marks)
-    found = (pos < BS) & m
-    slot = bucket * BS + pos
-    tl.store(out_slots + offs, tl.where(found, slot, -1), mask=m)
-    tl.store(out_scores + offs, tl.load(tscores + slot, mask=found, other=0), mask=m)
-    if COPY:
-        d = tl.arange(0, DIM)
-        row_ok = (d < dim)[None, :]
-        v = tl.load(vals + slot[:, None] * dim + d[None, :], mask=found[:, None] & row_ok, other=0)
-        tl.store(out_vals + offs[:, None] * dim + d[None, :], v, mask=m[:, None] & row_ok)
+    _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, dim, DIM, COPY)
 
 
 @triton.jit
@@ -174,12 +175,7 @@ def _upsert_in_order(tkeys, tdig, tscores, sizes, keys, desired, flags, order, s
         i = tl.load(order + first + r, mask=live, other=0)
         k = tl.load(keys + i, mask=live, other=0)
         des = tl.load(desired + i, mask=live, other=0)
-        h = k.to(tl.uint64, bitcast=True)
-        h = h ^ (h >> 33)
-        h = h * m1
-        h = h ^ (h >> 33)
-        h = h * m2
-        h = h ^ (h >> 33)
+        h = _fmix64(k, m1, m2)
         d = ((h >> 32) & 0xFF).to(tl.uint8)
         hpos = tl.min(tl.where((td == d[:, None]) & (tk == k[:, None]), cols[None, :], BS), axis=1)
         found = (hpos < BS) & live
