@@ -107,6 +107,7 @@ def cpu_lookup_slots(b, keys):
 
 
 def tensor_upsert(b, tiers, op, keys, values, desired, rule, flags=None, backend="auto"):
+    """``op`` on the batch through ``ht.upsert``: (find_or_insert's rows or None, slots, evicted)."""
     dim, dtype = tiers.shape[1], tiers.fast.dtype
     if values is not None:
         values = values.to(device=keys.device, dtype=dtype).contiguous()
@@ -127,7 +128,8 @@ def tensor_upsert(b, tiers, op, keys, values, desired, rule, flags=None, backend
 def _move_values(tiers, op, u, values, flags, dim, dtype):
     """The value rows of ``ht.upsert``'s outcome ``u``, round by round as the keys went (no two
     occurrences of a round share a slot, and a later round sees an earlier one's writes):
-    (insert_and_evict's evicted rows, find_or_insert's results), None for other ops."""
+    (insert_and_evict's evicted rows by occurrence, no rows for other ops; find_or_insert's
+    results, None for other ops)."""
     n, device = len(u.slots), u.slots.device
     ev_values = torch.zeros(n if op == ht.OP_INSERT_AND_EVICT else 0, dim, dtype=dtype, device=device)
     out_values = torch.zeros(n, dim, dtype=dtype, device=device) if op == ht.OP_FIND_OR_INSERT else None

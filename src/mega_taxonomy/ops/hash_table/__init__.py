@@ -252,7 +252,7 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
     order = torch.argsort(bucket.to(torch.int32), stable=True)
     counts = torch.bincount(bucket, minlength=nb)
     starts = torch.cumsum(counts, 0) - counts
-    if uses_triton(keys, backend) and (storage is None or storage.device == keys.device):
+    if uses_triton(keys, backend):
         from .triton import upsert_triton
 
         flags = None if flags is None else flags.to(torch.int8)
