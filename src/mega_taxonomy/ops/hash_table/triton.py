@@ -266,7 +266,7 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None):
     dim = values.shape[1] if copy else 1
     found = torch.empty(n if copy else 0, dim, dtype=values.dtype if copy else torch.float32, device=keys.device)
     if n:
-        words = LOOKUP == "words"
+        words = LOOKUP == "words" and bs >= 4  # whole 4-byte words of digests
         kernel, digests = (_lookup_words, b.digests.view(torch.int32)) if words else (_lookup, b.digests)
         kernel[(triton.cdiv(n, BLOCK),)](b.keys, digests, b.scores, keys, slots, scores,
                                          values.contiguous() if copy else slots, found if copy else slots, dim, n,
