@@ -7,8 +7,8 @@ values all in GPU memory (and a hybrid case), B-KV/s = keys per second / 2**30. 
 builds the original with nvcc (about 2 minutes): its benchmark's functions, driven by a main of
 the same calls for the chosen dims and load factors (``original_source``; its own main runs
 every dim at three load factors, then hybrid tables, for many minutes). It runs it, parses its
-tables, then measures ours
-at the same shapes (CUDA events, median of ``--repeats`` calls per API) and writes
+tables, then measures ours at the same shapes (CUDA events, median of ``--repeats`` calls per
+API; ``--tune`` first picks our kernels' launch configurations on the first case) and writes
 ``benchmarks/results/hashtable_gpu.json`` with a ratio per API (ours / original's B-KV/s: > 1
 means faster).
 
@@ -83,13 +83,18 @@ int main() {
     return text[:text.index("int main() {")] + main
 
 
-def run_original(peer: Path, workdir: Path, dims, load_factors) -> str:
-    source = peer / "benchmark" / "selected_benchmark.cc.cu"
-    source.write_text(original_source(peer, dims, load_factors))
+def build_original(peer: Path, workdir: Path, dims, load_factors) -> Path:
+    """The original's binary for ``dims`` and ``load_factors`` in ``workdir``, built unless there."""
     binary = workdir / "hkv_bench"
-    if not binary.exists():  # built ahead by ``--build-only`` (nvcc works on the CPU while the GPU is busy)
+    if not binary.exists():
+        (peer / "benchmark" / "selected_benchmark.cc.cu").write_text(original_source(peer, dims, load_factors))
         subprocess.run(BUILD.format(out=binary).replace("merlin_hashtable_benchmark", "selected_benchmark"),
                        shell=True, check=True, cwd=peer)
+    return binary
+
+
+def run_original(peer: Path, workdir: Path, dims, load_factors) -> str:
+    binary = build_original(peer, workdir, dims, load_factors)
     return subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout
 
 
@@ -213,12 +218,8 @@ def main():
     p.add_argument("--build-only", action="store_true", help="build the original into --workdir and stop")
     a = p.parse_args()
     dims, load_factors = [int(d) for d in a.dims.split(",")], [float(lf) for lf in a.load_factors.split(",")]
-    if a.build_only:
-        source = Path(a.peer) / "benchmark" / "selected_benchmark.cc.cu"
-        source.write_text(original_source(Path(a.peer), dims, load_factors))
-        subprocess.run(BUILD.format(out=Path(a.workdir) / "hkv_bench").replace("merlin_hashtable_benchmark",
-                                                                              "selected_benchmark"),
-                       shell=True, check=True, cwd=a.peer)
+    if a.build_only:  # ahead of the run: nvcc works on the CPU while the GPU runs something else
+        build_original(Path(a.peer), Path(a.workdir), dims, load_factors)
         return
     if a.hkv_output:
         text = Path(a.hkv_output).read_text()
