@@ -62,8 +62,8 @@ def cpu_erase(b, keys):
 
 
 def tensor_lookup(b, tiers, keys, copy_values, backend):
-    one = tiers.single() if copy_values else None
-    if one is not None and one.device == keys.device:  # the values read with the slots
+    one = tiers.single_on(keys.device) if copy_values else None
+    if one is not None:  # the values read with the slots
         slots, scores, values = ht.lookup_values(b, keys, one, backend=backend)
         return values, slots, scores
     slots, scores = ht.lookup(b, keys, backend=backend)
@@ -111,9 +111,7 @@ def tensor_upsert(b, tiers, op, keys, values, desired, rule, flags=None, backend
     dim, dtype = tiers.shape[1], tiers.fast.dtype
     if values is not None:
         values = values.to(device=keys.device, dtype=dtype).contiguous()
-    one = tiers.single()
-    storage = one if one is not None and one.device == keys.device else None
-    u = ht.upsert(b, keys, desired, rule, op, flags, values, storage, backend)
+    u = ht.upsert(b, keys, desired, rule, op, flags, values, tiers.single_on(keys.device), backend)
     if u.rank is None:  # the values moved in the launch
         ev_values, out_values = u.ev_values, u.out_values
     else:

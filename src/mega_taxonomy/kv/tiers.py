@@ -48,6 +48,12 @@ class TieredValues:
             return self.fast
         return self.host if self.k == 0 else None
 
+    def single_on(self, device):
+        """:meth:`single` where it lies on ``device`` (kernels there read and write it in their
+        own launches), else None."""
+        one = self.single()
+        return one if one is not None and one.device == device else None
+
     def _split(self, slots):
         b, p = slots // self.bs, slots % self.bs
         fast = p < self.k
