@@ -135,8 +135,17 @@ def locate(keys: torch.Tensor, n_buckets: int, bucket_size: int):
     """(bucket, digest) of every key: bucket from the hash's bits above log2(bucket_size), digest its
     bits 32..39."""
     h = fmix64(keys)
-    shift = bucket_size.bit_length() - 1
-    return shift_right_logical(h, shift) & (n_buckets - 1), (shift_right_logical(h, 32) & 0xFF).to(torch.uint8)
+    return bucket_of(h, n_buckets, bucket_size), digest_of(h)
+
+
+def bucket_of(h: torch.Tensor, n_buckets: int, bucket_size: int) -> torch.Tensor:
+    """The bucket of every hash ``h`` (:func:`fmix64` of the keys)."""
+    return shift_right_logical(h, bucket_size.bit_length() - 1) & (n_buckets - 1)
+
+
+def digest_of(h: torch.Tensor) -> torch.Tensor:
+    """The 8-bit digest of every hash ``h``: its bits 32..39."""
+    return (shift_right_logical(h, 32) & 0xFF).to(torch.uint8)
 
 
 def lookup_reference(b: Buckets, keys: torch.Tensor):
@@ -247,7 +256,8 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
     launch, else the caller moves them (``Upserted.rank`` gives the rounds)."""
     n = len(keys)
     nb, bs = b.keys.shape
-    bucket, digest = locate(keys, nb, bs)
+    h = fmix64(keys)  # the Triton kernel makes the digests again: only the buckets are needed here
+    bucket = bucket_of(h, nb, bs)
     # stable: the batch's order within a bucket; int32 bucket ids sort in half the radix passes
     order = torch.argsort(bucket.to(torch.int32), stable=True)
     counts = torch.bincount(bucket, minlength=nb)
@@ -262,6 +272,7 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
             return Upserted(slots, status, ev_k, ev_s, None, ev_v, out_v)
         return Upserted(slots, status, ev_k, ev_s, _ranks(bucket, order, starts))
     rank = _ranks(bucket, order, starts)
+    digest = digest_of(h)
     update, may_insert = intents(op, flags, n, keys.device)
     slots = torch.full_like(keys, -1)
     status = torch.full_like(keys, MISSING)
