@@ -31,6 +31,18 @@ def test_fmix64_matches_numba_and_python():
     assert [int(nk.fmix64(int(k))) for k in keys] == expected
 
 
+def test_buckets_kernel_is_the_twins_locate():
+    from mega_taxonomy.ops.hash_table.triton import buckets_triton
+
+    keys = torch.cat([torch.tensor([0, 1, -1, -(2**63), 2**63 - 1]),
+                      torch.randint(-(2**63), 2**63 - 1, (3000,), dtype=torch.int64)])
+    for nb, bs in ((1, 128), (8, 16), (1 << 20, 128)):
+        expected, _ = ht.locate(keys, nb, bs)
+        got = buckets_triton(keys.to(DEVICE), nb, bs.bit_length() - 1)
+        assert got.dtype == torch.int32
+        assert torch.equal(got.cpu().long(), expected)
+
+
 OPS = [nk.OP_INSERT_OR_ASSIGN, nk.OP_INSERT_AND_EVICT, nk.OP_FIND_OR_INSERT, nk.OP_ASSIGN, nk.OP_ACCUM,
        nk.OP_RESTORE]
 

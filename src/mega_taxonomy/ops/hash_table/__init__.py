@@ -256,15 +256,19 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
     launch, else the caller moves them (``Upserted.rank`` gives the rounds)."""
     n = len(keys)
     nb, bs = b.keys.shape
-    h = fmix64(keys)  # the Triton kernel makes the digests again: only the buckets are needed here
-    bucket = bucket_of(h, nb, bs)
+    triton_path = uses_triton(keys, backend)
+    if triton_path:  # the kernel makes the digests again: only the buckets are needed here
+        from .triton import buckets_triton, upsert_triton
+
+        bucket = buckets_triton(keys, nb, b.shift)
+    else:
+        h = fmix64(keys)
+        bucket = bucket_of(h, nb, bs).to(torch.int32)
     # stable: the batch's order within a bucket; int32 bucket ids sort in half the radix passes
-    order = torch.argsort(bucket.to(torch.int32), stable=True)
+    order = torch.argsort(bucket, stable=True)
     counts = torch.bincount(bucket, minlength=nb)
     starts = torch.cumsum(counts, 0) - counts
-    if uses_triton(keys, backend):
-        from .triton import upsert_triton
-
+    if triton_path:
         flags = None if flags is None else flags.to(torch.int8)
         slots, status, ev_k, ev_s, ev_v, out_v = upsert_triton(b, keys, desired, rule, op, flags, order, starts,
                                                                counts, values, storage)
@@ -287,7 +291,7 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
 
 
 def _ranks(bucket, order, starts):
-    rank = torch.empty_like(bucket)
+    rank = torch.empty(len(bucket), dtype=torch.int64, device=bucket.device)
     rank[order] = torch.arange(len(bucket), device=bucket.device) - starts[bucket[order]]
     return rank
 

@@ -83,6 +83,13 @@ def _program_keys(keys, n, nb_mask, m1, m2, SHIFT: tl.constexpr, BLOCK: tl.const
 
 
 @triton.jit
+def _buckets(keys, out, n, nb_mask, m1, m2, SHIFT: tl.constexpr, BLOCK: tl.constexpr):
+    """int32 bucket of every key (``ops.hash_table.bucket_of(fmix64(keys))``)."""
+    offs, m, _, bucket, _ = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
+    tl.store(out + offs, bucket.to(tl.int32), mask=m)
+
+
+@triton.jit
 def _store_found(offs, m, slot, found, tscores, out_slots, out_scores, vals, out_vals, dim, DIM: tl.constexpr,
                  COPY: tl.constexpr):
     """A lookup's outputs: slots (-1 where missing), scores and, with COPY, the found keys' value
@@ -273,6 +280,15 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None):
                                          nb - 1, M1, M2, SHIFT=b.shift, BS=bs, BLOCK=BLOCK,
                                          DIM=triton.next_power_of_2(dim), COPY=copy, num_warps=LOOKUP_WARPS)
     return (slots, scores, found) if copy else (slots, scores)
+
+
+def buckets_triton(keys: torch.Tensor, n_buckets: int, shift: int) -> torch.Tensor:
+    """The keys' buckets as int32, in one launch where torch's elementwise hash took 15."""
+    out = torch.empty(len(keys), dtype=torch.int32, device=keys.device)
+    if len(keys):
+        _buckets[(triton.cdiv(len(keys), 1024),)](keys.contiguous(), out, len(keys), n_buckets - 1, M1, M2,
+                                                  SHIFT=shift, BLOCK=1024)
+    return out
 
 
 def upsert_triton(b, keys, desired, rule, op, flags, order, starts, counts, values=None, storage=None):
