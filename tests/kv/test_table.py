@@ -13,8 +13,10 @@ BACKENDS = ["numba", "torch"]
 
 
 def table(backend="numba", **kw):
+    # On the host wherever the tests run: the GPU's kernels are held to numba's loop in
+    # tests/ops/hash_table (a machine with a GPU would otherwise make every table there)
     args = {"dim": 4, "init_capacity": 1024, "max_capacity": 1024, "bucket_size": 16,
-                "evict_strategy": EvictStrategy.CUSTOMIZED}
+            "evict_strategy": EvictStrategy.CUSTOMIZED, "device": "cpu"}
     args.update(kw)
     return HashTable(backend=backend, **args)
 

@@ -182,3 +182,22 @@ def test_table_on_triton_matches_numba(fast_positions):
         assert torch.equal(a.cpu(), b)
     assert torch.equal(tri.contains(probe).cpu(), ref.contains(probe))
     assert torch.equal(tri.export_batch(512)[0].cpu(), ref.export_batch(512)[0])
+
+
+def test_save_load_round_trip_between_the_gpu_and_the_host(tmp_path):
+    """A table saved from GPU memory (the interpreter's where there is none) loads on the host with
+    the same entries, and back."""
+    kw = {"dim": 3, "init_capacity": 64, "max_capacity": 512, "bucket_size": 16, "evict_strategy": EvictStrategy.LRU}
+    tri = HashTable(backend="triton", device=DEVICE, **kw)
+    keys = torch.arange(300) * 7 + 3
+    tri.insert_or_assign(keys, torch.from_numpy(np.random.default_rng(1).normal(size=(300, 3)).astype(np.float32)))
+    tri.save(tmp_path / "from_gpu")
+    host = HashTable(backend="numba", device="cpu", **kw)
+    assert host.load(tmp_path / "from_gpu") == 300
+    for a, b in zip(tri.find(keys), host.find(keys)):
+        assert torch.equal(a.cpu(), b)
+    host.save(tmp_path / "from_host")
+    back = HashTable(backend="triton", device=DEVICE, **kw)
+    assert back.load(tmp_path / "from_host") == 300
+    for a, b in zip(back.export_batch(512), tri.export_batch(512)):
+        assert torch.equal(a.cpu(), b.cpu())
