@@ -137,7 +137,7 @@ def time_call(fn, repeats):
 
 # Launch configurations of our kernels tried by ``--tune`` (module constants of ops/hash_table/triton.py).
 LOOKUPS = [(kind, block, warps) for kind in ("bytes", "words") for block in (16, 32, 64) for warps in (2, 4)]
-UPSERTS = [(buckets, warps) for buckets in (2, 4, 8) for warps in (2, 4)]
+UPSERTS = [(buckets, warps) for buckets in (1, 2, 4, 8) for warps in (1, 2, 4)]
 
 
 def tune(t, keys, values, repeats) -> dict:

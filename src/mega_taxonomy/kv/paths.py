@@ -62,19 +62,22 @@ def cpu_erase(b, keys):
 
 
 def tensor_lookup(b, tiers, keys, copy_values, backend):
-    one = tiers.single_on(keys.device) if copy_values else None
+    """(values, slots, scores) of ``keys``; with ``copy_values`` False the slots alone (values and
+    scores None), with no read of the scores."""
+    if not copy_values:
+        return None, ht.lookup_slots(b, keys, backend=backend), None
+    one = tiers.single_on(keys.device)
     if one is not None:  # the values read with the slots
         slots, scores, values = ht.lookup_values(b, keys, one, backend=backend)
         return values, slots, scores
     slots, scores = ht.lookup(b, keys, backend=backend)
-    values = None
-    if copy_values:  # zeros where missing, without a boolean index (a sync on the GPU)
-        values = tiers[slots.clamp_min(0)].masked_fill_((slots < 0)[:, None], 0)
+    # zeros where missing, without a boolean index (a sync on the GPU)
+    values = tiers[slots.clamp_min(0)].masked_fill_((slots < 0)[:, None], 0)
     return values, slots, scores
 
 
 def tensor_erase(b, keys, backend):
-    slots, _ = ht.lookup(b, torch.unique(keys), backend=backend)
+    slots = ht.lookup_slots(b, torch.unique(keys), backend=backend)
     slots = slots[slots >= 0]
     bs = b.keys.shape[1]
     b.keys.view(-1)[slots], b.digests.view(-1)[slots], b.scores.view(-1)[slots] = b.empty, b.empty_digest, 0
@@ -89,7 +92,7 @@ def settle_evicted(b, evicted, backend):
     keys, values, scores = evicted
     if not len(keys):
         return evicted
-    keep = ht.lookup(b, keys, backend=backend)[0] < 0 if backend != "numba" else None
+    keep = ht.lookup_slots(b, keys, backend=backend) < 0 if backend != "numba" else None
     if keep is None:
         keep = torch.from_numpy(cpu_lookup_slots(b, keys) < 0)
     uniq, inverse = torch.unique(keys, return_inverse=True)

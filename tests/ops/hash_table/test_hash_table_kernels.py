@@ -59,7 +59,7 @@ def numba_upsert(b, storage, op, keys, values, desired, rule, flags):
 
 
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("rule", [ht.SCORE_SET, ht.SCORE_ADD, ht.SCORE_EPOCH_ADD])
+@pytest.mark.parametrize("rule", [ht.SCORE_SET, ht.SCORE_ADD, ht.SCORE_EPOCH_ADD, ht.SCORE_KEEP])
 def test_upsert_on_triton_and_the_twin_is_numbas_loop(op, rule):
     """Batches with repeated keys that fill 8 x 16 slots past full (evictions, refusals): the
     Triton launch (values moved in it) and the torch twin's rounds leave the table as numba's
@@ -127,6 +127,7 @@ def test_lookup_with_values_reads_the_rows_of_the_found_keys(dim, kernel, monkey
     for got, want in zip((slots, scores, rows), ref):
         assert torch.equal(got.cpu(), want)
     assert torch.equal(torch.stack(ht.lookup(b, probe, backend="triton")), torch.stack((slots, scores)))
+    assert torch.equal(ht.lookup_slots(b, probe, backend="triton"), slots)  # no scores read
 
 
 @pytest.mark.parametrize("kernel", ["bytes", "words"])

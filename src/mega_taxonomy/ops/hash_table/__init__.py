@@ -70,6 +70,7 @@ __all__ = [
     "locate",
     "lookup",
     "lookup_reference",
+    "lookup_slots",
     "lookup_values",
     "rounds",
     "unsigned_key",
@@ -167,6 +168,15 @@ def lookup(b: Buckets, keys: torch.Tensor, backend: str = "auto"):
 
         return lookup_triton(b, keys)
     return lookup_reference(b, keys)
+
+
+def lookup_slots(b: Buckets, keys: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """The slots of ``keys`` alone (-1 where missing): :func:`lookup` without reading the scores."""
+    if uses_triton(keys, backend):
+        from .triton import lookup_triton
+
+        return lookup_triton(b, keys, scores=False)[0]
+    return lookup_reference(b, keys)[0]
 
 
 def lookup_values(b: Buckets, keys: torch.Tensor, values: torch.Tensor, backend: str = "auto"):

@@ -35,6 +35,7 @@ from . import (
     REFUSED,
     SCORE_ADD,
     SCORE_EPOCH_ADD,
+    SCORE_KEEP,
     SCORE_SET,
     SIGN,
 )
@@ -43,6 +44,7 @@ from . import (
 _FOUND, _INSERTED, _EVICTED = tl.constexpr(FOUND), tl.constexpr(INSERTED), tl.constexpr(EVICTED)
 _REFUSED, _MISSING = tl.constexpr(REFUSED), tl.constexpr(MISSING)
 _SET, _ADD, _EPOCH_ADD = tl.constexpr(SCORE_SET), tl.constexpr(SCORE_ADD), tl.constexpr(SCORE_EPOCH_ADD)
+_KEEP = tl.constexpr(SCORE_KEEP)
 _ACCUM, _ASSIGN, _RESTORE = tl.constexpr(OP_ACCUM), tl.constexpr(OP_ASSIGN), tl.constexpr(OP_RESTORE)
 _FIND_OR_INSERT, _INSERT_AND_EVICT = tl.constexpr(OP_FIND_OR_INSERT), tl.constexpr(OP_INSERT_AND_EVICT)
 
@@ -91,12 +93,13 @@ def _buckets(keys, out, n, nb_mask, m1, m2, SHIFT: tl.constexpr, BLOCK: tl.const
 
 @triton.jit
 def _store_found(offs, m, slot, found, tscores, out_slots, out_scores, vals, out_vals, dim, DIM: tl.constexpr,
-                 COPY: tl.constexpr):
-    """A lookup's outputs: slots (-1 where missing), scores and, with COPY, the found keys' value
-    rows (dim of them a row), zeros for the missing."""
+                 COPY: tl.constexpr, SCORES: tl.constexpr):
+    """A lookup's outputs: slots (-1 where missing), with SCORES the scores and, with COPY, the
+    found keys' value rows (dim of them a row), zeros for the missing."""
     found = found & m
     tl.store(out_slots + offs, tl.where(found, slot, -1), mask=m)
-    tl.store(out_scores + offs, tl.load(tscores + slot, mask=found, other=0), mask=m)
+    if SCORES:  # a dependent read of a line per hit, for callers that want them only
+        tl.store(out_scores + offs, tl.load(tscores + slot, mask=found, other=0), mask=m)
     if COPY:
         d = tl.arange(0, DIM)
         row_ok = (d < dim)[None, :]
@@ -106,7 +109,8 @@ def _store_found(offs, m, slot, found, tscores, out_slots, out_scores, vals, out
 
 @triton.jit
 def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, dim, n, nb_mask, m1, m2,
-            SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr, COPY: tl.constexpr):
+            SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr, COPY: tl.constexpr,
+            SCORES: tl.constexpr):
     offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
     digest = digest.to(tl.uint8)
     cols = tl.arange(0, BS)
@@ -114,13 +118,14 @@ def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, d
     cand = (tl.load(tdig + base, mask=m[:, None], other=0) == digest[:, None]) & m[:, None]
     hit = cand & (tl.load(tkeys + base, mask=cand, other=0) == k[:, None])
     pos = tl.min(tl.where(hit, cols[None, :], BS), axis=1)
-    _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, dim, DIM, COPY)
+    _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, dim, DIM, COPY,
+                 SCORES)
 
 
 @triton.jit
 def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out_vals, dim, n, nb_mask, m1, m2,
                   SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
-                  COPY: tl.constexpr):
+                  COPY: tl.constexpr, SCORES: tl.constexpr):
     """``_lookup`` reading a bucket's digests as BS / 4 words of 4 bytes: the bytes equal to the
     key's digest marked in place (the exact zero-byte test, on the word XOR the digest repeated),
     then the keys read at the marked bytes, first to last, only until the key is found."""
@@ -144,7 +149,14 @@ def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out
         pos = tl.where(hit, at, pos)
         todo = todo & ~hit
         marks = tl.where(cols[None, :] == w[:, None], marks ^ low[:, None], marks)
-    _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, dim, DIM, COPY)
+    _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, dim, DIM, COPY,
+                 SCORES)
+
+
+@triton.jit
+def _entry_at(at, tk, ts, sign):
+    """(key, score) of each bucket's entry at the positions ``at`` (one per row of the tile)."""
+    return tl.sum(tl.where(at, tk, 0), axis=1), tl.sum(tl.where(at, ts, 0), axis=1) ^ sign
 
 
 @triton.jit
@@ -157,7 +169,10 @@ def _upsert_in_order(tkeys, tdig, tscores, sizes, keys, desired, flags, order, s
     occurrences in the batch's order (``order[starts[j]:starts[j] + counts[j]]`` are bucket j's),
     so no two programs touch a bucket and no atomics are needed. A bucket's keys and digests are
     loaded once and kept current in registers; its scores only where they are read (a bucket that
-    may fill up in this batch, or a rule that adds to the old score). With MOVE_VALUES the value
+    may fill up in this batch, or a rule that adds to the old score). An occurrence takes one
+    reduction over its bucket (its key's position, else the first free one); the lowest score and
+    the entry replaced only where a bucket of the program is full (on an H100 at commit 5b5e3c3,
+    six reductions every occurrence held insert_or_assign to 0.43 B-KV/s). With MOVE_VALUES the value
     rows (``storage``, by slot) move in the same launch, each bucket's by one lane of the tile in
     order: a later occurrence's write lands after an earlier one's."""
     b = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -184,8 +199,10 @@ def _upsert_in_order(tkeys, tdig, tscores, sizes, keys, desired, flags, order, s
         des = tl.load(desired + i, mask=live, other=0)
         h = _fmix64(k, m1, m2)
         d = ((h >> 32) & 0xFF).to(tl.uint8)
-        hpos = tl.min(tl.where((td == d[:, None]) & (tk == k[:, None]), cols[None, :], BS), axis=1)
-        found = (hpos < BS) & live
+        # One reduction finds both: the key's position (below BS), else the first free one (BS + p)
+        code = tl.min(tl.where((td == d[:, None]) & (tk == k[:, None]), cols[None, :],
+                               tl.where(tk == empty, BS + cols[None, :], 2 * BS)), axis=1)
+        found = (code < BS) & live
         if OP == _ACCUM:
             flag = tl.load(flags + i, mask=live, other=0) != 0
             update = found & flag
@@ -200,17 +217,30 @@ def _upsert_in_order(tkeys, tdig, tscores, sizes, keys, desired, flags, order, s
             update = found
             may_insert = live & ~found
         has_free = size + grown < BS
-        fpos = tl.min(tl.where(tk == empty, cols[None, :], BS), axis=1)
-        low = tl.min(ts, axis=1)
-        lpos = tl.min(tl.where(ts == low[:, None], cols[None, :], BS), axis=1)
+        # A full bucket's lowest score, and the entry at a position, only where a bucket of this
+        # program is full for an insert or a hit's score depends on its old one: rare at the load
+        # factors a table grows at, and each is a reduction over the bucket
+        full = may_insert & ~has_free
+        if tl.max(full.to(tl.int32), axis=0) > 0:
+            low = tl.min(ts, axis=1)
+            lpos = tl.min(tl.where(ts == low[:, None], cols[None, :], BS), axis=1)
+        else:
+            low = tl.zeros((BLOCK,), tl.int64)
+            lpos = tl.zeros((BLOCK,), tl.int32)
         admit = has_free | ((des ^ sign) >= low)
         put = may_insert & admit
         evict = put & ~has_free
         refused = may_insert & ~admit
-        pos = tl.where(found, hpos, tl.where(has_free, fpos, lpos))
+        pos = tl.where(found, code, tl.where(has_free, code - BS, lpos))
         at = cols[None, :] == pos[:, None]
-        old_k = tl.sum(tl.where(at, tk, 0), axis=1)
-        old_s = tl.sum(tl.where(at, ts, 0), axis=1) ^ sign
+        # (two branches: Triton takes no `or` of a constexpr and a tensor)
+        if RULE == _ADD or RULE == _EPOCH_ADD:  # noqa: SIM114
+            old_k, old_s = _entry_at(at, tk, ts, sign)
+        elif tl.max(evict.to(tl.int32), axis=0) > 0:  # the evicted entries
+            old_k, old_s = _entry_at(at, tk, ts, sign)
+        else:
+            old_k = tl.zeros((BLOCK,), tl.int64)
+            old_s = tl.zeros((BLOCK,), tl.int64)
         if RULE == _SET:
             new = des
         elif RULE == _ADD:
@@ -221,14 +251,18 @@ def _upsert_in_order(tkeys, tdig, tscores, sizes, keys, desired, flags, order, s
             new = old_s
         score = tl.where(found, new, des)
         write = update | put
+        if RULE == _KEEP:  # a hit's score stays as it is (its old score was not read)
+            rescore = put
+        else:
+            rescore = write
         at = at & write[:, None]
         tk = tl.where(at, k[:, None], tk)
         td = tl.where(at, d[:, None], td)
-        ts = tl.where(at, (score ^ sign)[:, None], ts)
+        ts = tl.where(at & rescore[:, None], (score ^ sign)[:, None], ts)
         slot = b * BS + pos
         tl.store(tkeys + slot, k, mask=put)
         tl.store(tdig + slot, d, mask=put)
-        tl.store(tscores + slot, score, mask=write)
+        tl.store(tscores + slot, score, mask=rescore)
         grown += (put & has_free).to(tl.int32)
         status = tl.where(found, _FOUND, tl.where(put, tl.where(evict, _EVICTED, _INSERTED),
                                                   tl.where(refused, _REFUSED, _MISSING)))
@@ -259,27 +293,29 @@ def _upsert_in_order(tkeys, tdig, tscores, sizes, keys, desired, flags, order, s
     tl.store(sizes + b, size + grown, mask=grown > 0)
 
 
-def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None):
-    """(slots, scores) of ``keys``, -1 and 0 where missing; see ``lookup_reference``. With
-    ``values`` (slots, dim) on the keys' device, also the keys' rows of it (zeros where missing),
-    read in the same launch: a gather after the lookup read the slots back and took twice the
-    lookup's time (2^20 keys of dim 8, an H100)."""
+def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, scores: bool = True):
+    """(slots, scores) of ``keys``, -1 and 0 where missing (scores None unless asked for); see
+    ``lookup_reference``. With ``values`` (slots, dim) on the keys' device, also the keys' rows of
+    it (zeros where missing), read in the same launch: a gather after the lookup read the slots
+    back and took twice the lookup's time (2^20 keys of dim 8, an H100)."""
     keys = keys.contiguous()
     n = len(keys)
     nb, bs = b.keys.shape
     slots = torch.empty(n, dtype=torch.int64, device=keys.device)
-    scores = torch.empty(n, dtype=torch.int64, device=keys.device)
+    out_scores = torch.empty(n if scores else 0, dtype=torch.int64, device=keys.device)
     copy = values is not None
     dim = values.shape[1] if copy else 1
     found = torch.empty(n if copy else 0, dim, dtype=values.dtype if copy else torch.float32, device=keys.device)
     if n:
         words = LOOKUP == "words" and bs >= 4  # whole 4-byte words of digests
         kernel, digests = (_lookup_words, b.digests.view(torch.int32)) if words else (_lookup, b.digests)
-        kernel[(triton.cdiv(n, BLOCK),)](b.keys, digests, b.scores, keys, slots, scores,
+        kernel[(triton.cdiv(n, BLOCK),)](b.keys, digests, b.scores, keys, slots, out_scores if scores else slots,
                                          values.contiguous() if copy else slots, found if copy else slots, dim, n,
                                          nb - 1, M1, M2, SHIFT=b.shift, BS=bs, BLOCK=BLOCK,
-                                         DIM=triton.next_power_of_2(dim), COPY=copy, num_warps=LOOKUP_WARPS)
-    return (slots, scores, found) if copy else (slots, scores)
+                                         DIM=triton.next_power_of_2(dim), COPY=copy, SCORES=scores,
+                                         num_warps=LOOKUP_WARPS)
+    out_scores = out_scores if scores else None
+    return (slots, out_scores, found) if copy else (slots, out_scores)
 
 
 def buckets_triton(keys: torch.Tensor, n_buckets: int, shift: int) -> torch.Tensor:
