@@ -53,14 +53,18 @@ M2 = 0xC4CEB9FE1A85EC53
 LOW32 = 0xFFFFFFFF
 HIGH32 = -(2**32)
 # The lookup's kernel ("bytes": ``_lookup``, "words": ``_lookup_words``), keys per program and
-# warps per program. Not tuned on a GPU yet.
-LOOKUP = "bytes"
-BLOCK = 32
+# warps per program: the fastest of find* on an H100 (2^20 keys of 2^27 at load factor 0.5, dim 8;
+# ``params.tuning`` of benchmarks/results/hashtable_gpu.json, commit 0829ff8): 2.39 B-KV/s, the
+# slowest configuration 1.65.
+LOOKUP = "words"
+BLOCK = 16
 LOOKUP_WARPS = 4
 # Buckets per program of the upsert: their keys and digests (and scores where read) are held in
-# registers; a program loops as often as its busiest bucket has occurrences.
-BUCKETS = 8
-UPSERT_WARPS = 4
+# registers; a program loops as often as its busiest bucket has occurrences. The fastest of the
+# same tuning (insert_or_assign 0.43 B-KV/s, the slowest 0.21), for the kernel of six reductions
+# an occurrence that has one since.
+BUCKETS = 4
+UPSERT_WARPS = 2
 
 
 @triton.jit
