@@ -175,7 +175,7 @@ def _upsert_in_order(tkeys, tdig, tscores, sizes, keys, desired, flags, order, s
     loaded once and kept current in registers; its scores only where they are read (a bucket that
     may fill up in this batch, or a rule that adds to the old score). An occurrence takes one
     reduction over its bucket (its key's position, else the first free one); the lowest score and
-    the entry replaced only where a bucket of the program is full (on an H100 at commit 5b5e3c3,
+    the entry replaced only where a bucket of the program is full (on an H100 at commit 0829ff8,
     six reductions every occurrence held insert_or_assign to 0.43 B-KV/s). With MOVE_VALUES the value
     rows (``storage``, by slot) move in the same launch, each bucket's by one lane of the tile in
     order: a later occurrence's write lands after an earlier one's."""
