@@ -160,10 +160,15 @@ class HashTable:
         self._refuse_reserved(keys)
         return keys
 
-    def _refuse_reserved(self, keys):
-        bad = (keys & self._mask) == self._reserved
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
+    def _is_reserved(self, keys):
+        """Per key, whether the table reserves it (a bool tensor on the keys' device)."""
+        return (keys & self._mask) == self._reserved
+
+    def _refuse_reserved(self, keys, any_reserved=None):
+        """ValueError naming the first reserved key; ``any_reserved``: ``_is_reserved(keys).any()``,
+        queued earlier (else queued now)."""
+        if bool(self._is_reserved(keys).any() if any_reserved is None else any_reserved):
+            i = int(self._is_reserved(keys).nonzero()[0, 0])
             raise ValueError(f"keys: row {i}: key {int(keys[i]) % 2**64:#x} is reserved by the table "
                              f"(reserved_key_start_bit={self.reserved_key_start_bit}); choose another key or start bit")
 
@@ -266,13 +271,15 @@ class HashTable:
 
     def _lookup(self, keys, copy_values):
         keys = self._bits(keys)
+        # The check is queued before the lookup and read after its launch (a lookup changes
+        # nothing): on the GPU the read then waits for the check alone, not for the lookup's
+        # kernel, which runs on while the caller makes its next call ready.
+        any_reserved = self._is_reserved(keys).any()
         if self._numba:
             out = paths.cpu_lookup(self._b, self._v, keys, copy_values)
         else:
             out = paths.tensor_lookup(self._b, self._v, keys, copy_values, self._tensor_backend)
-        # checked after the lookup, which changes nothing: on the GPU the check's wait then comes
-        # after the lookup's launch, not between the call's start and its kernel
-        self._refuse_reserved(keys)
+        self._refuse_reserved(keys, any_reserved)
         return out
 
     def find(self, keys):
