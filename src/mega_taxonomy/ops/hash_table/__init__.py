@@ -136,17 +136,8 @@ def locate(keys: torch.Tensor, n_buckets: int, bucket_size: int):
     """(bucket, digest) of every key: bucket from the hash's bits above log2(bucket_size), digest its
     bits 32..39."""
     h = fmix64(keys)
-    return bucket_of(h, n_buckets, bucket_size), digest_of(h)
-
-
-def bucket_of(h: torch.Tensor, n_buckets: int, bucket_size: int) -> torch.Tensor:
-    """The bucket of every hash ``h`` (:func:`fmix64` of the keys)."""
-    return shift_right_logical(h, bucket_size.bit_length() - 1) & (n_buckets - 1)
-
-
-def digest_of(h: torch.Tensor) -> torch.Tensor:
-    """The 8-bit digest of every hash ``h``: its bits 32..39."""
-    return (shift_right_logical(h, 32) & 0xFF).to(torch.uint8)
+    shift = bucket_size.bit_length() - 1
+    return shift_right_logical(h, shift) & (n_buckets - 1), (shift_right_logical(h, 32) & 0xFF).to(torch.uint8)
 
 
 def lookup_reference(b: Buckets, keys: torch.Tensor):
@@ -272,8 +263,8 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
 
         bucket = buckets_triton(keys, nb, b.shift)
     else:
-        h = fmix64(keys)
-        bucket = bucket_of(h, nb, bs).to(torch.int32)
+        bucket, digest = locate(keys, nb, bs)
+        bucket = bucket.to(torch.int32)
     # stable: the batch's order within a bucket; int32 bucket ids sort in half the radix passes
     order = torch.argsort(bucket, stable=True)
     counts = torch.bincount(bucket, minlength=nb)
@@ -286,7 +277,6 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
             return Upserted(slots, status, ev_k, ev_s, None, ev_v, out_v)
         return Upserted(slots, status, ev_k, ev_s, _ranks(bucket, order, starts))
     rank = _ranks(bucket, order, starts)
-    digest = digest_of(h)
     update, may_insert = intents(op, flags, n, keys.device)
     slots = torch.full_like(keys, -1)
     status = torch.full_like(keys, MISSING)

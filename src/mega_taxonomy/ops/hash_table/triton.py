@@ -80,7 +80,7 @@ def _fmix64(k, m1, m2):
 
 @triton.jit
 def _program_keys(keys, n, nb_mask, m1, m2, SHIFT: tl.constexpr, BLOCK: tl.constexpr):
-    """A lookup program's BLOCK keys: (offsets, in range, keys, buckets, digests as int64)."""
+    """A program's BLOCK keys: (offsets, in range, keys, buckets, digests as int64)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
     k = tl.load(keys + offs, mask=m, other=0)
@@ -90,7 +90,7 @@ def _program_keys(keys, n, nb_mask, m1, m2, SHIFT: tl.constexpr, BLOCK: tl.const
 
 @triton.jit
 def _buckets(keys, out, n, nb_mask, m1, m2, SHIFT: tl.constexpr, BLOCK: tl.constexpr):
-    """int32 bucket of every key (``ops.hash_table.bucket_of(fmix64(keys))``)."""
+    """int32 bucket of every key (``ops.hash_table.locate``'s first half)."""
     offs, m, _, bucket, _ = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
     tl.store(out + offs, bucket.to(tl.int32), mask=m)
 
@@ -306,7 +306,7 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, sco
     n = len(keys)
     nb, bs = b.keys.shape
     slots = torch.empty(n, dtype=torch.int64, device=keys.device)
-    out_scores = torch.empty(n if scores else 0, dtype=torch.int64, device=keys.device)
+    out_scores = torch.empty(n, dtype=torch.int64, device=keys.device) if scores else None
     copy = values is not None
     dim = values.shape[1] if copy else 1
     found = torch.empty(n if copy else 0, dim, dtype=values.dtype if copy else torch.float32, device=keys.device)
@@ -318,7 +318,6 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, sco
                                          nb - 1, M1, M2, SHIFT=b.shift, BS=bs, BLOCK=BLOCK,
                                          DIM=triton.next_power_of_2(dim), COPY=copy, SCORES=scores,
                                          num_warps=LOOKUP_WARPS)
-    out_scores = out_scores if scores else None
     return (slots, out_scores, found) if copy else (slots, out_scores)
 
 
