@@ -387,21 +387,30 @@ def test_a_passs_sample_on_the_device_is_the_host_draw():
     assert partial.sample.count == len(x)
 
 
-def test_sample_moments_stay_on_the_device_until_read():
-    """A sample pass over device blocks adds their float64 moments there (no copy back per
-    block); the mean variance read at the end is the float64 one of all the rows, and the
-    sample is the rows of lowest hash."""
+@pytest.mark.parametrize("below", [None, 2**64 // 300], ids=["every row", "rows below a hash bound"])
+def test_sample_pass_on_the_device_is_the_host_draw(below):
+    """A sample pass over device blocks draws there (LowestPerGroup) and adds their float64
+    moments there (no copy back per block); the mean variance read at the end is the float64
+    one of all the rows, and the sample is the rows of lowest hash (below the bound, when one is
+    given: about 500 of the 150,000 rows)."""
     from mega_taxonomy.ops.hashing import hash_ids
+    from mega_taxonomy.partials import LowestPerGroup
     from mega_taxonomy.partials.sampling import SampleTask
     from mega_taxonomy.runtime import LocalRuntime
 
     x, _ = clustered(150_000, 16, 24, seed=5)
     source = VectorSource(torch.from_numpy(x).half().cuda())
-    partial = LocalRuntime("cuda", progress=False).map_reduce(source, SampleTask(), (100, 0))
+    state = (100, 0) if below is None else (1000, 0, below)
+    partial = LocalRuntime("cuda", progress=False).map_reduce(source, SampleTask(), state)
+    assert isinstance(partial.rows, LowestPerGroup)
     assert isinstance(partial.total, torch.Tensor) and partial.total.is_cuda
     rows = torch.from_numpy(x).half().double().numpy()
     assert partial.mean_variance == pytest.approx(float(rows.var(0).mean()), rel=1e-9)
-    lowest = np.argsort(hash_ids(np.arange(len(x)), 0), kind="stable")[:100]
+    hashes = hash_ids(np.arange(len(x)), 0)
+    lowest = np.argsort(hashes, kind="stable")[:state[0]]
+    if below is not None:
+        lowest = lowest[hashes[lowest] <= np.uint64(below)]
+        assert 300 < len(lowest) < 700
     assert partial.ordinals.tolist() == lowest.tolist()
 
 

@@ -32,8 +32,13 @@ def _device(n, n_groups, hashes, ordinals, groups):
                                    torch.from_numpy(groups), n_groups, n)
 
 
+@pytest.mark.parametrize("merge_rows", [1 << 20, 1], ids=["selected when read", "selected at every add"])
 @pytest.mark.parametrize("n_groups, n", [(1, 40), (12, 7), (30, 500)])
-def test_lowest_per_group_selects_as_the_host(n_groups, n):
+def test_lowest_per_group_selects_as_the_host(n_groups, n, merge_rows, monkeypatch):
+    """Rows pending and tables merged in any order and grouping: the host's selection. (With a
+    merge at every add, the small tables are selected as soon as rows pass their slots; then two
+    tables meet.)"""
+    monkeypatch.setattr(LowestPerGroup, "MIN_MERGE_ROWS", merge_rows)
     rng = np.random.default_rng(n)
     hashes, ordinals, groups = _rows(rng, 6000, n_groups)
     ref = _host(n, hashes, ordinals, groups)
@@ -78,3 +83,22 @@ def test_device_block_sample_is_the_host_draw(ids):
         np.testing.assert_array_equal(getattr(device, name), getattr(host, name))
     assert device.count == host.count == 5000
     assert device_block_sample(block, 1 << 20, 11, torch.from_numpy(labels), 9) is None
+
+
+@pytest.mark.parametrize("below", [None, 2**64 // 40], ids=["every row", "rows below a hash bound"])
+def test_device_block_sample_of_all_rows_is_the_host_draw(below):
+    """SampleTask's draw on a GPU (one group, the rows' moments, an optional hash bound) against
+    block_sample's of the same block: the same rows in the same order, the same float64 sums."""
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.standard_normal((4000, 5)).astype(np.float32))
+    ordinals = np.arange(100, 4100)
+    block = SimpleNamespace(ids=ordinals, ordinals=ordinals, vectors=x)
+    host = block_sample(block, 300, 5, below=below)
+    device = device_block_sample(block, 300, 5, None, 1, moments=True, below=below)
+    assert isinstance(device.rows, LowestPerGroup)
+    for name in ("hashes", "ordinals", "groups"):
+        np.testing.assert_array_equal(getattr(device, name), getattr(host, name))
+    # a bound that about 100 of the 4000 rows pass: fewer than the 300 asked, and no others taken
+    assert len(device.rows) == 300 if below is None else 60 < len(device.rows) < 150
+    for ours, ref in ((device.total, host.total), (device.total_sq, host.total_sq)):
+        np.testing.assert_allclose(np.asarray(ours.value()), np.asarray(ref.value()), rtol=1e-12)

@@ -20,7 +20,7 @@ from ..ops.hashing import hash_ids, hash_ids_torch
 from ..ops.update import column_moments
 from ..runtime import CompositePartial
 from .best_per_group import BestPerGroup
-from .lowest import LowestPerGroup
+from .lowest import SIGN, LowestPerGroup
 
 
 @dataclass
@@ -98,10 +98,7 @@ def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, 
         hashes, ordinals, groups = hashes[keep], ordinals[keep], groups[keep]
     total = total_sq = np.zeros(x.shape[1])
     if moments and isinstance(x, torch.Tensor) and x.is_cuda:
-        # summed and added up on the device, read once at the end: a copy back per block waited
-        # for the block's transfer and sums, and the host sat idle meanwhile
-        x64 = x.double()
-        total, total_sq = x64.sum(0), (x64 * x64).sum(0)
+        total, total_sq = _device_moments(x)
     elif moments:
         if isinstance(x, torch.Tensor):
             x = (x if x.dtype in (torch.float32, torch.float64) else x.float()).numpy()
@@ -111,16 +108,31 @@ def block_sample(block, size: int, seed: int, groups: np.ndarray | None = None, 
                          ExactSum.of(total_sq))
 
 
-def device_block_sample(block, size: int, seed: int, groups: torch.Tensor, n_groups: int) -> SamplePartial | None:
-    """:func:`block_sample`'s partial without moments, its rows selected where ``groups`` (on a
-    GPU; in [0, n_groups) or -1) are, and kept there (:class:`LowestPerGroup`): the pass's
-    driver then neither copies the groups out nor selects. None where its tables would not fit."""
+def device_block_sample(block, size: int, seed: int, groups: torch.Tensor | None, n_groups: int,
+                        moments: bool = False, below: int | None = None) -> SamplePartial | None:
+    """:func:`block_sample`'s partial of a block on a GPU, its rows selected there
+    (:class:`LowestPerGroup`): ``groups`` (on the GPU, in [0, n_groups) or -1; None: every row in
+    group 0 of ``n_groups`` = 1) stay there, and the pass's driver neither copies anything out
+    nor selects. None where its tables would not fit."""
     if not LowestPerGroup.fits(n_groups, size):
         return None
-    ordinals, ids = _ids_on(block, groups.device)
-    rows = LowestPerGroup.of_block(hash_ids_torch(ids, seed), ordinals, groups.long(), n_groups, size)
-    zeros = np.zeros(block.vectors.shape[1])
-    return SamplePartial(size, rows, len(block.ordinals), ExactSum.of(zeros), ExactSum.of(zeros))
+    device = block.vectors.device if groups is None else groups.device
+    ordinals, ids = _ids_on(block, device)
+    hashes = hash_ids_torch(ids, seed)
+    groups = torch.zeros_like(ordinals) if groups is None else groups.long()
+    keep = None if below is None else (hashes ^ SIGN) <= below + SIGN  # the hashes' unsigned order
+    rows = LowestPerGroup.of_block(hashes, ordinals, groups, n_groups, size, keep=keep)
+    total = total_sq = np.zeros(block.vectors.shape[1])
+    if moments:
+        total, total_sq = _device_moments(block.vectors)
+    return SamplePartial(size, rows, len(block.ordinals), ExactSum.of(total), ExactSum.of(total_sq))
+
+
+def _device_moments(x: torch.Tensor):
+    """float64 sums of a block's rows and squared rows, left on its GPU: added up there and read
+    once at the end, where a copy back per block waited for the block's transfer and sums."""
+    x64 = x.double()
+    return x64.sum(0), (x64 * x64).sum(0)
 
 
 def _ids_on(block, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +153,14 @@ class SampleTask:
 
     def __call__(self, block, state, device) -> SamplePartial:
         size, seed, *below = state
-        return block_sample(block, size, seed, below=below[0] if below else None)
+        below = below[0] if below else None
+        if isinstance(block.vectors, torch.Tensor) and block.vectors.is_cuda:
+            # hashed and selected on the GPU: the host's draw kept the driver thread busy for
+            # the whole pass
+            sample = device_block_sample(block, size, seed, None, 1, moments=True, below=below)
+            if sample is not None:
+                return sample
+        return block_sample(block, size, seed, below=below)
 
 
 # Candidates a pass keeps, as a multiple of the sample's size expected below the hash bound.
