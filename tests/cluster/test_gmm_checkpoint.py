@@ -74,3 +74,14 @@ def test_without_checkpoint_nothing_changes_and_other_parameters_are_refused(X, 
     assert_same_fit(fit(X, checkpoint=uri), reference)
     with pytest.raises(ConfigError, match="reg_covar"):
         fit(X, checkpoint=uri, reg_covar=1e-3)
+
+
+def test_a_bfloat16_tensors_fit_checkpoints(X, tmp_path):
+    """The checkpoint's fingerprint names the input's dtype: bfloat16, which numpy cannot name,
+    failed there."""
+    torch = pytest.importorskip("torch")
+    rows = torch.from_numpy(X.astype(np.float32)).bfloat16()
+    want = fit(rows)
+    got = fit(rows, checkpoint=str(tmp_path / "ckpt"))
+    for name in ("weights_", "means_", "covariances_"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)

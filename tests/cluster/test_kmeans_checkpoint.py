@@ -168,3 +168,18 @@ def test_an_s3_checkpoint_resumes_to_the_same_centroids(X, reference, s3_bucket,
     resumed = KMeans(**PARAMS, checkpoint=uri, storage_options=options).fit(X)
     assert_same_fit(reference, resumed)
     assert Store(uri, storage_options=options).listdir("checkpoints") == ["checkpoints/level-00/centroids.npy"]
+
+
+def test_a_bfloat16_tensors_fit_checkpoints_and_resumes(X, tmp_path, monkeypatch):
+    """The checkpoint's fingerprint names the input's dtype: bfloat16, which numpy cannot name,
+    failed there. Stopped and run again, the fit is the uninterrupted one."""
+    torch = pytest.importorskip("torch")
+    rows = torch.from_numpy(X).bfloat16()
+    want = KMeans(**PARAMS).fit(rows)
+    uri = str(tmp_path / "ckpt")
+    with monkeypatch.context() as m:
+        stop_after_save(m, 3)
+        with pytest.raises(Stop):
+            KMeans(**PARAMS, checkpoint=uri).fit(rows)
+    assert Store(uri).manifest()["params"]["input"]["dtype"] == "bfloat16"
+    assert_same_fit(KMeans(**PARAMS, checkpoint=uri).fit(rows), want)

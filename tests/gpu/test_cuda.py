@@ -191,15 +191,17 @@ def test_kmeans_on_a_device_tensor_is_kmeans_on_host_rows(dtype):
     assert on_gpu.inertia_ == from_host.inertia_ and on_gpu.n_iter_ == from_host.n_iter_
 
 
-@pytest.mark.parametrize("data", ["numpy", "pinned tensor"])
+@pytest.mark.parametrize("data", ["numpy", "pinned tensor", "bfloat16 tensor"])
 def test_host_rows_by_runs_are_the_blocks_one_by_one(data, monkeypatch):
     """Rows in host memory go to the GPU a run of blocks at a time (``io.streaming.stream_runs``),
-    each run one ``LloydTask.whole`` call: the bits of the blocks streamed one by one."""
+    each run one ``LloydTask.whole`` call: the bits of the blocks streamed one by one. (A
+    bfloat16 tensor, which numpy cannot name, failed to be cut into runs.)"""
     from mega_taxonomy.io import BLOCK_ROWS, streaming
     from mega_taxonomy.runtime import local
 
     x, _ = clustered(5 * BLOCK_ROWS + 123, 40, 32, seed=12)
-    rows = x if data == "numpy" else torch.from_numpy(x).pin_memory()
+    rows = {"numpy": lambda: x, "pinned tensor": lambda: torch.from_numpy(x).pin_memory(),
+            "bfloat16 tensor": lambda: torch.from_numpy(x).bfloat16()}[data]()
     monkeypatch.setattr(streaming, "RUN_BYTES", 2 * BLOCK_ROWS * 32 * 4)  # runs of 2 blocks, the last short
     by_runs = KMeans(40, init=x[:40], tol=0, max_iter=4, device="cuda").fit(rows)
     monkeypatch.setattr(local, "run_blocks", lambda source, device: None)

@@ -15,6 +15,7 @@ from numbers import Integral
 import numpy as np
 
 from ..io.device import host_arrays
+from ..io.shards import dtype_name
 from ..storage import Checkpoints, Store
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def checkpoint_params(params: dict, source) -> dict:
     seed = params["random_state"] if isinstance(params["random_state"], Integral) else None
     return {**{name: params[name] for name in ("n_clusters", "max_iter", "tol", "metric", "sample_size")},
             "init": init, "random_state": seed,
-            "input": {"rows": len(source), "dim": source.dim, "dtype": str(np.dtype(source.dtype))}}
+            "input": {"rows": len(source), "dim": source.dim, "dtype": dtype_name(source.dtype)}}
 
 
 def open_checkpoints(uri, storage_options, params: dict, source) -> Checkpoints:

@@ -18,6 +18,7 @@ from numbers import Integral
 
 import numpy as np
 
+from ..io.shards import dtype_name
 from ..storage import Checkpoints, Store
 from .em import EMResult, MixtureParams, better, em
 from .gmm_init import initial_params
@@ -43,7 +44,7 @@ def open_checkpoints(gm, source) -> Checkpoints:
     seed = params["random_state"] if isinstance(params["random_state"], Integral) else None
     fingerprint = {**{name: params[name] for name in FINGERPRINT}, "random_state": seed,
                    **{name: _digest(params[name]) for name in ("weights_init", "means_init", "precisions_init")},
-                   "input": {"rows": len(source), "dim": source.dim, "dtype": str(np.dtype(source.dtype))}}
+                   "input": {"rows": len(source), "dim": source.dim, "dtype": dtype_name(source.dtype)}}
     return Checkpoints(Store(gm.checkpoint, storage_options=gm.storage_options), KIND, fingerprint,
                        where="checkpoint")
 

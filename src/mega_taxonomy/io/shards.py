@@ -26,6 +26,11 @@ TORCH_DTYPES = {np.dtype(name): getattr(torch, name) for name in ("float16", "fl
 TORCH_DTYPES[torch.bfloat16] = torch.bfloat16  # a tensor source's, which numpy cannot name
 
 
+def dtype_name(dtype) -> str:
+    """A source's dtype by name ("float16", "bfloat16", ...): numpy's names, and bfloat16's."""
+    return str(TORCH_DTYPES[dtype]).removeprefix("torch.")
+
+
 @dataclass(frozen=True)
 class Shard:
     """A unit of reading: rows [row_start, row_stop) of one file, whose first row has global ordinal start."""

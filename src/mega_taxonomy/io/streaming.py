@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .readahead import put_unless
-from .shards import BLOCK_ROWS, Block
+from .shards import BLOCK_ROWS, TORCH_DTYPES, Block
 
 RUN_BYTES = 256 << 20  # rows of a run (stream_runs)
 
@@ -83,7 +83,7 @@ def run_blocks(source, device) -> int | None:
         return None
     if _already_on(source, device):
         return None
-    block_bytes = BLOCK_ROWS * source.dim * np.dtype(source.dtype).itemsize
+    block_bytes = BLOCK_ROWS * source.dim * TORCH_DTYPES[source.dtype].itemsize  # bfloat16 too
     return max(1, RUN_BYTES // block_bytes)
 
 
