@@ -128,13 +128,16 @@ class RecordingPasses(SumsAsTensors):
 
 @pytest.mark.parametrize("sums", ["tensors", "arrays"])
 @pytest.mark.parametrize("stop", ["max_iter", "tol", "empty"])
-def test_passes_launched_ahead_are_the_passes_one_by_one(sums, stop):
+def test_passes_launched_ahead_are_the_passes_one_by_one(sums, stop, monkeypatch):
     """Each pass launched before the counts of the one before came back (``look_ahead``) runs on
     the centroids the loop then takes: the same fit, the same iterations reported, and every pass
     of the loop one by one among its passes, in order. One pass at most is wasted: the one ahead
     of convergence; none ahead of the first pass, where clusters empty (nor after a cluster went empty)."""
+    from mega_taxonomy.cluster import lloyd as module
     from mega_taxonomy.cluster.lloyd import lloyd
     from mega_taxonomy.io import VectorSource
+
+    monkeypatch.setattr(module, "LOOK_AHEAD_MAX_SECONDS", 60.0)  # every pass short, on a loaded machine too
 
     rng = np.random.default_rng(4)
     # Small integers: the first pass's distances are exact, so the copies x[:3] of the first three
@@ -169,6 +172,22 @@ def test_passes_launched_ahead_are_the_passes_one_by_one(sums, stop):
         assert (launched_ahead - launched).tolist() == [0] * one_by_one.n_iter
     else:  # one pass ahead at every iteration but the first and the last (of max_iter)
         assert (launched_ahead - launched).tolist() == [0] + [1] * (one_by_one.n_iter - 2) + [int(stop == "tol")]
+
+
+def test_no_pass_ahead_after_a_long_pass(monkeypatch):
+    """By default a pass is launched ahead only where the one before took at most
+    ``LOOK_AHEAD_MAX_SECONDS``: a long pass ahead saves little and is lost when a cluster empties.
+    (Here every pass is long: the bound is 0.)"""
+    from mega_taxonomy.cluster import lloyd as module
+    from mega_taxonomy.io import VectorSource
+
+    x = np.random.default_rng(6).normal(size=(5000, 8)).astype(np.float32)
+    for bound, ahead in ((0.0, 0), (60.0, 1)):
+        monkeypatch.setattr(module, "LOOK_AHEAD_MAX_SECONDS", bound)
+        runtime, launched = RecordingPasses(as_tensors=True), []
+        module.lloyd(VectorSource(x), x[:40].copy(), runtime, max_iter=4, tol=-1.0,
+                     on_iteration=lambda *_, passes=runtime.passes, launched=launched: launched.append(len(passes)))
+        assert launched == [1, 2 + ahead, 3 + ahead, 4], bound  # none ahead of the first, nor of the last
 
 
 def test_no_pass_ahead_where_the_next_depends_on_the_counts():

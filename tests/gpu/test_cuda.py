@@ -581,8 +581,8 @@ def test_lloyd_on_the_device_refills_empty_clusters_as_on_the_cpu():
 @pytest.mark.parametrize("stop", ["max_iter", "tol", "empty"])
 def test_lloyd_passes_launched_ahead_on_the_gpu_are_the_passes_one_by_one(stop):
     """On a GPU each pass is launched before the counts of the one before are back (look_ahead,
-    on by default): the bits of passes one by one, with a pass ahead at every iteration after the
-    first until a cluster goes empty."""
+    on by default for passes of milliseconds): the bits of passes one by one, with a pass ahead at
+    every iteration after the first until a cluster goes empty."""
     from mega_taxonomy.cluster.lloyd import lloyd
     from mega_taxonomy.runtime import LocalRuntime
 

@@ -20,6 +20,7 @@ update queued on the device behind its pass, empty clusters, Hamerly's bounds
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,12 @@ from . import bounds
 from .balance import size_penalty
 from .lloyd_pass import LloydPartial, LloydState, LloydTask
 from .relocate import MAX_FAR_ROWS, counts_on_host, new_centroids
+
+# A pass launched ahead saves the host's turn between two passes (a millisecond or a few) and is
+# thrown away when a cluster empties: worth it for passes of milliseconds (an H200's fit of
+# device rows, Ray's workers), not for passes of a tenth of a second and more (the pinned fit of
+# 10M x 1024 host rows on an H100 lost a 0.43 s pass to an empty cluster at its last level).
+LOOK_AHEAD_MAX_SECONDS = 0.05
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +62,7 @@ class LloydStep:
     partial: LloydPartial
     queued: tuple | None
     counts_later: object
+    launched: float  # time.perf_counter() at its launch
 
 
 class Lloyd:
@@ -89,6 +97,7 @@ class Lloyd:
         # which stands unless a cluster went empty. A GPU then never waits for the host's turn.
         self.looking_ahead = look_ahead is not False and not self.track and penalty_strength == 0
         self.partial = None  # of the last pass
+        self.pass_seconds = None  # of the last pass, from its launch to its counts on the host
         self.operands = OperandCache()  # the centroids prepared for the kernels, shared by this fit's passes
 
     def _state(self, centroids, **changes) -> LloydState:
@@ -103,6 +112,7 @@ class Lloyd:
         update runs behind the pass (the host then waits once an iteration, for the counts and the
         shift); on the host, only when looking ahead. The copies of its counts are queued before
         any pass launched after it."""
+        launched = time.perf_counter()
         partial = self.runtime.map_reduce(self.source, LloydTask(self.operands), self._state(centroids),
                                           desc=f"{self.desc} {iteration}")
         # (Frozen groups, whose sums are filled in afterwards, come from passes on the host only.)
@@ -119,10 +129,12 @@ class Lloyd:
         # Not ahead of a fit's first pass: clusters empty mostly there (seeds drawn from a sample,
         # copies among them), and the pass ahead was then wasted (an H200's pinned taxonomy fit lost
         # a pass at levels 1 and 2, 0.74 s, to save a host turn of milliseconds). Once a cluster
-        # went empty, it may again: no pass ahead for the rest of the fit.
+        # went empty, it may again: no pass ahead for the rest of the fit. By default only where
+        # the update is queued on a GPU and the last pass was short (LOOK_AHEAD_MAX_SECONDS).
+        short = self.pass_seconds is not None and self.pass_seconds <= LOOK_AHEAD_MAX_SECONDS
         ahead = (queued is not None and self.looking_ahead and not self.far and self.partial is not None
-                 and (self.look_ahead or isinstance(queued[0], torch.Tensor)))
-        return Step(LloydStep(partial, queued, counts_later), queued[0] if ahead else None)
+                 and (self.look_ahead or isinstance(queued[0], torch.Tensor) and short))
+        return Step(LloydStep(partial, queued, counts_later, launched), queued[0] if ahead else None)
 
     def update(self, step: Step, centroids, iteration) -> Update:
         """New centroids from the pass's sums: the update queued behind it, or, where a cluster
@@ -130,6 +142,7 @@ class Lloyd:
         partial, queued = step.result.partial, step.result.queued
         before, self.partial = self.partial, partial
         partial.counts, partial.inertia, queued_shift = step.result.counts_later()
+        self.pass_seconds = time.perf_counter() - step.result.launched
         if self.frozen is not None:  # (never with a pass ahead: frozen groups need bounds)
             bounds.reuse_frozen(partial, before, self.frozen, self.offsets)
         if self.track:
@@ -210,8 +223,9 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         dropped, and no pass is launched ahead in the rest of the fit). The same passes, the same
         bits; the GPU then never idles while the host turns one pass into the next (H200, 2
         workers, N = 1M: see ``benchmarks/results/ray_gpu.json``). None (default): where the
-        update is queued on a GPU; True: also on the host (a pass is wasted at the end; for
-        tests); False: never. Not with penalties that follow the sizes, nor with bounds (their
+        update is queued on a GPU and the pass before took at most ``LOOK_AHEAD_MAX_SECONDS``
+        (a pass of a tenth of a second saves little and may be lost); True: always, also on the
+        host (a pass is wasted at the end; for tests); False: never. Not with penalties that follow the sizes, nor with bounds (their
         passes depend on the last).
     """
     if not isinstance(centroids, torch.Tensor):  # a tensor stays where it is (on the pass's device)
