@@ -14,7 +14,8 @@ Measured on an H100 (10M x 1024 float16 pinned rows, 256 clusters, 4,096 rows ke
 ``taxonomy_gpu_pinned.json``): with blocks ranked by two sorts each and tables merged every few
 blocks (``FarthestPerGroup``'s way), the pass that drew the sample ran at 0.65 of the copy rate,
 where the level's passes without a draw ran at 0.95: its tables of 1M slots were copied whole at
-every add and sorted every three blocks. Rows waiting unsorted are sorted once a table's worth.
+every add and sorted every three blocks. With rows waiting unsorted, sorted once a table's worth:
+0.99 (a652027).
 
 Tables are (groups + 1) x n dense: the draw takes this path where that is at most
 ``MAX_SLOTS`` (a table of 64 MiB, and at most as many rows pending), else the host's.
