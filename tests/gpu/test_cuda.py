@@ -697,3 +697,17 @@ def test_exact_sums_on_the_gpu_are_the_bits_of_the_twin():
         on_cpu += ExactSum.of(part)
     assert torch.equal(on_gpu.tops.cpu(), on_cpu.tops) and torch.equal(on_gpu.digits.cpu(), on_cpu.digits)
     assert torch.equal(on_gpu.value().cpu(), on_cpu.value())
+
+
+def test_a_gpu_tables_lookups_refuse_reserved_keys():
+    """A lookup on the GPU reads its reserved-key check after its own launch (the check copied
+    out ahead of it): a reserved key still raises, naming its row, and other keys are found."""
+    from mega_taxonomy.kv import HashTable
+
+    t = HashTable(dim=4, init_capacity=1024, max_capacity=1024, device="cuda")
+    keys = torch.arange(10, device="cuda")
+    t.insert_or_assign(keys, torch.ones(10, 4, device="cuda"))
+    for call in (t.find, t.contains, t.find_ptr):
+        with pytest.raises(ValueError, match="row 2"):
+            call(torch.tensor([1, 2, -1], device="cuda"))
+    assert t.contains(keys).all() and torch.equal(t.find(keys)[0], torch.ones(10, 4, device="cuda"))
