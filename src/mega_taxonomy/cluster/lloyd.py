@@ -225,8 +225,8 @@ def lloyd(source, centroids: np.ndarray, runtime, *, metric="euclidean", max_ite
         workers, N = 1M: see ``benchmarks/results/ray_gpu.json``). None (default): where the
         update is queued on a GPU and the pass before took at most ``LOOK_AHEAD_MAX_SECONDS``
         (a pass of a tenth of a second saves little and may be lost); True: always, also on the
-        host (a pass is wasted at the end; for tests); False: never. Not with penalties that follow the sizes, nor with bounds (their
-        passes depend on the last).
+        host (a pass is wasted at the end; for tests); False: never. Not with penalties that
+        follow the sizes, nor with bounds (their passes depend on the last).
     """
     if not isinstance(centroids, torch.Tensor):  # a tensor stays where it is (on the pass's device)
         centroids = np.ascontiguousarray(centroids)
