@@ -12,13 +12,15 @@ same precision. The float64 reference is our own E-step in float64 on the same p
 also times each float32 E-step method (``estep_ms_products``, ``estep_ms_fused``) and states its
 log-likelihood's distance from the float64 one on the fit's final parameters.
 
-Streaming: 100M x 128 float16 rows in host memory, K=256 diag, two EM iterations; rows/s of a
-pass against the host-to-device copy rate of the same bytes (pinned, measured here).
+Streaming: 100M x 128 float16 rows in pinned host memory, K=256 diag, TF32 off: fits of 1 and 3
+EM iterations after an untimed fit of the first 1M rows, their difference halved; rows/s of a pass
+against the host-to-device copy rate of the same bytes (pinned, measured here). ``--stream-only``
+writes it alone, to ``gmm_gpu_stream.json``.
 
 Peers' wheels (pure Python): torchgmm 0.1.4 with pytorch-lightning, lightning-utilities,
 torchmetrics, anndata, session-info (and what they need that the machine lacks).
 
-    python benchmarks/bench_gmm_gpu.py [--case I ...] [--iters M] [--no-stream] [--out FILE]
+    python benchmarks/bench_gmm_gpu.py [--case I ...] [--iters M] [--no-stream | --stream-only] [--out FILE]
 """
 
 from __future__ import annotations
@@ -218,7 +220,8 @@ def main():
     parser.add_argument("--case", type=int, action="append", default=None, help="index into CASES")
     parser.add_argument("--iters", type=int, default=6)
     parser.add_argument("--no-stream", action="store_true")
-    parser.add_argument("--stream-only", action="store_true", help="only the streaming fit")
+    parser.add_argument("--stream-only", action="store_true",
+                        help="only the streaming fit (results in gmm_gpu_stream.json)")
     parser.add_argument("--profile", action="store_true", help="print where a fit of one iteration spends its time")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -226,7 +229,8 @@ def main():
     params = {"cases": CASES, "iters": args.iters, "per_case": summaries, "streaming": None}
 
     def write():  # after every case, so that a run stopped part-way keeps what it finished
-        return common.write("gmm_gpu", params, results, speedups, "python " + " ".join(sys.argv),
+        name = "gmm_gpu_stream" if args.stream_only else "gmm_gpu"  # a file of its own: gmm_gpu.json stays
+        return common.write(name, params, results, speedups, "python " + " ".join(sys.argv),
                             **({"path": Path(args.out)} if args.out else {}))
 
     cases = [] if args.stream_only else CASES if args.case is None else [CASES[i] for i in args.case]
