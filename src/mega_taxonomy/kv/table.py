@@ -21,7 +21,7 @@ import threading
 
 import torch
 
-from mega_taxonomy.io.device import HostCopy
+from mega_taxonomy.io.device import host_arrays_later
 from mega_taxonomy.ops import hash_table as ht
 
 from . import paths
@@ -276,16 +276,12 @@ class HashTable:
         # lookup changes nothing): on the GPU the read then waits for the check alone, not for
         # the lookup's kernel behind it on the stream, which runs on while the caller makes its
         # next call ready.
-        any_reserved = self._is_reserved(keys).any()
-        if any_reserved.is_cuda:
-            any_reserved = HostCopy({"any": any_reserved})
+        any_reserved = host_arrays_later(self._is_reserved(keys).any())
         if self._numba:
             out = paths.cpu_lookup(self._b, self._v, keys, copy_values)
         else:
             out = paths.tensor_lookup(self._b, self._v, keys, copy_values, self._tensor_backend)
-        if isinstance(any_reserved, HostCopy):
-            any_reserved = any_reserved.arrays()["any"]
-        self._refuse_reserved(keys, any_reserved)
+        self._refuse_reserved(keys, any_reserved()[0])
         return out
 
     def find(self, keys):
