@@ -12,10 +12,13 @@ Two parts (``--part``), each in its own process and result file:
   (fixed_size_list<halffloat>, 8 files, row groups of 65,536). The bound is the plain read rate
   of the same files (``pyarrow.parquet.read_table`` of the vector column, all threads), after a
   first read, so that both see the same page cache. The source's block cache is off
-  (``cache_bytes=0``): every pass decodes. Target: every Lloyd pass at >= 0.7 of that rate.
+  (``cache_bytes=0``): every pass decodes. Target: every Lloyd pass at >= 0.7 of that rate. An
+  untimed fit of 1M rows made in memory compiles the kernels first.
   ``--encoding``: ``dictionary`` (pyarrow's default for float16, about 6x slower to decode) or
   ``plain`` (``use_dictionary=False``, as docs/design.md advises); results in
-  ``taxonomy_gpu_parquet.json`` and ``taxonomy_gpu_parquet_plain.json``.
+  ``taxonomy_gpu_parquet.json`` and ``taxonomy_gpu_parquet_plain.json``. ``--partition-level L``:
+  the levels from L down fitted subtree by subtree (``TaxonomyEngine(partition_level=L)``), the
+  partition and outputs written under ``--dir``; results in ``taxonomy_gpu_parquet_subtrees.json``.
 
 Each pass is timed (CUDA synchronized) through a LocalRuntime that records ``map_reduce`` calls;
 a Lloyd pass is one named ``level L i``. ``max_iter`` bounds the passes per level (tol=0), so
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -100,11 +104,12 @@ def h2d_rate(host):
 SAMPLE_SIZE = [None] + [2 * b for b in BRANCHING[1:]]
 
 
-def fit(data, max_iter):
+def fit(data, max_iter, partition_level=None, storage_uri=None):
     runtime = TimedRuntime()
     started = time.perf_counter()
     engine = TaxonomyEngine(n_levels=3, branching_factor=BRANCHING, max_iter=max_iter, tol=0.0, device="cuda",
-                            runtime=runtime, random_state=0, sample_size=SAMPLE_SIZE).fit(data)
+                            runtime=runtime, random_state=0, sample_size=SAMPLE_SIZE,
+                            partition_level=partition_level, storage_uri=storage_uri).fit(data)
     total = time.perf_counter() - started
     return engine, runtime.passes, total
 
@@ -123,6 +128,10 @@ def summarize(passes, data_bytes, bound_rate):
         p["bytes_per_second"] = data_bytes / p["seconds"]
         p["fraction_of_bound"] = p["bytes_per_second"] / bound_rate
     lloyd = [p for p in passes if re.fullmatch(r"level \d+ \d+", p["desc"] or "")]
+    if not lloyd:  # every level trained on a sample: the passes over the data are the draws and assignments
+        return {"passes_over_data": len(passes),
+                "fraction_of_bound_median": statistics.median(p["fraction_of_bound"] for p in passes),
+                "fraction_of_bound_min": min(p["fraction_of_bound"] for p in passes)}
     per_level = {}
     for p in lloyd:
         per_level.setdefault(p["desc"].rsplit(" ", 1)[0], []).append(p["fraction_of_bound"])
@@ -163,7 +172,7 @@ def part_parquet(args):
 
     n, n_files = args.rows, 8
     folder = Path(args.dir or tempfile.mkdtemp(prefix="bench-taxonomy-gpu-"))
-    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data").mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     per_file = -(-n // n_files)
 
@@ -171,17 +180,29 @@ def part_parquet(args):
         table = pa.table({"emb": pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), D)})
         pq.write_table(table, path, row_group_size=BLOCK_ROWS, compression="none",
                        use_dictionary=args.encoding == "dictionary")
-        return str(path)
 
-    # the files written side by side (pyarrow lets go of the GIL): one after another, 12.9 GB took
-    # 128 s on an H100's host, most of a run's time limit
-    with ThreadPoolExecutor(n_files) as pool:
-        written = [pool.submit(write, folder / f"part-{i:05d}.parquet", chunk.cpu().numpy())
-                   for i, (_, chunk) in enumerate(clustered_chunks(n, chunk=per_file))]
-        files = [w.result() for w in written]
+    def written_before(files):
+        """Whether ``files`` hold the n rows in this encoding already (a run before, same --dir)."""
+        if not all(f.exists() for f in files):
+            return False
+        metadata = [pq.ParquetFile(f).metadata for f in files]
+        dictionary = "RLE_DICTIONARY" in metadata[0].row_group(0).column(0).encodings
+        return sum(m.num_rows for m in metadata) == n and dictionary == (args.encoding == "dictionary")
+
+    files = [folder / "data" / f"part-{i:05d}.parquet" for i in range(n_files)]
+    if written_before(files):
+        print(f"reusing the {n_files} parquet files of {n} rows in {folder / 'data'}", flush=True)
+    else:
+        # the files written side by side (pyarrow lets go of the GIL): one after another, 12.9 GB took
+        # 128 s on an H100's host, most of a run's time limit
+        with ThreadPoolExecutor(n_files) as pool:
+            for w in [pool.submit(write, f, chunk.cpu().numpy())
+                      for f, (_, chunk) in zip(files, clustered_chunks(n, chunk=per_file))]:
+                w.result()
+        print(f"wrote {n} x {D} float16 ({args.encoding}) to {n_files} parquet files in "
+              f"{time.perf_counter() - t:.1f} s", flush=True)
+    files = [str(f) for f in files]
     data_bytes = n * D * 2
-    print(f"wrote {n} x {D} float16 ({args.encoding}) to {n_files} parquet files in {time.perf_counter() - t:.1f} s",
-          flush=True)
     read_times = []
     for _ in range(2):
         t = time.perf_counter()
@@ -190,14 +211,28 @@ def part_parquet(args):
         read_times.append(time.perf_counter() - t)
     rate = data_bytes / min(read_times[1:])
     print(f"plain parquet read (pyarrow read_table, warm page cache): {rate / 1e9:.2f} GB/s ({read_times})", flush=True)
-    source = VectorSource(str(folder), cache_bytes=0)
-    engine, passes, total = fit(source, args.max_iter)
+    if args.warmup_rows:
+        warm_up(next(clustered_chunks(args.warmup_rows, seed=1, chunk=args.warmup_rows))[1].cpu(), args)
+    source = VectorSource(str(folder / "data"), cache_bytes=0)
+    store = None
+    if args.partition_level is not None:  # the partition and the fit's outputs beside the data
+        store = str(folder / "store")
+        shutil.rmtree(store, ignore_errors=True)
+    engine, passes, total = fit(source, args.max_iter, args.partition_level, store)
     summary = summarize(passes, data_bytes, rate)
-    result = {"case": f"parquet_N{n}_D{D}_fp16" + ("_plain" if args.encoding == "plain" else ""),
+    case = f"parquet_N{n}_D{D}_fp16" + ("_plain" if args.encoding == "plain" else "")
+    if args.partition_level is not None:
+        case += f"_subtrees_from_level{args.partition_level}"
+    result = {"case": case,
               "impl": "mega_taxonomy", "seconds": total,
               "peak_bytes": torch.cuda.max_memory_allocated(), "data_bytes": data_bytes,
               "parquet_read_bytes_per_second": rate, "parquet_read_seconds": read_times, **summary, "passes": passes,
-              "quality": {"levels": engine.stats_["levels"]}}
+              "quality": {"levels": engine.stats_["levels"]},
+              "stats": {key: engine.stats_.get(key) for key in ("passes", "sample_passes", "subtrees",
+                                                                 "largest_partition", "subtree_passes")}}
+    if "lloyd_passes" not in summary:
+        return result, {"parquet pass / plain parquet read (median fraction of the read rate)":
+                        summary["fraction_of_bound_median"]}
     return result, {"parquet lloyd pass / plain parquet read (median fraction of the read rate)":
                     summary["lloyd_fraction_of_bound_median"]}
 
@@ -208,10 +243,13 @@ def main():
     parser.add_argument("--rows", type=int, default=None, help="default: 10M (pinned), 2M (parquet)")
     parser.add_argument("--max-iter", type=int, default=3)
     parser.add_argument("--warmup-rows", type=int, default=1 << 20,
-                        help="pinned part: rows of an untimed first fit that compiles the kernels (0: none)")
-    parser.add_argument("--dir", default=None, help="parquet folder (default: a temporary one)")
+                        help="rows of an untimed first fit that compiles the kernels (0: none)")
+    parser.add_argument("--dir", default=None,
+                        help="parquet folder (default: a temporary one); files of the same rows there are reused")
     parser.add_argument("--encoding", choices=["dictionary", "plain"], default="dictionary",
                         help="parquet part: how the float16 values are written")
+    parser.add_argument("--partition-level", type=int, default=None,
+                        help="parquet part: fit the levels from this one down subtree by subtree")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     args.rows = args.rows or (10_000_000 if args.part == "pinned" else 2_000_000)
@@ -222,11 +260,13 @@ def main():
         params["warmup_rows"] = args.warmup_rows
     else:
         params["encoding"] = args.encoding
-    name = f"taxonomy_gpu_{args.part}" + ("_plain" if args.part == "parquet" and args.encoding == "plain" else "")
+        params["partition_level"] = args.partition_level
+    name = f"taxonomy_gpu_{args.part}"
+    if args.part == "parquet":
+        name += "_subtrees" if args.partition_level is not None else "_plain" if args.encoding == "plain" else ""
     path = common.write(name, params, [result], speedups, "python " + " ".join(sys.argv),
                         **({"path": Path(args.out)} if args.out else {}))
-    print(common.table([result], ["case", "seconds", "lloyd_pass_seconds_median", "lloyd_fraction_of_bound_median",
-                                  "lloyd_fraction_of_bound_min"]))
+    print(common.table([result], ["case", "seconds", *(key for key in result if "fraction_of_bound" in key)]))
     print(json.dumps(speedups, indent=1))
     print(f"wrote {path}")
 
