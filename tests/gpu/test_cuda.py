@@ -191,6 +191,22 @@ def test_kmeans_on_a_device_tensor_is_kmeans_on_host_rows(dtype):
     assert on_gpu.inertia_ == from_host.inertia_ and on_gpu.n_iter_ == from_host.n_iter_
 
 
+def test_starts_given_as_device_tensors_are_those_arrays():
+    """``KMeans(init=)`` and GaussianMixture's ``*_init`` taken as tensors on the GPU (numpy could
+    not convert them: a TypeError), the same fits as with the arrays."""
+    from mega_taxonomy import GaussianMixture
+
+    x, _ = clustered(20_000, 8, 16, seed=3)
+    xc = torch.from_numpy(x).cuda()
+    fits = [KMeans(8, init=init, tol=0, max_iter=3, device="cuda").fit(xc) for init in (x[:8], xc[:8])]
+    assert np.array_equal(fits[0].cluster_centers_, fits[1].cluster_centers_)
+    starts = dict(weights_init=np.full(8, 1 / 8), means_init=x[:8].astype(np.float64),
+                  precisions_init=np.ones((8, 16)))
+    mixtures = [GaussianMixture(8, covariance_type="diag", max_iter=2, tol=0, device="cuda", **kw).fit(xc)
+                for kw in (starts, {key: torch.as_tensor(v, device="cuda") for key, v in starts.items()})]
+    assert np.array_equal(mixtures[0].means_, mixtures[1].means_)
+
+
 @pytest.mark.parametrize("data", ["numpy", "pinned tensor", "bfloat16 tensor"])
 def test_host_rows_by_runs_are_the_blocks_one_by_one(data, monkeypatch):
     """Rows in host memory go to the GPU a run of blocks at a time (``io.streaming.stream_runs``),

@@ -27,6 +27,7 @@ KMEANS_PLUSPLUS_ALL_ROWS = 1 << 24
 
 def check_inits(weights, means, precisions, covariance_type, n_components, n_features):
     """The given starts as float64 arrays, checked as scikit-learn checks them (ValueError)."""
+    weights, means, precisions = host_arrays(weights, means, precisions)  # tensors on any device too
     if weights is not None:
         weights = np.asarray(weights, dtype=np.float64)
         if weights.shape != (n_components,):

@@ -165,7 +165,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             sample = hash_sample(source, size, seed, runtime)
             self._check_size(sample.count)
         if hasattr(self.init, "__array__"):
-            centroids = np.asarray(self.init, dtype=dtype)
+            centroids = np.asarray(host_arrays(self.init)[0], dtype=dtype)  # a tensor on any device too
             if centroids.shape != (self.n_clusters, source.dim):
                 raise ConfigError(
                     f"init has shape {centroids.shape}, expected (n_clusters, n_features) = "

@@ -16,6 +16,7 @@ from fsspec.implementations.local import LocalFileSystem
 from mega_taxonomy.errors import DataError
 from mega_taxonomy.io import validate
 from mega_taxonomy.io.reader import Piece, Reader, file_size
+from mega_taxonomy.threads import map_in_threads
 
 # Rows read to find the dimension of a list<float> file (a dimension is not in parquet metadata).
 _PROBE_ROWS = 1024
@@ -181,15 +182,20 @@ class ParquetReader(Reader):
         order = np.argsort(rows, kind="stable")
         ordered = rows[order]
         groups = np.searchsorted(self._starts, ordered, side="right") - 1
-        tables = []
-        with self._open() as parquet:
-            for group in np.unique(groups):
-                local = ordered[groups == group] - self._starts[group]
-                try:  # only the row groups that hold wanted rows are read
-                    table = parquet.read_row_group(int(group), columns=self._columns())
-                except (pa.ArrowException, OSError) as exc:
-                    raise self._undecodable(group, exc) from exc
-                tables.append(table.take(pa.array(local)))
+
+        def read(group):
+            """The wanted rows of one row group: only the groups that hold some are read, side by
+            side (each read opens its own handle; pyarrow decodes without the GIL). One after
+            another, a sample of 131,072 rows spread over 12.9 GB of 1024-d float16 read the whole
+            of it on one core between two levels of a fit."""
+            local = ordered[groups == group] - self._starts[group]
+            try:
+                with self._open() as parquet:
+                    return parquet.read_row_group(int(group), columns=self._columns()).take(pa.array(local))
+            except (pa.ArrowException, OSError) as exc:
+                raise self._undecodable(group, exc) from exc
+
+        tables = map_in_threads(read, np.unique(groups).tolist())
         back = np.empty_like(order)
         back[order] = np.arange(len(order))
         table = pa.concat_tables(tables).take(pa.array(back)).combine_chunks()
