@@ -10,7 +10,9 @@ docs/scaling.md.
 
 A level trained on a hash sample (``--max-train-points-per-centroid``, the engine's rule in
 ``taxonomy/sampled.py``) reads the data once, in its assignment pass, instead of once per
-iteration; its iterations on the sample in memory (at most 4 GiB) are not counted.
+iteration; its iterations on the sample in memory (at most 4 GiB) are not counted. Its sample (or
+a level's seeds) is read back from the files after the pass that drew it: every row group holding
+one of its rows, a fraction 1 - exp(-rows / row groups) of a pass.
 
     python benchmarks/cost_model.py [--rows 200e9] [--dim 1024] [--branching 1000,1000,100] [--gpus 512]
     python benchmarks/cost_model.py --max-train-points-per-centroid 0   # every level on every row
@@ -61,9 +63,14 @@ def model(rows, dim, branching, iterations, gpus, value_bytes, reduce_blocks, re
     io_seconds = pass_bytes / (gpus * read_gbps_per_gpu * 1e9)
     levels, k_total = [], 1
     for level, b in enumerate(branching):
-        seeds = k_total * seed_sample_size(b, k_total, dim * 4) * dim * 4  # every parent's rows, float32
+        seed_rows = k_total * seed_sample_size(b, k_total, dim * 4)
+        seeds = seed_rows * dim * 4  # every parent's rows, float32
         train = train_rows_per_node(max_points, b, k_total, dim * 4)  # None: full-data passes
         sampled = train is not None and k_total * train < rows
+        # the level's sample (or its seeds) read back from the files after the pass that drew it
+        # (SamplePartial.with_vectors): every row group that holds one of its rows, spread at random
+        fetched_rows = k_total * train if sampled else seed_rows
+        fetch = -math.expm1(-fetched_rows / n_blocks) * io_seconds
         k_total *= b
         compute = 2 * rows * dim * b / (gpus * c["gpu_assign_flops_per_second"])  # grouped: own parent's b children
         partial = k_total * (dim * 8 + 16)  # dense float64 sums + counts + inertia per centroid
@@ -95,7 +102,8 @@ def model(rows, dim, branching, iterations, gpus, value_bytes, reduce_blocks, re
             "exact_partial_bytes": exact, "allreduce_bytes_per_gpu_per_iteration": allreduce_bytes,
             "allreduce_s_per_iteration": allreduce, "allreduce_fits_gpu": fits,
             "driver_memory_bytes": k_total * dim * 4 * 2 + 2 * partial, "seed_sample_bytes": seeds,
-            "pass_seconds": pass_seconds, "level_seconds": passes * pass_seconds,
+            "fetched_rows": fetched_rows, "fetch_seconds": fetch,
+            "pass_seconds": pass_seconds, "level_seconds": passes * pass_seconds + fetch,
         })
     total_passes = 1 + sum(level["passes"] for level in levels) + 1  # + sampling pass, + output pass
     total = (2 * max(io_seconds, levels[-1]["compute_s_per_pass"]) + sum(level["level_seconds"] for level in levels))
@@ -174,6 +182,9 @@ def main():
               f"{sub['driver_hours_beyond_reading']:.2f} h, about {sub['hours']:.2f} h in all")
         passes = ", ".join(f"{name} {s:.3g} s" for name, s in sub["driver_s_per_pass"].items())
         print(f"  driver per full pass: {passes} (reading {sub['top']['levels'][0]['io_s_per_pass']:.0f} s)")
+        fetches = ", ".join(f"level {lv['level']} {lv['fetched_rows']:.3g} rows, {lv['fetch_seconds']:.0f} s"
+                            for lv in sub["top"]["levels"])
+        print(f"  samples read back after their pass: {fetches}")
         for lv in sub["levels"]:
             on = "on a sample" if lv["trained_on_sample"] else "on every row"
             print(f"  level {lv['level']}: {lv['subtree_parents']:.3g} parents a subtree, {on}, "
@@ -197,7 +208,7 @@ def main():
               f"exact all-reduce {lv['allreduce_bytes_per_gpu_per_iteration'] / 1e9:.3g} GB a GPU "
               f"({lv['allreduce_s_per_iteration']:.3g} s{'' if lv['allreduce_fits_gpu'] else ', does not fit a GPU'}); "
               f"driver memory {lv['driver_memory_bytes'] / 1e9:.3g} GB, and {lv['seed_sample_bytes'] / 1e9:.3g} GB "
-              "for the seeds' sample")
+              f"for the seeds' sample; its sample read back in {lv['fetch_seconds']:.0f} s")
 
 
 if __name__ == "__main__":
