@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mega_taxonomy.ops.exact import (DIGIT_BITS, DIGITS, EMPTY_TOP, ExactSum, accumulate_reference, merge_reference,
-                                     tops_of)
+                                     tops_of, value_reference)
 
 
 def values(rng, n, spread=60):
@@ -168,6 +168,26 @@ def test_triton_kernel_equals_the_twin():
         ref = accumulate_reference(*ref, x)
         tops, digits = accumulate_triton(tops, digits, x)
         assert torch.equal(tops, ref[0]) and torch.equal(digits, ref[1])
+
+
+def test_triton_rounding_equals_the_twin():
+    """``value_triton`` against ``value_reference`` to the bit: sums of every scale, cancellations,
+    empty elements, infinities and NaN, and tops low enough for the twin's two-step scaling."""
+    pytest.importorskip("triton")
+    from mega_taxonomy.ops.exact.triton import value_triton
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled there, else interpreted (tests/ops/conftest.py)
+    rng = np.random.default_rng(5)
+    total = ExactSum.zeros((3000,), device)
+    for spread in (60, 1000, 1070):
+        x = torch.from_numpy(values(rng, 3000, spread=spread))
+        x[:4] = torch.tensor([np.inf, np.nan, -0.0, 0.0], dtype=torch.float64)
+        total += ExactSum.of(x.to(device))
+        cancel = torch.from_numpy(rng.random(3000) < 0.2)
+        total += ExactSum.of(torch.where(cancel, -x, 0.0).to(device))  # elements cancelled whole
+        got, want = value_triton(total.tops, total.digits), value_reference(total.tops, total.digits)
+        assert torch.equal(got.view(torch.int64), want.view(torch.int64))
+    assert (total.tops * DIGIT_BITS < -900).any() and (want == 0).any() and want.isnan().any()
 
 
 ALL_REDUCE = """

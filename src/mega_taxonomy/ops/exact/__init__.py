@@ -39,7 +39,8 @@ import torch
 
 from ...runtime import ExactPart
 
-__all__ = ["DIGITS", "ExactSum", "accumulate_reference", "all_reduce_exact", "merge_reference", "tops_of", "value_of"]
+__all__ = ["DIGITS", "ExactSum", "accumulate_reference", "all_reduce_exact", "merge_reference", "tops_of", "value_of",
+           "value_reference"]
 
 DIGITS = 3  # kept below the top: a value's 53 bits span at most three digits of 32
 DIGIT_BITS = 32
@@ -135,7 +136,17 @@ def _pow2(exponents: torch.Tensor) -> torch.Tensor:
 
 
 def value_of(tops: torch.Tensor, digits: torch.Tensor) -> torch.Tensor:
-    """The float64 values of exact sums: the digits carried, then added from the lowest."""
+    """The float64 values of exact sums: the digits carried, then added from the lowest (one
+    Triton kernel on CUDA, the same bits; :func:`value_reference` elsewhere)."""
+    if tops.is_cuda:
+        from .triton import value_triton
+
+        return value_triton(tops, digits)
+    return value_reference(tops, digits)
+
+
+def value_reference(tops: torch.Tensor, digits: torch.Tensor) -> torch.Tensor:
+    """:func:`value_of`'s torch twin."""
     d0, d1, d2 = digits
     d1 = d1 + (d2 >> DIGIT_BITS)  # arithmetic shifts: floor, so the value is kept for negative digits
     d0 = d0 + (d1 >> DIGIT_BITS)
