@@ -104,6 +104,38 @@ def test_prepared_centroids_follow_in_place_changes():
     assert not torch.equal(before[1], after[1])
 
 
+def test_rows_norms_are_kept_while_the_same_rows_come_back_unchanged(monkeypatch):
+    """The rows' squared norms are read once for the passes over one tensor (a fit of rows on the
+    GPU): computed again after a change in place, for other rows of equal values, and let go with
+    their rows; the distances those of a call without a cache."""
+    import gc
+
+    from mega_taxonomy.ops import OperandCache
+    from mega_taxonomy.ops.assign import triton as assign_triton
+
+    computed = []
+    norms = assign_triton.squared_norms_triton
+    monkeypatch.setattr(assign_triton, "squared_norms_triton", lambda x: computed.append(len(x)) or norms(x))
+    cache = OperandCache()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 16, generator=g).to(DEVICE)
+    c = torch.randn(6, 16, generator=g).to(DEVICE)
+    first = nearest(x, c, backend="triton", cache=cache)
+    again = nearest(x, c, backend="triton", cache=cache)
+    assert len(computed) == 1 and torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    x[:5] *= 3.0
+    changed = nearest(x, c, backend="triton", cache=cache)
+    assert len(computed) == 2
+    fresh = nearest(x.clone(), c, backend="triton")
+    assert torch.equal(changed[0], fresh[0]) and torch.equal(changed[1], fresh[1])
+    other = x.clone()
+    nearest(other, c, backend="triton", cache=cache)
+    assert len(computed) == 4
+    del other
+    gc.collect()
+    assert cache._rows[1] is None
+
+
 def test_prepared_centroids_are_let_go_with_their_centroids():
     import gc
 
