@@ -25,8 +25,12 @@ from ..io import BLOCK_ROWS
 from ..io.device import as_tensor, host_arrays, host_arrays_later
 from ..ops import nearest
 from ..ops.exact import ExactSum
-from ..ops.gmm_estep import ROW_CHUNK, gmm_estep, gmm_stats
+from ..ops.gmm_estep import ROW_CHUNK, gmm_estep, gmm_estep_blocks, gmm_stats
 from ..runtime import CompositePartial, Deferred, Step, Update, iterate
+
+# Blocks whose E-step statistics a whole pass computes at once (``EStepTask.whole``): few launches
+# a block, and at most this many blocks' (K, D) sums held.
+BLOCKS_AT_ONCE = 16
 
 PRECISION_ERROR = ("Fitting the mixture model failed because some components have ill-defined empirical "
                    "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
@@ -91,16 +95,19 @@ class EStepTask:
     def __reduce__(self):  # a task sent to a worker moves its own parameters
         return EStepTask, ()
 
-    def _estep(self, x, state: EStepState):
-        """``gmm_estep`` of rows ``x`` under ``state.params``, moved to ``x``'s device in float64 and
-        prepared for the products once per pass rather than per block: a block's copy from host
-        memory waits for the GPU's queue, which then idles while the host prepares the next block."""
+    def _estep(self, x, state: EStepState, block_rows=None):
+        """``gmm_estep`` of rows ``x`` under ``state.params`` (``block_rows``: ``gmm_estep_blocks``,
+        each block's statistics), moved to ``x``'s device in float64 and prepared for the products
+        once per pass rather than per block: a block's copy from host memory waits for the GPU's
+        queue, which then idles while the host prepares the next block."""
         if self._moved is None or self._moved[0] is not state or self._moved[1] != x.device:
             p = state.params
             moved = tuple(torch.as_tensor(a, dtype=torch.float64, device=x.device)
                           for a in (p.weights, p.means, p.precisions_cholesky))
             self._moved = (state, x.device, moved, {})
         _, _, params, prepared = self._moved
+        if block_rows is not None:
+            return gmm_estep_blocks(x, *params, state.covariance_type, block_rows, prepared=prepared)
         return gmm_estep(x, *params, state.covariance_type, prepared=prepared)
 
     def __call__(self, block, state: EStepState, device) -> EMPartial | Deferred:
@@ -128,14 +135,16 @@ class EStepTask:
         bits of the blocks' partials added by the runtime."""
         x = block.vectors
         total = shapes = None
-        for lo in range(0, len(x), BLOCK_ROWS):
-            stats = self._estep(x[lo:lo + BLOCK_ROWS], state)
+        for lo in range(0, len(x), BLOCKS_AT_ONCE * BLOCK_ROWS):  # the blocks' statistics held a few at a time
+            stats = self._estep(x[lo:lo + BLOCKS_AT_ONCE * BLOCK_ROWS], state, BLOCK_ROWS)
             fields = (stats.log_likelihood, stats.resp_sum, stats.x_sum, stats.x2_sum)
-            one = ExactSum.of(torch.cat([v.reshape(-1) for v in fields]))  # one exact add a block, not four
-            if total is None:
-                total, shapes = one, [v.shape for v in fields]
-            else:
-                total += one
+            flat = torch.cat([v.reshape(len(v), -1) for v in fields], 1)  # a block's four end to end: one exact add
+            shapes = shapes or [v.shape[1:] for v in fields]
+            for one in flat:
+                if total is None:
+                    total = ExactSum.of(one)
+                else:
+                    total += ExactSum.of(one)
         kinds = ("float", "numpy", "numpy", "numpy")
         sums = total.split(shapes, kinds)  # part: more runs are added to it, exact still, read once the pass is over
         if not part:  # the whole pass: rounded now, as the runtime rounds the blocks' total, in one copy

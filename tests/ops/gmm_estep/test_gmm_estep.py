@@ -1,6 +1,8 @@
 """The tiled E-step against its torch twin and a float64 brute force (scipy's densities), for
 every covariance type, tiles smaller than K, row chunks crossed, and per-row outputs."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -177,6 +179,60 @@ def test_products_chunks_depend_on_the_block_alone(launch_elements, monkeypatch)
     ref = gmm_estep_reference(x.float().double(), weights, means, pc, "diag")
     np.testing.assert_allclose(got.x2_sum.numpy(), ref.x2_sum.numpy(), rtol=1e-5)
     np.testing.assert_allclose(got.log_likelihood.item(), ref.log_likelihood.item(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("ctype,method", [("diag", "products"), ("spherical", "products"), ("full", "auto")])
+def test_blocks_at_once_are_each_block_alone_to_the_bit(backend, ctype, method, monkeypatch):
+    """``gmm_estep_blocks``: each block's statistics are the bits of ``gmm_estep`` on the block
+    alone, whether its launch holds it alone or among others (here launches of two blocks of two
+    chunks, then one, then a short block of its own), and close to the float64 twin's."""
+    from mega_taxonomy.ops.gmm_estep import gmm_estep_blocks, products
+
+    monkeypatch.setattr(products, "CHUNK_ROWS", 256)
+    monkeypatch.setattr(products, "LAUNCH_ELEMENTS", 1024 * 11)  # F of 11 columns: launches of 1,024 rows
+    (weights, means, pc), _ = mixture(ctype, 3, 5, seed=12)
+    block_rows = 512
+    assert products.grouped_blocks(block_rows, 3, 11) == 2
+    rng = np.random.default_rng(12)
+    x = torch.from_numpy(rng.normal(size=(3 * block_rows + 100, 5)) * 2 + 3).float().to(DEVICE)
+    at_once = gmm_estep_blocks(x, weights, means, pc, ctype, block_rows, method=method, backend=backend)
+    assert at_once.log_likelihood.shape == (4,) and at_once.x_sum.shape == (4, 3, 5)
+    for b, lo in enumerate(range(0, len(x), block_rows)):
+        alone = gmm_estep(x[lo:lo + block_rows], weights, means, pc, ctype, method=method, backend=backend)
+        ref = gmm_estep_reference(x[lo:lo + block_rows].double().cpu(), weights, means, pc, ctype)
+        for name in ("log_likelihood", "resp_sum", "x_sum", "x2_sum"):
+            got = getattr(at_once, name)[b]
+            assert torch.equal(got, getattr(alone, name)), (b, name)
+            np.testing.assert_allclose(got.cpu().numpy(), getattr(ref, name).numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_block_sums_are_each_block_in_a_fixed_order(backend):
+    """``products.block_sums``: a block's float64 sum is the same bits alone or among others, and
+    within float64 rounding of the exact sum."""
+    from mega_taxonomy.ops.gmm_estep.products import block_sums
+
+    values = torch.from_numpy(np.random.default_rng(13).normal(size=5 * 3000) * 1e3).float().to(DEVICE)
+    together = block_sums(values, 3000, backend)
+    for b in range(5):
+        alone = block_sums(values[b * 3000:(b + 1) * 3000], 3000, backend)
+        assert torch.equal(alone, together[b:b + 1])
+        exact = math.fsum(values[b * 3000:(b + 1) * 3000].double().tolist())
+        assert abs(together[b].item() - exact) <= 1e-9 * np.abs(values[b * 3000:(b + 1) * 3000].cpu().numpy()).sum()
+
+
+def test_chunk_fold_kernel_is_its_twin():
+    """``products.fold_chunks``: the Triton kernel (interpreted here) adds a block's chunks in the
+    twin's order, to the bit, from a strided view of the chunk sums."""
+    from mega_taxonomy.ops.gmm_estep.products import fold_chunks
+
+    per_chunk = torch.from_numpy(np.random.default_rng(14).normal(size=(3, 5, 9, 7)) * 1e4).float().to(DEVICE)
+    got, want = (torch.empty(3, 8, 7, dtype=torch.float64, device=DEVICE) for _ in range(2))
+    fold_chunks(per_chunk, 8, got, backend="triton")
+    fold_chunks(per_chunk, 8, want, backend="torch")
+    assert torch.equal(got, want)
+    np.testing.assert_allclose(got.cpu().numpy(), per_chunk[:, :, :8].double().sum(1).cpu().numpy(), rtol=1e-12)
 
 
 @pytest.mark.parametrize("ctype", ["full", "tied"])

@@ -38,14 +38,14 @@ Examples
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from ..common import use_triton
 
-__all__ = ["COVARIANCE_TYPES", "METHODS", "EStepStats", "gmm_estep", "gmm_estep_reference", "gmm_log_resp",
-           "gmm_predict", "gmm_score_samples", "gmm_stats", "weighted_log_prob"]
+__all__ = ["COVARIANCE_TYPES", "METHODS", "EStepStats", "gmm_estep", "gmm_estep_blocks", "gmm_estep_reference",
+           "gmm_log_resp", "gmm_predict", "gmm_score_samples", "gmm_stats", "weighted_log_prob"]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 ROW_CHUNK = 4096  # rows per chunk: the (chunk, tile) log densities stay a few MiB
@@ -146,10 +146,11 @@ def _add_chunk(stats, x, r, lo, hi, covariance_type):
         stats.x2_sum[lo:hi] += r.T @ (x * x)
 
 
-def _estep_products(x, params, covariance_type, method, backend, prepared: dict) -> EStepStats:
+def _estep_products(x, params, covariance_type, method, backend, prepared: dict, block_rows=None) -> EStepStats:
     """:func:`gmm_estep` in products (``products.py``; diag and spherical in float32 unless
     ``method="fused"``: the kernels of ``triton.py``), the sums back to those of the rows.
-    ``prepared``: the operands made from the parameters alone, kept from call to call."""
+    ``prepared``: the operands made from the parameters alone, kept from call to call.
+    ``block_rows``: diag and spherical products only, the statistics of each block stacked."""
     from . import products
 
     weights, means, prec_chol = params
@@ -163,14 +164,16 @@ def _estep_products(x, params, covariance_type, method, backend, prepared: dict)
     if method == "products":
         if "diag" not in prepared:  # a dozen small launches, once a pass rather than once a block
             prepared["diag"] = (*products.diag_operands(weights, means, precisions, shift), shift.float())
-        log_likelihood, r, xs, x2s = products.diag_estep_products(x, *prepared["diag"], backend)
+        log_likelihood, r, xs, x2s = products.diag_estep_products(x, *prepared["diag"], backend, block_rows)
+        if block_rows is None:
+            log_likelihood, r, xs, x2s = log_likelihood[0], r[0], xs[0], x2s[0]
     else:
         from .triton import diag_estep_triton
 
         lse, r, xs, x2s = diag_estep_triton(x, weights, means, precisions, shift)
         log_likelihood = lse.double().sum()
     # back to sums of the rows themselves, in float64: sum r x = sum r x' + s sum r, and so on
-    return EStepStats(log_likelihood, r, xs + shift * r[:, None], x2s + 2 * shift * xs + shift ** 2 * r[:, None])
+    return EStepStats(log_likelihood, r, xs + shift * r[..., None], x2s + 2 * shift * xs + shift ** 2 * r[..., None])
 
 
 METHODS = ("auto", "float64", "products", "fused")
@@ -249,6 +252,24 @@ def gmm_estep(x, weights, means, precisions_cholesky, covariance_type: str, *, t
         if covariance_type == "tied":
             stats.x2_sum += xc.T @ xc
     return stats
+
+
+def gmm_estep_blocks(x, weights, means, precisions_cholesky, covariance_type: str, block_rows: int, *,
+                     method: str = "auto", backend: str = "auto", prepared: dict | None = None) -> EStepStats:
+    """:func:`gmm_estep` of each block of ``block_rows`` consecutive rows of ``x`` (the last may be
+    shorter), stacked: every field has a leading dimension of blocks, and block ``b``'s are the
+    bits of ``gmm_estep(x[b * block_rows:(b + 1) * block_rows], ...)``. Diagonal and spherical
+    mixtures in float32 products take several blocks a launch (``products.estep_products_blocks``):
+    a pass over rows on a GPU then costs the host a few launches a block, not thirty."""
+    params = _params(x, weights, means, precisions_cholesky, covariance_type)
+    method = _method(x, covariance_type, method, backend) if len(x) else "float64"
+    if method == "products" and covariance_type in ("diag", "spherical"):
+        return _estep_products(x, params, covariance_type, method, backend, {} if prepared is None else prepared,
+                               block_rows)
+    blocks = [gmm_estep(x[lo:lo + block_rows], *params, covariance_type, method=method, backend=backend,
+                        prepared=prepared) for lo in range(0, max(len(x), 1), block_rows)]
+    names = [f.name for f in fields(EStepStats)]
+    return EStepStats(*(torch.stack([getattr(b, name) for b in blocks]) for name in names))
 
 
 def gmm_estep_reference(x, weights, means, precisions_cholesky, covariance_type: str) -> EStepStats:

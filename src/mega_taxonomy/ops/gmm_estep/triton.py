@@ -149,6 +149,54 @@ def _resp_kernel(l_ptr, lse_ptr, N, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.conste
 
 
 RESP_TILE = 4096  # elements of L per program: a row of up to 4,096 components is read once
+SUM_TILE = 1024  # lanes of a block's sum
+
+
+@triton.jit
+def _block_sums_kernel(v_ptr, out_ptr, M, TILE: tl.constexpr):
+    """A program per block of M values: their float64 sum, TILE lanes each adding every TILE-th value
+    in order, then a fixed tree over the lanes. The same steps for a block whatever the others."""
+    block = tl.program_id(0).to(tl.int64)
+    lanes = tl.arange(0, TILE)
+    acc = tl.zeros((TILE,), tl.float64)
+    for t in range(0, M, TILE):
+        acc += tl.load(v_ptr + block * M + t + lanes, mask=t + lanes < M, other=0.0).to(tl.float64)
+    tl.store(out_ptr + block, tl.sum(acc, axis=0))
+
+
+def block_sums_triton(values: torch.Tensor, m: int, out: torch.Tensor) -> torch.Tensor:
+    """``products.block_sums`` in one launch, into ``out`` (contiguous float64)."""
+    if len(out):
+        _block_sums_kernel[(len(out),)](values.contiguous(), out, m, TILE=SUM_TILE)
+    return out
+
+
+FOLD_TILE = 1024  # elements of a block's sums per program
+
+
+@triton.jit
+def _fold_chunks_kernel(s_ptr, out_ptr, CHUNKS, ROWS, K, stride_b, stride_c, stride_r, TILE: tl.constexpr):
+    """Program (block, tile): the block's chunk sums s[b, :, :ROWS, :] (float32) added in chunk
+    order in float64, from 0.0 (which adds no rounding), into out[b] (ROWS, K) contiguous."""
+    b = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1).to(tl.int64) * TILE + tl.arange(0, TILE)
+    ok = i < ROWS * K
+    offset = b * stride_b + (i // K) * stride_r + i % K
+    acc = tl.zeros((TILE,), tl.float64)
+    for chunk in range(CHUNKS):
+        acc += tl.load(s_ptr + offset + chunk * stride_c, mask=ok, other=0.0).to(tl.float64)
+    tl.store(out_ptr + b * ROWS * K + i, acc, mask=ok)
+
+
+def fold_chunks_triton(per_chunk: torch.Tensor, rows: int, out: torch.Tensor) -> torch.Tensor:
+    """``products.fold_chunks`` in one launch, into ``out`` (contiguous (B, rows, K) float64)."""
+    blocks, chunks, _, k = per_chunk.shape
+    assert per_chunk.stride(3) == 1 and out.is_contiguous()
+    if blocks:
+        _fold_chunks_kernel[(blocks, triton.cdiv(rows * k, FOLD_TILE))](
+            per_chunk, out, chunks, rows, k, per_chunk.stride(0), per_chunk.stride(1), per_chunk.stride(2),
+            TILE=FOLD_TILE)
+    return out
 
 
 def responsibilities_triton_(logp: torch.Tensor) -> torch.Tensor:
