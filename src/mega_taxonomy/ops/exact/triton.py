@@ -67,14 +67,21 @@ def exact_add(top, d0, d1, d2, value, EMPTY: tl.constexpr, NONFINITE: tl.constex
 
 
 @triton.jit
-def _accumulate_kernel(tops_ptr, digits_ptr, values_ptr, N, EMPTY: tl.constexpr, NONFINITE: tl.constexpr,
-                       BLOCK: tl.constexpr):
+def _load_sums(tops_ptr, digits_ptr, N, EMPTY: tl.constexpr, BLOCK: tl.constexpr):
+    """(elements, in range, top, d0, d1, d2) of this program's BLOCK elements of exact sums."""
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = i < N
     top = tl.load(tops_ptr + i, mask=ok, other=EMPTY)
     d0 = tl.load(digits_ptr + i, mask=ok, other=0)
     d1 = tl.load(digits_ptr + N + i, mask=ok, other=0)
     d2 = tl.load(digits_ptr + 2 * N + i, mask=ok, other=0)
+    return i, ok, top, d0, d1, d2
+
+
+@triton.jit
+def _accumulate_kernel(tops_ptr, digits_ptr, values_ptr, N, EMPTY: tl.constexpr, NONFINITE: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    i, ok, top, d0, d1, d2 = _load_sums(tops_ptr, digits_ptr, N, EMPTY, BLOCK)
     value = tl.load(values_ptr + i, mask=ok, other=0.0)
     top, d0, d1, d2 = exact_add(top, d0, d1, d2, value, EMPTY, NONFINITE)
     tl.store(tops_ptr + i, top, mask=ok)
@@ -94,12 +101,7 @@ def _value_kernel(tops_ptr, digits_ptr, out_ptr, N, EMPTY: tl.constexpr, NONFINI
                   BLOCK: tl.constexpr):
     """``value_of`` of BLOCK elements: the digits carried, then added from the lowest. Every product
     is by a power of two, exact, so a fused multiply-add rounds as the twin's two operations do."""
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = i < N
-    top = tl.load(tops_ptr + i, mask=ok, other=EMPTY)
-    d0 = tl.load(digits_ptr + i, mask=ok, other=0)
-    d1 = tl.load(digits_ptr + N + i, mask=ok, other=0)
-    d2 = tl.load(digits_ptr + 2 * N + i, mask=ok, other=0)
+    i, ok, top, d0, d1, d2 = _load_sums(tops_ptr, digits_ptr, N, EMPTY, BLOCK)
     d1 = d1 + (d2 >> 32)  # arithmetic shifts, as the twin's
     d0 = d0 + (d1 >> 32)
     low2 = d2 - ((d2 >> 32) << 32)  # the low 32 bits, as d & 0xFFFFFFFF (see _digit)
