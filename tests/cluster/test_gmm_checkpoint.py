@@ -85,3 +85,14 @@ def test_a_bfloat16_tensors_fit_checkpoints(X, tmp_path):
     got = fit(rows, checkpoint=str(tmp_path / "ckpt"))
     for name in ("weights_", "means_", "covariances_"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+
+
+def test_starts_given_as_bfloat16_tensors_are_fingerprinted(X, tmp_path):
+    """Starts given as tensors numpy cannot take (bfloat16; on the GPU, any): the fit and its
+    checkpoint's fingerprint take them as the arrays of their values."""
+    torch = pytest.importorskip("torch")
+    means = torch.from_numpy(X[:4].astype(np.float32)).bfloat16()
+    want = fit(X, means_init=means.float().numpy())
+    got = fit(X, means_init=means, checkpoint=str(tmp_path / "ckpt"))
+    for name in ("weights_", "means_", "covariances_"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)

@@ -183,3 +183,13 @@ def test_a_bfloat16_tensors_fit_checkpoints_and_resumes(X, tmp_path, monkeypatch
             KMeans(**PARAMS, checkpoint=uri).fit(rows)
     assert Store(uri).manifest()["params"]["input"]["dtype"] == "bfloat16"
     assert_same_fit(KMeans(**PARAMS, checkpoint=uri).fit(rows), want)
+
+
+def test_a_start_given_as_a_bfloat16_tensor_is_fingerprinted(X, tmp_path):
+    """A start given as a tensor numpy cannot take (bfloat16; on the GPU, any): the fit and its
+    checkpoint's fingerprint take it as the array of its values."""
+    torch = pytest.importorskip("torch")
+    init = torch.from_numpy(X[:12]).bfloat16()
+    params = {**PARAMS, "random_state": None}
+    want = KMeans(**params, init=init.float().numpy()).fit(X)
+    assert_same_fit(KMeans(**params, init=init, checkpoint=str(tmp_path / "ckpt")).fit(X), want)

@@ -29,7 +29,7 @@ def checkpoint_params(params: dict, source) -> dict:
     estimator's ``get_params()`` and the input's rows, dim and dtype."""
     init = params["init"]
     if hasattr(init, "__array__"):
-        init = np.ascontiguousarray(init)
+        init = np.ascontiguousarray(host_arrays(init)[0])  # a tensor on any device too
         init = {"shape": init.shape, "dtype": str(init.dtype), "sha256": hashlib.sha256(init.tobytes()).hexdigest()}
     seed = params["random_state"] if isinstance(params["random_state"], Integral) else None
     return {**{name: params[name] for name in ("n_clusters", "max_iter", "tol", "metric", "sample_size")},

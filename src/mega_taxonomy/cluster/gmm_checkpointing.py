@@ -18,6 +18,7 @@ from numbers import Integral
 
 import numpy as np
 
+from ..io.device import host_arrays
 from ..io.shards import dtype_name
 from ..storage import Checkpoints, Store
 from .em import EMResult, MixtureParams, better, em
@@ -33,7 +34,7 @@ FINGERPRINT = ("n_components", "covariance_type", "tol", "reg_covar", "max_iter"
 def _digest(array):
     if array is None:
         return None
-    array = np.ascontiguousarray(array, dtype=np.float64)
+    array = np.ascontiguousarray(host_arrays(array)[0], dtype=np.float64)  # a tensor on any device too
     return {"shape": array.shape, "sha256": hashlib.sha256(array.tobytes()).hexdigest()}
 
 
