@@ -15,8 +15,7 @@ log-likelihood's distance from the float64 one on the fit's final parameters.
 Streaming: 100M x 128 float16 rows in pinned host memory, K=256 diag, TF32 off and on: fits of 1
 and 3 EM iterations after an untimed fit of the first 1M rows, their difference halved; rows/s of a
 pass against the host-to-device copy rate of the same bytes (pinned, measured here), and the
-3-iteration fit's lower bound. ``--stream-only``
-writes it alone, to ``gmm_gpu_stream.json``.
+3-iteration fit's lower bound. ``--stream-only`` writes it alone, to ``gmm_gpu_stream.json``.
 
 Peers' wheels (pure Python): torchgmm 0.1.4 with pytorch-lightning, lightning-utilities,
 torchmetrics, anndata, session-info (and what they need that the machine lacks).
