@@ -716,8 +716,8 @@ def test_exact_sums_on_the_gpu_are_the_bits_of_the_twin():
 
 
 def test_a_gpu_tables_lookups_refuse_reserved_keys():
-    """A lookup on the GPU reads its reserved-key check after its own launch (the check copied
-    out ahead of it): a reserved key still raises, naming its row, and other keys are found."""
+    """A lookup on the GPU flags reserved keys in its own kernel, read after the launch: a
+    reserved key still raises, naming its row, and other keys are found after it."""
     from mega_taxonomy.kv import HashTable
 
     t = HashTable(dim=4, init_capacity=1024, max_capacity=1024, device="cuda")

@@ -57,8 +57,7 @@ def cpu_upsert(b, tiers, op, keys, values, desired, rule, flags=None):
 
 
 def cpu_erase(b, keys):
-    return int(nk.erase(_np(b.keys), _np(b.digests), _np(b.scores), _np(b.sizes), b.shift, b.empty, b.empty_digest,
-                        _np(keys)))
+    return int(nk.erase(_np(b.keys), _np(b.digests), _np(b.scores), _np(b.sizes), b.shift, b.empty, _np(keys)))
 
 
 def tensor_lookup(b, tiers, keys, copy_values, backend):
@@ -80,7 +79,7 @@ def tensor_erase(b, keys, backend):
     slots = ht.lookup_slots(b, torch.unique(keys), backend=backend)
     slots = slots[slots >= 0]
     bs = b.keys.shape[1]
-    b.keys.view(-1)[slots], b.digests.view(-1)[slots], b.scores.view(-1)[slots] = b.empty, b.empty_digest, 0
+    b.keys.view(-1)[slots], b.digests.view(-1)[slots], b.scores.view(-1)[slots] = b.empty, ht.EMPTY_DIGEST, 0
     b.sizes.sub_(torch.bincount(slots // bs, minlength=len(b.sizes)).to(torch.int32))
     return len(slots)
 

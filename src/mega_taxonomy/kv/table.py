@@ -21,7 +21,6 @@ import threading
 
 import torch
 
-from mega_taxonomy.io.device import host_arrays_later
 from mega_taxonomy.ops import hash_table as ht
 
 from . import paths
@@ -116,7 +115,8 @@ class HashTable:
     # -- layout -------------------------------------------------------------------------------
 
     def _allocate(self, n_buckets):
-        self._b = ht.Buckets.allocate(n_buckets, self.bucket_size, self._empty, self.device)
+        self._b = ht.Buckets.allocate(n_buckets, self.bucket_size, self._empty, self.device,
+                                      (self._mask, self._reserved))
         self._size_bound = 0  # at least the size (``_grow_for``)
         self._v = TieredValues(n_buckets, self.bucket_size, self.dim, self.value_dtype, self.device,
                                self.max_hbm_for_vectors)
@@ -165,10 +165,9 @@ class HashTable:
         """Per key, whether the table reserves it (a bool tensor on the keys' device)."""
         return (keys & self._mask) == self._reserved
 
-    def _refuse_reserved(self, keys, any_reserved=None):
-        """ValueError naming the first reserved key; ``any_reserved``: ``_is_reserved(keys).any()``,
-        queued earlier (else queued now)."""
-        if bool(self._is_reserved(keys).any() if any_reserved is None else any_reserved):
+    def _refuse_reserved(self, keys):
+        """ValueError naming the first reserved key."""
+        if bool(self._is_reserved(keys).any()):
             i = int(self._is_reserved(keys).nonzero()[0, 0])
             raise ValueError(f"keys: row {i}: key {int(keys[i]) % 2**64:#x} is reserved by the table "
                              f"(reserved_key_start_bit={self.reserved_key_start_bit}); choose another key or start bit")
@@ -272,16 +271,17 @@ class HashTable:
 
     def _lookup(self, keys, copy_values):
         keys = self._bits(keys)
-        # The check and its copy out are queued before the lookup, and read after its launch (a
-        # lookup changes nothing): on the GPU the read then waits for the check alone, not for
-        # the lookup's kernel behind it on the stream, which runs on while the caller makes its
-        # next call ready.
-        any_reserved = host_arrays_later(self._is_reserved(keys).any())
         if self._numba:
-            out = paths.cpu_lookup(self._b, self._v, keys, copy_values)
-        else:
-            out = paths.tensor_lookup(self._b, self._v, keys, copy_values, self._tensor_backend)
-        self._refuse_reserved(keys, any_reserved()[0])
+            self._refuse_reserved(keys)
+            return paths.cpu_lookup(self._b, self._v, keys, copy_values)
+        # The Triton kernels flag reserved keys as they read them (a reserved key is never stored,
+        # so it is not found either): the flag is read after the launch, the keys once only.
+        flagged = ht.uses_triton(keys, self._tensor_backend)
+        if not flagged:
+            self._refuse_reserved(keys)
+        out = paths.tensor_lookup(self._b, self._v, keys, copy_values, self._tensor_backend)
+        if flagged and self._b.take_flag():
+            self._refuse_reserved(keys)
         return out
 
     def find(self, keys):

@@ -238,3 +238,22 @@ def test_every_call_on_triton_matches_numba(strategy):
     both("erase_if", 1, 0)
     assert tri.capacity() == ref.capacity() == 256 and tri.size() == ref.size()
     both("export_batch", 256)
+
+
+def test_no_key_has_the_free_slots_digest():
+    """Keys whose hash has digest byte 0 take digest 1, so a free slot (digest 0) is never a
+    candidate: they are stored and found like any other, and the empty key itself is never found
+    in free slots, on every backend."""
+    pool = torch.arange(1, 200_000)
+    raw = (ht.shift_right_logical(ht.fmix64(pool), 32) & 0xFF)
+    keys = torch.cat([pool[raw == 0][:20], pool[raw == 1][:20]])
+    assert bool((ht.locate(keys, 4, 16)[1] == 1).all())
+    assert not bool((ht.locate(pool, 4, 16)[1] == ht.EMPTY_DIGEST).any())
+    for backend, device in (("torch", "cpu"), ("triton", DEVICE)):
+        b = ht.Buckets.allocate(4, 16, -1, device=device)
+        ht.upsert(b, keys.to(device), torch.arange(40, device=device), ht.SCORE_SET, ht.OP_INSERT_OR_ASSIGN,
+                  backend=backend)
+        assert int((b.digests == ht.EMPTY_DIGEST).sum()) == 64 - 40  # the free slots alone
+        slots, scores = ht.lookup(b, torch.cat([keys, torch.tensor([-1])]).to(device), backend=backend)
+        assert bool((slots[:40] >= 0).all()) and int(slots[40]) == -1
+        assert torch.equal(scores[:40].cpu(), torch.arange(40))

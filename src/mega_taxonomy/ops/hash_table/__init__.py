@@ -7,9 +7,9 @@ Two ways to run a batch, both meaning what the same calls one key at a time woul
 - ``numba.py``: compiled CPU loops that take the keys one at a time, in order, and move the
   values too (``kv/`` calls them directly on the CPU).
 - :func:`upsert` (this module): keys of different buckets never meet, so only the order within
-  each bucket matters. The occurrences are grouped by bucket in the batch's order; on CUDA one
-  Triton launch runs numba's loop bucket by bucket (``triton.py``: a program owns whole buckets),
-  with the values when they are in GPU memory. The torch twin runs rounds: round r applies every
+  each bucket matters. The occurrences are sorted by bucket, in the batch's order within each; on
+  CUDA one Triton launch runs numba's loop bucket by bucket (``triton.py``: a lane owns a bucket's
+  run of occurrences), with the values when they are in GPU memory. The torch twin runs rounds: round r applies every
   bucket's r-th occurrence at once (no two of them share a bucket).
 
 Examples
@@ -30,6 +30,7 @@ import torch
 
 from ..common import shift_right_logical
 from .numba import (
+    EMPTY_DIGEST,
     HIGH32,
     LOW32,
     OP_ACCUM,
@@ -45,6 +46,7 @@ from .numba import (
 )
 
 __all__ = [
+    "EMPTY_DIGEST",
     "EVICTED",
     "FOUND",
     "HIGH32",
@@ -88,34 +90,44 @@ FOUND, INSERTED, EVICTED, REFUSED, MISSING = range(5)
 
 @dataclass
 class Buckets:
-    """The slots of a table: keys, digests, scores (nb, bs) and occupied slots per bucket (nb,)."""
+    """The slots of a table: keys, digests, scores (nb, bs) and occupied slots per bucket (nb,).
+
+    ``reserved`` (mask, value): keys with ``key & mask == value`` are the table's reserved ones;
+    the Triton lookups set ``flag`` (one int32 on the device) when they meet one, for the caller
+    to read after the launch instead of checking the keys before it."""
 
     keys: torch.Tensor
     digests: torch.Tensor
     scores: torch.Tensor
     sizes: torch.Tensor
     empty: int  # the empty key's int64 bits
+    reserved: tuple[int, int] = (0, 1)  # none
+    flag: torch.Tensor | None = None
 
     @classmethod
-    def allocate(cls, n_buckets, bucket_size, empty, device="cpu"):
+    def allocate(cls, n_buckets, bucket_size, empty, device="cpu", reserved=(0, 1)):
+        """Every slot free: the empty key, digest ``EMPTY_DIGEST``, score 0."""
         if n_buckets & (n_buckets - 1) or bucket_size & (bucket_size - 1):
             raise ValueError(f"buckets ({n_buckets}) and bucket_size ({bucket_size}) must be powers of two")
         if n_buckets > 2**31:  # bucket ids are sorted as int32 (``upsert``)
             raise ValueError(f"at most 2**31 buckets, not {n_buckets}")
         shape = (n_buckets, bucket_size)
-        digest = int(locate(torch.tensor([empty]), 1, 1)[1])
         return cls(torch.full(shape, empty, dtype=torch.int64, device=device),
-                   torch.full(shape, digest, dtype=torch.uint8, device=device),
+                   torch.full(shape, EMPTY_DIGEST, dtype=torch.uint8, device=device),
                    torch.zeros(shape, dtype=torch.int64, device=device),
-                   torch.zeros(n_buckets, dtype=torch.int32, device=device), empty)
+                   torch.zeros(n_buckets, dtype=torch.int32, device=device), empty, reserved,
+                   torch.zeros(1, dtype=torch.int32, device=device))
+
+    def take_flag(self) -> bool:
+        """Whether a lookup since the last call met a reserved key (a wait for the device); cleared."""
+        if self.flag is None or not int(self.flag):
+            return False
+        self.flag.zero_()
+        return True
 
     @property
     def shift(self):
         return self.keys.shape[1].bit_length() - 1
-
-    @property
-    def empty_digest(self):
-        return int(locate(torch.tensor([self.empty]), 1, 1)[1])
 
 
 def unsigned_key(x: torch.Tensor) -> torch.Tensor:
@@ -134,10 +146,11 @@ def fmix64(keys: torch.Tensor) -> torch.Tensor:
 
 def locate(keys: torch.Tensor, n_buckets: int, bucket_size: int):
     """(bucket, digest) of every key: bucket from the hash's bits above log2(bucket_size), digest its
-    bits 32..39."""
+    bits 32..39, 0 taken as 1 (``EMPTY_DIGEST`` marks free slots alone)."""
     h = fmix64(keys)
     shift = bucket_size.bit_length() - 1
-    return shift_right_logical(h, shift) & (n_buckets - 1), (shift_right_logical(h, 32) & 0xFF).to(torch.uint8)
+    digest = (shift_right_logical(h, 32) & 0xFF).clamp_min_(1).to(torch.uint8)
+    return shift_right_logical(h, shift) & (n_buckets - 1), digest
 
 
 def lookup_reference(b: Buckets, keys: torch.Tensor):
@@ -266,17 +279,15 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
         bucket, digest = locate(keys, nb, bs)
         bucket = bucket.to(torch.int32)
     # stable: the batch's order within a bucket; int32 bucket ids sort in half the radix passes
-    order = torch.argsort(bucket, stable=True)
-    counts = torch.bincount(bucket, minlength=nb)
-    starts = torch.cumsum(counts, 0) - counts
+    sorted_buckets, order = torch.sort(bucket, stable=True)
     if triton_path:
         flags = None if flags is None else flags.to(torch.int8)
-        slots, status, ev_k, ev_s, ev_v, out_v = upsert_triton(b, keys, desired, rule, op, flags, order, starts,
-                                                               counts, values, storage)
+        slots, status, ev_k, ev_s, ev_v, out_v = upsert_triton(b, keys, desired, rule, op, flags, order,
+                                                               sorted_buckets, values, storage)
         if storage is not None:
             return Upserted(slots, status, ev_k, ev_s, None, ev_v, out_v)
-        return Upserted(slots, status, ev_k, ev_s, _ranks(bucket, order, starts))
-    rank = _ranks(bucket, order, starts)
+        return Upserted(slots, status, ev_k, ev_s, _ranks(sorted_buckets, order))
+    rank = _ranks(sorted_buckets, order)
     update, may_insert = intents(op, flags, n, keys.device)
     slots = torch.full_like(keys, -1)
     status = torch.full_like(keys, MISSING)
@@ -290,9 +301,13 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
     return Upserted(slots, status, ev_k, ev_s, rank)
 
 
-def _ranks(bucket, order, starts):
-    rank = torch.empty(len(bucket), dtype=torch.int64, device=bucket.device)
-    rank[order] = torch.arange(len(bucket), device=bucket.device) - starts[bucket[order]]
+def _ranks(sorted_buckets, order):
+    """Each occurrence's place among its bucket's: its sorted position less its run's first."""
+    at = torch.arange(len(order), device=order.device)
+    first = torch.ones_like(order, dtype=torch.bool)
+    first[1:] = sorted_buckets[1:] != sorted_buckets[:-1]
+    rank = torch.empty_like(order)
+    rank[order] = at - torch.cummax(torch.where(first, at, 0), 0).values
     return rank
 
 

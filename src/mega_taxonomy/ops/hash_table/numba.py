@@ -3,14 +3,16 @@ so a batch means exactly what the same calls one key at a time would.
 
 # Table (structure of arrays, shared with the Triton path):
 #   tkeys    : (nb, bs) int64   keys' bits (EMPTY: the table's empty key)
-#   tdig     : (nb, bs) uint8   8-bit digests: bits 32..39 of murmur3's fmix64 of the key
+#   tdig     : (nb, bs) uint8   8-bit digests: bits 32..39 of murmur3's fmix64 of the key, 0 taken as 1;
+#                               0 marks a free slot
 #   tscores  : (nb, bs) int64   scores' bits, compared as uint64
 #   sizes    : (nb,)    int32   occupied slots per bucket
 #   hbm      : (nb * k, dim)        values of slot positions 0..k-1 of every bucket (fast tier)
 #   host     : (nb * (bs - k), dim) values of positions k..bs-1 (host tier)
 # A key hashes to bucket (h >> log2(bs)) & (nb - 1); it may sit in any slot of that bucket. A
-# lookup compares the digest byte of every slot and the key only where digests match (1/256 of
-# the occupied slots by chance), so the bucket is scanned fully and no tombstones are needed. An
+# lookup compares the digest byte of every slot and the key only where digests match (1/255 of
+# the occupied slots by chance, never a free one: no key's digest is 0), so the bucket is scanned
+# fully and no tombstones are needed. An
 # insert takes the lowest free position (the fast tier first) or, in a full bucket, the slot of
 # the lowest score (lowest position on ties) if the new score is not below it.
 """
@@ -23,6 +25,7 @@ from numba import njit
 M1 = np.uint64(0xFF51AFD7ED558CCD)
 M2 = np.uint64(0xC4CEB9FE1A85EC53)
 SIGN = np.int64(-(2**63))
+EMPTY_DIGEST = 0  # a free slot's digest; no key's
 LOW32 = np.int64(0xFFFFFFFF)
 HIGH32 = np.int64(-(2**32))
 
@@ -48,7 +51,7 @@ def fmix64(key):  # pragma: no cover - compiled
 def locate(key, shift, nb):  # pragma: no cover - compiled
     h = fmix64(key)
     bucket = np.int64(h >> np.uint64(shift)) & (nb - 1)
-    digest = np.uint8((h >> np.uint64(32)) & np.uint64(0xFF))
+    digest = np.uint8(max(np.uint64(1), (h >> np.uint64(32)) & np.uint64(0xFF)))
     return bucket, digest
 
 
@@ -107,7 +110,7 @@ def claim(tkeys, tscores, sizes, b, desired, empty):  # pragma: no cover - compi
     bs = tkeys.shape[1]
     if sizes[b] < bs:
         for p in range(bs):
-            if tkeys[b, p] == empty:
+            if tkeys[b, p] == empty:  # (its digest is EMPTY_DIGEST)
                 sizes[b] += 1
                 return p, False
     low, at = tscores[b, 0] ^ SIGN, 0
@@ -180,7 +183,7 @@ def upsert(tkeys, tdig, tscores, sizes, hbm, host, k_hbm, shift, empty, keys, va
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def erase(tkeys, tdig, tscores, sizes, shift, empty, empty_digest, keys):  # pragma: no cover - compiled
+def erase(tkeys, tdig, tscores, sizes, shift, empty, keys):  # pragma: no cover - compiled
     """Remove ``keys`` (missing ones are ignored); return how many were removed."""
     nb = tkeys.shape[0]
     removed = 0
@@ -188,7 +191,7 @@ def erase(tkeys, tdig, tscores, sizes, shift, empty, empty_digest, keys):  # pra
         b, d = locate(keys[i], shift, nb)
         p = probe(tkeys, tdig, b, keys[i], d)
         if p >= 0:
-            tkeys[b, p], tdig[b, p], tscores[b, p] = empty, empty_digest, 0
+            tkeys[b, p], tdig[b, p], tscores[b, p] = empty, EMPTY_DIGEST, 0
             sizes[b] -= 1
             removed += 1
     return removed

@@ -8,9 +8,10 @@ Kernel contract
   keys    : (n,) int64      the batch (reserved keys were refused by the caller)
 A lookup program takes BLOCK keys and loads, for each, its bucket's bs digest bytes as one row of
 a (BLOCK, bs) tile: one 128-byte line per key at bs = 128, as the original reads. Keys are loaded
-only where digests match. ``_upsert_in_order`` runs numba's in-order loop bucket by bucket in one
-launch: a program owns whole buckets and applies each one's occurrences in the batch's order, so
-no two programs touch a bucket and it needs no atomics; a batch means what it means on the CPU.
+only where digests match; a free slot's digest (``EMPTY_DIGEST``) matches no key's. ``_upsert_runs``
+runs numba's in-order loop bucket by bucket in one launch: over the batch sorted by bucket, a lane
+owns a bucket's run of occurrences and applies them in the batch's order, so no two lanes touch a
+bucket and it needs no atomics; a batch means what it means on the CPU.
 n, nb are runtime values; bs is a constexpr (a power of two); program ids are 64-bit.
 Values in GPU memory move in the same launches (``vals`` / ``storage``, by slot); values in
 pinned host memory are moved by the caller afterwards, by slot (``kv/paths.py``).
@@ -23,6 +24,7 @@ import triton
 import triton.language as tl
 
 from . import (
+    EMPTY_DIGEST,
     EVICTED,
     FOUND,
     INSERTED,
@@ -45,6 +47,7 @@ _FOUND, _INSERTED, _EVICTED = tl.constexpr(FOUND), tl.constexpr(INSERTED), tl.co
 _REFUSED, _MISSING = tl.constexpr(REFUSED), tl.constexpr(MISSING)
 _SET, _ADD, _EPOCH_ADD = tl.constexpr(SCORE_SET), tl.constexpr(SCORE_ADD), tl.constexpr(SCORE_EPOCH_ADD)
 _KEEP = tl.constexpr(SCORE_KEEP)
+_EMPTY_DIGEST = tl.constexpr(EMPTY_DIGEST)
 _ACCUM, _ASSIGN, _RESTORE = tl.constexpr(OP_ACCUM), tl.constexpr(OP_ASSIGN), tl.constexpr(OP_RESTORE)
 _FIND_OR_INSERT, _INSERT_AND_EVICT = tl.constexpr(OP_FIND_OR_INSERT), tl.constexpr(OP_INSERT_AND_EVICT)
 
@@ -59,12 +62,10 @@ HIGH32 = -(2**32)
 LOOKUP = "words"
 BLOCK = 16
 LOOKUP_WARPS = 4
-# Buckets per program of the upsert: their keys and digests (and scores where read) are held in
-# registers; a program loops as often as its busiest bucket has occurrences. The fastest of the
-# same tuning (insert_or_assign 0.43 B-KV/s, the slowest 0.21), for the kernel of six reductions
-# an occurrence that has one since.
-BUCKETS = 4
-UPSERT_WARPS = 2
+# Sorted occurrences per program of the upsert (each run's bucket digests held in registers; a
+# program loops as often as its longest run has occurrences) and its warps.
+UPSERT_BLOCK = 32
+UPSERT_WARPS = 4
 
 
 @triton.jit
@@ -85,7 +86,13 @@ def _program_keys(keys, n, nb_mask, m1, m2, SHIFT: tl.constexpr, BLOCK: tl.const
     m = offs < n
     k = tl.load(keys + offs, mask=m, other=0)
     h = _fmix64(k, m1, m2)
-    return offs, m, k, (h >> SHIFT).to(tl.int64) & nb_mask, ((h >> 32) & 0xFF).to(tl.int64)
+    return offs, m, k, (h >> SHIFT).to(tl.int64) & nb_mask, tl.maximum((h >> 32) & 0xFF, 1).to(tl.int64)
+
+
+@triton.jit
+def _flag_reserved(k, m, rmask, rvalue, flag):
+    """Set ``*flag`` where a key of the program is reserved (``k & rmask == rvalue``)."""
+    tl.atomic_max(flag + tl.zeros_like(k).to(tl.int32), 1, mask=m & ((k & rmask) == rvalue))
 
 
 @triton.jit
@@ -112,10 +119,11 @@ def _store_found(offs, m, slot, found, tscores, out_slots, out_scores, vals, out
 
 
 @triton.jit
-def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, dim, n, nb_mask, m1, m2,
-            SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr, COPY: tl.constexpr,
-            SCORES: tl.constexpr):
+def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, dim, n, nb_mask, m1, m2, rmask,
+            rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
+            COPY: tl.constexpr, SCORES: tl.constexpr):
     offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
+    _flag_reserved(k, m, rmask, rvalue, flag)
     digest = digest.to(tl.uint8)
     cols = tl.arange(0, BS)
     base = bucket[:, None] * BS + cols[None, :]
@@ -128,12 +136,13 @@ def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, d
 
 @triton.jit
 def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out_vals, dim, n, nb_mask, m1, m2,
-                  SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
+                  rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
                   COPY: tl.constexpr, SCORES: tl.constexpr):
     """``_lookup`` reading a bucket's digests as BS / 4 words of 4 bytes: the bytes equal to the
     key's digest marked in place (the exact zero-byte test, on the word XOR the digest repeated),
     then the keys read at the marked bytes, first to last, only until the key is found."""
     offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
+    _flag_reserved(k, m, rmask, rvalue, flag)
     W: tl.constexpr = BS // 4
     cols = tl.arange(0, W)
     # int32 words whose sums wrap: the test's bits are those of its usual uint32 form
@@ -158,54 +167,41 @@ def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out
 
 
 @triton.jit
-def _entry_at(at, tk, ts, sign):
-    """(key, score) of each bucket's entry at the positions ``at`` (one per row of the tile)."""
-    return tl.sum(tl.where(at, tk, 0), axis=1), tl.sum(tl.where(at, ts, 0), axis=1) ^ sign
-
-
-@triton.jit
-def _upsert_in_order(tkeys, tdig, tscores, sizes, keys, desired, flags, order, starts, counts, values, storage,
-                     out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, nb, dim, empty, m1, m2,
-                     sign, low32, high32, OP: tl.constexpr, RULE: tl.constexpr, SHIFT: tl.constexpr,
-                     BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr, HAS_VALUES: tl.constexpr,
-                     MOVE_VALUES: tl.constexpr):
-    """numba's ``upsert`` loop, bucket by bucket: a program owns BLOCK buckets and takes each one's
-    occurrences in the batch's order (``order[starts[j]:starts[j] + counts[j]]`` are bucket j's),
-    so no two programs touch a bucket and no atomics are needed. A bucket's keys and digests are
-    loaded once and kept current in registers; its scores only where they are read (a bucket that
-    may fill up in this batch, or a rule that adds to the old score). An occurrence takes one
-    reduction over its bucket (its key's position, else the first free one); the lowest score and
-    the entry replaced only where a bucket of the program is full (on an H100 at commit 0829ff8,
-    six reductions every occurrence held insert_or_assign to 0.43 B-KV/s). With MOVE_VALUES the value
-    rows (``storage``, by slot) move in the same launch, each bucket's by one lane of the tile in
-    order: a later occurrence's write lands after an earlier one's."""
-    b = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    count = tl.load(counts + b, mask=b < nb, other=0)
-    first = tl.load(starts + b, mask=count > 0, other=0)
-    size = tl.load(sizes + b, mask=count > 0, other=0)
+def _upsert_runs(tkeys, tdig, tscores, sizes, keys, desired, flags, order, sorted_buckets, values, storage,
+                 out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, n, dim, m1, m2, sign, low32, high32,
+                 OP: tl.constexpr, RULE: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
+                 HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
+    """numba's ``upsert`` loop, bucket by bucket, over the occurrences sorted by bucket in the
+    batch's order (``order``, ``sorted_buckets``): a lane of a program takes the run of its
+    bucket's occurrences that starts at it, one after the other, so no two lanes touch a bucket
+    and no atomics are needed. A program's BLOCK lanes are BLOCK consecutive sorted occurrences;
+    a run that starts among them is followed past their end. A bucket's digests are held in
+    registers and kept current; keys are read only where a digest matches (a free slot's digest
+    matches no key), scores only where a bucket is full or a rule adds to a hit's score. Every
+    occurrence ends in a barrier: the next one's reads of keys, scores and value rows see this
+    one's writes. With MOVE_VALUES the value rows (``storage``, by slot) move in the same launch."""
+    j = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b = tl.load(sorted_buckets + j, mask=j < n, other=-1).to(tl.int64)
+    head = (j < n) & (b != tl.load(sorted_buckets + j - 1, mask=(j < n) & (j > 0), other=-1).to(tl.int64))
+    size = tl.load(sizes + b, mask=head, other=0)
     cols = tl.arange(0, BS)
     base = b[:, None] * BS + cols[None, :]
-    act = (count > 0)[:, None]
-    tk = tl.load(tkeys + base, mask=act, other=0)
-    td = tl.load(tdig + base, mask=act, other=0)
-    if RULE == _ADD or RULE == _EPOCH_ADD:
-        read_scores = count > 0
-    else:
-        read_scores = (count > 0) & (size + count > BS)
-    ts = tl.load(tscores + base, mask=read_scores[:, None], other=0) ^ sign  # unsigned order
+    td = tl.load(tdig + base, mask=head[:, None], other=0)
     d_cols = tl.arange(0, DIM)
     d_ok = (d_cols < dim)[None, :]
     grown = tl.zeros((BLOCK,), tl.int32)
-    for r in range(tl.max(count, axis=0)):
-        live = r < count
-        i = tl.load(order + first + r, mask=live, other=0)
+    q = j
+    live = head
+    while tl.max(live.to(tl.int32), axis=0) > 0:
+        i = tl.load(order + q, mask=live, other=0)
         k = tl.load(keys + i, mask=live, other=0)
         des = tl.load(desired + i, mask=live, other=0)
-        h = _fmix64(k, m1, m2)
-        d = ((h >> 32) & 0xFF).to(tl.uint8)
+        d = tl.maximum((_fmix64(k, m1, m2) >> 32) & 0xFF, 1).to(tl.uint8)
+        cand = (td == d[:, None]) & live[:, None]
+        kt = tl.load(tkeys + base, mask=cand, other=0)
         # One reduction finds both: the key's position (below BS), else the first free one (BS + p)
-        code = tl.min(tl.where((td == d[:, None]) & (tk == k[:, None]), cols[None, :],
-                               tl.where(tk == empty, BS + cols[None, :], 2 * BS)), axis=1)
+        code = tl.min(tl.where(cand & (kt == k[:, None]), cols[None, :],
+                               tl.where(td == _EMPTY_DIGEST, BS + cols[None, :], 2 * BS)), axis=1)
         found = (code < BS) & live
         if OP == _ACCUM:
             flag = tl.load(flags + i, mask=live, other=0) != 0
@@ -220,12 +216,12 @@ def _upsert_in_order(tkeys, tdig, tscores, sizes, keys, desired, flags, order, s
         else:
             update = found
             may_insert = live & ~found
-        has_free = size + grown < BS
-        # A full bucket's lowest score, and the entry at a position, only where a bucket of this
-        # program is full for an insert or a hit's score depends on its old one: rare at the load
-        # factors a table grows at, and each is a reduction over the bucket
+        has_free = code < 2 * BS
+        # A full bucket's lowest score, only where a bucket of this program is full for an insert:
+        # rare at the load factors a table grows at
         full = may_insert & ~has_free
         if tl.max(full.to(tl.int32), axis=0) > 0:
+            ts = tl.load(tscores + base, mask=full[:, None], other=0) ^ sign  # unsigned order
             low = tl.min(ts, axis=1)
             lpos = tl.min(tl.where(ts == low[:, None], cols[None, :], BS), axis=1)
         else:
@@ -236,15 +232,13 @@ def _upsert_in_order(tkeys, tdig, tscores, sizes, keys, desired, flags, order, s
         evict = put & ~has_free
         refused = may_insert & ~admit
         pos = tl.where(found, code, tl.where(has_free, code - BS, lpos))
-        at = cols[None, :] == pos[:, None]
-        # (two branches: Triton takes no `or` of a constexpr and a tensor)
-        if RULE == _ADD or RULE == _EPOCH_ADD:  # noqa: SIM114
-            old_k, old_s = _entry_at(at, tk, ts, sign)
-        elif tl.max(evict.to(tl.int32), axis=0) > 0:  # the evicted entries
-            old_k, old_s = _entry_at(at, tk, ts, sign)
+        slot = b * BS + pos
+        # the entry there before: a hit's score where the rule adds to it, an evicted entry
+        old_k = tl.load(tkeys + slot, mask=evict, other=0)
+        if RULE == _ADD or RULE == _EPOCH_ADD:
+            old_s = tl.load(tscores + slot, mask=found | evict, other=0)
         else:
-            old_k = tl.zeros((BLOCK,), tl.int64)
-            old_s = tl.zeros((BLOCK,), tl.int64)
+            old_s = tl.load(tscores + slot, mask=evict, other=0)
         if RULE == _SET:
             new = des
         elif RULE == _ADD:
@@ -254,16 +248,11 @@ def _upsert_in_order(tkeys, tdig, tscores, sizes, keys, desired, flags, order, s
         else:
             new = old_s
         score = tl.where(found, new, des)
-        write = update | put
-        if RULE == _KEEP:  # a hit's score stays as it is (its old score was not read)
+        if RULE == _KEEP:  # a hit's score stays as it is
             rescore = put
         else:
-            rescore = write
-        at = at & write[:, None]
-        tk = tl.where(at, k[:, None], tk)
-        td = tl.where(at, d[:, None], td)
-        ts = tl.where(at & rescore[:, None], (score ^ sign)[:, None], ts)
-        slot = b * BS + pos
+            rescore = update | put
+        td = tl.where((cols[None, :] == pos[:, None]) & put[:, None], d[:, None], td)
         tl.store(tkeys + slot, k, mask=put)
         tl.store(tdig + slot, d, mask=put)
         tl.store(tscores + slot, score, mask=rescore)
@@ -294,14 +283,18 @@ def _upsert_in_order(tkeys, tdig, tscores, sizes, keys, desired, flags, order, s
                 else:
                     new_row = given
                 tl.store(row, new_row, mask=(put | update)[:, None] & d_ok)
-    tl.store(sizes + b, size + grown, mask=grown > 0)
+        tl.debug_barrier()
+        q += 1
+        live = live & (q < n) & (tl.load(sorted_buckets + q, mask=live & (q < n), other=-1).to(tl.int64) == b)
+    tl.store(sizes + b, size + grown, mask=head & (grown > 0))
 
 
 def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, scores: bool = True):
     """(slots, scores) of ``keys``, -1 and 0 where missing (scores None unless asked for); see
     ``lookup_reference``. With ``values`` (slots, dim) on the keys' device, also the keys' rows of
     it (zeros where missing), read in the same launch: a gather after the lookup read the slots
-    back and took twice the lookup's time (2^20 keys of dim 8, an H100)."""
+    back and took twice the lookup's time (2^20 keys of dim 8, an H100). A reserved key
+    (``b.reserved``) sets ``b.flag``."""
     keys = keys.contiguous()
     n = len(keys)
     nb, bs = b.keys.shape
@@ -313,9 +306,10 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, sco
     if n:
         words = LOOKUP == "words" and bs >= 4  # whole 4-byte words of digests
         kernel, digests = (_lookup_words, b.digests.view(torch.int32)) if words else (_lookup, b.digests)
+        flag = b.flag if b.flag is not None else torch.zeros(1, dtype=torch.int32, device=keys.device)
         kernel[(triton.cdiv(n, BLOCK),)](b.keys, digests, b.scores, keys, slots, out_scores if scores else slots,
                                          values.contiguous() if copy else slots, found if copy else slots, dim, n,
-                                         nb - 1, M1, M2, SHIFT=b.shift, BS=bs, BLOCK=BLOCK,
+                                         nb - 1, M1, M2, *b.reserved, flag, SHIFT=b.shift, BS=bs, BLOCK=BLOCK,
                                          DIM=triton.next_power_of_2(dim), COPY=copy, SCORES=scores,
                                          num_warps=LOOKUP_WARPS)
     return (slots, out_scores, found) if copy else (slots, out_scores)
@@ -330,13 +324,13 @@ def buckets_triton(keys: torch.Tensor, n_buckets: int, shift: int) -> torch.Tens
     return out
 
 
-def upsert_triton(b, keys, desired, rule, op, flags, order, starts, counts, values=None, storage=None):
-    """numba's ``upsert`` loop on the GPU, bucket by bucket (``_upsert_in_order``): ``order``,
-    ``starts``, ``counts`` group the occurrences by bucket in the batch's order. Returns per
+def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, values=None, storage=None):
+    """numba's ``upsert`` loop on the GPU, bucket by bucket (``_upsert_runs``): ``order`` and
+    ``sorted_buckets`` sort the occurrences by bucket, in the batch's order within each. Returns per
     occurrence (slots, status, ev_keys, ev_scores) and, when ``storage`` (slots, dim) on the keys'
     device is given (values then move in the launch), (ev_values, out_values): insert_and_evict's
     evicted rows and find_or_insert's results, empty for other ops."""
-    n, (nb, bs) = len(keys), b.keys.shape
+    n, bs = len(keys), b.keys.shape[1]
     dev = keys.device
     out = [torch.empty(n, dtype=torch.int64, device=dev) for _ in range(2)]
     ev = [torch.zeros(n, dtype=torch.int64, device=dev) for _ in range(2)]
@@ -346,12 +340,12 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, starts, counts, valu
     ev_values = torch.zeros(n if move and op == OP_INSERT_AND_EVICT else 0, dim, dtype=dtype, device=dev)
     out_values = torch.zeros(n if move and op == OP_FIND_OR_INSERT else 0, dim, dtype=dtype, device=dev)
     if n:
-        _upsert_in_order[(triton.cdiv(nb, BUCKETS),)](
-            b.keys, b.digests, b.scores, b.sizes, keys, desired, keys if flags is None else flags, order, starts,
-            counts, keys if values is None else values, storage if move else keys, *out, *ev,
-            ev_values if len(ev_values) else keys, out_values if len(out_values) else keys, nb, dim, b.empty, M1,
-            M2, SIGN, LOW32, HIGH32, OP=op, RULE=rule, SHIFT=b.shift, BS=bs, BLOCK=BUCKETS,
-            DIM=triton.next_power_of_2(dim), HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=UPSERT_WARPS)
+        _upsert_runs[(triton.cdiv(n, UPSERT_BLOCK),)](
+            b.keys, b.digests, b.scores, b.sizes, keys, desired, keys if flags is None else flags, order,
+            sorted_buckets, keys if values is None else values, storage if move else keys, *out, *ev,
+            ev_values if len(ev_values) else keys, out_values if len(out_values) else keys, n, dim, M1, M2, SIGN,
+            LOW32, HIGH32, OP=op, RULE=rule, BS=bs, BLOCK=UPSERT_BLOCK, DIM=triton.next_power_of_2(dim),
+            HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=UPSERT_WARPS)
     return (*out, *ev, ev_values, out_values)
 
 
