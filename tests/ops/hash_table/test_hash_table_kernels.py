@@ -257,3 +257,17 @@ def test_no_key_has_the_free_slots_digest():
         slots, scores = ht.lookup(b, torch.cat([keys, torch.tensor([-1])]).to(device), backend=backend)
         assert bool((slots[:40] >= 0).all()) and int(slots[40]) == -1
         assert torch.equal(scores[:40].cpu(), torch.arange(40))
+
+
+def test_buckets_under_four_slots_take_the_twin():
+    """The upsert kernel reads digests as 4-byte words: a table of 1- or 2-slot buckets upserts
+    through the torch twin on the Triton backend, the same entries as numba's."""
+    for bucket_size in (1, 2):
+        kw = {"dim": 2, "init_capacity": 32, "max_capacity": 64, "bucket_size": bucket_size}
+        tri, ref = HashTable(backend="triton", device=DEVICE, **kw), HashTable(backend="numba", device="cpu", **kw)
+        keys = torch.from_numpy(np.random.default_rng(bucket_size).choice(100, 40))
+        values = torch.arange(80, dtype=torch.float32).reshape(40, 2)
+        for t in (tri, ref):
+            t.insert_or_assign(keys, values)
+        for a, b in zip(tri.find(torch.arange(100)), ref.find(torch.arange(100))):
+            assert torch.equal(a.cpu(), b)

@@ -270,7 +270,7 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
     launch, else the caller moves them (``Upserted.rank`` gives the rounds)."""
     n = len(keys)
     nb, bs = b.keys.shape
-    triton_path = uses_triton(keys, backend)
+    triton_path = uses_triton(keys, backend) and bs >= 4  # the kernel reads digests as 4-byte words
     if triton_path:  # the kernel makes the digests again: only the buckets are needed here
         from .triton import buckets_triton, upsert_triton
 

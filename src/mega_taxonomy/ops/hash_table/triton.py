@@ -135,58 +135,92 @@ def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, d
 
 
 @triton.jit
-def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out_vals, dim, n, nb_mask, m1, m2,
-                  rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
-                  COPY: tl.constexpr, SCORES: tl.constexpr):
-    """``_lookup`` reading a bucket's digests as BS / 4 words of 4 bytes: the bytes equal to the
-    key's digest marked in place (the exact zero-byte test, on the word XOR the digest repeated),
-    then the keys read at the marked bytes, first to last, only until the key is found."""
-    offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
-    _flag_reserved(k, m, rmask, rvalue, flag)
-    W: tl.constexpr = BS // 4
-    cols = tl.arange(0, W)
-    # int32 words whose sums wrap: the test's bits are those of its usual uint32 form
-    words = tl.load(twords + bucket[:, None] * W + cols[None, :], mask=m[:, None], other=0)
-    x = words ^ (digest * 0x01010101).to(tl.int32)[:, None]
-    marks = (((x & 0x7F7F7F7F) + 0x7F7F7F7F) | x | 0x7F7F7F7F) ^ -1  # bit 7 of every zero byte
-    pos = tl.full((BLOCK,), BS, tl.int64)
-    todo = m
+def _zero_bytes(x):
+    """Bit 7 of every zero byte of the int32 words ``x`` (the exact test; sums wrap as uint32's)."""
+    return (((x & 0x7F7F7F7F) + 0x7F7F7F7F) | x | 0x7F7F7F7F) ^ -1
+
+
+@triton.jit
+def _first_mark(marks, cols, W: tl.constexpr):
+    """Per row of ``marks`` (BLOCK, W): (its first marked word, or W; that mark's bit; the byte's
+    position in the bucket)."""
+    w = tl.min(tl.where(marks != 0, cols[None, :], W), axis=1)
+    word = tl.sum(tl.where(cols[None, :] == w[:, None], marks, 0), axis=1)
+    low = word & (0 - word)
+    byte = tl.where(low == 0x80, 0, tl.where(low == 0x8000, 1, tl.where(low == 0x800000, 2, 3)))
+    return w, low, w.to(tl.int64) * 4 + byte
+
+
+@triton.jit
+def _find_in_words(tkeys, bucket, k, words, digest, todo, cols, BS: tl.constexpr, W: tl.constexpr):
+    """The key's position in its bucket (BS where absent): the bytes of ``words`` equal to its
+    digest marked in place, then the keys read at the marked bytes, first to last, one a lane
+    and round, only until the key is found."""
+    marks = _zero_bytes(words ^ (digest * 0x01010101).to(tl.int32)[:, None])
+    pos = tl.full(k.shape, BS, tl.int64)
     while tl.max(todo.to(tl.int32), axis=0) > 0:
-        w = tl.min(tl.where(marks != 0, cols[None, :], W), axis=1)
+        w, low, at = _first_mark(marks, cols, W)
         todo = todo & (w < W)
-        word = tl.sum(tl.where(cols[None, :] == w[:, None], marks, 0), axis=1)
-        low = word & (0 - word)  # the first marked byte's bit
-        byte = tl.where(low == 0x80, 0, tl.where(low == 0x8000, 1, tl.where(low == 0x800000, 2, 3)))
-        at = w.to(tl.int64) * 4 + byte
         hit = todo & (tl.load(tkeys + bucket * BS + at, mask=todo, other=0) == k)
         pos = tl.where(hit, at, pos)
         todo = todo & ~hit
         marks = tl.where(cols[None, :] == w[:, None], marks ^ low[:, None], marks)
+    return pos
+
+
+@triton.jit
+def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out_vals, dim, n, nb_mask, m1, m2,
+                  rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
+                  COPY: tl.constexpr, SCORES: tl.constexpr):
+    """``_lookup`` reading a bucket's digests as BS / 4 words of 4 bytes (``_find_in_words``)."""
+    offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
+    _flag_reserved(k, m, rmask, rvalue, flag)
+    W: tl.constexpr = BS // 4
+    cols = tl.arange(0, W)
+    words = tl.load(twords + bucket[:, None] * W + cols[None, :], mask=m[:, None], other=0)
+    pos = _find_in_words(tkeys, bucket, k, words, digest, m, cols, BS, W)
     _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, dim, DIM, COPY,
                  SCORES)
 
 
 @triton.jit
-def _upsert_runs(tkeys, tdig, tscores, sizes, keys, desired, flags, order, sorted_buckets, values, storage,
+def _lowest_score(tscores, bucket, full, BS: tl.constexpr, CHUNK: tl.constexpr):
+    """(lowest score as uint64's order in int64, its first position) of each full lane's bucket,
+    CHUNK slots at a time (a whole bucket's scores would not fit in registers)."""
+    low = tl.full(bucket.shape, 2**63 - 1, tl.int64)
+    lpos = tl.zeros(bucket.shape, tl.int64)
+    for c in tl.static_range(0, BS, CHUNK):
+        cols = c + tl.arange(0, CHUNK)
+        ts = tl.load(tscores + bucket[:, None] * BS + cols[None, :], mask=full[:, None], other=0) ^ -(2**63)
+        m = tl.min(ts, axis=1)
+        at = tl.min(tl.where(ts == m[:, None], cols[None, :], BS), axis=1).to(tl.int64)
+        lpos = tl.where(m < low, at, lpos)
+        low = tl.minimum(m, low)
+    return low, lpos
+
+
+@triton.jit
+def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order, sorted_buckets, values, storage,
                  out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, n, dim, m1, m2, sign, low32, high32,
                  OP: tl.constexpr, RULE: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
-                 HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
+                 CHUNK: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
     """numba's ``upsert`` loop, bucket by bucket, over the occurrences sorted by bucket in the
     batch's order (``order``, ``sorted_buckets``): a lane of a program takes the run of its
     bucket's occurrences that starts at it, one after the other, so no two lanes touch a bucket
     and no atomics are needed. A program's BLOCK lanes are BLOCK consecutive sorted occurrences;
     a run that starts among them is followed past their end. A bucket's digests are held in
-    registers and kept current; keys are read only where a digest matches (a free slot's digest
-    matches no key), scores only where a bucket is full or a rule adds to a hit's score. Every
+    registers as BS / 4 words (``twords``, the bytes of ``tdig``) and kept current; keys are read
+    only where a digest matches (``_find_in_words``; a free slot's digest, 0, matches no key),
+    scores only where a bucket is full (CHUNK slots at a time) or a rule adds to a hit's score. Every
     occurrence ends in a barrier: the next one's reads of keys, scores and value rows see this
     one's writes. With MOVE_VALUES the value rows (``storage``, by slot) move in the same launch."""
     j = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     b = tl.load(sorted_buckets + j, mask=j < n, other=-1).to(tl.int64)
     head = (j < n) & (b != tl.load(sorted_buckets + j - 1, mask=(j < n) & (j > 0), other=-1).to(tl.int64))
     size = tl.load(sizes + b, mask=head, other=0)
-    cols = tl.arange(0, BS)
-    base = b[:, None] * BS + cols[None, :]
-    td = tl.load(tdig + base, mask=head[:, None], other=0)
+    W: tl.constexpr = BS // 4
+    cols = tl.arange(0, W)
+    words = tl.load(twords + b[:, None] * W + cols[None, :], mask=head[:, None], other=0)
     d_cols = tl.arange(0, DIM)
     d_ok = (d_cols < dim)[None, :]
     grown = tl.zeros((BLOCK,), tl.int32)
@@ -196,13 +230,10 @@ def _upsert_runs(tkeys, tdig, tscores, sizes, keys, desired, flags, order, sorte
         i = tl.load(order + q, mask=live, other=0)
         k = tl.load(keys + i, mask=live, other=0)
         des = tl.load(desired + i, mask=live, other=0)
-        d = tl.maximum((_fmix64(k, m1, m2) >> 32) & 0xFF, 1).to(tl.uint8)
-        cand = (td == d[:, None]) & live[:, None]
-        kt = tl.load(tkeys + base, mask=cand, other=0)
-        # One reduction finds both: the key's position (below BS), else the first free one (BS + p)
-        code = tl.min(tl.where(cand & (kt == k[:, None]), cols[None, :],
-                               tl.where(td == _EMPTY_DIGEST, BS + cols[None, :], 2 * BS)), axis=1)
-        found = (code < BS) & live
+        d = tl.maximum((_fmix64(k, m1, m2) >> 32) & 0xFF, 1).to(tl.int64)
+        key_pos = _find_in_words(tkeys, b, k, words, d, live, cols, BS, W)
+        free_w, _, free_pos = _first_mark(_zero_bytes(words), cols, W)  # a free slot's digest is 0
+        found = (key_pos < BS) & live
         if OP == _ACCUM:
             flag = tl.load(flags + i, mask=live, other=0) != 0
             update = found & flag
@@ -216,22 +247,20 @@ def _upsert_runs(tkeys, tdig, tscores, sizes, keys, desired, flags, order, sorte
         else:
             update = found
             may_insert = live & ~found
-        has_free = code < 2 * BS
+        has_free = free_w < W
         # A full bucket's lowest score, only where a bucket of this program is full for an insert:
         # rare at the load factors a table grows at
         full = may_insert & ~has_free
         if tl.max(full.to(tl.int32), axis=0) > 0:
-            ts = tl.load(tscores + base, mask=full[:, None], other=0) ^ sign  # unsigned order
-            low = tl.min(ts, axis=1)
-            lpos = tl.min(tl.where(ts == low[:, None], cols[None, :], BS), axis=1)
+            low, lpos = _lowest_score(tscores, b, full, BS, CHUNK)
         else:
             low = tl.zeros((BLOCK,), tl.int64)
-            lpos = tl.zeros((BLOCK,), tl.int32)
+            lpos = tl.zeros((BLOCK,), tl.int64)
         admit = has_free | ((des ^ sign) >= low)
         put = may_insert & admit
         evict = put & ~has_free
         refused = may_insert & ~admit
-        pos = tl.where(found, code, tl.where(has_free, code - BS, lpos))
+        pos = tl.where(found, key_pos, tl.where(has_free, free_pos, lpos))
         slot = b * BS + pos
         # the entry there before: a hit's score where the rule adds to it, an evicted entry
         old_k = tl.load(tkeys + slot, mask=evict, other=0)
@@ -252,9 +281,12 @@ def _upsert_runs(tkeys, tdig, tscores, sizes, keys, desired, flags, order, sorte
             rescore = put
         else:
             rescore = update | put
-        td = tl.where((cols[None, :] == pos[:, None]) & put[:, None], d[:, None], td)
+        # the new digest into its byte of the registers' words
+        shift = ((pos % 4) * 8).to(tl.int32)[:, None]
+        byte = tl.where((cols[None, :] == (pos // 4)[:, None]) & put[:, None], 0xFF << shift, 0)
+        words = (words & ~byte) | ((d.to(tl.int32)[:, None] << shift) & byte)
         tl.store(tkeys + slot, k, mask=put)
-        tl.store(tdig + slot, d, mask=put)
+        tl.store(tdig + slot, d.to(tl.uint8), mask=put)
         tl.store(tscores + slot, score, mask=rescore)
         grown += (put & has_free).to(tl.int32)
         status = tl.where(found, _FOUND, tl.where(put, tl.where(evict, _EVICTED, _INSERTED),
@@ -341,10 +373,12 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, valu
     out_values = torch.zeros(n if move and op == OP_FIND_OR_INSERT else 0, dim, dtype=dtype, device=dev)
     if n:
         _upsert_runs[(triton.cdiv(n, UPSERT_BLOCK),)](
-            b.keys, b.digests, b.scores, b.sizes, keys, desired, keys if flags is None else flags, order,
+            b.keys, b.digests, b.digests.view(torch.int32), b.scores, b.sizes, keys, desired,
+            keys if flags is None else flags, order,
             sorted_buckets, keys if values is None else values, storage if move else keys, *out, *ev,
             ev_values if len(ev_values) else keys, out_values if len(out_values) else keys, n, dim, M1, M2, SIGN,
             LOW32, HIGH32, OP=op, RULE=rule, BS=bs, BLOCK=UPSERT_BLOCK, DIM=triton.next_power_of_2(dim),
+            CHUNK=min(bs, 32),
             HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=UPSERT_WARPS)
     return (*out, *ev, ev_values, out_values)
 
