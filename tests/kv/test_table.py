@@ -10,6 +10,7 @@ import torch
 from mega_taxonomy.kv import EvictStrategy, HashTable, unsigned_scores
 
 BACKENDS = ["numba", "torch"]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton kernels: compiled there, else interpreted
 
 
 def table(backend="numba", **kw):
@@ -146,12 +147,16 @@ def test_rehash_doubles_up_to_max_capacity(backend):
 def test_reserved_keys_raise(backend):
     """Every call names the first reserved key; on Triton the lookups' kernels flag them as they
     read (``Buckets.flag``), and a lookup after the error runs as usual."""
-    t = table(backend)
+    device = {"device": DEVICE} if backend == "triton" else {}
+    t = table(backend, **device)
     for key in (-1, -2, -3, -4):
-        with pytest.raises(ValueError, match="reserved"):
-            t.insert_or_assign(torch.tensor([5, key]), rows([5, 6]), torch.tensor([1, 1]))
+        for call in (t.insert_or_assign, t.assign):
+            with pytest.raises(ValueError, match="row 1"):
+                call(torch.tensor([5, key]), rows([5, 6]), torch.tensor([1, 1]))
     assert t.size() == 0
-    t = table(backend, reserved_key_start_bit=1)
+    t.insert_or_assign(torch.tensor([5]), rows([5]), torch.tensor([1]))  # the flag cleared
+    assert t.size() == 1
+    t = table(backend, reserved_key_start_bit=1, **device)
     t.insert_or_assign(torch.tensor([-1, -3]), rows([1, 3]), torch.tensor([1, 1]))  # 0x..FF, 0x..FD usable now
     for key in (-2, -4, -6, -8):  # 0x..FE, 0x..FC, 0x..FA, 0x..F8 (the original's README)
         with pytest.raises(ValueError, match="row 1"):
@@ -159,6 +164,9 @@ def test_reserved_keys_raise(backend):
         with pytest.raises(ValueError, match="row 0"):
             t.find(torch.tensor([key]))
         assert t.contains(torch.tensor([-1, -3, 5])).tolist() == [True, True, False]
+        with pytest.raises(ValueError, match="row 0"):
+            t.insert_and_evict(torch.tensor([key]), rows([key]), torch.tensor([1]))
+    assert t.size() == 2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -108,20 +108,24 @@ def cpu_lookup_slots(b, keys):
     return slots
 
 
-def tensor_upsert(b, tiers, op, keys, values, desired, rule, flags=None, backend="auto"):
-    """``op`` on the batch through ``ht.upsert``: (find_or_insert's rows or None, slots, evicted)."""
+def tensor_upsert(b, tiers, op, keys, values, desired, rule, flags=None, backend="auto", refuse=None):
+    """``op`` on the batch through ``ht.upsert``: (find_or_insert's rows or None, slots, evicted).
+    ``refuse``: called once the launches are queued, before their outcome is read (it raises for
+    a batch whose reserved keys the kernels flagged, which then changed nothing)."""
     dim, dtype = tiers.shape[1], tiers.fast.dtype
     if values is not None:
         values = values.to(device=keys.device, dtype=dtype).contiguous()
     u = ht.upsert(b, keys, desired, rule, op, flags, values, tiers.single_on(keys.device), backend)
+    if refuse is not None:
+        refuse()
     if u.rank is None:  # the values moved in the launch
         ev_values, out_values = u.ev_values, u.out_values
     else:
         ev_values, out_values = _move_values(tiers, op, u, values, flags, dim, dtype)
     evicted = (keys[:0], torch.empty(0, dim, dtype=dtype, device=keys.device), keys[:0])
     if op == ht.OP_INSERT_AND_EVICT:
-        e = (u.status == ht.EVICTED) | (u.status == ht.REFUSED)
-        evicted = settle_evicted(b, (u.ev_keys[e], ev_values[e], u.ev_scores[e]), backend)
+        at = ((u.status == ht.EVICTED) | (u.status == ht.REFUSED)).nonzero()[:, 0]  # one wait, not three
+        evicted = settle_evicted(b, (u.ev_keys[at], ev_values[at], u.ev_scores[at]), backend)
     return out_values, u.slots, evicted
 
 

@@ -185,7 +185,10 @@ class HashTable:
     def _upsert(self, op, keys, values, scores, global_epoch, flags=None):
         inserting = op not in (ht.OP_ASSIGN,)
         with self._lock:
-            keys = self.check_keys(keys)
+            keys = self._bits(keys)
+            flagged = self._kernels_flag(keys)
+            if not flagged:
+                self._refuse_reserved(keys)
             values = self._values(values, len(keys))
             if op in (ht.OP_ASSIGN, ht.OP_INSERT_OR_ASSIGN, ht.OP_INSERT_AND_EVICT, ht.OP_ACCUM) and values is None:
                 raise ValueError("values are required")
@@ -195,7 +198,14 @@ class HashTable:
                                                  global_epoch=global_epoch)
             if self._numba:
                 return paths.cpu_upsert(self._b, self._v, op, keys, values, desired, rule, flags)
-            return paths.tensor_upsert(self._b, self._v, op, keys, values, desired, rule, flags, self._tensor_backend)
+            refuse = (lambda: self._b.take_flag() and self._refuse_reserved(keys)) if flagged else None
+            return paths.tensor_upsert(self._b, self._v, op, keys, values, desired, rule, flags, self._tensor_backend,
+                                       refuse)
+
+    def _kernels_flag(self, keys) -> bool:
+        """Whether this table's Triton kernels meet ``keys`` and flag reserved ones themselves
+        (``Buckets.flag``), so that they need no check (and wait) before the launch."""
+        return not self._numba and ht.uses_triton(keys, self._tensor_backend) and self.bucket_size >= 4
 
     def insert_or_assign(self, keys, values, scores=None, *, global_epoch=None) -> None:
         """Insert missing keys and assign present ones (a full bucket evicts its lowest score)."""
@@ -269,17 +279,19 @@ class HashTable:
 
     # -- lookups --------------------------------------------------------------------------------
 
-    def _lookup(self, keys, copy_values):
+    def _lookup(self, keys, copy_values, then):
+        """``then(values, slots, scores)`` of ``keys`` (values and scores None without
+        ``copy_values``)."""
         keys = self._bits(keys)
         if self._numba:
             self._refuse_reserved(keys)
-            return paths.cpu_lookup(self._b, self._v, keys, copy_values)
+            return then(*paths.cpu_lookup(self._b, self._v, keys, copy_values))
         # The Triton kernels flag reserved keys as they read them (a reserved key is never stored,
-        # so it is not found either): the flag is read after the launch, the keys once only.
-        flagged = ht.uses_triton(keys, self._tensor_backend)
+        # so it is not found either): the flag is read after ``then``'s launches are queued too.
+        flagged = self._kernels_flag(keys)
         if not flagged:
             self._refuse_reserved(keys)
-        out = paths.tensor_lookup(self._b, self._v, keys, copy_values, self._tensor_backend)
+        out = then(*paths.tensor_lookup(self._b, self._v, keys, copy_values, self._tensor_backend))
         if flagged and self._b.take_flag():
             self._refuse_reserved(keys)
         return out
@@ -287,18 +299,16 @@ class HashTable:
     def find(self, keys):
         """(values, founds, scores): zeros where a key is missing."""
         with self._lock:
-            values, slots, scores = self._lookup(keys, True)
-            return values, slots >= 0, scores
+            return self._lookup(keys, True, lambda values, slots, scores: (values, slots >= 0, scores))
 
     def find_ptr(self, keys):
         """(slots into :attr:`values_storage`, founds): read and write values in place by slot."""
         with self._lock:
-            _, slots, _ = self._lookup(keys, False)
-            return slots, slots >= 0
+            return self._lookup(keys, False, lambda values, slots, scores: (slots, slots >= 0))
 
     def contains(self, keys) -> torch.Tensor:
         with self._lock:
-            return self._lookup(keys, False)[1] >= 0
+            return self._lookup(keys, False, lambda values, slots, scores: slots >= 0)
 
     def erase(self, keys) -> int:
         """Remove ``keys``; return how many were present."""

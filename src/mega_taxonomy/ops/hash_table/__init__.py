@@ -93,8 +93,9 @@ class Buckets:
     """The slots of a table: keys, digests, scores (nb, bs) and occupied slots per bucket (nb,).
 
     ``reserved`` (mask, value): keys with ``key & mask == value`` are the table's reserved ones;
-    the Triton lookups set ``flag`` (one int32 on the device) when they meet one, for the caller
-    to read after the launch instead of checking the keys before it."""
+    the Triton kernels set ``flag`` (one int32 on the device) when they meet one, for the caller
+    to read after the launch instead of checking the keys before it: lookups, and the upsert's
+    bucket pass, after which the upsert changes nothing."""
 
     keys: torch.Tensor
     digests: torch.Tensor
@@ -103,6 +104,10 @@ class Buckets:
     empty: int  # the empty key's int64 bits
     reserved: tuple[int, int] = (0, 1)  # none
     flag: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.flag is None:
+            self.flag = torch.zeros(1, dtype=torch.int32, device=self.keys.device)
 
     @classmethod
     def allocate(cls, n_buckets, bucket_size, empty, device="cpu", reserved=(0, 1)):
@@ -115,12 +120,11 @@ class Buckets:
         return cls(torch.full(shape, empty, dtype=torch.int64, device=device),
                    torch.full(shape, EMPTY_DIGEST, dtype=torch.uint8, device=device),
                    torch.zeros(shape, dtype=torch.int64, device=device),
-                   torch.zeros(n_buckets, dtype=torch.int32, device=device), empty, reserved,
-                   torch.zeros(1, dtype=torch.int32, device=device))
+                   torch.zeros(n_buckets, dtype=torch.int32, device=device), empty, reserved)
 
     def take_flag(self) -> bool:
-        """Whether a lookup since the last call met a reserved key (a wait for the device); cleared."""
-        if self.flag is None or not int(self.flag):
+        """Whether a kernel since the last call met a reserved key (a wait for the device); cleared."""
+        if not int(self.flag):
             return False
         self.flag.zero_()
         return True
@@ -274,7 +278,7 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
     if triton_path:  # the kernel makes the digests again: only the buckets are needed here
         from .triton import buckets_triton, upsert_triton
 
-        bucket = buckets_triton(keys, nb, b.shift)
+        bucket = buckets_triton(keys, nb, b.shift, b.reserved, b.flag)
     else:
         bucket, digest = locate(keys, nb, bs)
         bucket = bucket.to(torch.int32)

@@ -96,9 +96,10 @@ def _flag_reserved(k, m, rmask, rvalue, flag):
 
 
 @triton.jit
-def _buckets(keys, out, n, nb_mask, m1, m2, SHIFT: tl.constexpr, BLOCK: tl.constexpr):
-    """int32 bucket of every key (``ops.hash_table.locate``'s first half)."""
-    offs, m, _, bucket, _ = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
+def _buckets(keys, out, n, nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BLOCK: tl.constexpr):
+    """int32 bucket of every key (``ops.hash_table.locate``'s first half); reserved keys flagged."""
+    offs, m, k, bucket, _ = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
+    _flag_reserved(k, m, rmask, rvalue, flag)
     tl.store(out + offs, bucket.to(tl.int32), mask=m)
 
 
@@ -201,7 +202,8 @@ def _lowest_score(tscores, bucket, full, BS: tl.constexpr, CHUNK: tl.constexpr):
 
 @triton.jit
 def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order, sorted_buckets, values, storage,
-                 out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, n, dim, m1, m2, sign, low32, high32,
+                 reserved_seen, out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, n, dim, m1, m2, sign,
+                 low32, high32,
                  OP: tl.constexpr, RULE: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
                  CHUNK: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
     """numba's ``upsert`` loop, bucket by bucket, over the occurrences sorted by bucket in the
@@ -213,10 +215,12 @@ def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, orde
     only where a digest matches (``_find_in_words``; a free slot's digest, 0, matches no key),
     scores only where a bucket is full (CHUNK slots at a time) or a rule adds to a hit's score. Every
     occurrence ends in a barrier: the next one's reads of keys, scores and value rows see this
-    one's writes. With MOVE_VALUES the value rows (``storage``, by slot) move in the same launch."""
+    one's writes. With MOVE_VALUES the value rows (``storage``, by slot) move in the same launch.
+    A batch with a reserved key (``*reserved_seen`` set by ``_buckets``) changes nothing."""
     j = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     b = tl.load(sorted_buckets + j, mask=j < n, other=-1).to(tl.int64)
     head = (j < n) & (b != tl.load(sorted_buckets + j - 1, mask=(j < n) & (j > 0), other=-1).to(tl.int64))
+    head = head & (tl.load(reserved_seen) == 0)
     size = tl.load(sizes + b, mask=head, other=0)
     W: tl.constexpr = BS // 4
     cols = tl.arange(0, W)
@@ -232,7 +236,6 @@ def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, orde
         des = tl.load(desired + i, mask=live, other=0)
         d = tl.maximum((_fmix64(k, m1, m2) >> 32) & 0xFF, 1).to(tl.int64)
         key_pos = _find_in_words(tkeys, b, k, words, d, live, cols, BS, W)
-        free_w, _, free_pos = _first_mark(_zero_bytes(words), cols, W)  # a free slot's digest is 0
         found = (key_pos < BS) & live
         if OP == _ACCUM:
             flag = tl.load(flags + i, mask=live, other=0) != 0
@@ -247,6 +250,12 @@ def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, orde
         else:
             update = found
             may_insert = live & ~found
+        # the first free slot (a free slot's digest is 0), only where a lane of the program inserts
+        if tl.max(may_insert.to(tl.int32), axis=0) > 0:
+            free_w, _, free_pos = _first_mark(_zero_bytes(words), cols, W)
+        else:
+            free_w = tl.zeros((BLOCK,), tl.int32)
+            free_pos = tl.zeros((BLOCK,), tl.int64)
         has_free = free_w < W
         # A full bucket's lowest score, only where a bucket of this program is full for an insert:
         # rare at the load factors a table grows at
@@ -321,6 +330,77 @@ def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, orde
     tl.store(sizes + b, size + grown, mask=head & (grown > 0))
 
 
+@triton.jit
+def _assign_all(tkeys, twords, tscores, keys, desired, order, sorted_buckets, values, storage, reserved_seen,
+                out_slots, out_status, n, dim, m1, m2, low32, high32, RULE: tl.constexpr, BS: tl.constexpr,
+                BLOCK: tl.constexpr, DIM: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
+    """``_upsert_runs`` for OP_ASSIGN, every occurrence at once: an assign neither inserts nor
+    evicts, so each occurrence's slot is its lookup's, and of a key repeated in a bucket's run the
+    last occurrence alone writes: the value, and the score by the rule from all of them (SET: the
+    last's; ADD: their wrapping sum; EPOCH_ADD: their low halves' sum, saturating, which in any
+    order is what one after the other gives; KEEP: none). A lane finds its key's later and (for
+    the sums) earlier occurrences by reading the keys of its run."""
+    q = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = (q < n) & (tl.load(reserved_seen) == 0)
+    b = tl.load(sorted_buckets + q, mask=live, other=0).to(tl.int64)
+    i = tl.load(order + q, mask=live, other=0)
+    k = tl.load(keys + i, mask=live, other=0)
+    des = tl.load(desired + i, mask=live, other=0)
+    d = tl.maximum((_fmix64(k, m1, m2) >> 32) & 0xFF, 1).to(tl.int64)
+    W: tl.constexpr = BS // 4
+    cols = tl.arange(0, W)
+    words = tl.load(twords + b[:, None] * W + cols[None, :], mask=live[:, None], other=0)
+    pos = _find_in_words(tkeys, b, k, words, d, live, cols, BS, W)
+    found = (pos < BS) & live
+    slot = b * BS + pos
+    tl.store(out_slots + i, tl.where(found, slot, -1), mask=live)
+    tl.store(out_status + i, tl.where(found, _FOUND, _MISSING).to(tl.int64), mask=live)
+    last = found  # no later occurrence of the key in the run
+    r = q + 1
+    scan = found
+    while tl.max(scan.to(tl.int32), axis=0) > 0:
+        scan = scan & (r < n)
+        scan = scan & (tl.load(sorted_buckets + r, mask=scan, other=-1).to(tl.int64) == b)
+        same = scan & (tl.load(keys + tl.load(order + r, mask=scan, other=0), mask=scan, other=0) == k)
+        last = last & ~same
+        scan = scan & ~same
+        r += 1
+    if RULE == _ADD or RULE == _EPOCH_ADD:
+        if RULE == _ADD:
+            acc = des
+        else:
+            acc = des & low32
+        r = q - 1
+        scan = last
+        while tl.max(scan.to(tl.int32), axis=0) > 0:
+            scan = scan & (r >= 0)
+            scan = scan & (tl.load(sorted_buckets + r, mask=scan, other=-1).to(tl.int64) == b)
+            ir = tl.load(order + r, mask=scan, other=0)
+            same = scan & (tl.load(keys + ir, mask=scan, other=0) == k)
+            dr = tl.load(desired + ir, mask=same, other=0)
+            if RULE == _ADD:
+                acc += dr
+            else:
+                acc += dr & low32
+            r -= 1
+        old = tl.load(tscores + slot, mask=last, other=0)
+        if RULE == _ADD:
+            new = old + acc
+        else:
+            new = (des & high32) | tl.minimum((old & low32) + acc, low32)
+        tl.store(tscores + slot, new, mask=last)
+    elif RULE == _SET:
+        tl.store(tscores + slot, des, mask=last)
+    if MOVE_VALUES:
+        d_cols = tl.arange(0, DIM)
+        d_ok = (d_cols < dim)[None, :]
+        if HAS_VALUES:
+            given = tl.load(values + i[:, None] * dim + d_cols[None, :], mask=last[:, None] & d_ok, other=0)
+        else:
+            given = tl.zeros((BLOCK, DIM), storage.dtype.element_ty)
+        tl.store(storage + slot[:, None] * dim + d_cols[None, :], given, mask=last[:, None] & d_ok)
+
+
 def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, scores: bool = True):
     """(slots, scores) of ``keys``, -1 and 0 where missing (scores None unless asked for); see
     ``lookup_reference``. With ``values`` (slots, dim) on the keys' device, also the keys' rows of
@@ -338,30 +418,32 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, sco
     if n:
         words = LOOKUP == "words" and bs >= 4  # whole 4-byte words of digests
         kernel, digests = (_lookup_words, b.digests.view(torch.int32)) if words else (_lookup, b.digests)
-        flag = b.flag if b.flag is not None else torch.zeros(1, dtype=torch.int32, device=keys.device)
         kernel[(triton.cdiv(n, BLOCK),)](b.keys, digests, b.scores, keys, slots, out_scores if scores else slots,
                                          values.contiguous() if copy else slots, found if copy else slots, dim, n,
-                                         nb - 1, M1, M2, *b.reserved, flag, SHIFT=b.shift, BS=bs, BLOCK=BLOCK,
+                                         nb - 1, M1, M2, *b.reserved, b.flag, SHIFT=b.shift, BS=bs, BLOCK=BLOCK,
                                          DIM=triton.next_power_of_2(dim), COPY=copy, SCORES=scores,
                                          num_warps=LOOKUP_WARPS)
     return (slots, out_scores, found) if copy else (slots, out_scores)
 
 
-def buckets_triton(keys: torch.Tensor, n_buckets: int, shift: int) -> torch.Tensor:
-    """The keys' buckets as int32, in one launch where torch's elementwise hash took 15."""
+def buckets_triton(keys: torch.Tensor, n_buckets: int, shift: int, reserved=(0, 1), flag=None) -> torch.Tensor:
+    """The keys' buckets as int32, in one launch where torch's elementwise hash took 15; a key
+    with ``key & reserved[0] == reserved[1]`` sets ``flag``."""
     out = torch.empty(len(keys), dtype=torch.int32, device=keys.device)
+    flag = torch.zeros(1, dtype=torch.int32, device=keys.device) if flag is None else flag
     if len(keys):
-        _buckets[(triton.cdiv(len(keys), 1024),)](keys.contiguous(), out, len(keys), n_buckets - 1, M1, M2,
-                                                  SHIFT=shift, BLOCK=1024)
+        _buckets[(triton.cdiv(len(keys), 1024),)](keys.contiguous(), out, len(keys), n_buckets - 1, M1, M2, *reserved,
+                                                  flag, SHIFT=shift, BLOCK=1024)
     return out
 
 
 def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, values=None, storage=None):
-    """numba's ``upsert`` loop on the GPU, bucket by bucket (``_upsert_runs``): ``order`` and
-    ``sorted_buckets`` sort the occurrences by bucket, in the batch's order within each. Returns per
-    occurrence (slots, status, ev_keys, ev_scores) and, when ``storage`` (slots, dim) on the keys'
-    device is given (values then move in the launch), (ev_values, out_values): insert_and_evict's
-    evicted rows and find_or_insert's results, empty for other ops."""
+    """numba's ``upsert`` loop on the GPU, bucket by bucket (``_upsert_runs``; ``_assign_all`` for
+    OP_ASSIGN): ``order`` and ``sorted_buckets`` sort the occurrences by bucket, in the batch's
+    order within each. Returns per occurrence (slots, status, ev_keys, ev_scores) and, when
+    ``storage`` (slots, dim) on the keys' device is given (values then move in the launch),
+    (ev_values, out_values): insert_and_evict's evicted rows and find_or_insert's results, empty
+    for other ops."""
     n, bs = len(keys), b.keys.shape[1]
     dev = keys.device
     out = [torch.empty(n, dtype=torch.int64, device=dev) for _ in range(2)]
@@ -371,15 +453,20 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, valu
     dtype = storage.dtype if move else torch.float32
     ev_values = torch.zeros(n if move and op == OP_INSERT_AND_EVICT else 0, dim, dtype=dtype, device=dev)
     out_values = torch.zeros(n if move and op == OP_FIND_OR_INSERT else 0, dim, dtype=dtype, device=dev)
-    if n:
+    given = keys if values is None else values
+    into = storage if move else keys
+    if n and op == OP_ASSIGN:
+        _assign_all[(triton.cdiv(n, BLOCK),)](
+            b.keys, b.digests.view(torch.int32), b.scores, keys, desired, order, sorted_buckets, given, into, b.flag,
+            *out, n, dim, M1, M2, LOW32, HIGH32, RULE=rule, BS=bs, BLOCK=BLOCK, DIM=triton.next_power_of_2(dim),
+            HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=LOOKUP_WARPS)
+    elif n:
         _upsert_runs[(triton.cdiv(n, UPSERT_BLOCK),)](
             b.keys, b.digests, b.digests.view(torch.int32), b.scores, b.sizes, keys, desired,
-            keys if flags is None else flags, order,
-            sorted_buckets, keys if values is None else values, storage if move else keys, *out, *ev,
+            keys if flags is None else flags, order, sorted_buckets, given, into, b.flag, *out, *ev,
             ev_values if len(ev_values) else keys, out_values if len(out_values) else keys, n, dim, M1, M2, SIGN,
             LOW32, HIGH32, OP=op, RULE=rule, BS=bs, BLOCK=UPSERT_BLOCK, DIM=triton.next_power_of_2(dim),
-            CHUNK=min(bs, 32),
-            HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=UPSERT_WARPS)
+            CHUNK=min(bs, 32), HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=UPSERT_WARPS)
     return (*out, *ev, ev_values, out_values)
 
 
