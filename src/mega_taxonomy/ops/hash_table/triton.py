@@ -2,16 +2,19 @@
 
 Kernel contract
   tkeys   : (nb, bs) int64  keys' bits; the empty key marks a free slot
-  tdig    : (nb, bs) uint8  digests (bits 32..39 of fmix64(key))
+  tdig    : (nb, bs) uint8  digests (bits 32..39 of fmix64(key), 0 taken as 1); 0 marks a free slot
   tscores : (nb, bs) int64  scores' bits, compared as uint64 through ``x ^ SIGN``
   sizes   : (nb,) int32     occupied slots per bucket
-  keys    : (n,) int64      the batch (reserved keys were refused by the caller)
+  keys    : (n,) int64      the batch; a reserved key sets ``flag`` (lookups, the bucket pass), and
+                            an upsert whose batch set it changes nothing
 A lookup program takes BLOCK keys and loads, for each, its bucket's bs digest bytes as one row of
-a (BLOCK, bs) tile: one 128-byte line per key at bs = 128, as the original reads. Keys are loaded
-only where digests match; a free slot's digest (``EMPTY_DIGEST``) matches no key's. ``_upsert_runs``
-runs numba's in-order loop bucket by bucket in one launch: over the batch sorted by bucket, a lane
-owns a bucket's run of occurrences and applies them in the batch's order, so no two lanes touch a
-bucket and it needs no atomics; a batch means what it means on the CPU.
+a (BLOCK, bs) tile (as bs / 4 words in ``_lookup_words``): one 128-byte line per key at bs = 128,
+as the original reads. Keys are loaded only where digests match; a free slot's digest
+(``EMPTY_DIGEST``) matches no key's. ``_upsert_runs`` runs numba's in-order loop bucket by bucket
+in one launch: over the batch sorted by bucket, a lane owns a bucket's run of occurrences and
+applies them in the batch's order, so no two lanes touch a bucket and it needs no atomics; a batch
+means what it means on the CPU. ``_assign_all`` does the same for assign, which changes no bucket's
+layout, with a lane per occurrence.
 n, nb are runtime values; bs is a constexpr (a power of two); program ids are 64-bit.
 Values in GPU memory move in the same launches (``vals`` / ``storage``, by slot); values in
 pinned host memory are moved by the caller afterwards, by slot (``kv/paths.py``).
@@ -56,16 +59,16 @@ M2 = 0xC4CEB9FE1A85EC53
 LOW32 = 0xFFFFFFFF
 HIGH32 = -(2**32)
 # The lookup's kernel ("bytes": ``_lookup``, "words": ``_lookup_words``), keys per program and
-# warps per program: the fastest of find* on an H100 (2^20 keys of 2^27 at load factor 0.5, dim 8;
-# ``params.tuning`` of benchmarks/results/hashtable_gpu.json, commit 0829ff8): 2.39 B-KV/s, the
-# slowest configuration 1.65.
+# warps per program (also ``_assign_all``'s), and the upsert's sorted occurrences per program and
+# warps: among the fastest of find* and insert_or_assign on an H100 (2^20 keys of 2^27 at load
+# factor 0.5, dim 8; ``params.tuning`` of benchmarks/results/hashtable_gpu.json, commit fee3224):
+# find* 4.5 B-KV/s (the slowest configuration 2.8), insert_or_assign 0.73 (0.41); the two fastest
+# of each swapped places between runs.
 LOOKUP = "words"
 BLOCK = 16
-LOOKUP_WARPS = 4
-# Sorted occurrences per program of the upsert (each run's bucket digests held in registers; a
-# program loops as often as its longest run has occurrences) and its warps.
+LOOKUP_WARPS = 2
 UPSERT_BLOCK = 32
-UPSERT_WARPS = 4
+UPSERT_WARPS = 1
 
 
 @triton.jit
@@ -414,7 +417,7 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, sco
     out_scores = torch.empty(n, dtype=torch.int64, device=keys.device) if scores else None
     copy = values is not None
     dim = values.shape[1] if copy else 1
-    found = torch.empty(n if copy else 0, dim, dtype=values.dtype if copy else torch.float32, device=keys.device)
+    found = torch.empty(n, dim, dtype=values.dtype, device=keys.device) if copy else None
     if n:
         words = LOOKUP == "words" and bs >= 4  # whole 4-byte words of digests
         kernel, digests = (_lookup_words, b.digests.view(torch.int32)) if words else (_lookup, b.digests)
@@ -442,32 +445,34 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, valu
     OP_ASSIGN): ``order`` and ``sorted_buckets`` sort the occurrences by bucket, in the batch's
     order within each. Returns per occurrence (slots, status, ev_keys, ev_scores) and, when
     ``storage`` (slots, dim) on the keys' device is given (values then move in the launch),
-    (ev_values, out_values): insert_and_evict's evicted rows and find_or_insert's results, empty
+    (ev_values, out_values): insert_and_evict's evicted rows and find_or_insert's results, None
     for other ops."""
     n, bs = len(keys), b.keys.shape[1]
     dev = keys.device
-    out = [torch.empty(n, dtype=torch.int64, device=dev) for _ in range(2)]
-    ev = [torch.zeros(n, dtype=torch.int64, device=dev) for _ in range(2)]
+    out = torch.empty(2, n, dtype=torch.int64, device=dev)  # one allocation each: a call's host time counts
+    ev = torch.zeros(2, n, dtype=torch.int64, device=dev)
     move = storage is not None
     dim = storage.shape[1] if move else 1
-    dtype = storage.dtype if move else torch.float32
-    ev_values = torch.zeros(n if move and op == OP_INSERT_AND_EVICT else 0, dim, dtype=dtype, device=dev)
-    out_values = torch.zeros(n if move and op == OP_FIND_OR_INSERT else 0, dim, dtype=dtype, device=dev)
+    ev_values = out_values = None
+    if move and op == OP_INSERT_AND_EVICT:
+        ev_values = torch.zeros(n, dim, dtype=storage.dtype, device=dev)
+    if move and op == OP_FIND_OR_INSERT:
+        out_values = torch.zeros(n, dim, dtype=storage.dtype, device=dev)
     given = keys if values is None else values
     into = storage if move else keys
     if n and op == OP_ASSIGN:
         _assign_all[(triton.cdiv(n, BLOCK),)](
             b.keys, b.digests.view(torch.int32), b.scores, keys, desired, order, sorted_buckets, given, into, b.flag,
-            *out, n, dim, M1, M2, LOW32, HIGH32, RULE=rule, BS=bs, BLOCK=BLOCK, DIM=triton.next_power_of_2(dim),
-            HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=LOOKUP_WARPS)
+            *out.unbind(), n, dim, M1, M2, LOW32, HIGH32, RULE=rule, BS=bs, BLOCK=BLOCK,
+            DIM=triton.next_power_of_2(dim), HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=LOOKUP_WARPS)
     elif n:
         _upsert_runs[(triton.cdiv(n, UPSERT_BLOCK),)](
             b.keys, b.digests, b.digests.view(torch.int32), b.scores, b.sizes, keys, desired,
-            keys if flags is None else flags, order, sorted_buckets, given, into, b.flag, *out, *ev,
-            ev_values if len(ev_values) else keys, out_values if len(out_values) else keys, n, dim, M1, M2, SIGN,
+            keys if flags is None else flags, order, sorted_buckets, given, into, b.flag, *out.unbind(), *ev.unbind(),
+            keys if ev_values is None else ev_values, keys if out_values is None else out_values, n, dim, M1, M2, SIGN,
             LOW32, HIGH32, OP=op, RULE=rule, BS=bs, BLOCK=UPSERT_BLOCK, DIM=triton.next_power_of_2(dim),
             CHUNK=min(bs, 32), HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=UPSERT_WARPS)
-    return (*out, *ev, ev_values, out_values)
+    return (*out.unbind(), *ev.unbind(), ev_values, out_values)
 
 
 __all__ = ["lookup_triton", "upsert_triton"]
