@@ -60,12 +60,12 @@ LOW32 = 0xFFFFFFFF
 HIGH32 = -(2**32)
 # The lookup's kernel ("bytes": ``_lookup``, "words": ``_lookup_words``), keys per program and
 # warps per program (also ``_assign_all``'s), and the upsert's sorted occurrences per program and
-# warps: among the fastest of find* and insert_or_assign on an H100 (2^20 keys of 2^27 at load
-# factor 0.5, dim 8; ``params.tuning`` of benchmarks/results/hashtable_gpu.json, commit fee3224):
-# find* 4.5 B-KV/s (the slowest configuration 2.8), insert_or_assign 0.73 (0.41); the two fastest
-# of each swapped places between runs.
+# warps: the fastest of find* and insert_or_assign on an H100 (2^20 keys of 2^27 at load factor
+# 0.5, dim 8; ``params.tuning`` of benchmarks/results/hashtable_gpu.json, commit 99032cb): find*
+# 4.0 B-KV/s (the slowest configuration 2.6), insert_or_assign 0.69 (0.40). The runners-up were
+# within 10%, and took first place in other runs.
 LOOKUP = "words"
-BLOCK = 16
+BLOCK = 64
 LOOKUP_WARPS = 2
 UPSERT_BLOCK = 32
 UPSERT_WARPS = 1
