@@ -17,6 +17,7 @@ by a lock (CPU threads); the GPU path runs in order on the current stream.
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import torch
@@ -198,7 +199,7 @@ class HashTable:
                                                  global_epoch=global_epoch)
             if self._numba:
                 return paths.cpu_upsert(self._b, self._v, op, keys, values, desired, rule, flags)
-            refuse = (lambda: self._b.take_flag() and self._refuse_reserved(keys)) if flagged else None
+            refuse = functools.partial(self._refuse_flagged, keys) if flagged else None
             return paths.tensor_upsert(self._b, self._v, op, keys, values, desired, rule, flags, self._tensor_backend,
                                        refuse)
 
@@ -206,6 +207,12 @@ class HashTable:
         """Whether this table's Triton kernels meet ``keys`` and flag reserved ones themselves
         (``Buckets.flag``), so that they need no check (and wait) before the launch."""
         return not self._numba and ht.uses_triton(keys, self._tensor_backend) and self.bucket_size >= 4
+
+    def _refuse_flagged(self, keys):
+        """After the kernels' launches over ``keys``: :meth:`_refuse_reserved`'s error where they
+        flagged a reserved key (a wait for the device)."""
+        if self._b.take_flag():
+            self._refuse_reserved(keys)
 
     def insert_or_assign(self, keys, values, scores=None, *, global_epoch=None) -> None:
         """Insert missing keys and assign present ones (a full bucket evicts its lowest score)."""
@@ -292,8 +299,8 @@ class HashTable:
         if not flagged:
             self._refuse_reserved(keys)
         out = then(*paths.tensor_lookup(self._b, self._v, keys, copy_values, self._tensor_backend))
-        if flagged and self._b.take_flag():
-            self._refuse_reserved(keys)
+        if flagged:
+            self._refuse_flagged(keys)
         return out
 
     def find(self, keys):

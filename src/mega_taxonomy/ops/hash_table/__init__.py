@@ -9,8 +9,8 @@ Two ways to run a batch, both meaning what the same calls one key at a time woul
 - :func:`upsert` (this module): keys of different buckets never meet, so only the order within
   each bucket matters. The occurrences are sorted by bucket, in the batch's order within each; on
   CUDA one Triton launch runs numba's loop bucket by bucket (``triton.py``: a lane owns a bucket's
-  run of occurrences), with the values when they are in GPU memory. The torch twin runs rounds: round r applies every
-  bucket's r-th occurrence at once (no two of them share a bucket).
+  run of occurrences), with the values when they are in GPU memory. The torch twin runs rounds:
+  round r applies every bucket's r-th occurrence at once (no two of them share a bucket).
 
 Examples
 --------

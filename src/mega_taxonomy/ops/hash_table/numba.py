@@ -12,9 +12,9 @@ so a batch means exactly what the same calls one key at a time would.
 # A key hashes to bucket (h >> log2(bs)) & (nb - 1); it may sit in any slot of that bucket. A
 # lookup compares the digest byte of every slot and the key only where digests match (1/255 of
 # the occupied slots by chance, never a free one: no key's digest is 0), so the bucket is scanned
-# fully and no tombstones are needed. An
-# insert takes the lowest free position (the fast tier first) or, in a full bucket, the slot of
-# the lowest score (lowest position on ties) if the new score is not below it.
+# fully and no tombstones are needed. An insert takes the lowest free position (the fast tier
+# first) or, in a full bucket, the slot of the lowest score (lowest position on ties) if the new
+# score is not below it.
 """
 
 from __future__ import annotations
