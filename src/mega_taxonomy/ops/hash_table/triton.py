@@ -27,7 +27,6 @@ import triton
 import triton.language as tl
 
 from . import (
-    EMPTY_DIGEST,
     EVICTED,
     FOUND,
     INSERTED,
@@ -50,7 +49,6 @@ _FOUND, _INSERTED, _EVICTED = tl.constexpr(FOUND), tl.constexpr(INSERTED), tl.co
 _REFUSED, _MISSING = tl.constexpr(REFUSED), tl.constexpr(MISSING)
 _SET, _ADD, _EPOCH_ADD = tl.constexpr(SCORE_SET), tl.constexpr(SCORE_ADD), tl.constexpr(SCORE_EPOCH_ADD)
 _KEEP = tl.constexpr(SCORE_KEEP)
-_EMPTY_DIGEST = tl.constexpr(EMPTY_DIGEST)
 _ACCUM, _ASSIGN, _RESTORE = tl.constexpr(OP_ACCUM), tl.constexpr(OP_ASSIGN), tl.constexpr(OP_RESTORE)
 _FIND_OR_INSERT, _INSERT_AND_EVICT = tl.constexpr(OP_FIND_OR_INSERT), tl.constexpr(OP_INSERT_AND_EVICT)
 
