@@ -271,3 +271,27 @@ def test_buckets_under_four_slots_take_the_twin():
             t.insert_or_assign(keys, values)
         for a, b in zip(tri.find(torch.arange(100)), ref.find(torch.arange(100))):
             assert torch.equal(a.cpu(), b)
+
+
+@pytest.mark.parametrize("bucket_size", [4, 32])
+def test_strided_inputs_and_small_buckets_on_triton_match_numba(bucket_size):
+    """Keys, values, scores and flags given as strided views (every other row), into tables of
+    4-slot buckets (a word of digests a bucket) and 32-slot ones that fill and evict: every call's
+    outcome and the entries are numba's."""
+    kw = {"dim": 3, "init_capacity": 16, "max_capacity": 64, "bucket_size": bucket_size,
+          "evict_strategy": EvictStrategy.LFU}
+    tri, ref = HashTable(backend="triton", device=DEVICE, **kw), HashTable(backend="numba", device="cpu", **kw)
+    rng = np.random.default_rng(bucket_size)
+    for _ in range(3):
+        keys = torch.from_numpy(rng.choice(300, 200))[::2]
+        values = torch.from_numpy(rng.normal(size=(200, 3)).astype(np.float32))[::2]
+        scores = torch.from_numpy(rng.integers(1, 50, 200))[::2]
+        flags = torch.from_numpy(rng.random(200) < 0.5)[::2]
+        for call, args in (("insert_or_assign", (keys, values, scores)), ("assign", (keys, values, scores)),
+                           ("insert_and_evict", (keys, values, scores)),
+                           ("accum_or_assign", (keys, values, flags, scores))):
+            got, want = getattr(tri, call)(*args), getattr(ref, call)(*args)
+            for a, b in zip(*((x,) if x is None or isinstance(x, torch.Tensor) else x for x in (got, want))):
+                assert a is None and b is None or torch.equal(a.cpu(), b), call
+    for a, b in zip(tri.export_batch(64), ref.export_batch(64)):
+        assert torch.equal(a.cpu(), b)
