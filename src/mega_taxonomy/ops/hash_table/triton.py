@@ -204,9 +204,8 @@ def _lowest_score(tscores, bucket, full, BS: tl.constexpr, CHUNK: tl.constexpr):
 @triton.jit
 def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order, sorted_buckets, values, storage,
                  reserved_seen, out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, n, dim, m1, m2, sign,
-                 low32, high32,
-                 OP: tl.constexpr, RULE: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
-                 CHUNK: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
+                 low32, high32, OP: tl.constexpr, RULE: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr,
+                 DIM: tl.constexpr, CHUNK: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
     """numba's ``upsert`` loop, bucket by bucket, over the occurrences sorted by bucket in the
     batch's order (``order``, ``sorted_buckets``): a lane of a program takes the run of its
     bucket's occurrences that starts at it, one after the other, so no two lanes touch a bucket
