@@ -48,7 +48,7 @@ def to_int64(x: int) -> int:
 
 
 def as_bits(x, n: int, device, name: str) -> torch.Tensor:
-    """``x`` (int64 / uint64 tensor or array, ints) as contiguous (n,) int64 bits on ``device``."""
+    """``x`` (int64 / uint64 tensor or array, ints) as (n,) int64 bits on ``device``."""
     if isinstance(x, np.ndarray) and x.dtype == np.uint64:
         x = torch.from_numpy(x.view(np.int64))
     elif not isinstance(x, torch.Tensor):
@@ -57,7 +57,7 @@ def as_bits(x, n: int, device, name: str) -> torch.Tensor:
         x = x.view(torch.int64)
     if x.dtype.is_floating_point or x.dtype == torch.bool:
         raise TypeError(f"{name} must be integers (uint64 bits in int64), not {x.dtype}")
-    x = x.to(device=device, dtype=torch.int64).reshape(-1).contiguous()  # kernels read it by offset
+    x = x.to(device=device, dtype=torch.int64).reshape(-1)
     if len(x) != n:
         raise ValueError(f"{name} has {len(x)} entries for {n} keys")
     return x

@@ -446,7 +446,7 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, valu
     for other ops."""
     n, bs = len(keys), b.keys.shape[1]
     dev = keys.device
-    keys, desired, order, sorted_buckets = (t.contiguous() for t in (keys, desired, order, sorted_buckets))
+    keys, desired = keys.contiguous(), desired.contiguous()  # the kernels read them by offset
     flags = None if flags is None else flags.contiguous()
     values = None if values is None else values.contiguous()
     out = torch.empty(2, n, dtype=torch.int64, device=dev)  # one allocation each: a call's host time counts
