@@ -246,14 +246,15 @@ class OperandCache:
             self.prepared(centroids, *key[1:])
 
     def row_norms(self, x: torch.Tensor, norms) -> torch.Tensor:
-        """``norms(x)``, the rows' squared norms, kept while the same tensor comes back unchanged:
-        a fit of rows on the GPU passes the whole tensor to every Lloyd pass, whose norms were read
-        again each time (at 8M x 32 float32, about a third of a millisecond of an iteration's
-        2.6 on an H100). Blocks streamed through buffers are new tensors: computed every time."""
+        """``norms(x.detach())``, the rows' squared norms, kept while the same tensor ``x`` comes back
+        unchanged: a fit of rows on the GPU passes the whole tensor to every Lloyd pass, whose norms
+        were read again each time (at 8M x 32 float32, about a third of a millisecond of an
+        iteration's 2.6 on an H100). Blocks streamed through buffers are new tensors: computed
+        every time."""
         (ref, version), kept = self._rows
         if ref() is x and version == x._version:
             return kept
-        kept = norms(x)
+        kept = norms(x.detach())
         this = weakref.ref(self)
 
         def forget(gone):
@@ -316,7 +317,7 @@ def fused(kernel, x, centroids, metric, *, adds_norms=False, cache: OperandCache
         return d.clamp_min_(0.0), i
     from .assign.triton import squared_norms_triton
 
-    x_sq = squared_norms_triton(x) if cache is None else cache.row_norms(rows, lambda _: squared_norms_triton(x))
+    x_sq = squared_norms_triton(x) if cache is None else cache.row_norms(rows, squared_norms_triton)
     if adds_norms:
         return kernel(x, c, bias, 2.0, exact, norms=x_sq)
     d, i = kernel(x, c, bias, 2.0, exact)
