@@ -209,6 +209,33 @@ def test_tensor_descriptor_kernel_matches_pointer_kernel(dtype):
     check_against_brute_force(x, c, d_tma + x.float().pow(2).sum(1), i_tma, "euclidean", RTOL[dtype])
 
 
+@pytest.mark.parametrize("dtype,d", [(torch.float32, 32), (torch.float32, 7), (torch.float16, 64)])
+@pytest.mark.parametrize("k", [1, 70, 128])
+def test_resident_centroids_kernel_matches_pointer_kernel(dtype, d, k):
+    """All centroids in one tile, three programs walking 8 row tiles (the last one short), against
+    the pointer kernel: IEEE products, the same labels; the default tiles where K <= 128 and the
+    rows are at most 128 bytes."""
+    from mega_taxonomy.ops.assign.triton import default_config, nearest_triton, resident_config, tma_ready
+
+    if DEVICE != "cpu" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("a GPU without TMA (compute capability below 9)")
+    g = torch.Generator().manual_seed(d + k)
+    x = torch.randn(1000, d, generator=g).to(dtype)
+    c = torch.randn(k, d, generator=g).to(dtype)
+    x, c = torch.nn.functional.pad(x, (0, 8 - d % 8 if d % 8 else 0)).to(DEVICE), c.to(DEVICE)  # 16-byte rows
+    c = torch.nn.functional.pad(c, (0, x.shape[1] - d))
+    assert tma_ready(x, c)
+    assert default_config(x.shape[1], x.element_size(), True, True, k) == resident_config(k, x.shape[1], x.element_size())
+    bias, norms = c.float().pow(2).sum(1), x.float().pow(2).sum(1)
+    config = {**resident_config(k, x.shape[1], x.element_size()), "PROGRAMS": 3}
+    d_res, i_res = nearest_triton(x, c, bias, 2.0, exact=True, norms=norms, config=config)
+    d_ptr, i_ptr = nearest_triton(x, c, bias, 2.0, exact=True, norms=norms,
+                                  config=dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=2))
+    assert torch.equal(i_res, i_ptr)
+    torch.testing.assert_close(d_res, d_ptr, rtol=1e-5, atol=1e-4)
+    check_against_brute_force(x, c, d_res, i_res, "euclidean", RTOL[dtype])
+
+
 @pytest.mark.parametrize("tma", [False, True])
 def test_norms_added_in_the_kernel_are_the_bits_of_adding_them_after(tma):
     """Given the rows' squared norms, the kernel returns the distances: the float32 sum and the

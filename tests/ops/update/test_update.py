@@ -73,6 +73,23 @@ def test_bad_shapes():
         cluster_stats(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long), torch.zeros(3), 2)
 
 
+@pytest.mark.parametrize("n,k,block_rows", [(1000, 5, 256), (700, 300, 700), (3000, 40000, 1024), (0, 3, 256)])
+def test_sort_keys_are_block_then_label(n, k, block_rows):
+    """The keys' kernel against torch: ``b * (k + 1) + label + 1``, labels below 0 as 0, in the
+    narrowest type (int16, int32), sorted stably, with the ends of every key."""
+    from mega_taxonomy.ops.update.triton import sorted_by_key
+
+    g = torch.Generator().manual_seed(n + k)
+    labels = torch.randint(-3, k, (n,), generator=g)
+    order, keys, ends = sorted_by_key(labels.to(DEVICE), k, block_rows)
+    want = (torch.arange(n) // block_rows) * (k + 1) + labels.clamp_min(-1) + 1
+    n_keys = max(1, -(-n // block_rows)) * (k + 1)
+    assert keys.dtype == (torch.int16 if n_keys <= 2**15 else torch.int32)
+    assert torch.equal(order.cpu(), torch.sort(want, stable=True).indices)
+    assert torch.equal(keys.long().cpu(), want[order.cpu()])
+    assert torch.equal(ends.cpu(), torch.searchsorted(want.sort().values, torch.arange(n_keys), right=True))
+
+
 def test_one_program_per_cluster_gives_the_bits_of_chunks_and_combine(monkeypatch):
     """Two ways to the same sums (``update_triton``): runs per chunk of sorted rows then their
     combination, or one program per cluster walking its runs; the same additions in the same

@@ -70,11 +70,28 @@ _TMA_CONFIGS = {
 _TMA_SMALL_D_FP32 = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3, TMA=True)
 
 
-def default_config(d: int, element_size: int, exact: bool = False, tma: bool = False) -> dict:
-    """Tile shapes by (D, element size, tensor descriptors usable): only these are compile-time
-    constants, N and K are not. float32 products to float32 accuracy (``exact``: 3xTF32) keep the
-    general tiles: the small-D ones were timed in TF32."""
+# All centroids in one tile, loaded once by a program that then walks row tiles with their loads
+# pipelined (``_nearest_resident_kernel``), PROGRAMS_PER_SM programs per SM: where K and D are
+# small, one row tile's product is too short to hide the next tile's load. Up to 128 centroids of
+# up to 128 bytes. H100, N=8M D=32 K=128 (TF32): see benchmarks/results/kmeans_gpu_head.json.
+RESIDENT_MAX_K = 128
+RESIDENT_MAX_ROW_BYTES = 128
+PROGRAMS_PER_SM = 2
+
+
+def resident_config(k: int, d: int, element_size: int) -> dict:
+    """The tiles of ``_nearest_resident_kernel`` for K centroids of D values."""
+    return dict(BLOCK_M=128, BLOCK_N=max(16, triton.next_power_of_2(k)), BLOCK_K=max(16, triton.next_power_of_2(d)),
+                num_warps=4, num_stages=3, TMA=True, RESIDENT=True)
+
+
+def default_config(d: int, element_size: int, exact: bool = False, tma: bool = False, k: int | None = None) -> dict:
+    """Tile shapes by (D, element size, tensor descriptors usable, and K where the centroids fit
+    one tile): only these are compile-time constants, N is not. float32 products to float32
+    accuracy (``exact``: 3xTF32) keep the general tiles: the small-D ones were timed in TF32."""
     small_d_fp32 = element_size == 4 and d <= 128 and not exact
+    if tma and k is not None and k <= RESIDENT_MAX_K and d * element_size <= RESIDENT_MAX_ROW_BYTES:
+        return resident_config(k, d, element_size)
     if tma:
         return _TMA_SMALL_D_FP32 if small_d_fp32 else _TMA_CONFIGS[2 if element_size == 2 else 4]
     if small_d_fp32:
@@ -221,6 +238,40 @@ def _nearest_tma_kernel(
     tl.store(out_i_ptr + rows, best_i, mask=rows < N)
 
 
+@triton.jit
+def _nearest_resident_kernel(
+    x_desc,  # tensor descriptor of x [N, D], blocks [BLOCK_M, BLOCK_K]
+    c_desc,  # tensor descriptor of c [K, D], one block [BLOCK_N, BLOCK_K]: K <= BLOCK_N, D <= BLOCK_K
+    bias_ptr, norms_ptr, out_d_ptr, out_i_ptr,
+    N, K,
+    alpha,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EXACT: tl.constexpr,
+    HAS_NORMS: tl.constexpr, STAGES: tl.constexpr,
+):
+    """``_nearest_tma_kernel`` for centroids that fit one tile: they are loaded once, and the
+    program takes row tiles pid, pid + programs, ..., the next tiles' loads in flight during this
+    one's product and argmin."""
+    c = c_desc.load([0, 0])
+    cols = tl.arange(0, BLOCK_N)
+    bias = tl.load(bias_ptr + cols, mask=cols < K, other=float("inf"))
+    for m0 in tl.range(tl.program_id(0) * BLOCK_M, N, tl.num_programs(0) * BLOCK_M, num_stages=STAGES):
+        a = x_desc.load([m0, 0])
+        if EXACT:
+            acc = tl.dot(a, c.T, input_precision="tf32x3")
+        else:
+            acc = tl.dot(a, c.T)
+        rows = m0 + tl.arange(0, BLOCK_M)
+        best_d, best_i = running_argmin(bias[None, :] - alpha * acc, 0, tl.full((BLOCK_M,), float("inf"), tl.float32),
+                                        tl.zeros((BLOCK_M,), tl.int64))
+        tl.store(out_d_ptr + rows, with_norms(best_d, norms_ptr, rows, rows < N, HAS_NORMS), mask=rows < N)
+        tl.store(out_i_ptr + rows, best_i, mask=rows < N)
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def nearest_triton(x: torch.Tensor, c: torch.Tensor, bias: torch.Tensor, alpha: float, *, exact: bool = False,
                    norms: torch.Tensor | None = None, config: dict | None = None):
     """(distance less |x|^2, index) of each row's nearest centroid, or with the rows' squared
@@ -240,12 +291,23 @@ def nearest_triton(x: torch.Tensor, c: torch.Tensor, bias: torch.Tensor, alpha: 
     out_d = torch.empty(n, dtype=torch.float32, device=x.device)
     out_i = torch.empty(n, dtype=torch.int64, device=x.device)
     tma = n < 2**31 and tma_ready(x, c)  # descriptor coordinates are int32
-    cfg = dict(config or default_config(d, x.element_size(), exact, tma))
+    cfg = dict(config or default_config(d, x.element_size(), exact, tma, k))
     x_resident = cfg.pop("X_RESIDENT", False) and d <= cfg["BLOCK_K"]
+    resident, use_tma = cfg.pop("RESIDENT", False), cfg.pop("TMA", False) and tma
+    programs = cfg.pop("PROGRAMS", None)  # of the resident kernel (default: PROGRAMS_PER_SM per SM)
     grid = (triton.cdiv(n, cfg["BLOCK_M"]),)
     bias = bias.float().contiguous()
     norms_ptr = out_d if norms is None else norms.contiguous()  # (unread without norms)
-    if cfg.pop("TMA", False) and tma:
+    if resident and use_tma and k <= cfg["BLOCK_N"] and d <= cfg["BLOCK_K"]:
+        programs = programs or (PROGRAMS_PER_SM * _sm_count(x.get_device()) if x.is_cuda else grid[0])
+        x_desc = TensorDescriptor.from_tensor(x, [cfg["BLOCK_M"], cfg["BLOCK_K"]])
+        c_desc = TensorDescriptor.from_tensor(c, [cfg["BLOCK_N"], cfg["BLOCK_K"]])
+        stages = cfg.pop("num_stages")
+        if n:
+            _nearest_resident_kernel[(min(grid[0], programs),)](
+                x_desc, c_desc, bias, norms_ptr, out_d, out_i, n, k, float(alpha), EXACT=exact,
+                HAS_NORMS=norms is not None, STAGES=stages, **cfg)
+    elif use_tma:
         x_desc = TensorDescriptor.from_tensor(x, [cfg["BLOCK_M"], cfg["BLOCK_K"]])
         c_desc = TensorDescriptor.from_tensor(c, [cfg["BLOCK_N"], cfg["BLOCK_K"]])
         _nearest_tma_kernel[grid](x_desc, c_desc, bias, norms_ptr, out_d, out_i, n, k, d, float(alpha), EXACT=exact,
