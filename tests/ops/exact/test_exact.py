@@ -170,6 +170,32 @@ def test_triton_kernel_equals_the_twin():
         assert torch.equal(tops, ref[0]) and torch.equal(digits, ref[1])
 
 
+def test_triton_merge_equals_the_twin():
+    """``merge_triton`` against ``merge_reference`` integer for integer: sums of other scales on
+    either side (the digits move down on both), empty elements, infinities and NaN."""
+    pytest.importorskip("triton")
+    from mega_taxonomy.ops.exact.triton import merge_triton
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled there, else interpreted (tests/ops/conftest.py)
+    rng = np.random.default_rng(6)
+    sums = []
+    for spread in (60, 300):
+        total = ExactSum.zeros((2000,), device)
+        for _ in range(3):
+            x = torch.from_numpy(values(rng, 2000, spread=spread))
+            x[rng.random(2000) < 0.1] = 0.0
+            total += ExactSum.of(x.to(device))
+        sums.append(total)
+    a, b = sums
+    a.tops[:4], b.tops[4:8] = EMPTY_TOP, EMPTY_TOP
+    a.digits[:, :4], b.digits[:, 4:8] = 0, 0
+    b += ExactSum.of(torch.tensor([np.inf, np.nan] + [0.0] * 1998, dtype=torch.float64, device=device))
+    want = merge_reference(a.tops, a.digits, b.tops, b.digits)
+    got = merge_triton(a.tops.clone(), a.digits.clone(), b.tops, b.digits)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert (a.tops > b.tops).any() and (a.tops < b.tops).any()
+
+
 def test_triton_rounding_equals_the_twin():
     """``value_triton`` against ``value_reference`` to the bit: sums of every scale, cancellations,
     empty elements, infinities and NaN, and tops low enough for the twin's two-step scaling."""

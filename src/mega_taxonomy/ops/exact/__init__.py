@@ -117,7 +117,11 @@ def _accumulate(tops, digits, values):
 
 
 def _merge(tops, digits, other_tops, other_digits):
-    """(tops, digits) of two exact sums added: in place on the CPU (numba)."""
+    """(tops, digits) of two exact sums added, in place: Triton on CUDA, numba on the CPU."""
+    if tops.is_cuda:
+        from .triton import merge_triton
+
+        return merge_triton(tops, digits, other_tops, other_digits)
     if tops.device.type == "cpu":
         from .numba import merge_numba
 
