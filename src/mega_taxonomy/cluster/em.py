@@ -138,13 +138,11 @@ class EStepTask:
         for lo in range(0, len(x), BLOCKS_AT_ONCE * BLOCK_ROWS):  # the blocks' statistics held a few at a time
             stats = self._estep(x[lo:lo + BLOCKS_AT_ONCE * BLOCK_ROWS], state, BLOCK_ROWS)
             fields = (stats.log_likelihood, stats.resp_sum, stats.x_sum, stats.x2_sum)
-            flat = torch.cat([v.reshape(len(v), -1) for v in fields], 1)  # a block's four end to end: one exact add
+            flat = torch.cat([v.reshape(len(v), -1) for v in fields], 1)  # a block's four end to end
             shapes = shapes or [v.shape[1:] for v in fields]
-            for one in flat:
-                if total is None:
-                    total = ExactSum.of(one)
-                else:
-                    total += ExactSum.of(one)
+            if total is None:
+                total = ExactSum.zeros(flat.shape[1:], flat.device)
+            total.add_rows(flat)  # block by block
         kinds = ("float", "numpy", "numpy", "numpy")
         sums = total.split(shapes, kinds)  # part: more runs are added to it, exact still, read once the pass is over
         if not part:  # the whole pass: rounded now, as the runtime rounds the blocks' total, in one copy

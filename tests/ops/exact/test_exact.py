@@ -170,6 +170,28 @@ def test_triton_kernel_equals_the_twin():
         assert torch.equal(tops, ref[0]) and torch.equal(digits, ref[1])
 
 
+def test_rows_added_at_once_are_the_bits_of_adding_them_one_by_one():
+    """``add_rows`` (one kernel on CUDA, ``accumulate_triton`` over rows under the interpreter)
+    against ``+=`` row by row."""
+    pytest.importorskip("triton")
+    from mega_taxonomy.ops.exact.triton import accumulate_triton
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled there, else interpreted (tests/ops/conftest.py)
+    rng = np.random.default_rng(7)
+    rows = torch.from_numpy(np.stack([values(rng, 1200, spread=200) for _ in range(5)])).reshape(5, 40, 30)
+    rows[2, 0, :2] = torch.tensor([np.inf, np.nan], dtype=torch.float64)
+    one_by_one = ExactSum.zeros((40, 30), device)
+    for row in rows:
+        one_by_one += ExactSum.of(row.to(device))
+    at_once = ExactSum.zeros((40, 30), device).add_rows(rows.to(device))
+    assert torch.equal(at_once.tops, one_by_one.tops) and torch.equal(at_once.digits, one_by_one.digits)
+    empty = ExactSum.zeros((40, 30), device)
+    tops, digits = accumulate_triton(empty.tops, empty.digits, rows.to(device), len(rows))
+    assert torch.equal(tops, one_by_one.tops) and torch.equal(digits, one_by_one.digits)
+    with pytest.raises(ValueError, match="do not add"):
+        ExactSum.zeros((40, 30)).add_rows(rows[:, :, :2])
+
+
 def test_triton_merge_equals_the_twin():
     """``merge_triton`` against ``merge_reference`` integer for integer: sums of other scales on
     either side (the digits move down on both), empty elements, infinities and NaN."""

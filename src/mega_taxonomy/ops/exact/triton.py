@@ -4,7 +4,7 @@ rounded back to float64 in one pass.
 Kernel contract
   tops   : (N,)    int64 in and out: each element's top digit
   digits : (3, N)  int64 in and out: its digits top, top - 1, top - 2 (plane i at i * N)
-  values : (N,)    float64: added (accumulate), or out (value)
+  values : (R, N)  float64: added row by row (accumulate), or (N,) out (value)
   other  : (N,), (3, N) int64: the tops and digits of another exact sum, added (merge)
 The arithmetic is ``accumulate_reference``'s, ``merge_reference``'s and ``value_of``'s, integer for integer and rounding
 for rounding (the same bits); ``exact_add`` is the same step for a tile of a kernel that sums
@@ -80,11 +80,13 @@ def _load_sums(tops_ptr, digits_ptr, N, EMPTY: tl.constexpr, BLOCK: tl.constexpr
 
 
 @triton.jit
-def _accumulate_kernel(tops_ptr, digits_ptr, values_ptr, N, EMPTY: tl.constexpr, NONFINITE: tl.constexpr,
+def _accumulate_kernel(tops_ptr, digits_ptr, values_ptr, N, R, EMPTY: tl.constexpr, NONFINITE: tl.constexpr,
                        BLOCK: tl.constexpr):
+    """The R rows of values (R, N) added in turn."""
     i, ok, top, d0, d1, d2 = _load_sums(tops_ptr, digits_ptr, N, EMPTY, BLOCK)
-    value = tl.load(values_ptr + i, mask=ok, other=0.0)
-    top, d0, d1, d2 = exact_add(top, d0, d1, d2, value, EMPTY, NONFINITE)
+    for r in range(R):
+        value = tl.load(values_ptr + r * N + i, mask=ok, other=0.0)
+        top, d0, d1, d2 = exact_add(top, d0, d1, d2, value, EMPTY, NONFINITE)
     tl.store(tops_ptr + i, top, mask=ok)
     tl.store(digits_ptr + i, d0, mask=ok)
     tl.store(digits_ptr + N + i, d1, mask=ok)
@@ -142,13 +144,14 @@ def value_triton(tops: torch.Tensor, digits: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def accumulate_triton(tops: torch.Tensor, digits: torch.Tensor, values: torch.Tensor):
-    """``accumulate_reference`` in one kernel, in place (where ``tops`` and ``digits`` are contiguous)."""
+def accumulate_triton(tops: torch.Tensor, digits: torch.Tensor, values: torch.Tensor, rows: int = 1):
+    """``accumulate_reference`` in one kernel, in place (where ``tops`` and ``digits`` are contiguous);
+    ``rows``: ``values`` holds that many arrays of ``tops``' size end to end, added in turn."""
     assert DIGITS == 3 and DIGIT_BITS == 32  # the kernel's unrolled digits
     tops, digits = tops.contiguous(), digits.contiguous()
     n = tops.numel()
-    if n:
-        _accumulate_kernel[(triton.cdiv(n, BLOCK),)](tops, digits, values.contiguous(), n, EMPTY=EMPTY_TOP,
+    if n and rows:
+        _accumulate_kernel[(triton.cdiv(n, BLOCK),)](tops, digits, values.contiguous(), n, rows, EMPTY=EMPTY_TOP,
                                                      NONFINITE=NONFINITE_TOP, BLOCK=BLOCK)
     return tops, digits
 
