@@ -72,8 +72,11 @@ _TMA_SMALL_D_FP32 = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_
 
 # All centroids in one tile, loaded once by a program that then walks row tiles with their loads
 # pipelined (``_nearest_resident_kernel``), PROGRAMS_PER_SM programs per SM: where K and D are
-# small, one row tile's product is too short to hide the next tile's load. Up to 128 centroids of
-# up to 128 bytes. H100, N=8M D=32 K=128 (TF32): see benchmarks/results/kmeans_gpu_head.json.
+# small, one row tile's product is too short to hide the next tile's load (a program per row tile:
+# 0.82 ms of an 8M x 32, K=128 TF32 k-means iteration of 2.1 ms on an H100, where reading the rows
+# takes about 0.32). Up to 128 centroids of up to 128 bytes. With it and the sort keys' kernel
+# (``update/triton.py``) that public fit took 1.53 ms an iteration, 2.07 before
+# (benchmarks/results/kmeans_gpu_head.json, commits 10a856a and 9735bf4).
 RESIDENT_MAX_K = 128
 RESIDENT_MAX_ROW_BYTES = 128
 PROGRAMS_PER_SM = 2
