@@ -6,9 +6,9 @@ Kernel contract
   digits : (3, N)  int64 in and out: its digits top, top - 1, top - 2 (plane i at i * N)
   values : (R, N)  float64: added row by row (accumulate), or (N,) out (value)
   other  : (N,), (3, N) int64: the tops and digits of another exact sum, added (merge)
-The arithmetic is ``accumulate_reference``'s, ``merge_reference``'s and ``value_of``'s, integer for integer and rounding
-for rounding (the same bits); ``exact_add`` is the same step for a tile of a kernel that sums
-blocks (``update/triton.py``). The rounding is one kernel where its torch twin is about twenty: on
+The arithmetic is ``accumulate_reference``'s, ``merge_reference``'s and ``value_of``'s, integer for
+integer and rounding for rounding (the same bits); ``exact_add`` is the same step for a tile of a
+kernel that sums blocks (``update/triton.py``). The rounding is one kernel where its torch twin is about twenty: on
 an H100 a k-means iteration of 100k x 1024 rows, 256 clusters, spent 0.47 ms in its kernels and
 about 1.9 ms of the host's in the twin's launches, for the sums and the inertia.
 """
@@ -84,9 +84,10 @@ def _accumulate_kernel(tops_ptr, digits_ptr, values_ptr, N, R, EMPTY: tl.constex
                        BLOCK: tl.constexpr):
     """The R rows of values (R, N) added in turn."""
     i, ok, top, d0, d1, d2 = _load_sums(tops_ptr, digits_ptr, N, EMPTY, BLOCK)
-    for r in range(R):
-        value = tl.load(values_ptr + r * N + i, mask=ok, other=0.0)
-        top, d0, d1, d2 = exact_add(top, d0, d1, d2, value, EMPTY, NONFINITE)
+    row = values_ptr + i
+    for _ in range(R):
+        top, d0, d1, d2 = exact_add(top, d0, d1, d2, tl.load(row, mask=ok, other=0.0), EMPTY, NONFINITE)
+        row += N  # (the pointers' 64-bit arithmetic: R * N may pass 2^31)
     tl.store(tops_ptr + i, top, mask=ok)
     tl.store(digits_ptr + i, d0, mask=ok)
     tl.store(digits_ptr + N + i, d1, mask=ok)
