@@ -301,18 +301,17 @@ def nearest_triton(x: torch.Tensor, c: torch.Tensor, bias: torch.Tensor, alpha: 
     grid = (triton.cdiv(n, cfg["BLOCK_M"]),)
     bias = bias.float().contiguous()
     norms_ptr = out_d if norms is None else norms.contiguous()  # (unread without norms)
-    if resident and use_tma and k <= cfg["BLOCK_N"] and d <= cfg["BLOCK_K"]:
-        programs = programs or (PROGRAMS_PER_SM * _sm_count(x.get_device()) if x.is_cuda else grid[0])
+    if use_tma:
         x_desc = TensorDescriptor.from_tensor(x, [cfg["BLOCK_M"], cfg["BLOCK_K"]])
         c_desc = TensorDescriptor.from_tensor(c, [cfg["BLOCK_N"], cfg["BLOCK_K"]])
+    if resident and use_tma and k <= cfg["BLOCK_N"] and d <= cfg["BLOCK_K"]:
+        programs = programs or (PROGRAMS_PER_SM * _sm_count(x.get_device()) if x.is_cuda else grid[0])
         stages = cfg.pop("num_stages")
         if n:
             _nearest_resident_kernel[(min(grid[0], programs),)](
                 x_desc, c_desc, bias, norms_ptr, out_d, out_i, n, k, float(alpha), EXACT=exact,
                 HAS_NORMS=norms is not None, STAGES=stages, **cfg)
     elif use_tma:
-        x_desc = TensorDescriptor.from_tensor(x, [cfg["BLOCK_M"], cfg["BLOCK_K"]])
-        c_desc = TensorDescriptor.from_tensor(c, [cfg["BLOCK_N"], cfg["BLOCK_K"]])
         _nearest_tma_kernel[grid](x_desc, c_desc, bias, norms_ptr, out_d, out_i, n, k, d, float(alpha), EXACT=exact,
                                   HAS_NORMS=norms is not None, **cfg)
     else:

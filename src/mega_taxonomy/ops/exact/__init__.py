@@ -100,20 +100,24 @@ def merge_reference(tops, digits, other_tops, other_digits):
     return new, _aligned(digits, new - tops) + _aligned(other_digits, new - other_tops)
 
 
-def _accumulate(tops, digits, values):
+def _accumulate(tops, digits, values, rows=1):
     """``accumulate_reference``'s result, in place where the kernels take it: Triton on CUDA, numba
-    on the CPU."""
+    on the CPU. ``rows``: ``values`` holds that many arrays of ``tops``' shape, added in turn (on
+    CUDA in one launch)."""
     if values.is_cuda:
         from .triton import accumulate_triton
 
-        return accumulate_triton(tops, digits, values)
+        return accumulate_triton(tops, digits, values, rows)
     if values.device.type == "cpu":
         from .numba import accumulate_numba
 
         tops, digits = tops.contiguous(), digits.contiguous()
-        accumulate_numba(tops.view(-1).numpy(), digits.view(DIGITS, -1).numpy(), values.reshape(-1).numpy())
+        for row in values.reshape(rows, tops.numel()):
+            accumulate_numba(tops.view(-1).numpy(), digits.view(DIGITS, -1).numpy(), row.numpy())
         return tops, digits
-    return accumulate_reference(tops, digits, values)
+    for row in values.reshape(rows, *tops.shape):
+        tops, digits = accumulate_reference(tops, digits, row)
+    return tops, digits
 
 
 def _merge(tops, digits, other_tops, other_digits):
@@ -230,14 +234,7 @@ class ExactSum(ExactPart):
         if tuple(rows.shape[1:]) != self.shape:
             raise ValueError(f"rows of shape {tuple(rows.shape[1:])} do not add to a sum of {self.shape}")
         self.materialize()
-        rows = rows.to(self.device).contiguous()
-        if rows.is_cuda:
-            from .triton import accumulate_triton
-
-            self.tops, self.digits = accumulate_triton(self.tops, self.digits, rows, len(rows))
-        else:
-            for row in rows:
-                self.tops, self.digits = _accumulate(self.tops, self.digits, row)
+        self.tops, self.digits = _accumulate(self.tops, self.digits, rows.to(self.device).contiguous(), len(rows))
         return self
 
     def __add__(self, other: ExactSum) -> ExactSum:
