@@ -218,6 +218,36 @@ def test_triton_merge_equals_the_twin():
     assert (a.tops > b.tops).any() and (a.tops < b.tops).any()
 
 
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_triton_merge_of_parts_equals_the_twin(accumulate):
+    """``merge_parts_triton``: G exact sums end to end merged into one (added to it, with
+    ``accumulate``) are ``merge_reference``'s merges in turn, and their counts the counts' sum."""
+    pytest.importorskip("triton")
+    from mega_taxonomy.ops.exact.triton import merge_parts_triton
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rng = np.random.default_rng(7)
+    def summed(spread):
+        total = ExactSum.zeros((1500,), device)
+        total += ExactSum.of(torch.from_numpy(values(rng, 1500, spread=spread)).to(device))
+        return total
+
+    parts = [summed(60 + 80 * g) for g in range(3)]
+    parts[1].tops[:5], parts[1].digits[:, :5] = EMPTY_TOP, 0
+    start = summed(60)
+    counts = torch.from_numpy(rng.integers(0, 1000, (4, 1500))).to(device)
+    want = (start.tops, start.digits) if accumulate else (torch.full_like(start.tops, EMPTY_TOP),
+                                                           torch.zeros_like(start.digits))
+    for part in parts:
+        want = merge_reference(*want, part.tops, part.digits)
+    stacked = torch.stack([torch.cat([p.tops[None], p.digits]) for p in parts])  # (G, 4, N)
+    sums = torch.cat([start.tops[None], start.digits])
+    total = counts[3].clone()
+    merge_parts_triton(stacked, sums, accumulate, counts[:3].contiguous(), total)
+    assert torch.equal(sums[0], want[0]) and torch.equal(sums[1:], want[1])
+    assert torch.equal(total, counts[:3].sum(0) + (counts[3] if accumulate else 0))
+
+
 def test_triton_rounding_equals_the_twin():
     """``value_triton`` against ``value_reference`` to the bit: sums of every scale, cancellations,
     empty elements, infinities and NaN, and tops low enough for the twin's two-step scaling."""

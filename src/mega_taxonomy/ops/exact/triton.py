@@ -6,6 +6,7 @@ Kernel contract
   digits : (3, N)  int64 in and out: its digits top, top - 1, top - 2 (plane i at i * N)
   values : (R, N)  float64: added row by row (accumulate), or (N,) out (value)
   other  : (N,), (3, N) int64: the tops and digits of another exact sum, added (merge)
+  parts  : (G, 4, N) int64: G exact sums, each its tops then its digits, added (merge_parts)
 The arithmetic is ``accumulate_reference``'s, ``merge_reference``'s and ``value_of``'s, integer for
 integer and rounding for rounding (the same bits); ``exact_add`` is the same step for a tile of a
 kernel that sums blocks (``update/triton.py``). The rounding is one kernel where its torch twin is about twenty: on
@@ -88,6 +89,20 @@ def _accumulate_kernel(tops_ptr, digits_ptr, values_ptr, N, R, EMPTY: tl.constex
     for _ in range(R):
         top, d0, d1, d2 = exact_add(top, d0, d1, d2, tl.load(row, mask=ok, other=0.0), EMPTY, NONFINITE)
         row += N  # (the pointers' 64-bit arithmetic: R * N may pass 2^31)
+    _store_sums(tops_ptr, digits_ptr, i, ok, top, d0, d1, d2, N)
+
+
+@triton.jit
+def exact_merge(top, d0, d1, d2, other, o0, o1, o2):
+    """(top, d0, d1, d2) of an exact sum plus another's (tiles of the same shape)."""
+    new = tl.maximum(top, other)
+    d0, d1, d2 = _moved(d0, d1, d2, new - top)
+    o0, o1, o2 = _moved(o0, o1, o2, new - other)
+    return new, d0 + o0, d1 + o1, d2 + o2
+
+
+@triton.jit
+def _store_sums(tops_ptr, digits_ptr, i, ok, top, d0, d1, d2, N):
     tl.store(tops_ptr + i, top, mask=ok)
     tl.store(digits_ptr + i, d0, mask=ok)
     tl.store(digits_ptr + N + i, d1, mask=ok)
@@ -99,13 +114,38 @@ def _merge_kernel(tops_ptr, digits_ptr, other_tops_ptr, other_digits_ptr, N, EMP
                   BLOCK: tl.constexpr):
     i, ok, top, d0, d1, d2 = _load_sums(tops_ptr, digits_ptr, N, EMPTY, BLOCK)
     _, _, other, o0, o1, o2 = _load_sums(other_tops_ptr, other_digits_ptr, N, EMPTY, BLOCK)
-    new = tl.maximum(top, other)
-    d0, d1, d2 = _moved(d0, d1, d2, new - top)
-    o0, o1, o2 = _moved(o0, o1, o2, new - other)
-    tl.store(tops_ptr + i, new, mask=ok)
-    tl.store(digits_ptr + i, d0 + o0, mask=ok)
-    tl.store(digits_ptr + N + i, d1 + o1, mask=ok)
-    tl.store(digits_ptr + 2 * N + i, d2 + o2, mask=ok)
+    top, d0, d1, d2 = exact_merge(top, d0, d1, d2, other, o0, o1, o2)
+    _store_sums(tops_ptr, digits_ptr, i, ok, top, d0, d1, d2, N)
+
+
+@triton.jit
+def _merge_parts_kernel(parts_ptr, sums_ptr, part_counts_ptr, counts_ptr, N, G, EMPTY: tl.constexpr,
+                        ACCUMULATE: tl.constexpr, COUNTS: tl.constexpr, BLOCK: tl.constexpr):
+    """G exact sums stored end to end as (G, 4, N) (each its tops, then its digits) merged into
+    the (4, N) sums (ACCUMULATE: added to those already there, else written); with COUNTS, the
+    (G, N) int64 counts added into the (N,) counts alike."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < N
+    if ACCUMULATE:
+        _, _, top, d0, d1, d2 = _load_sums(sums_ptr, sums_ptr + N, N, EMPTY, BLOCK)
+    else:
+        top = tl.full((BLOCK,), EMPTY, tl.int64)
+        d0 = tl.zeros((BLOCK,), tl.int64)
+        d1 = tl.zeros((BLOCK,), tl.int64)
+        d2 = tl.zeros((BLOCK,), tl.int64)
+    count = tl.zeros((BLOCK,), tl.int64)
+    if COUNTS and ACCUMULATE:
+        count = tl.load(counts_ptr + i, mask=ok, other=0)
+    part = parts_ptr
+    for g in range(G):
+        _, _, other, o0, o1, o2 = _load_sums(part, part + N, N, EMPTY, BLOCK)
+        top, d0, d1, d2 = exact_merge(top, d0, d1, d2, other, o0, o1, o2)
+        part += 4 * N
+        if COUNTS:
+            count += tl.load(part_counts_ptr + g * N + i, mask=ok, other=0)
+    _store_sums(sums_ptr, sums_ptr + N, i, ok, top, d0, d1, d2, N)
+    if COUNTS:
+        tl.store(counts_ptr + i, count, mask=ok)
 
 
 @triton.jit
@@ -167,3 +207,20 @@ def merge_triton(tops: torch.Tensor, digits: torch.Tensor, other_tops: torch.Ten
         _merge_kernel[(triton.cdiv(n, BLOCK),)](tops, digits, other_tops.contiguous(), other_digits.contiguous(), n,
                                                 EMPTY=EMPTY_TOP, BLOCK=BLOCK)
     return tops, digits
+
+
+def merge_parts_triton(parts: torch.Tensor, sums: torch.Tensor, accumulate: bool,
+                       part_counts: torch.Tensor | None = None, counts: torch.Tensor | None = None):
+    """The G exact sums of ``parts`` (G, 4, *shape) merged into ``sums`` (4, *shape) in one kernel,
+    in place (both contiguous; ``accumulate``: added to the sums there, else replacing them), and
+    the int64 ``part_counts`` (G, *shape) summed into ``counts`` (*shape) alike. Exact sums merge
+    in any order to the same bits, so G partials of any grouping give those of one sum."""
+    assert DIGITS == 3 and DIGIT_BITS == 32  # the kernel's unrolled digits
+    assert parts.is_contiguous() and sums.is_contiguous()
+    n = sums[0].numel()
+    if n:
+        _merge_parts_kernel[(triton.cdiv(n, BLOCK),)](parts, sums, sums if part_counts is None else part_counts,
+                                                      sums if counts is None else counts, n, parts.shape[0],
+                                                      EMPTY=EMPTY_TOP, ACCUMULATE=accumulate,
+                                                      COUNTS=counts is not None, BLOCK=BLOCK)
+    return sums

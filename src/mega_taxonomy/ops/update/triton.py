@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from ..exact import DIGITS, EMPTY_TOP, NONFINITE_TOP, ExactSum
-from ..exact.triton import exact_add
+from ..exact.triton import exact_add, merge_parts_triton
 
 # Sorted positions per chunk: enough work per program to hide the index loads, few enough
 # chunks that one big cluster still spreads over many programs.
@@ -49,6 +49,9 @@ BLOCK_R = 8
 STAGES = 3
 WARPS = 2
 MAX_BLOCK_D = 512
+# Programs that the per-cluster sums of many blocks aim for: with few clusters (K = 128 at 8M x 32,
+# 128 blocks), a program per cluster walked every block's exact add in turn.
+CLUSTER_PROGRAMS = 1024
 # Rows per program of the sort keys' kernel.
 KEYS_BLOCK = 1024
 # Clusters of at most this many rows on average: one program per cluster walks them, without a
@@ -61,6 +64,7 @@ ROWS_PER_CLUSTER = 32
 # next launch, which adds to the totals: the same bits).
 SLOT_BYTES = 1 << 28
 _EMPTY_TOP = tl.constexpr(EMPTY_TOP)
+_DIGITS = tl.constexpr(DIGITS)
 _NONFINITE_TOP = tl.constexpr(NONFINITE_TOP)
 
 
@@ -127,11 +131,19 @@ def _cluster_sums_kernel(
     the chunk kernel filled (FROM_SLOTS: the combine), or summed here from the rows, with no (S, D)
     buffer; each block's sum then added to the total (ACCUMULATE: the totals of blocks before, in
     the outputs): in float64, in block order, or (EXACT) exactly, as ``ops.exact.ExactSum`` adds
-    the blocks' partials. The same additions in the same order either way: the same bits."""
+    the blocks' partials. The same additions in the same order either way: the same bits.
+    EXACT, with G programs per cluster: program g takes blocks g, g + G, ..., into the g-th of G
+    partial outputs end to end, which ``merge_parts_triton`` then merges (exact sums: the bits of
+    one program taking every block)."""
     c = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
     plane = K * D  # EXACT: the planes of tops and digits
+    g = tl.program_id(2)
+    G = tl.num_programs(2)
+    sums_ptr += g.to(tl.int64) * (1 + _DIGITS) * plane
+    w_sums_ptr += g.to(tl.int64) * (1 + _DIGITS) * K
+    counts_ptr += g.to(tl.int64) * K
     if EXACT:
         if ACCUMULATE:
             top = tl.load(sums_ptr + c * D + cols, mask=col_ok, other=_EMPTY_TOP)
@@ -161,7 +173,7 @@ def _cluster_sums_kernel(
         total = tl.zeros((BLOCK_D,), tl.float64)
         total_w = tl.zeros((1,), tl.float64)
         count = tl.zeros((), tl.int64)
-    for b in range(NB):
+    for b in range(g, NB, G):
         key = b * (K + 1) + c + 1
         lo = tl.load(ends_ptr + key - 1)
         hi = tl.load(ends_ptr + key)
@@ -279,9 +291,19 @@ def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Te
             slot_w = torch.empty(chunks + blocks * (k + 1), dtype=torch.float64, device=x.device)
             _chunk_sums_kernel[(chunks, d_tiles)](xs, order, keys, ws, ends, slots, slot_w, m, d, k, x.stride(0),
                                                   num_warps=WARPS, **tiles)
-        _cluster_sums_kernel[(k, d_tiles)](xs, order, ws, slots, slot_w, ends, sums, w_sums, counts, d, k, blocks,
-                                           x.stride(0), FROM_SLOTS=from_slots, ACCUMULATE=lo > 0, EXACT=exact,
-                                           num_warps=4 if from_slots else WARPS, **tiles)
+        # exact sums of blocks: G programs per cluster, each a partial of every G-th block, merged after
+        groups = min(blocks, triton.cdiv(CLUSTER_PROGRAMS, k * d_tiles)) if exact else 1
+        outs = (sums, w_sums, counts) if groups == 1 else (
+            torch.empty((groups,) + sums.shape, dtype=sums.dtype, device=x.device),
+            torch.empty((groups,) + w_sums.shape, dtype=w_sums.dtype, device=x.device),
+            torch.empty(groups, k, dtype=counts.dtype, device=x.device))
+        _cluster_sums_kernel[(k, d_tiles, groups)](xs, order, ws, slots, slot_w, ends, *outs, d, k, blocks,
+                                                   x.stride(0), FROM_SLOTS=from_slots,
+                                                   ACCUMULATE=lo > 0 and groups == 1, EXACT=exact,
+                                                   num_warps=4 if from_slots else WARPS, **tiles)
+        if groups > 1:
+            merge_parts_triton(outs[0], sums, lo > 0)
+            merge_parts_triton(outs[1], w_sums, lo > 0, outs[2], counts)
     if exact:
         return ExactSum(sums[0], sums[1:]), counts, ExactSum(w_sums[0], w_sums[1:])
     return sums[0], counts, w_sums[0]
