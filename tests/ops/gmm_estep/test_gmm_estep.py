@@ -235,6 +235,23 @@ def test_chunk_fold_kernel_is_its_twin():
     np.testing.assert_allclose(got.cpu().numpy(), per_chunk[:, :, :8].double().sum(1).cpu().numpy(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,d", [(70, 1), (45, 7), (33, 130)])  # 1 to 3 columns of padding; D past one column tile
+def test_diag_features_kernel_is_its_twin(dtype, n, d):
+    """``products.diag_features``: the Triton kernel (interpreted here) writes the twin's F =
+    [x - shift, (x - shift)^2, 1, zeros] to the bit, from rows with a stride of their own."""
+    from mega_taxonomy.ops.gmm_estep.products import diag_features
+
+    rng = np.random.default_rng(15)
+    rows = torch.from_numpy(rng.normal(size=(n, d + 3)) * 50).to(dtype).to(DEVICE)[:, 2:2 + d]  # strided
+    shift = torch.from_numpy(rng.normal(size=d) * 10).float().to(DEVICE)
+    got = diag_features(d, shift, backend="triton")(rows)
+    want = diag_features(d, shift, backend="torch")(rows)
+    assert got.shape == want.shape == (n, 2 * d + 1 + (-(2 * d + 1) % 4))
+    assert torch.equal(got, want)
+    assert torch.equal(got[:, 2 * d], torch.ones(n, device=DEVICE))
+
+
 @pytest.mark.parametrize("ctype", ["full", "tied"])
 @pytest.mark.parametrize("launch_elements", [None, 4096])  # one launch; launches of one chunk of 256 rows
 def test_float64_products_match_the_float64_method(ctype, launch_elements, monkeypatch):

@@ -26,7 +26,8 @@ accuracy, see ``ops.assign``). Half-precision rows are read as they are and comp
 
 Also here, for the products method (``products.py``): ``_resp_kernel``, every row's log-sum-exp
 of a (rows, K) float32 array of log densities and the responsibilities written over it, in one
-read and one write.
+read and one write; and ``_diag_features_kernel``, its operand F = [x - shift, (x - shift)^2, 1,
+zeros] in one read of the rows and one write.
 """
 
 from __future__ import annotations
@@ -169,6 +170,44 @@ def block_sums_triton(values: torch.Tensor, m: int, out: torch.Tensor) -> torch.
     if len(out):
         _block_sums_kernel[(len(out),)](values.contiguous(), out, m, TILE=SUM_TILE)
     return out
+
+
+FEATURE_ROWS = 32  # rows per program of _diag_features_kernel
+
+
+@triton.jit
+def _diag_features_kernel(x_ptr, shift_ptr, f_ptr, N, D, W, stride_x, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program (row tile, column tile): F[r] = [x' , x'^2, 1, zeros] (W columns) of x' = x[r] -
+    shift, in float32: the operations of torch's ``x.float() - shift`` and ``x' * x'``, the same bits."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    dims = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    row_ok, dim_ok = rows < N, dims < D
+    ok = row_ok[:, None] & dim_ok[None, :]
+    x = tl.load(x_ptr + rows[:, None] * stride_x + dims[None, :], mask=ok, other=0.0).to(tl.float32)
+    xs = x - tl.load(shift_ptr + dims, mask=dim_ok, other=0.0)[None, :]
+    out = f_ptr + rows[:, None] * W + dims[None, :]
+    tl.store(out, xs, mask=ok)
+    tl.store(out + D, xs * xs, mask=ok)
+    # the columns past 2D (a one, then zeros) by the programs of the first column tile
+    if tl.program_id(1) == 0:
+        tail = 2 * D + tl.arange(0, BLOCK_D)
+        tl.store(f_ptr + rows[:, None] * W + tail[None, :], tl.where(tail == 2 * D, 1.0, 0.0)[None, :],
+                 mask=row_ok[:, None] & (tail < W)[None, :])
+
+
+def diag_features_triton(x: torch.Tensor, shift: torch.Tensor, width: int) -> torch.Tensor:
+    """``products.diag_features``'s F (len(x), width) in one launch: rows of float16, bfloat16 or
+    float32 (a row stride of their own), width - 2D columns of the one and zeros (at most 4)."""
+    n, d = x.shape
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    f = torch.empty(n, width, dtype=torch.float32, device=x.device)
+    block_d = max(16, min(128, triton.next_power_of_2(d)))
+    assert width - 2 * d <= block_d
+    if n:
+        _diag_features_kernel[(triton.cdiv(n, FEATURE_ROWS), triton.cdiv(d, block_d))](
+            x, shift.float().contiguous(), f, n, d, width, x.stride(0), BLOCK_R=FEATURE_ROWS, BLOCK_D=block_d)
+    return f
 
 
 FOLD_TILE = 1024  # elements of a block's sums per program
