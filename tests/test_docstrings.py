@@ -8,7 +8,7 @@ import pytest
 MODULES = ["mega_taxonomy.cluster.kmeans", "mega_taxonomy.cluster.gmm", "mega_taxonomy.ops.gmm_estep",
            "mega_taxonomy.ops.assign", "mega_taxonomy.ops.grouped_assign", "mega_taxonomy.ops.probe",
            "mega_taxonomy.index.ivf",
-           "mega_taxonomy.taxonomy.engine", "mega_taxonomy.storage.store",
+           "mega_taxonomy.taxonomy.engine", "mega_taxonomy.taxonomy.path_cache", "mega_taxonomy.storage.store",
            "mega_taxonomy.storage.checkpoint", "mega_taxonomy.taxonomy.config", "mega_taxonomy.io.sources",
            "mega_taxonomy._estimator", "mega_taxonomy.runtime.iterate",
            "mega_taxonomy.runtime.local", "mega_taxonomy.runtime.collective", "mega_taxonomy.runtime.ray.actors",

@@ -18,12 +18,12 @@ from .learn import (
 )
 from .runtime import LocalRuntime
 from .storage import Store
-from .taxonomy import Balancing, Routing, TaxonomyEngine
+from .taxonomy import Balancing, PathCache, Routing, TaxonomyEngine
 
 __all__ = [
     "Balancing", "ConfigError", "DataError", "DistributedKDTree", "EvictStrategy", "FastKMeansClassifier",
     "FastKMeansClusterer", "FastKMeansRegressor", "FastMultiLabelKMeansClassifier", "GaussianMixture", "HashTable",
-    "IVFIndex", "KDTree", "KMeans", "LocalRuntime", "MegaTaxonomyError", "RayRuntime", "Routing", "StorageError",
+    "IVFIndex", "KDTree", "KMeans", "LocalRuntime", "MegaTaxonomyError", "PathCache", "RayRuntime", "Routing", "StorageError",
     "Store", "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
 ]
 

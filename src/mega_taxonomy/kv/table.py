@@ -162,6 +162,11 @@ class HashTable:
         self._refuse_reserved(keys)
         return keys
 
+    def reserved(self, keys) -> torch.Tensor:
+        """Per key, whether the table reserves it (a bool tensor on the table's device): keys that
+        every other call refuses."""
+        return self._is_reserved(self._bits(keys))
+
     def _is_reserved(self, keys):
         """Per key, whether the table reserves it (a bool tensor on the keys' device)."""
         return (keys & self._mask) == self._reserved

@@ -321,17 +321,21 @@ class TaxonomyEngine:
         if not hasattr(self, "tree_"):
             raise ConfigError("this TaxonomyEngine is not fitted: call fit() or TaxonomyEngine.load()")
 
-    def predict(self, input, output=None, *, beam=1):
+    def predict(self, input, output=None, *, beam=1, cache=None):
         """Paths of the rows of ``input``: int64 array (n, n_levels), -1 below a leaf.
 
         ``beam > 1`` keeps that many candidates per level and returns the path of the best leaf
         reached. With ``output`` (a URI) the paths are written there as parquet parts
         (``id``, ``path``, ``distance``), in input order, and the committed manifest is returned.
+        ``cache`` (a :class:`~mega_taxonomy.taxonomy.PathCache`): rows whose id it holds take their
+        path from it, unrouted, and every row's path is kept there (files with an ``id_column``;
+        the engine's runtime in this process).
         """
         self._check_fitted()
         out = self._store(output) if output is not None else None
         return predict(self.tree_, self.router_, self._source(input), get_runtime(self.runtime, self.device),
-                       beam=beam, out=out, storage_options=self.storage_options, taxonomy_uri=self.storage_uri)
+                       beam=beam, out=out, storage_options=self.storage_options, taxonomy_uri=self.storage_uri,
+                       cache=cache)
 
     def predict_proba(self, input, level=0):
         """Responsibilities of the children of every row's parent at ``level`` (a taxonomy fitted

@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from ..io.device import as_tensor
 from ..partials import BestPerGroup, SamplePartial, block_sample
 from ..runtime import CompositePartial, in_block_order
 from ..storage import Store
 from ..storage.schema import assignments_file, assignments_table
+from .path_cache import PathCache
 from .router import Router, route_beam, route_greedy
 from .search import leaf_of_paths
 from .tree import Tree
@@ -157,12 +159,22 @@ class PredictState:
     beam: int = 1
     router: Router | None = None
     store: tuple | None = None  # (uri, storage_options) to write parts to, instead of returning them
+    cache: PathCache | None = None  # paths by id, consulted and filled (in this process)
 
 
 class PredictTask:
     def __call__(self, block, state: PredictState, device) -> PredictPartial:
-        paths, dist = route_beam(as_tensor(block.vectors, device), state.tree, state.beam, router=state.router)
-        paths, dist = paths[:, 0].cpu().numpy(), dist[:, 0].cpu().numpy()
+        def route(rows=None):
+            x = as_tensor(block.vectors, device)
+            if rows is not None:
+                x = x[torch.as_tensor(rows, device=x.device)]
+            paths, dist = route_beam(x, state.tree, state.beam, router=state.router)
+            return paths[:, 0].cpu().numpy(), dist[:, 0].cpu().numpy()
+
+        if state.cache is None:
+            paths, dist = route()
+        else:
+            paths, dist = state.cache.paths(block.ids, state.tree, state.beam, route)
         if state.store is None:
             return PredictPartial({block.index: (block.ids, paths, dist)})
         uri, options = state.store
@@ -172,10 +184,18 @@ class PredictTask:
 
 
 def predict(tree: Tree, router: Router, source, runtime, *, beam: int = 1, out: Store | None = None,
-            storage_options=None, taxonomy_uri=None):
+            storage_options=None, taxonomy_uri=None, cache: PathCache | None = None):
     """Every row's path (a beam of ``beam``): an array (n, n_levels), or with ``out`` the paths
-    written there as parquet parts (``id``, ``path``, ``distance``) and its committed manifest."""
-    state = PredictState(tree, beam, router, None if out is None else (out.uri, storage_options))
+    written there as parquet parts (``id``, ``path``, ``distance``) and its committed manifest.
+    ``cache``: paths by the rows' ids (:class:`PathCache`), for a source with an id column and a
+    runtime in this process."""
+    if cache is not None:
+        if not source.has_id_column:
+            raise ValueError("a PathCache keys rows by their ids: give a source with an id column (id_column=); "
+                             "rows without one are numbered from 0 in every input, so ids would clash")
+        if not runtime.in_process:
+            raise ValueError(f"a PathCache lives in this process: predict with a LocalRuntime, not {runtime!r}")
+    state = PredictState(tree, beam, router, None if out is None else (out.uri, storage_options), cache)
     result = runtime.map_reduce(source, PredictTask(), state, desc="predict")
     if out is None:
         return result.ordered()[1]
