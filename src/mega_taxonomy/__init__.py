@@ -23,8 +23,8 @@ from .taxonomy import Balancing, PathCache, Routing, TaxonomyEngine
 __all__ = [
     "Balancing", "ConfigError", "DataError", "DistributedKDTree", "EvictStrategy", "FastKMeansClassifier",
     "FastKMeansClusterer", "FastKMeansRegressor", "FastMultiLabelKMeansClassifier", "GaussianMixture", "HashTable",
-    "IVFIndex", "KDTree", "KMeans", "LocalRuntime", "MegaTaxonomyError", "PathCache", "RayRuntime", "Routing", "StorageError",
-    "Store", "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
+    "IVFIndex", "KDTree", "KMeans", "LocalRuntime", "MegaTaxonomyError", "PathCache", "RayRuntime", "Routing",
+    "StorageError", "Store", "TaxonomyEngine", "VectorSource", "WorkerError", "__version__",
 ]
 
 

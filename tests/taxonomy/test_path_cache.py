@@ -104,3 +104,15 @@ def test_inputs_whose_ids_would_clash_are_refused(three_levels):
         PathCache(0)
     with pytest.raises(TypeError, match="integer ids"):
         PathCache(10).paths(np.array(["a", "b"]), engine.tree_, 1, None)
+
+
+def test_a_runtime_outside_this_process_is_refused(engine, shards):
+    """Ray's workers would each fill a copy of the cache: refused before any pass."""
+    from types import SimpleNamespace
+
+    from mega_taxonomy.taxonomy.passes import predict
+
+    _, fit_files, _ = shards
+    elsewhere = SimpleNamespace(in_process=False, map_reduce=None)
+    with pytest.raises(ValueError, match="in this process"):
+        predict(engine.tree_, engine.router_, engine._source(fit_files), elsewhere, cache=PathCache(10))

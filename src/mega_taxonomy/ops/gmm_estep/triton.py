@@ -177,7 +177,7 @@ FEATURE_ROWS = 32  # rows per program of _diag_features_kernel
 
 @triton.jit
 def _diag_features_kernel(x_ptr, shift_ptr, f_ptr, N, D, W, stride_x, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Program (row tile, column tile): F[r] = [x' , x'^2, 1, zeros] (W columns) of x' = x[r] -
+    """Program (row tile, column tile): F[r] = [x', x'^2, 1, zeros] (W columns) of x' = x[r] -
     shift, in float32: the operations of torch's ``x.float() - shift`` and ``x' * x'``, the same bits."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     dims = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
