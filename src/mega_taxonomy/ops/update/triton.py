@@ -17,7 +17,9 @@ program per chunk sums the run of every key in it into slot key + j (key, chunk 
 since a later key's chunks are never earlier ones). A program per cluster then adds, block by
 block, its runs chunk by chunk (float64), and adds each block's sum to its total in block order:
 the bits of one block's kernel run per block, then the blocks' sums added in order, as a
-runtime adds block partials. When the clusters are many for the rows (a few rows each on
+runtime adds block partials. Blocks' sums added exactly (``ExactSum``) may be split among G
+programs per cluster, each taking every G-th block, and their partials merged after: exact sums
+merge in any order to the same bits. When the clusters are many for the rows (a few rows each on
 average), that program sums its runs from the rows itself, with no chunk kernel before it: the
 same runs, added in the same order, the same bits.
 
