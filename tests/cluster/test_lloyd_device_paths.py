@@ -31,9 +31,22 @@ def test_farthest_per_group_selects_as_the_host_table(n_groups, n, dtype):
                                        torch.from_numpy(groups[a:b]), n_groups, n) for a, b in itertools.pairwise(cuts)]
     in_order = parts[0] + parts[1] + parts[2] + parts[3]
     shuffled = (parts[3] + parts[0]) + (parts[2] + parts[1])
-    for got in (in_order, shuffled):
+    # all rows at once (one group of them: a top-k before the sorts)
+    whole = FarthestPerGroup.of_block(distances, labels, torch.from_numpy(ordinals), torch.from_numpy(groups),
+                                      n_groups, n)
+    for got in (in_order, shuffled, whole):
         for name in ("distance", "ordinal", "label", "group"):
             np.testing.assert_array_equal(got[name], ref[name])
+
+
+def test_farthest_of_many_rows_with_fewer_in_clusters_than_kept():
+    """One group of many rows, fewer of them in a cluster than the selection holds: all of those,
+    farthest first, the rest of the table empty."""
+    labels = torch.full((5000,), -1)
+    labels[[7, 4000, 123, 2500]] = torch.tensor([0, 1, 2, 0])
+    distances = torch.arange(5000, dtype=torch.float32) % 7
+    part = FarthestPerGroup.of_block(distances, labels, torch.arange(5000), torch.zeros(5000, dtype=torch.int64), 1, 10)
+    assert part["ordinal"].tolist() == [123, 4000, 2500, 7]  # distances 123 % 7 = 4, then 3, 1, 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

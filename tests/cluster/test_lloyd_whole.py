@@ -20,12 +20,14 @@ def rows(n=2 * BLOCK_ROWS + 1000, d=6, seed=0):
         3 * torch.randn(n, 1, generator=g))
 
 
-@pytest.mark.parametrize("update,keep_labels,penalty", [(True, True, False), (False, True, True), (True, False, False)])
-def test_whole_pass_is_the_blocks_one_by_one(update, keep_labels, penalty):
+@pytest.mark.parametrize("update,keep_labels,penalty,far", [(True, True, False, False), (False, True, True, False),
+                                                            (True, False, False, False), (True, False, False, True),
+                                                            (False, False, False, True)])
+def test_whole_pass_is_the_blocks_one_by_one(update, keep_labels, penalty, far):
     x = rows()
     source = VectorSource(x)
     c = x[:: x.shape[0] // 11][:11].numpy()
-    state = LloydState(c, update=update, keep_labels=keep_labels,
+    state = LloydState(c, update=update, keep_labels=keep_labels, far=far, far_per_group=500,
                        penalty=np.linspace(0, 3, 11) if penalty else None)
     whole = settled(LloydTask().whole(source.whole_block(), state, torch.device("cpu")))
     by_blocks = LocalRuntime("cpu", progress=False).map_reduce(source, LloydTask(), state)
@@ -37,12 +39,17 @@ def test_whole_pass_is_the_blocks_one_by_one(update, keep_labels, penalty):
     if keep_labels:
         for a, b in zip(whole.ordered_labels(), by_blocks.ordered_labels()):
             np.testing.assert_array_equal(np.asarray(a), b)
+    if far:  # the farthest rows of all blocks at once (500 of 132,072: a top-k first) and merged
+        for name in ("distance", "ordinal", "label", "group"):
+            np.testing.assert_array_equal(whole.far[name], by_blocks.far[name])
+    else:
+        assert whole.far is None and by_blocks.far is None
 
 
 def test_whole_pass_declines_what_needs_the_blocks():
     source = VectorSource(rows(1000))
     c = np.zeros((3, 6), np.float32)
-    for state in (LloydState(c, far=True), LloydState(c, sample=(5, 0)), LloydState(c, track_bounds=True),
+    for state in (LloydState(c, sample=(5, 0)), LloydState(c, track_bounds=True),
                   LloydState(c, offsets=np.array([0, 1, 3]), groups={0: np.zeros(1000, np.int64)})):
         assert LloydTask().whole(source.whole_block(), state, torch.device("cpu")) is None
 
@@ -59,6 +66,20 @@ def test_kmeans_on_a_whole_tensor_is_kmeans_block_by_block(whole_on_cpu):
     assert torch.is_tensor(labels) and np.array_equal(labels.numpy(), by_blocks.labels_)
     # the tensor's 6 iterations and final assignment, the array's (never whole), predict on the tensor
     assert whole_on_cpu == [True] * 7 + [False] * 7 + [True]
+
+
+def test_kmeans_refilling_empty_clusters_on_a_whole_tensor_is_kmeans_block_by_block(whole_on_cpu):
+    """Copies among the initial centroids leave clusters empty: the passes that keep the farthest
+    rows to refill them are whole passes too, and move the same rows."""
+    x = rows(seed=4).float()
+    init = np.repeat(x[:: x.shape[0] // 3][:3].numpy(), 3, axis=0)  # 9 centroids, 3 distinct
+    whole = KMeans(9, init=init, max_iter=5, tol=0, device="cpu").fit(x)
+    by_blocks = KMeans(9, init=init, max_iter=5, tol=0, device="cpu").fit(x.numpy())
+    np.testing.assert_array_equal(whole.cluster_centers_, by_blocks.cluster_centers_)
+    np.testing.assert_array_equal(whole.labels_, by_blocks.labels_)
+    assert whole.inertia_ == by_blocks.inertia_ and len(np.unique(whole.labels_)) == 9
+    # the passes, the one that first finds the farthest rows among them, and the labels' pass: all whole
+    assert len(whole_on_cpu) == 7 + 7 and all(whole_on_cpu[:7]) and not any(whole_on_cpu[7:])
 
 
 def test_a_bad_row_of_a_whole_tensor_is_named_as_block_by_block(whole_on_cpu):

@@ -177,18 +177,28 @@ def test_fp32_kernel_is_float64_except_near_ties():
     assert (gap <= 1e-6 * scale).all(), f"{len(wrong)} differ, worst gap {(gap / scale).max().item():.3g}"
 
 
+@pytest.mark.parametrize("copies", [0, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_kmeans_on_a_device_tensor_is_kmeans_on_host_rows(dtype):
+def test_kmeans_on_a_device_tensor_is_kmeans_on_host_rows(dtype, copies, monkeypatch):
     """A tensor on the GPU is computed on whole (``LloydTask.whole``: one assignment, per-block sums
-    added in order in one launch); rows in host memory go a run of blocks at a time: the same bits."""
+    added in order in one launch); rows in host memory go a run of blocks at a time, or a block at
+    a time: the same bits. Copies among the starts leave clusters empty: the passes that keep the
+    farthest rows to refill them are whole too (a top-k of all rows, then sorts)."""
+    from mega_taxonomy.runtime import local
+
     x, _ = clustered(200_000, 48, 40, seed=11)  # 4 blocks, the last short
     xt = torch.from_numpy(x).to(dtype)
     init = xt[:40].float().numpy()
-    on_gpu = KMeans(40, init=init, tol=0, max_iter=5, device="cuda").fit(xt.cuda())
-    from_host = KMeans(40, init=init, tol=0, max_iter=5, device="cuda").fit(xt)
-    assert np.array_equal(on_gpu.cluster_centers_, from_host.cluster_centers_)
-    np.testing.assert_array_equal(on_gpu.labels_, from_host.labels_)
-    assert on_gpu.inertia_ == from_host.inertia_ and on_gpu.n_iter_ == from_host.n_iter_
+    init = np.concatenate([init, init[:copies]])
+    fit = lambda rows: KMeans(len(init), init=init, tol=0, max_iter=5, device="cuda").fit(rows)  # noqa: E731
+    on_gpu, from_host = fit(xt.cuda()), fit(xt)
+    monkeypatch.setattr(local, "run_blocks", lambda source, device: None)
+    by_blocks = fit(xt)
+    for other in (from_host, by_blocks):
+        assert np.array_equal(on_gpu.cluster_centers_, other.cluster_centers_)
+        np.testing.assert_array_equal(on_gpu.labels_, other.labels_)
+        assert on_gpu.inertia_ == other.inertia_ and on_gpu.n_iter_ == other.n_iter_
+    assert len(np.unique(on_gpu.labels_)) == len(init)  # refilled
 
 
 def test_starts_given_as_device_tensors_are_those_arrays():

@@ -139,7 +139,7 @@ class LloydTask:
     @staticmethod
     def takes_whole(state: LloydState) -> bool:
         """Whether :meth:`whole` computes this pass: not what needs the blocks one by one."""
-        return not (state.offsets is not None or state.far or state.sample is not None or state.track_bounds
+        return not (state.offsets is not None or state.sample is not None or state.track_bounds
                     or state.bounds is not None)
 
     def whole(self, block, state: LloydState, device, part=False) -> LloydPartial | None:
@@ -148,8 +148,9 @@ class LloydTask:
         added to it): one assignment over all rows, whose labels and distances are those of the
         blocks one by one (a row's do not depend on its neighbours), and each block's sums added
         exactly (``cluster_stats(block_rows=)``): the bits of the blocks' partials added by the
-        runtime. Labels stay on the device. None for what needs the blocks one by one: groups,
-        the farthest rows, samples, bounds."""
+        runtime; the farthest rows are the blocks' selections merged (one order: distance, then
+        ordinal). Labels stay on the device. None for what needs the blocks one by one: groups,
+        samples, bounds."""
         if not self.takes_whole(state):
             return None
         x = block.vectors
@@ -163,7 +164,8 @@ class LloydTask:
             else:  # the whole pass: rounded now, nothing more is added to it
                 inertia = ExactSum.of(host_arrays(inertia.value())[0])
                 sums = None if sums is None else ExactSum.of(host_arrays(sums.value())[0])
-        partial = LloydPartial(counts, inertia, sums, far_per_group=state.far_per_group)
+        far = block_farthest(dist, labels, block.ordinals, None, state) if state.far else None
+        partial = LloydPartial(counts, inertia, sums, far=far, far_per_group=state.far_per_group)
         if state.keep_labels:
             partial.labels = {block.index: (labels, dist)}
         return partial

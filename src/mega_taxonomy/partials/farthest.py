@@ -19,6 +19,9 @@ import torch
 from .groups import group_tables, lowest_in_rows
 
 _EMPTY = float("-inf")  # the distance of a slot no row holds: sorts after every row
+# One group of more rows than this many times the selection: a top-k before the sorts. A block
+# (65,536 rows, 1,024 kept) is sorted whole; a whole pass's millions of rows are not.
+_TOPK_FIRST = 64
 
 
 class FarthestPerGroup:
@@ -44,6 +47,13 @@ class FarthestPerGroup:
                  groups: torch.Tensor, n_groups: int, n: int) -> FarthestPerGroup:
         """The ``n`` farthest rows per group among a block's (rows labelled -1 have no cluster
         and are left out). ``ordinals`` must ascend with position, as a block's do."""
+        if n_groups == 1 and len(distances) > _TOPK_FIRST * n:
+            # Many rows in one group (a whole pass): those at or past the n-th largest distance
+            # first (a top-k and one sync), so that a few thousand rows are sorted rather than
+            # millions; rows tied with the n-th all stay, so the tie rule by ordinal holds.
+            d = torch.where(labels >= 0, distances, _EMPTY)
+            keep = torch.nonzero(d >= d.topk(n, sorted=False).values.min()).squeeze(1)
+            distances, labels, ordinals, groups = (t[keep] for t in (distances, labels, ordinals, groups))
         valid = labels >= 0
         d = torch.where(valid, distances.double(), _EMPTY)
         if distances.dtype == torch.float32:
