@@ -115,26 +115,18 @@ def test_one_program_per_cluster_gives_the_bits_of_chunks_and_combine(monkeypatc
 
 @pytest.mark.parametrize("backend", ["triton", "torch", "auto"])
 # SLOT_BYTES 1 << 28, 1, 5760: the 4 blocks in one launch, one per launch, two per launch (each block's
-# slots take 2,880 bytes); CLUSTER_PROGRAMS 1, 12, 1024: 1, up to 2, up to 4 programs per cluster;
-# BLOCKS_APART_PROGRAMS 1: each block's sums stored apart, then added (BLOCK_SUMS_BYTES 1, 3936 and
-# 1 << 28: a block, two blocks (1,968 bytes each) or all of them a launch)
-@pytest.mark.parametrize("per_cluster,slot_bytes,programs,apart,apart_bytes", [
-    (0, 1 << 28, 1024, None, 0), (0, 5760, 12, None, 0), (1000, 1 << 28, 1, None, 0), (0, 1 << 28, 1, None, 0),
-    (1000, 1, 1024, None, 0), (0, 1, 1024, None, 0), (0, 1 << 28, 1024, 1, 1 << 28), (1000, 1 << 28, 1024, 1, 3936),
-    (0, 5760, 1024, 1, 1), (1000, 1, 1024, 1, 1 << 28)])
-def test_blocks_at_once_are_the_bits_of_blocks_one_by_one(backend, per_cluster, slot_bytes, programs, apart,
-                                                         apart_bytes, monkeypatch):
+# slots take 2,880 bytes); CLUSTER_PROGRAMS 1, 12, 1024: 1, up to 2, up to 4 programs per cluster
+@pytest.mark.parametrize("per_cluster,slot_bytes,programs", [(0, 1 << 28, 1024), (0, 5760, 12), (1000, 1 << 28, 1),
+                                                             (0, 1 << 28, 1), (1000, 1, 1024), (0, 1, 1024)])
+def test_blocks_at_once_are_the_bits_of_blocks_one_by_one(backend, per_cluster, slot_bytes, programs, monkeypatch):
     """``block_rows``: the statistics of every block alone, added exactly (``ExactSum``), to the bit;
     with slots or one program per cluster, in one launch or one launch per block (``SLOT_BYTES``),
-    each cluster's blocks added by one program or by several whose partials are merged, or each
-    block's sums stored apart and added after."""
+    each cluster's blocks added by one program or by several whose partials are merged."""
     from mega_taxonomy.ops.update import triton as update_triton
 
     monkeypatch.setattr(update_triton, "ROWS_PER_CLUSTER", per_cluster)
     monkeypatch.setattr(update_triton, "SLOT_BYTES", slot_bytes)
     monkeypatch.setattr(update_triton, "CLUSTER_PROGRAMS", programs)
-    monkeypatch.setattr(update_triton, "BLOCKS_APART_PROGRAMS", apart or 1 << 62)
-    monkeypatch.setattr(update_triton, "BLOCK_SUMS_BYTES", apart_bytes)
     g = torch.Generator().manual_seed(9)
     n, block = 1800, 512  # three full blocks and a short one
     x = (torch.randn(n, 40, generator=g) * torch.exp(8 * torch.randn(n, 1, generator=g))).to(DEVICE)

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from ..exact import DIGITS, EMPTY_TOP, NONFINITE_TOP, ExactSum
-from ..exact.triton import accumulate_triton, exact_add, merge_parts_triton
+from ..exact.triton import exact_add, merge_parts_triton
 
 # Sorted positions per chunk: enough work per program to hide the index loads, few enough
 # chunks that one big cluster still spreads over many programs.
@@ -54,13 +54,6 @@ MAX_BLOCK_D = 512
 # Programs that the per-cluster sums of many blocks aim for: with few clusters (K = 128 at 8M x 32,
 # 128 blocks), a program per cluster walked every block's exact add in turn.
 CLUSTER_PROGRAMS = 1024
-# Clusters (times column tiles) from which the exact sums of many blocks are taken block by block
-# apart, each block's float64 sums stored and then added exactly in block order, rather than by a
-# program per cluster walking the blocks: at 10M x 64 fp16, K = 16,384, that walk over 160 blocks
-# of about four rows a cluster took 16.2 ms of a 94.7 ms k-means iteration (H100).
-BLOCKS_APART_PROGRAMS = CLUSTER_PROGRAMS
-# Bytes of the blocks' stored sums per launch of that path.
-BLOCK_SUMS_BYTES = 1 << 28
 # Rows per program of the sort keys' kernel.
 KEYS_BLOCK = 1024
 # Clusters of at most this many rows on average: one program per cluster walks them, without a
@@ -91,30 +84,6 @@ def run_sum(x_ptr, order_ptr, w_ptr, start, stop, cols, col_ok, stride_x,
                        other=0.0).to(tl.float64)
         acc_w += tl.load(w_ptr + row, mask=ok, other=0.0).to(tl.float64)
     return tl.sum(acc, axis=0), tl.sum(acc_w, axis=0)
-
-
-@triton.jit
-def block_sum(x_ptr, order_ptr, w_ptr, slot_ptr, slot_w_ptr, ends_ptr, key, cols, col_ok, D, stride_x,
-              CHUNK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
-              FROM_SLOTS: tl.constexpr):
-    """(float64 sums of the columns ``cols``, float64 sum of w, rows) of ``key``'s run (a cluster's
-    rows in one block): its runs chunk by chunk, in order, read from the slots the chunk kernel
-    filled (FROM_SLOTS) or summed from the rows."""
-    lo = tl.load(ends_ptr + key - 1)
-    hi = tl.load(ends_ptr + key)
-    acc = tl.zeros((BLOCK_D,), tl.float64)
-    acc_w = tl.zeros((1,), tl.float64)
-    for j in range(lo // CHUNK, tl.where(hi > lo, (hi - 1) // CHUNK + 1, lo // CHUNK)):
-        if FROM_SLOTS:
-            run = tl.load(slot_ptr + (key + j) * D + cols, mask=col_ok, other=0.0)
-            run_w = tl.load(slot_w_ptr + key + j + tl.arange(0, 1))
-        else:
-            start, stop = tl.maximum(lo, j * CHUNK), tl.minimum(hi, (j + 1) * CHUNK)
-            run, run_w = run_sum(x_ptr, order_ptr, w_ptr, start, stop, cols, col_ok, stride_x,
-                                 BLOCK_R, BLOCK_D, STAGES)
-        acc += run
-        acc_w += run_w
-    return acc, acc_w, hi - lo
 
 
 @triton.jit
@@ -207,15 +176,28 @@ def _cluster_sums_kernel(
         total_w = tl.zeros((1,), tl.float64)
         count = tl.zeros((), tl.int64)
     for b in range(g, NB, G):
-        acc, acc_w, rows = block_sum(x_ptr, order_ptr, w_ptr, slot_ptr, slot_w_ptr, ends_ptr, b * (K + 1) + c + 1,
-                                     cols, col_ok, D, stride_x, CHUNK, BLOCK_R, BLOCK_D, STAGES, FROM_SLOTS)
+        key = b * (K + 1) + c + 1
+        lo = tl.load(ends_ptr + key - 1)
+        hi = tl.load(ends_ptr + key)
+        acc = tl.zeros((BLOCK_D,), tl.float64)
+        acc_w = tl.zeros((1,), tl.float64)
+        for j in range(lo // CHUNK, tl.where(hi > lo, (hi - 1) // CHUNK + 1, lo // CHUNK)):
+            if FROM_SLOTS:
+                run = tl.load(slot_ptr + (key + j) * D + cols, mask=col_ok, other=0.0)
+                run_w = tl.load(slot_w_ptr + key + j + tl.arange(0, 1))
+            else:
+                start, stop = tl.maximum(lo, j * CHUNK), tl.minimum(hi, (j + 1) * CHUNK)
+                run, run_w = run_sum(x_ptr, order_ptr, w_ptr, start, stop, cols, col_ok, stride_x,
+                                     BLOCK_R, BLOCK_D, STAGES)
+            acc += run
+            acc_w += run_w
         if EXACT:
             top, d0, d1, d2 = exact_add(top, d0, d1, d2, acc, _EMPTY_TOP, _NONFINITE_TOP)
             top_w, w0, w1, w2 = exact_add(top_w, w0, w1, w2, acc_w, _EMPTY_TOP, _NONFINITE_TOP)
         else:
             total += acc
             total_w += acc_w
-        count += rows
+        count += hi - lo
     if EXACT:
         tl.store(sums_ptr + c * D + cols, top, mask=col_ok)
         tl.store(sums_ptr + plane + c * D + cols, d0, mask=col_ok)
@@ -232,28 +214,6 @@ def _cluster_sums_kernel(
         else:
             tl.store(w_sums_ptr + c + tl.arange(0, 1), total_w)
         tl.store(counts_ptr + c, count)  # here, not by more launches from the host
-
-
-@triton.jit
-def _block_cluster_sums_kernel(
-    x_ptr, order_ptr, w_ptr, slot_ptr, slot_w_ptr, ends_ptr,
-    out_ptr,  # *f64 [NB, K, D]: block B0 + i's sums in row i
-    out_w_ptr,  # *f64 [NB, K]
-    D, K, B0, stride_x,
-    CHUNK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
-    FROM_SLOTS: tl.constexpr,
-):
-    """A program per (cluster, column tile, block): the block's sums of the cluster, as
-    ``_cluster_sums_kernel`` computes them before adding them to its total."""
-    c = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    col_ok = cols < D
-    i = tl.program_id(2).to(tl.int64)
-    acc, acc_w, _ = block_sum(x_ptr, order_ptr, w_ptr, slot_ptr, slot_w_ptr, ends_ptr, (B0 + i) * (K + 1) + c + 1,
-                              cols, col_ok, D, stride_x, CHUNK, BLOCK_R, BLOCK_D, STAGES, FROM_SLOTS)
-    tl.store(out_ptr + (i * K + c) * D + cols, acc, mask=col_ok)
-    if tl.program_id(1) == 0:
-        tl.store(out_w_ptr + i * K + c + tl.arange(0, 1), acc_w)
 
 
 @functools.lru_cache(maxsize=16)
@@ -333,10 +293,6 @@ def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Te
             slot_w = torch.empty(chunks + blocks * (k + 1), dtype=torch.float64, device=x.device)
             _chunk_sums_kernel[(chunks, d_tiles)](xs, order, keys, ws, ends, slots, slot_w, m, d, k, x.stride(0),
                                                   num_warps=WARPS, **tiles)
-        if exact and blocks > 1 and k * d_tiles >= BLOCKS_APART_PROGRAMS:
-            _exact_sums_block_by_block(xs, order, ws, slots, slot_w, ends, sums, w_sums, counts, k, blocks,
-                                       lo > 0, from_slots, tiles)
-            continue
         # exact sums of blocks: G programs per cluster, each a partial of every G-th block, merged after
         groups = min(blocks, triton.cdiv(CLUSTER_PROGRAMS, k * d_tiles)) if exact else 1
         outs = (sums, w_sums, counts) if groups == 1 else (
@@ -353,31 +309,6 @@ def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Te
     if exact:
         return ExactSum(sums[0], sums[1:]), counts, ExactSum(w_sums[0], w_sums[1:])
     return sums[0], counts, w_sums[0]
-
-
-def _exact_sums_block_by_block(xs, order, ws, slots, slot_w, ends, sums, w_sums, counts, k, blocks, accumulate,
-                               from_slots, tiles):
-    """The exact sums of many blocks of many clusters: each block's float64 sums of every cluster
-    stored (a program per cluster, column tile and block; at most ``BLOCK_SUMS_BYTES`` a launch),
-    then added to the totals block by block in one exact accumulate; the counts from ``ends``."""
-    d = xs.shape[1]
-    if not accumulate:
-        for exact in (sums, w_sums):
-            exact[0].fill_(EMPTY_TOP)
-            exact[1:].zero_()
-        counts.zero_()
-    per_launch = max(1, min(65535, BLOCK_SUMS_BYTES // (k * (d + 1) * 8)))  # (65,535: a grid's third axis)
-    for b0 in range(0, blocks, per_launch):
-        nb = min(per_launch, blocks - b0)
-        out = torch.empty(nb, k, d, dtype=torch.float64, device=xs.device)
-        out_w = torch.empty(nb, k, dtype=torch.float64, device=xs.device)
-        _block_cluster_sums_kernel[(k, triton.cdiv(d, tiles["BLOCK_D"]), nb)](
-            xs, order, ws, slots, slot_w, ends, out, out_w, d, k, b0, xs.stride(0), FROM_SLOTS=from_slots,
-            num_warps=4 if from_slots else WARPS, **tiles)
-        accumulate_triton(sums[0], sums[1:], out, nb)
-        accumulate_triton(w_sums[0], w_sums[1:], out_w, nb)
-    runs = ends - torch.cat([ends.new_zeros(1), ends[:-1]])  # rows of each key
-    counts += runs.view(blocks, k + 1)[:, 1:].sum(0)
 
 
 @triton.jit
