@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from ..io.device import as_tensor
 from ..partials import BestPerGroup, SamplePartial, block_sample
@@ -164,10 +163,8 @@ class PredictState:
 
 class PredictTask:
     def __call__(self, block, state: PredictState, device) -> PredictPartial:
-        def route(rows=None):
-            x = as_tensor(block.vectors, device)
-            if rows is not None:
-                x = x[torch.as_tensor(rows, device=x.device)]
+        def route(rows=None):  # rows: the cache's misses; only they go to the device
+            x = as_tensor(block.vectors if rows is None else block.vectors[rows], device)
             paths, dist = route_beam(x, state.tree, state.beam, router=state.router)
             return paths[:, 0].cpu().numpy(), dist[:, 0].cpu().numpy()
 
