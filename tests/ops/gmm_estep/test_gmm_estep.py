@@ -147,19 +147,26 @@ def test_float32_methods_match_float64(method, backend, ctype, dtype, n, k, d):
     assert torch.equal(again.x2_sum.cpu(), got.x2_sum) and torch.equal(again.log_likelihood.cpu(), got.log_likelihood)
 
 
-@pytest.mark.parametrize("k", [7, 5000])  # one tile of a row, and rows wider than RESP_TILE (two sweeps)
+@pytest.mark.parametrize("k", [7, 300, 5000])  # one tile of a row, and rows wider than RESP_TILE (two sweeps)
 def test_responsibilities_kernel_matches_torch(k):
-    """``_resp_kernel`` (interpreted here) against torch's logsumexp and exp, rows past one program."""
-    from mega_taxonomy.ops.gmm_estep.products import responsibilities_
+    """``_resp_kernel`` (interpreted here) against torch's logsumexp and exp, rows past one program,
+    and where a row is one tile, the responsibilities' column sums of every ``RESP_GROUP`` rows
+    (the last group short)."""
+    from mega_taxonomy.ops.gmm_estep.products import RESP_GROUP, responsibilities_
 
-    logp = torch.from_numpy(np.random.default_rng(k).normal(size=(37, k)) * 30).float().to(DEVICE)
+    n = RESP_GROUP + 37
+    logp = torch.from_numpy(np.random.default_rng(k).normal(size=(n, k)) * 30).float().to(DEVICE)
     want = logp.clone()
-    want_lse = responsibilities_(want, backend="torch")
+    want_lse, none = responsibilities_(want, backend="torch")
     got = logp.clone()
-    lse = responsibilities_(got, backend="triton")
+    lse, sums = responsibilities_(got, backend="triton")
     torch.testing.assert_close(lse, want_lse, rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(got.sum(1), torch.ones(37, device=DEVICE), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.sum(1), torch.ones(n, device=DEVICE), rtol=1e-5, atol=1e-5)
+    assert none is None and (sums is None) == (k == 5000)
+    if sums is not None:
+        groups = torch.stack([want[:RESP_GROUP].sum(0), want[RESP_GROUP:].sum(0)])
+        torch.testing.assert_close(sums, groups, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("launch_elements", [None, 2048])

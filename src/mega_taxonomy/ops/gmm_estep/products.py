@@ -48,6 +48,8 @@ from ..common import use_triton
 # rows, as the fused kernels' splits of 4,096.
 CHUNK_ROWS = 8192
 LAUNCH_ELEMENTS = 1 << 26  # of a launch's (rows, K) log densities, and of its (rows, 2D + 1) operand
+# Rows per column sum of the responsibilities' pass (its sum r): a block of whole chunks is whole groups.
+RESP_GROUP = 64
 
 
 def diag_operands(weights, means, precisions, shift):
@@ -75,23 +77,27 @@ def launch_rows(k: int, width: int) -> int:
     return rows * max(1, LAUNCH_ELEMENTS // (rows * max(k, width)))
 
 
-def responsibilities_(logp: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """Every row's log-sum-exp of ``logp`` (C, K), and ``exp(logp - lse)`` written over ``logp``
-    (the Triton pass for float32 on CUDA). Returns lse (C,)."""
+def responsibilities_(logp: torch.Tensor, backend: str = "auto"):
+    """Every row's log-sum-exp of ``logp`` (C, K), and ``exp(logp - lse)`` written over ``logp``.
+    Returns (lse (C,), sums): the Triton pass for float32 on CUDA (one read and one write) also
+    gives the responsibilities' column sums of every ``RESP_GROUP`` rows, float32 (ceil(C /
+    RESP_GROUP), K); elsewhere ``sums`` is None, and the product with F's column of ones sums r."""
     if logp.dtype == torch.float32 and use_triton(logp, backend):
         from .triton import responsibilities_triton_
 
-        return responsibilities_triton_(logp)
+        return responsibilities_triton_(logp, RESP_GROUP)
     lse = torch.logsumexp(logp, 1)
     logp.sub_(lse[:, None]).exp_()
-    return lse
+    return lse, None
 
 
 def estep_products(x: torch.Tensor, features, w: torch.Tensor, c: torch.Tensor, backend: str = "auto"):
     """(sum of the rows' log-sum-exp, S (P + 1, K)), float64, of the rows ``x`` (n, D): per launch,
     F = ``features(rows)`` (m, P + 1 + pad) whose column P is ones (and any after it zeros),
     L = c + F[:, :P] @ w (w (P, K), c (K,)), the responsibilities over L, and S = sum over chunks
-    of F^T R, every chunk's sums in the products' precision, added in float64."""
+    of F^T R, every chunk's sums in the products' precision, added in float64. Row P of S (sum r)
+    comes from the responsibilities' pass where it gives it (its groups' sums added in float64),
+    and the product then leaves the ones out."""
     n = len(x)
     k, p = len(c), w.shape[0]
     rows, per_launch = chunk_rows(k, p + 1), launch_rows(k, p + 1)
@@ -100,14 +106,18 @@ def estep_products(x: torch.Tensor, features, w: torch.Tensor, c: torch.Tensor, 
     for lo in range(0, n, per_launch):
         f = features(x[lo:lo + per_launch])
         logp = torch.addmm(c, f[:, :p], w)
-        lse = responsibilities_(logp, backend)
+        lse, r_sums = responsibilities_(logp, backend)
         log_likelihood += lse.double().sum()
+        if r_sums is not None:
+            total[p] += r_sums.double().sum(0)
+        q = p + (r_sums is None)  # F's columns in the product
         whole = len(f) // rows * rows
-        if whole:  # per chunk, in one batched product: operands in the layout cuBLAS takes as is (padding included)
-            per_chunk = torch.bmm(f[:whole].view(-1, rows, f.shape[1]).transpose(1, 2), logp[:whole].view(-1, rows, k))
-            total += per_chunk[:, :p + 1].double().sum(0)
+        if whole:  # per chunk, in one batched product: F^T as a view of F (rows of F.shape[1], as cuBLAS takes it)
+            per_chunk = torch.bmm(f[:whole].view(-1, rows, f.shape[1]).transpose(1, 2)[:, :q],
+                                  logp[:whole].view(-1, rows, k))
+            total[:q] += per_chunk.double().sum(0)
         if whole < len(f):
-            total += (f[whole:, :p + 1].T @ logp[whole:]).double()
+            total[:q] += (f[whole:, :q].T @ logp[whole:]).double()
     return log_likelihood, total
 
 
@@ -141,7 +151,8 @@ def block_sums(values: torch.Tensor, m: int, backend: str = "auto", out: torch.T
 
 def fold_chunks(per_chunk: torch.Tensor, rows: int, out: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Each block's chunk sums ``per_chunk[b, :, :rows]`` (B, chunks, >= rows, K) added in chunk
-    order in float64, into ``out`` (B, rows, K): in one Triton launch on CUDA."""
+    order in float64, into ``out`` (B, rows, K; rows contiguous, blocks at any stride): in one
+    Triton launch on CUDA."""
     if use_triton(per_chunk, backend):
         from .triton import fold_chunks_triton
 
@@ -180,14 +191,18 @@ def estep_products_blocks(x: torch.Tensor, features, w: torch.Tensor, c: torch.T
         g = min(group, blocks - b0)
         f = features(x[b0 * m:(b0 + g) * m])
         logp = torch.empty(g * m, k, dtype=f.dtype, device=f.device)
-        per_chunk = torch.empty(g, chunks, f.shape[1], k, dtype=f.dtype, device=f.device)
         for j in range(g):
             torch.addmm(c, f[j * m:(j + 1) * m, :p], w, out=logp[j * m:(j + 1) * m])
-        block_sums(responsibilities_(logp, backend), m, backend, out=log_likelihood[b0:b0 + g])
-        for j in range(g):  # operands in the layout cuBLAS takes as is (padding included)
-            torch.bmm(f[j * m:(j + 1) * m].view(chunks, rows, f.shape[1]).transpose(1, 2),
+        lse, r_sums = responsibilities_(logp, backend)
+        block_sums(lse, m, backend, out=log_likelihood[b0:b0 + g])
+        if r_sums is not None:  # a block is whole groups: their sums added in order, as its chunks' are
+            fold_chunks(r_sums.view(g, m // RESP_GROUP, 1, k), 1, total[b0:b0 + g, p:], backend)
+        q = p + (r_sums is None)  # F's columns in the product
+        per_chunk = torch.empty(g, chunks, q, k, dtype=f.dtype, device=f.device)
+        for j in range(g):  # F^T as a view of F (rows of F.shape[1], as cuBLAS takes it)
+            torch.bmm(f[j * m:(j + 1) * m].view(chunks, rows, f.shape[1]).transpose(1, 2)[:, :q],
                       logp[j * m:(j + 1) * m].view(chunks, rows, k), out=per_chunk[j])
-        fold_chunks(per_chunk, p + 1, total[b0:b0 + g], backend)
+        fold_chunks(per_chunk, q, total[b0:b0 + g], backend)
     return log_likelihood, total
 
 

@@ -26,7 +26,7 @@ accuracy, see ``ops.assign``). Half-precision rows are read as they are and comp
 
 Also here, for the products method (``products.py``): ``_resp_kernel``, every row's log-sum-exp
 of a (rows, K) float32 array of log densities and the responsibilities written over it, in one
-read and one write; and ``_diag_features_kernel``, its operand F = [x - shift, (x - shift)^2, 1,
+read and one write, with their column sums by groups of rows (the statistics' sum r); and ``_diag_features_kernel``, its operand F = [x - shift, (x - shift)^2, 1,
 zeros] in one read of the rows and one write.
 """
 
@@ -117,22 +117,34 @@ def _stats_kernel(x_ptr, shift_ptr, a_ptr, b_ptr, c_ptr, lse_ptr, r_ptr, xs_ptr,
 
 
 @triton.jit
-def _resp_kernel(l_ptr, lse_ptr, N, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr):
-    """A program per BLOCK_R rows of L (N, K): each row's log-sum-exp, and exp(L - lse) over L. A
-    row of up to BLOCK_K components is read once; wider ones twice (an online sweep, then exp)."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_ok = rows < N
+def _resp_kernel(l_ptr, lse_ptr, sums_ptr, N, K, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                 ONE_TILE: tl.constexpr):
+    """Each row's log-sum-exp of L (N, K), and exp(L - lse) over L. Rows of up to BLOCK_K
+    components: a program per GROUP rows, BLOCK_R at a time, each read once, and the group's
+    column sums of the responsibilities (float32, in row order) into sums (N / GROUP, K): the
+    statistics' sum r without a second read of R. Wider rows: a program per BLOCK_R rows, read
+    twice (an online sweep, then exp), no sums."""
     cols = tl.arange(0, BLOCK_K)
     if ONE_TILE:
-        ok = row_ok[:, None] & (cols < K)[None, :]
-        ptrs = l_ptr + rows[:, None] * K + cols[None, :]
-        v = tl.load(ptrs, mask=ok, other=float("-inf"))
-        top = tl.max(v, axis=1)
-        e = tl.exp(v - top[:, None])
-        total = tl.sum(e, axis=1)
-        tl.store(ptrs, e / total[:, None], mask=ok)
-        tl.store(lse_ptr + rows, top + tl.log(total), mask=row_ok)
+        group = tl.program_id(0).to(tl.int64)
+        col_sums = tl.zeros((BLOCK_K,), tl.float32)
+        for r0 in range(0, GROUP, BLOCK_R):
+            rows = group * GROUP + r0 + tl.arange(0, BLOCK_R)
+            row_ok = rows < N
+            ok = row_ok[:, None] & (cols < K)[None, :]
+            ptrs = l_ptr + rows[:, None] * K + cols[None, :]
+            v = tl.load(ptrs, mask=ok, other=float("-inf"))
+            top = tl.where(row_ok, tl.max(v, axis=1), 0.0)  # a row past N: -inf everywhere, kept out of NaN
+            e = tl.exp(v - top[:, None])
+            total = tl.sum(e, axis=1)
+            r = e / total[:, None]
+            tl.store(ptrs, r, mask=ok)
+            tl.store(lse_ptr + rows, top + tl.log(total), mask=row_ok)
+            col_sums += tl.sum(tl.where(ok, r, 0.0), axis=0)
+        tl.store(sums_ptr + group * K + cols, col_sums, mask=cols < K)
     else:
+        rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+        row_ok = rows < N
         top = tl.full((BLOCK_R,), -1e30, tl.float32)  # finite: exp(top - new_top) never sees inf - inf
         total = tl.zeros((BLOCK_R,), tl.float32)
         for c0 in range(0, K, BLOCK_K):
@@ -214,9 +226,11 @@ FOLD_TILE = 1024  # elements of a block's sums per program
 
 
 @triton.jit
-def _fold_chunks_kernel(s_ptr, out_ptr, CHUNKS, ROWS, K, stride_b, stride_c, stride_r, TILE: tl.constexpr):
+def _fold_chunks_kernel(s_ptr, out_ptr, CHUNKS, ROWS, K, stride_b, stride_c, stride_r, stride_out,
+                        TILE: tl.constexpr):
     """Program (block, tile): the block's chunk sums s[b, :, :ROWS, :] (float32) added in chunk
-    order in float64, from 0.0 (which adds no rounding), into out[b] (ROWS, K) contiguous."""
+    order in float64, from 0.0 (which adds no rounding), into out[b] (ROWS, K): its rows contiguous,
+    the blocks stride_out apart."""
     b = tl.program_id(0).to(tl.int64)
     i = tl.program_id(1).to(tl.int64) * TILE + tl.arange(0, TILE)
     ok = i < ROWS * K
@@ -224,30 +238,38 @@ def _fold_chunks_kernel(s_ptr, out_ptr, CHUNKS, ROWS, K, stride_b, stride_c, str
     acc = tl.zeros((TILE,), tl.float64)
     for chunk in range(CHUNKS):
         acc += tl.load(s_ptr + offset + chunk * stride_c, mask=ok, other=0.0).to(tl.float64)
-    tl.store(out_ptr + b * ROWS * K + i, acc, mask=ok)
+    tl.store(out_ptr + b * stride_out + i, acc, mask=ok)
 
 
 def fold_chunks_triton(per_chunk: torch.Tensor, rows: int, out: torch.Tensor) -> torch.Tensor:
-    """``products.fold_chunks`` in one launch, into ``out`` (contiguous (B, rows, K) float64)."""
+    """``products.fold_chunks`` in one launch, into ``out`` ((B, rows, K) float64, each block's
+    rows contiguous)."""
     blocks, chunks, _, k = per_chunk.shape
-    assert per_chunk.stride(3) == 1 and out.is_contiguous()
+    assert per_chunk.stride(3) == 1 and out.stride(2) == 1 and (rows == 1 or out.stride(1) == k)
     if blocks:
         _fold_chunks_kernel[(blocks, triton.cdiv(rows * k, FOLD_TILE))](
             per_chunk, out, chunks, rows, k, per_chunk.stride(0), per_chunk.stride(1), per_chunk.stride(2),
-            TILE=FOLD_TILE)
+            out.stride(0), TILE=FOLD_TILE)
     return out
 
 
-def responsibilities_triton_(logp: torch.Tensor) -> torch.Tensor:
-    """``products.responsibilities_`` through ``_resp_kernel``: lse (C,), exp(L - lse) over L."""
+def responsibilities_triton_(logp: torch.Tensor, group: int):
+    """``products.responsibilities_`` through ``_resp_kernel``: lse (C,), exp(L - lse) over L, and
+    the column sums of every ``group`` rows (ceil(C / group), K) float32, or None for rows wider
+    than ``RESP_TILE`` (the caller sums R itself)."""
     n, k = logp.shape
     assert logp.is_contiguous() and logp.dtype == torch.float32
     block_k = min(triton.next_power_of_2(k), RESP_TILE)
-    block_r = RESP_TILE // block_k
+    block_r = min(RESP_TILE // block_k, group)
+    one_tile = k <= block_k
+    assert not one_tile or group % block_r == 0
     lse = torch.empty(n, dtype=torch.float32, device=logp.device)
-    _resp_kernel[(triton.cdiv(n, block_r),)](logp, lse, n, k, BLOCK_R=block_r, BLOCK_K=block_k,
-                                             ONE_TILE=k <= block_k, num_warps=8)
-    return lse
+    sums = torch.empty(triton.cdiv(n, group), k, dtype=torch.float32, device=logp.device) if one_tile else None
+    grid = triton.cdiv(n, group if one_tile else block_r)
+    if n:
+        _resp_kernel[(grid,)](logp, lse, sums if one_tile else lse, n, k, GROUP=group, BLOCK_R=block_r,
+                              BLOCK_K=block_k, ONE_TILE=one_tile, num_warps=8)
+    return lse, sums
 
 
 def _tiles(d: int, stats: bool = False) -> dict:
