@@ -237,11 +237,30 @@ def test_host_rows_by_runs_are_the_blocks_one_by_one(data, monkeypatch):
     assert by_runs.inertia_ == by_blocks.inertia_
 
 
+@pytest.mark.parametrize("ctype", ["diag", "spherical"])
+def test_an_m_step_on_the_gpu_is_the_bits_of_the_host_m_step(ctype):
+    """``em.m_step`` of sums on the GPU (torch there, queued behind a pass) and of the same sums on
+    the host (numpy): the same parameters to the bit, over sums of many magnitudes."""
+    from mega_taxonomy.cluster.em import EMPartial, m_step
+
+    rng = np.random.default_rng(21)
+    k, d = 4096, 64
+    resp = rng.uniform(0, 1, k) * 10.0 ** rng.integers(-6, 6, k)
+    x_sum = rng.normal(size=(k, d)) * resp[:, None]
+    x2_sum = (x_sum / resp[:, None]) ** 2 * resp[:, None] * rng.uniform(1, 3, (k, d))
+    host = m_step(EMPartial(10, 0.0, resp, x_sum, x2_sum), ctype, 1e-6)
+    gpu = m_step(EMPartial(10, 0.0, *(torch.from_numpy(v).cuda() for v in (resp, x_sum, x2_sum))), ctype, 1e-6,
+                 check=False)
+    for name in ("weights", "means", "covariances", "precisions_cholesky"):
+        np.testing.assert_array_equal(getattr(gpu, name).cpu().numpy(), getattr(host, name), err_msg=name)
+
+
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-@pytest.mark.parametrize("ctype", ["diag", "full"])
+@pytest.mark.parametrize("ctype", ["diag", "spherical", "full"])
 def test_gaussian_mixture_on_the_gpu_whole_or_by_runs_is_the_blocks_one_by_one(ctype, monkeypatch):
-    """The E-step of a tensor on the GPU in one call, and of host rows by runs
-    (``EStepTask.whole``): the bits of the blocks streamed one by one."""
+    """The E-step of a tensor on the GPU in one call (its M-step queued there, the next pass
+    launched ahead on it), and of host rows by runs (``EStepTask.whole``): the bits of the blocks
+    streamed one by one."""
     from mega_taxonomy import GaussianMixture
     from mega_taxonomy.io import BLOCK_ROWS, streaming
     from mega_taxonomy.runtime import local

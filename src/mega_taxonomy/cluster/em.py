@@ -9,13 +9,17 @@ the fit does not depend on batch size, shard layout or worker count. The M-step
 
 :class:`EM` is a client of the iteration driver (``runtime/iterate.py``); its ``change`` follows
 scikit-learn's convergence rule (``abs(lower_bound - previous) < tol``, the lower bound being the
-mean log-likelihood under the parameters that the iteration's E-step ran on).
+mean log-likelihood under the parameters that the iteration's E-step ran on). Rows on a GPU: the
+M-step of a diagonal or spherical mixture follows its pass there, and the next pass is launched
+ahead on it (``EM``), the same bits as the M-step on the host.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +31,7 @@ from ..ops import nearest
 from ..ops.exact import ExactSum
 from ..ops.gmm_estep import ROW_CHUNK, gmm_estep, gmm_estep_blocks, gmm_stats
 from ..runtime import CompositePartial, Deferred, Step, Update, iterate
+from . import lloyd
 
 # Blocks whose E-step statistics a whole pass computes at once (``EStepTask.whole``): few launches
 # a block, and at most this many blocks' (K, D) sums held.
@@ -87,7 +92,8 @@ class EStepTask:
     """A block's E-step partial under ``state.params`` (:meth:`__call__`: on a GPU the statistics'
     copies to the host are queued and the partial finished after the next block's kernels,
     ``runtime.Deferred``), or a whole pass's or a run of blocks' in one call (:meth:`whole`: the
-    blocks' sums added on the device, one copy at the end), which ``LocalRuntime`` takes on a GPU."""
+    blocks' sums added on the device, and left there or copied once at the end), which
+    ``LocalRuntime`` takes on a GPU."""
 
     def __init__(self):
         self._moved = None  # (state, device, its parameters there, the E-step's operands made of them)
@@ -131,8 +137,9 @@ class EStepTask:
         """The partial of every block of the source at once (``block``: all its rows, on ``device``
         already; see ``runtime.base.BlockTask``), or of a run of them (``part``: other runs' are
         added to it): each block's E-step as :meth:`__call__` computes it, the blocks' sums added
-        exactly where they are, and one copy to the host at the end, not one wait per block: the
-        bits of the blocks' partials added by the runtime."""
+        exactly where they are, not one wait per block: the bits of the blocks' partials added by
+        the runtime. A whole pass's sums are tensors where the rows are (for :class:`EM`'s M-step
+        there); a run's, exact sums read on the host once the pass is over."""
         x = block.vectors
         total = shapes = None
         for lo in range(0, len(x), BLOCKS_AT_ONCE * BLOCK_ROWS):  # the blocks' statistics held a few at a time
@@ -143,12 +150,12 @@ class EStepTask:
             if total is None:
                 total = ExactSum.zeros(flat.shape[1:], flat.device)
             total.add_rows(flat)  # block by block
-        kinds = ("float", "numpy", "numpy", "numpy")
-        sums = total.split(shapes, kinds)  # part: more runs are added to it, exact still, read once the pass is over
-        if not part:  # the whole pass: rounded now, as the runtime rounds the blocks' total, in one copy
-            values = host_arrays(*(piece.as_kind("tensor").value() for piece in sums))
-            sums = [ExactSum.of(float(v) if kind == "float" else v) for v, kind in zip(values, kinds)]
-        return EMPartial(len(x), *sums)
+        sums = total.split(shapes, ("float", "numpy", "numpy", "numpy"))
+        if part:  # more runs are added to it, exact still, read on the host once the pass is over
+            return EMPartial(len(x), *sums)
+        # the whole pass: rounded now, as the runtime rounds the blocks' total, and left on the
+        # device, where the M-step can follow it before the host has read anything (``EM``)
+        return EMPartial(len(x), *(ExactSum.of(piece.as_kind("tensor").value()) for piece in sums))
 
 
 @dataclass(frozen=True)
@@ -192,10 +199,32 @@ class InitTask:
         return total
 
 
+def exact_sum(values, dim: int = 0):
+    """The float64 sum of ``values`` (a tensor or an array) over ``dim``, rounded once: the same
+    bits on any device, whatever the order of the values."""
+    moved = torch.as_tensor(values, dtype=torch.float64).movedim(dim, 0)
+    total = ExactSum.zeros(moved.shape[1:], moved.device).add_rows(moved).value()
+    return total if isinstance(values, torch.Tensor) else total.numpy()
+
+
+def _on_gpu(p: EMPartial) -> bool:
+    return isinstance(p.resp_sum, torch.Tensor) and p.resp_sum.is_cuda
+
+
 def estimate_parameters(p: EMPartial, covariance_type: str, reg_covar: float):
     """(nk, means, covariances) from the sums, as scikit-learn's ``_estimate_gaussian_parameters``:
     ``nk = sum r + 10 eps``, means ``sum r x / nk``, covariances plus ``reg_covar`` on the diagonal
-    (diagonal and spherical variances of at least ``reg_covar``)."""
+    (diagonal and spherical variances of at least ``reg_covar``). numpy, or for diagonal and
+    spherical sums on a GPU, torch there (:func:`m_step`)."""
+    if _on_gpu(p) and covariance_type in ("diag", "spherical"):
+        nk = p.resp_sum + 10 * np.finfo(np.float64).eps
+        means = p.x_sum / nk[:, None]
+        cov = (p.x2_sum / nk[:, None] - means * means).clamp_min_(0.0) + reg_covar
+        if covariance_type == "spherical":  # divided by a tensor: by a number, CUDA multiplies by its inverse
+            cov = exact_sum(cov, 1) / cov.new_tensor(float(cov.shape[1]))
+        return nk, means, cov
+    if isinstance(p.resp_sum, torch.Tensor):
+        p = EMPartial(p.n_rows, p.log_likelihood, *(v.numpy() for v in (p.resp_sum, p.x_sum, p.x2_sum)))
     nk = p.resp_sum + 10 * np.finfo(np.float64).eps
     means = p.x_sum / nk[:, None]
     d = means.shape[1]
@@ -211,14 +240,16 @@ def estimate_parameters(p: EMPartial, covariance_type: str, reg_covar: float):
     else:
         # a variance is never below reg_covar: float32 statistics (the GPU's E-step) can round a
         # component of nearly equal rows below zero, where scikit-learn's float64 ones give ~0
-        cov = np.maximum(p.x2_sum / nk[:, None] - means ** 2, 0.0) + reg_covar
+        cov = np.maximum(p.x2_sum / nk[:, None] - means * means, 0.0) + reg_covar
         if covariance_type == "spherical":
-            cov = cov.mean(1)
+            cov = exact_sum(cov, 1) / cov.shape[1]
     return nk, means, cov
 
 
-def precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
-    """scikit-learn's ``_compute_precision_cholesky``: the upper factor of each precision."""
+def precision_cholesky(covariances, covariance_type: str, check: bool = True):
+    """scikit-learn's ``_compute_precision_cholesky``: the upper factor of each precision.
+    Diagonal and spherical covariances may be tensors on a GPU (``check=False``: no look at
+    their values, which would wait for the device; the caller checks its copy on the host)."""
     if covariance_type in ("full", "tied"):
         covs = covariances[None] if covariance_type == "tied" else covariances
         out = np.empty_like(covs)
@@ -229,17 +260,26 @@ def precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndar
                 raise ValueError(PRECISION_ERROR) from None
             out[k] = linalg.solve_triangular(chol, np.eye(len(cov)), lower=True).T
         return out[0] if covariance_type == "tied" else out
-    if np.any(covariances <= 0.0):
+    if check and bool((covariances <= 0.0).any()):
         raise ValueError(PRECISION_ERROR)
-    return 1.0 / np.sqrt(covariances)
+    return 1.0 / (torch.sqrt(covariances) if isinstance(covariances, torch.Tensor) else np.sqrt(covariances))
 
 
-def m_step(p: EMPartial, covariance_type: str, reg_covar: float, *, n_rows: int | None = None) -> MixtureParams:
-    """New parameters from the sums: weights ``nk / sum nk`` (an M-step), or ``nk / n_rows`` (a
-    start, as scikit-learn's ``_initialize``)."""
+def m_step(p: EMPartial, covariance_type: str, reg_covar: float, *, n_rows: int | None = None,
+           check: bool = True) -> MixtureParams:
+    """New parameters from the sums: weights ``nk / sum nk`` (an M-step; the sum exact), or
+    ``nk / n_rows`` (a start, as scikit-learn's ``_initialize``).
+
+    Diagonal and spherical sums on a GPU stay there (``EM`` queues this behind a pass; see
+    :func:`precision_cholesky` for ``check``): elementwise operations that CUDA rounds as numpy
+    does (division and square root correctly rounded; torch's CPU square root is not, hence numpy
+    on the host) and exact sums, so the parameters are the same bits on either side."""
     nk, means, cov = estimate_parameters(p, covariance_type, reg_covar)
-    weights = nk / (nk.sum() if n_rows is None else n_rows)
-    return MixtureParams(weights, means, precision_cholesky(cov, covariance_type), cov)
+    total = exact_sum(nk) if n_rows is None else n_rows
+    if isinstance(nk, torch.Tensor):
+        total = nk.new_tensor(total) if n_rows is not None else total
+    weights = nk / total
+    return MixtureParams(weights, means, precision_cholesky(cov, covariance_type, check), cov)
 
 
 @dataclass
@@ -251,23 +291,65 @@ class EMResult:
     lower_bounds: list = field(default_factory=list)
 
 
+@dataclass
+class EMStep:
+    """A pass launched by :class:`EM`: its partial, when it was launched, and where its sums stayed
+    on a GPU, the M-step queued there behind it with the copies of what the host needs of it."""
+
+    partial: EMPartial
+    launched: float
+    queued: MixtureParams | None = None
+    later: Any = None
+
+
 class EM:
     """EM passes as a client of :func:`~mega_taxonomy.runtime.iterate`; the state is a
-    :class:`MixtureParams`. See :func:`em` for the parameters."""
+    :class:`MixtureParams`. See :func:`em` for the parameters.
+
+    Where a pass's sums stay on a GPU (rows there, a diagonal or spherical mixture), its M-step
+    is queued behind it, and the next pass is launched on those parameters before the host has
+    read anything (``Step.ahead``): the GPU does not wait for the host's turn between passes. The
+    M-step is one function on either side (:func:`m_step`, the same bits); a pass ahead of
+    convergence is lost, so only behind passes of at most ``LOOK_AHEAD_MAX_SECONDS`` (k-means'
+    rule, ``cluster/lloyd.py``)."""
 
     def __init__(self, source, runtime, *, covariance_type, reg_covar, tol, lower_bound, desc):
         self.source, self.runtime, self.desc = source, runtime, desc
         self.covariance_type, self.reg_covar, self.tol = covariance_type, reg_covar, tol
         self.lower_bound, self.lower_bounds, self.converged = lower_bound, [], False
+        self.pass_seconds, self.results_at = None, -math.inf
 
     def run_pass(self, params, iteration) -> Step:
+        launched = time.perf_counter()
         state = EStepState(params, self.covariance_type)
-        return Step(self.runtime.map_reduce(self.source, EStepTask(), state, desc=f"{self.desc} {iteration}"))
+        partial = self.runtime.map_reduce(self.source, EStepTask(), state, desc=f"{self.desc} {iteration}")
+        if not isinstance(partial.resp_sum, torch.Tensor):
+            return Step(EMStep(partial, launched))
+        if self.covariance_type not in ("diag", "spherical"):  # full and tied: scipy's M-step, on the host
+            values = host_arrays(partial.log_likelihood, partial.resp_sum, partial.x_sum, partial.x2_sum)
+            return Step(EMStep(EMPartial(partial.n_rows, float(values[0]), *values[1:]), launched))
+        queued = m_step(partial, self.covariance_type, self.reg_covar, check=False)
+        later = host_arrays_later(partial.log_likelihood, queued.weights, queued.means, queued.precisions_cholesky,
+                                  queued.covariances)
+        short = self.pass_seconds is not None and self.pass_seconds <= lloyd.LOOK_AHEAD_MAX_SECONDS
+        return Step(EMStep(partial, launched, queued, later), queued if short else None)
 
     def update(self, step: Step, params, iteration) -> Update:
-        partial = step.result
-        lower_bound = partial.log_likelihood / partial.n_rows
-        updated = m_step(partial, self.covariance_type, self.reg_covar)
+        partial, queued = step.result.partial, step.result.queued
+        if queued is None:
+            log_likelihood = partial.log_likelihood
+            updated = m_step(partial, self.covariance_type, self.reg_covar)
+        else:
+            log_likelihood, weights, means, prec_chol, cov = step.result.later()
+            if np.any(cov <= 0.0):  # precision_cholesky's check, on the host's copy
+                raise ValueError(PRECISION_ERROR)
+            updated = MixtureParams(weights, means, prec_chol, cov)
+        # the pass's own time: from its launch, or from the last pass's results where it was
+        # launched ahead and waited for that pass on the device
+        now = time.perf_counter()
+        self.pass_seconds = now - max(step.result.launched, self.results_at)
+        self.results_at = now
+        lower_bound = float(log_likelihood) / partial.n_rows
         change = abs(lower_bound - self.lower_bound)
         self.lower_bound = lower_bound
         self.lower_bounds.append(lower_bound)
