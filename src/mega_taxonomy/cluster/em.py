@@ -220,7 +220,7 @@ def estimate_parameters(p: EMPartial, covariance_type: str, reg_covar: float):
         nk = p.resp_sum + 10 * np.finfo(np.float64).eps
         means = p.x_sum / nk[:, None]
         cov = (p.x2_sum / nk[:, None] - means * means).clamp_min_(0.0) + reg_covar
-        if covariance_type == "spherical":  # divided by a tensor: by a number, CUDA multiplies by its inverse
+        if covariance_type == "spherical":  # by a tensor: divided by a number, CUDA multiplies by its inverse
             cov = exact_sum(cov, 1) / cov.new_tensor(float(cov.shape[1]))
         return nk, means, cov
     if isinstance(p.resp_sum, torch.Tensor):
@@ -275,9 +275,10 @@ def m_step(p: EMPartial, covariance_type: str, reg_covar: float, *, n_rows: int 
     does (division and square root correctly rounded; torch's CPU square root is not, hence numpy
     on the host) and exact sums, so the parameters are the same bits on either side."""
     nk, means, cov = estimate_parameters(p, covariance_type, reg_covar)
-    total = exact_sum(nk) if n_rows is None else n_rows
-    if isinstance(nk, torch.Tensor):
-        total = nk.new_tensor(total) if n_rows is not None else total
+    if n_rows is None:
+        total = exact_sum(nk)
+    else:  # on a GPU a tensor: divided by a number, CUDA multiplies by its inverse
+        total = nk.new_tensor(float(n_rows)) if isinstance(nk, torch.Tensor) else n_rows
     weights = nk / total
     return MixtureParams(weights, means, precision_cholesky(cov, covariance_type, check), cov)
 
