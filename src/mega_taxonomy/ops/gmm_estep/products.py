@@ -9,6 +9,11 @@ a multiple of 4) and W = [a; b] (2D, K):
     lse, R = exp(L - lse)      every row's log-sum-exp, and its responsibilities written over L
     S = R^T @ F                per chunk (K, 2D + 1): sum r x, sum r x^2 and sum r, as one product
 
+On CUDA the responsibilities' pass sums R's columns as it writes them (by groups of
+``RESP_GROUP`` rows), and the product leaves F's column of ones out: at D = 128 a product of 256
+columns, which cuBLAS tiles whole, where 260 took 14.0 ms an E-step against 10.4 (exact float32,
+N = 1M, K = 1,024, an H100).
+
 Full and tied mixtures take the same two products in float64 with other columns of F (the upper
 triangle of x x^T, or the shared precision's quadratic term): :func:`full_estep_products`,
 :func:`tied_estep_products`.
