@@ -20,6 +20,7 @@ update queued on the device behind its pass, empty clusters, Hamerly's bounds
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -98,6 +99,7 @@ class Lloyd:
         self.looking_ahead = look_ahead is not False and not self.track and penalty_strength == 0
         self.partial = None  # of the last pass
         self.pass_seconds = None  # of the last pass, from its launch to its counts on the host
+        self.counts_at = -math.inf  # when the last pass's counts came back
         self.operands = OperandCache()  # the centroids prepared for the kernels, shared by this fit's passes
 
     def _state(self, centroids, **changes) -> LloydState:
@@ -142,7 +144,11 @@ class Lloyd:
         partial, queued = step.result.partial, step.result.queued
         before, self.partial = self.partial, partial
         partial.counts, partial.inertia, queued_shift = step.result.counts_later()
-        self.pass_seconds = time.perf_counter() - step.result.launched
+        # the pass's own time: from its launch, or from the last pass's counts where it was
+        # launched ahead and waited behind that pass on the device (else a pass ahead counts both)
+        now = time.perf_counter()
+        self.pass_seconds = now - max(step.result.launched, self.counts_at)
+        self.counts_at = now
         if self.frozen is not None:  # (never with a pass ahead: frozen groups need bounds)
             bounds.reuse_frozen(partial, before, self.frozen, self.offsets)
         if self.track:
