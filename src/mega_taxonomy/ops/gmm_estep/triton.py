@@ -26,8 +26,9 @@ accuracy, see ``ops.assign``). Half-precision rows are read as they are and comp
 
 Also here, for the products method (``products.py``): ``_resp_kernel``, every row's log-sum-exp
 of a (rows, K) float32 array of log densities and the responsibilities written over it, in one
-read and one write, with their column sums by groups of rows (the statistics' sum r); and ``_diag_features_kernel``, its operand F = [x - shift, (x - shift)^2, 1,
-zeros] in one read of the rows and one write.
+read and one write, with their column sums by groups of rows (the statistics' sum r); and
+``_diag_features_kernel``, its operand F = [x - shift, (x - shift)^2, 1, zeros] in one read of
+the rows and one write.
 """
 
 from __future__ import annotations
