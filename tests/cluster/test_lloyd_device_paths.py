@@ -1,5 +1,6 @@
 """The device-side pieces of a Lloyd pass, checked on the CPU against the host code they replace."""
 
+import importlib
 import itertools
 
 import numpy as np
@@ -146,11 +147,11 @@ def test_passes_launched_ahead_are_the_passes_one_by_one(sums, stop, monkeypatch
     the centroids the loop then takes: the same fit, the same iterations reported, and every pass
     of the loop one by one among its passes, in order. One pass at most is wasted: the one ahead
     of convergence; none ahead of the first pass, where clusters empty (nor after a cluster went empty)."""
-    from mega_taxonomy.cluster import lloyd as module
     from mega_taxonomy.cluster.lloyd import lloyd
     from mega_taxonomy.io import VectorSource
 
-    monkeypatch.setattr(module, "LOOK_AHEAD_MAX_SECONDS", 60.0)  # every pass short, on a loaded machine too
+    driver = importlib.import_module("mega_taxonomy.runtime.iterate")  # (the package's ``iterate`` is its function)
+    monkeypatch.setattr(driver, "LOOK_AHEAD_MAX_SECONDS", 60.0)  # every pass short, on a loaded machine too
 
     rng = np.random.default_rng(4)
     # Small integers: the first pass's distances are exact, so the copies x[:3] of the first three
@@ -191,14 +192,15 @@ def test_no_pass_ahead_after_a_long_pass(monkeypatch):
     """By default a pass is launched ahead only where the one before took at most
     ``LOOK_AHEAD_MAX_SECONDS``: a long pass ahead saves little and is lost when a cluster empties.
     (Here every pass is long: the bound is 0.)"""
-    from mega_taxonomy.cluster import lloyd as module
+    from mega_taxonomy.cluster.lloyd import lloyd
     from mega_taxonomy.io import VectorSource
 
+    driver = importlib.import_module("mega_taxonomy.runtime.iterate")
     x = np.random.default_rng(6).normal(size=(5000, 8)).astype(np.float32)
     for bound, ahead in ((0.0, 0), (60.0, 1)):
-        monkeypatch.setattr(module, "LOOK_AHEAD_MAX_SECONDS", bound)
+        monkeypatch.setattr(driver, "LOOK_AHEAD_MAX_SECONDS", bound)
         runtime, launched = RecordingPasses(as_tensors=True), []
-        module.lloyd(VectorSource(x), x[:40].copy(), runtime, max_iter=4, tol=-1.0,
+        lloyd(VectorSource(x), x[:40].copy(), runtime, max_iter=4, tol=-1.0,
                      on_iteration=lambda *_, passes=runtime.passes, launched=launched: launched.append(len(passes)))
         assert launched == [1, 2 + ahead, 3 + ahead, 4], bound  # none ahead of the first, nor of the last
 

@@ -28,10 +28,9 @@ from scipy import linalg
 from ..io import BLOCK_ROWS
 from ..io.device import as_tensor, host_arrays, host_arrays_later
 from ..ops import nearest
-from ..ops.exact import ExactSum
+from ..ops.exact import ExactSum, exact_sum
 from ..ops.gmm_estep import ROW_CHUNK, gmm_estep, gmm_estep_blocks, gmm_stats
-from ..runtime import CompositePartial, Deferred, Step, Update, iterate
-from . import lloyd
+from ..runtime import CompositePartial, Deferred, PassClock, Step, Update, iterate
 
 # Blocks whose E-step statistics a whole pass computes at once (``EStepTask.whole``): few launches
 # a block, and at most this many blocks' (K, D) sums held.
@@ -153,9 +152,9 @@ class EStepTask:
         sums = total.split(shapes, ("float", "numpy", "numpy", "numpy"))
         if part:  # more runs are added to it, exact still, read on the host once the pass is over
             return EMPartial(len(x), *sums)
-        # the whole pass: rounded now, as the runtime rounds the blocks' total, and left on the
-        # device, where the M-step can follow it before the host has read anything (``EM``)
-        return EMPartial(len(x), *(ExactSum.of(piece.as_kind("tensor").value()) for piece in sums))
+        # the whole pass: read as tensors where they are (the runtime rounds them there), which the
+        # M-step can follow before the host has read anything (``EM``)
+        return EMPartial(len(x), *(piece.as_kind("tensor") for piece in sums))
 
 
 @dataclass(frozen=True)
@@ -199,16 +198,10 @@ class InitTask:
         return total
 
 
-def exact_sum(values, dim: int = 0):
-    """The float64 sum of ``values`` (a tensor or an array) over ``dim``, rounded once: the same
-    bits on any device, whatever the order of the values."""
-    moved = torch.as_tensor(values, dtype=torch.float64).movedim(dim, 0)
-    total = ExactSum.zeros(moved.shape[1:], moved.device).add_rows(moved).value()
-    return total if isinstance(values, torch.Tensor) else total.numpy()
-
-
-def _on_gpu(p: EMPartial) -> bool:
-    return isinstance(p.resp_sum, torch.Tensor) and p.resp_sum.is_cuda
+def _divided(values, number):
+    """``values / number``, the number as a tensor where the values are one: CUDA divides a tensor by
+    a number as a product with its inverse, which rounds otherwise than numpy's division."""
+    return values / (values.new_tensor(float(number)) if isinstance(values, torch.Tensor) else number)
 
 
 def estimate_parameters(p: EMPartial, covariance_type: str, reg_covar: float):
@@ -216,15 +209,9 @@ def estimate_parameters(p: EMPartial, covariance_type: str, reg_covar: float):
     ``nk = sum r + 10 eps``, means ``sum r x / nk``, covariances plus ``reg_covar`` on the diagonal
     (diagonal and spherical variances of at least ``reg_covar``). numpy, or for diagonal and
     spherical sums on a GPU, torch there (:func:`m_step`)."""
-    if _on_gpu(p) and covariance_type in ("diag", "spherical"):
-        nk = p.resp_sum + 10 * np.finfo(np.float64).eps
-        means = p.x_sum / nk[:, None]
-        cov = (p.x2_sum / nk[:, None] - means * means).clamp_min_(0.0) + reg_covar
-        if covariance_type == "spherical":  # by a tensor: divided by a number, CUDA multiplies by its inverse
-            cov = exact_sum(cov, 1) / cov.new_tensor(float(cov.shape[1]))
-        return nk, means, cov
-    if isinstance(p.resp_sum, torch.Tensor):
-        p = EMPartial(p.n_rows, p.log_likelihood, *(v.numpy() for v in (p.resp_sum, p.x_sum, p.x2_sum)))
+    on_gpu = isinstance(p.resp_sum, torch.Tensor) and p.resp_sum.is_cuda and covariance_type in ("diag", "spherical")
+    if isinstance(p.resp_sum, torch.Tensor) and not on_gpu:
+        p = EMPartial(p.n_rows, p.log_likelihood, *(v.cpu().numpy() for v in (p.resp_sum, p.x_sum, p.x2_sum)))
     nk = p.resp_sum + 10 * np.finfo(np.float64).eps
     means = p.x_sum / nk[:, None]
     d = means.shape[1]
@@ -240,9 +227,10 @@ def estimate_parameters(p: EMPartial, covariance_type: str, reg_covar: float):
     else:
         # a variance is never below reg_covar: float32 statistics (the GPU's E-step) can round a
         # component of nearly equal rows below zero, where scikit-learn's float64 ones give ~0
-        cov = np.maximum(p.x2_sum / nk[:, None] - means * means, 0.0) + reg_covar
+        cov = p.x2_sum / nk[:, None] - means * means
+        cov = (cov.clamp_min(0.0) if on_gpu else np.maximum(cov, 0.0)) + reg_covar
         if covariance_type == "spherical":
-            cov = exact_sum(cov, 1) / cov.shape[1]
+            cov = _divided(exact_sum(cov, 1), d)
     return nk, means, cov
 
 
@@ -275,11 +263,7 @@ def m_step(p: EMPartial, covariance_type: str, reg_covar: float, *, n_rows: int 
     does (division and square root correctly rounded; torch's CPU square root is not, hence numpy
     on the host) and exact sums, so the parameters are the same bits on either side."""
     nk, means, cov = estimate_parameters(p, covariance_type, reg_covar)
-    if n_rows is None:
-        total = exact_sum(nk)
-    else:  # on a GPU a tensor: divided by a number, CUDA multiplies by its inverse
-        total = nk.new_tensor(float(n_rows)) if isinstance(nk, torch.Tensor) else n_rows
-    weights = nk / total
+    weights = nk / exact_sum(nk) if n_rows is None else _divided(nk, n_rows)
     return MixtureParams(weights, means, precision_cholesky(cov, covariance_type, check), cov)
 
 
@@ -311,14 +295,14 @@ class EM:
     is queued behind it, and the next pass is launched on those parameters before the host has
     read anything (``Step.ahead``): the GPU does not wait for the host's turn between passes. The
     M-step is one function on either side (:func:`m_step`, the same bits); a pass ahead of
-    convergence is lost, so only behind passes of at most ``LOOK_AHEAD_MAX_SECONDS`` (k-means'
-    rule, ``cluster/lloyd.py``)."""
+    convergence is lost, so only behind passes of at most ``LOOK_AHEAD_MAX_SECONDS``
+    (``runtime.PassClock``, k-means' rule too)."""
 
     def __init__(self, source, runtime, *, covariance_type, reg_covar, tol, lower_bound, desc):
         self.source, self.runtime, self.desc = source, runtime, desc
         self.covariance_type, self.reg_covar, self.tol = covariance_type, reg_covar, tol
         self.lower_bound, self.lower_bounds, self.converged = lower_bound, [], False
-        self.pass_seconds, self.results_at = None, -math.inf
+        self.clock = PassClock()
 
     def run_pass(self, params, iteration) -> Step:
         launched = time.perf_counter()
@@ -332,8 +316,7 @@ class EM:
         queued = m_step(partial, self.covariance_type, self.reg_covar, check=False)
         later = host_arrays_later(partial.log_likelihood, queued.weights, queued.means, queued.precisions_cholesky,
                                   queued.covariances)
-        short = self.pass_seconds is not None and self.pass_seconds <= lloyd.LOOK_AHEAD_MAX_SECONDS
-        return Step(EMStep(partial, launched, queued, later), queued if short else None)
+        return Step(EMStep(partial, launched, queued, later), queued if self.clock.short() else None)
 
     def update(self, step: Step, params, iteration) -> Update:
         partial, queued = step.result.partial, step.result.queued
@@ -345,11 +328,7 @@ class EM:
             if np.any(cov <= 0.0):  # precision_cholesky's check, on the host's copy
                 raise ValueError(PRECISION_ERROR)
             updated = MixtureParams(weights, means, prec_chol, cov)
-        # the pass's own time: from its launch, or from the last pass's results where it was
-        # launched ahead and waited for that pass on the device
-        now = time.perf_counter()
-        self.pass_seconds = now - max(step.result.launched, self.results_at)
-        self.results_at = now
+        self.clock.results(step.result.launched)
         lower_bound = float(log_likelihood) / partial.n_rows
         change = abs(lower_bound - self.lower_bound)
         self.lower_bound = lower_bound

@@ -20,7 +20,6 @@ update queued on the device behind its pass, empty clusters, Hamerly's bounds
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -30,17 +29,11 @@ import torch
 from ..ops import OperandCache
 from ..io.device import host_arrays, host_arrays_later
 from ..ops.update import centroids_from_sums
-from ..runtime import Step, Update, iterate
+from ..runtime import PassClock, Step, Update, iterate
 from . import bounds
 from .balance import size_penalty
 from .lloyd_pass import LloydPartial, LloydState, LloydTask
 from .relocate import MAX_FAR_ROWS, counts_on_host, new_centroids
-
-# A pass launched ahead saves the host's turn between two passes (a millisecond or a few) and is
-# thrown away when a cluster empties: worth it for passes of milliseconds (an H200's fit of
-# device rows, Ray's workers), not for passes of a tenth of a second and more (the pinned fit of
-# 10M x 1024 host rows on an H100 lost a 0.43 s pass to an empty cluster at its last level).
-LOOK_AHEAD_MAX_SECONDS = 0.05
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +91,7 @@ class Lloyd:
         # which stands unless a cluster went empty. A GPU then never waits for the host's turn.
         self.looking_ahead = look_ahead is not False and not self.track and penalty_strength == 0
         self.partial = None  # of the last pass
-        self.pass_seconds = None  # of the last pass, from its launch to its counts on the host
-        self.counts_at = -math.inf  # when the last pass's counts came back
+        self.clock = PassClock()  # of the last pass, until its counts are on the host
         self.operands = OperandCache()  # the centroids prepared for the kernels, shared by this fit's passes
 
     def _state(self, centroids, **changes) -> LloydState:
@@ -133,7 +125,7 @@ class Lloyd:
         # a pass at levels 1 and 2, 0.74 s, to save a host turn of milliseconds). Once a cluster
         # went empty, it may again: no pass ahead for the rest of the fit. By default only where
         # the update is queued on a GPU and the last pass was short (LOOK_AHEAD_MAX_SECONDS).
-        short = self.pass_seconds is not None and self.pass_seconds <= LOOK_AHEAD_MAX_SECONDS
+        short = self.clock.short()
         ahead = (queued is not None and self.looking_ahead and not self.far and self.partial is not None
                  and (self.look_ahead or isinstance(queued[0], torch.Tensor) and short))
         return Step(LloydStep(partial, queued, counts_later, launched), queued[0] if ahead else None)
@@ -144,11 +136,7 @@ class Lloyd:
         partial, queued = step.result.partial, step.result.queued
         before, self.partial = self.partial, partial
         partial.counts, partial.inertia, queued_shift = step.result.counts_later()
-        # the pass's own time: from its launch, or from the last pass's counts where it was
-        # launched ahead and waited behind that pass on the device (else a pass ahead counts both)
-        now = time.perf_counter()
-        self.pass_seconds = now - max(step.result.launched, self.counts_at)
-        self.counts_at = now
+        self.clock.results(step.result.launched)
         if self.frozen is not None:  # (never with a pass ahead: frozen groups need bounds)
             bounds.reuse_frozen(partial, before, self.frozen, self.offsets)
         if self.track:

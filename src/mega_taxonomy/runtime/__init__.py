@@ -17,12 +17,12 @@ from .base import (
     units,
 )
 from .counting import CountingRuntime
-from .iterate import Client, Step, Update, iterate
+from .iterate import Client, PassClock, Step, Update, iterate
 from .local import LocalPool, LocalRuntime, cpu_threads, resolve_device
 
 __all__ = [
     "BlockTask", "Client", "CompositePartial", "CountingRuntime", "Deferred", "ExactPart", "LocalPool", "LocalRuntime",
-    "OrderedReducer", "Partial", "RayPool", "RayRuntime", "Runtime", "Step", "Update", "WorkerPool",
+    "OrderedReducer", "Partial", "PassClock", "RayPool", "RayRuntime", "Runtime", "Step", "Update", "WorkerPool",
     "cpu_threads", "finished", "fold", "in_block_order", "iterate", "passes_here_on_cpu", "resolve_device",
     "settled", "units",
 ]

@@ -39,8 +39,8 @@ import torch
 
 from ...runtime import ExactPart
 
-__all__ = ["DIGITS", "ExactSum", "accumulate_reference", "all_reduce_exact", "merge_reference", "tops_of", "value_of",
-           "value_reference"]
+__all__ = ["DIGITS", "ExactSum", "accumulate_reference", "all_reduce_exact", "exact_sum", "merge_reference", "tops_of",
+           "value_of", "value_reference"]
 
 DIGITS = 3  # kept below the top: a value's 53 bits span at most three digits of 32
 DIGIT_BITS = 32
@@ -293,6 +293,14 @@ class ExactSum(ExactPart):
     @classmethod
     def all_reduce(cls, parts: list, group=None) -> list:
         return all_reduce_exact(parts, group)
+
+
+def exact_sum(values, dim: int = 0):
+    """The float64 sum of ``values`` (a tensor or an array) over ``dim`` as an :class:`ExactSum`
+    rounds it: the same bits on any device, whatever the order of the values."""
+    moved = torch.as_tensor(values, dtype=torch.float64).movedim(dim, 0)
+    total = ExactSum.zeros(moved.shape[1:], moved.device).add_rows(moved).value()
+    return total if isinstance(values, torch.Tensor) else total.numpy()
 
 
 def _rebuilt(tops, digits, values, kind) -> ExactSum:
