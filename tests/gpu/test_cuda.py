@@ -699,7 +699,7 @@ def test_gaussian_mixture_on_cuda_matches_cpu_and_scikit_learn(ctype):
 
 @pytest.mark.parametrize("tf32", [False, True])
 @pytest.mark.parametrize("ctype", ["diag", "spherical"])
-def test_gaussian_mixture_of_float32_rows_on_cuda_takes_the_triton_estep(ctype, tf32, monkeypatch):
+def test_gaussian_mixture_of_float32_rows_on_cuda_takes_the_triton_estep(ctype, tf32):
     """float32 rows on the GPU: the Triton E-step (3xTF32, or TF32 where torch allows it), against
     scikit-learn's float64 fit from the same start: the lower bound within 1e-4 relative (TF32:
     3e-3), every variance at least reg_covar, nothing NaN."""
@@ -710,7 +710,6 @@ def test_gaussian_mixture_of_float32_rows_on_cuda_takes_the_triton_estep(ctype, 
 
     from mega_taxonomy import GaussianMixture
 
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
     rng = np.random.default_rng(5)
     x = ((rng.normal(size=(16, 24)) * 3)[rng.integers(16, size=200_000)] + rng.normal(size=(200_000, 24)) + 40)
     x = x.astype(np.float32)
@@ -720,8 +719,14 @@ def test_gaussian_mixture_of_float32_rows_on_cuda_takes_the_triton_estep(ctype, 
                               init_params="random_from_data").fit(x.astype(np.float64))
         start = {"weights_init": s.weights_, "means_init": s.means_, "precisions_init": s.precisions_}
         ref = SkGaussianMixture(16, covariance_type=ctype, max_iter=10, tol=0, **start).fit(x.astype(np.float64))
-        cuda = GaussianMixture(16, covariance_type=ctype, max_iter=10, tol=0, device="cuda", **start).fit(
-            torch.from_numpy(x).cuda())
+        # set and put back by hand: monkeypatch's undo deletes the attribute, which torch's
+        # cuBLAS switches do not allow
+        before, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, tf32
+        try:
+            cuda = GaussianMixture(16, covariance_type=ctype, max_iter=10, tol=0, device="cuda", **start).fit(
+                torch.from_numpy(x).cuda())
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
     # TF32 rounds the rows and their squares to 10 bits before the expanded quadratic form: on
     # these rows (about 10 from their mixture's mean) the lower bound moved by 1.1e-3 relative
     np.testing.assert_allclose(cuda.lower_bound_, ref.lower_bound_, rtol=3e-3 if tf32 else 1e-4)

@@ -215,18 +215,23 @@ def test_blocks_at_once_are_each_block_alone_to_the_bit(backend, ctype, method, 
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_block_sums_are_each_block_in_a_fixed_order(backend):
-    """``products.block_sums``: a block's float64 sum is the same bits alone or among others, and
-    within float64 rounding of the exact sum."""
+@pytest.mark.parametrize("columns", [None, 70])  # one column (lse), or many by column tiles (sums of r)
+def test_block_sums_are_each_block_in_a_fixed_order(backend, columns):
+    """``products.block_sums``: a block's float64 sums are the same bits alone or among others, and
+    within float64 rounding of the exact sums."""
     from mega_taxonomy.ops.gmm_estep.products import block_sums
 
-    values = torch.from_numpy(np.random.default_rng(13).normal(size=5 * 3000) * 1e3).float().to(DEVICE)
+    shape = (5 * 3000,) if columns is None else (5 * 3000, columns)
+    values = torch.from_numpy(np.random.default_rng(13).normal(size=shape) * 1e3).float().to(DEVICE)
     together = block_sums(values, 3000, backend)
+    assert together.shape == (5,) + shape[1:] and together.dtype == torch.float64
     for b in range(5):
-        alone = block_sums(values[b * 3000:(b + 1) * 3000], 3000, backend)
+        block = values[b * 3000:(b + 1) * 3000]
+        alone = block_sums(block, 3000, backend)
         assert torch.equal(alone, together[b:b + 1])
-        exact = math.fsum(values[b * 3000:(b + 1) * 3000].double().tolist())
-        assert abs(together[b].item() - exact) <= 1e-9 * np.abs(values[b * 3000:(b + 1) * 3000].cpu().numpy()).sum()
+        exact = [math.fsum(column) for column in block.double().reshape(3000, -1).T.tolist()]
+        bound = 1e-9 * block.double().abs().reshape(3000, -1).sum(0).cpu().numpy()
+        assert (np.abs(together[b].reshape(-1).cpu().numpy() - exact) <= bound).all()
 
 
 def test_chunk_fold_kernel_is_its_twin():

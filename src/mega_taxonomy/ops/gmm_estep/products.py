@@ -82,16 +82,27 @@ def launch_rows(k: int, width: int) -> int:
     return rows * max(1, LAUNCH_ELEMENTS // (rows * max(k, width)))
 
 
-def responsibilities_(logp: torch.Tensor, backend: str = "auto"):
+def gives_group_sums(logp: torch.Tensor, backend: str = "auto") -> bool:
+    """Whether :func:`responsibilities_` of ``logp`` gives the responsibilities' group sums."""
+    if logp.dtype == torch.float32 and use_triton(logp, backend):
+        from .triton import gives_group_sums as kernel_gives
+
+        return kernel_gives(logp.shape[1])
+    return False
+
+
+def responsibilities_(logp: torch.Tensor, backend: str = "auto", lse: torch.Tensor | None = None,
+                      sums: torch.Tensor | None = None):
     """Every row's log-sum-exp of ``logp`` (C, K), and ``exp(logp - lse)`` written over ``logp``.
-    Returns (lse (C,), sums): the Triton pass for float32 on CUDA (one read and one write) also
-    gives the responsibilities' column sums of every ``RESP_GROUP`` rows, float32 (ceil(C /
-    RESP_GROUP), K); elsewhere ``sums`` is None, and the product with F's column of ones sums r."""
+    Returns (lse (C,), sums): where :func:`gives_group_sums`, the Triton pass for float32 on CUDA
+    (one read and one write) also gives the responsibilities' column sums of every
+    ``RESP_GROUP`` rows, float32 (ceil(C / RESP_GROUP), K); elsewhere ``sums`` is None, and the
+    product with F's column of ones sums r. Into ``lse`` and ``sums`` where given."""
     if logp.dtype == torch.float32 and use_triton(logp, backend):
         from .triton import responsibilities_triton_
 
-        return responsibilities_triton_(logp, RESP_GROUP)
-    lse = torch.logsumexp(logp, 1)
+        return responsibilities_triton_(logp, RESP_GROUP, lse, sums)
+    lse = torch.logsumexp(logp, 1, out=lse)
     logp.sub_(lse[:, None]).exp_()
     return lse, None
 
@@ -127,30 +138,34 @@ def estep_products(x: torch.Tensor, features, w: torch.Tensor, c: torch.Tensor, 
 
 
 def block_sums(values: torch.Tensor, m: int, backend: str = "auto", out: torch.Tensor | None = None) -> torch.Tensor:
-    """float64 sums of ``values`` (B * m,) by consecutive blocks of ``m`` (into ``out``, (B,)),
-    each in a fixed order whatever the other blocks (a reduction of torch's may split a row
-    differently for another number of rows): ``SUM_TILE`` lanes, each adding every lane-th value
-    in turn, then a fixed tree over the lanes; in one Triton launch on CUDA."""
+    """float64 sums of ``values`` (B * m,) or, by column, (B * m, K) by consecutive blocks of ``m``
+    rows (into ``out``, (B,) or (B, K)), each in a fixed order whatever the other blocks (a
+    reduction of torch's may split a row differently for another number of rows): lanes
+    (``triton.block_lanes``), each adding every lane-th row in turn, then a fixed tree over the
+    lanes; in one Triton launch on CUDA."""
     if out is None:
-        out = torch.empty(len(values) // m, dtype=torch.float64, device=values.device)
+        out = torch.empty(len(values) // m, *values.shape[1:], dtype=torch.float64, device=values.device)
     if use_triton(values, backend):
         from .triton import block_sums_triton
 
         return block_sums_triton(values, m, out)
-    from .triton import SUM_TILE
+    from .triton import block_lanes
 
-    tiles = -(-m // SUM_TILE)
-    lanes = torch.zeros(len(values) // m, tiles * SUM_TILE, dtype=torch.float64, device=values.device)
-    lanes[:, :m] = values.view(-1, m)
-    lanes = lanes.view(len(lanes), tiles, SUM_TILE)
+    columns = values.view(len(values) // m, m, -1)
+    lanes_per_tile = block_lanes(columns.shape[2])[0]
+    tiles = -(-m // lanes_per_tile)
+    lanes = torch.zeros(len(columns), tiles * lanes_per_tile, columns.shape[2], dtype=torch.float64,
+                        device=values.device)
+    lanes[:, :m] = columns
+    lanes = lanes.view(len(lanes), tiles, lanes_per_tile, -1)
     acc = lanes[:, 0].clone()
     for t in range(1, tiles):
         acc += lanes[:, t]
-    width = SUM_TILE
+    width = lanes_per_tile
     while width > 1:  # pairs of halves, down to one lane
         width //= 2
         acc = acc[:, :width] + acc[:, width:2 * width]
-    out.copy_(acc[:, 0])
+    out.copy_(acc[:, 0].view(out.shape))
     return out
 
 
@@ -180,9 +195,10 @@ def grouped_blocks(m: int, k: int, width: int) -> int:
 def estep_products_blocks(x: torch.Tensor, features, w: torch.Tensor, c: torch.Tensor, m: int, backend: str = "auto"):
     """:func:`estep_products` of each block of ``m`` rows of ``x`` (whole chunks, as many as
     :func:`grouped_blocks` allows per launch): (sums of lse (B,), S (B, P + 1, K)), float64. A
-    launch takes several blocks: F, the responsibilities and the sums of lse for all of them, the
-    two products per block (the shapes of a block alone: a product's bits may depend on how many
-    rows it has), a block's chunk sums added in chunk order. The same bits for a block whatever
+    launch takes several blocks: F and the responsibilities for all of them, the two products per
+    block (the shapes of a block alone: a product's bits may depend on how many rows it has), a
+    block's chunk sums added in chunk order; the sums of lse and of r of every block after the
+    launches (:func:`block_sums`). The same bits for a block whatever
     else the launch holds: the host's launches counted per launch, not per block (an H100's
     streamed pass spent 1.15 ms of host time a block of 65,536 rows against 0.74 ms of kernels)."""
     n = len(x)
@@ -192,22 +208,29 @@ def estep_products_blocks(x: torch.Tensor, features, w: torch.Tensor, c: torch.T
     blocks = n // m
     log_likelihood = torch.empty(blocks, dtype=torch.float64, device=x.device)
     total = torch.empty(blocks, p + 1, k, dtype=torch.float64, device=x.device)
+    # every launch's lse and sums of r held, and added up by block in two launches after them: a
+    # block's thousand group sums are a long walk, which a launch per block walked with the GPU idle
+    lse = torch.empty(n // m * m, dtype=torch.float32, device=x.device)
+    r_groups = None
     for b0 in range(0, blocks, group):
         g = min(group, blocks - b0)
         f = features(x[b0 * m:(b0 + g) * m])
         logp = torch.empty(g * m, k, dtype=f.dtype, device=f.device)
         for j in range(g):
             torch.addmm(c, f[j * m:(j + 1) * m, :p], w, out=logp[j * m:(j + 1) * m])
-        lse, r_sums = responsibilities_(logp, backend)
-        block_sums(lse, m, backend, out=log_likelihood[b0:b0 + g])
-        if r_sums is not None:  # a block is whole groups: their sums added in order, as its chunks' are
-            fold_chunks(r_sums.view(g, m // RESP_GROUP, 1, k), 1, total[b0:b0 + g, p:], backend)
-        q = p + (r_sums is None)  # F's columns in the product
+        if r_groups is None and gives_group_sums(logp, backend):  # a block is whole groups
+            r_groups = torch.empty(blocks * (m // RESP_GROUP), k, dtype=torch.float32, device=x.device)
+        at = slice(b0 * (m // RESP_GROUP), (b0 + g) * (m // RESP_GROUP))
+        responsibilities_(logp, backend, lse[b0 * m:(b0 + g) * m], None if r_groups is None else r_groups[at])
+        q = p + (r_groups is None)  # F's columns in the product
         per_chunk = torch.empty(g, chunks, q, k, dtype=f.dtype, device=f.device)
         for j in range(g):  # F^T as a view of F (rows of F.shape[1], as cuBLAS takes it)
             torch.bmm(f[j * m:(j + 1) * m].view(chunks, rows, f.shape[1]).transpose(1, 2)[:, :q],
                       logp[j * m:(j + 1) * m].view(chunks, rows, k), out=per_chunk[j])
         fold_chunks(per_chunk, q, total[b0:b0 + g], backend)
+    block_sums(lse, m, backend, out=log_likelihood)
+    if r_groups is not None:
+        block_sums(r_groups, m // RESP_GROUP, backend, out=total[:, p])
     return log_likelihood, total
 
 

@@ -163,25 +163,41 @@ def _resp_kernel(l_ptr, lse_ptr, sums_ptr, N, K, GROUP: tl.constexpr, BLOCK_R: t
 
 
 RESP_TILE = 4096  # elements of L per program: a row of up to 4,096 components is read once
-SUM_TILE = 1024  # lanes of a block's sum
+SUM_TILE = 1024  # lanes of a block's sum of one column
+COLUMN_LANES, COLUMN_TILE = 32, 64  # lanes and columns of a program of a block's sums of many columns
 
 
 @triton.jit
-def _block_sums_kernel(v_ptr, out_ptr, M, TILE: tl.constexpr):
-    """A program per block of M values: their float64 sum, TILE lanes each adding every TILE-th value
-    in order, then a fixed tree over the lanes. The same steps for a block whatever the others."""
+def _block_sums_kernel(v_ptr, out_ptr, M, K, stride_out, LANES: tl.constexpr, TILE_K: tl.constexpr):
+    """Program (block, column tile): the float64 sums of a block's M rows of v (rows of K), by
+    column, LANES lanes each adding every LANES-th row in turn, then a fixed tree over the lanes.
+    The same steps for a block whatever the others."""
     block = tl.program_id(0).to(tl.int64)
-    lanes = tl.arange(0, TILE)
-    acc = tl.zeros((TILE,), tl.float64)
-    for t in range(0, M, TILE):
-        acc += tl.load(v_ptr + block * M + t + lanes, mask=t + lanes < M, other=0.0).to(tl.float64)
-    tl.store(out_ptr + block, tl.sum(acc, axis=0))
+    cols = tl.program_id(1) * TILE_K + tl.arange(0, TILE_K)
+    lanes = tl.arange(0, LANES)
+    acc = tl.zeros((LANES, TILE_K), tl.float64)
+    for t in range(0, M, LANES):
+        rows = block * M + t + lanes
+        ok = ((t + lanes) < M)[:, None] & (cols < K)[None, :]
+        acc += tl.load(v_ptr + rows[:, None] * K + cols[None, :], mask=ok, other=0.0).to(tl.float64)
+    tl.store(out_ptr + block * stride_out + cols, tl.sum(acc, axis=0), mask=cols < K)
+
+
+def block_lanes(k: int) -> tuple[int, int]:
+    """(lanes, columns) of a program of ``products.block_sums`` over rows of ``k`` values: many
+    lanes for one long column; for many columns fewer, and a program per tile of them."""
+    return (SUM_TILE, 1) if k == 1 else (COLUMN_LANES, COLUMN_TILE)
 
 
 def block_sums_triton(values: torch.Tensor, m: int, out: torch.Tensor) -> torch.Tensor:
-    """``products.block_sums`` in one launch, into ``out`` (contiguous float64)."""
+    """``products.block_sums`` in one launch, into ``out`` ((B,) or (B, K), each block's sums
+    contiguous)."""
+    k = values.shape[1] if values.ndim == 2 else 1
+    lanes, tile_k = block_lanes(k)
+    assert k == 1 or out.stride(1) == 1
     if len(out):
-        _block_sums_kernel[(len(out),)](values.contiguous(), out, m, TILE=SUM_TILE)
+        _block_sums_kernel[(len(out), triton.cdiv(k, tile_k))](values.contiguous(), out, m, k, out.stride(0),
+                                                               LANES=lanes, TILE_K=tile_k)
     return out
 
 
@@ -254,18 +270,28 @@ def fold_chunks_triton(per_chunk: torch.Tensor, rows: int, out: torch.Tensor) ->
     return out
 
 
-def responsibilities_triton_(logp: torch.Tensor, group: int):
+def gives_group_sums(k: int) -> bool:
+    """Whether ``_resp_kernel`` sums the responsibilities of rows of ``k`` components by groups."""
+    return k <= RESP_TILE
+
+
+def responsibilities_triton_(logp: torch.Tensor, group: int, lse: torch.Tensor | None = None,
+                             sums: torch.Tensor | None = None):
     """``products.responsibilities_`` through ``_resp_kernel``: lse (C,), exp(L - lse) over L, and
     the column sums of every ``group`` rows (ceil(C / group), K) float32, or None for rows wider
-    than ``RESP_TILE`` (the caller sums R itself)."""
+    than ``RESP_TILE`` (the caller sums R itself); into ``lse`` and ``sums`` where given."""
     n, k = logp.shape
     assert logp.is_contiguous() and logp.dtype == torch.float32
     block_k = min(triton.next_power_of_2(k), RESP_TILE)
     block_r = min(RESP_TILE // block_k, group)
-    one_tile = k <= block_k
+    one_tile = gives_group_sums(k)
     assert not one_tile or group % block_r == 0
-    lse = torch.empty(n, dtype=torch.float32, device=logp.device)
-    sums = torch.empty(triton.cdiv(n, group), k, dtype=torch.float32, device=logp.device) if one_tile else None
+    if lse is None:
+        lse = torch.empty(n, dtype=torch.float32, device=logp.device)
+    if not one_tile:
+        sums = None
+    elif sums is None:
+        sums = torch.empty(triton.cdiv(n, group), k, dtype=torch.float32, device=logp.device)
     grid = triton.cdiv(n, group if one_tile else block_r)
     if n:
         _resp_kernel[(grid,)](logp, lse, sums if one_tile else lse, n, k, GROUP=group, BLOCK_R=block_r,
