@@ -61,18 +61,19 @@ def cpu_erase(b, keys):
 
 
 def tensor_lookup(b, tiers, keys, copy_values, backend):
-    """(values, slots, scores) of ``keys``; with ``copy_values`` False the slots alone (values and
-    scores None), with no read of the scores."""
+    """(values, slots, scores, founds) of ``keys``; with ``copy_values`` False the slots and founds
+    alone (values and scores None), with no read of the scores."""
+    founds = torch.empty(len(keys), dtype=torch.bool, device=keys.device)
     if not copy_values:
-        return None, ht.lookup_slots(b, keys, backend=backend), None
+        return None, ht.lookup_slots(b, keys, backend, founds), None, founds
     one = tiers.single_on(keys.device)
     if one is not None:  # the values read with the slots
-        slots, scores, values = ht.lookup_values(b, keys, one, backend=backend)
-        return values, slots, scores
-    slots, scores = ht.lookup(b, keys, backend=backend)
+        slots, scores, values = ht.lookup_values(b, keys, one, backend, founds)
+        return values, slots, scores, founds
+    slots, scores = ht.lookup(b, keys, backend, founds)
     # zeros where missing, without a boolean index (a sync on the GPU)
-    values = tiers[slots.clamp_min(0)].masked_fill_((slots < 0)[:, None], 0)
-    return values, slots, scores
+    values = tiers[slots.clamp_min(0)].masked_fill_(~founds[:, None], 0)
+    return values, slots, scores, founds
 
 
 def tensor_erase(b, keys, backend):

@@ -292,12 +292,13 @@ class HashTable:
     # -- lookups --------------------------------------------------------------------------------
 
     def _lookup(self, keys, copy_values, then):
-        """``then(values, slots, scores)`` of ``keys`` (values and scores None without
+        """``then(values, slots, scores, founds)`` of ``keys`` (values and scores None without
         ``copy_values``)."""
         keys = self._bits(keys)
         if self._numba:
             self._refuse_reserved(keys)
-            return then(*paths.cpu_lookup(self._b, self._v, keys, copy_values))
+            values, slots, scores = paths.cpu_lookup(self._b, self._v, keys, copy_values)
+            return then(values, slots, scores, slots >= 0)
         # The Triton kernels flag reserved keys as they read them (a reserved key is never stored,
         # so it is not found either): the flag is read after ``then``'s launches are queued too.
         flagged = self._kernels_flag(keys)
@@ -311,16 +312,16 @@ class HashTable:
     def find(self, keys):
         """(values, founds, scores): zeros where a key is missing."""
         with self._lock:
-            return self._lookup(keys, True, lambda values, slots, scores: (values, slots >= 0, scores))
+            return self._lookup(keys, True, lambda values, slots, scores, founds: (values, founds, scores))
 
     def find_ptr(self, keys):
         """(slots into :attr:`values_storage`, founds): read and write values in place by slot."""
         with self._lock:
-            return self._lookup(keys, False, lambda values, slots, scores: (slots, slots >= 0))
+            return self._lookup(keys, False, lambda values, slots, scores, founds: (slots, founds))
 
     def contains(self, keys) -> torch.Tensor:
         with self._lock:
-            return self._lookup(keys, False, lambda values, slots, scores: slots >= 0)
+            return self._lookup(keys, False, lambda values, slots, scores, founds: founds)
 
     def erase(self, keys) -> int:
         """Remove ``keys``; return how many were present."""

@@ -128,6 +128,10 @@ def test_lookup_with_values_reads_the_rows_of_the_found_keys(dim, kernel, monkey
         assert torch.equal(got.cpu(), want)
     assert torch.equal(torch.stack(ht.lookup(b, probe, backend="triton")), torch.stack((slots, scores)))
     assert torch.equal(ht.lookup_slots(b, probe, backend="triton"), slots)  # no scores read
+    for backend, table in (("triton", b), ("torch", on_host)):  # founds written beside the slots
+        founds = torch.zeros(len(probe), dtype=torch.bool, device=table.keys.device)
+        ht.lookup_slots(table, probe.to(table.keys.device), backend, founds)
+        assert torch.equal(founds.cpu(), slots.cpu() >= 0)
 
 
 @pytest.mark.parametrize("kernel", ["bytes", "words"])

@@ -24,7 +24,7 @@ Examples
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -104,6 +104,7 @@ class Buckets:
     empty: int  # the empty key's int64 bits
     reserved: tuple[int, int] = (0, 1)  # none
     flag: torch.Tensor | None = None
+    _words: tuple | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if self.flag is None:
@@ -128,6 +129,14 @@ class Buckets:
             return False
         self.flag.zero_()
         return True
+
+    @property
+    def digest_words(self) -> torch.Tensor:
+        """The digests as int32 words, 4 a word (bucket_size >= 4): one view per digests tensor,
+        not one per call (a call's host time counts)."""
+        if self._words is None or self._words[0] is not self.digests:
+            self._words = (self.digests, self.digests.view(torch.int32))
+        return self._words[1]
 
     @property
     def shift(self):
@@ -169,33 +178,42 @@ def lookup_reference(b: Buckets, keys: torch.Tensor):
     return slots, scores
 
 
-def lookup(b: Buckets, keys: torch.Tensor, backend: str = "auto"):
-    """(slots, scores) of ``keys``: Triton on CUDA (or ``backend="triton"``), else the torch twin."""
+def lookup(b: Buckets, keys: torch.Tensor, backend: str = "auto", founds: torch.Tensor | None = None):
+    """(slots, scores) of ``keys``: Triton on CUDA (or ``backend="triton"``), else the torch twin.
+    ``founds`` (n,) bool: filled with whether each key was found (in the lookup's launch on CUDA)."""
     if uses_triton(keys, backend):
         from .triton import lookup_triton
 
-        return lookup_triton(b, keys)
-    return lookup_reference(b, keys)
+        return lookup_triton(b, keys, founds=founds)
+    return _found(lookup_reference(b, keys), founds)
 
 
-def lookup_slots(b: Buckets, keys: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+def lookup_slots(b: Buckets, keys: torch.Tensor, backend: str = "auto", founds: torch.Tensor | None = None):
     """The slots of ``keys`` alone (-1 where missing): :func:`lookup` without reading the scores."""
     if uses_triton(keys, backend):
         from .triton import lookup_triton
 
-        return lookup_triton(b, keys, scores=False)[0]
-    return lookup_reference(b, keys)[0]
+        return lookup_triton(b, keys, scores=False, founds=founds)[0]
+    return _found(lookup_reference(b, keys), founds)[0]
 
 
-def lookup_values(b: Buckets, keys: torch.Tensor, values: torch.Tensor, backend: str = "auto"):
+def lookup_values(b: Buckets, keys: torch.Tensor, values: torch.Tensor, backend: str = "auto",
+                  founds: torch.Tensor | None = None):
     """(slots, scores, rows): :func:`lookup`, and the keys' rows of ``values`` (slots, dim) on the
     keys' device, zeros where a key is missing; in the lookup's launch on CUDA."""
     if uses_triton(keys, backend):
         from .triton import lookup_triton
 
-        return lookup_triton(b, keys, values)
-    slots, scores = lookup_reference(b, keys)
+        return lookup_triton(b, keys, values, founds=founds)
+    slots, scores = _found(lookup_reference(b, keys), founds)
     return slots, scores, values[slots.clamp_min(0)].masked_fill_((slots < 0)[:, None], 0)
+
+
+def _found(slots_and_scores, founds):
+    """The twin's (slots, scores), ``founds`` filled from the slots where given."""
+    if founds is not None:
+        torch.ge(slots_and_scores[0], 0, out=founds)
+    return slots_and_scores
 
 
 def uses_triton(keys, backend) -> bool:

@@ -105,12 +105,15 @@ def _buckets(keys, out, n, nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.const
 
 
 @triton.jit
-def _store_found(offs, m, slot, found, tscores, out_slots, out_scores, vals, out_vals, dim, DIM: tl.constexpr,
-                 COPY: tl.constexpr, SCORES: tl.constexpr):
-    """A lookup's outputs: slots (-1 where missing), with SCORES the scores and, with COPY, the
-    found keys' value rows (dim of them a row), zeros for the missing."""
+def _store_found(offs, m, slot, found, tscores, out_slots, out_scores, vals, out_vals, out_founds, dim,
+                 DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr):
+    """A lookup's outputs: slots (-1 where missing), with SCORES the scores, with COPY the found
+    keys' value rows (dim of them a row), zeros for the missing, and with FOUNDS whether each was
+    found (bools: no comparison of the slots after the launch)."""
     found = found & m
     tl.store(out_slots + offs, tl.where(found, slot, -1), mask=m)
+    if FOUNDS:
+        tl.store(out_founds + offs, found, mask=m)
     if SCORES:  # a dependent read of a line per hit, for callers that want them only
         tl.store(out_scores + offs, tl.load(tscores + slot, mask=found, other=0), mask=m)
     if COPY:
@@ -121,9 +124,9 @@ def _store_found(offs, m, slot, found, tscores, out_slots, out_scores, vals, out
 
 
 @triton.jit
-def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, dim, n, nb_mask, m1, m2, rmask,
-            rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
-            COPY: tl.constexpr, SCORES: tl.constexpr):
+def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, dim, n, nb_mask, m1, m2,
+            rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
+            COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr):
     offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
     _flag_reserved(k, m, rmask, rvalue, flag)
     digest = digest.to(tl.uint8)
@@ -132,8 +135,8 @@ def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, d
     cand = (tl.load(tdig + base, mask=m[:, None], other=0) == digest[:, None]) & m[:, None]
     hit = cand & (tl.load(tkeys + base, mask=cand, other=0) == k[:, None])
     pos = tl.min(tl.where(hit, cols[None, :], BS), axis=1)
-    _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, dim, DIM, COPY,
-                 SCORES)
+    _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, out_founds, dim,
+                 DIM, COPY, SCORES, FOUNDS)
 
 
 @triton.jit
@@ -171,9 +174,9 @@ def _find_in_words(tkeys, bucket, k, words, digest, todo, cols, BS: tl.constexpr
 
 
 @triton.jit
-def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out_vals, dim, n, nb_mask, m1, m2,
-                  rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
-                  COPY: tl.constexpr, SCORES: tl.constexpr):
+def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, dim, n, nb_mask,
+                  m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr,
+                  DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr):
     """``_lookup`` reading a bucket's digests as BS / 4 words of 4 bytes (``_find_in_words``)."""
     offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
     _flag_reserved(k, m, rmask, rvalue, flag)
@@ -181,8 +184,8 @@ def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out
     cols = tl.arange(0, W)
     words = tl.load(twords + bucket[:, None] * W + cols[None, :], mask=m[:, None], other=0)
     pos = _find_in_words(tkeys, bucket, k, words, digest, m, cols, BS, W)
-    _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, dim, DIM, COPY,
-                 SCORES)
+    _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, out_founds, dim,
+                 DIM, COPY, SCORES, FOUNDS)
 
 
 @triton.jit
@@ -401,12 +404,14 @@ def _assign_all(tkeys, twords, tscores, keys, desired, order, sorted_buckets, va
         tl.store(storage + slot[:, None] * dim + d_cols[None, :], given, mask=last[:, None] & d_ok)
 
 
-def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, scores: bool = True):
+def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, scores: bool = True,
+                  founds: torch.Tensor | None = None):
     """(slots, scores) of ``keys``, -1 and 0 where missing (scores None unless asked for); see
     ``lookup_reference``. With ``values`` (slots, dim) on the keys' device, also the keys' rows of
     it (zeros where missing), read in the same launch: a gather after the lookup read the slots
-    back and took twice the lookup's time (2^20 keys of dim 8, an H100). A reserved key
-    (``b.reserved``) sets ``b.flag``."""
+    back and took twice the lookup's time (2^20 keys of dim 8, an H100). ``founds`` (n,) bool:
+    whether each key was found, written in the launch too. A reserved key (``b.reserved``) sets
+    ``b.flag``."""
     keys = keys.contiguous()
     n = len(keys)
     nb, bs = b.keys.shape
@@ -417,12 +422,12 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, sco
     found = torch.empty(n, dim, dtype=values.dtype, device=keys.device) if copy else None
     if n:
         words = LOOKUP == "words" and bs >= 4  # whole 4-byte words of digests
-        kernel, digests = (_lookup_words, b.digests.view(torch.int32)) if words else (_lookup, b.digests)
+        kernel, digests = (_lookup_words, b.digest_words) if words else (_lookup, b.digests)
         kernel[(triton.cdiv(n, BLOCK),)](b.keys, digests, b.scores, keys, slots, out_scores if scores else slots,
-                                         values.contiguous() if copy else slots, found if copy else slots, dim, n,
-                                         nb - 1, M1, M2, *b.reserved, b.flag, SHIFT=b.shift, BS=bs, BLOCK=BLOCK,
-                                         DIM=triton.next_power_of_2(dim), COPY=copy, SCORES=scores,
-                                         num_warps=LOOKUP_WARPS)
+                                         values.contiguous() if copy else slots, found if copy else slots,
+                                         slots if founds is None else founds, dim, n, nb - 1, M1, M2, *b.reserved,
+                                         b.flag, SHIFT=b.shift, BS=bs, BLOCK=BLOCK, DIM=triton.next_power_of_2(dim),
+                                         COPY=copy, SCORES=scores, FOUNDS=founds is not None, num_warps=LOOKUP_WARPS)
     return (slots, out_scores, found) if copy else (slots, out_scores)
 
 
@@ -462,12 +467,12 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, valu
     into = storage if move else keys
     if n and op == OP_ASSIGN:
         _assign_all[(triton.cdiv(n, BLOCK),)](
-            b.keys, b.digests.view(torch.int32), b.scores, keys, desired, order, sorted_buckets, given, into, b.flag,
+            b.keys, b.digest_words, b.scores, keys, desired, order, sorted_buckets, given, into, b.flag,
             *out.unbind(), n, dim, M1, M2, LOW32, HIGH32, RULE=rule, BS=bs, BLOCK=BLOCK,
             DIM=triton.next_power_of_2(dim), HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=LOOKUP_WARPS)
     elif n:
         _upsert_runs[(triton.cdiv(n, UPSERT_BLOCK),)](
-            b.keys, b.digests, b.digests.view(torch.int32), b.scores, b.sizes, keys, desired,
+            b.keys, b.digests, b.digest_words, b.scores, b.sizes, keys, desired,
             keys if flags is None else flags, order, sorted_buckets, given, into, b.flag, *out.unbind(), *ev.unbind(),
             keys if ev_values is None else ev_values, keys if out_values is None else out_values, n, dim, M1, M2, SIGN,
             LOW32, HIGH32, OP=op, RULE=rule, BS=bs, BLOCK=UPSERT_BLOCK, DIM=triton.next_power_of_2(dim),
