@@ -49,6 +49,9 @@ def to_int64(x: int) -> int:
 
 def as_bits(x, n: int, device, name: str) -> torch.Tensor:
     """``x`` (int64 / uint64 tensor or array, ints) as (n,) int64 bits on ``device``."""
+    if (type(x) is torch.Tensor and x.dtype == torch.int64 and x.ndim == 1 and len(x) == n
+            and x.device == device):  # as the caller holds them: nothing to check or convert
+        return x
     if isinstance(x, np.ndarray) and x.dtype == np.uint64:
         x = torch.from_numpy(x.view(np.int64))
     elif not isinstance(x, torch.Tensor):

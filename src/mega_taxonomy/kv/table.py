@@ -154,7 +154,9 @@ class HashTable:
     # -- inputs ---------------------------------------------------------------------------------
 
     def _bits(self, keys):
-        return as_bits(keys, len(keys) if hasattr(keys, "__len__") else 1, self.device, "keys").contiguous()
+        # the slots' device: "cuda" names the current device, which a tensor's device names by index
+        device = self._b.keys.device
+        return as_bits(keys, len(keys) if hasattr(keys, "__len__") else 1, device, "keys").contiguous()
 
     def check_keys(self, keys):
         """``keys`` as contiguous int64 bits on the table's device; ValueError naming a reserved key."""
