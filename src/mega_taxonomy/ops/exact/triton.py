@@ -69,6 +69,22 @@ def exact_add(top, d0, d1, d2, value, EMPTY: tl.constexpr, NONFINITE: tl.constex
 
 
 @triton.jit
+def exact_add_running(top, d0, d1, d2, running, value, EMPTY: tl.constexpr, NONFINITE: tl.constexpr):
+    """``exact_add`` of ``value`` to an exact sum held as (top, d0, d1, d2) plus the float64
+    ``running``: into ``running`` where that float64 addition is exact (its rounding error,
+    Knuth's two-sum, is 0: most additions of a sum of like numbers), into the digits elsewhere
+    (rounded, overflowed, not finite), and only where some element of the tile needs them, which
+    saves ``exact_add``'s integer steps. The caller adds ``running`` to the digits at the end:
+    the same exact sum, added in another order. Returns (top, d0, d1, d2, running)."""
+    total = running + value
+    back = total - running
+    exact = ((running - (total - back)) + (value - back)) == 0.0  # False for NaN: overflow, inf, NaN
+    if tl.max((~exact).to(tl.int32), axis=0) > 0:
+        top, d0, d1, d2 = exact_add(top, d0, d1, d2, tl.where(exact, 0.0, value), EMPTY, NONFINITE)
+    return top, d0, d1, d2, tl.where(exact, total, running)
+
+
+@triton.jit
 def _load_sums(tops_ptr, digits_ptr, N, EMPTY: tl.constexpr, BLOCK: tl.constexpr):
     """(elements, in range, top, d0, d1, d2) of this program's BLOCK elements of exact sums."""
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
