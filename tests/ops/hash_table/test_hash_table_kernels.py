@@ -105,6 +105,46 @@ def test_upsert_on_triton_and_the_twin_is_numbas_loop(op, rule):
         assert torch.equal(a, b.cpu())
 
 
+# assign has a kernel of its own; each op under one score rule, every rule among them
+@pytest.mark.parametrize("op,rule", [(nk.OP_INSERT_OR_ASSIGN, ht.SCORE_SET), (nk.OP_INSERT_AND_EVICT, ht.SCORE_ADD),
+                                     (nk.OP_FIND_OR_INSERT, ht.SCORE_EPOCH_ADD), (nk.OP_ACCUM, ht.SCORE_KEEP),
+                                     (nk.OP_RESTORE, ht.SCORE_SET), (nk.OP_ACCUM, ht.SCORE_ADD)])
+def test_upsert_of_present_keys_at_once_is_numbas_loop(op, rule, monkeypatch):
+    """``UPSERT_HITS``: a program's runs of keys present before the batch applied at once, the
+    others by the loop, leave the table and the outputs as numba's in-order loop does, bit for
+    bit: batches of mostly present keys, repeated within runs, some missing, into buckets full
+    and not, 16 lanes a program (runs within programs and across their edges)."""
+    from mega_taxonomy.ops.hash_table import triton as kernels
+
+    monkeypatch.setattr(kernels, "UPSERT_HITS", True)
+    monkeypatch.setattr(kernels, "UPSERT_BLOCK", 16)
+    rng = np.random.default_rng(op * 5 + rule)
+    tables = {"triton": ht.Buckets.allocate(16, 16, -1, device=DEVICE), "numba": ht.Buckets.allocate(16, 16, -1)}
+    storage = {"triton": torch.zeros(256, 3, device=DEVICE), "numba": torch.zeros(256, 3)}
+    stored = torch.from_numpy(rng.choice(10**6, 200, replace=False))
+    for step in range(3):
+        this_op = nk.OP_INSERT_OR_ASSIGN if step == 0 else op
+        keys = stored if step == 0 else torch.from_numpy(np.where(
+            rng.random(100) < 0.9, rng.choice(stored.numpy(), 100), rng.integers(10**6, 2 * 10**6, 100)))
+        n = len(keys)
+        desired = torch.from_numpy(rng.integers(-(2**63), 2**63 - 1, n))
+        values = torch.from_numpy(rng.normal(size=(n, 3)).astype(np.float32))
+        flags = torch.from_numpy(rng.integers(0, 2, n).astype(bool))
+        want = numba_upsert(tables["numba"], storage["numba"], this_op, keys, values, desired, rule, flags)
+        got = ht.upsert(tables["triton"], keys.to(DEVICE), desired.to(DEVICE), rule, this_op, flags.to(DEVICE),
+                        values.to(DEVICE), storage["triton"], backend="triton")
+        np.testing.assert_array_equal(got.slots.cpu().numpy(), want[1])
+        if this_op == nk.OP_FIND_OR_INSERT:
+            np.testing.assert_array_equal(got.out_values.cpu().numpy(), want[0])
+        if this_op == nk.OP_INSERT_AND_EVICT:
+            e = (got.status == ht.EVICTED) | (got.status == ht.REFUSED)
+            np.testing.assert_array_equal(got.ev_keys[e].cpu().numpy(), want[2])
+            np.testing.assert_array_equal(got.ev_scores[e].cpu().numpy(), want[4])
+        assert torch.equal(storage["triton"].cpu(), storage["numba"]), (rule, step)
+        for name in ("keys", "digests", "scores", "sizes"):
+            assert torch.equal(getattr(tables["triton"], name).cpu(), getattr(tables["numba"], name)), (rule, name)
+
+
 @pytest.mark.parametrize("kernel", ["bytes", "words"])
 @pytest.mark.parametrize("dim", [1, 8, 5])
 def test_lookup_with_values_reads_the_rows_of_the_found_keys(dim, kernel, monkeypatch):

@@ -67,6 +67,9 @@ BLOCK = 64
 LOOKUP_WARPS = 2
 UPSERT_BLOCK = 32
 UPSERT_WARPS = 1
+# Whether the upsert applies a program's runs of present keys at once before its loop
+# (``_apply_hits``; not yet timed on a GPU, so off until ``--tune`` measures it).
+UPSERT_HITS = False
 
 
 @triton.jit
@@ -205,10 +208,80 @@ def _lowest_score(tscores, bucket, full, BS: tl.constexpr, CHUNK: tl.constexpr):
 
 
 @triton.jit
+def _apply_hits(j, b, inb, words, tkeys, tscores, keys, desired, flags, order, sorted_buckets, values, storage,
+                out_slots, out_status, out_values, n, dim, m1, m2, low32, high32, cols, d_cols, d_ok,
+                OP: tl.constexpr, RULE: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, W: tl.constexpr,
+                DIM: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
+    """The runs of a program that lie within its BLOCK lanes and whose keys were all present
+    before the batch (an upsert of present keys: the protocol's steady state), every occurrence
+    at once: nothing is inserted into their buckets, so no slot moves, and each occurrence's slot
+    is its lookup's. Of a key repeated in a run the last occurrence writes the value and the
+    score by the rule from all of them (``_assign_all``'s rules; ACCUM adds values in order, so
+    its runs with a repeated key are left to the loop). Returns, per lane, whether its run was
+    applied here (the loop then skips it)."""
+    lanes = tl.arange(0, BLOCK)
+    i = tl.load(order + j, mask=inb, other=0)
+    k = tl.load(keys + i, mask=inb, other=0)
+    d = tl.maximum((_fmix64(k, m1, m2) >> 32) & 0xFF, 1).to(tl.int64)
+    pos = _find_in_words(tkeys, b, k, words, d, inb, cols, BS, W)
+    found = (pos < BS) & inb
+    first = tl.program_id(0).to(tl.int64) * BLOCK
+    before = tl.load(sorted_buckets + first - 1, mask=first > 0, other=-1).to(tl.int64)
+    after = tl.load(sorted_buckets + first + BLOCK, mask=first + BLOCK < n, other=-1).to(tl.int64)
+    same_run = (b[:, None] == b[None, :]) & inb[:, None] & inb[None, :]
+    same_key = same_run & (k[:, None] == k[None, :])
+    missing = tl.max(tl.where(same_run & ~found[None, :], 1, 0), axis=1) > 0
+    later = tl.max(tl.where(same_key & (lanes[None, :] > lanes[:, None]), 1, 0), axis=1) > 0
+    hits = inb & (b != before) & (b != after) & ~missing
+    if OP == _ACCUM:  # no repeated key in the run
+        repeated = tl.max(tl.where(same_key & (lanes[None, :] != lanes[:, None]), 1, 0), axis=1) > 0
+        hits = hits & (tl.max(tl.where(same_run & repeated[None, :], 1, 0), axis=1) == 0)
+    slot = b * BS + pos
+    tl.store(out_slots + i, slot, mask=hits)
+    tl.store(out_status + i, tl.full((BLOCK,), _FOUND, tl.int64), mask=hits)
+    if OP == _ACCUM:
+        update = hits & (tl.load(flags + i, mask=hits, other=0) != 0)
+    elif OP == _RESTORE:
+        update = tl.zeros((BLOCK,), tl.int1)
+    else:
+        update = hits
+    last = update & ~later
+    des = tl.load(desired + i, mask=hits, other=0)
+    if RULE == _SET:
+        tl.store(tscores + slot, des, mask=last)
+    elif RULE == _ADD or RULE == _EPOCH_ADD:
+        if RULE == _ADD:
+            acc = tl.sum(tl.where(same_key & (lanes[None, :] <= lanes[:, None]), des[None, :], 0), axis=1)
+        else:
+            acc = tl.sum(tl.where(same_key & (lanes[None, :] <= lanes[:, None]), des[None, :] & low32, 0), axis=1)
+        old = tl.load(tscores + slot, mask=last, other=0)
+        if RULE == _ADD:
+            new = old + acc
+        else:
+            new = (des & high32) | tl.minimum((old & low32) + acc, low32)
+        tl.store(tscores + slot, new, mask=last)
+    if MOVE_VALUES:
+        row = storage + slot[:, None] * dim + d_cols[None, :]
+        at_i = i[:, None] * dim + d_cols[None, :]
+        if OP == _FIND_OR_INSERT:  # a hit's row is read, not written
+            tl.store(out_values + at_i, tl.load(row, mask=hits[:, None] & d_ok, other=0), mask=hits[:, None] & d_ok)
+        else:
+            if HAS_VALUES:
+                given = tl.load(values + at_i, mask=last[:, None] & d_ok, other=0)
+            else:
+                given = tl.zeros((BLOCK, DIM), storage.dtype.element_ty)
+            if OP == _ACCUM:
+                given += tl.load(row, mask=last[:, None] & d_ok, other=0)
+            tl.store(row, given, mask=last[:, None] & d_ok)
+    return hits
+
+
+@triton.jit
 def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order, sorted_buckets, values, storage,
                  reserved_seen, out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, n, dim, m1, m2, sign,
                  low32, high32, OP: tl.constexpr, RULE: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr,
-                 DIM: tl.constexpr, CHUNK: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
+                 DIM: tl.constexpr, CHUNK: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr,
+                 HITS: tl.constexpr):
     """numba's ``upsert`` loop, bucket by bucket, over the occurrences sorted by bucket in the
     batch's order (``order``, ``sorted_buckets``): a lane of a program takes the run of its
     bucket's occurrences that starts at it, one after the other, so no two lanes touch a bucket
@@ -219,17 +292,25 @@ def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, orde
     scores only where a bucket is full (CHUNK slots at a time) or a rule adds to a hit's score. Every
     occurrence ends in a barrier: the next one's reads of keys, scores and value rows see this
     one's writes. With MOVE_VALUES the value rows (``storage``, by slot) move in the same launch.
-    A batch with a reserved key (``*reserved_seen`` set by ``_buckets``) changes nothing."""
+    A batch with a reserved key (``*reserved_seen`` set by ``_buckets``) changes nothing. With
+    HITS, the runs of present keys within the program's lanes are applied at once first
+    (``_apply_hits``), and the loop takes the others."""
     j = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     b = tl.load(sorted_buckets + j, mask=j < n, other=-1).to(tl.int64)
-    head = (j < n) & (b != tl.load(sorted_buckets + j - 1, mask=(j < n) & (j > 0), other=-1).to(tl.int64))
-    head = head & (tl.load(reserved_seen) == 0)
-    size = tl.load(sizes + b, mask=head, other=0)
+    inb = (j < n) & (tl.load(reserved_seen) == 0)
+    head = inb & (b != tl.load(sorted_buckets + j - 1, mask=(j < n) & (j > 0), other=-1).to(tl.int64))
     W: tl.constexpr = BS // 4
     cols = tl.arange(0, W)
-    words = tl.load(twords + b[:, None] * W + cols[None, :], mask=head[:, None], other=0)
     d_cols = tl.arange(0, DIM)
     d_ok = (d_cols < dim)[None, :]
+    if HITS:  # every lane's bucket, for its lookup
+        words = tl.load(twords + b[:, None] * W + cols[None, :], mask=inb[:, None], other=0)
+        head = head & ~_apply_hits(j, b, inb, words, tkeys, tscores, keys, desired, flags, order, sorted_buckets,
+                                   values, storage, out_slots, out_status, out_values, n, dim, m1, m2, low32, high32,
+                                   cols, d_cols, d_ok, OP, RULE, BS, BLOCK, W, DIM, HAS_VALUES, MOVE_VALUES)
+    else:
+        words = tl.load(twords + b[:, None] * W + cols[None, :], mask=head[:, None], other=0)
+    size = tl.load(sizes + b, mask=head, other=0)
     grown = tl.zeros((BLOCK,), tl.int32)
     q = j
     live = head
@@ -476,7 +557,8 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, valu
             keys if flags is None else flags, order, sorted_buckets, given, into, b.flag, *out.unbind(), *ev.unbind(),
             keys if ev_values is None else ev_values, keys if out_values is None else out_values, n, dim, M1, M2, SIGN,
             LOW32, HIGH32, OP=op, RULE=rule, BS=bs, BLOCK=UPSERT_BLOCK, DIM=triton.next_power_of_2(dim),
-            CHUNK=min(bs, 32), HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=UPSERT_WARPS)
+            CHUNK=min(bs, 32), HAS_VALUES=values is not None, MOVE_VALUES=move, HITS=UPSERT_HITS,
+            num_warps=UPSERT_WARPS)
     return (*out.unbind(), *ev.unbind(), ev_values, out_values)
 
 
