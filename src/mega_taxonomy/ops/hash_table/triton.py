@@ -208,6 +208,19 @@ def _lowest_score(tscores, bucket, full, BS: tl.constexpr, CHUNK: tl.constexpr):
 
 
 @triton.jit
+def _add_to_scores(tscores, slot, des, acc, mask, low32, high32, RULE: tl.constexpr):
+    """Where ``mask``, a present key's score after occurrences whose operands add to ``acc`` (ADD:
+    their sum, wrapping; EPOCH_ADD: their low halves' sum, saturating, which in any order is what
+    one after the other gives), the last of them ``des``."""
+    old = tl.load(tscores + slot, mask=mask, other=0)
+    if RULE == _ADD:
+        new = old + acc
+    else:
+        new = (des & high32) | tl.minimum((old & low32) + acc, low32)
+    tl.store(tscores + slot, new, mask=mask)
+
+
+@triton.jit
 def _apply_hits(j, b, inb, words, tkeys, tscores, keys, desired, flags, order, sorted_buckets, values, storage,
                 out_slots, out_status, out_values, n, dim, m1, m2, low32, high32, cols, d_cols, d_ok,
                 OP: tl.constexpr, RULE: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, W: tl.constexpr,
@@ -254,12 +267,7 @@ def _apply_hits(j, b, inb, words, tkeys, tscores, keys, desired, flags, order, s
             acc = tl.sum(tl.where(same_key & (lanes[None, :] <= lanes[:, None]), des[None, :], 0), axis=1)
         else:
             acc = tl.sum(tl.where(same_key & (lanes[None, :] <= lanes[:, None]), des[None, :] & low32, 0), axis=1)
-        old = tl.load(tscores + slot, mask=last, other=0)
-        if RULE == _ADD:
-            new = old + acc
-        else:
-            new = (des & high32) | tl.minimum((old & low32) + acc, low32)
-        tl.store(tscores + slot, new, mask=last)
+        _add_to_scores(tscores, slot, des, acc, last, low32, high32, RULE)
     if MOVE_VALUES:
         row = storage + slot[:, None] * dim + d_cols[None, :]
         at_i = i[:, None] * dim + d_cols[None, :]
@@ -467,12 +475,7 @@ def _assign_all(tkeys, twords, tscores, keys, desired, order, sorted_buckets, va
             else:
                 acc += dr & low32
             r -= 1
-        old = tl.load(tscores + slot, mask=last, other=0)
-        if RULE == _ADD:
-            new = old + acc
-        else:
-            new = (des & high32) | tl.minimum((old & low32) + acc, low32)
-        tl.store(tscores + slot, new, mask=last)
+        _add_to_scores(tscores, slot, des, acc, last, low32, high32, RULE)
     elif RULE == _SET:
         tl.store(tscores + slot, des, mask=last)
     if MOVE_VALUES:
