@@ -14,7 +14,8 @@ as the original reads. Keys are loaded only where digests match; a free slot's d
 in one launch: over the batch sorted by bucket, a lane owns a bucket's run of occurrences and
 applies them in the batch's order, so no two lanes touch a bucket and it needs no atomics; a batch
 means what it means on the CPU. ``_assign_all`` does the same for assign, which changes no bucket's
-layout, with a lane per occurrence.
+layout, with a lane per occurrence, and so may ``_apply_hits`` for a program's runs of keys that were
+all present before the batch (``UPSERT_HITS``).
 n, nb are runtime values; bs is a constexpr (a power of two); program ids are 64-bit.
 Values in GPU memory move in the same launches (``vals`` / ``storage``, by slot); values in
 pinned host memory are moved by the caller afterwards, by slot (``kv/paths.py``).
