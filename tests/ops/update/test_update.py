@@ -131,6 +131,7 @@ def test_blocks_at_once_are_the_bits_of_blocks_one_by_one(backend, per_cluster, 
     monkeypatch.setattr(update_triton, "ROWS_PER_CLUSTER", per_cluster)
     monkeypatch.setattr(update_triton, "SLOT_BYTES", slot_bytes)
     monkeypatch.setattr(update_triton, "CLUSTER_PROGRAMS", programs)
+    monkeypatch.setattr(update_triton, "MIN_BLOCKS_PER_PROGRAM", 1)  # four blocks split among up to four
     g = torch.Generator().manual_seed(9)
     n, block = 1800, 512  # three full blocks and a short one
     x = (torch.randn(n, 40, generator=g) * torch.exp(spread * torch.randn(n, 1, generator=g))).to(DEVICE)

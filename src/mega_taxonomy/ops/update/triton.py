@@ -57,6 +57,9 @@ MAX_BLOCK_D = 512
 # Programs that the per-cluster sums of many blocks aim for: with few clusters (K = 128 at 8M x 32,
 # 128 blocks), a program per cluster walked every block's exact add in turn.
 CLUSTER_PROGRAMS = 1024
+# Blocks a program walks at least before a cluster's blocks are split among programs: a split adds
+# a merge launch and its partials, which a pass of few blocks (100k rows: two) pays for nothing.
+MIN_BLOCKS_PER_PROGRAM = 4
 # Rows per program of the sort keys' kernel.
 KEYS_BLOCK = 1024
 # Clusters of at most this many rows on average: one program per cluster walks them, without a
@@ -302,7 +305,9 @@ def cluster_stats_triton(x: torch.Tensor, labels: torch.Tensor, values: torch.Te
             _chunk_sums_kernel[(chunks, d_tiles)](xs, order, keys, ws, ends, slots, slot_w, m, d, k, x.stride(0),
                                                   num_warps=WARPS, **tiles)
         # exact sums of blocks: G programs per cluster, each a partial of every G-th block, merged after
-        groups = min(blocks, triton.cdiv(CLUSTER_PROGRAMS, k * d_tiles)) if exact else 1
+        groups = 1
+        if exact:
+            groups = max(1, min(blocks // MIN_BLOCKS_PER_PROGRAM, triton.cdiv(CLUSTER_PROGRAMS, k * d_tiles)))
         outs = (sums, w_sums, counts) if groups == 1 else (
             torch.empty((groups,) + sums.shape, dtype=sums.dtype, device=x.device),
             torch.empty((groups,) + w_sums.shape, dtype=w_sums.dtype, device=x.device),
