@@ -119,7 +119,9 @@ def test_upsert_of_present_keys_at_once_is_numbas_loop(op, rule, monkeypatch):
     monkeypatch.setattr(kernels, "UPSERT_HITS", True)
     monkeypatch.setattr(kernels, "UPSERT_BLOCK", 16)
     rng = np.random.default_rng(op * 5 + rule)
-    tables = {"triton": ht.Buckets.allocate(16, 16, -1, device=DEVICE), "numba": ht.Buckets.allocate(16, 16, -1)}
+    # "rounds": values left to the caller (host memory's tier), the outcome alone from the kernel
+    tables = {name: ht.Buckets.allocate(16, 16, -1, device="cpu" if name == "numba" else DEVICE)
+              for name in ("triton", "rounds", "numba")}
     storage = {"triton": torch.zeros(256, 3, device=DEVICE), "numba": torch.zeros(256, 3)}
     stored = torch.from_numpy(rng.choice(10**6, 200, replace=False))
     for step in range(3):
@@ -133,7 +135,10 @@ def test_upsert_of_present_keys_at_once_is_numbas_loop(op, rule, monkeypatch):
         want = numba_upsert(tables["numba"], storage["numba"], this_op, keys, values, desired, rule, flags)
         got = ht.upsert(tables["triton"], keys.to(DEVICE), desired.to(DEVICE), rule, this_op, flags.to(DEVICE),
                         values.to(DEVICE), storage["triton"], backend="triton")
+        rounds = ht.upsert(tables["rounds"], keys.to(DEVICE), desired.to(DEVICE), rule, this_op, flags.to(DEVICE),
+                           backend="triton")
         np.testing.assert_array_equal(got.slots.cpu().numpy(), want[1])
+        assert torch.equal(rounds.slots, got.slots) and torch.equal(rounds.status, got.status)
         if this_op == nk.OP_FIND_OR_INSERT:
             np.testing.assert_array_equal(got.out_values.cpu().numpy(), want[0])
         if this_op == nk.OP_INSERT_AND_EVICT:
@@ -143,6 +148,7 @@ def test_upsert_of_present_keys_at_once_is_numbas_loop(op, rule, monkeypatch):
         assert torch.equal(storage["triton"].cpu(), storage["numba"]), (rule, step)
         for name in ("keys", "digests", "scores", "sizes"):
             assert torch.equal(getattr(tables["triton"], name).cpu(), getattr(tables["numba"], name)), (rule, name)
+            assert torch.equal(getattr(tables["rounds"], name), getattr(tables["triton"], name)), (rule, name)
 
 
 @pytest.mark.parametrize("kernel", ["bytes", "words"])
