@@ -262,7 +262,7 @@ def fold_chunks_triton(per_chunk: torch.Tensor, rows: int, out: torch.Tensor) ->
     """``products.fold_chunks`` in one launch, into ``out`` ((B, rows, K) float64, each block's
     rows contiguous)."""
     blocks, chunks, _, k = per_chunk.shape
-    assert per_chunk.stride(3) == 1 and out.stride(2) == 1 and (rows == 1 or out.stride(1) == k)
+    assert per_chunk.stride(3) == 1 and out.stride(2) == 1 and out.stride(1) == k
     if blocks:
         _fold_chunks_kernel[(blocks, triton.cdiv(rows * k, FOLD_TILE))](
             per_chunk, out, chunks, rows, k, per_chunk.stride(0), per_chunk.stride(1), per_chunk.stride(2),
