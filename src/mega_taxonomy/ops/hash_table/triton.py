@@ -58,19 +58,19 @@ M2 = 0xC4CEB9FE1A85EC53
 LOW32 = 0xFFFFFFFF
 HIGH32 = -(2**32)
 # The lookup's kernel ("bytes": ``_lookup``, "words": ``_lookup_words``), keys per program and
-# warps per program (also ``_assign_all``'s), and the upsert's sorted occurrences per program and
-# warps: the fastest of find* and insert_or_assign on an H100 (2^20 keys of 2^27 at load factor
-# 0.5, dim 8; ``params.tuning`` of benchmarks/results/hashtable_gpu.json, commit 99032cb): find*
-# 4.0 B-KV/s (the slowest configuration 2.6), insert_or_assign 0.69 (0.40). The runners-up were
-# within 10%, and took first place in other runs.
+# warps per program (also ``_assign_all``'s), the upsert's sorted occurrences per program and
+# warps, and whether it applies a program's runs of keys all present before the batch at once
+# (``_apply_hits``) before its loop takes the others: the fastest of find* and insert_or_assign on
+# an H100 (2^20 keys of 2^27 at load factor 0.5, dim 8; ``params.tuning`` of
+# benchmarks/results/hashtable_gpu.json, commit c8e0763): find* 5.0 B-KV/s (the slowest
+# configuration 3.0), insert_or_assign 1.07 with the hits at once against 0.91 without. The
+# runners-up of the lookups were within 10%, and took first place in other runs.
 LOOKUP = "words"
 BLOCK = 64
 LOOKUP_WARPS = 2
 UPSERT_BLOCK = 32
 UPSERT_WARPS = 1
-# Whether the upsert applies a program's runs of present keys at once before its loop
-# (``_apply_hits``; not yet timed on a GPU, so off until ``--tune`` measures it).
-UPSERT_HITS = False
+UPSERT_HITS = True
 
 
 @triton.jit
