@@ -156,11 +156,11 @@ def test_upsert_of_present_keys_at_once_is_numbas_loop(op, rule, monkeypatch):
 
 
 @pytest.mark.parametrize("kernel", ["bytes", "words"])
-@pytest.mark.parametrize("dim", [1, 8, 5])
+@pytest.mark.parametrize("dim", [1, 8, 5, 100])
 def test_lookup_with_values_reads_the_rows_of_the_found_keys(dim, kernel, monkeypatch):
     """The fused lookup (Triton: values read in the lookup's launch; digests compared a byte or
     a 4-byte word at a time) against the twin: rows of the found keys, zeros for the missing,
-    slots and scores as ``lookup``'s."""
+    slots and scores as ``lookup``'s. Rows of 100 values take 16 keys a program (``COPY_TILE``)."""
     from mega_taxonomy.ops.hash_table import triton as kernels
 
     monkeypatch.setattr(kernels, "LOOKUP", kernel)
