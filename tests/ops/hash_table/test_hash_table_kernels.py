@@ -160,7 +160,7 @@ def test_upsert_of_present_keys_at_once_is_numbas_loop(op, rule, monkeypatch):
 def test_lookup_with_values_reads_the_rows_of_the_found_keys(dim, kernel, monkeypatch):
     """The fused lookup (Triton: values read in the lookup's launch; digests compared a byte or
     a 4-byte word at a time) against the twin: rows of the found keys, zeros for the missing,
-    slots and scores as ``lookup``'s. Rows of 100 values take 16 keys a program (``COPY_TILE``)."""
+    slots and scores as ``lookup``'s; rows of 1 to 100 values."""
     from mega_taxonomy.ops.hash_table import triton as kernels
 
     monkeypatch.setattr(kernels, "LOOKUP", kernel)

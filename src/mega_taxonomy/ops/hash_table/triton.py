@@ -71,11 +71,6 @@ LOOKUP_WARPS = 2
 UPSERT_BLOCK = 32
 UPSERT_WARPS = 1
 UPSERT_HITS = True
-# A lookup that copies the found rows holds a (keys, DIM) tile of values beside its digests: at
-# 64 keys a program and DIM = 64 the kernel takes 254 registers a thread (ptxas for sm_90), so
-# few programs fit an SM. Such a lookup takes COPY_TILE // DIM keys a program (at least 16, at
-# most BLOCK) on 4 warps where that is fewer than BLOCK: 64 registers at DIM = 64.
-COPY_TILE = 1024
 
 
 @triton.jit
@@ -513,15 +508,11 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, sco
     if n:
         words = LOOKUP == "words" and bs >= 4  # whole 4-byte words of digests
         kernel, digests = (_lookup_words, b.digest_words) if words else (_lookup, b.digests)
-        width = triton.next_power_of_2(dim)
-        block, warps = BLOCK, LOOKUP_WARPS
-        if copy and COPY_TILE // width < BLOCK:
-            block, warps = max(16, COPY_TILE // width), 4
-        kernel[(triton.cdiv(n, block),)](b.keys, digests, b.scores, keys, slots, out_scores if scores else slots,
+        kernel[(triton.cdiv(n, BLOCK),)](b.keys, digests, b.scores, keys, slots, out_scores if scores else slots,
                                          values.contiguous() if copy else slots, found if copy else slots,
                                          slots if founds is None else founds, dim, n, nb - 1, M1, M2, *b.reserved,
-                                         b.flag, SHIFT=b.shift, BS=bs, BLOCK=block, DIM=width, COPY=copy,
-                                         SCORES=scores, FOUNDS=founds is not None, num_warps=warps)
+                                         b.flag, SHIFT=b.shift, BS=bs, BLOCK=BLOCK, DIM=triton.next_power_of_2(dim),
+                                         COPY=copy, SCORES=scores, FOUNDS=founds is not None, num_warps=LOOKUP_WARPS)
     return (slots, out_scores, found) if copy else (slots, out_scores)
 
 
