@@ -1,4 +1,7 @@
-"""Shared test fixtures: one moto S3 server per session, a fresh bucket per test.
+"""Shared test fixtures: one moto S3 server per session, a fresh bucket per test; one Ray
+cluster on loopback per session. Without a GPU, the Triton kernels run in Triton's CPU
+interpreter (``interpreting.py``); ``TRITON_LAUNCHES=file`` writes the launches they made to
+that file at the session's end (``triton_aot/``).
 
 Tests that use S3 take ``s3_bucket`` (or ``s3_server``) and are marked ``@pytest.mark.s3``;
 the mark is also added automatically to any test that requests those fixtures directly.
@@ -9,6 +12,9 @@ import secrets
 import uuid
 
 import pytest
+from interpreting import interpret_without_gpu
+
+interpret_without_gpu()  # before any test module imports triton
 
 # Ray reads its authentication mode when imported, and test modules import it: the session's
 # cluster (ray_cluster) and its drivers all use a token, before any import of ray.
@@ -31,6 +37,13 @@ _S3_ENV = {
     "AWS_CONFIG_FILE": os.devnull,
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
 }
+
+
+def pytest_sessionfinish(session):
+    if os.environ.get("TRITON_LAUNCHES"):
+        from triton_aot import launches
+
+        launches.write(os.environ["TRITON_LAUNCHES"])
 
 
 def pytest_collection_modifyitems(items):

@@ -1,5 +1,5 @@
-"""Compile recorded Triton launches (``record_launches.py``'s JSON) for sm_90 (H100 / H200) on a
-machine without a GPU, one JSON line each: ["ok", module, name, constexprs, options, cubin bytes,
+"""Compile recorded Triton launches (``launches.py``'s JSON) for sm_90 (H100 / H200) on a
+machine without a GPU, one process a core, one JSON line each (in the file's order): ["ok", module, name, constexprs, options, cubin bytes,
 registers a thread, stack bytes a thread] or ["failed", module, name, constexprs, error]. The
 registers and the stack (spilled values) come from the cubin (``cuobjdump -res-usage``, shipped
 with Triton); a kernel whose registers cap the programs that fit an SM, or that spills, is where
@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import triton
@@ -36,27 +37,31 @@ def resources(cubin: bytes) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
+def compiled_launch(launch):
+    """One recorded launch, compiled: its line (module docstring) as a list."""
+    module, name, signature, constexprs, options = launch
+    fn = getattr(importlib.import_module(module), name)
+    try:
+        kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                target=GPUTarget("cuda", 90, 32), options=options)
+    except Exception as exc:  # noqa: BLE001 - reported per launch, the caller decides
+        return ["failed", module, name, constexprs, f"{type(exc).__name__}: {str(exc)[:1500]}"]
+    cubin = kernel.asm["cubin"]
+    return ["ok", module, name, constexprs, options, len(cubin), *resources(cubin)]
+
+
 def compiled(path):
-    """Per recorded launch of the JSON file ``path``, its line (module docstring) as a list."""
-    target = GPUTarget("cuda", 90, 32)
-    for module, name, signature, constexprs, options in json.load(open(path)):
-        fn = getattr(importlib.import_module(module), name)
-        try:
-            kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target,
-                                    options=options)
-        except Exception as exc:  # noqa: BLE001 - reported per launch, the caller decides
-            yield ["failed", module, name, constexprs, f"{type(exc).__name__}: {str(exc)[:1500]}"]
-            continue
-        cubin = kernel.asm["cubin"]
-        yield ["ok", module, name, constexprs, options, len(cubin), *resources(cubin)]
+    """Per recorded launch of the JSON file ``path``, its line, compiled on every core."""
+    with ProcessPoolExecutor(min(len(os.sched_getaffinity(0)), 8)) as pool:  # each holds torch and triton
+        yield from pool.map(compiled_launch, json.load(open(path)))
 
 
-def record(pytest_args, path):
-    """The launches of the tests ``pytest_args`` under the interpreter, into ``path``."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "TRITON_LAUNCHES": str(path),
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "record_launches",
-                    *pytest_args], env=env, check=True, stdout=subprocess.DEVNULL)
+def record(pytest_args, path, timeout=None):
+    """Run the tests ``pytest_args`` under the interpreter, their launches into ``path``
+    (tests/conftest.py records them); the finished pytest process, its output captured."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "TRITON_LAUNCHES": str(path)}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 if __name__ == "__main__":
@@ -65,7 +70,9 @@ if __name__ == "__main__":
             print(json.dumps(line), flush=True)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            record(sys.argv[1:], Path(tmp) / "launches.json")
+            ran = record(sys.argv[1:], Path(tmp) / "launches.json")
+            if ran.returncode != 0:
+                sys.exit(ran.stdout[-3000:])
             os.environ.pop("TRITON_INTERPRET", None)  # compiled, not interpreted
             for line in compiled(Path(tmp) / "launches.json"):
                 if line[0] == "ok":

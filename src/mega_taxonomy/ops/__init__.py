@@ -41,8 +41,8 @@ How to add an op
 4. Caches of prepared operands are objects the caller owns and passes (``cache=``, see
    ``common.OperandCache``), never module globals.
 5. Tests go in ``tests/ops/<op>/``: kernel against twin against a float64 brute force
-   (``tests/ops/kernel_checks.py``), Triton kernels at small shapes in the interpreter
-   (``tests/ops/conftest.py`` sets ``TRITON_INTERPRET=1`` without a GPU), bf16 and bit identity
+   (``tests/kernel_checks.py``), Triton kernels at small shapes in the interpreter
+   (``tests/conftest.py`` sets ``TRITON_INTERPRET=1`` without a GPU), bf16 and bit identity
    in ``tests/gpu``. Callers outside ``ops/`` import the dispatchers only.
 """
 

@@ -156,7 +156,7 @@ def test_triton_kernel_equals_the_twin():
     pytest.importorskip("triton")
     from mega_taxonomy.ops.exact.triton import accumulate_triton
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled there, else interpreted (tests/ops/conftest.py)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled there, else interpreted (tests/conftest.py)
     rng = np.random.default_rng(3)
     tops = torch.full((1500,), EMPTY_TOP, dtype=torch.int64, device=device)
     digits = torch.zeros(DIGITS, 1500, dtype=torch.int64, device=device)
@@ -176,7 +176,7 @@ def test_rows_added_at_once_are_the_bits_of_adding_them_one_by_one():
     pytest.importorskip("triton")
     from mega_taxonomy.ops.exact.triton import accumulate_triton
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled there, else interpreted (tests/ops/conftest.py)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled there, else interpreted (tests/conftest.py)
     rng = np.random.default_rng(7)
     rows = torch.from_numpy(np.stack([values(rng, 1200, spread=200) for _ in range(5)])).reshape(5, 40, 30)
     rows[2, 0, :2] = torch.tensor([np.inf, np.nan], dtype=torch.float64)
@@ -198,7 +198,7 @@ def test_triton_merge_equals_the_twin():
     pytest.importorskip("triton")
     from mega_taxonomy.ops.exact.triton import merge_triton
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled there, else interpreted (tests/ops/conftest.py)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled there, else interpreted (tests/conftest.py)
     rng = np.random.default_rng(6)
     sums = []
     for spread in (60, 300):
@@ -254,7 +254,7 @@ def test_triton_rounding_equals_the_twin():
     pytest.importorskip("triton")
     from mega_taxonomy.ops.exact.triton import value_triton
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled there, else interpreted (tests/ops/conftest.py)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled there, else interpreted (tests/conftest.py)
     rng = np.random.default_rng(5)
     total = ExactSum.zeros((3000,), device)
     for spread in (60, 1000, 1070):

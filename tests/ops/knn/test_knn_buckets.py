@@ -1,5 +1,5 @@
 """The kd-tree's bucket scan (the GPU path): its torch twin and its Triton kernel (in Triton's CPU
-interpreter without a GPU, tests/ops/conftest.py) against a float64 brute force."""
+interpreter without a GPU, tests/conftest.py) against a float64 brute force."""
 
 import numpy as np
 import pytest

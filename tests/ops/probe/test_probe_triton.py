@@ -1,5 +1,5 @@
 """The Triton kernel of ``probe_rerank`` against the float64 brute force and the twin (without a GPU
-in Triton's interpreter, set by tests/ops/conftest.py)."""
+in Triton's interpreter, set by tests/conftest.py)."""
 
 import numpy as np
 import pytest

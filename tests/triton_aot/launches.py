@@ -1,20 +1,22 @@
-"""A pytest plugin: every Triton kernel that the tests launch in Triton's CPU interpreter,
-recorded as what ``triton.compile`` needs to build it ahead of time (its module and name, the
-signature Triton would give its arguments, its constexpr values, num_warps / num_stages), into
-the JSON file named by ``TRITON_LAUNCHES``. Used by tests/test_triton_compiles.py."""
+"""Every Triton kernel that the tests launch in Triton's CPU interpreter, recorded as what
+``triton.compile`` needs to build it ahead of time: its module and name, the signature Triton
+would give its arguments, its constexpr values, num_warps / num_stages. tests/interpreting.py
+records while the tests interpret; tests/test_triton_compiles.py compiles what was recorded."""
 
 import inspect
 import json
-import os
 
-RECORDS = set()
+RECORDS = set()  # JSON lines: [module, name, signature, constexprs, options]
 
 
-def pytest_configure(config):
+def record():
+    """From now on, record each interpreted launch (once per process)."""
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import mangle_type
 
     launch = InterpretedFunction.run
+    if getattr(launch, "records", False):
+        return
 
     def run(self, *args, grid, warmup, **kwargs):
         params = inspect.signature(self.fn).parameters
@@ -30,9 +32,11 @@ def pytest_configure(config):
         RECORDS.add(json.dumps([self.fn.__module__, self.fn.__name__, signature, constexprs, options], sort_keys=True))
         return launch(self, *args, grid=grid, warmup=warmup, **kwargs)
 
+    run.records = True
     InterpretedFunction.run = run
 
 
-def pytest_unconfigure(config):
-    with open(os.environ["TRITON_LAUNCHES"], "w") as out:
+def write(path):
+    """The launches recorded so far, as a JSON list, into ``path``."""
+    with open(path, "w") as out:
         json.dump([json.loads(r) for r in sorted(RECORDS)], out)
