@@ -17,12 +17,12 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-# Compiling the launches of tests/kv and tests/ops: about 3 minutes on a 2-core machine;
-# recording them too (run alone), about 10 minutes more.
+# Compiling the launches of tests/kv and tests/ops: about 2 minutes on a 2-core machine;
+# recording them too (run alone), about 7 minutes more.
 pytestmark = [pytest.mark.timeout(1800),
               pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the kernel tests compile and run them")]
 
-from triton_aot import compile_launches, launches  # tests/ is on sys.path (its conftest.py)
+from triton_aot import compile_launches, launches  # noqa: E402  # tests/ is on sys.path (its conftest.py)
 
 HERE = Path(__file__).resolve().parent
 

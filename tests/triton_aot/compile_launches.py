@@ -1,9 +1,9 @@
 """Compile recorded Triton launches (``launches.py``'s JSON) for sm_90 (H100 / H200) on a
-machine without a GPU, one process a core, one JSON line each (in the file's order): ["ok", module, name, constexprs, options, cubin bytes,
-registers a thread, stack bytes a thread] or ["failed", module, name, constexprs, error]. The
-registers and the stack (spilled values) come from the cubin (``cuobjdump -res-usage``, shipped
-with Triton); a kernel whose registers cap the programs that fit an SM, or that spills, is where
-a GPU's time goes before it is measured.
+machine without a GPU, a process a core, one JSON line each in the file's order: ["ok", module,
+name, constexprs, options, cubin bytes, registers a thread, stack bytes a thread] or ["failed",
+module, name, constexprs, error]. The registers and the stack (spilled values) come from the
+cubin (``cuobjdump -res-usage``, shipped with Triton); a kernel whose registers cap the programs
+that fit an SM, or that spills, is where a GPU's time goes before it is measured.
 
     python tests/triton_aot/compile_launches.py launches.json           # JSON lines
     python tests/triton_aot/compile_launches.py tests/ops/hash_table    # record those tests' launches
