@@ -37,9 +37,12 @@ def patch_the_language_once_a_launch():
     if getattr(patch, "once_a_launch", False):
         return
     patched = set()  # the ids of the language modules that the running launch has patched
+    seen = {}  # per jit function, the ids of the language modules it sees
 
     def patch_lang(fn):
-        langs = {id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core)}
+        if fn not in seen:
+            seen[fn] = {id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core)}
+        langs = seen[fn]
         if patched and langs <= patched:  # a helper's call inside a launch that patched them
             return interpreter._LangPatchScope()
         scope = patch(fn)
