@@ -1,7 +1,7 @@
 """Shared test fixtures: one moto S3 server per session, a fresh bucket per test; one Ray
 cluster on loopback per session. Without a GPU, the Triton kernels run in Triton's CPU
 interpreter (``interpreting.py``); ``TRITON_LAUNCHES=file`` writes the launches they made to
-that file at the session's end (``triton_aot/``).
+that file when pytest finishes (``triton_aot/``).
 
 Tests that use S3 take ``s3_bucket`` (or ``s3_server``) and are marked ``@pytest.mark.s3``;
 the mark is also added automatically to any test that requests those fixtures directly.
