@@ -163,13 +163,7 @@ def tune(t, keys, values, repeats) -> dict:
     best_upsert = max(zip(tried["upsert"].values(), UPSERTS))[1]
     kernels.LOOKUP, kernels.BLOCK, kernels.LOOKUP_WARPS = best_lookup
     kernels.UPSERT_BLOCK, kernels.UPSERT_WARPS, kernels.UPSERT_HITS = best_upsert
-    # the best upsert again with the batch in bucket order (UPSERT_PRESORTED), kept if faster
-    unsorted = max(tried["upsert"].values())
-    kernels.UPSERT_PRESORTED = True
-    rate("upsert", "the best, presorted", lambda: t.insert_or_assign(keys, values))
-    kernels.UPSERT_PRESORTED = tried["upsert"]["the best, presorted"] > unsorted
-    return {"bkv_per_s": tried, "failed": failed,
-            "chosen": {"lookup": best_lookup, "upsert": (*best_upsert, kernels.UPSERT_PRESORTED)}}
+    return {"bkv_per_s": tried, "failed": failed, "chosen": {"lookup": best_lookup, "upsert": best_upsert}}
 
 
 def measure_ours(dim, load_factor, hbm_bytes, repeats, seed=0, profiled=False, tuned=None) -> dict:
@@ -241,8 +235,7 @@ def main():
               "targets": ">= 1.0 for find, find*, contains, assign; >= 0.7 for inserting and erasing calls",
               "original_build": BUILD.format(out="hkv_bench"), "original_commit": "ae24eec"}
     params["launch"] = {"lookup": (kernels.LOOKUP, kernels.BLOCK, kernels.LOOKUP_WARPS),
-                        "upsert": (kernels.UPSERT_BLOCK, kernels.UPSERT_WARPS, kernels.UPSERT_HITS,
-                                   kernels.UPSERT_PRESORTED)}
+                        "upsert": (kernels.UPSERT_BLOCK, kernels.UPSERT_WARPS, kernels.UPSERT_HITS)}
     command = "python benchmarks/bench_hashtable_gpu.py " + " ".join(sys.argv[1:])
     for dim, lf, hbm in cases:
         capacity = (1 << 27) if dim <= 32 else (1 << 26)

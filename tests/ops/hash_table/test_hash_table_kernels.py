@@ -155,41 +155,6 @@ def test_upsert_of_present_keys_at_once_is_numbas_loop(op, rule, monkeypatch):
             assert torch.equal(getattr(tables["rounds"], name), getattr(tables["triton"], name)), (rule, name)
 
 
-def test_upserts_of_a_batch_in_bucket_order_are_numbas_loop(monkeypatch):
-    """``UPSERT_PRESORTED``: the batch gathered into bucket order before the kernels and their
-    outcomes put back in the batch's order after: every op (assign's kernel among them) leaves
-    the table, the value rows and the outcomes as numba's loop does."""
-    from mega_taxonomy.ops.hash_table import triton as kernels
-
-    monkeypatch.setattr(kernels, "UPSERT_PRESORTED", True)
-    rng = np.random.default_rng(11)
-    tables = {name: ht.Buckets.allocate(8, 16, -1, device="cpu" if name == "numba" else DEVICE)
-              for name in ("triton", "numba")}
-    storage = {"triton": torch.zeros(128, 3, device=DEVICE), "numba": torch.zeros(128, 3)}
-    steps = [(nk.OP_INSERT_OR_ASSIGN, ht.SCORE_SET), (nk.OP_INSERT_AND_EVICT, ht.SCORE_ADD),
-             (nk.OP_ASSIGN, ht.SCORE_ADD), (nk.OP_FIND_OR_INSERT, ht.SCORE_EPOCH_ADD), (nk.OP_ACCUM, ht.SCORE_SET)]
-    for op, rule in steps:
-        keys = torch.from_numpy(rng.choice(200, 80))  # repeats, into full buckets
-        desired = torch.from_numpy(rng.integers(-(2**63), 2**63 - 1, 80))
-        values = torch.from_numpy(rng.normal(size=(80, 3)).astype(np.float32))
-        flags = torch.from_numpy(rng.integers(0, 2, 80).astype(bool))
-        want = numba_upsert(tables["numba"], storage["numba"], op, keys, values, desired, rule, flags)
-        got = ht.upsert(tables["triton"], keys.to(DEVICE), desired.to(DEVICE), rule, op, flags.to(DEVICE),
-                        values.to(DEVICE), storage["triton"], backend="triton")
-        np.testing.assert_array_equal(got.slots.cpu().numpy(), want[1])
-        if op == nk.OP_INSERT_AND_EVICT:
-            e = (got.status == ht.EVICTED) | (got.status == ht.REFUSED)
-            assert int(e.sum()) == len(want[2]) > 0
-            np.testing.assert_array_equal(got.ev_keys[e].cpu().numpy(), want[2])
-            np.testing.assert_array_equal(got.ev_scores[e].cpu().numpy(), want[4])
-            np.testing.assert_array_equal(got.ev_values[e].cpu().numpy(), want[3])
-        if op == nk.OP_FIND_OR_INSERT:
-            np.testing.assert_array_equal(got.out_values.cpu().numpy(), want[0])
-        assert torch.equal(storage["triton"].cpu(), storage["numba"]), op
-        for name in ("keys", "digests", "scores", "sizes"):
-            assert torch.equal(getattr(tables["triton"], name).cpu(), getattr(tables["numba"], name)), (op, name)
-
-
 @pytest.mark.parametrize("kernel", ["bytes", "words"])
 @pytest.mark.parametrize("dim", [1, 8, 5, 100])
 def test_lookup_with_values_reads_the_rows_of_the_found_keys(dim, kernel, monkeypatch):

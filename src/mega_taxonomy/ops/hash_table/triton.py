@@ -71,12 +71,6 @@ LOOKUP_WARPS = 2
 UPSERT_BLOCK = 32
 UPSERT_WARPS = 1
 UPSERT_HITS = True
-# Whether the upserts and assign take the batch gathered into bucket order (torch's gathers
-# before the launch, the outcomes scattered back after it): a program's lanes then read their
-# keys, scores and value rows, and write their outcomes, side by side, where through ``order``
-# each is a load of its own after the load of ``order``. Not yet timed on a GPU: off until
-# ``--tune`` of benchmarks/bench_hashtable_gpu.py has chosen it.
-UPSERT_PRESORTED = False
 
 
 @triton.jit
@@ -539,21 +533,7 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, valu
     order within each. Returns per occurrence (slots, status, ev_keys, ev_scores) and, when
     ``storage`` (slots, dim) on the keys' device is given (values then move in the launch),
     (ev_values, out_values): insert_and_evict's evicted rows and find_or_insert's results, None
-    for other ops. With ``UPSERT_PRESORTED`` the kernels take the batch in bucket order."""
-    if not (UPSERT_PRESORTED and len(keys)):
-        return _upsert_launch(b, keys, desired, rule, op, flags, order, sorted_buckets, values, storage)
-    inputs = [None if x is None else x[order] for x in (keys, desired, flags, values)]
-    done = _upsert_launch(b, *inputs[:2], rule, op, inputs[2], torch.arange(len(keys), device=keys.device),
-                          sorted_buckets, inputs[3], storage)
-    in_batch_order = []
-    for x in done:
-        if x is not None:
-            x = torch.empty_like(x).index_copy_(0, order, x)
-        in_batch_order.append(x)
-    return tuple(in_batch_order)
-
-
-def _upsert_launch(b, keys, desired, rule, op, flags, order, sorted_buckets, values, storage):
+    for other ops."""
     n, bs = len(keys), b.keys.shape[1]
     dev = keys.device
     keys, desired = keys.contiguous(), desired.contiguous()  # the kernels read them by offset
