@@ -128,7 +128,8 @@ def assert_same(a, b):
     assert a.inertia_ == b.inertia_ and a.n_iter_ == b.n_iter_
 
 
-@pytest.mark.parametrize("n_workers,reduce_blocks", [(1, 1), (2, 1), (3, 1), (2, 2), (3, 4)])
+# 1, 2 and 3 ranks (2 workers with one block a unit: test_collective_taxonomy_is_bit_identical_to_local)
+@pytest.mark.parametrize("n_workers,reduce_blocks", [(1, 1), (2, 2), (3, 4)])
 def test_collective_kmeans_is_bit_identical_to_local(ray_mod, X, n_workers, reduce_blocks):
     """The float sums are exact (``ops.exact``), all-reduced across the ranks: LocalRuntime's bits
     for any worker count and any ``reduce_blocks`` (3 workers, 2 units of 4 blocks: one rank
