@@ -567,7 +567,7 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, valu
 
 
 # triton.cdiv and triton.next_power_of_2 without their dispatch as Triton's constexpr functions,
-# a few microseconds of host time a call each (a lookup's kernel takes about 100)
+# a few microseconds of host time a call each (a lookup's kernel takes about 100 us)
 def _cdiv(n: int, block: int) -> int:
     return -(-n // block)
 
