@@ -35,6 +35,12 @@ def int64_bits(x) -> int:
     return int(x) - (1 << 64) if int(x) >= 1 << 63 else int(x)
 
 
+def next_pow2(n: int) -> int:
+    """The least power of two >= n (and >= 1): a kernel's tile width, computed in Python (Triton's
+    ``next_power_of_2`` is a constexpr function, a few microseconds of host time a call)."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; every other input is computed in float32 (fp32 accumulation)."""
     return torch.float64 if dtype == torch.float64 else torch.float32

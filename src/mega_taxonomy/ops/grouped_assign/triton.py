@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ..assign.triton import distance_tile, running_argmin
-from ..common import OperandCache, check, fused, offsets_on
+from ..common import OperandCache, check, fused, next_pow2, offsets_on
 from ...io.device import kept, to_device
 from ..update.triton import sorted_by_label
 
@@ -96,14 +96,10 @@ def _grouped_nearest_kernel(
         tl.store(out_i_ptr + rows, best_i, mask=row_ok)
 
 
-def _next_pow2(v: int) -> int:
-    return 1 << max(v - 1, 0).bit_length()
-
-
 def config(n: int, n_groups: int, width: int, d: int, element_size: int) -> dict:
     """Tile shapes from the shapes alone: BLOCK_N covers a group's children (16..128), BLOCK_M
     shrinks when groups hold few rows each (less masked work)."""
-    block_n = min(128, max(16, _next_pow2(width)))
+    block_n = min(128, max(16, next_pow2(width)))
     block_m = 128 if n >= 128 * n_groups else 64
     if element_size == 4:
         block_k = 32 if block_n * block_m >= 128 * 128 else 64

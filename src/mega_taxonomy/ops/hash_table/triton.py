@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common import next_pow2
 from . import (
     EVICTED,
     FOUND,
@@ -508,11 +509,11 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, sco
     if n:
         words = LOOKUP == "words" and bs >= 4  # whole 4-byte words of digests
         kernel, digests = (_lookup_words, b.digest_words) if words else (_lookup, b.digests)
-        kernel[(_cdiv(n, BLOCK),)](b.keys, digests, b.scores, keys, slots, out_scores if scores else slots,
-                                   values.contiguous() if copy else slots, found if copy else slots,
-                                   slots if founds is None else founds, dim, n, nb - 1, M1, M2, *b.reserved, b.flag,
-                                   SHIFT=b.shift, BS=bs, BLOCK=BLOCK, DIM=_pow2(dim), COPY=copy, SCORES=scores,
-                                   FOUNDS=founds is not None, num_warps=LOOKUP_WARPS)
+        kernel[(-(-n // BLOCK),)](
+            b.keys, digests, b.scores, keys, slots, out_scores if scores else slots,
+            values.contiguous() if copy else slots, found if copy else slots, slots if founds is None else founds,
+            dim, n, nb - 1, M1, M2, *b.reserved, b.flag, SHIFT=b.shift, BS=bs, BLOCK=BLOCK, DIM=next_pow2(dim),
+            COPY=copy, SCORES=scores, FOUNDS=founds is not None, num_warps=LOOKUP_WARPS)
     return (slots, out_scores, found) if copy else (slots, out_scores)
 
 
@@ -522,8 +523,8 @@ def buckets_triton(keys: torch.Tensor, n_buckets: int, shift: int, reserved=(0, 
     out = torch.empty(len(keys), dtype=torch.int32, device=keys.device)
     flag = torch.zeros(1, dtype=torch.int32, device=keys.device) if flag is None else flag
     if len(keys):
-        _buckets[(_cdiv(len(keys), 1024),)](keys.contiguous(), out, len(keys), n_buckets - 1, M1, M2, *reserved, flag,
-                                            SHIFT=shift, BLOCK=1024)
+        _buckets[(-(-len(keys) // 1024),)](keys.contiguous(), out, len(keys), n_buckets - 1, M1, M2, *reserved,
+                                           flag, SHIFT=shift, BLOCK=1024)
     return out
 
 
@@ -552,29 +553,18 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, valu
     given = keys if values is None else values
     into = storage if move else keys
     if n and op == OP_ASSIGN:
-        _assign_all[(_cdiv(n, BLOCK),)](
-            b.keys, b.digest_words, b.scores, keys, desired, order, sorted_buckets, given, into, b.flag, *out, n, dim,
-            M1, M2, LOW32, HIGH32, RULE=rule, BS=bs, BLOCK=BLOCK, DIM=_pow2(dim), HAS_VALUES=values is not None,
-            MOVE_VALUES=move, num_warps=LOOKUP_WARPS)
+        _assign_all[(-(-n // BLOCK),)](
+            b.keys, b.digest_words, b.scores, keys, desired, order, sorted_buckets, given, into, b.flag, *out, n,
+            dim, M1, M2, LOW32, HIGH32, RULE=rule, BS=bs, BLOCK=BLOCK, DIM=next_pow2(dim),
+            HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=LOOKUP_WARPS)
     elif n:
-        _upsert_runs[(_cdiv(n, UPSERT_BLOCK),)](
+        _upsert_runs[(-(-n // UPSERT_BLOCK),)](
             b.keys, b.digests, b.digest_words, b.scores, b.sizes, keys, desired, keys if flags is None else flags,
             order, sorted_buckets, given, into, b.flag, *out, *ev, keys if ev_values is None else ev_values,
-            keys if out_values is None else out_values, n, dim, M1, M2, SIGN, LOW32, HIGH32, OP=op, RULE=rule, BS=bs,
-            BLOCK=UPSERT_BLOCK, DIM=_pow2(dim), CHUNK=min(bs, 32), HAS_VALUES=values is not None, MOVE_VALUES=move,
-            HITS=UPSERT_HITS, num_warps=UPSERT_WARPS)
+            keys if out_values is None else out_values, n, dim, M1, M2, SIGN, LOW32, HIGH32, OP=op, RULE=rule,
+            BS=bs, BLOCK=UPSERT_BLOCK, DIM=next_pow2(dim), CHUNK=min(bs, 32), HAS_VALUES=values is not None,
+            MOVE_VALUES=move, HITS=UPSERT_HITS, num_warps=UPSERT_WARPS)
     return (*out, *ev, ev_values, out_values)
-
-
-# triton.cdiv and triton.next_power_of_2 without their dispatch as Triton's constexpr functions,
-# a few microseconds of host time a call each (a lookup's kernel takes about 100 us)
-def _cdiv(n: int, block: int) -> int:
-    return -(-n // block)
-
-
-def _pow2(n: int) -> int:
-    """The least power of two >= n (and >= 1)."""
-    return 1 << (n - 1).bit_length() if n > 1 else 1
 
 
 __all__ = ["lookup_triton", "upsert_triton"]

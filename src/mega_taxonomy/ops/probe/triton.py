@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common import next_pow2
 from ..topk.triton import merge_running
 
 MAX_K = 16
@@ -164,7 +165,7 @@ def probe_scan_triton(q, q_base, probes, offsets, vectors, x_add, x_scale, k, fl
         raise ValueError(f"the probe kernel takes 1 <= k <= {MAX_K}, got {k}")
     q, vectors = q.contiguous(), vectors.to(q.dtype).contiguous()
     n, p = probes.shape
-    kp = 1 << max(k - 1, 0).bit_length()
+    kp = next_pow2(k)
     out_d = torch.empty(n, p, kp, dtype=torch.float32, device=q.device)
     out_p = torch.empty(n, p, kp, dtype=torch.int64, device=q.device)
     block_d = min(128, triton.next_power_of_2(q.shape[1]))
@@ -203,7 +204,7 @@ def probe_scan_list_triton(q, q_base, probes, offsets, vectors, x_add, x_scale, 
         raise ValueError(f"the probe kernel takes 1 <= k <= {MAX_K}, got {k}")
     q, vectors = q.contiguous(), vectors.to(q.dtype).contiguous()
     n, p = probes.shape
-    kp = 1 << max(k - 1, 0).bit_length()
+    kp = next_pow2(k)
     out_d = torch.full((n, p, kp), float("inf"), dtype=torch.float32, device=q.device)
     out_p = torch.full((n, p, kp), -1, dtype=torch.int64, device=q.device)
     pair_q, pair_s, tile_list, tile_start, tile_end = list_tiles(probes.contiguous(), len(offsets) - 1, block_q)

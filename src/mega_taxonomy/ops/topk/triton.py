@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from ..assign.triton import distance_tile
+from ..common import next_pow2
 
 MAX_K = 16
 
@@ -88,7 +89,7 @@ def topk_triton(x: torch.Tensor, c: torch.Tensor, bias: torch.Tensor, alpha: flo
     out_i = torch.empty(n, k, dtype=torch.int64, device=x.device)
     cfg = config or dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64 if x.element_size() == 2 else 32, num_warps=4,
                          num_stages=3)
-    kp = 1 << max(k - 1, 0).bit_length()
+    kp = next_pow2(k)
     _topk_kernel[(triton.cdiv(n, cfg["BLOCK_M"]),)](
         x, c, bias.float().contiguous(), out_d, out_i, n, c.shape[0], d, k, x.stride(0), c.stride(0), float(alpha),
         KP=kp, EXACT=exact, **cfg)
