@@ -137,7 +137,7 @@ def time_call(fn, repeats):
 
 # Launch configurations of our kernels tried by ``--tune`` (module constants of ops/hash_table/triton.py).
 LOOKUPS = [(kind, block, warps) for kind in ("bytes", "words") for block in (16, 32, 64) for warps in (2, 4)]
-UPSERTS = [(block, warps, hits) for hits in (False, True) for block in (16, 32, 64) for warps in (1, 2, 4)]
+UPSERTS = [(block, warps) for block in (16, 32, 64) for warps in (1, 2, 4)]
 
 
 def tune(t, keys, values, repeats) -> dict:
@@ -156,13 +156,13 @@ def tune(t, keys, values, repeats) -> dict:
     for kind, block, warps in LOOKUPS:
         kernels.LOOKUP, kernels.BLOCK, kernels.LOOKUP_WARPS = kind, block, warps
         rate("lookup", f"{kind} block {block} warps {warps}", lambda: t.find_ptr(keys))
-    for block, warps, hits in UPSERTS:
-        kernels.UPSERT_BLOCK, kernels.UPSERT_WARPS, kernels.UPSERT_HITS = block, warps, hits
-        rate("upsert", f"block {block} warps {warps}" + " hits at once" * hits, lambda: t.insert_or_assign(keys, values))
+    for block, warps in UPSERTS:
+        kernels.UPSERT_BLOCK, kernels.UPSERT_WARPS = block, warps
+        rate("upsert", f"block {block} warps {warps}", lambda: t.insert_or_assign(keys, values))
     best_lookup = max(zip(tried["lookup"].values(), LOOKUPS))[1]
     best_upsert = max(zip(tried["upsert"].values(), UPSERTS))[1]
     kernels.LOOKUP, kernels.BLOCK, kernels.LOOKUP_WARPS = best_lookup
-    kernels.UPSERT_BLOCK, kernels.UPSERT_WARPS, kernels.UPSERT_HITS = best_upsert
+    kernels.UPSERT_BLOCK, kernels.UPSERT_WARPS = best_upsert
     return {"bkv_per_s": tried, "failed": failed, "chosen": {"lookup": best_lookup, "upsert": best_upsert}}
 
 
@@ -235,7 +235,7 @@ def main():
               "targets": ">= 1.0 for find, find*, contains, assign; >= 0.7 for inserting and erasing calls",
               "original_build": BUILD.format(out="hkv_bench"), "original_commit": "ae24eec"}
     params["launch"] = {"lookup": (kernels.LOOKUP, kernels.BLOCK, kernels.LOOKUP_WARPS),
-                        "upsert": (kernels.UPSERT_BLOCK, kernels.UPSERT_WARPS, kernels.UPSERT_HITS)}
+                        "upsert": (kernels.UPSERT_BLOCK, kernels.UPSERT_WARPS)}
     command = "python benchmarks/bench_hashtable_gpu.py " + " ".join(sys.argv[1:])
     for dim, lf, hbm in cases:
         capacity = (1 << 27) if dim <= 32 else (1 << 26)

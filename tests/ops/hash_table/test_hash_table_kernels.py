@@ -31,16 +31,23 @@ def test_fmix64_matches_numba_and_python():
     assert [int(nk.fmix64(int(k))) for k in keys] == expected
 
 
-def test_buckets_kernel_is_the_twins_locate():
-    from mega_taxonomy.ops.hash_table.triton import buckets_triton
+def test_upserts_first_launch_is_the_twins_locate_and_lookup():
+    """``locate_triton``: every key's bucket (the twin's ``locate``) and its slot as the table
+    holds it (the twin's lookup), in one launch."""
+    from mega_taxonomy.ops.hash_table.triton import locate_triton
 
     keys = torch.cat([torch.tensor([0, 1, -1, -(2**63), 2**63 - 1]),
                       torch.randint(-(2**63), 2**63 - 1, (3000,), dtype=torch.int64)])
     for nb, bs in ((1, 128), (8, 16), (1 << 20, 128)):
+        b = ht.Buckets.allocate(nb, bs, -2)
+        ht.upsert(b, keys[::7], torch.arange(len(keys[::7])), ht.SCORE_SET, ht.OP_INSERT_OR_ASSIGN, backend="torch")
         expected, _ = ht.locate(keys, nb, bs)
-        got = buckets_triton(keys.to(DEVICE), nb, bs.bit_length() - 1)
+        on_device = ht.Buckets(*(t.to(DEVICE) for t in (b.keys, b.digests, b.scores, b.sizes)), b.empty)
+        got, slots = locate_triton(on_device, keys.to(DEVICE))
         assert got.dtype == torch.int32
         assert torch.equal(got.cpu().long(), expected)
+        assert torch.equal(slots.cpu(), ht.lookup_reference(b, keys)[0])
+        assert 0 < int((slots >= 0).sum()) <= len(keys[::7])
 
 
 OPS = [nk.OP_INSERT_OR_ASSIGN, nk.OP_INSERT_AND_EVICT, nk.OP_FIND_OR_INSERT, nk.OP_ASSIGN, nk.OP_ACCUM,
@@ -60,14 +67,10 @@ def numba_upsert(b, storage, op, keys, values, desired, rule, flags):
 
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("rule", [ht.SCORE_SET, ht.SCORE_ADD, ht.SCORE_EPOCH_ADD, ht.SCORE_KEEP])
-def test_upsert_on_triton_and_the_twin_is_numbas_loop(op, rule, monkeypatch):
+def test_upsert_on_triton_and_the_twin_is_numbas_loop(op, rule):
     """Batches with repeated keys that fill 8 x 16 slots past full (evictions, refusals): the
-    Triton launch (values moved in it; the loop alone, ``UPSERT_HITS`` off: the next test takes
-    the hits at once) and the torch twin's rounds leave the table as numba's in-order loop does,
-    bit for bit, and report the same slots, evictions and rows."""
-    from mega_taxonomy.ops.hash_table import triton as kernels
-
-    monkeypatch.setattr(kernels, "UPSERT_HITS", False)
+    Triton launches (values moved in them) and the torch twin's rounds leave the table as numba's
+    in-order loop does, bit for bit, and report the same slots, evictions and rows."""
     rng = np.random.default_rng(op * 3 + rule)
     tables = {name: ht.Buckets.allocate(8, 16, -1, device=DEVICE if name == "triton" else "cpu")
               for name in ("torch", "triton", "numba")}
@@ -109,18 +112,20 @@ def test_upsert_on_triton_and_the_twin_is_numbas_loop(op, rule, monkeypatch):
         assert torch.equal(a, b.cpu())
 
 
-# assign has a kernel of its own; each op under one score rule, every rule among them
+# each op under one score rule, every rule among them; ACCUM with values added
 @pytest.mark.parametrize("op,rule", [(nk.OP_INSERT_OR_ASSIGN, ht.SCORE_SET), (nk.OP_INSERT_AND_EVICT, ht.SCORE_ADD),
                                      (nk.OP_FIND_OR_INSERT, ht.SCORE_EPOCH_ADD), (nk.OP_ACCUM, ht.SCORE_KEEP),
-                                     (nk.OP_RESTORE, ht.SCORE_SET), (nk.OP_ACCUM, ht.SCORE_ADD)])
+                                     (nk.OP_RESTORE, ht.SCORE_SET), (nk.OP_ACCUM, ht.SCORE_ADD),
+                                     (nk.OP_ASSIGN, ht.SCORE_EPOCH_ADD)])
 def test_upsert_of_present_keys_at_once_is_numbas_loop(op, rule, monkeypatch):
-    """``UPSERT_HITS``: a program's runs of keys present before the batch applied at once, the
+    """Runs of keys present before the batch, a lane per occurrence (``_apply_found``), the
     others by the loop, leave the table and the outputs as numba's in-order loop does, bit for
-    bit: batches of mostly present keys, repeated within runs, some missing, into buckets full
-    and not, 16 lanes a program (runs within programs and across their edges)."""
+    bit: batches of mostly present keys, repeated within runs (the last occurrence writes; ACCUM
+    adds every flagged row in order), some missing, into buckets full and not, 16 lanes a program
+    (runs across programs' edges)."""
     from mega_taxonomy.ops.hash_table import triton as kernels
 
-    monkeypatch.setattr(kernels, "UPSERT_HITS", True)
+    monkeypatch.setattr(kernels, "BLOCK", 16)
     monkeypatch.setattr(kernels, "UPSERT_BLOCK", 16)
     rng = np.random.default_rng(op * 5 + rule)
     # "rounds": values left to the caller (host memory's tier), the outcome alone from the kernel

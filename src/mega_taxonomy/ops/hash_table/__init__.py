@@ -8,8 +8,9 @@ Two ways to run a batch, both meaning what the same calls one key at a time woul
   values too (``kv/`` calls them directly on the CPU).
 - :func:`upsert` (this module): keys of different buckets never meet, so only the order within
   each bucket matters. The occurrences are sorted by bucket, in the batch's order within each; on
-  CUDA one Triton launch runs numba's loop bucket by bucket (``triton.py``: a lane owns a bucket's
-  run of occurrences), with the values when they are in GPU memory. The torch twin runs rounds:
+  CUDA Triton launches run numba's loop bucket by bucket (``triton.py``: a lane owns a bucket's
+  run of occurrences; a run of keys all present, a lane each), with the values when they are in
+  GPU memory. The torch twin runs rounds:
   round r applies every bucket's r-th occurrence at once (no two of them share a bucket).
 
 Examples
@@ -292,11 +293,11 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
     launch, else the caller moves them (``Upserted.rank`` gives the rounds)."""
     n = len(keys)
     nb, bs = b.keys.shape
-    triton_path = uses_triton(keys, backend) and bs >= 4  # the kernel reads digests as 4-byte words
-    if triton_path:  # the kernel makes the digests again: only the buckets are needed here
-        from .triton import buckets_triton, upsert_triton
+    triton_path = uses_triton(keys, backend) and bs >= 4  # the kernels read digests as 4-byte words
+    if triton_path:  # the keys looked up first, their buckets beside: the kernels make the digests again
+        from .triton import locate_triton, upsert_triton
 
-        bucket = buckets_triton(keys, nb, b.shift, b.reserved, b.flag)
+        bucket, found_slots = locate_triton(b, keys)
     else:
         bucket, digest = locate(keys, nb, bs)
         bucket = bucket.to(torch.int32)
@@ -305,7 +306,7 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
     if triton_path:
         flags = None if flags is None else flags.to(torch.int8)
         slots, status, ev_k, ev_s, ev_v, out_v = upsert_triton(b, keys, desired, rule, op, flags, order,
-                                                               sorted_buckets, values, storage)
+                                                               sorted_buckets, found_slots, values, storage)
         if storage is not None:
             return Upserted(slots, status, ev_k, ev_s, None, ev_v, out_v)
         return Upserted(slots, status, ev_k, ev_s, _ranks(sorted_buckets, order))

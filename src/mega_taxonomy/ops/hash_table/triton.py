@@ -5,17 +5,19 @@ Kernel contract
   tdig    : (nb, bs) uint8  digests (bits 32..39 of fmix64(key), 0 taken as 1); 0 marks a free slot
   tscores : (nb, bs) int64  scores' bits, compared as uint64 through ``x ^ SIGN``
   sizes   : (nb,) int32     occupied slots per bucket
-  keys    : (n,) int64      the batch; a reserved key sets ``flag`` (lookups, the bucket pass), and
-                            an upsert whose batch set it changes nothing
+  keys    : (n,) int64      the batch; a reserved key sets ``flag`` (lookups, the upsert's first),
+                            and an upsert whose batch set it changes nothing
 A lookup program takes BLOCK keys and loads, for each, its bucket's bs digest bytes as one row of
 a (BLOCK, bs) tile (as bs / 4 words in ``_lookup_words``): one 128-byte line per key at bs = 128,
 as the original reads. Keys are loaded only where digests match; a free slot's digest
-(``EMPTY_DIGEST``) matches no key's. ``_upsert_runs`` runs numba's in-order loop bucket by bucket
-in one launch: over the batch sorted by bucket, a lane owns a bucket's run of occurrences and
-applies them in the batch's order, so no two lanes touch a bucket and it needs no atomics; a batch
-means what it means on the CPU. ``_assign_all`` does the same for assign, which changes no bucket's
-layout, with a lane per occurrence, and so may ``_apply_hits`` for a program's runs of keys that were
-all present before the batch (``UPSERT_HITS``).
+(``EMPTY_DIGEST``) matches no key's. An upsert first looks every key up as the batch finds the
+table, its bucket written beside its slot (``locate_triton``), then sorts the occurrences by
+bucket. ``_apply_found`` takes a lane per occurrence: a bucket's run of occurrences whose keys
+were all present moves no slot, so every occurrence's slot is its lookup's, and the last one of a
+key writes (assign takes every run so). ``_upsert_runs`` takes the other runs: numba's in-order
+loop bucket by bucket in one launch, a lane owning a bucket's run and applying it in the batch's
+order, so no two lanes touch a bucket and it needs no atomics; a batch means what it means on
+the CPU.
 n, nb are runtime values; bs is a constexpr (a power of two); program ids are 64-bit.
 Values in GPU memory move in the same launches (``vals`` / ``storage``, by slot); values in
 pinned host memory are moved by the caller afterwards, by slot (``kv/paths.py``).
@@ -59,19 +61,16 @@ M2 = 0xC4CEB9FE1A85EC53
 LOW32 = 0xFFFFFFFF
 HIGH32 = -(2**32)
 # The lookup's kernel ("bytes": ``_lookup``, "words": ``_lookup_words``), keys per program and
-# warps per program (also ``_assign_all``'s), the upsert's sorted occurrences per program and
-# warps, and whether it applies a program's runs of keys all present before the batch at once
-# (``_apply_hits``) before its loop takes the others: the fastest of find* and insert_or_assign on
-# an H100 (2^20 keys of 2^27 at load factor 0.5, dim 8; ``params.tuning`` of
-# benchmarks/results/hashtable_gpu.json, commit c8e0763): find* 5.0 B-KV/s (the slowest
-# configuration 3.0), insert_or_assign 1.07 with the hits at once against 0.91 without. The
-# runners-up of the lookups were within 10%, and took first place in other runs.
+# warps per program (also ``_apply_found``'s), and the upsert loop's sorted occurrences per program
+# and warps: the fastest of find* and insert_or_assign on an H100 (2^20 keys of 2^27 at load
+# factor 0.5, dim 8; ``params.tuning`` of benchmarks/results/hashtable_gpu.json, commit c8e0763):
+# find* 5.0 B-KV/s (the slowest configuration 3.0). The runners-up of the lookups were within
+# 10%, and took first place in other runs.
 LOOKUP = "words"
 BLOCK = 64
 LOOKUP_WARPS = 2
 UPSERT_BLOCK = 32
 UPSERT_WARPS = 1
-UPSERT_HITS = True
 
 
 @triton.jit
@@ -102,11 +101,10 @@ def _flag_reserved(k, m, rmask, rvalue, flag):
 
 
 @triton.jit
-def _buckets(keys, out, n, nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BLOCK: tl.constexpr):
-    """int32 bucket of every key (``ops.hash_table.locate``'s first half); reserved keys flagged."""
-    offs, m, k, bucket, _ = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
-    _flag_reserved(k, m, rmask, rvalue, flag)
-    tl.store(out + offs, bucket.to(tl.int32), mask=m)
+def _store_bucket(out_buckets, offs, m, bucket, BUCKETS: tl.constexpr):
+    """With BUCKETS, each key's bucket as int32 (what an upsert sorts its occurrences by)."""
+    if BUCKETS:
+        tl.store(out_buckets + offs, bucket.to(tl.int32), mask=m)
 
 
 @triton.jit
@@ -129,11 +127,12 @@ def _store_found(offs, m, slot, found, tscores, out_slots, out_scores, vals, out
 
 
 @triton.jit
-def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, dim, n, nb_mask, m1, m2,
-            rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
-            COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr):
+def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, out_buckets, dim, n, nb_mask,
+            m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
+            COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr, BUCKETS: tl.constexpr):
     offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
     _flag_reserved(k, m, rmask, rvalue, flag)
+    _store_bucket(out_buckets, offs, m, bucket, BUCKETS)
     digest = digest.to(tl.uint8)
     cols = tl.arange(0, BS)
     base = bucket[:, None] * BS + cols[None, :]
@@ -179,12 +178,14 @@ def _find_in_words(tkeys, bucket, k, words, digest, todo, cols, BS: tl.constexpr
 
 
 @triton.jit
-def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, dim, n, nb_mask,
-                  m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr,
-                  DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr):
+def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, out_buckets, dim, n,
+                  nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr,
+                  DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr,
+                  BUCKETS: tl.constexpr):
     """``_lookup`` reading a bucket's digests as BS / 4 words of 4 bytes (``_find_in_words``)."""
     offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
     _flag_reserved(k, m, rmask, rvalue, flag)
+    _store_bucket(out_buckets, offs, m, bucket, BUCKETS)
     W: tl.constexpr = BS // 4
     cols = tl.arange(0, W)
     words = tl.load(twords + bucket[:, None] * W + cols[None, :], mask=m[:, None], other=0)
@@ -223,75 +224,96 @@ def _add_to_scores(tscores, slot, des, acc, mask, low32, high32, RULE: tl.conste
 
 
 @triton.jit
-def _apply_hits(j, b, inb, words, tkeys, tscores, keys, desired, flags, order, sorted_buckets, values, storage,
-                out_slots, out_status, out_values, n, dim, m1, m2, low32, high32, cols, d_cols, d_ok,
-                OP: tl.constexpr, RULE: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, W: tl.constexpr,
-                DIM: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
-    """The runs of a program that lie within its BLOCK lanes and whose keys were all present
-    before the batch (an upsert of present keys: the protocol's steady state), every occurrence
-    at once: nothing is inserted into their buckets, so no slot moves, and each occurrence's slot
-    is its lookup's. Of a key repeated in a run the last occurrence writes the value and the
-    score by the rule from all of them (``_assign_all``'s rules; ACCUM adds values in order, so
-    its runs with a repeated key are left to the loop). Returns, per lane, whether its run was
-    applied here (the loop then skips it)."""
-    lanes = tl.arange(0, BLOCK)
-    i = tl.load(order + j, mask=inb, other=0)
-    k = tl.load(keys + i, mask=inb, other=0)
-    d = tl.maximum((_fmix64(k, m1, m2) >> 32) & 0xFF, 1).to(tl.int64)
-    pos = _find_in_words(tkeys, b, k, words, d, inb, cols, BS, W)
-    found = (pos < BS) & inb
-    first = tl.program_id(0).to(tl.int64) * BLOCK
-    before = tl.load(sorted_buckets + first - 1, mask=first > 0, other=-1).to(tl.int64)
-    after = tl.load(sorted_buckets + first + BLOCK, mask=first + BLOCK < n, other=-1).to(tl.int64)
-    same_run = (b[:, None] == b[None, :]) & inb[:, None] & inb[None, :]
-    same_key = same_run & (k[:, None] == k[None, :])
-    missing = tl.max(tl.where(same_run & ~found[None, :], 1, 0), axis=1) > 0
-    later = tl.max(tl.where(same_key & (lanes[None, :] > lanes[:, None]), 1, 0), axis=1) > 0
-    hits = inb & (b != before) & (b != after) & ~missing
-    if OP == _ACCUM:  # no repeated key in the run
-        repeated = tl.max(tl.where(same_key & (lanes[None, :] != lanes[:, None]), 1, 0), axis=1) > 0
-        hits = hits & (tl.max(tl.where(same_run & repeated[None, :], 1, 0), axis=1) == 0)
-    slot = b * BS + pos
-    tl.store(out_slots + i, slot, mask=hits)
-    tl.store(out_status + i, tl.full((BLOCK,), _FOUND, tl.int64), mask=hits)
+def _apply_found(tscores, keys, desired, flags, order, sorted_buckets, found_slots, values, storage, reserved_seen,
+                 out_slots, out_status, out_values, n, dim, low32, high32, OP: tl.constexpr, RULE: tl.constexpr,
+                 BLOCK: tl.constexpr, DIM: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
+    """A lane per sorted occurrence: the runs whose keys were all present before the batch (every
+    run for assign, which inserts nothing). Nothing is inserted into their buckets, so no slot
+    moves and each occurrence's slot is its lookup's (``found_slots``, by batch position). Of a
+    key's occurrences that update it (ACCUM: those flagged) the last writes: its value (ACCUM: the
+    old row plus every given row, in order), and its score by the rule from all of them (SET: the
+    last's; ADD: their wrapping sum; EPOCH_ADD: their low halves' sum, saturating, which in any
+    order is what one after the other gives; KEEP: none). A lane walks its run from its first
+    occurrence, and tells two occurrences of a present key by their slot. The other runs' lanes
+    get status -1: ``_upsert_runs`` takes them."""
+    q = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = (q < n) & (tl.load(reserved_seen) == 0)
+    b = tl.load(sorted_buckets + q, mask=live, other=-1)
+    i = tl.load(order + q, mask=live, other=0)
+    slot = tl.load(found_slots + i, mask=live, other=-1)
+    found = live & (slot >= 0)
+    des = tl.load(desired + i, mask=live, other=0)
     if OP == _ACCUM:
-        update = hits & (tl.load(flags + i, mask=hits, other=0) != 0)
+        update = found & (tl.load(flags + i, mask=live, other=0) != 0)
     elif OP == _RESTORE:
         update = tl.zeros((BLOCK,), tl.int1)
     else:
-        update = hits
-    last = update & ~later
-    des = tl.load(desired + i, mask=hits, other=0)
+        update = found
+    start = q  # the run's first occurrence
+    back = live & (q > 0)
+    while tl.max(back.to(tl.int32), axis=0) > 0:
+        back = back & (tl.load(sorted_buckets + start - 1, mask=back, other=-1) == b)
+        start = tl.where(back, start - 1, start)
+        back = back & (start > 0)
+    d_cols = tl.arange(0, DIM)
+    d_ok = (d_cols < dim)[None, :]
+    at_i = i[:, None] * dim + d_cols[None, :]
+    row = storage + slot[:, None] * dim + d_cols[None, :]
+    if OP == _ACCUM and MOVE_VALUES:
+        acc_row = tl.load(row, mask=update[:, None] & d_ok, other=0)
+    all_found = live
+    later = tl.zeros((BLOCK,), tl.int1)
+    acc = tl.zeros((BLOCK,), tl.int64)
+    r = start
+    scan = live
+    while tl.max(scan.to(tl.int32), axis=0) > 0:
+        ir = tl.load(order + r, mask=scan, other=0)
+        sr = tl.load(found_slots + ir, mask=scan, other=-1)
+        all_found = all_found & (~scan | (sr >= 0))
+        same = scan & update & (sr == slot)
+        if OP == _ACCUM:
+            same = same & (tl.load(flags + ir, mask=same, other=0) != 0)
+        later = later | (same & (r > q))
+        mine = same & (r <= q)
+        if RULE == _ADD:
+            acc += tl.load(desired + ir, mask=mine, other=0)
+        elif RULE == _EPOCH_ADD:
+            acc += tl.load(desired + ir, mask=mine, other=0) & low32
+        if OP == _ACCUM and MOVE_VALUES and HAS_VALUES:  # the given rows in the batch's order
+            acc_row += tl.load(values + ir[:, None] * dim + d_cols[None, :], mask=mine[:, None] & d_ok, other=0)
+        r += 1
+        scan = scan & (r < n)
+        scan = scan & (tl.load(sorted_buckets + r, mask=scan, other=-1) == b)
+    if OP == _ASSIGN:
+        applied = live
+    else:
+        applied = all_found
+    last = applied & update & ~later
+    tl.store(out_slots + i, tl.where(found, slot, -1), mask=applied)
+    tl.store(out_status + i, tl.where(applied, tl.where(found, _FOUND, _MISSING), -1).to(tl.int64), mask=live)
     if RULE == _SET:
         tl.store(tscores + slot, des, mask=last)
     elif RULE == _ADD or RULE == _EPOCH_ADD:
-        if RULE == _ADD:
-            acc = tl.sum(tl.where(same_key & (lanes[None, :] <= lanes[:, None]), des[None, :], 0), axis=1)
-        else:
-            acc = tl.sum(tl.where(same_key & (lanes[None, :] <= lanes[:, None]), des[None, :] & low32, 0), axis=1)
         _add_to_scores(tscores, slot, des, acc, last, low32, high32, RULE)
     if MOVE_VALUES:
-        row = storage + slot[:, None] * dim + d_cols[None, :]
-        at_i = i[:, None] * dim + d_cols[None, :]
         if OP == _FIND_OR_INSERT:  # a hit's row is read, not written
-            tl.store(out_values + at_i, tl.load(row, mask=hits[:, None] & d_ok, other=0), mask=hits[:, None] & d_ok)
+            tl.store(out_values + at_i, tl.load(row, mask=(applied & found)[:, None] & d_ok, other=0),
+                     mask=applied[:, None] & d_ok)
+        elif OP == _ACCUM:
+            tl.store(row, acc_row, mask=last[:, None] & d_ok)
         else:
             if HAS_VALUES:
                 given = tl.load(values + at_i, mask=last[:, None] & d_ok, other=0)
             else:
                 given = tl.zeros((BLOCK, DIM), storage.dtype.element_ty)
-            if OP == _ACCUM:
-                given += tl.load(row, mask=last[:, None] & d_ok, other=0)
             tl.store(row, given, mask=last[:, None] & d_ok)
-    return hits
 
 
 @triton.jit
 def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order, sorted_buckets, values, storage,
                  reserved_seen, out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, n, dim, m1, m2, sign,
                  low32, high32, OP: tl.constexpr, RULE: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr,
-                 DIM: tl.constexpr, CHUNK: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr,
-                 HITS: tl.constexpr):
+                 DIM: tl.constexpr, CHUNK: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
     """numba's ``upsert`` loop, bucket by bucket, over the occurrences sorted by bucket in the
     batch's order (``order``, ``sorted_buckets``): a lane of a program takes the run of its
     bucket's occurrences that starts at it, one after the other, so no two lanes touch a bucket
@@ -302,24 +324,18 @@ def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, orde
     scores only where a bucket is full (CHUNK slots at a time) or a rule adds to a hit's score. Every
     occurrence ends in a barrier: the next one's reads of keys, scores and value rows see this
     one's writes. With MOVE_VALUES the value rows (``storage``, by slot) move in the same launch.
-    A batch with a reserved key (``*reserved_seen`` set by ``_buckets``) changes nothing. With
-    HITS, the runs of present keys within the program's lanes are applied at once first
-    (``_apply_hits``), and the loop takes the others."""
+    A batch with a reserved key (``*reserved_seen`` set by the lookup before) changes nothing.
+    Runs that ``_apply_found`` took (their first occurrence's status is not -1) are left alone."""
     j = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     b = tl.load(sorted_buckets + j, mask=j < n, other=-1).to(tl.int64)
     inb = (j < n) & (tl.load(reserved_seen) == 0)
     head = inb & (b != tl.load(sorted_buckets + j - 1, mask=(j < n) & (j > 0), other=-1).to(tl.int64))
+    head = head & (tl.load(out_status + tl.load(order + j, mask=head, other=0), mask=head, other=0) < 0)
     W: tl.constexpr = BS // 4
     cols = tl.arange(0, W)
     d_cols = tl.arange(0, DIM)
     d_ok = (d_cols < dim)[None, :]
-    if HITS:  # every lane's bucket, for its lookup
-        words = tl.load(twords + b[:, None] * W + cols[None, :], mask=inb[:, None], other=0)
-        head = head & ~_apply_hits(j, b, inb, words, tkeys, tscores, keys, desired, flags, order, sorted_buckets,
-                                   values, storage, out_slots, out_status, out_values, n, dim, m1, m2, low32, high32,
-                                   cols, d_cols, d_ok, OP, RULE, BS, BLOCK, W, DIM, HAS_VALUES, MOVE_VALUES)
-    else:
-        words = tl.load(twords + b[:, None] * W + cols[None, :], mask=head[:, None], other=0)
+    words = tl.load(twords + b[:, None] * W + cols[None, :], mask=head[:, None], other=0)
     size = tl.load(sizes + b, mask=head, other=0)
     grown = tl.zeros((BLOCK,), tl.int32)
     q = j
@@ -424,80 +440,14 @@ def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, orde
     tl.store(sizes + b, size + grown, mask=head & (grown > 0))
 
 
-@triton.jit
-def _assign_all(tkeys, twords, tscores, keys, desired, order, sorted_buckets, values, storage, reserved_seen,
-                out_slots, out_status, n, dim, m1, m2, low32, high32, RULE: tl.constexpr, BS: tl.constexpr,
-                BLOCK: tl.constexpr, DIM: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
-    """``_upsert_runs`` for OP_ASSIGN, every occurrence at once: an assign neither inserts nor
-    evicts, so each occurrence's slot is its lookup's, and of a key repeated in a bucket's run the
-    last occurrence alone writes: the value, and the score by the rule from all of them (SET: the
-    last's; ADD: their wrapping sum; EPOCH_ADD: their low halves' sum, saturating, which in any
-    order is what one after the other gives; KEEP: none). A lane finds its key's later and (for
-    the sums) earlier occurrences by reading the keys of its run."""
-    q = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = (q < n) & (tl.load(reserved_seen) == 0)
-    b = tl.load(sorted_buckets + q, mask=live, other=0).to(tl.int64)
-    i = tl.load(order + q, mask=live, other=0)
-    k = tl.load(keys + i, mask=live, other=0)
-    des = tl.load(desired + i, mask=live, other=0)
-    d = tl.maximum((_fmix64(k, m1, m2) >> 32) & 0xFF, 1).to(tl.int64)
-    W: tl.constexpr = BS // 4
-    cols = tl.arange(0, W)
-    words = tl.load(twords + b[:, None] * W + cols[None, :], mask=live[:, None], other=0)
-    pos = _find_in_words(tkeys, b, k, words, d, live, cols, BS, W)
-    found = (pos < BS) & live
-    slot = b * BS + pos
-    tl.store(out_slots + i, tl.where(found, slot, -1), mask=live)
-    tl.store(out_status + i, tl.where(found, _FOUND, _MISSING).to(tl.int64), mask=live)
-    last = found  # no later occurrence of the key in the run
-    r = q + 1
-    scan = found
-    while tl.max(scan.to(tl.int32), axis=0) > 0:
-        scan = scan & (r < n)
-        scan = scan & (tl.load(sorted_buckets + r, mask=scan, other=-1).to(tl.int64) == b)
-        same = scan & (tl.load(keys + tl.load(order + r, mask=scan, other=0), mask=scan, other=0) == k)
-        last = last & ~same
-        scan = scan & ~same
-        r += 1
-    if RULE == _ADD or RULE == _EPOCH_ADD:
-        if RULE == _ADD:
-            acc = des
-        else:
-            acc = des & low32
-        r = q - 1
-        scan = last
-        while tl.max(scan.to(tl.int32), axis=0) > 0:
-            scan = scan & (r >= 0)
-            scan = scan & (tl.load(sorted_buckets + r, mask=scan, other=-1).to(tl.int64) == b)
-            ir = tl.load(order + r, mask=scan, other=0)
-            same = scan & (tl.load(keys + ir, mask=scan, other=0) == k)
-            dr = tl.load(desired + ir, mask=same, other=0)
-            if RULE == _ADD:
-                acc += dr
-            else:
-                acc += dr & low32
-            r -= 1
-        _add_to_scores(tscores, slot, des, acc, last, low32, high32, RULE)
-    elif RULE == _SET:
-        tl.store(tscores + slot, des, mask=last)
-    if MOVE_VALUES:
-        d_cols = tl.arange(0, DIM)
-        d_ok = (d_cols < dim)[None, :]
-        if HAS_VALUES:
-            given = tl.load(values + i[:, None] * dim + d_cols[None, :], mask=last[:, None] & d_ok, other=0)
-        else:
-            given = tl.zeros((BLOCK, DIM), storage.dtype.element_ty)
-        tl.store(storage + slot[:, None] * dim + d_cols[None, :], given, mask=last[:, None] & d_ok)
-
-
 def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, scores: bool = True,
-                  founds: torch.Tensor | None = None):
+                  founds: torch.Tensor | None = None, buckets: torch.Tensor | None = None):
     """(slots, scores) of ``keys``, -1 and 0 where missing (scores None unless asked for); see
     ``lookup_reference``. With ``values`` (slots, dim) on the keys' device, also the keys' rows of
     it (zeros where missing), read in the same launch: a gather after the lookup read the slots
     back and took twice the lookup's time (2^20 keys of dim 8, an H100). ``founds`` (n,) bool:
-    whether each key was found, written in the launch too. A reserved key (``b.reserved``) sets
-    ``b.flag``."""
+    whether each key was found, ``buckets`` (n,) int32: each key's bucket, written in the launch
+    too. A reserved key (``b.reserved``) sets ``b.flag``."""
     keys = keys.contiguous()
     n = len(keys)
     nb, bs = b.keys.shape
@@ -512,29 +462,27 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, sco
         kernel[(-(-n // BLOCK),)](
             b.keys, digests, b.scores, keys, slots, out_scores if scores else slots,
             values.contiguous() if copy else slots, found if copy else slots, slots if founds is None else founds,
-            dim, n, nb - 1, M1, M2, *b.reserved, b.flag, SHIFT=b.shift, BS=bs, BLOCK=BLOCK, DIM=next_pow2(dim),
-            COPY=copy, SCORES=scores, FOUNDS=founds is not None, num_warps=LOOKUP_WARPS)
+            slots if buckets is None else buckets, dim, n, nb - 1, M1, M2, *b.reserved, b.flag, SHIFT=b.shift, BS=bs,
+            BLOCK=BLOCK, DIM=next_pow2(dim), COPY=copy, SCORES=scores, FOUNDS=founds is not None,
+            BUCKETS=buckets is not None, num_warps=LOOKUP_WARPS)
     return (slots, out_scores, found) if copy else (slots, out_scores)
 
 
-def buckets_triton(keys: torch.Tensor, n_buckets: int, shift: int, reserved=(0, 1), flag=None) -> torch.Tensor:
-    """The keys' buckets as int32, in one launch where torch's elementwise hash took 15; a key
-    with ``key & reserved[0] == reserved[1]`` sets ``flag``."""
-    out = torch.empty(len(keys), dtype=torch.int32, device=keys.device)
-    flag = torch.zeros(1, dtype=torch.int32, device=keys.device) if flag is None else flag
-    if len(keys):
-        _buckets[(-(-len(keys) // 1024),)](keys.contiguous(), out, len(keys), n_buckets - 1, M1, M2, *reserved,
-                                           flag, SHIFT=shift, BLOCK=1024)
-    return out
+def locate_triton(b, keys: torch.Tensor):
+    """(buckets as int32, slots or -1) of ``keys`` as the table holds them: an upsert's first
+    launch, a lookup that writes each key's bucket too; a reserved key sets ``b.flag``."""
+    buckets = torch.empty(len(keys), dtype=torch.int32, device=keys.device)
+    return buckets, lookup_triton(b, keys, scores=False, buckets=buckets)[0]
 
 
-def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, values=None, storage=None):
-    """numba's ``upsert`` loop on the GPU, bucket by bucket (``_upsert_runs``; ``_assign_all`` for
-    OP_ASSIGN): ``order`` and ``sorted_buckets`` sort the occurrences by bucket, in the batch's
-    order within each. Returns per occurrence (slots, status, ev_keys, ev_scores) and, when
-    ``storage`` (slots, dim) on the keys' device is given (values then move in the launch),
-    (ev_values, out_values): insert_and_evict's evicted rows and find_or_insert's results, None
-    for other ops."""
+def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, found_slots, values=None, storage=None):
+    """numba's ``upsert`` loop on the GPU, bucket by bucket: ``order`` and ``sorted_buckets`` sort
+    the occurrences by bucket, in the batch's order within each, and ``found_slots`` are the keys'
+    slots before the batch (``locate_triton``). ``_apply_found`` takes the runs of keys all
+    present (assign: every run), ``_upsert_runs`` the others. Returns per occurrence (slots,
+    status, ev_keys, ev_scores) and, when ``storage`` (slots, dim) on the keys' device is given
+    (values then move in the launches), (ev_values, out_values): insert_and_evict's evicted rows
+    and find_or_insert's results, None for other ops."""
     n, bs = len(keys), b.keys.shape[1]
     dev = keys.device
     keys, desired = keys.contiguous(), desired.contiguous()  # the kernels read them by offset
@@ -552,19 +500,19 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, valu
         out_values = torch.zeros(n, dim, dtype=storage.dtype, device=dev)
     given = keys if values is None else values
     into = storage if move else keys
-    if n and op == OP_ASSIGN:
-        _assign_all[(-(-n // BLOCK),)](
-            b.keys, b.digest_words, b.scores, keys, desired, order, sorted_buckets, given, into, b.flag, *out, n,
-            dim, M1, M2, LOW32, HIGH32, RULE=rule, BS=bs, BLOCK=BLOCK, DIM=next_pow2(dim),
-            HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=LOOKUP_WARPS)
-    elif n:
+    flags = keys if flags is None else flags
+    if n:
+        _apply_found[(-(-n // BLOCK),)](
+            b.scores, keys, desired, flags, order, sorted_buckets, found_slots, given, into, b.flag, *out,
+            keys if out_values is None else out_values, n, dim, LOW32, HIGH32, OP=op, RULE=rule, BLOCK=BLOCK,
+            DIM=next_pow2(dim), HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=LOOKUP_WARPS)
+    if n and op != OP_ASSIGN:
         _upsert_runs[(-(-n // UPSERT_BLOCK),)](
-            b.keys, b.digests, b.digest_words, b.scores, b.sizes, keys, desired, keys if flags is None else flags,
-            order, sorted_buckets, given, into, b.flag, *out, *ev, keys if ev_values is None else ev_values,
-            keys if out_values is None else out_values, n, dim, M1, M2, SIGN, LOW32, HIGH32, OP=op, RULE=rule,
-            BS=bs, BLOCK=UPSERT_BLOCK, DIM=next_pow2(dim), CHUNK=min(bs, 32), HAS_VALUES=values is not None,
-            MOVE_VALUES=move, HITS=UPSERT_HITS, num_warps=UPSERT_WARPS)
+            b.keys, b.digests, b.digest_words, b.scores, b.sizes, keys, desired, flags, order, sorted_buckets, given,
+            into, b.flag, *out, *ev, keys if ev_values is None else ev_values, keys if out_values is None else out_values,
+            n, dim, M1, M2, SIGN, LOW32, HIGH32, OP=op, RULE=rule, BS=bs, BLOCK=UPSERT_BLOCK, DIM=next_pow2(dim),
+            CHUNK=min(bs, 32), HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=UPSERT_WARPS)
     return (*out, *ev, ev_values, out_values)
 
 
-__all__ = ["lookup_triton", "upsert_triton"]
+__all__ = ["locate_triton", "lookup_triton", "upsert_triton"]
