@@ -270,6 +270,7 @@ class Upserted:
     rank: torch.Tensor | None  # (n,) the occurrence's place among its bucket's (values not moved)
     ev_values: torch.Tensor | None = None  # values moved: insert_and_evict's rows of ev_keys (n, dim)
     out_values: torch.Tensor | None = None  # values moved: find_or_insert's results (n, dim)
+    slots_before: torch.Tensor | None = None  # (n,) on CUDA: each key's slot before the batch, -1: absent
 
 
 def intents(op: int, flags, n: int, device):
@@ -307,9 +308,8 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
         flags = None if flags is None else flags.to(torch.int8)
         slots, status, ev_k, ev_s, ev_v, out_v = upsert_triton(b, keys, desired, rule, op, flags, order,
                                                                sorted_buckets, found_slots, values, storage)
-        if storage is not None:
-            return Upserted(slots, status, ev_k, ev_s, None, ev_v, out_v)
-        return Upserted(slots, status, ev_k, ev_s, _ranks(sorted_buckets, order))
+        rank = None if storage is not None else _ranks(sorted_buckets, order)
+        return Upserted(slots, status, ev_k, ev_s, rank, ev_v, out_v, found_slots)
     rank = _ranks(sorted_buckets, order)
     update, may_insert = intents(op, flags, n, keys.device)
     slots = torch.full_like(keys, -1)
