@@ -71,8 +71,6 @@ BLOCK = 64
 LOOKUP_WARPS = 2
 UPSERT_BLOCK = 32
 UPSERT_WARPS = 1
-# Values a lookup copies of every row at a time (``_store_found``).
-COPY_COLS = 16
 
 
 @triton.jit
@@ -111,8 +109,7 @@ def _store_bucket(out_buckets, offs, m, bucket, BUCKETS: tl.constexpr):
 
 @triton.jit
 def _store_found(offs, m, slot, found, tscores, out_slots, out_scores, vals, out_vals, out_founds, dim,
-                 DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr,
-                 COPY_COLS: tl.constexpr):
+                 DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr):
     """A lookup's outputs: slots (-1 where missing), with SCORES the scores, with COPY the found
     keys' value rows (dim of them a row), zeros for the missing, and with FOUNDS whether each was
     found (bools: no comparison of the slots after the launch)."""
@@ -122,19 +119,17 @@ def _store_found(offs, m, slot, found, tscores, out_slots, out_scores, vals, out
         tl.store(out_founds + offs, found, mask=m)
     if SCORES:  # a dependent read of a line per hit, for callers that want them only
         tl.store(out_scores + offs, tl.load(tscores + slot, mask=found, other=0), mask=m)
-    if COPY:  # COPY_COLS values of every row at a time: a whole row of 64 held 254 registers (sm_90)
-        for c in tl.static_range(0, DIM, COPY_COLS):
-            d = c + tl.arange(0, COPY_COLS)
-            row_ok = (d < dim)[None, :]
-            v = tl.load(vals + slot[:, None] * dim + d[None, :], mask=found[:, None] & row_ok, other=0)
-            tl.store(out_vals + offs[:, None] * dim + d[None, :], v, mask=m[:, None] & row_ok)
+    if COPY:
+        d = tl.arange(0, DIM)
+        row_ok = (d < dim)[None, :]
+        v = tl.load(vals + slot[:, None] * dim + d[None, :], mask=found[:, None] & row_ok, other=0)
+        tl.store(out_vals + offs[:, None] * dim + d[None, :], v, mask=m[:, None] & row_ok)
 
 
 @triton.jit
 def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, out_buckets, dim, n, nb_mask,
             m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
-            COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr, BUCKETS: tl.constexpr,
-            COPY_COLS: tl.constexpr):
+            COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr, BUCKETS: tl.constexpr):
     offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
     _flag_reserved(k, m, rmask, rvalue, flag)
     _store_bucket(out_buckets, offs, m, bucket, BUCKETS)
@@ -145,7 +140,7 @@ def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, o
     hit = cand & (tl.load(tkeys + base, mask=cand, other=0) == k[:, None])
     pos = tl.min(tl.where(hit, cols[None, :], BS), axis=1)
     _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, out_founds, dim,
-                 DIM, COPY, SCORES, FOUNDS, COPY_COLS)
+                 DIM, COPY, SCORES, FOUNDS)
 
 
 @triton.jit
@@ -186,7 +181,7 @@ def _find_in_words(tkeys, bucket, k, words, digest, todo, cols, BS: tl.constexpr
 def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, out_buckets, dim, n,
                   nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr,
                   DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr,
-                  BUCKETS: tl.constexpr, COPY_COLS: tl.constexpr):
+                  BUCKETS: tl.constexpr):
     """``_lookup`` reading a bucket's digests as BS / 4 words of 4 bytes (``_find_in_words``)."""
     offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
     _flag_reserved(k, m, rmask, rvalue, flag)
@@ -196,7 +191,7 @@ def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out
     words = tl.load(twords + bucket[:, None] * W + cols[None, :], mask=m[:, None], other=0)
     pos = _find_in_words(tkeys, bucket, k, words, digest, m, cols, BS, W)
     _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, out_founds, dim,
-                 DIM, COPY, SCORES, FOUNDS, COPY_COLS)
+                 DIM, COPY, SCORES, FOUNDS)
 
 
 @triton.jit
@@ -469,7 +464,7 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, sco
             values.contiguous() if copy else slots, found if copy else slots, slots if founds is None else founds,
             slots if buckets is None else buckets, dim, n, nb - 1, M1, M2, *b.reserved, b.flag, SHIFT=b.shift, BS=bs,
             BLOCK=BLOCK, DIM=next_pow2(dim), COPY=copy, SCORES=scores, FOUNDS=founds is not None,
-            BUCKETS=buckets is not None, COPY_COLS=min(next_pow2(dim), COPY_COLS), num_warps=LOOKUP_WARPS)
+            BUCKETS=buckets is not None, num_warps=LOOKUP_WARPS)
     return (slots, out_scores, found) if copy else (slots, out_scores)
 
 
