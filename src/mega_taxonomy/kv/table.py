@@ -10,7 +10,7 @@ new key is refused. When the load factor would pass ``max_load_factor`` the capa
 
 Batches: on the CPU, numba's loops take the keys in order, so a key repeated in a batch is
 assigned by its last occurrence, and ``accum_or_assign`` adds every accum-flagged occurrence. On
-CUDA the same loop runs bucket by bucket in one launch (``ops.hash_table.upsert``; keys of
+CUDA the same loop runs bucket by bucket in Triton launches (``ops.hash_table.upsert``; keys of
 different buckets never meet): the same outcome, bit for bit. Calls on one table are serialised
 by a lock (CPU threads); the GPU path runs in order on the current stream.
 """
