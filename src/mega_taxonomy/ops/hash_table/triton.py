@@ -224,7 +224,7 @@ def _add_to_scores(tscores, slot, des, acc, mask, low32, high32, RULE: tl.conste
 
 
 @triton.jit
-def _apply_found(tscores, keys, desired, flags, order, sorted_buckets, found_slots, values, storage, reserved_seen,
+def _apply_found(tscores, desired, flags, order, sorted_buckets, found_slots, values, storage, reserved_seen,
                  out_slots, out_status, out_values, n, dim, low32, high32, OP: tl.constexpr, RULE: tl.constexpr,
                  BLOCK: tl.constexpr, DIM: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
     """A lane per sorted occurrence: the runs whose keys were all present before the batch (every
@@ -503,7 +503,7 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, foun
     flags = keys if flags is None else flags
     if n:
         _apply_found[(-(-n // BLOCK),)](
-            b.scores, keys, desired, flags, order, sorted_buckets, found_slots, given, into, b.flag, *out,
+            b.scores, desired, flags, order, sorted_buckets, found_slots, given, into, b.flag, *out,
             keys if out_values is None else out_values, n, dim, LOW32, HIGH32, OP=op, RULE=rule, BLOCK=BLOCK,
             DIM=next_pow2(dim), HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=LOOKUP_WARPS)
     if n and op != OP_ASSIGN:
