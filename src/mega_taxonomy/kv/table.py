@@ -239,8 +239,9 @@ class HashTable:
         """(slots into :attr:`values_storage`, founds before the call); missing keys are inserted,
         -1 where a full bucket refused one."""
         with self._lock:
+            keys = self._bits(keys)  # once: the calls below take these bits as they are
             # the Triton upsert looks the keys up first: no lookup of its own before it
-            before = None if self._kernels_flag(self._bits(keys)) else self.contains(keys)
+            before = None if self._kernels_flag(keys) else self.contains(keys)
             _, slots, _, slots_before = self._upsert(ht.OP_FIND_OR_INSERT, keys, values, scores, global_epoch)
             return slots, slots_before >= 0 if before is None else before
 
