@@ -8,8 +8,8 @@
 
 Both return per input key the slot it was found in or written to (-1: absent or refused), and
 for ``insert_and_evict`` the evicted (keys, values, scores): entries pushed out and new keys
-refused by a full bucket, in the batch's order; on CUDA also each key's slot before the batch
-(the upsert's first lookup).
+refused by a full bucket, in the batch's order; on CUDA also whether each key was present
+before the batch (the upsert's first lookup).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def cpu_lookup_slots(b, keys):
 
 def tensor_upsert(b, tiers, op, keys, values, desired, rule, flags=None, backend="auto", refuse=None):
     """``op`` on the batch through ``ht.upsert``: (find_or_insert's rows or None, slots, evicted,
-    slots before the batch or None).
+    founds before the batch or None).
     ``refuse``: called once the launches are queued, before their outcome is read (it raises for
     a batch whose reserved keys the kernels flagged, which then changed nothing)."""
     dim, dtype = tiers.shape[1], tiers.fast.dtype
@@ -129,7 +129,7 @@ def tensor_upsert(b, tiers, op, keys, values, desired, rule, flags=None, backend
     if op == ht.OP_INSERT_AND_EVICT:
         at = ((u.status == ht.EVICTED) | (u.status == ht.REFUSED)).nonzero()[:, 0]  # one wait, not three
         evicted = settle_evicted(b, (u.ev_keys[at], ev_values[at], u.ev_scores[at]), backend)
-    return out_values, u.slots, evicted, u.slots_before
+    return out_values, u.slots, evicted, u.found_before
 
 
 def _move_values(tiers, op, u, values, flags, dim, dtype):

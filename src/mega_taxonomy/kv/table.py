@@ -242,8 +242,8 @@ class HashTable:
             keys = self._bits(keys)  # once: the calls below take these bits as they are
             # the Triton upsert looks the keys up first: no lookup of its own before it
             before = None if self._kernels_flag(keys) else self.contains(keys)
-            _, slots, _, slots_before = self._upsert(ht.OP_FIND_OR_INSERT, keys, values, scores, global_epoch)
-            return slots, slots_before >= 0 if before is None else before
+            _, slots, _, found_before = self._upsert(ht.OP_FIND_OR_INSERT, keys, values, scores, global_epoch)
+            return slots, found_before if before is None else before
 
     def assign(self, keys, values, scores=None, *, global_epoch=None) -> None:
         """Assign values (and scores) of present keys; missing keys are skipped."""

@@ -32,8 +32,8 @@ def test_fmix64_matches_numba_and_python():
 
 
 def test_upserts_first_launch_is_the_twins_locate_and_lookup():
-    """``locate_triton``: every key's bucket (the twin's ``locate``) and its slot as the table
-    holds it (the twin's lookup), in one launch."""
+    """``locate_triton``: every key's bucket (the twin's ``locate``), its slot as the table holds
+    it (the twin's lookup), its status (FOUND or MISSING) and whether found, in one launch."""
     from mega_taxonomy.ops.hash_table.triton import locate_triton
 
     keys = torch.cat([torch.tensor([0, 1, -1, -(2**63), 2**63 - 1]),
@@ -43,10 +43,12 @@ def test_upserts_first_launch_is_the_twins_locate_and_lookup():
         ht.upsert(b, keys[::7], torch.arange(len(keys[::7])), ht.SCORE_SET, ht.OP_INSERT_OR_ASSIGN, backend="torch")
         expected, _ = ht.locate(keys, nb, bs)
         on_device = ht.Buckets(*(t.to(DEVICE) for t in (b.keys, b.digests, b.scores, b.sizes)), b.empty)
-        got, slots = locate_triton(on_device, keys.to(DEVICE))
+        got, slots, status, founds = locate_triton(on_device, keys.to(DEVICE))
         assert got.dtype == torch.int32
         assert torch.equal(got.cpu().long(), expected)
         assert torch.equal(slots.cpu(), ht.lookup_reference(b, keys)[0])
+        assert torch.equal(founds.cpu(), slots.cpu() >= 0)
+        assert torch.equal(status.cpu(), torch.where(slots.cpu() >= 0, ht.FOUND, ht.MISSING))
         assert 0 < int((slots >= 0).sum()) <= len(keys[::7])
 
 
@@ -122,11 +124,13 @@ def test_upsert_of_present_keys_at_once_is_numbas_loop(op, rule, monkeypatch):
     others by the loop, leave the table and the outputs as numba's in-order loop does, bit for
     bit: batches of mostly present keys, repeated within runs (the last occurrence writes; ACCUM
     adds every flagged row in order), some missing, into buckets full and not, 16 lanes a program
-    (runs across programs' edges)."""
+    (runs across programs' edges); the loop's one program walks the list of the runs left to it 4
+    at a time."""
     from mega_taxonomy.ops.hash_table import triton as kernels
 
     monkeypatch.setattr(kernels, "BLOCK", 16)
-    monkeypatch.setattr(kernels, "UPSERT_BLOCK", 16)
+    monkeypatch.setattr(kernels, "UPSERT_BLOCK", 4)
+    monkeypatch.setattr(kernels, "UPSERT_PROGRAMS", 1)
     rng = np.random.default_rng(op * 5 + rule)
     # "rounds": values left to the caller (host memory's tier), the outcome alone from the kernel
     tables = {name: ht.Buckets.allocate(16, 16, -1, device="cpu" if name == "numba" else DEVICE)

@@ -270,7 +270,7 @@ class Upserted:
     rank: torch.Tensor | None  # (n,) the occurrence's place among its bucket's (values not moved)
     ev_values: torch.Tensor | None = None  # values moved: insert_and_evict's rows of ev_keys (n, dim)
     out_values: torch.Tensor | None = None  # values moved: find_or_insert's results (n, dim)
-    slots_before: torch.Tensor | None = None  # (n,) on CUDA: each key's slot before the batch, -1: absent
+    found_before: torch.Tensor | None = None  # (n,) bool on CUDA: whether each key was present before the batch
 
 
 def intents(op: int, flags, n: int, device):
@@ -298,7 +298,7 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
     if triton_path:  # the keys looked up first, their buckets beside: the kernels make the digests again
         from .triton import locate_triton, upsert_triton
 
-        bucket, found_slots = locate_triton(b, keys)
+        bucket, slots, status, found_before = locate_triton(b, keys)
     else:
         bucket, digest = locate(keys, nb, bs)
         bucket = bucket.to(torch.int32)
@@ -307,9 +307,9 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
     if triton_path:
         flags = None if flags is None else flags.to(torch.int8)
         slots, status, ev_k, ev_s, ev_v, out_v = upsert_triton(b, keys, desired, rule, op, flags, order,
-                                                               sorted_buckets, found_slots, values, storage)
+                                                               sorted_buckets, slots, status, values, storage)
         rank = None if storage is not None else _ranks(sorted_buckets, order)
-        return Upserted(slots, status, ev_k, ev_s, rank, ev_v, out_v, found_slots)
+        return Upserted(slots, status, ev_k, ev_s, rank, ev_v, out_v, found_before)
     rank = _ranks(sorted_buckets, order)
     update, may_insert = intents(op, flags, n, keys.device)
     slots = torch.full_like(keys, -1)

@@ -71,6 +71,9 @@ BLOCK = 64
 LOOKUP_WARPS = 2
 UPSERT_BLOCK = 32
 UPSERT_WARPS = 1
+# Programs of the upsert loop's launch at most, each walking the list of pending runs: about two
+# waves of an H100's SMs at the loop's registers (255 a thread: 8 one-warp programs an SM).
+UPSERT_PROGRAMS = 2048
 
 
 @triton.jit
@@ -101,10 +104,13 @@ def _flag_reserved(k, m, rmask, rvalue, flag):
 
 
 @triton.jit
-def _store_bucket(out_buckets, offs, m, bucket, BUCKETS: tl.constexpr):
-    """With BUCKETS, each key's bucket as int32 (what an upsert sorts its occurrences by)."""
-    if BUCKETS:
+def _store_located(out_buckets, out_status, offs, m, bucket, found, LOCATE: tl.constexpr):
+    """With LOCATE (an upsert's first launch), each key's bucket as int32 (what the upsert sorts its
+    occurrences by) and its status as the batch finds the table (FOUND or MISSING: the status of
+    every occurrence of a run of present keys; the loop's kernel writes the others')."""
+    if LOCATE:
         tl.store(out_buckets + offs, bucket.to(tl.int32), mask=m)
+        tl.store(out_status + offs, tl.where(found, _FOUND, _MISSING).to(tl.int64), mask=m)
 
 
 @triton.jit
@@ -127,12 +133,11 @@ def _store_found(offs, m, slot, found, tscores, out_slots, out_scores, vals, out
 
 
 @triton.jit
-def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, out_buckets, dim, n, nb_mask,
-            m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr,
-            COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr, BUCKETS: tl.constexpr):
+def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, out_buckets, out_status, dim,
+            n, nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr,
+            DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr, LOCATE: tl.constexpr):
     offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
     _flag_reserved(k, m, rmask, rvalue, flag)
-    _store_bucket(out_buckets, offs, m, bucket, BUCKETS)
     digest = digest.to(tl.uint8)
     cols = tl.arange(0, BS)
     base = bucket[:, None] * BS + cols[None, :]
@@ -141,6 +146,7 @@ def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, o
     pos = tl.min(tl.where(hit, cols[None, :], BS), axis=1)
     _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, out_founds, dim,
                  DIM, COPY, SCORES, FOUNDS)
+    _store_located(out_buckets, out_status, offs, m, bucket, pos < BS, LOCATE)
 
 
 @triton.jit
@@ -178,20 +184,20 @@ def _find_in_words(tkeys, bucket, k, words, digest, todo, cols, BS: tl.constexpr
 
 
 @triton.jit
-def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, out_buckets, dim, n,
-                  nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr,
-                  DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr,
-                  BUCKETS: tl.constexpr):
+def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, out_buckets,
+                  out_status, dim, n, nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr,
+                  BLOCK: tl.constexpr, DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr,
+                  FOUNDS: tl.constexpr, LOCATE: tl.constexpr):
     """``_lookup`` reading a bucket's digests as BS / 4 words of 4 bytes (``_find_in_words``)."""
     offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
     _flag_reserved(k, m, rmask, rvalue, flag)
-    _store_bucket(out_buckets, offs, m, bucket, BUCKETS)
     W: tl.constexpr = BS // 4
     cols = tl.arange(0, W)
     words = tl.load(twords + bucket[:, None] * W + cols[None, :], mask=m[:, None], other=0)
     pos = _find_in_words(tkeys, bucket, k, words, digest, m, cols, BS, W)
     _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, out_founds, dim,
                  DIM, COPY, SCORES, FOUNDS)
+    _store_located(out_buckets, out_status, offs, m, bucket, pos < BS, LOCATE)
 
 
 @triton.jit
@@ -225,8 +231,9 @@ def _add_to_scores(tscores, slot, des, acc, mask, low32, high32, RULE: tl.conste
 
 @triton.jit
 def _apply_found(tscores, desired, flags, order, sorted_buckets, found_slots, values, storage, reserved_seen,
-                 out_slots, out_status, out_values, n, dim, low32, high32, OP: tl.constexpr, RULE: tl.constexpr,
-                 BLOCK: tl.constexpr, DIM: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
+                 out_values, pending_heads, pending_count, n, dim, low32, high32, OP: tl.constexpr,
+                 RULE: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr, HAS_VALUES: tl.constexpr,
+                 MOVE_VALUES: tl.constexpr):
     """A lane per sorted occurrence: the runs whose keys were all present before the batch (every
     run for assign, which inserts nothing). Nothing is inserted into their buckets, so no slot
     moves and each occurrence's slot is its lookup's (``found_slots``, by batch position). Of a
@@ -234,8 +241,10 @@ def _apply_found(tscores, desired, flags, order, sorted_buckets, found_slots, va
     old row plus every given row, in order), and its score by the rule from all of them (SET: the
     last's; ADD: their wrapping sum; EPOCH_ADD: their low halves' sum, saturating, which in any
     order is what one after the other gives; KEEP: none). A lane walks its run from its first
-    occurrence, and tells two occurrences of a present key by their slot. The other runs' lanes
-    get status -1: ``_upsert_runs`` takes them."""
+    occurrence, and tells two occurrences of a present key by their slot. Their occurrences'
+    slots and statuses are the first lookup's (``locate_triton`` wrote them). The other runs'
+    first occurrences are listed in ``pending_heads`` (``*pending_count`` of them, in no fixed
+    order: runs touch disjoint buckets) for ``_upsert_runs``."""
     q = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = (q < n) & (tl.load(reserved_seen) == 0)
     b = tl.load(sorted_buckets + q, mask=live, other=-1)
@@ -289,8 +298,9 @@ def _apply_found(tscores, desired, flags, order, sorted_buckets, found_slots, va
     else:
         applied = all_found
     last = applied & update & ~later
-    tl.store(out_slots + i, tl.where(found, slot, -1), mask=applied)
-    tl.store(out_status + i, tl.where(applied, tl.where(found, _FOUND, _MISSING), -1).to(tl.int64), mask=live)
+    pending = live & ~applied & (start == q)
+    at = tl.atomic_add(pending_count + tl.zeros_like(q), 1, mask=pending)
+    tl.store(pending_heads + at, q.to(tl.int32), mask=pending)
     if RULE == _SET:
         tl.store(tscores + slot, des, mask=last)
     elif RULE == _ADD or RULE == _EPOCH_ADD:
@@ -311,26 +321,40 @@ def _apply_found(tscores, desired, flags, order, sorted_buckets, found_slots, va
 
 @triton.jit
 def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order, sorted_buckets, values, storage,
-                 reserved_seen, out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, n, dim, m1, m2, sign,
-                 low32, high32, OP: tl.constexpr, RULE: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr,
-                 DIM: tl.constexpr, CHUNK: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
+                 reserved_seen, pending_heads, pending_count, out_slots, out_status, ev_keys, ev_scores, ev_values,
+                 out_values, n, dim, m1, m2, sign, low32, high32, OP: tl.constexpr, RULE: tl.constexpr,
+                 BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr, CHUNK: tl.constexpr,
+                 HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
     """numba's ``upsert`` loop, bucket by bucket, over the occurrences sorted by bucket in the
-    batch's order (``order``, ``sorted_buckets``): a lane of a program takes the run of its
-    bucket's occurrences that starts at it, one after the other, so no two lanes touch a bucket
-    and no atomics are needed. A program's BLOCK lanes are BLOCK consecutive sorted occurrences;
-    a run that starts among them is followed past their end. A bucket's digests are held in
+    batch's order (``order``, ``sorted_buckets``): a lane takes the run of its bucket's
+    occurrences from its first (a position listed in ``pending_heads``), one after the other, so
+    no two lanes touch a bucket and no atomics are needed. The programs walk the list BLOCK heads
+    at a time, as many programs as the launch has, whatever the list's length: a batch that
+    ``_apply_found`` took whole costs a load a program. A bucket's digests are held in
     registers as BS / 4 words (``twords``, the bytes of ``tdig``) and kept current; keys are read
     only where a digest matches (``_find_in_words``; a free slot's digest, 0, matches no key),
     scores only where a bucket is full (CHUNK slots at a time) or a rule adds to a hit's score. Every
     occurrence ends in a barrier: the next one's reads of keys, scores and value rows see this
     one's writes. With MOVE_VALUES the value rows (``storage``, by slot) move in the same launch.
-    A batch with a reserved key (``*reserved_seen`` set by the lookup before) changes nothing.
-    Runs that ``_apply_found`` took (their first occurrence's status is not -1) are left alone."""
-    j = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    b = tl.load(sorted_buckets + j, mask=j < n, other=-1).to(tl.int64)
-    inb = (j < n) & (tl.load(reserved_seen) == 0)
-    head = inb & (b != tl.load(sorted_buckets + j - 1, mask=(j < n) & (j > 0), other=-1).to(tl.int64))
-    head = head & (tl.load(out_status + tl.load(order + j, mask=head, other=0), mask=head, other=0) < 0)
+    A batch with a reserved key (``*reserved_seen`` set by the lookup before) changes nothing."""
+    count = tl.load(pending_count).to(tl.int32)
+    for h0 in range(tl.program_id(0) * BLOCK, count, tl.num_programs(0) * BLOCK):
+        h = h0 + tl.arange(0, BLOCK)
+        head = (h < count) & (tl.load(reserved_seen) == 0)
+        j = tl.load(pending_heads + h, mask=head, other=0).to(tl.int64)
+        b = tl.load(sorted_buckets + j, mask=head, other=-1).to(tl.int64)
+        _upsert_run(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order, sorted_buckets, values,
+                    storage, out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, j, b, head, n, dim,
+                    m1, m2, sign, low32, high32, OP, RULE, BS, BLOCK, DIM, CHUNK, HAS_VALUES, MOVE_VALUES)
+
+
+@triton.jit
+def _upsert_run(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order, sorted_buckets, values, storage,
+                out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, j, b, head, n, dim, m1, m2, sign,
+                low32, high32, OP: tl.constexpr, RULE: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr,
+                DIM: tl.constexpr, CHUNK: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
+    """The runs that start at the sorted positions ``j`` (bucket ``b``) where ``head``, one
+    occurrence after the other (``_upsert_runs``)."""
     W: tl.constexpr = BS // 4
     cols = tl.arange(0, W)
     d_cols = tl.arange(0, DIM)
@@ -441,13 +465,14 @@ def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, orde
 
 
 def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, scores: bool = True,
-                  founds: torch.Tensor | None = None, buckets: torch.Tensor | None = None):
+                  founds: torch.Tensor | None = None, located: tuple | None = None):
     """(slots, scores) of ``keys``, -1 and 0 where missing (scores None unless asked for); see
     ``lookup_reference``. With ``values`` (slots, dim) on the keys' device, also the keys' rows of
     it (zeros where missing), read in the same launch: a gather after the lookup read the slots
     back and took twice the lookup's time (2^20 keys of dim 8, an H100). ``founds`` (n,) bool:
-    whether each key was found, ``buckets`` (n,) int32: each key's bucket, written in the launch
-    too. A reserved key (``b.reserved``) sets ``b.flag``."""
+    whether each key was found, and ``located`` ((n,) int32, (n,) int64): each key's bucket and
+    status (``_store_located``), written in the launch too. A reserved key (``b.reserved``) sets
+    ``b.flag``."""
     keys = keys.contiguous()
     n = len(keys)
     nb, bs = b.keys.shape
@@ -462,23 +487,27 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, sco
         kernel[(-(-n // BLOCK),)](
             b.keys, digests, b.scores, keys, slots, out_scores if scores else slots,
             values.contiguous() if copy else slots, found if copy else slots, slots if founds is None else founds,
-            slots if buckets is None else buckets, dim, n, nb - 1, M1, M2, *b.reserved, b.flag, SHIFT=b.shift, BS=bs,
-            BLOCK=BLOCK, DIM=next_pow2(dim), COPY=copy, SCORES=scores, FOUNDS=founds is not None,
-            BUCKETS=buckets is not None, num_warps=LOOKUP_WARPS)
+            *((slots, slots) if located is None else located), dim, n, nb - 1, M1, M2, *b.reserved, b.flag,
+            SHIFT=b.shift, BS=bs, BLOCK=BLOCK, DIM=next_pow2(dim), COPY=copy, SCORES=scores,
+            FOUNDS=founds is not None, LOCATE=located is not None, num_warps=LOOKUP_WARPS)
     return (slots, out_scores, found) if copy else (slots, out_scores)
 
 
 def locate_triton(b, keys: torch.Tensor):
-    """(buckets as int32, slots or -1) of ``keys`` as the table holds them: an upsert's first
-    launch, a lookup that writes each key's bucket too; a reserved key sets ``b.flag``."""
-    buckets = torch.empty(len(keys), dtype=torch.int32, device=keys.device)
-    return buckets, lookup_triton(b, keys, scores=False, buckets=buckets)[0]
+    """An upsert's first launch, a lookup of ``keys`` as the table holds them: (buckets as int32,
+    slots or -1, statuses FOUND or MISSING, founds); a reserved key sets ``b.flag``."""
+    n, dev = len(keys), keys.device
+    buckets = torch.empty(n, dtype=torch.int32, device=dev)
+    status = torch.empty(n, dtype=torch.int64, device=dev)
+    founds = torch.empty(n, dtype=torch.bool, device=dev)
+    slots = lookup_triton(b, keys, scores=False, founds=founds, located=(buckets, status))[0]
+    return buckets, slots, status, founds
 
 
-def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, found_slots, values=None, storage=None):
+def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, slots, status, values=None, storage=None):
     """numba's ``upsert`` loop on the GPU, bucket by bucket: ``order`` and ``sorted_buckets`` sort
-    the occurrences by bucket, in the batch's order within each, and ``found_slots`` are the keys'
-    slots before the batch (``locate_triton``). ``_apply_found`` takes the runs of keys all
+    the occurrences by bucket, in the batch's order within each; ``slots`` and ``status`` are
+    ``locate_triton``'s, and become the outputs. ``_apply_found`` takes the runs of keys all
     present (assign: every run), ``_upsert_runs`` the others. Returns per occurrence (slots,
     status, ev_keys, ev_scores) and, when ``storage`` (slots, dim) on the keys' device is given
     (values then move in the launches), (ev_values, out_values): insert_and_evict's evicted rows
@@ -488,9 +517,10 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, foun
     keys, desired = keys.contiguous(), desired.contiguous()  # the kernels read them by offset
     flags = None if flags is None else flags.contiguous()
     values = None if values is None else values.contiguous()
-    # one allocation each, its rows as views once: a call's host time counts
-    out = torch.empty(2, n, dtype=torch.int64, device=dev).unbind()
-    ev = torch.zeros(2, n, dtype=torch.int64, device=dev).unbind()
+    # one allocation, zeros: the evicted keys and scores, then the count of pending runs
+    zeros = torch.zeros(2 * n + 1, dtype=torch.int64, device=dev)
+    ev, pending_count = zeros[:2 * n].view(2, n).unbind(), zeros[2 * n:]
+    pending_heads = torch.empty(n, dtype=torch.int32, device=dev)
     move = storage is not None
     dim = storage.shape[1] if move else 1
     ev_values = out_values = None
@@ -503,16 +533,18 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, foun
     flags = keys if flags is None else flags
     if n:
         _apply_found[(-(-n // BLOCK),)](
-            b.scores, desired, flags, order, sorted_buckets, found_slots, given, into, b.flag, *out,
-            keys if out_values is None else out_values, n, dim, LOW32, HIGH32, OP=op, RULE=rule, BLOCK=BLOCK,
-            DIM=next_pow2(dim), HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=LOOKUP_WARPS)
+            b.scores, desired, flags, order, sorted_buckets, slots, given, into, b.flag,
+            keys if out_values is None else out_values, pending_heads, pending_count, n, dim, LOW32, HIGH32, OP=op,
+            RULE=rule, BLOCK=BLOCK, DIM=next_pow2(dim), HAS_VALUES=values is not None, MOVE_VALUES=move,
+            num_warps=LOOKUP_WARPS)
     if n and op != OP_ASSIGN:
-        _upsert_runs[(-(-n // UPSERT_BLOCK),)](
+        _upsert_runs[(min(-(-n // UPSERT_BLOCK), UPSERT_PROGRAMS),)](
             b.keys, b.digests, b.digest_words, b.scores, b.sizes, keys, desired, flags, order, sorted_buckets, given,
-            into, b.flag, *out, *ev, keys if ev_values is None else ev_values, keys if out_values is None else out_values,
-            n, dim, M1, M2, SIGN, LOW32, HIGH32, OP=op, RULE=rule, BS=bs, BLOCK=UPSERT_BLOCK, DIM=next_pow2(dim),
-            CHUNK=min(bs, 32), HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=UPSERT_WARPS)
-    return (*out, *ev, ev_values, out_values)
+            into, b.flag, pending_heads, pending_count, slots, status, *ev, keys if ev_values is None else ev_values,
+            keys if out_values is None else out_values, n, dim, M1, M2, SIGN, LOW32, HIGH32, OP=op, RULE=rule, BS=bs,
+            BLOCK=UPSERT_BLOCK, DIM=next_pow2(dim), CHUNK=min(bs, 32), HAS_VALUES=values is not None,
+            MOVE_VALUES=move, num_warps=UPSERT_WARPS)
+    return (slots, status, *ev, ev_values, out_values)
 
 
 __all__ = ["locate_triton", "lookup_triton", "upsert_triton"]
