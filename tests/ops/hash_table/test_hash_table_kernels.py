@@ -31,9 +31,11 @@ def test_fmix64_matches_numba_and_python():
     assert [int(nk.fmix64(int(k))) for k in keys] == expected
 
 
-def test_upserts_first_launch_is_the_twins_locate_and_lookup():
-    """``locate_triton``: every key's bucket (the twin's ``locate``), its slot as the table holds
-    it (the twin's lookup), its status (FOUND or MISSING) and whether found, in one launch."""
+def test_upserts_first_launches_are_the_twins_locate_and_lookup():
+    """``locate_triton``: every key's sort key (the twin's bucket times 2bs, plus the key's position
+    in it or bs where missing; bs for every key of a bucket where one is missing when the batch
+    inserts), its slot as the table holds it (the twin's lookup), its status (FOUND or MISSING) and
+    whether found."""
     from mega_taxonomy.ops.hash_table.triton import locate_triton
 
     keys = torch.cat([torch.tensor([0, 1, -1, -(2**63), 2**63 - 1]),
@@ -41,15 +43,20 @@ def test_upserts_first_launch_is_the_twins_locate_and_lookup():
     for nb, bs in ((1, 128), (8, 16), (1 << 20, 128)):
         b = ht.Buckets.allocate(nb, bs, -2)
         ht.upsert(b, keys[::7], torch.arange(len(keys[::7])), ht.SCORE_SET, ht.OP_INSERT_OR_ASSIGN, backend="torch")
-        expected, _ = ht.locate(keys, nb, bs)
+        bucket, _ = ht.locate(keys, nb, bs)
+        expected_slots = ht.lookup_reference(b, keys)[0]
+        found = expected_slots >= 0
+        missing_in = torch.zeros(nb, dtype=torch.bool).index_fill_(0, bucket[~found], True)
         on_device = ht.Buckets(*(t.to(DEVICE) for t in (b.keys, b.digests, b.scores, b.sizes)), b.empty)
-        got, slots, status, founds = locate_triton(on_device, keys.to(DEVICE))
-        assert got.dtype == torch.int32
-        assert torch.equal(got.cpu().long(), expected)
-        assert torch.equal(slots.cpu(), ht.lookup_reference(b, keys)[0])
-        assert torch.equal(founds.cpu(), slots.cpu() >= 0)
-        assert torch.equal(status.cpu(), torch.where(slots.cpu() >= 0, ht.FOUND, ht.MISSING))
-        assert 0 < int((slots >= 0).sum()) <= len(keys[::7])
+        for inserting in (False, True):
+            got, slots, status, founds = locate_triton(on_device, keys.to(DEVICE), inserting)
+            assert got.dtype == torch.int32
+            pos = torch.where(found & ~(missing_in[bucket] & inserting), expected_slots % bs, bs)
+            assert torch.equal(got.cpu().long(), bucket * 2 * bs + pos)
+            assert torch.equal(slots.cpu(), expected_slots)
+            assert torch.equal(founds.cpu(), found)
+            assert torch.equal(status.cpu(), torch.where(found, ht.FOUND, ht.MISSING))
+        assert 0 < int(found.sum()) <= len(keys[::7]) and bool(missing_in.any())
 
 
 OPS = [nk.OP_INSERT_OR_ASSIGN, nk.OP_INSERT_AND_EVICT, nk.OP_FIND_OR_INSERT, nk.OP_ASSIGN, nk.OP_ACCUM,

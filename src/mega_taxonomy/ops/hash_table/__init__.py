@@ -295,21 +295,19 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
     n = len(keys)
     nb, bs = b.keys.shape
     triton_path = uses_triton(keys, backend) and bs >= 4  # the kernels read digests as 4-byte words
-    if triton_path:  # the keys looked up first, their buckets beside: the kernels make the digests again
+    if triton_path:  # the keys looked up first, their sort keys beside: the kernels make the digests again
         from .triton import locate_triton, upsert_triton
 
-        bucket, slots, status, found_before = locate_triton(b, keys)
-    else:
-        bucket, digest = locate(keys, nb, bs)
-        bucket = bucket.to(torch.int32)
-    # stable: the batch's order within a bucket; int32 bucket ids sort in half the radix passes
-    sorted_buckets, order = torch.sort(bucket, stable=True)
-    if triton_path:
+        skeys, slots, status, found_before = locate_triton(b, keys, inserting=op != OP_ASSIGN)
+        sorted_keys, order = torch.sort(skeys, stable=True)  # stable: the batch's order within a run
         flags = None if flags is None else flags.to(torch.int8)
         slots, status, ev_k, ev_s, ev_v, out_v = upsert_triton(b, keys, desired, rule, op, flags, order,
-                                                               sorted_buckets, slots, status, values, storage)
-        rank = None if storage is not None else _ranks(sorted_buckets, order)
+                                                               sorted_keys, slots, status, values, storage)
+        rank = None if storage is not None else _ranks(sorted_keys // (2 * bs), order)
         return Upserted(slots, status, ev_k, ev_s, rank, ev_v, out_v, found_before)
+    bucket, digest = locate(keys, nb, bs)
+    # stable: the batch's order within a bucket; int32 bucket ids sort in half the radix passes
+    sorted_buckets, order = torch.sort(bucket.to(torch.int32), stable=True)
     rank = _ranks(sorted_buckets, order)
     update, may_insert = intents(op, flags, n, keys.device)
     slots = torch.full_like(keys, -1)

@@ -74,6 +74,7 @@ UPSERT_WARPS = 1
 # Programs of the upsert loop's launch at most, each walking the list of pending runs: about two
 # waves of an H100's SMs at the loop's registers (255 a thread: 8 one-warp programs an SM).
 UPSERT_PROGRAMS = 2048
+MARK_BLOCK = 1024  # keys per program of ``_mark_loop_runs``
 
 
 @triton.jit
@@ -104,13 +105,18 @@ def _flag_reserved(k, m, rmask, rvalue, flag):
 
 
 @triton.jit
-def _store_located(out_buckets, out_status, offs, m, bucket, found, LOCATE: tl.constexpr):
-    """With LOCATE (an upsert's first launch), each key's bucket as int32 (what the upsert sorts its
-    occurrences by) and its status as the batch finds the table (FOUND or MISSING: the status of
-    every occurrence of a run of present keys; the loop's kernel writes the others')."""
+def _store_located(out_keys, out_status, missing_in, offs, m, bucket, pos, found, BS: tl.constexpr,
+                   LOCATE: tl.constexpr, MARK: tl.constexpr):
+    """With LOCATE (an upsert's first launch), each key's sort key, ``bucket * 2BS + pos`` (its
+    slot's position in the bucket, BS where missing), and its status as the batch finds the table
+    (FOUND or MISSING: the outcome of a present key that ``_apply_found`` takes; the loop's kernel
+    writes the others'). With MARK, a missing key marks its bucket in ``missing_in`` (the byte set
+    to 1): the loop's kernel will take that bucket's run (``_mark_loop_runs``)."""
     if LOCATE:
-        tl.store(out_buckets + offs, bucket.to(tl.int32), mask=m)
+        tl.store(out_keys + offs, bucket * (2 * BS) + tl.where(found, pos, BS), mask=m)
         tl.store(out_status + offs, tl.where(found, _FOUND, _MISSING).to(tl.int64), mask=m)
+        if MARK:
+            tl.store(missing_in + bucket, tl.full(bucket.shape, 1, tl.int8), mask=m & ~found)
 
 
 @triton.jit
@@ -133,9 +139,10 @@ def _store_found(offs, m, slot, found, tscores, out_slots, out_scores, vals, out
 
 
 @triton.jit
-def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, out_buckets, out_status, dim,
-            n, nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr,
-            DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr, LOCATE: tl.constexpr):
+def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, out_keys, out_status,
+            missing_in, dim, n, nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr,
+            BLOCK: tl.constexpr, DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr,
+            LOCATE: tl.constexpr, MARK: tl.constexpr):
     offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
     _flag_reserved(k, m, rmask, rvalue, flag)
     digest = digest.to(tl.uint8)
@@ -146,7 +153,7 @@ def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, o
     pos = tl.min(tl.where(hit, cols[None, :], BS), axis=1)
     _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, out_founds, dim,
                  DIM, COPY, SCORES, FOUNDS)
-    _store_located(out_buckets, out_status, offs, m, bucket, pos < BS, LOCATE)
+    _store_located(out_keys, out_status, missing_in, offs, m, bucket, pos, pos < BS, BS, LOCATE, MARK)
 
 
 @triton.jit
@@ -184,10 +191,10 @@ def _find_in_words(tkeys, bucket, k, words, digest, todo, cols, BS: tl.constexpr
 
 
 @triton.jit
-def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, out_buckets,
-                  out_status, dim, n, nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr,
-                  BLOCK: tl.constexpr, DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr,
-                  FOUNDS: tl.constexpr, LOCATE: tl.constexpr):
+def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, out_keys,
+                  out_status, missing_in, dim, n, nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr,
+                  BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr,
+                  FOUNDS: tl.constexpr, LOCATE: tl.constexpr, MARK: tl.constexpr):
     """``_lookup`` reading a bucket's digests as BS / 4 words of 4 bytes (``_find_in_words``)."""
     offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
     _flag_reserved(k, m, rmask, rvalue, flag)
@@ -197,7 +204,7 @@ def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out
     pos = _find_in_words(tkeys, bucket, k, words, digest, m, cols, BS, W)
     _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, out_founds, dim,
                  DIM, COPY, SCORES, FOUNDS)
-    _store_located(out_buckets, out_status, offs, m, bucket, pos < BS, LOCATE)
+    _store_located(out_keys, out_status, missing_in, offs, m, bucket, pos, pos < BS, BS, LOCATE, MARK)
 
 
 @triton.jit
@@ -230,104 +237,112 @@ def _add_to_scores(tscores, slot, des, acc, mask, low32, high32, RULE: tl.conste
 
 
 @triton.jit
-def _apply_found(tscores, desired, flags, order, sorted_buckets, found_slots, values, storage, reserved_seen,
-                 out_values, pending_heads, pending_count, n, dim, low32, high32, OP: tl.constexpr,
-                 RULE: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr, HAS_VALUES: tl.constexpr,
-                 MOVE_VALUES: tl.constexpr):
-    """A lane per sorted occurrence: the runs whose keys were all present before the batch (every
-    run for assign, which inserts nothing). Nothing is inserted into their buckets, so no slot
-    moves and each occurrence's slot is its lookup's (``found_slots``, by batch position). Of a
-    key's occurrences that update it (ACCUM: those flagged) the last writes: its value (ACCUM: the
-    old row plus every given row, in order), and its score by the rule from all of them (SET: the
-    last's; ADD: their wrapping sum; EPOCH_ADD: their low halves' sum, saturating, which in any
-    order is what one after the other gives; KEEP: none). A lane walks its run from its first
-    occurrence, and tells two occurrences of a present key by their slot. Their occurrences'
-    slots and statuses are the first lookup's (``locate_triton`` wrote them). The other runs'
-    first occurrences are listed in ``pending_heads`` (``*pending_count`` of them, in no fixed
-    order: runs touch disjoint buckets) for ``_upsert_runs``."""
-    q = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = (q < n) & (tl.load(reserved_seen) == 0)
-    b = tl.load(sorted_buckets + q, mask=live, other=-1)
-    i = tl.load(order + q, mask=live, other=0)
-    slot = tl.load(found_slots + i, mask=live, other=-1)
-    found = live & (slot >= 0)
-    des = tl.load(desired + i, mask=live, other=0)
-    if OP == _ACCUM:
-        update = found & (tl.load(flags + i, mask=live, other=0) != 0)
-    elif OP == _RESTORE:
-        update = tl.zeros((BLOCK,), tl.int1)
-    else:
-        update = found
-    start = q  # the run's first occurrence
-    back = live & (q > 0)
-    while tl.max(back.to(tl.int32), axis=0) > 0:
-        back = back & (tl.load(sorted_buckets + start - 1, mask=back, other=-1) == b)
-        start = tl.where(back, start - 1, start)
-        back = back & (start > 0)
-    d_cols = tl.arange(0, DIM)
-    d_ok = (d_cols < dim)[None, :]
-    at_i = i[:, None] * dim + d_cols[None, :]
-    row = storage + slot[:, None] * dim + d_cols[None, :]
-    if OP == _ACCUM and MOVE_VALUES:
-        acc_row = tl.load(row, mask=update[:, None] & d_ok, other=0)
-    all_found = live
-    later = tl.zeros((BLOCK,), tl.int1)
-    acc = tl.zeros((BLOCK,), tl.int64)
-    r = start
-    scan = live
-    while tl.max(scan.to(tl.int32), axis=0) > 0:
-        ir = tl.load(order + r, mask=scan, other=0)
-        sr = tl.load(found_slots + ir, mask=scan, other=-1)
-        all_found = all_found & (~scan | (sr >= 0))
-        same = scan & update & (sr == slot)
-        if OP == _ACCUM:
-            same = same & (tl.load(flags + ir, mask=same, other=0) != 0)
-        later = later | (same & (r > q))
-        mine = same & (r <= q)
-        if RULE == _ADD:
-            acc += tl.load(desired + ir, mask=mine, other=0)
-        elif RULE == _EPOCH_ADD:
-            acc += tl.load(desired + ir, mask=mine, other=0) & low32
-        if OP == _ACCUM and MOVE_VALUES and HAS_VALUES:  # the given rows in the batch's order
-            acc_row += tl.load(values + ir[:, None] * dim + d_cols[None, :], mask=mine[:, None] & d_ok, other=0)
-        r += 1
-        scan = scan & (r < n)
-        scan = scan & (tl.load(sorted_buckets + r, mask=scan, other=-1) == b)
-    if OP == _ASSIGN:
-        applied = live
-    else:
-        applied = all_found
-    last = applied & update & ~later
-    pending = live & ~applied & (start == q)
-    at = tl.atomic_add(pending_count + tl.zeros_like(q), 1, mask=pending)
-    tl.store(pending_heads + at, q.to(tl.int32), mask=pending)
-    if RULE == _SET:
-        tl.store(tscores + slot, des, mask=last)
-    elif RULE == _ADD or RULE == _EPOCH_ADD:
-        _add_to_scores(tscores, slot, des, acc, last, low32, high32, RULE)
-    if MOVE_VALUES:
-        if OP == _FIND_OR_INSERT:  # a hit's row is read, not written
-            tl.store(out_values + at_i, tl.load(row, mask=(applied & found)[:, None] & d_ok, other=0),
-                     mask=applied[:, None] & d_ok)
-        elif OP == _ACCUM:
-            tl.store(row, acc_row, mask=last[:, None] & d_ok)
-        else:
-            if HAS_VALUES:
-                given = tl.load(values + at_i, mask=last[:, None] & d_ok, other=0)
-            else:
-                given = tl.zeros((BLOCK, DIM), storage.dtype.element_ty)
-            tl.store(row, given, mask=last[:, None] & d_ok)
+def _mark_loop_runs(skeys, missing_in, n, BS: tl.constexpr, BLOCK: tl.constexpr):
+    """Every sort key of a bucket that a missing key marked becomes ``bucket * 2BS + BS``: the
+    bucket's occurrences then sort together in the batch's order, a run for the loop's kernel."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    key = tl.load(skeys + offs, mask=m, other=0)
+    bucket = key // (2 * BS)
+    loop = tl.load(missing_in + bucket, mask=m, other=0) != 0
+    tl.store(skeys + offs, bucket * (2 * BS) + BS, mask=m & loop)
 
 
 @triton.jit
-def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order, sorted_buckets, values, storage,
+def _apply_found(tscores, desired, flags, order, skeys, values, storage, reserved_seen, out_values, pending_heads,
+                 pending_count, n, dim, low32, high32, OP: tl.constexpr, RULE: tl.constexpr, BS: tl.constexpr,
+                 BLOCK: tl.constexpr, DIM: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
+    """A lane per sorted occurrence. The occurrences of a bucket where no key is missing (every
+    bucket for assign, which inserts nothing) are sorted by their slot, a key's in the batch's
+    order: nothing is inserted there, so no slot moves, and the sort key gives each occurrence's
+    slot. The last occurrence of a key (a group of equal sort keys) writes for the group, which it
+    walks from its first: the value (ACCUM: the old row plus every flagged row, in order) and the
+    score by the rule from the occurrences that update it (SET: the last's; ADD: their wrapping
+    sum; EPOCH_ADD: their low halves' sum, saturating, which in any order is what one after the
+    other gives; KEEP: none). The first lookup wrote these occurrences' slots and statuses. The
+    first occurrences of the other runs (sort key ``bucket * 2BS + BS``) are listed in
+    ``pending_heads`` (``*pending_count`` of them, in no fixed order: runs touch disjoint buckets)
+    for ``_upsert_runs``."""
+    q = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = (q < n) & (tl.load(reserved_seen) == 0)
+    key = tl.load(skeys + q, mask=live, other=-1).to(tl.int64)
+    pos = key % (2 * BS)
+    found = live & (pos < BS)
+    prev = tl.load(skeys + q - 1, mask=live & (q > 0), other=-1).to(tl.int64)
+    pending = live & (pos == BS) & (prev != key)
+    if OP != _ASSIGN:  # assign's missing keys go nowhere
+        at = tl.atomic_add(pending_count + tl.zeros_like(q), 1, mask=pending)
+        tl.store(pending_heads + at, q.to(tl.int32), mask=pending)
+    slot = (key // (2 * BS)) * BS + pos
+    nxt = tl.load(skeys + q + 1, mask=found & (q + 1 < n), other=-1).to(tl.int64)
+    writer = found & (nxt != key)  # the last occurrence of its key
+    start = q  # the group's first occurrence
+    back = writer & (prev == key)
+    while tl.max(back.to(tl.int32), axis=0) > 0:
+        start = tl.where(back, start - 1, start)
+        back = back & (start > 0)
+        back = back & (tl.load(skeys + start - 1, mask=back, other=-1).to(tl.int64) == key)
+    d_cols = tl.arange(0, DIM)
+    d_ok = (d_cols < dim)[None, :]
+    row = storage + slot[:, None] * dim + d_cols[None, :]
+    if OP == _ACCUM and MOVE_VALUES:
+        acc_row = tl.load(row, mask=writer[:, None] & d_ok, other=0)
+    acc = tl.zeros((BLOCK,), tl.int64)
+    des = tl.zeros((BLOCK,), tl.int64)  # the last updating occurrence's
+    last_i = tl.zeros((BLOCK,), tl.int64)
+    updated = tl.zeros((BLOCK,), tl.int1)
+    r = start
+    walk = writer
+    while tl.max(walk.to(tl.int32), axis=0) > 0:  # the group in the batch's order
+        ir = tl.load(order + r, mask=walk, other=0)
+        if OP == _ACCUM:
+            mine = walk & (tl.load(flags + ir, mask=walk, other=0) != 0)
+        elif OP == _RESTORE:
+            mine = tl.zeros((BLOCK,), tl.int1)
+        else:
+            mine = walk
+        d = tl.load(desired + ir, mask=mine, other=0)
+        des = tl.where(mine, d, des)
+        last_i = tl.where(mine, ir, last_i)
+        updated = updated | mine
+        if RULE == _ADD:
+            acc += d
+        elif RULE == _EPOCH_ADD:
+            acc += d & low32
+        if OP == _ACCUM and MOVE_VALUES and HAS_VALUES:  # the given rows in the batch's order
+            acc_row += tl.load(values + ir[:, None] * dim + d_cols[None, :], mask=mine[:, None] & d_ok, other=0)
+        walk = walk & (r < q)
+        r += 1
+    if RULE == _SET:
+        tl.store(tscores + slot, des, mask=updated)
+    elif RULE == _ADD or RULE == _EPOCH_ADD:
+        _add_to_scores(tscores, slot, des, acc, updated, low32, high32, RULE)
+    if MOVE_VALUES:
+        if OP == _FIND_OR_INSERT:  # every occurrence reads its key's row, none writes it
+            i = tl.load(order + q, mask=found, other=0)
+            tl.store(out_values + i[:, None] * dim + d_cols[None, :],
+                     tl.load(row, mask=found[:, None] & d_ok, other=0), mask=found[:, None] & d_ok)
+        elif OP == _ACCUM:
+            tl.store(row, acc_row, mask=updated[:, None] & d_ok)
+        elif OP != _RESTORE:
+            if HAS_VALUES:
+                given = tl.load(values + last_i[:, None] * dim + d_cols[None, :], mask=updated[:, None] & d_ok,
+                                other=0)
+            else:
+                given = tl.zeros((BLOCK, DIM), storage.dtype.element_ty)
+            tl.store(row, given, mask=updated[:, None] & d_ok)
+
+
+@triton.jit
+def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order, skeys, values, storage,
                  reserved_seen, pending_heads, pending_count, out_slots, out_status, ev_keys, ev_scores, ev_values,
                  out_values, n, dim, m1, m2, sign, low32, high32, OP: tl.constexpr, RULE: tl.constexpr,
                  BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr, CHUNK: tl.constexpr,
                  HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
     """numba's ``upsert`` loop, bucket by bucket, over the occurrences sorted by bucket in the
-    batch's order (``order``, ``sorted_buckets``): a lane takes the run of its bucket's
-    occurrences from its first (a position listed in ``pending_heads``), one after the other, so
+    batch's order (``order``; ``skeys``, a run's sort key ``bucket * 2BS + BS``): a lane takes the
+    run of its bucket's occurrences from its first (a position listed in ``pending_heads``), one
+    after the other, so
     no two lanes touch a bucket and no atomics are needed. The programs walk the list BLOCK heads
     at a time, as many programs as the launch has, whatever the list's length: a batch that
     ``_apply_found`` took whole costs a load a program. A bucket's digests are held in
@@ -342,19 +357,20 @@ def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, orde
         h = h0 + tl.arange(0, BLOCK)
         head = (h < count) & (tl.load(reserved_seen) == 0)
         j = tl.load(pending_heads + h, mask=head, other=0).to(tl.int64)
-        b = tl.load(sorted_buckets + j, mask=head, other=-1).to(tl.int64)
-        _upsert_run(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order, sorted_buckets, values,
-                    storage, out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, j, b, head, n, dim,
+        run = tl.load(skeys + j, mask=head, other=-1).to(tl.int64)
+        _upsert_run(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order, skeys, values,
+                    storage, out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, j, run, head, n, dim,
                     m1, m2, sign, low32, high32, OP, RULE, BS, BLOCK, DIM, CHUNK, HAS_VALUES, MOVE_VALUES)
 
 
 @triton.jit
-def _upsert_run(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order, sorted_buckets, values, storage,
-                out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, j, b, head, n, dim, m1, m2, sign,
+def _upsert_run(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order, skeys, values, storage,
+                out_slots, out_status, ev_keys, ev_scores, ev_values, out_values, j, run, head, n, dim, m1, m2, sign,
                 low32, high32, OP: tl.constexpr, RULE: tl.constexpr, BS: tl.constexpr, BLOCK: tl.constexpr,
                 DIM: tl.constexpr, CHUNK: tl.constexpr, HAS_VALUES: tl.constexpr, MOVE_VALUES: tl.constexpr):
-    """The runs that start at the sorted positions ``j`` (bucket ``b``) where ``head``, one
+    """The runs that start at the sorted positions ``j`` (sort key ``run``) where ``head``, one
     occurrence after the other (``_upsert_runs``)."""
+    b = run // (2 * BS)
     W: tl.constexpr = BS // 4
     cols = tl.arange(0, W)
     d_cols = tl.arange(0, DIM)
@@ -460,19 +476,19 @@ def _upsert_run(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order
                 tl.store(row, new_row, mask=(put | update)[:, None] & d_ok)
         tl.debug_barrier()
         q += 1
-        live = live & (q < n) & (tl.load(sorted_buckets + q, mask=live & (q < n), other=-1).to(tl.int64) == b)
+        live = live & (q < n) & (tl.load(skeys + q, mask=live & (q < n), other=-1).to(tl.int64) == run)
     tl.store(sizes + b, size + grown, mask=head & (grown > 0))
 
 
 def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, scores: bool = True,
-                  founds: torch.Tensor | None = None, located: tuple | None = None):
+                  founds: torch.Tensor | None = None, located: tuple | None = None, missing_in=None):
     """(slots, scores) of ``keys``, -1 and 0 where missing (scores None unless asked for); see
     ``lookup_reference``. With ``values`` (slots, dim) on the keys' device, also the keys' rows of
     it (zeros where missing), read in the same launch: a gather after the lookup read the slots
     back and took twice the lookup's time (2^20 keys of dim 8, an H100). ``founds`` (n,) bool:
-    whether each key was found, and ``located`` ((n,) int32, (n,) int64): each key's bucket and
-    status (``_store_located``), written in the launch too. A reserved key (``b.reserved``) sets
-    ``b.flag``."""
+    whether each key was found, and ``located`` ((n,) int32 or int64, (n,) int64): each key's sort
+    key and status (``_store_located``), written in the launch too, a missing key marking its bucket
+    in ``missing_in`` ((nb,) int8) where given. A reserved key (``b.reserved``) sets ``b.flag``."""
     keys = keys.contiguous()
     n = len(keys)
     nb, bs = b.keys.shape
@@ -487,28 +503,36 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, sco
         kernel[(-(-n // BLOCK),)](
             b.keys, digests, b.scores, keys, slots, out_scores if scores else slots,
             values.contiguous() if copy else slots, found if copy else slots, slots if founds is None else founds,
-            *((slots, slots) if located is None else located), dim, n, nb - 1, M1, M2, *b.reserved, b.flag,
-            SHIFT=b.shift, BS=bs, BLOCK=BLOCK, DIM=next_pow2(dim), COPY=copy, SCORES=scores,
-            FOUNDS=founds is not None, LOCATE=located is not None, num_warps=LOOKUP_WARPS)
+            *((slots, slots) if located is None else located), slots if missing_in is None else missing_in, dim, n,
+            nb - 1, M1, M2, *b.reserved, b.flag, SHIFT=b.shift, BS=bs, BLOCK=BLOCK, DIM=next_pow2(dim), COPY=copy,
+            SCORES=scores, FOUNDS=founds is not None, LOCATE=located is not None, MARK=missing_in is not None,
+            num_warps=LOOKUP_WARPS)
     return (slots, out_scores, found) if copy else (slots, out_scores)
 
 
-def locate_triton(b, keys: torch.Tensor):
-    """An upsert's first launch, a lookup of ``keys`` as the table holds them: (buckets as int32,
-    slots or -1, statuses FOUND or MISSING, founds); a reserved key sets ``b.flag``."""
+def locate_triton(b, keys: torch.Tensor, inserting: bool = True):
+    """An upsert's first launches, a lookup of ``keys`` as the table holds them: (sort keys, slots
+    or -1, statuses FOUND or MISSING, founds); a reserved key sets ``b.flag``. A key's sort key is
+    ``bucket * 2bs + pos``, its position in the bucket, or ``bucket * 2bs + bs`` where the key is
+    missing, and, when ``inserting``, for every key of a bucket where one is missing (the loop's
+    runs, ``_mark_loop_runs``); int32 where the table's buckets allow it (half the radix passes)."""
     n, dev = len(keys), keys.device
-    buckets = torch.empty(n, dtype=torch.int32, device=dev)
+    nb, bs = b.keys.shape
+    skeys = torch.empty(n, dtype=torch.int32 if nb * 2 * bs <= 2**31 else torch.int64, device=dev)
     status = torch.empty(n, dtype=torch.int64, device=dev)
     founds = torch.empty(n, dtype=torch.bool, device=dev)
-    slots = lookup_triton(b, keys, scores=False, founds=founds, located=(buckets, status))[0]
-    return buckets, slots, status, founds
+    missing_in = torch.zeros(nb, dtype=torch.int8, device=dev) if inserting else None
+    slots = lookup_triton(b, keys, scores=False, founds=founds, located=(skeys, status), missing_in=missing_in)[0]
+    if inserting and n:
+        _mark_loop_runs[(-(-n // MARK_BLOCK),)](skeys, missing_in, n, BS=bs, BLOCK=MARK_BLOCK)
+    return skeys, slots, status, founds
 
 
-def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, slots, status, values=None, storage=None):
-    """numba's ``upsert`` loop on the GPU, bucket by bucket: ``order`` and ``sorted_buckets`` sort
-    the occurrences by bucket, in the batch's order within each; ``slots`` and ``status`` are
-    ``locate_triton``'s, and become the outputs. ``_apply_found`` takes the runs of keys all
-    present (assign: every run), ``_upsert_runs`` the others. Returns per occurrence (slots,
+def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_keys, slots, status, values=None, storage=None):
+    """numba's ``upsert`` loop on the GPU, bucket by bucket: ``order`` and ``sorted_keys`` sort the
+    occurrences by ``locate_triton``'s sort keys, stably; ``slots`` and ``status`` are
+    ``locate_triton``'s, and become the outputs. ``_apply_found`` takes the buckets where every
+    key is present (assign: every bucket), ``_upsert_runs`` the others. Returns per occurrence (slots,
     status, ev_keys, ev_scores) and, when ``storage`` (slots, dim) on the keys' device is given
     (values then move in the launches), (ev_values, out_values): insert_and_evict's evicted rows
     and find_or_insert's results, None for other ops."""
@@ -533,13 +557,12 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_buckets, slot
     flags = keys if flags is None else flags
     if n:
         _apply_found[(-(-n // BLOCK),)](
-            b.scores, desired, flags, order, sorted_buckets, slots, given, into, b.flag,
-            keys if out_values is None else out_values, pending_heads, pending_count, n, dim, LOW32, HIGH32, OP=op,
-            RULE=rule, BLOCK=BLOCK, DIM=next_pow2(dim), HAS_VALUES=values is not None, MOVE_VALUES=move,
-            num_warps=LOOKUP_WARPS)
+            b.scores, desired, flags, order, sorted_keys, given, into, b.flag, keys if out_values is None else out_values,
+            pending_heads, pending_count, n, dim, LOW32, HIGH32, OP=op, RULE=rule, BS=bs, BLOCK=BLOCK,
+            DIM=next_pow2(dim), HAS_VALUES=values is not None, MOVE_VALUES=move, num_warps=LOOKUP_WARPS)
     if n and op != OP_ASSIGN:
         _upsert_runs[(min(-(-n // UPSERT_BLOCK), UPSERT_PROGRAMS),)](
-            b.keys, b.digests, b.digest_words, b.scores, b.sizes, keys, desired, flags, order, sorted_buckets, given,
+            b.keys, b.digests, b.digest_words, b.scores, b.sizes, keys, desired, flags, order, sorted_keys, given,
             into, b.flag, pending_heads, pending_count, slots, status, *ev, keys if ev_values is None else ev_values,
             keys if out_values is None else out_values, n, dim, M1, M2, SIGN, LOW32, HIGH32, OP=op, RULE=rule, BS=bs,
             BLOCK=UPSERT_BLOCK, DIM=next_pow2(dim), CHUNK=min(bs, 32), HAS_VALUES=values is not None,
