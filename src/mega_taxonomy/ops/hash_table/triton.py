@@ -11,13 +11,15 @@ A lookup program takes BLOCK keys and loads, for each, its bucket's bs digest by
 a (BLOCK, bs) tile (as bs / 4 words in ``_lookup_words``): one 128-byte line per key at bs = 128,
 as the original reads. Keys are loaded only where digests match; a free slot's digest
 (``EMPTY_DIGEST``) matches no key's. An upsert first looks every key up as the batch finds the
-table, its bucket written beside its slot (``locate_triton``), then sorts the occurrences by
-bucket. ``_apply_found`` takes a lane per occurrence: a bucket's run of occurrences whose keys
-were all present moves no slot, so every occurrence's slot is its lookup's, and the last one of a
-key writes (assign takes every run so). ``_upsert_runs`` takes the other runs: numba's in-order
-loop bucket by bucket in one launch, a lane owning a bucket's run and applying it in the batch's
-order, so no two lanes touch a bucket and it needs no atomics; a batch means what it means on
-the CPU.
+table (``locate_triton``), which gives each occurrence a sort key: its bucket, then its slot's
+position there, or, in a bucket where a key is missing, a position past the bucket's, the same for
+all its occurrences. Sorted stably by that key, the occurrences of a bucket where every key is
+present stand by slot, a key's together in the batch's order, and ``_apply_found`` takes a lane
+per occurrence: no slot moves there, so the sort key gives the slot, and a key's last occurrence
+writes for all of them (assign takes every present key so). ``_upsert_runs`` takes the other
+buckets' runs, in the batch's order: numba's in-order loop bucket by bucket in one launch, a lane
+owning a bucket's run and applying it occurrence by occurrence, so no two lanes touch a bucket
+and it needs no atomics; a batch means what it means on the CPU.
 n, nb are runtime values; bs is a constexpr (a power of two); program ids are 64-bit.
 Values in GPU memory move in the same launches (``vals`` / ``storage``, by slot); values in
 pinned host memory are moved by the caller afterwards, by slot (``kv/paths.py``).
