@@ -344,16 +344,16 @@ def _upsert_runs(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, orde
     """numba's ``upsert`` loop, bucket by bucket, over the occurrences sorted by bucket in the
     batch's order (``order``; ``skeys``, a run's sort key ``bucket * 2BS + BS``): a lane takes the
     run of its bucket's occurrences from its first (a position listed in ``pending_heads``), one
-    after the other, so
-    no two lanes touch a bucket and no atomics are needed. The programs walk the list BLOCK heads
-    at a time, as many programs as the launch has, whatever the list's length: a batch that
-    ``_apply_found`` took whole costs a load a program. A bucket's digests are held in
-    registers as BS / 4 words (``twords``, the bytes of ``tdig``) and kept current; keys are read
-    only where a digest matches (``_find_in_words``; a free slot's digest, 0, matches no key),
-    scores only where a bucket is full (CHUNK slots at a time) or a rule adds to a hit's score. Every
-    occurrence ends in a barrier: the next one's reads of keys, scores and value rows see this
-    one's writes. With MOVE_VALUES the value rows (``storage``, by slot) move in the same launch.
-    A batch with a reserved key (``*reserved_seen`` set by the lookup before) changes nothing."""
+    after the other, so no two lanes touch a bucket and no atomics are needed. The programs walk
+    the list BLOCK heads at a time, as many programs as the launch has, whatever the list's
+    length: a batch that ``_apply_found`` took whole costs a load a program. A bucket's digests
+    are held in registers as BS / 4 words (``twords``, the bytes of ``tdig``) and kept current;
+    keys are read only where a digest matches (``_find_in_words``; a free slot's digest, 0, matches
+    no key), scores only where a bucket is full (CHUNK slots at a time) or a rule adds to a hit's
+    score. Every occurrence ends in a barrier: the next one's reads of keys, scores and value rows
+    see this one's writes. With MOVE_VALUES the value rows (``storage``, by slot) move in the same
+    launch. A batch with a reserved key (``*reserved_seen`` set by the lookup before) changes
+    nothing."""
     count = tl.load(pending_count).to(tl.int32)
     for h0 in range(tl.program_id(0) * BLOCK, count, tl.num_programs(0) * BLOCK):
         h = h0 + tl.arange(0, BLOCK)
