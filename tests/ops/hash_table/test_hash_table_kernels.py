@@ -171,6 +171,16 @@ def test_upsert_of_present_keys_at_once_is_numbas_loop(op, rule, monkeypatch):
             assert torch.equal(getattr(tables["rounds"], name), getattr(tables["triton"], name)), (rule, name)
 
 
+def test_int64_sort_keys_give_the_same_upserts(monkeypatch):
+    """Tables too large for int32 sort keys (nb * 2bs > 2**31) sort int64 ones: the same outcome."""
+    from mega_taxonomy.ops.hash_table import triton as kernels
+
+    monkeypatch.setattr(kernels, "INT32_SORT_KEYS", 0)
+    test_upsert_of_present_keys_at_once_is_numbas_loop(nk.OP_ACCUM, ht.SCORE_ADD, monkeypatch)
+    keys = torch.arange(100, device=DEVICE)
+    assert kernels.locate_triton(ht.Buckets.allocate(4, 16, -1, device=DEVICE), keys)[0].dtype == torch.int64
+
+
 @pytest.mark.parametrize("kernel", ["bytes", "words"])
 @pytest.mark.parametrize("dim", [1, 8, 5, 100])
 def test_lookup_with_values_reads_the_rows_of_the_found_keys(dim, kernel, monkeypatch):

@@ -77,6 +77,7 @@ UPSERT_WARPS = 1
 # waves of an H100's SMs at the loop's registers (255 a thread: 8 one-warp programs an SM).
 UPSERT_PROGRAMS = 2048
 MARK_BLOCK = 1024  # keys per program of ``_mark_loop_runs``
+INT32_SORT_KEYS = 2**31  # sort keys are int32 below this (nb * 2bs), int64 from it
 
 
 @triton.jit
@@ -520,7 +521,7 @@ def locate_triton(b, keys: torch.Tensor, inserting: bool = True):
     runs, ``_mark_loop_runs``); int32 where the table's buckets allow it (half the radix passes)."""
     n, dev = len(keys), keys.device
     nb, bs = b.keys.shape
-    skeys = torch.empty(n, dtype=torch.int32 if nb * 2 * bs <= 2**31 else torch.int64, device=dev)
+    skeys = torch.empty(n, dtype=torch.int32 if nb * 2 * bs <= INT32_SORT_KEYS else torch.int64, device=dev)
     status = torch.empty(n, dtype=torch.int64, device=dev)
     founds = torch.empty(n, dtype=torch.bool, device=dev)
     missing_in = torch.zeros(nb, dtype=torch.int8, device=dev) if inserting else None
