@@ -195,8 +195,12 @@ def measure_ours(dim, load_factor, hbm_bytes, repeats, seed=0, profiled=False, t
         t.insert_or_assign(k, torch.ones(len(k), dim, device="cuda"))
     keys = batch_keys(rng, present, BATCH)
     values = torch.ones(BATCH, dim, device="cuda")
+
+    def fresh():  # another batch of the protocol's hit rate (``time_inserts``)
+        return batch_keys(rng, present, BATCH)
+
     if tuned is not None:
-        tuned.update(tune(t, keys, lambda: batch_keys(rng, present, BATCH), values, repeats))
+        tuned.update(tune(t, keys, fresh, values, repeats))
     calls = {
         "insert_or_assign": lambda: t.insert_or_assign(keys, values),
         "find": lambda: t.find(keys),
@@ -217,7 +221,7 @@ def measure_ours(dim, load_factor, hbm_bytes, repeats, seed=0, profiled=False, t
         out[api] = BATCH / time_call(fn, repeats) / 2**30
         if profiled:
             profile(api, fn)
-    out[NEW_KEYS] = BATCH / time_inserts(t, lambda: batch_keys(rng, present, BATCH), values, repeats) / 2**30
+    out[NEW_KEYS] = BATCH / time_inserts(t, fresh, values, repeats) / 2**30
     out["real_load_factor"] = t.load_factor()
     return out
 
