@@ -75,6 +75,10 @@ class HashTable:
     backend : {"auto", "numba", "torch", "triton"}, default="auto"
         "auto": numba on the CPU (torch for dtypes numba lacks), Triton on CUDA.
 
+    Memory per slot: the key, score (8 bytes each), digest (1 byte) and value; on CUDA, where values
+    are all in GPU memory, the first :meth:`assign` adds 4 bytes a slot (its claims, which spare it
+    a sort of the batch).
+
     Examples
     --------
     >>> import torch

@@ -40,7 +40,7 @@ def test_upserts_first_launches_are_the_twins_locate_and_lookup():
 
     keys = torch.cat([torch.tensor([0, 1, -1, -(2**63), 2**63 - 1]),
                       torch.randint(-(2**63), 2**63 - 1, (3000,), dtype=torch.int64)])
-    for nb, bs in ((1, 128), (8, 16), (1 << 20, 128)):
+    for nb, bs in ((1, 128), (8, 16), (1 << 16, 128)):
         b = ht.Buckets.allocate(nb, bs, -2)
         ht.upsert(b, keys[::7], torch.arange(len(keys[::7])), ht.SCORE_SET, ht.OP_INSERT_OR_ASSIGN, backend="torch")
         bucket, _ = ht.locate(keys, nb, bs)
@@ -111,6 +111,7 @@ def test_upsert_on_triton_and_the_twin_is_numbas_loop(op, rule):
         if this_op == nk.OP_FIND_OR_INSERT:
             np.testing.assert_array_equal(got.out_values.cpu().numpy(), want[0])
         assert torch.equal(storage["triton"].cpu(), storage["numba"])
+        assert tables["triton"]._claims is None or not tables["triton"]._claims.any()  # assign's, cleared
         for name in ("keys", "digests", "scores", "sizes"):
             assert torch.equal(getattr(tables["torch"], name), getattr(tables["triton"], name).cpu()), name
             assert torch.equal(getattr(tables["torch"], name), getattr(tables["numba"], name)), name
@@ -125,14 +126,16 @@ def test_upsert_on_triton_and_the_twin_is_numbas_loop(op, rule):
 @pytest.mark.parametrize("op,rule", [(nk.OP_INSERT_OR_ASSIGN, ht.SCORE_SET), (nk.OP_INSERT_AND_EVICT, ht.SCORE_ADD),
                                      (nk.OP_FIND_OR_INSERT, ht.SCORE_EPOCH_ADD), (nk.OP_ACCUM, ht.SCORE_KEEP),
                                      (nk.OP_RESTORE, ht.SCORE_SET), (nk.OP_ACCUM, ht.SCORE_ADD),
-                                     (nk.OP_ASSIGN, ht.SCORE_EPOCH_ADD)])
+                                     (nk.OP_ASSIGN, ht.SCORE_EPOCH_ADD), (nk.OP_ASSIGN, ht.SCORE_SET),
+                                     (nk.OP_ASSIGN, ht.SCORE_ADD)])
 def test_upsert_of_present_keys_at_once_is_numbas_loop(op, rule, monkeypatch):
     """Runs of keys present before the batch, a lane per occurrence (``_apply_found``), the
     others by the loop, leave the table and the outputs as numba's in-order loop does, bit for
     bit: batches of mostly present keys, repeated within runs (the last occurrence writes; ACCUM
     adds every flagged row in order), some missing, into buckets full and not, 16 lanes a program
     (runs across programs' edges); the loop's one program walks the list of the runs left to it 4
-    at a time."""
+    at a time. assign by SET and ADD with the values in GPU memory takes no sort (its claims), and
+    without them (host memory's tier) the sort: the same outcome."""
     from mega_taxonomy.ops.hash_table import triton as kernels
 
     monkeypatch.setattr(kernels, "BLOCK", 16)
@@ -169,6 +172,32 @@ def test_upsert_of_present_keys_at_once_is_numbas_loop(op, rule, monkeypatch):
         for name in ("keys", "digests", "scores", "sizes"):
             assert torch.equal(getattr(tables["triton"], name).cpu(), getattr(tables["numba"], name)), (rule, name)
             assert torch.equal(getattr(tables["rounds"], name), getattr(tables["triton"], name)), (rule, name)
+        assert tables["triton"]._claims is None or not tables["triton"]._claims.any()
+    assert (tables["triton"]._claims is not None) == (op == nk.OP_ASSIGN and rule != ht.SCORE_EPOCH_ADD)
+
+
+def test_assign_of_a_batch_with_a_reserved_key_changes_nothing_and_clears_its_claims():
+    """The lookup flags the reserved key and claims the present keys' slots; the claims' launch then
+    writes nothing and clears them: the next assign of the same keys writes again."""
+    b = ht.Buckets.allocate(4, 16, -1, device=DEVICE, reserved=(-4, -4))  # the table's default: -4 .. -1
+    storage = torch.zeros(64, 2, device=DEVICE)
+    keys = torch.tensor([3, 8, 13], device=DEVICE)
+    ht.upsert(b, keys, torch.ones(3, dtype=torch.int64, device=DEVICE), ht.SCORE_SET, nk.OP_INSERT_OR_ASSIGN,
+              values=torch.ones(3, 2, device=DEVICE), storage=storage, backend="triton")
+    b.take_flag()
+    before = (b.keys.clone(), b.scores.clone(), storage.clone())
+    batch = torch.tensor([8, 13, 8, -4], device=DEVICE)
+    desired = torch.full((4,), 7, dtype=torch.int64, device=DEVICE)
+    ht.upsert(b, batch, desired, ht.SCORE_SET, nk.OP_ASSIGN, values=torch.full((4, 2), 5.0, device=DEVICE),
+              storage=storage, backend="triton")
+    assert b.take_flag() and not b.claims.any()
+    assert torch.equal(b.keys, before[0]) and torch.equal(b.scores, before[1]) and torch.equal(storage, before[2])
+    u = ht.upsert(b, batch[:3], desired[:3], ht.SCORE_SET, nk.OP_ASSIGN,
+                  values=torch.arange(6.0, device=DEVICE).reshape(3, 2), storage=storage, backend="triton")
+    assert u.status.tolist() == [ht.FOUND] * 3 and not b.take_flag() and not b.claims.any()
+    slots = u.slots.tolist()
+    assert storage[slots[0]].tolist() == [4.0, 5.0] and storage[slots[1]].tolist() == [2.0, 3.0]
+    assert b.scores.view(-1)[slots].tolist() == [7, 7, 7]
 
 
 def test_int64_sort_keys_give_the_same_upserts(monkeypatch):

@@ -10,7 +10,8 @@ Two ways to run a batch, both meaning what the same calls one key at a time woul
   each bucket matters. The occurrences are sorted by bucket, in the batch's order within each; on
   CUDA Triton launches run numba's loop bucket by bucket (``triton.py``: a lane owns a bucket's
   run of occurrences; a run of keys all present, a lane each), with the values when they are in
-  GPU memory. The torch twin runs rounds:
+  GPU memory. assign with its values in GPU memory skips the sort: the slots of found keys are
+  claimed for their last occurrences (``Buckets.claims``). The torch twin runs rounds:
   round r applies every bucket's r-th occurrence at once (no two of them share a bucket).
 
 Examples
@@ -106,6 +107,7 @@ class Buckets:
     reserved: tuple[int, int] = (0, 1)  # none
     flag: torch.Tensor | None = None
     _words: tuple | None = field(default=None, repr=False, compare=False)
+    _claims: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if self.flag is None:
@@ -138,6 +140,14 @@ class Buckets:
         if self._words is None or self._words[0] is not self.digests:
             self._words = (self.digests, self.digests.view(torch.int32))
         return self._words[1]
+
+    @property
+    def claims(self) -> torch.Tensor:
+        """(nb * bs,) int32 zeros, made at the first use, 4 bytes a slot: the Triton assign marks in
+        a found key's slot the position of its last occurrence in the batch, and clears it again."""
+        if self._claims is None:
+            self._claims = torch.zeros(self.keys.numel(), dtype=torch.int32, device=self.keys.device)
+        return self._claims
 
     @property
     def shift(self):
@@ -295,6 +305,14 @@ def upsert(b: Buckets, keys, desired, rule, op, flags=None, values=None, storage
     n = len(keys)
     nb, bs = b.keys.shape
     triton_path = uses_triton(keys, backend) and bs >= 4  # the kernels read digests as 4-byte words
+    if triton_path and op == OP_ASSIGN and storage is not None and rule != SCORE_EPOCH_ADD and n < 2**31:
+        # no sort: the found keys' slots are claimed for their last occurrences (int32 positions);
+        # EPOCH_ADD's saturating sums are the sort's (no atomic adds them)
+        from .triton import assign_triton
+
+        slots, status, found_before = assign_triton(b, keys, desired, rule, values, storage)
+        none = torch.zeros_like(keys)
+        return Upserted(slots, status, none, none, None, None, None, found_before)
     if triton_path:  # the keys looked up first, their sort keys beside: the kernels make the digests again
         from .triton import locate_triton, upsert_triton
 

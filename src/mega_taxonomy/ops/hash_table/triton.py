@@ -16,10 +16,13 @@ position there, or, in a bucket where a key is missing, a position past the buck
 all its occurrences. Sorted stably by that key, the occurrences of a bucket where every key is
 present stand by slot, a key's together in the batch's order, and ``_apply_found`` takes a lane
 per occurrence: no slot moves there, so the sort key gives the slot, and a key's last occurrence
-writes for all of them (assign takes every present key so). ``_upsert_runs`` takes the other
-buckets' runs, in the batch's order: numba's in-order loop bucket by bucket in one launch, a lane
-owning a bucket's run and applying it occurrence by occurrence, so no two lanes touch a bucket
-and it needs no atomics; a batch means what it means on the CPU.
+writes for all of them. ``_upsert_runs`` takes the other buckets' runs, in the batch's order:
+numba's in-order loop bucket by bucket in one launch, a lane owning a bucket's run and applying it
+occurrence by occurrence, so no two lanes touch a bucket and it needs no atomics; a batch means
+what it means on the CPU. assign, which inserts nothing, sorts nothing where its values are in GPU
+memory: its lookup claims each found key's slot for the key's last occurrence in the batch
+(``_claim_slots``, an atomic max in ``claims``), and a lane per occurrence lets the claimant write
+and clear the claim (``_assign_claimed``).
 n, nb are runtime values; bs is a constexpr (a power of two); program ids are 64-bit.
 Values in GPU memory move in the same launches (``vals`` / ``storage``, by slot); values in
 pinned host memory are moved by the caller afterwards, by slot (``kv/paths.py``).
@@ -123,6 +126,14 @@ def _store_located(out_keys, out_status, missing_in, offs, m, bucket, pos, found
 
 
 @triton.jit
+def _claim_slots(claims, offs, m, slot, found, CLAIM: tl.constexpr):
+    """With CLAIM (assign's lookup), each found key's slot keeps the highest 1-based position among
+    its key's occurrences in the batch: the last one, which alone writes (``_assign_claimed``)."""
+    if CLAIM:
+        tl.atomic_max(claims + slot, (offs + 1).to(tl.int32), mask=m & found)
+
+
+@triton.jit
 def _store_found(offs, m, slot, found, tscores, out_slots, out_scores, vals, out_vals, out_founds, dim,
                  DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr):
     """A lookup's outputs: slots (-1 where missing), with SCORES the scores, with COPY the found
@@ -143,9 +154,9 @@ def _store_found(offs, m, slot, found, tscores, out_slots, out_scores, vals, out
 
 @triton.jit
 def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, out_keys, out_status,
-            missing_in, dim, n, nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr,
+            missing_in, claims, dim, n, nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr, BS: tl.constexpr,
             BLOCK: tl.constexpr, DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr, FOUNDS: tl.constexpr,
-            LOCATE: tl.constexpr, MARK: tl.constexpr):
+            LOCATE: tl.constexpr, MARK: tl.constexpr, CLAIM: tl.constexpr):
     offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
     _flag_reserved(k, m, rmask, rvalue, flag)
     digest = digest.to(tl.uint8)
@@ -157,6 +168,7 @@ def _lookup(tkeys, tdig, tscores, keys, out_slots, out_scores, vals, out_vals, o
     _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, out_founds, dim,
                  DIM, COPY, SCORES, FOUNDS)
     _store_located(out_keys, out_status, missing_in, offs, m, bucket, pos, pos < BS, BS, LOCATE, MARK)
+    _claim_slots(claims, offs, m, bucket * BS + pos, pos < BS, CLAIM)
 
 
 @triton.jit
@@ -195,9 +207,9 @@ def _find_in_words(tkeys, bucket, k, words, digest, todo, cols, BS: tl.constexpr
 
 @triton.jit
 def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out_vals, out_founds, out_keys,
-                  out_status, missing_in, dim, n, nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr,
+                  out_status, missing_in, claims, dim, n, nb_mask, m1, m2, rmask, rvalue, flag, SHIFT: tl.constexpr,
                   BS: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr, COPY: tl.constexpr, SCORES: tl.constexpr,
-                  FOUNDS: tl.constexpr, LOCATE: tl.constexpr, MARK: tl.constexpr):
+                  FOUNDS: tl.constexpr, LOCATE: tl.constexpr, MARK: tl.constexpr, CLAIM: tl.constexpr):
     """``_lookup`` reading a bucket's digests as BS / 4 words of 4 bytes (``_find_in_words``)."""
     offs, m, k, bucket, digest = _program_keys(keys, n, nb_mask, m1, m2, SHIFT, BLOCK)
     _flag_reserved(k, m, rmask, rvalue, flag)
@@ -208,6 +220,7 @@ def _lookup_words(tkeys, twords, tscores, keys, out_slots, out_scores, vals, out
     _store_found(offs, m, bucket * BS + pos, pos < BS, tscores, out_slots, out_scores, vals, out_vals, out_founds, dim,
                  DIM, COPY, SCORES, FOUNDS)
     _store_located(out_keys, out_status, missing_in, offs, m, bucket, pos, pos < BS, BS, LOCATE, MARK)
+    _claim_slots(claims, offs, m, bucket * BS + pos, pos < BS, CLAIM)
 
 
 @triton.jit
@@ -484,14 +497,17 @@ def _upsert_run(tkeys, tdig, twords, tscores, sizes, keys, desired, flags, order
 
 
 def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, scores: bool = True,
-                  founds: torch.Tensor | None = None, located: tuple | None = None, missing_in=None):
+                  founds: torch.Tensor | None = None, located: tuple | None = None, missing_in=None,
+                  claims=None):
     """(slots, scores) of ``keys``, -1 and 0 where missing (scores None unless asked for); see
     ``lookup_reference``. With ``values`` (slots, dim) on the keys' device, also the keys' rows of
     it (zeros where missing), read in the same launch: a gather after the lookup read the slots
     back and took twice the lookup's time (2^20 keys of dim 8, an H100). ``founds`` (n,) bool:
     whether each key was found, and ``located`` ((n,) int32 or int64, (n,) int64): each key's sort
     key and status (``_store_located``), written in the launch too, a missing key marking its bucket
-    in ``missing_in`` ((nb,) int8) where given. A reserved key (``b.reserved``) sets ``b.flag``."""
+    in ``missing_in`` ((nb,) int8) where given; with ``claims`` ((nb * bs,) int32), a found key's
+    slot there keeps its last occurrence's position (``_claim_slots``). A reserved key
+    (``b.reserved``) sets ``b.flag``."""
     keys = keys.contiguous()
     n = len(keys)
     nb, bs = b.keys.shape
@@ -506,9 +522,10 @@ def lookup_triton(b, keys: torch.Tensor, values: torch.Tensor | None = None, sco
         kernel[(-(-n // BLOCK),)](
             b.keys, digests, b.scores, keys, slots, out_scores if scores else slots,
             values.contiguous() if copy else slots, found if copy else slots, slots if founds is None else founds,
-            *((slots, slots) if located is None else located), slots if missing_in is None else missing_in, dim, n,
-            nb - 1, M1, M2, *b.reserved, b.flag, SHIFT=b.shift, BS=bs, BLOCK=BLOCK, DIM=next_pow2(dim), COPY=copy,
-            SCORES=scores, FOUNDS=founds is not None, LOCATE=located is not None, MARK=missing_in is not None,
+            *((slots, slots) if located is None else located), slots if missing_in is None else missing_in,
+            slots if claims is None else claims, dim, n, nb - 1, M1, M2, *b.reserved, b.flag, SHIFT=b.shift, BS=bs,
+            BLOCK=BLOCK, DIM=next_pow2(dim), COPY=copy, SCORES=scores, FOUNDS=founds is not None,
+            LOCATE=located is not None, MARK=missing_in is not None, CLAIM=claims is not None,
             num_warps=LOOKUP_WARPS)
     return (slots, out_scores, found) if copy else (slots, out_scores)
 
@@ -529,6 +546,55 @@ def locate_triton(b, keys: torch.Tensor, inserting: bool = True):
     if inserting and n:
         _mark_loop_runs[(-(-n // MARK_BLOCK),)](skeys, missing_in, n, BS=bs, BLOCK=MARK_BLOCK)
     return skeys, slots, status, founds
+
+
+@triton.jit
+def _assign_claimed(tscores, claims, slots, desired, values, storage, reserved_seen, out_status, n, dim,
+                    RULE: tl.constexpr, BLOCK: tl.constexpr, DIM: tl.constexpr, HAS_VALUES: tl.constexpr):
+    """assign after its lookup's claims, a lane per occurrence in the batch's order: the occurrence
+    whose position its slot holds, its key's last, writes the value row and (SET) the score, and
+    sets the claim back to 0; with ADD every occurrence adds its score, atomically (integer sums
+    wrap alike in any order). A lane that reads its claim after the last occurrence cleared it
+    reads 0, not its position, and writes nothing, as it should. Each occurrence's status: FOUND
+    or MISSING. A batch with a reserved key (``*reserved_seen``) changes nothing but the claims."""
+    q = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = q < n
+    slot = tl.load(slots + q, mask=m, other=-1)
+    found = m & (slot >= 0)
+    tl.store(out_status + q, tl.where(found, _FOUND, _MISSING).to(tl.int64), mask=m)
+    last = found & (tl.load(claims + slot, mask=found, other=0) == (q + 1).to(tl.int32))
+    live = tl.load(reserved_seen) == 0
+    write = last & live
+    if RULE == _SET:
+        tl.store(tscores + slot, tl.load(desired + q, mask=write, other=0), mask=write)
+    elif RULE == _ADD:
+        tl.atomic_add(tscores + slot, tl.load(desired + q, mask=found & live, other=0), mask=found & live)
+    d_cols = tl.arange(0, DIM)
+    at = write[:, None] & (d_cols < dim)[None, :]
+    if HAS_VALUES:
+        given = tl.load(values + q[:, None] * dim + d_cols[None, :], mask=at, other=0)
+    else:
+        given = tl.zeros((BLOCK, DIM), storage.dtype.element_ty)
+    tl.store(storage + slot[:, None] * dim + d_cols[None, :], given, mask=at)
+    tl.store(claims + slot, tl.zeros_like(slot).to(tl.int32), mask=last)
+
+
+def assign_triton(b, keys, desired, rule, values, storage):
+    """assign without a sort, values in GPU memory (``storage`` (slots, dim)) and scores by SET,
+    ADD or KEEP: a lookup that claims each found key's slot for its last occurrence, then
+    ``_assign_claimed``. Returns (slots or -1, statuses FOUND or MISSING, founds)."""
+    n = len(keys)
+    status = torch.empty(n, dtype=torch.int64, device=keys.device)
+    founds = torch.empty(n, dtype=torch.bool, device=keys.device)
+    claims = b.claims  # (made before the lookup: nothing between it and the clearing launch can fail)
+    slots = lookup_triton(b, keys, scores=False, founds=founds, claims=claims)[0]
+    if n:
+        dim = storage.shape[1]
+        _assign_claimed[(-(-n // BLOCK),)](
+            b.scores, claims, slots, desired.contiguous(), keys if values is None else values.contiguous(), storage,
+            b.flag, status, n, dim, RULE=rule, BLOCK=BLOCK, DIM=next_pow2(dim), HAS_VALUES=values is not None,
+            num_warps=LOOKUP_WARPS)
+    return slots, status, founds
 
 
 def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_keys, slots, status, values=None, storage=None):
@@ -573,4 +639,4 @@ def upsert_triton(b, keys, desired, rule, op, flags, order, sorted_keys, slots, 
     return (slots, status, *ev, ev_values, out_values)
 
 
-__all__ = ["locate_triton", "lookup_triton", "upsert_triton"]
+__all__ = ["assign_triton", "locate_triton", "lookup_triton", "upsert_triton"]
