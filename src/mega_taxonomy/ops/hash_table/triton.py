@@ -586,7 +586,7 @@ def assign_triton(b, keys, desired, rule, values, storage):
     n = len(keys)
     status = torch.empty(n, dtype=torch.int64, device=keys.device)
     founds = torch.empty(n, dtype=torch.bool, device=keys.device)
-    claims = b.claims  # (made before the lookup: nothing between it and the clearing launch can fail)
+    claims = b.claims  # made before the lookup: no allocation stands between the claims and their clearing
     slots = lookup_triton(b, keys, scores=False, founds=founds, claims=claims)[0]
     if n:
         dim = storage.shape[1]
