@@ -51,6 +51,21 @@ def peak(fn, device="cuda"):
     return torch.cuda.max_memory_allocated(), out
 
 
+def kernel_seconds(fn, calls=10):
+    """Seconds of device work (kernels and copies) of one ``fn()``, the mean over ``calls`` calls
+    under torch's profiler: the call without its host time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    fn()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()) / calls / 1e6
+
+
 def profile(title, fn, rows=8):
     """Where one call's time goes: its heaviest operations by GPU time, and its host time."""
     from torch.profiler import ProfilerActivity
