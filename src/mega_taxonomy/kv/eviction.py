@@ -47,11 +47,10 @@ def to_int64(x: int) -> int:
     return x - (1 << 64) if x >> 63 else x
 
 
-def as_bits(x, n: int | None, device, name: str) -> torch.Tensor:
-    """``x`` (int64 / uint64 tensor or array, ints) as (n,) int64 bits on ``device`` (any length
-    where ``n`` is None)."""
-    if (type(x) is torch.Tensor and x.dtype == torch.int64 and x.ndim == 1 and x.device == device
-            and (n is None or x.shape[0] == n)):  # as the caller holds them: nothing to check or convert
+def as_bits(x, n: int, device, name: str) -> torch.Tensor:
+    """``x`` (int64 / uint64 tensor or array, ints) as (n,) int64 bits on ``device``."""
+    if (type(x) is torch.Tensor and x.dtype == torch.int64 and x.ndim == 1 and len(x) == n
+            and x.device == device):  # as the caller holds them: nothing to check or convert
         return x
     if isinstance(x, np.ndarray) and x.dtype == np.uint64:
         x = torch.from_numpy(x.view(np.int64))
@@ -62,7 +61,7 @@ def as_bits(x, n: int | None, device, name: str) -> torch.Tensor:
     if x.dtype.is_floating_point or x.dtype == torch.bool:
         raise TypeError(f"{name} must be integers (uint64 bits in int64), not {x.dtype}")
     x = x.to(device=device, dtype=torch.int64).reshape(-1)
-    if n is not None and len(x) != n:
+    if len(x) != n:
         raise ValueError(f"{name} has {len(x)} entries for {n} keys")
     return x
 

@@ -160,7 +160,7 @@ class HashTable:
     def _bits(self, keys):
         # the slots' device: "cuda" names the current device, which a tensor's device names by index
         device = self._b.keys.device
-        return as_bits(keys, None, device, "keys").contiguous()
+        return as_bits(keys, len(keys) if hasattr(keys, "__len__") else 1, device, "keys").contiguous()
 
     def check_keys(self, keys):
         """``keys`` as contiguous int64 bits on the table's device; ValueError naming a reserved key."""
