@@ -94,6 +94,7 @@ def build_original(peer: Path, workdir: Path, dims, load_factors) -> Path:
     """The original's binary for ``dims`` and ``load_factors`` in ``workdir``, built unless there."""
     binary = workdir / "hkv_bench"
     if not binary.exists():
+        workdir.mkdir(parents=True, exist_ok=True)
         (peer / "benchmark" / "selected_benchmark.cc.cu").write_text(original_source(peer, dims, load_factors))
         subprocess.run(BUILD.format(out=binary).replace("merlin_hashtable_benchmark", "selected_benchmark"),
                        shell=True, check=True, cwd=peer)
