@@ -170,6 +170,24 @@ def test_reserved_keys_raise(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_input_is_refused_by_name(backend):
+    """Keys, values and scores of the wrong type or shape raise errors that name them, and the
+    table keeps what it held."""
+    t = table(backend)
+    t.insert_or_assign(torch.tensor([5]), rows([5]), torch.tensor([1]))
+    with pytest.raises(TypeError, match="keys must be integers"):
+        t.find(torch.tensor([5.0]))
+    with pytest.raises(ValueError, match="keys has 6 entries for 2 keys"):  # not taken flat
+        t.contains(torch.arange(6).reshape(2, 3))
+    with pytest.raises(ValueError, match=r"values: expected shape \(2, 4\)"):
+        t.insert_or_assign(torch.tensor([6, 7]), rows([6]), torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="scores has 1 entries for 2 keys"):
+        t.insert_or_assign(torch.tensor([6, 7]), rows([6, 7]), torch.tensor([1]))
+    keys, values, scores = contents(t)
+    assert keys.tolist() == [5] and torch.equal(values, rows([5])) and scores.tolist() == [1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_duplicates_last_wins_and_accum_adds_every_occurrence(backend):
     t = table(backend, evict_strategy=EvictStrategy.LFU)
     keys = torch.tensor([1, 2, 1, 1])
