@@ -11,8 +11,11 @@ one run's output.
 
     PYTHONPATH=src python benchmarks/probe_hashtable_host.py
 """
-import cProfile, io, pstats, statistics, sys, time
+import cProfile, io, pstats, sys, time
 import torch, triton
+sys.path.insert(0, "benchmarks")
+from bench_hashtable_gpu import time_call
+from gpu_timing import kernel_seconds
 from mega_taxonomy.kv import HashTable
 from mega_taxonomy.ops.hash_table import triton as K
 from mega_taxonomy.ops import hash_table as ht
@@ -29,11 +32,9 @@ def per_call(fn, reps=500, sync_each=False):
     return (time.perf_counter() - s) / reps * 1e6
 
 def ev(fn, reps=30):
-    fn(); torch.cuda.synchronize(); ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); b.synchronize(); ts.append(a.elapsed_time(b) * 1e3)
-    return statistics.median(ts)
+    """Microseconds of a call: the benchmark's CUDA-event median, after a call to warm up."""
+    fn(); torch.cuda.synchronize()
+    return time_call(fn, reps) * 1e6
 
 # --- small table, small batch: host bound
 t = HashTable(dim=8, init_capacity=1 << 20, max_capacity=1 << 20, max_hbm_for_vectors=(1 << 20) * 32)
@@ -141,7 +142,5 @@ for name, fn in big.items():
     print(f"  {name:10s} {a:7.1f}  flag read skipped {c:7.1f}")
 fo = torch.empty(B, dtype=torch.bool, device=dev)
 print("  lookup_triton slots+founds", ev(lambda: K.lookup_triton(T._b, pk, scores=False, founds=fo)))
-sys.path.insert(0, "benchmarks")
-from gpu_timing import kernel_seconds
 for name, fn in big.items():
     print(f"  kernel_seconds {name}: {kernel_seconds(fn) * 1e6:.1f} us")
