@@ -14,8 +14,11 @@ which leaves out what a call does once (init, checks, the final labels); ``fit_s
 whole call of M iterations, labels included:
 
 - ``KMeans.fit (data on GPU)``: ``KMeans(K, init=C0, tol=0, max_iter=M).fit(x_cuda)``;
-- ``KMeans.fit (data in host memory)``: the same on a CPU tensor, streamed through pinned
-  buffers; ``copy_rate_fraction`` = the host-to-device copy rate of its bytes / its pass rate;
+- ``KMeans.fit (data in host memory)``: the same on a CPU tensor (pageable), streamed through
+  pinned buffers; its pass rate (bytes per iteration) as a fraction of the host-to-device copy
+  rate from pinned memory (``copy_rate_fraction``) and of the slower of that and the copy of its
+  rows into pinned memory (``bound_fraction``: the two run side by side, so the slower bounds a
+  pass); ``to_device_gbps``: torch's own ``x.to("cuda")`` of the tensor, beside it;
 - ``kernels only (ours)``: our assignment kernel + per-cluster sums + update on the whole tensor,
   CUDA-event medians (what the public fit is to approach: ``public_over_kernels``);
 - ``flash-kmeans batch_kmeans_Euclid``: its fit function on (1, N, D), ``init_centroids=C0``;
@@ -63,14 +66,21 @@ SWEEP = [dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, num_warps=w, num_stages=s, X_RESI
              (128, 64, 128, 8, 1, True, False), (64, 128, 128, 4, 2, True, False)]]
 
 
-def h2d_gbps(nbytes, device):
-    """Host-to-device copy rate of ``nbytes`` from pinned memory (GB/s), median of 3."""
+def copy_rates(host, device):
+    """GB/s, medians of 3, of what bounds a pass over the pageable tensor ``host``: the
+    host-to-device copy from pinned memory (``h2d_gbps``), the copy of its rows into pinned memory
+    (``staging_gbps``, torch's threads), and torch's own ``host.to(device)`` (``to_device_gbps``,
+    staged by the driver). None off CUDA."""
     if torch.device(device).type != "cuda":
-        return None
-    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-    dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    t = sorted(wall(lambda: dev.copy_(host, non_blocking=True), device)[0] for _ in range(3))[1]
-    return nbytes / t / 1e9
+        return {}
+    pinned = torch.empty_like(host, pin_memory=True)
+    dev = torch.empty_like(host, device=device)
+
+    def rate(fn):
+        return host.nbytes / sorted(wall(fn, device)[0] for _ in range(3))[1] / 1e9
+
+    return {"h2d_gbps": rate(lambda: dev.copy_(pinned, non_blocking=True)),
+            "staging_gbps": rate(lambda: pinned.copy_(host)), "to_device_gbps": rate(lambda: host.to(device))}
 
 
 def kernels_iteration(x, c):
@@ -127,10 +137,13 @@ def ours(case, x, c0, iters, device):
                 peak_bytes=peak(lambda: fit(x, 2), device)[0], data_bytes=x.nbytes)]
     host = x.cpu()
     per_host, total_host = per_iteration(lambda m: fit(host, m), max(3, iters // 3), device)
-    rate = h2d_gbps(x.nbytes, device)
-    rows.append(row(case, "KMeans.fit (data in host memory)", per_host, fit_seconds=total_host,
-                    h2d_gbps=rate, copy_rate_fraction=None if rate is None or per_host is None else
-                    x.nbytes / rate / 1e9 / (per_host / 1e3)))
+    rates = copy_rates(host, device)
+    fractions = {}
+    if rates and per_host:
+        pass_gbps = x.nbytes / 1e9 / (per_host / 1e3)
+        fractions = {"copy_rate_fraction": pass_gbps / rates["h2d_gbps"],
+                     "bound_fraction": pass_gbps / min(rates["h2d_gbps"], rates["staging_gbps"])}
+    rows.append(row(case, "KMeans.fit (data in host memory)", per_host, fit_seconds=total_host, **rates, **fractions))
     return rows
 
 
@@ -231,7 +244,8 @@ def main():
         per_shape[case] = summary
         if "speedup_vs_best_peer" in summary:
             speedups[case] = summary["speedup_vs_best_peer"]
-        print(common.table(rows, ["case", "impl", "iteration_ms", "fit_seconds", "copy_rate_fraction"]), flush=True)
+        print(common.table(rows, ["case", "impl", "iteration_ms", "fit_seconds", "copy_rate_fraction", "bound_fraction"]),
+              flush=True)
         print(json.dumps(summary), flush=True)
         # Written after every shape, so that a run stopped part-way keeps the shapes it finished.
         path = write_results(args, shapes, results, speedups, per_shape, device)
